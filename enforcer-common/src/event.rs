@@ -1,0 +1,251 @@
+//! The per-flow audit event that kernel programs write into the ring buffer.
+
+/// The kernel hook that produced an event.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// XDP ingress on a host interface.
+    XdpIngress = 1,
+    /// cgroup `connect4`.
+    Connect4 = 2,
+    /// cgroup `connect6`.
+    Connect6 = 3,
+    /// cgroup `sendmsg4`.
+    Sendmsg4 = 4,
+    /// cgroup `sendmsg6`.
+    Sendmsg6 = 5,
+    /// cgroup `sock_create`.
+    SockCreate = 6,
+    /// cgroup `post_bind4`.
+    PostBind4 = 7,
+    /// cgroup `post_bind6`.
+    PostBind6 = 8,
+}
+
+impl Hook {
+    /// Every hook, in code order.
+    pub const ALL: [Self; 8] = [
+        Self::XdpIngress,
+        Self::Connect4,
+        Self::Connect6,
+        Self::Sendmsg4,
+        Self::Sendmsg6,
+        Self::SockCreate,
+        Self::PostBind4,
+        Self::PostBind6,
+    ];
+
+    /// Decodes a wire code; `None` for a code no hook has.
+    pub const fn from_code(code: u8) -> Option<Self> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i] as u8 == code {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// The program's name in the eBPF object, as loaded and pinned.
+    pub const fn program_name(self) -> &'static str {
+        match self {
+            Self::XdpIngress => "xdp_ingress",
+            Self::Connect4 => "connect4",
+            Self::Connect6 => "connect6",
+            Self::Sendmsg4 => "sendmsg4",
+            Self::Sendmsg6 => "sendmsg6",
+            Self::SockCreate => "sock_create",
+            Self::PostBind4 => "post_bind4",
+            Self::PostBind6 => "post_bind6",
+        }
+    }
+}
+
+/// What a hook decided for a flow.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The flow was let through by policy.
+    Allow = 1,
+    /// The flow was refused.
+    Deny = 2,
+    /// The flow would have been denied but its segment is in audit mode, so it passed.
+    Audit = 3,
+}
+
+impl Verdict {
+    /// Decodes a wire code; `None` for a code no verdict has.
+    pub const fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::Allow),
+            2 => Some(Self::Deny),
+            3 => Some(Self::Audit),
+            _ => None,
+        }
+    }
+}
+
+/// Why a verdict was reached, when it was not a rule (then `rule_id` names the rule).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A policy rule matched; the event's `rule_id` names it.
+    Rule = 1,
+    /// No rule matched between two classified segments.
+    DefaultDeny = 2,
+    /// A side of the flow could not be classified; the configured default applied.
+    Unclassified = 3,
+    /// Failsafe management access matched.
+    Failsafe = 4,
+    /// The packet was malformed or truncated; the documented fixed verdict applied.
+    Malformed = 5,
+}
+
+impl Reason {
+    /// Decodes a wire code; `None` for a code no reason has.
+    pub const fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::Rule),
+            2 => Some(Self::DefaultDeny),
+            3 => Some(Self::Unclassified),
+            4 => Some(Self::Failsafe),
+            5 => Some(Self::Malformed),
+            _ => None,
+        }
+    }
+}
+
+/// Address family of an event's addresses (the Linux `AF_*` values).
+pub mod family {
+    /// IPv4: the first four bytes of each address field hold the address.
+    pub const INET: u8 = 2;
+    /// IPv6: all sixteen bytes hold the address.
+    pub const INET6: u8 = 10;
+}
+
+/// Length of a task's command name (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// One flow decision, as written by a kernel program into the ring buffer.
+///
+/// Fields are ordered by alignment so that the record has no implicit padding;
+/// `_pad` makes the tail explicit. Addresses are in network byte order, ports in
+/// host byte order. Fields a hook cannot know (pid/comm at XDP, ifindex at the
+/// cgroup hooks) are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// `bpf_ktime_get_boot_ns` at the decision.
+    pub timestamp_ns: u64,
+    /// cgroup v2 id of the calling task (cgroup hooks only).
+    pub cgroup_id: u64,
+    /// `bpf_get_current_pid_tgid`: tgid in the high half, pid in the low half.
+    pub pid_tgid: u64,
+    /// The policy generation that decided.
+    pub generation: u32,
+    /// The matched rule's numeric id, or 0 when `reason` is not [`Reason::Rule`].
+    pub rule_id: u32,
+    /// Numeric id of the source segment.
+    pub src_segment: u32,
+    /// Numeric id of the destination segment.
+    pub dst_segment: u32,
+    /// Ingress interface index (XDP only).
+    pub ifindex: u32,
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+    /// Source address (IPv4 in the first four bytes).
+    pub src_addr: [u8; 16],
+    /// Destination address (IPv4 in the first four bytes).
+    pub dst_addr: [u8; 16],
+    /// Command name of the calling task (cgroup hooks only), NUL padded.
+    pub comm: [u8; COMM_LEN],
+    /// [`Hook`] code.
+    pub hook: u8,
+    /// [`Verdict`] code.
+    pub verdict: u8,
+    /// [`Reason`] code.
+    pub reason: u8,
+    /// Address family, one of [`family`].
+    pub family: u8,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub protocol: u8,
+    /// Explicit tail padding; always zero.
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(size_of::<FlowEvent>() == 104);
+const _: () = assert!(align_of::<FlowEvent>() == 8);
+
+impl FlowEvent {
+    /// An all-zero event, the starting point for a kernel program filling one in.
+    pub const ZEROED: Self = Self {
+        timestamp_ns: 0,
+        cgroup_id: 0,
+        pid_tgid: 0,
+        generation: 0,
+        rule_id: 0,
+        src_segment: 0,
+        dst_segment: 0,
+        ifindex: 0,
+        src_port: 0,
+        dst_port: 0,
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        comm: [0; COMM_LEN],
+        hook: 0,
+        verdict: 0,
+        reason: 0,
+        family: 0,
+        protocol: 0,
+        _pad: [0; 3],
+    };
+}
+
+// SAFETY: `FlowEvent` is `repr(C)`, `Copy`, made only of integers and byte arrays, and has
+// no implicit padding (asserted above), so every bit pattern is a valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FlowEvent {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_codes_round_trip() {
+        for hook in Hook::ALL {
+            assert_eq!(Hook::from_code(hook as u8), Some(hook));
+        }
+        assert_eq!(Hook::from_code(0), None);
+        assert_eq!(Hook::from_code(9), None);
+    }
+
+    #[test]
+    fn verdict_and_reason_codes_round_trip() {
+        for v in [Verdict::Allow, Verdict::Deny, Verdict::Audit] {
+            assert_eq!(Verdict::from_code(v as u8), Some(v));
+        }
+        for r in [
+            Reason::Rule,
+            Reason::DefaultDeny,
+            Reason::Unclassified,
+            Reason::Failsafe,
+            Reason::Malformed,
+        ] {
+            assert_eq!(Reason::from_code(r as u8), Some(r));
+        }
+        assert_eq!(Verdict::from_code(0), None);
+        assert_eq!(Reason::from_code(0), None);
+    }
+
+    #[test]
+    fn event_fields_sit_at_fixed_offsets() {
+        assert_eq!(core::mem::offset_of!(FlowEvent, generation), 24);
+        assert_eq!(core::mem::offset_of!(FlowEvent, src_addr), 48);
+        assert_eq!(core::mem::offset_of!(FlowEvent, comm), 80);
+        assert_eq!(core::mem::offset_of!(FlowEvent, hook), 96);
+        assert_eq!(core::mem::offset_of!(FlowEvent, _pad), 101);
+    }
+}

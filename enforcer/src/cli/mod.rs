@@ -1,0 +1,44 @@
+//! The `enforcer` command line: one module per subcommand.
+
+mod preflight;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Kernel-level API segmentation for air-gapped enclaves.
+#[derive(Debug, Parser)]
+#[command(name = "enforcer", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check that this host can run enforcer: load every kernel program (verifier
+    /// included) without attaching anything, and find the cgroup2 and bpffs mounts.
+    Preflight(preflight::Args),
+}
+
+/// Parses the command line, runs the subcommand and maps its outcome to an exit code.
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ENFORCER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Preflight(args) => preflight::run(&args),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! enforcer: the per-host agent and CLI of the eBPF API segmentation enforcer.
+//!
+//! The crate is split by job: [`object`] embeds the kernel programs, [`host`] discovers
+//! the host's cgroup2 and bpffs mounts, [`loader`] loads the programs into the kernel and
+//! attaches them, and [`cli`] is the `enforcer` command line.
+
+pub mod cli;
+pub mod host;
+pub mod loader;
+pub mod object;

@@ -1,0 +1,190 @@
+//! Loads the embedded kernel object, gets every program past the verifier and attaches
+//! programs to interfaces (XDP) and cgroups (sock and sock_addr hooks).
+//!
+//! A [`Loader`] owns the kernel objects it created: dropping it detaches and unloads
+//! everything that is not pinned.
+
+use std::{fs::File, io, path::Path};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, Xdp, XdpMode},
+};
+use enforcer_common::event::Hook;
+
+use crate::object;
+
+/// The cgroup hooks, attached together to one cgroup.
+pub const CGROUP_HOOKS: [Hook; 7] = [
+    Hook::Connect4,
+    Hook::Connect6,
+    Hook::Sendmsg4,
+    Hook::Sendmsg6,
+    Hook::SockCreate,
+    Hook::PostBind4,
+    Hook::PostBind6,
+];
+
+/// What can go wrong while loading or attaching the kernel programs.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    /// The object could not be parsed or its maps could not be created.
+    #[error("cannot load the kernel object: {0}")]
+    Object(#[source] Box<EbpfError>),
+    /// The object lacks a program this agent expects (a build mismatch).
+    #[error("the kernel object has no program `{0}`")]
+    MissingProgram(&'static str),
+    /// A program was refused by the kernel (the verifier log is in the source) or could
+    /// not be attached.
+    #[error("program `{program}`: {action} failed: {source}")]
+    Program {
+        /// The program's name.
+        program: &'static str,
+        /// What was being done: `load`, `attach`, `info`.
+        action: &'static str,
+        /// aya's error, carrying the verifier log for load failures.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// The cgroup directory to attach to could not be opened.
+    #[error("cannot open cgroup {path}: {source}")]
+    Cgroup {
+        /// The cgroup directory.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What the kernel reports about one loaded program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedProgram {
+    /// The hook the program serves.
+    pub hook: Hook,
+    /// The kernel's program id.
+    pub id: u32,
+    /// Instructions the verifier walked to accept the program, where the kernel says.
+    pub verified_instructions: Option<u32>,
+}
+
+/// The kernel object with every program loaded (verified) and none attached yet.
+pub struct Loader {
+    ebpf: Ebpf,
+}
+
+impl Loader {
+    /// Parses the embedded object, creates its maps and loads every program.
+    pub fn load() -> Result<Self, LoaderError> {
+        let ebpf = EbpfLoader::new()
+            .load(object::BYTES)
+            .map_err(|err| LoaderError::Object(Box::new(err)))?;
+        let mut loader = Self { ebpf };
+        for hook in Hook::ALL {
+            loader.load_program(hook)?;
+        }
+        Ok(loader)
+    }
+
+    fn load_program(&mut self, hook: Hook) -> Result<(), LoaderError> {
+        let name = hook.program_name();
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(LoaderError::MissingProgram(name))?;
+        let loaded = match hook {
+            Hook::XdpIngress => <&mut Xdp>::try_from(program).and_then(Xdp::load),
+            Hook::SockCreate | Hook::PostBind4 | Hook::PostBind6 => {
+                <&mut CgroupSock>::try_from(program).and_then(CgroupSock::load)
+            }
+            Hook::Connect4 | Hook::Connect6 | Hook::Sendmsg4 | Hook::Sendmsg6 => {
+                <&mut CgroupSockAddr>::try_from(program).and_then(CgroupSockAddr::load)
+            }
+        };
+        loaded.map_err(program_error(name, "load"))
+    }
+
+    /// What the kernel reports about each loaded program, in [`Hook::ALL`] order.
+    pub fn programs(&self) -> Result<Vec<LoadedProgram>, LoaderError> {
+        Hook::ALL
+            .into_iter()
+            .map(|hook| {
+                let name = hook.program_name();
+                let program = self
+                    .ebpf
+                    .program(name)
+                    .ok_or(LoaderError::MissingProgram(name))?;
+                let info = program.info().map_err(program_error(name, "info"))?;
+                Ok(LoadedProgram {
+                    hook,
+                    id: info.id(),
+                    verified_instructions: info.verified_instruction_count(),
+                })
+            })
+            .collect()
+    }
+
+    /// Names of the maps the object created.
+    pub fn map_names(&self) -> Vec<String> {
+        self.ebpf.maps().map(|(name, _)| name.to_owned()).collect()
+    }
+
+    /// Attaches the XDP ingress program to the interface with index `ifindex`.
+    ///
+    /// Use [`XdpMode::Skb`] on veth: native XDP on veth costs locally originated traffic
+    /// more than it saves.
+    pub fn attach_xdp(&mut self, ifindex: u32, mode: XdpMode) -> Result<(), LoaderError> {
+        let name = Hook::XdpIngress.program_name();
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(LoaderError::MissingProgram(name))?;
+        <&mut Xdp>::try_from(program)
+            .and_then(|xdp| xdp.attach(ifindex, mode))
+            .map(drop)
+            .map_err(program_error(name, "attach"))
+    }
+
+    /// Attaches every cgroup hook to the cgroup directory `cgroup`.
+    ///
+    /// Attachments are BPF links, which the kernel always adds in multi mode: they run
+    /// alongside other cgroup programs on the host (systemd's own, for example) instead of
+    /// replacing them. A link refuses attach flags, hence [`CgroupAttachMode::Single`]
+    /// (no flags) rather than `AllowMultiple`.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), LoaderError> {
+        let dir = File::open(cgroup).map_err(|source| LoaderError::Cgroup {
+            path: cgroup.display().to_string(),
+            source,
+        })?;
+        for hook in CGROUP_HOOKS {
+            let name = hook.program_name();
+            let program = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(LoaderError::MissingProgram(name))?;
+            let attached = match hook {
+                Hook::SockCreate | Hook::PostBind4 | Hook::PostBind6 => {
+                    <&mut CgroupSock>::try_from(program)
+                        .and_then(|p| p.attach(&dir, CgroupAttachMode::Single))
+                        .map(drop)
+                }
+                _ => <&mut CgroupSockAddr>::try_from(program)
+                    .and_then(|p| p.attach(&dir, CgroupAttachMode::Single))
+                    .map(drop),
+            };
+            attached.map_err(program_error(name, "attach"))?;
+        }
+        Ok(())
+    }
+}
+
+fn program_error(
+    program: &'static str,
+    action: &'static str,
+) -> impl FnOnce(ProgramError) -> LoaderError {
+    move |source| LoaderError::Program {
+        program,
+        action,
+        source: Box::new(source),
+    }
+}

@@ -1,0 +1,5 @@
+//! The `enforcer` command.
+
+fn main() -> std::process::ExitCode {
+    enforcer::cli::main()
+}

@@ -1,0 +1,130 @@
+//! `enforcer-probe`: the TCP/UDP servers and clients the privileged tests run inside
+//! network namespaces and cgroups.
+//!
+//! Servers print `listening <addr>` once bound and echo what they receive until killed.
+//! Clients send `ping`, wait for the echo and print exactly one line: `ok`,
+//! `timeout`, or `error <errno> <message>`; they exit 0 after `ok` and 1 otherwise.
+
+use std::{
+    io::{self, BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::ExitCode,
+    time::Duration,
+};
+
+const USAGE: &str = "usage: enforcer-probe tcp-serve|udp-serve ADDR:PORT\n       \
+                     enforcer-probe tcp-connect|udp-send ADDR:PORT TIMEOUT_MS";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let parsed = match args.as_slice() {
+        [mode, addr] => addr.parse().ok().map(|addr| (mode.as_str(), addr, 0)),
+        [mode, addr, timeout] => addr
+            .parse()
+            .ok()
+            .zip(timeout.parse().ok())
+            .map(|(addr, timeout)| (mode.as_str(), addr, timeout)),
+        _ => None,
+    };
+    let Some((mode, addr, timeout_ms)) = parsed else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let timeout = Duration::from_millis(timeout_ms);
+    let result = match mode {
+        "tcp-serve" => tcp_serve(addr),
+        "udp-serve" => udp_serve(addr),
+        "tcp-connect" => tcp_connect(addr, timeout),
+        "udp-send" => udp_send(addr, timeout),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) =>
+        {
+            println!("timeout");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            println!("error {} {err}", err.raw_os_error().unwrap_or(0));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn announce(addr: SocketAddr) -> io::Result<()> {
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "listening {addr}")?;
+    stdout.flush()
+}
+
+fn tcp_serve(addr: SocketAddr) -> io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    announce(listener.local_addr()?)?;
+    for stream in listener.incoming() {
+        let stream = stream?;
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(&stream);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_ok() {
+                let _ = (&stream).write_all(line.as_bytes());
+            }
+        });
+    }
+    Ok(())
+}
+
+fn udp_serve(addr: SocketAddr) -> io::Result<()> {
+    let socket = UdpSocket::bind(addr)?;
+    announce(socket.local_addr()?)?;
+    let mut buf = [0u8; 1500];
+    loop {
+        let (len, from) = socket.recv_from(&mut buf)?;
+        socket.send_to(&buf[..len], from)?;
+    }
+}
+
+fn tcp_connect(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(b"ping\n")?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    expect_echo(line.as_bytes())
+}
+
+fn udp_send(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
+    let local: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().expect("valid")
+    } else {
+        "[::]:0".parse().expect("valid")
+    };
+    // Unconnected on purpose: `sendto` on an unconnected socket is what sendmsg4/6 see.
+    let socket = UdpSocket::bind(local)?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send_to(b"ping\n", addr)?;
+    let mut buf = [0u8; 64];
+    let (len, _) = socket.recv_from(&mut buf)?;
+    expect_echo(&buf[..len])
+}
+
+fn expect_echo(reply: &[u8]) -> io::Result<()> {
+    if reply == b"ping\n" {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected reply {:?}", String::from_utf8_lossy(reply)),
+        ))
+    }
+}

@@ -1,0 +1,89 @@
+//! cgroup v2 directories standing for the local API services of a segment.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use crate::{require_root, unique_name};
+
+/// A cgroup v2 directory under the discovered cgroup2 mount, removed (with every process
+/// still in it killed) on drop.
+#[derive(Debug)]
+pub struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    /// Creates a uniquely named cgroup directly under the cgroup2 mount.
+    pub fn new() -> Self {
+        require_root();
+        let root = enforcer::host::cgroup2_mount()
+            .unwrap_or_else(|err| panic!("the privileged tests need cgroup v2: {err}"));
+        Self::create(root.join(unique_name()))
+    }
+
+    /// Creates a child cgroup `name` of this one.
+    pub fn child(&self, name: &str) -> Self {
+        Self::create(self.path.join(name))
+    }
+
+    fn create(path: PathBuf) -> Self {
+        fs::create_dir(&path)
+            .unwrap_or_else(|err| panic!("cannot create cgroup {}: {err}", path.display()));
+        Self { path }
+    }
+
+    /// The cgroup's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The `cgroup.procs` file; writing a pid (or "0" for oneself) moves a process in.
+    pub fn procs_file(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+
+    /// The pids currently in this cgroup (not its children).
+    pub fn pids(&self) -> Vec<u32> {
+        fs::read_to_string(self.procs_file())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.trim().parse().ok())
+            .collect()
+    }
+
+    /// The cgroup id the kernel reports for it (the directory's inode number).
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        fs::metadata(&self.path).expect("stat cgroup").ino()
+    }
+}
+
+impl Default for TestCgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // cgroup.kill (5.14+) ends every process in the subtree; rmdir succeeds once the
+        // kernel has reaped them, which takes a moment.
+        let _ = fs::write(self.path.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(err) if !std::thread::panicking() => {
+                    panic!("cannot remove cgroup {}: {err}", self.path.display())
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}

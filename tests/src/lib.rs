@@ -1,0 +1,46 @@
+//! Privileged test harness: real network namespaces, veth pairs, cgroup v2 directories,
+//! bpffs pin directories and real client/server processes.
+//!
+//! Every object is named with [`PREFIX`] (or [`LINK_PREFIX`] for interfaces), the test
+//! process id and a counter, and is removed when its guard drops, also while a test
+//! panics. The `leftovers` test asserts that nothing with these prefixes survives a run.
+//!
+//! Nothing here skips: a test that cannot get root, a namespace or a cgroup panics with a
+//! message saying what is missing.
+
+pub mod cgroup;
+pub mod cmd;
+pub mod netns;
+pub mod pins;
+pub mod probe;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Prefix of every netns, cgroup and pin directory the tests create.
+pub const PREFIX: &str = "enforcer-test-";
+
+/// Prefix of every network interface the tests create (interface names are at most 15
+/// bytes, so it is shorter than [`PREFIX`]).
+pub const LINK_PREFIX: &str = "enft";
+
+/// Panics unless the test runs as root: the privileged tier needs CAP_SYS_ADMIN,
+/// CAP_NET_ADMIN and CAP_BPF, and it must fail, not skip, without them.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the privileged tests need root (euid is {euid}); run them through `./x test`"
+    );
+}
+
+/// A number unique within this test process, for naming kernel objects.
+pub fn next_serial() -> u32 {
+    static SERIAL: AtomicU32 = AtomicU32::new(0);
+    SERIAL.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A name `PREFIX<pid>-<serial>` for a netns, cgroup or pin directory.
+pub fn unique_name() -> String {
+    format!("{PREFIX}{}-{}", std::process::id(), next_serial())
+}

@@ -1,0 +1,227 @@
+//! Network namespaces as remote test hosts, joined to this host by veth pairs.
+
+use std::{
+    fs::File,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+};
+
+use crate::{
+    LINK_PREFIX,
+    cmd::{run, run_quietly},
+    next_serial, require_root, unique_name,
+};
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a namespace with a unique name and brings its loopback up.
+    pub fn new() -> Self {
+        require_root();
+        let name = unique_name();
+        run("ip", &["netns", "add", &name]);
+        let netns = Self { name };
+        netns.ip(&["link", "set", "lo", "up"]);
+        netns
+    }
+
+    /// The namespace's name, as `ip netns list` shows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bind-mounted namespace file, for `setns`.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Opens the namespace file (for [`crate::probe::Spawn::netns`]).
+    pub fn open(&self) -> File {
+        File::open(self.path())
+            .unwrap_or_else(|err| panic!("cannot open netns {}: {err}", self.name))
+    }
+
+    /// Runs `ip args...` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if !run_quietly("ip", &["netns", "del", &self.name]) && !std::thread::panicking() {
+            panic!("cannot delete netns {}", self.name);
+        }
+    }
+}
+
+/// A veth pair: the `host` end in the test's own namespace (standing for this host's
+/// interface), the `peer` end inside a [`Netns`] (standing for a remote host).
+///
+/// Addresses come from 198.18.0.0/15 and 2001:db8::/32 only. Deleting the host end on
+/// drop deletes the peer with it.
+#[derive(Debug)]
+pub struct Veth {
+    host_if: String,
+    host_ifindex: u32,
+    /// The host end's IPv4 address.
+    pub host_v4: Ipv4Addr,
+    /// The peer end's IPv4 address.
+    pub peer_v4: Ipv4Addr,
+    /// The host end's IPv6 address.
+    pub host_v6: Ipv6Addr,
+    /// The peer end's IPv6 address.
+    pub peer_v6: Ipv6Addr,
+}
+
+impl Veth {
+    /// Creates a veth pair into `netns`, addresses both ends (a /30 and a /64) and brings
+    /// them up. IPv6 addresses skip duplicate address detection so they are usable at once.
+    pub fn new(netns: &Netns) -> Self {
+        require_root();
+        let serial = next_serial();
+        assert!(serial < 64, "too many veth pairs in one test process");
+        let pid = std::process::id();
+        let host_if = format!("{LINK_PREFIX}{pid}-{serial}h");
+        let peer_if = format!("{LINK_PREFIX}{pid}-{serial}p");
+        assert!(host_if.len() <= 15, "interface name {host_if} is too long");
+        // One /30 and one /64 per pair, spread by pid so a crashed run's leftovers do
+        // not collide with the next run's addresses.
+        let third = u8::try_from(pid % 250).expect("below 250");
+        let fourth = u8::try_from(serial * 4).expect("below 256");
+        let host_v4 = Ipv4Addr::new(198, 18, third, fourth + 1);
+        let peer_v4 = Ipv4Addr::new(198, 18, third, fourth + 2);
+        let host_v6 = Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            u16::from(third),
+            u16::from(fourth),
+            0,
+            0,
+            0,
+            1,
+        );
+        let peer_v6 = Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            u16::from(third),
+            u16::from(fourth),
+            0,
+            0,
+            0,
+            2,
+        );
+
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer_if,
+                "netns",
+                netns.name(),
+            ],
+        );
+        // From here on the guard owns the pair, so a failing step still removes it.
+        let mut veth = Self {
+            host_if,
+            host_ifindex: 0,
+            host_v4,
+            peer_v4,
+            host_v6,
+            peer_v6,
+        };
+        run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{host_v4}/30"),
+                "dev",
+                &veth.host_if,
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{host_v6}/64"),
+                "dev",
+                &veth.host_if,
+                "nodad",
+            ],
+        );
+        run("ip", &["link", "set", &veth.host_if, "up"]);
+        netns.ip(&["addr", "add", &format!("{peer_v4}/30"), "dev", &peer_if]);
+        netns.ip(&[
+            "addr",
+            "add",
+            &format!("{peer_v6}/64"),
+            "dev",
+            &peer_if,
+            "nodad",
+        ]);
+        netns.ip(&["link", "set", &peer_if, "up"]);
+        veth.host_ifindex =
+            std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", veth.host_if))
+                .expect("read ifindex")
+                .trim()
+                .parse()
+                .expect("ifindex is a number");
+        veth
+    }
+
+    /// The host end's interface name.
+    pub fn host_if(&self) -> &str {
+        &self.host_if
+    }
+
+    /// The host end's interface index.
+    pub fn host_ifindex(&self) -> u32 {
+        self.host_ifindex
+    }
+
+    /// `ip -details link show` of the host end (shows an attached XDP program).
+    pub fn host_link_details(&self) -> String {
+        run("ip", &["-details", "link", "show", "dev", &self.host_if])
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        if !run_quietly("ip", &["link", "del", &self.host_if]) && !std::thread::panicking() {
+            panic!("cannot delete veth {}", self.host_if);
+        }
+    }
+}
+
+/// Joins the calling thread to the namespace behind `fd`. Async-signal-safe, for
+/// `pre_exec`.
+pub(crate) fn setns_net(fd: &File) -> std::io::Result<()> {
+    // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
+    let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,203 @@
+//! Real client and server processes, started inside a [`Netns`] and/or a [`TestCgroup`].
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+};
+
+use crate::{cgroup::TestCgroup, netns::Netns};
+
+/// How long a client waits for a connection or an echo before it reports `timeout`.
+pub const CLIENT_TIMEOUT_MS: u64 = 2000;
+
+/// The `enforcer-probe` binary next to the running test binary (`target/<profile>/`).
+pub fn probe_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binaries live in target/<profile>/deps");
+    let bin = dir.join("enforcer-probe");
+    assert!(
+        bin.exists(),
+        "{} is missing; build the enforcer-tests package",
+        bin.display()
+    );
+    bin
+}
+
+/// What a client observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Connected (or sent) and got the echo back.
+    Ok,
+    /// No answer within the timeout (a dropped SYN or datagram).
+    Timeout,
+    /// The call failed with this errno (EPERM from a cgroup hook, ECONNREFUSED, ...).
+    Error {
+        /// The OS error number.
+        errno: i32,
+        /// The OS error text.
+        message: String,
+    },
+}
+
+/// A probe process about to start, with the namespace and cgroup it will run in.
+#[derive(Debug)]
+pub struct Spawn {
+    command: Command,
+    netns: Option<File>,
+    cgroup_procs: Option<File>,
+}
+
+impl Spawn {
+    fn probe(args: &[String]) -> Self {
+        let mut command = Command::new(probe_bin());
+        command.args(args);
+        Self {
+            command,
+            netns: None,
+            cgroup_procs: None,
+        }
+    }
+
+    /// A TCP echo server on `addr` (port 0 picks one).
+    pub fn tcp_server(addr: SocketAddr) -> Self {
+        Self::probe(&["tcp-serve".into(), addr.to_string()])
+    }
+
+    /// A UDP echo server on `addr` (port 0 picks one).
+    pub fn udp_server(addr: SocketAddr) -> Self {
+        Self::probe(&["udp-serve".into(), addr.to_string()])
+    }
+
+    /// A TCP client that connects to `addr` and expects its echo.
+    pub fn tcp_client(addr: SocketAddr) -> Self {
+        Self::probe(&[
+            "tcp-connect".into(),
+            addr.to_string(),
+            CLIENT_TIMEOUT_MS.to_string(),
+        ])
+    }
+
+    /// A UDP client that `sendto`s `addr` from an unconnected socket and expects the echo.
+    pub fn udp_client(addr: SocketAddr) -> Self {
+        Self::probe(&[
+            "udp-send".into(),
+            addr.to_string(),
+            CLIENT_TIMEOUT_MS.to_string(),
+        ])
+    }
+
+    /// Runs the process inside `netns`.
+    pub fn netns(mut self, netns: &Netns) -> Self {
+        self.netns = Some(netns.open());
+        self
+    }
+
+    /// Runs the process inside `cgroup` from its first instruction.
+    pub fn cgroup(mut self, cgroup: &TestCgroup) -> Self {
+        let procs = OpenOptions::new()
+            .write(true)
+            .open(cgroup.procs_file())
+            .unwrap_or_else(|err| panic!("cannot open {}: {err}", cgroup.procs_file().display()));
+        self.cgroup_procs = Some(procs);
+        self
+    }
+
+    fn start(mut self, stdout: Stdio) -> Child {
+        let netns = self.netns.take();
+        let procs = self.cgroup_procs.take();
+        // SAFETY: the closure only makes async-signal-safe system calls (write, setns) on
+        // file descriptors opened before the fork.
+        unsafe {
+            self.command.pre_exec(move || {
+                if let Some(procs) = &procs {
+                    // "0" moves the writing process: the child, before it execs.
+                    let rc = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                    if rc != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if let Some(netns) = &netns {
+                    crate::netns::setns_net(netns)?;
+                }
+                Ok(())
+            });
+        }
+        self.command
+            .stdout(stdout)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {:?}: {err}", self.command))
+    }
+
+    /// Runs a client to completion and returns what it observed.
+    pub fn run(self) -> Outcome {
+        let output = self
+            .start(Stdio::piped())
+            .wait_with_output()
+            .expect("wait for probe");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.trim();
+        match line.split_once(' ') {
+            None if line == "ok" => Outcome::Ok,
+            None if line == "timeout" => Outcome::Timeout,
+            Some(("error", rest)) => {
+                let (errno, message) = rest.split_once(' ').unwrap_or((rest, ""));
+                Outcome::Error {
+                    errno: errno.parse().unwrap_or(0),
+                    message: message.to_owned(),
+                }
+            }
+            _ => panic!("probe printed {line:?} ({})", output.status),
+        }
+    }
+
+    /// Starts a server and waits until it is bound.
+    pub fn serve(self) -> Server {
+        let mut child = self.start(Stdio::piped());
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read server banner");
+        // Owned by the guard first, so a server that fails to start is still reaped.
+        let mut server = Server {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            child,
+        };
+        server.addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("server did not start: {line:?}"));
+        server
+    }
+}
+
+/// A running server process, killed on drop.
+#[derive(Debug)]
+pub struct Server {
+    /// The address it is bound to.
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Server {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

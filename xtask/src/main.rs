@@ -1,0 +1,52 @@
+//! `cargo xtask`: project automation. Run it through `./x`, which first installs the
+//! pinned userspace toolchain that cargo itself needs.
+
+mod check;
+mod demo;
+mod run;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Project automation for enforcer.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install the pinned nightly with rust-src, bpf-linker (built against that nightly's
+    /// libLLVM into `.tools/`) and the Debian packages the tests need. Idempotent.
+    Setup,
+    /// Formatting and clippy (`-D warnings`) for the userspace crates and, separately, the
+    /// eBPF crate.
+    Check,
+    /// Setup, checks, then every test tier: unit and property tests, then the privileged
+    /// kernel tests (root required; nothing is skipped), then the leftovers check.
+    Test,
+    /// Setup, build, and run the real agent binary against this host without changing it.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Setup => setup::run().map(|_| ()),
+        Command::Check => setup::run().and_then(|tools| check::run(&tools)),
+        Command::Test => setup::run().and_then(|tools| test::run(&tools)),
+        Command::Demo => setup::run().and_then(|tools| demo::run(&tools)),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
