@@ -6,5 +6,6 @@
 //! misread of a map or ring-buffer record.
 #![no_std]
 
+pub mod decision;
 pub mod event;
 pub mod maps;

@@ -1,5 +1,8 @@
-//! Names and sizes of the maps the kernel object declares, shared so the agent and the
-//! tests refer to them by the same constant the kernel programs were built with.
+//! Names, capacities, keys and values of the maps the kernel object declares, shared so
+//! the compiler, the agent, the tests and the kernel programs agree on every byte.
+//!
+//! Multi-byte fields that take part in an LPM prefix are stored as big-endian byte arrays:
+//! an LPM trie compares key bytes in order, most significant bit first.
 
 /// The ring buffer of [`crate::event::FlowEvent`] records.
 pub const EVENTS: &str = "EVENTS";
@@ -10,3 +13,234 @@ pub const EVENTS_RING_BYTES: u32 = 16 << 20;
 
 const _: () = assert!(EVENTS_RING_BYTES.is_power_of_two());
 const _: () = assert!(EVENTS_RING_BYTES.is_multiple_of(4096));
+
+/// Segment id `*` in a rule key: the rule applies whatever that side's segment is.
+pub const SEGMENT_ANY: u32 = 0;
+/// The implicit segment of local processes in no segment.
+pub const SEGMENT_HOST: u32 = 1;
+/// The implicit segment of addresses in no segment.
+pub const SEGMENT_WORLD: u32 = 2;
+/// The id of the first named segment; named segments are numbered from here.
+pub const FIRST_NAMED_SEGMENT: u32 = 3;
+
+/// Capacity of the segment table (ids `0..MAX_SEGMENTS`).
+pub const MAX_SEGMENTS: u32 = 4096;
+/// Capacity of the IPv4 address-to-segment trie.
+pub const MAX_CIDRS_V4: u32 = 65_536;
+/// Capacity of the IPv6 address-to-segment trie.
+pub const MAX_CIDRS_V6: u32 = 65_536;
+/// Capacity of the cgroup-id-to-segment table.
+pub const MAX_CGROUPS: u32 = 16_384;
+/// Capacity of the listener-port-to-segment table.
+pub const MAX_LISTEN_PORTS: u32 = 65_536;
+/// Capacity of the rule trie (port ranges are stored as prefix blocks, so one rule may
+/// take several entries).
+pub const MAX_RULE_ENTRIES: u32 = 1 << 20;
+/// Capacity of each failsafe trie.
+pub const MAX_FAILSAFES: u32 = 1024;
+
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// Rule action: let the flow through.
+pub const ACTION_ALLOW: u8 = 1;
+/// Rule action: refuse the flow.
+pub const ACTION_DENY: u8 = 2;
+
+/// Bits of a [`RuleKey`] that are always matched exactly: source, destination, protocol.
+pub const RULE_KEY_FIXED_BITS: u32 = 72;
+
+/// The data part of a rule-trie key: `(source segment, destination segment, protocol,
+/// destination port)`. The prefix length is [`RULE_KEY_FIXED_BITS`] plus the number of
+/// leading port bits that must match, so a port range becomes a few prefix blocks and a
+/// lookup costs one trie walk whatever the number of rules.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleKey {
+    /// Source segment id, big-endian ([`SEGMENT_ANY`] for `*`).
+    pub src: [u8; 4],
+    /// Destination segment id, big-endian ([`SEGMENT_ANY`] for `*`).
+    pub dst: [u8; 4],
+    /// IP protocol number.
+    pub proto: u8,
+    /// Destination port, big-endian.
+    pub port: [u8; 2],
+    /// Explicit padding, never covered by a prefix; always zero.
+    pub _pad: u8,
+}
+
+const _: () = assert!(size_of::<RuleKey>() == 12);
+const _: () = assert!(align_of::<RuleKey>() == 1);
+
+impl RuleKey {
+    /// The key for one flow (or the base of a prefix block).
+    pub const fn new(src: u32, dst: u32, proto: u8, port: u16) -> Self {
+        Self {
+            src: src.to_be_bytes(),
+            dst: dst.to_be_bytes(),
+            proto,
+            port: port.to_be_bytes(),
+            _pad: 0,
+        }
+    }
+
+    /// The source segment id.
+    pub const fn src(&self) -> u32 {
+        u32::from_be_bytes(self.src)
+    }
+
+    /// The destination segment id.
+    pub const fn dst(&self) -> u32 {
+        u32::from_be_bytes(self.dst)
+    }
+
+    /// The destination port.
+    pub const fn port(&self) -> u16 {
+        u16::from_be_bytes(self.port)
+    }
+}
+
+/// What a rule-trie entry holds: the best rule for that block of ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RuleValue {
+    /// The rule's numeric id (1-based declaration order); its name is in the policy image.
+    pub rule_id: u32,
+    /// [`ACTION_ALLOW`] or [`ACTION_DENY`].
+    pub action: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(size_of::<RuleValue>() == 8);
+
+impl RuleValue {
+    /// A value for rule `rule_id` with `action`.
+    pub const fn new(rule_id: u32, action: u8) -> Self {
+        Self {
+            rule_id,
+            action,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Segment flag: the segment is in audit mode (would-be denials pass and are recorded).
+pub const SEGMENT_FLAG_AUDIT: u32 = 1;
+/// Segment flag: the segment's processes may open raw and packet sockets.
+pub const SEGMENT_FLAG_RAW_SOCKETS: u32 = 2;
+
+/// Per-segment settings, indexed by segment id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SegmentInfo {
+    /// `SEGMENT_FLAG_*` bits.
+    pub flags: u32,
+}
+
+const _: () = assert!(size_of::<SegmentInfo>() == 4);
+
+/// Key of the listener-port table: which segment serves a local port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenKey {
+    /// The local port, host byte order.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
+}
+
+const _: () = assert!(size_of::<ListenKey>() == 4);
+
+impl ListenKey {
+    /// The key for `port`/`proto`.
+    pub const fn new(port: u16, proto: u8) -> Self {
+        Self {
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
+/// Bits of a failsafe key that are always matched exactly: protocol, padding, port.
+pub const FAILSAFE_KEY_FIXED_BITS: u32 = 32;
+
+/// Data part of a failsafe-trie key: `(protocol, port, source address)`. The prefix length
+/// is [`FAILSAFE_KEY_FIXED_BITS`] plus the source prefix length, so one lookup answers
+/// "is this source allowed to reach this management port".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FailsafeKey<const N: usize> {
+    /// IP protocol number.
+    pub proto: u8,
+    /// Explicit padding, matched as zero.
+    pub _pad: u8,
+    /// Destination port, big-endian.
+    pub port: [u8; 2],
+    /// Source address, network byte order.
+    pub addr: [u8; N],
+}
+
+/// An IPv4 failsafe key.
+pub type FailsafeKey4 = FailsafeKey<4>;
+/// An IPv6 failsafe key.
+pub type FailsafeKey6 = FailsafeKey<16>;
+
+const _: () = assert!(size_of::<FailsafeKey4>() == 8);
+const _: () = assert!(size_of::<FailsafeKey6>() == 20);
+
+impl<const N: usize> FailsafeKey<N> {
+    /// The key for a packet (or the base of a source prefix).
+    pub const fn new(proto: u8, port: u16, addr: [u8; N]) -> Self {
+        Self {
+            proto,
+            _pad: 0,
+            port: port.to_be_bytes(),
+            addr,
+        }
+    }
+}
+
+/// Audit level: every decided flow produces an event.
+pub const AUDIT_ALL: u8 = 1;
+/// Audit level: only denied (and audit-mode would-be denied) flows produce events.
+pub const AUDIT_DENY: u8 = 2;
+
+/// Policy-wide settings, the single entry of the config array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyConfig {
+    /// [`AUDIT_ALL`] or [`AUDIT_DENY`].
+    pub audit_level: u8,
+    /// [`ACTION_ALLOW`] or [`ACTION_DENY`]: the verdict for flows that cannot be classified.
+    pub unclassified_action: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(size_of::<PolicyConfig>() == 4);
+
+// SAFETY (all impls below): each type is `repr(C)`, `Copy`, made of integers and byte
+// arrays only, with its padding explicit (sizes asserted above), so every bit pattern is
+// a valid value.
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: see above.
+    unsafe impl aya::Pod for RuleKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for RuleValue {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for SegmentInfo {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for ListenKey {}
+    // SAFETY: see above.
+    unsafe impl<const N: usize> aya::Pod for FailsafeKey<N> {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for PolicyConfig {}
+}

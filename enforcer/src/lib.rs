@@ -8,3 +8,4 @@ pub mod cli;
 pub mod host;
 pub mod loader;
 pub mod object;
+pub mod policy;

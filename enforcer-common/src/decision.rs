@@ -1,0 +1,107 @@
+//! The decision procedure the kernel programs run once the maps have been looked up,
+//! kept pure so the compiler's property tests drive exactly this code.
+
+use crate::{
+    event::{Reason, Verdict},
+    maps::{ACTION_DENY, RuleValue, SEGMENT_ANY, SEGMENT_FLAG_AUDIT},
+};
+
+/// The four rule-trie lookups for a flow from segment `src` to `dst`: exact, any
+/// destination, any source, any to any. Their number is fixed, so the cost of a decision
+/// does not depend on how many rules the policy has.
+pub const fn rule_lookups(src: u32, dst: u32) -> [(u32, u32); 4] {
+    [
+        (src, dst),
+        (src, SEGMENT_ANY),
+        (SEGMENT_ANY, dst),
+        (SEGMENT_ANY, SEGMENT_ANY),
+    ]
+}
+
+/// A rule's precedence, lower first: an explicit deny beats an allow, and between rules
+/// of the same action the one declared first (lower id) wins.
+pub fn precedence(rule: &RuleValue) -> (u8, u32) {
+    (u8::from(rule.action != ACTION_DENY), rule.rule_id)
+}
+
+/// Whether `a` takes precedence over `b` (see [`precedence`]).
+pub fn outranks(a: &RuleValue, b: &RuleValue) -> bool {
+    precedence(a) < precedence(b)
+}
+
+/// The winning rule among the results of the [`rule_lookups`].
+pub fn best_rule(found: [Option<RuleValue>; 4]) -> Option<RuleValue> {
+    let mut best: Option<RuleValue> = None;
+    for candidate in found.into_iter().flatten() {
+        best = match best {
+            Some(current) if !outranks(&candidate, &current) => Some(current),
+            _ => Some(candidate),
+        };
+    }
+    best
+}
+
+/// A decided flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Allow, deny, or audit (a denial let through because a segment is in audit mode).
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// The deciding rule's numeric id, 0 unless `reason` is [`Reason::Rule`].
+    pub rule_id: u32,
+}
+
+/// Turns the winning rule (if any) and the two segments' flags into a decision: no rule
+/// means the default deny; a denial becomes [`Verdict::Audit`] when either segment is in
+/// audit mode.
+pub fn decide(best: Option<RuleValue>, src_flags: u32, dst_flags: u32) -> Decision {
+    let audit_mode = (src_flags | dst_flags) & SEGMENT_FLAG_AUDIT != 0;
+    let (denied, reason, rule_id) = match best {
+        Some(rule) => (rule.action == ACTION_DENY, Reason::Rule, rule.rule_id),
+        None => (true, Reason::DefaultDeny, 0),
+    };
+    let verdict = match (denied, audit_mode) {
+        (false, _) => Verdict::Allow,
+        (true, false) => Verdict::Deny,
+        (true, true) => Verdict::Audit,
+    };
+    Decision {
+        verdict,
+        reason,
+        rule_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maps::ACTION_ALLOW;
+
+    #[test]
+    fn deny_beats_allow_beats_default() {
+        let allow = RuleValue::new(1, ACTION_ALLOW);
+        let deny = RuleValue::new(7, ACTION_DENY);
+        assert_eq!(best_rule([Some(allow), None, Some(deny), None]), Some(deny));
+        assert_eq!(best_rule([None, Some(allow), None, None]), Some(allow));
+        assert_eq!(best_rule([None; 4]), None);
+        let d = decide(None, 0, 0);
+        assert_eq!((d.verdict, d.reason, d.rule_id), (Verdict::Deny, Reason::DefaultDeny, 0));
+    }
+
+    #[test]
+    fn first_declared_rule_wins_within_an_action() {
+        let early = RuleValue::new(2, ACTION_ALLOW);
+        let late = RuleValue::new(5, ACTION_ALLOW);
+        assert_eq!(best_rule([Some(late), Some(early), None, None]), Some(early));
+    }
+
+    #[test]
+    fn audit_mode_turns_denials_into_audit() {
+        let deny = RuleValue::new(3, ACTION_DENY);
+        assert_eq!(decide(Some(deny), 0, SEGMENT_FLAG_AUDIT).verdict, Verdict::Audit);
+        assert_eq!(decide(None, SEGMENT_FLAG_AUDIT, 0).verdict, Verdict::Audit);
+        let allow = RuleValue::new(3, ACTION_ALLOW);
+        assert_eq!(decide(Some(allow), SEGMENT_FLAG_AUDIT, 0).verdict, Verdict::Allow);
+    }
+}

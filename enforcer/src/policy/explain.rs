@@ -1,0 +1,156 @@
+//! `explain`: how each end of a flow is classified and what the kernel will decide,
+//! computed from the compiled image with the kernel's own lookup procedure.
+
+use std::net::IpAddr;
+
+use enforcer_common::{
+    event::{Reason, Verdict},
+    maps::SEGMENT_HOST,
+};
+use serde::Serialize;
+
+use super::{
+    image::MapImage,
+    lookup::{ImageIndex, canonical},
+    model::Proto,
+    reference::Endpoint,
+};
+
+/// An endpoint argument that names nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a segment of this policy, an IP address, or a cgroup path (a cgroup path has a `/` or ends in .service, .slice or .scope)")]
+pub struct UnknownEndpoint(pub String);
+
+/// Reads an endpoint argument: a segment name of `image`, an IP address, or a cgroup path.
+pub fn parse_endpoint(text: &str, image: &MapImage) -> Result<Endpoint, UnknownEndpoint> {
+    let text = text.trim();
+    if text != "*" && image.segment_id(text).is_some() {
+        return Ok(Endpoint::Segment(text.to_owned()));
+    }
+    if let Ok(addr) = text.parse::<IpAddr>() {
+        return Ok(Endpoint::Addr(addr));
+    }
+    if text.contains('/') || [".service", ".slice", ".scope"].iter().any(|s| text.ends_with(s)) {
+        return Ok(Endpoint::Cgroup(text.trim_matches('/').to_owned()));
+    }
+    Err(UnknownEndpoint(text.to_owned()))
+}
+
+/// How one end was classified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Classified {
+    /// What was given.
+    pub given: String,
+    /// The segment it belongs to.
+    pub segment: String,
+    /// Why, in words.
+    pub because: String,
+}
+
+/// The answer to `explain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    /// The source.
+    pub from: Classified,
+    /// The destination.
+    pub to: Classified,
+    /// `PORT/PROTO`.
+    pub port: String,
+    /// allow, deny or audit.
+    pub verdict: &'static str,
+    /// `rule`, `default-deny` or `failsafe`.
+    pub reason: &'static str,
+    /// The deciding rule's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The granting failsafe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failsafe: Option<String>,
+}
+
+/// The word for a verdict, as audit records and the CLI print it.
+pub fn verdict_word(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Allow => "allow",
+        Verdict::Deny => "deny",
+        Verdict::Audit => "audit",
+    }
+}
+
+/// The word for a reason.
+pub fn reason_word(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Rule => "rule",
+        Reason::DefaultDeny => "default-deny",
+        Reason::Unclassified => "unclassified",
+        Reason::Failsafe => "failsafe",
+        Reason::Malformed => "malformed",
+    }
+}
+
+fn classify(index: &ImageIndex<'_>, endpoint: &Endpoint, given: &str) -> (u32, Classified) {
+    let image = index.image();
+    let (id, because) = match endpoint {
+        Endpoint::Segment(name) => (image.segment_id(name).unwrap_or(SEGMENT_HOST), "named directly".to_owned()),
+        Endpoint::Addr(addr) => {
+            let class = index.classify_addr(*addr);
+            let shown = canonical(*addr);
+            let because = match class.prefix_len {
+                Some(len) => format!("address {shown} is in a /{len} listed by the segment (longest prefix)"),
+                None => format!("address {shown} is in no segment's CIDRs"),
+            };
+            (class.segment, because)
+        }
+        Endpoint::Cgroup(path) => match index.classify_cgroup(path) {
+            (id, Some(listed)) if listed == path => (id, format!("cgroup {path} is listed by the segment")),
+            (id, Some(listed)) => (id, format!("cgroup {path} is under {listed}, listed by the segment")),
+            (id, None) => (id, format!("cgroup {path} is under no segment's cgroups: a local process in no segment")),
+        },
+    };
+    let segment = image.segment_name(id).to_owned();
+    (id, Classified { given: given.to_owned(), segment, because })
+}
+
+/// Explains a flow from `from` to `to` on `port`/`proto`.
+pub fn explain(
+    index: &ImageIndex<'_>,
+    (from, from_text): (&Endpoint, &str),
+    (to, to_text): (&Endpoint, &str),
+    proto: Proto,
+    port: u16,
+) -> Explanation {
+    let image = index.image();
+    let (src, from_class) = classify(index, from, from_text);
+    let (mut dst, mut to_class) = classify(index, to, to_text);
+    if dst == SEGMENT_HOST
+        && let Some(owner) = index.listener(proto.number(), port)
+    {
+        dst = owner;
+        to_class.because = format!("{}; port {port}/{proto} on this host is served by the segment", to_class.because);
+        to_class.segment = image.segment_name(owner).to_owned();
+    }
+    let port_text = format!("{port}/{proto}");
+    if let Endpoint::Addr(addr) = from
+        && let Some(number) = index.failsafe(*addr, proto.number(), port)
+    {
+        return Explanation {
+            from: from_class,
+            to: to_class,
+            port: port_text,
+            verdict: verdict_word(Verdict::Allow),
+            reason: reason_word(Reason::Failsafe),
+            rule: None,
+            failsafe: image.failsafe_names.get(number as usize - 1).cloned(),
+        };
+    }
+    let decision = index.decide(src, dst, proto.number(), port);
+    Explanation {
+        from: from_class,
+        to: to_class,
+        port: port_text,
+        verdict: verdict_word(decision.verdict),
+        reason: reason_word(decision.reason),
+        rule: (decision.reason == Reason::Rule).then(|| image.rule_name(decision.rule_id).to_owned()),
+        failsafe: None,
+    }
+}

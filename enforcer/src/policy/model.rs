@@ -1,0 +1,326 @@
+//! The typed policy: what a set of valid policy files means, with the source span of
+//! every item kept for messages.
+
+use std::{fmt, net::IpAddr, str::FromStr};
+
+use enforcer_common::maps::{PROTO_TCP, PROTO_UDP};
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::source::Span;
+
+/// Transport protocol of a port set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Proto {
+    /// Both protocols.
+    pub const ALL: [Self; 2] = [Self::Tcp, Self::Udp];
+
+    /// The IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => PROTO_TCP,
+            Self::Udp => PROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+/// A protocol and an inclusive port range (`8443/tcp`, `9000-9100/tcp`, `*/udp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PortRange {
+    /// The protocol.
+    pub proto: Proto,
+    /// First port, at least 1.
+    pub first: u16,
+    /// Last port, at least `first`.
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Whether `port`/`proto` is in the range.
+    pub fn contains(&self, proto: Proto, port: u16) -> bool {
+        self.proto == proto && self.first <= port && port <= self.last
+    }
+
+    /// Number of ports in the range.
+    pub fn len(&self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+
+    /// Always false: a range holds at least one port.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.first, self.last) {
+            (1, u16::MAX) => write!(f, "*/{}", self.proto),
+            (first, last) if first == last => write!(f, "{first}/{}", self.proto),
+            (first, last) => write!(f, "{first}-{last}/{}", self.proto),
+        }
+    }
+}
+
+/// Why a port specification was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// No `/tcp` or `/udp` suffix.
+    #[error("expected PORT/PROTO, PORT-PORT/PROTO or */PROTO with PROTO tcp or udp")]
+    Shape,
+    /// An unknown protocol.
+    #[error("unknown protocol `{0}` (expected tcp or udp)")]
+    Proto(String),
+    /// A port that is not a number in 1..=65535.
+    #[error("`{0}` is not a port number (1-65535)")]
+    Number(String),
+    /// A range whose start is after its end.
+    #[error("range {0}-{1} runs backwards")]
+    Backwards(u16, u16),
+}
+
+impl FromStr for PortRange {
+    type Err = PortError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let (ports, proto) = spec.trim().split_once('/').ok_or(PortError::Shape)?;
+        let proto = match proto {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            other => return Err(PortError::Proto(other.to_owned())),
+        };
+        let number = |text: &str| -> Result<u16, PortError> {
+            text.parse::<u16>()
+                .ok()
+                .filter(|port| *port != 0)
+                .ok_or_else(|| PortError::Number(text.to_owned()))
+        };
+        let (first, last) = match ports.split_once('-') {
+            _ if ports == "*" => (1, u16::MAX),
+            Some((first, last)) => (number(first)?, number(last)?),
+            None => {
+                let port = number(ports)?;
+                (port, port)
+            }
+        };
+        if first > last {
+            return Err(PortError::Backwards(first, last));
+        }
+        Ok(Self { proto, first, last })
+    }
+}
+
+/// Per-segment rollout switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Denials are enforced.
+    Enforce,
+    /// Would-be denials pass and are recorded as `audit`.
+    Audit,
+}
+
+/// A rule's action, also the verdict for unclassified flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Let the flow through.
+    Allow,
+    /// Refuse the flow.
+    Deny,
+}
+
+/// Which verdicts produce audit records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditLevel {
+    /// Every decided flow.
+    All,
+    /// Denied and audit-mode flows only.
+    Deny,
+}
+
+/// Policy-wide defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defaults {
+    /// Which verdicts produce audit records (default: all).
+    pub audit: AuditLevel,
+    /// The verdict for a flow a hook cannot classify (default: deny).
+    pub unclassified: Action,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            audit: AuditLevel::All,
+            unclassified: Action::Deny,
+        }
+    }
+}
+
+/// Management access that is always allowed, whatever the rules say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failsafe {
+    /// Its name (`ssh`).
+    pub name: String,
+    /// Source networks.
+    pub from: Vec<IpNet>,
+    /// Destination ports on this host.
+    pub ports: PortRange,
+    /// Where it is declared.
+    pub span: Span,
+}
+
+impl Failsafe {
+    /// Whether a flow from `addr` to `port`/`proto` is failsafe access.
+    pub fn matches(&self, addr: IpAddr, proto: Proto, port: u16) -> bool {
+        self.ports.contains(proto, port) && self.from.iter().any(|net| net.contains(&addr))
+    }
+}
+
+/// A named segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// Its name.
+    pub name: String,
+    /// Local cgroup paths, relative to the cgroup2 root, without leading or trailing `/`.
+    pub cgroups: Vec<String>,
+    /// Networks of the segment's hosts.
+    pub cidrs: Vec<IpNet>,
+    /// Local listener ports served by the segment.
+    pub ports: Vec<PortRange>,
+    /// Enforce or audit.
+    pub mode: Mode,
+    /// Whether its processes may open raw and packet sockets.
+    pub raw_sockets: bool,
+    /// Where it is declared.
+    pub span: Span,
+}
+
+/// One side of a rule: a segment name, `host`, `world`, or `*`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SegmentRef {
+    /// `*`: every segment.
+    Any,
+    /// A segment by name (including the implicit `host` and `world`).
+    Named(String),
+}
+
+impl SegmentRef {
+    /// Whether the reference covers segment `name`.
+    pub fn covers(&self, name: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Named(own) => own == name,
+        }
+    }
+}
+
+impl fmt::Display for SegmentRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("*"),
+            Self::Named(name) => f.write_str(name),
+        }
+    }
+}
+
+/// An allow or deny rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Its stable id, shown in audit records and metrics.
+    pub id: String,
+    /// Allow or deny.
+    pub action: Action,
+    /// Source segments.
+    pub from: Vec<SegmentRef>,
+    /// Destination segments.
+    pub to: Vec<SegmentRef>,
+    /// Destination ports.
+    pub ports: Vec<PortRange>,
+    /// Where it is declared.
+    pub span: Span,
+}
+
+impl Rule {
+    /// Whether the rule matches a flow between two segments on `port`/`proto`.
+    pub fn matches(&self, from: &str, to: &str, proto: Proto, port: u16) -> bool {
+        self.from.iter().any(|r| r.covers(from))
+            && self.to.iter().any(|r| r.covers(to))
+            && self.ports.iter().any(|p| p.contains(proto, port))
+    }
+}
+
+/// The implicit segment of local processes in no segment.
+pub const HOST: &str = "host";
+/// The implicit segment of addresses in no segment.
+pub const WORLD: &str = "world";
+
+/// A valid policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Defaults.
+    pub defaults: Defaults,
+    /// Failsafe access, in name order.
+    pub failsafes: Vec<Failsafe>,
+    /// Named segments, in name order.
+    pub segments: Vec<Segment>,
+    /// Rules, in declaration order (files in load order, then position in the file).
+    pub rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// The segment called `name`, if declared.
+    pub fn segment(&self, name: &str) -> Option<&Segment> {
+        self.segments
+            .binary_search_by(|segment| segment.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.segments[i])
+    }
+
+    /// The mode of a segment by name; the implicit segments are always enforced.
+    pub fn mode_of(&self, name: &str) -> Mode {
+        self.segment(name).map_or(Mode::Enforce, |segment| segment.mode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_specs_parse_and_print_back() {
+        for spec in ["8443/tcp", "9000-9100/tcp", "*/udp", "53/udp", "1-65535/tcp"] {
+            let range: PortRange = spec.parse().unwrap();
+            let printed = range.to_string();
+            assert_eq!(printed.parse::<PortRange>().unwrap(), range, "{spec} -> {printed}");
+        }
+        assert_eq!("*/tcp".parse::<PortRange>().unwrap().len(), 65535);
+    }
+
+    #[test]
+    fn bad_port_specs_say_why() {
+        assert_eq!("8443".parse::<PortRange>(), Err(PortError::Shape));
+        assert_eq!("0/tcp".parse::<PortRange>(), Err(PortError::Number("0".into())));
+        assert_eq!("70000/tcp".parse::<PortRange>(), Err(PortError::Number("70000".into())));
+        assert_eq!("80/sctp".parse::<PortRange>(), Err(PortError::Proto("sctp".into())));
+        assert_eq!("90-80/tcp".parse::<PortRange>(), Err(PortError::Backwards(90, 80)));
+    }
+}

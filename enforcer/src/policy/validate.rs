@@ -1,0 +1,422 @@
+//! From policy files to a typed [`Policy`], with a diagnostic for everything that is
+//! wrong (each naming `file:line:col`) and nothing compiled when anything is.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    str::FromStr,
+};
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::{
+    analysis,
+    diagnostic::Diagnostic,
+    model::{
+        Action, AuditLevel, Defaults, Failsafe, HOST, Mode, Policy, PortRange, Rule, Segment,
+        SegmentRef, WORLD,
+    },
+    source::{SourceSet, Span},
+    syntax::{RawFile, RawRule, RawSegment},
+};
+
+/// The outcome of reading a policy: the policy if it is valid, and every finding.
+#[derive(Debug)]
+pub struct Validated {
+    /// `Some` when there is no error.
+    pub policy: Option<Policy>,
+    /// Errors and warnings in source order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Parses and validates every file of `sources` as one policy.
+pub fn validate(sources: &SourceSet) -> Validated {
+    let mut v = Validator {
+        sources,
+        diagnostics: Vec::new(),
+        cidr_members: Vec::new(),
+        cgroup_members: Vec::new(),
+        port_members: Vec::new(),
+        defaults: None,
+        failsafes: BTreeMap::new(),
+        segments: BTreeMap::new(),
+        rules: Vec::new(),
+    };
+    let mut files = Vec::new();
+    for (index, file) in sources.files.iter().enumerate() {
+        match toml::from_str::<RawFile>(&file.text) {
+            Ok(raw) => files.push((index, raw)),
+            Err(err) => {
+                let range = err.span().unwrap_or(0..0);
+                v.diagnostics.push(Diagnostic::error(
+                    "syntax",
+                    Span { file: index, range },
+                    err.message().trim().to_owned(),
+                ));
+            }
+        }
+    }
+    let mut raw_rules = Vec::new();
+    for (file, raw) in files {
+        v.defaults(file, raw.defaults);
+        for (name, failsafe) in raw.failsafe {
+            v.failsafe(file, name, failsafe);
+        }
+        for (name, segment) in raw.segments {
+            v.segment(file, name, segment);
+        }
+        for (action, rules) in [(Action::Allow, raw.allow), (Action::Deny, raw.deny)] {
+            raw_rules.extend(rules.into_iter().map(|rule| (file, action, rule)));
+        }
+    }
+    // Declaration order: file load order, then position within the file.
+    raw_rules.sort_by_key(|(file, _, rule)| (*file, rule.span().start));
+    v.check_overlaps();
+    for (file, action, rule) in raw_rules {
+        v.rule(file, action, rule);
+    }
+    let has_errors = v.diagnostics.iter().any(Diagnostic::is_error);
+    let policy = (!has_errors).then(|| Policy {
+        defaults: v.defaults.map(|(defaults, _)| defaults).unwrap_or_default(),
+        failsafes: v.failsafes.into_values().collect(),
+        segments: v.segments.into_values().collect(),
+        rules: v.rules,
+    });
+    if let Some(policy) = &policy {
+        v.diagnostics.extend(analysis::warnings(policy));
+    }
+    v.diagnostics.sort_by_key(|d| d.span.as_ref().map(|s| (s.file, s.range.start)));
+    Validated {
+        policy,
+        diagnostics: v.diagnostics,
+    }
+}
+
+struct Validator<'s> {
+    sources: &'s SourceSet,
+    diagnostics: Vec<Diagnostic>,
+    /// Every segment member with its segment and place, for the overlap checks.
+    cidr_members: Vec<(IpNet, String, Span)>,
+    cgroup_members: Vec<(String, String, Span)>,
+    port_members: Vec<(PortRange, String, Span)>,
+    defaults: Option<(Defaults, Span)>,
+    failsafes: BTreeMap<String, Failsafe>,
+    segments: BTreeMap<String, Segment>,
+    rules: Vec<Rule>,
+}
+
+fn span<T>(file: usize, value: &Spanned<T>) -> Span {
+    Span {
+        file,
+        range: value.span(),
+    }
+}
+
+/// Segment names and rule ids: a letter or digit, then letters, digits, `-`, `_`, `.`.
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Validator<'_> {
+    fn error(&mut self, code: &'static str, span: Span, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic::error(code, span, message));
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        file: usize,
+        value: &Spanned<String>,
+        field: &str,
+        choices: &[(&str, T)],
+    ) -> Option<T> {
+        let found = choices.iter().find(|(name, _)| *name == value.get_ref().as_str());
+        if found.is_none() {
+            let expected: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+            self.error(
+                "bad-value",
+                span(file, value),
+                format!("`{field}` must be one of {}", expected.join(", ")),
+            );
+        }
+        found.map(|(_, v)| *v)
+    }
+
+    fn defaults(&mut self, file: usize, raw: Option<Spanned<super::syntax::RawDefaults>>) {
+        let Some(raw) = raw else { return };
+        let here = span(file, &raw);
+        if let Some((_, first)) = &self.defaults {
+            let first = first.clone();
+            let note = format!("first set at {}", self.sources.location(&first));
+            self.diagnostics.push(
+                Diagnostic::error("duplicate-defaults", here, "[defaults] is set twice").with_note(note),
+            );
+            return;
+        }
+        let raw = raw.into_inner();
+        let mut defaults = Defaults::default();
+        if let Some(audit) = &raw.audit
+            && let Some(level) =
+                self.choice(file, audit, "audit", &[("all", AuditLevel::All), ("deny", AuditLevel::Deny)])
+        {
+            defaults.audit = level;
+        }
+        if let Some(unclassified) = &raw.unclassified
+            && let Some(action) = self.choice(
+                file,
+                unclassified,
+                "unclassified",
+                &[("deny", Action::Deny), ("allow", Action::Allow)],
+            )
+        {
+            defaults.unclassified = action;
+        }
+        self.defaults = Some((defaults, here));
+    }
+
+    fn cidr(&mut self, file: usize, text: &Spanned<String>) -> Option<IpNet> {
+        let raw = text.get_ref().trim();
+        let net = IpNet::from_str(raw)
+            .ok()
+            .or_else(|| IpAddr::from_str(raw).ok().map(IpNet::from));
+        match net {
+            None => {
+                self.error("bad-cidr", span(file, text), format!("`{raw}` is not an IPv4 or IPv6 CIDR"));
+                None
+            }
+            Some(net) if net.trunc() != net => {
+                self.diagnostics.push(
+                    Diagnostic::error("bad-cidr", span(file, text), format!("`{raw}` has host bits set"))
+                        .with_note(format!("did you mean {}?", net.trunc())),
+                );
+                None
+            }
+            Some(net) => Some(net),
+        }
+    }
+
+    fn port(&mut self, file: usize, text: &Spanned<String>) -> Option<PortRange> {
+        match PortRange::from_str(text.get_ref()) {
+            Ok(range) => Some(range),
+            Err(err) => {
+                self.error("bad-port", span(file, text), format!("bad port `{}`: {err}", text.get_ref()));
+                None
+            }
+        }
+    }
+
+    fn failsafe(&mut self, file: usize, name: Spanned<String>, raw: Spanned<super::syntax::RawFailsafe>) {
+        let here = span(file, &name);
+        if self.failsafes.contains_key(name.get_ref()) {
+            self.error("duplicate-failsafe", here, format!("failsafe `{}` is declared twice", name.get_ref()));
+            return;
+        }
+        let raw = raw.into_inner();
+        if raw.from.get_ref().is_empty() {
+            self.error("empty-list", span(file, &raw.from), "a failsafe needs at least one source CIDR in `from`");
+        }
+        let from: Vec<IpNet> = raw.from.get_ref().iter().filter_map(|c| self.cidr(file, c)).collect();
+        let Some(ports) = self.port(file, &raw.port) else { return };
+        self.failsafes.insert(
+            name.get_ref().clone(),
+            Failsafe {
+                name: name.into_inner(),
+                from,
+                ports,
+                span: here,
+            },
+        );
+    }
+
+    fn cgroup_path(&mut self, file: usize, text: &Spanned<String>) -> Option<String> {
+        let raw = text.get_ref().trim();
+        let path = raw.trim_matches('/');
+        let problem = if path.is_empty() {
+            Some("is empty (the cgroup2 root cannot be a segment member)")
+        } else if path.starts_with("sys/fs/cgroup") {
+            Some("must be relative to the cgroup2 root: drop the mount point prefix")
+        } else if path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            Some("has an empty, `.` or `..` component")
+        } else if path.contains('\0') {
+            Some("contains a NUL byte")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            self.error("bad-cgroup", span(file, text), format!("cgroup path `{raw}` {problem}"));
+            return None;
+        }
+        Some(path.to_owned())
+    }
+
+    fn segment(&mut self, file: usize, name: Spanned<String>, raw: Spanned<RawSegment>) {
+        let here = span(file, &name);
+        let text = name.get_ref().as_str();
+        if matches!(text, HOST | WORLD) {
+            self.error("reserved-segment", here, format!("`{text}` is an implicit segment and cannot be declared"));
+            return;
+        }
+        if !is_identifier(text) {
+            self.error("bad-name", here, format!("segment name `{text}` must be letters, digits, `-`, `_` or `.`"));
+            return;
+        }
+        if self.segments.contains_key(text) {
+            self.error("duplicate-segment", here, format!("segment `{text}` is declared twice"));
+            return;
+        }
+        let whole = span(file, &raw);
+        let raw = raw.into_inner();
+        if raw.cgroups.is_empty() && raw.cidrs.is_empty() && raw.ports.is_empty() {
+            self.error("empty-segment", whole, format!("segment `{text}` has no cgroups, cidrs or ports"));
+        }
+        let mut cgroups = Vec::new();
+        for text in &raw.cgroups {
+            if let Some(path) = self.cgroup_path(file, text) {
+                self.cgroup_members.push((path.clone(), name.get_ref().clone(), span(file, text)));
+                cgroups.push(path);
+            }
+        }
+        let mut cidrs = Vec::new();
+        for text in &raw.cidrs {
+            if let Some(net) = self.cidr(file, text) {
+                self.cidr_members.push((net, name.get_ref().clone(), span(file, text)));
+                cidrs.push(net);
+            }
+        }
+        let mut ports = Vec::new();
+        for text in &raw.ports {
+            if let Some(range) = self.port(file, text) {
+                self.port_members.push((range, name.get_ref().clone(), span(file, text)));
+                ports.push(range);
+            }
+        }
+        let mode = raw
+            .mode
+            .as_ref()
+            .and_then(|m| self.choice(file, m, "mode", &[("enforce", Mode::Enforce), ("audit", Mode::Audit)]))
+            .unwrap_or(Mode::Enforce);
+        self.segments.insert(
+            text.to_owned(),
+            Segment {
+                name: name.into_inner(),
+                cgroups,
+                cidrs,
+                ports,
+                mode,
+                raw_sockets: raw.raw_sockets.is_some_and(|r| r.into_inner()),
+                span: here,
+            },
+        );
+    }
+
+    /// The same CIDR or cgroup listed twice, or one listener port served twice: each is
+    /// reported at its second appearance, naming the first.
+    fn check_overlaps(&mut self) {
+        let mut problems = Vec::new();
+        let mut first_cidr: HashMap<IpNet, (&str, &Span)> = HashMap::new();
+        for (net, segment, place) in &self.cidr_members {
+            if let Some((other, first)) = first_cidr.get(net) {
+                problems.push((place.clone(), format!("CIDR {net} is listed in `{other}` and again in `{segment}`"), (*first).clone()));
+            } else {
+                first_cidr.insert(*net, (segment, place));
+            }
+        }
+        let mut first_cgroup: HashMap<&str, (&str, &Span)> = HashMap::new();
+        for (path, segment, place) in &self.cgroup_members {
+            if let Some((other, first)) = first_cgroup.get(path.as_str()) {
+                problems.push((place.clone(), format!("cgroup `{path}` is listed in `{other}` and again in `{segment}`"), (*first).clone()));
+            } else {
+                first_cgroup.insert(path, (segment, place));
+            }
+        }
+        let mut ports: Vec<&(PortRange, String, Span)> = self.port_members.iter().collect();
+        ports.sort_by_key(|(range, _, place)| (range.proto, range.first, place.file, place.range.start));
+        for pair in ports.windows(2) {
+            let ((a, a_segment, a_place), (b, b_segment, b_place)) = (pair[0], pair[1]);
+            if a.proto == b.proto && b.first <= a.last {
+                problems.push((b_place.clone(), format!("listener ports {b} (`{b_segment}`) overlap {a} (`{a_segment}`)"), a_place.clone()));
+            }
+        }
+        for (place, message, first) in problems {
+            let note = format!("first listed at {}", self.sources.location(&first));
+            self.diagnostics.push(Diagnostic::error("duplicate-member", place, message).with_note(note));
+        }
+    }
+
+    fn segment_ref(&mut self, file: usize, text: &Spanned<String>) -> Option<SegmentRef> {
+        let name = text.get_ref().as_str();
+        if name == "*" {
+            return Some(SegmentRef::Any);
+        }
+        if matches!(name, HOST | WORLD) || self.segments.contains_key(name) {
+            return Some(SegmentRef::Named(name.to_owned()));
+        }
+        let known: Vec<&str> = self.segments.keys().map(String::as_str).collect();
+        let mut diagnostic =
+            Diagnostic::error("unknown-segment", span(file, text), format!("unknown segment `{name}`"));
+        if let Some(close) = known.iter().find(|k| edit_distance(k, name) <= 2) {
+            diagnostic = diagnostic.with_note(format!("did you mean `{close}`?"));
+        }
+        diagnostic = diagnostic.with_note(format!(
+            "known segments: {}host, world, or * for any",
+            known.iter().map(|k| format!("{k}, ")).collect::<String>()
+        ));
+        self.diagnostics.push(diagnostic);
+        None
+    }
+
+    fn refs(&mut self, file: usize, field: &str, list: &Spanned<Vec<Spanned<String>>>) -> Vec<SegmentRef> {
+        if list.get_ref().is_empty() {
+            self.error("empty-list", span(file, list), format!("`{field}` needs at least one segment"));
+        }
+        list.get_ref().iter().filter_map(|r| self.segment_ref(file, r)).collect()
+    }
+
+    fn rule(&mut self, file: usize, action: Action, raw: Spanned<RawRule>) {
+        let raw = raw.into_inner();
+        let id = raw.id.get_ref().clone();
+        let here = span(file, &raw.id);
+        if !is_identifier(&id) {
+            self.error("bad-name", here.clone(), format!("rule id `{id}` must be letters, digits, `-`, `_` or `.`"));
+        } else if let Some(first) = self.rules.iter().find(|r| r.id == id) {
+            let note = format!("first used at {}", self.sources.location(&first.span));
+            self.diagnostics.push(
+                Diagnostic::error("duplicate-rule-id", here.clone(), format!("rule id `{id}` is used twice"))
+                    .with_note(note),
+            );
+        }
+        let from = self.refs(file, "from", &raw.from);
+        let to = self.refs(file, "to", &raw.to);
+        if raw.ports.get_ref().is_empty() {
+            self.error("empty-list", span(file, &raw.ports), "`ports` needs at least one port (use \"*/tcp\" for all)");
+        }
+        let ports = raw.ports.get_ref().iter().filter_map(|p| self.port(file, p)).collect();
+        self.rules.push(Rule {
+            id,
+            action,
+            from,
+            to,
+            ports,
+            span: here,
+        });
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints on short names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            let next = (row[j] + 1).min(row[j + 1] + 1).min(prev + cost);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
