@@ -86,22 +86,34 @@ mod tests {
         assert_eq!(best_rule([None, Some(allow), None, None]), Some(allow));
         assert_eq!(best_rule([None; 4]), None);
         let d = decide(None, 0, 0);
-        assert_eq!((d.verdict, d.reason, d.rule_id), (Verdict::Deny, Reason::DefaultDeny, 0));
+        assert_eq!(
+            (d.verdict, d.reason, d.rule_id),
+            (Verdict::Deny, Reason::DefaultDeny, 0)
+        );
     }
 
     #[test]
     fn first_declared_rule_wins_within_an_action() {
         let early = RuleValue::new(2, ACTION_ALLOW);
         let late = RuleValue::new(5, ACTION_ALLOW);
-        assert_eq!(best_rule([Some(late), Some(early), None, None]), Some(early));
+        assert_eq!(
+            best_rule([Some(late), Some(early), None, None]),
+            Some(early)
+        );
     }
 
     #[test]
     fn audit_mode_turns_denials_into_audit() {
         let deny = RuleValue::new(3, ACTION_DENY);
-        assert_eq!(decide(Some(deny), 0, SEGMENT_FLAG_AUDIT).verdict, Verdict::Audit);
+        assert_eq!(
+            decide(Some(deny), 0, SEGMENT_FLAG_AUDIT).verdict,
+            Verdict::Audit
+        );
         assert_eq!(decide(None, SEGMENT_FLAG_AUDIT, 0).verdict, Verdict::Audit);
         let allow = RuleValue::new(3, ACTION_ALLOW);
-        assert_eq!(decide(Some(allow), SEGMENT_FLAG_AUDIT, 0).verdict, Verdict::Allow);
+        assert_eq!(
+            decide(Some(allow), SEGMENT_FLAG_AUDIT, 0).verdict,
+            Verdict::Allow
+        );
     }
 }

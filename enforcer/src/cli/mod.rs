@@ -1,5 +1,7 @@
 //! The `enforcer` command line: one module per subcommand.
 
+mod keygen;
+mod policy;
 mod preflight;
 
 use std::process::ExitCode;
@@ -19,6 +21,11 @@ enum Command {
     /// Check that this host can run enforcer: load every kernel program (verifier
     /// included) without attaching anything, and find the cgroup2 and bpffs mounts.
     Preflight(preflight::Args),
+    /// Policy tools: check, explain, diff, sign, verify.
+    #[command(subcommand)]
+    Policy(policy::Command),
+    /// Create an ed25519 key pair for signing policy bundles.
+    Keygen(keygen::Args),
 }
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
@@ -33,6 +40,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Preflight(args) => preflight::run(&args),
+        Command::Policy(command) => policy::run(&command),
+        Command::Keygen(args) => keygen::run(&args),
     };
     match outcome {
         Ok(code) => code,

@@ -29,10 +29,22 @@ impl<'p> PairIndex<'p> {
 
     /// Rules that match every flow `from -> to` could stand for: those naming the same
     /// segments or `*`. (A `*` side is only covered by `*`.)
-    fn covering(&self, from: &'p SegmentRef, to: &'p SegmentRef) -> impl Iterator<Item = usize> + '_ {
+    fn covering(
+        &self,
+        from: &'p SegmentRef,
+        to: &'p SegmentRef,
+    ) -> impl Iterator<Item = usize> + '_ {
         let any = &SegmentRef::Any;
-        let froms: &[&SegmentRef] = if *from == SegmentRef::Any { &[any] } else { &[from, any] };
-        let tos: &[&SegmentRef] = if *to == SegmentRef::Any { &[any] } else { &[to, any] };
+        let froms: &[&SegmentRef] = if *from == SegmentRef::Any {
+            &[any]
+        } else {
+            &[from, any]
+        };
+        let tos: &[&SegmentRef] = if *to == SegmentRef::Any {
+            &[any]
+        } else {
+            &[to, any]
+        };
         let mut keys = Vec::new();
         for f in froms {
             for t in tos {
@@ -76,7 +88,8 @@ fn covered_by(
     let mut used = BTreeSet::new();
     for from in &rule.from {
         for to in &rule.to {
-            let candidates: Vec<usize> = index.covering(from, to).filter(|i| eligible(*i)).collect();
+            let candidates: Vec<usize> =
+                index.covering(from, to).filter(|i| eligible(*i)).collect();
             for proto in Proto::ALL {
                 let want: Vec<(u16, u16)> = rule
                     .ports
@@ -106,7 +119,11 @@ fn covered_by(
 }
 
 fn names(rules: &[Rule], used: &BTreeSet<usize>) -> String {
-    let mut names: Vec<String> = used.iter().take(5).map(|i| format!("`{}`", rules[*i].id)).collect();
+    let mut names: Vec<String> = used
+        .iter()
+        .take(5)
+        .map(|i| format!("`{}`", rules[*i].id))
+        .collect();
     if used.len() > 5 {
         names.push(format!("and {} more", used.len() - 5));
     }
@@ -126,18 +143,26 @@ pub fn warnings(policy: &Policy) -> Vec<Diagnostic> {
                 Diagnostic::warning(
                     "dead-allow",
                     rule.span.clone(),
-                    format!("allow `{}` never allows anything: deny rules match every flow it matches", rule.id),
+                    format!(
+                        "allow `{}` never allows anything: deny rules match every flow it matches",
+                        rule.id
+                    ),
                 )
                 .with_note(format!("covered by {}", names(rules, &used))),
             );
             continue;
         }
-        if let Some(used) = covered_by(rules, &index, i, |j| j < i && rules[j].action == rule.action) {
+        if let Some(used) = covered_by(rules, &index, i, |j| {
+            j < i && rules[j].action == rule.action
+        }) {
             found.push(
                 Diagnostic::warning(
                     "shadowed-rule",
                     rule.span.clone(),
-                    format!("rule `{}` never decides a flow: earlier rules match every flow it matches", rule.id),
+                    format!(
+                        "rule `{}` never decides a flow: earlier rules match every flow it matches",
+                        rule.id
+                    ),
                 )
                 .with_note(format!("shadowed by {}", names(rules, &used))),
             );

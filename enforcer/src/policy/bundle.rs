@@ -7,7 +7,10 @@ use std::{fs, io, os::unix::fs::OpenOptionsExt as _, path::Path};
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use ed25519_dalek::{
     Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey,
-    pkcs8::{DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _, spki::der::pem::LineEnding},
+    pkcs8::{
+        DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _,
+        spki::der::pem::LineEnding,
+    },
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -202,10 +205,18 @@ pub struct Verified {
 
 /// Checks a bundle against `trusted`, in order: well-formed, signed by the trusted key,
 /// signature valid, sources compile to the signed image, version at least `min_version`.
-pub fn verify(bytes: &[u8], trusted: &VerifyingKey, min_version: u64) -> Result<Verified, BundleError> {
-    let file: BundleFile = serde_json::from_slice(bytes).map_err(|e| BundleError::Corrupt(e.to_string()))?;
+pub fn verify(
+    bytes: &[u8],
+    trusted: &VerifyingKey,
+    min_version: u64,
+) -> Result<Verified, BundleError> {
+    let file: BundleFile =
+        serde_json::from_slice(bytes).map_err(|e| BundleError::Corrupt(e.to_string()))?;
     if file.format != FORMAT {
-        return Err(BundleError::Corrupt(format!("format {} (this build reads {FORMAT})", file.format)));
+        return Err(BundleError::Corrupt(format!(
+            "format {} (this build reads {FORMAT})",
+            file.format
+        )));
     }
     let trusted_id = key_id(trusted);
     if file.key_id != trusted_id {
@@ -219,21 +230,34 @@ pub fn verify(bytes: &[u8], trusted: &VerifyingKey, min_version: u64) -> Result<
         .ok()
         .and_then(|raw| <[u8; 64]>::try_from(raw).ok())
         .map(|raw| Signature::from_bytes(&raw))
-        .ok_or_else(|| BundleError::Corrupt("the signature is not 64 base64-encoded bytes".into()))?;
+        .ok_or_else(|| {
+            BundleError::Corrupt("the signature is not 64 base64-encoded bytes".into())
+        })?;
     trusted
         .verify(file.payload.as_bytes(), &signature)
         .map_err(|_| BundleError::BadSignature)?;
-    let payload: Payload = serde_json::from_str(&file.payload).map_err(|e| BundleError::Corrupt(e.to_string()))?;
+    let payload: Payload =
+        serde_json::from_str(&file.payload).map_err(|e| BundleError::Corrupt(e.to_string()))?;
     let mut sources = SourceSet::default();
     for source in &payload.sources {
         sources.add(source.path.clone(), source.text.clone());
     }
     let compiled = compile_sources(sources).map_err(|rejected| {
-        BundleError::ImageMismatch(format!("{} diagnostics, first: {}", rejected.diagnostics.len(), rejected.diagnostics.first().map_or("", |d| d.message.as_str())))
+        BundleError::ImageMismatch(format!(
+            "{} diagnostics, first: {}",
+            rejected.diagnostics.len(),
+            rejected
+                .diagnostics
+                .first()
+                .map_or("", |d| d.message.as_str())
+        ))
     })?;
     let digest = compiled.image.digest_hex();
     if digest != payload.image_sha256 {
-        return Err(BundleError::ImageMismatch(format!("signed {}, compiled {digest}", payload.image_sha256)));
+        return Err(BundleError::ImageMismatch(format!(
+            "signed {}, compiled {digest}",
+            payload.image_sha256
+        )));
     }
     if payload.version < min_version {
         return Err(BundleError::Rollback {

@@ -28,7 +28,11 @@ pub fn port_blocks(first: u16, last: u16) -> Vec<(u16, u32)> {
     let mut blocks = Vec::new();
     let (mut start, end) = (u32::from(first), u32::from(last));
     while start <= end {
-        let mut size_log2 = if start == 0 { 16 } else { start.trailing_zeros().min(16) };
+        let mut size_log2 = if start == 0 {
+            16
+        } else {
+            start.trailing_zeros().min(16)
+        };
         while start + (1 << size_log2) - 1 > end {
             size_log2 -= 1;
         }
@@ -73,7 +77,9 @@ fn best_per_port_run(ranges: &[(u16, u16, RuleValue)]) -> Vec<(u16, u16, RuleVal
             }
             i += 1;
         }
-        let Some((rank, _)) = active.first_key_value() else { continue };
+        let Some((rank, _)) = active.first_key_value() else {
+            continue;
+        };
         let next = events.get(i).map_or(65_536, |e| e.0);
         let best = values[rank];
         let (first, last) = (position as u16, (next - 1) as u16);
@@ -140,7 +146,8 @@ pub fn compile(policy: &Policy) -> Result<MapImage, Vec<Diagnostic>> {
         cgroups.extend(segment.cgroups.iter().map(|path| (path.clone(), id)));
         for range in &segment.ports {
             listen_ports.extend(
-                (range.first..=range.last).map(|port| (ListenKey::new(port, range.proto.number()), id)),
+                (range.first..=range.last)
+                    .map(|port| (ListenKey::new(port, range.proto.number()), id)),
             );
         }
     }
@@ -166,11 +173,15 @@ pub fn compile(policy: &Policy) -> Result<MapImage, Vec<Diagnostic>> {
     let mut rules = Vec::new();
     for ((src, dst, proto), ranges) in &groups {
         for (first, last, value) in best_per_port_run(ranges) {
-            rules.extend(port_blocks(first, last).into_iter().map(|(base, bits)| LpmEntry {
-                prefix_len: RULE_KEY_FIXED_BITS + bits,
-                key: RuleKey::new(*src, *dst, *proto, base),
-                value,
-            }));
+            rules.extend(
+                port_blocks(first, last)
+                    .into_iter()
+                    .map(|(base, bits)| LpmEntry {
+                        prefix_len: RULE_KEY_FIXED_BITS + bits,
+                        key: RuleKey::new(*src, *dst, *proto, base),
+                        value,
+                    }),
+            );
         }
     }
 
@@ -198,14 +209,34 @@ pub fn compile(policy: &Policy) -> Result<MapImage, Vec<Diagnostic>> {
     }
 
     let mut errors = Vec::new();
-    capacity(&mut errors, "segment table", segment_names.len(), MAX_SEGMENTS);
+    capacity(
+        &mut errors,
+        "segment table",
+        segment_names.len(),
+        MAX_SEGMENTS,
+    );
     capacity(&mut errors, "IPv4 CIDR trie", cidrs_v4.len(), MAX_CIDRS_V4);
     capacity(&mut errors, "IPv6 CIDR trie", cidrs_v6.len(), MAX_CIDRS_V6);
     capacity(&mut errors, "cgroup table", cgroups.len(), MAX_CGROUPS);
-    capacity(&mut errors, "listener port table", listen_ports.len(), MAX_LISTEN_PORTS);
+    capacity(
+        &mut errors,
+        "listener port table",
+        listen_ports.len(),
+        MAX_LISTEN_PORTS,
+    );
     capacity(&mut errors, "rule table", rules.len(), MAX_RULE_ENTRIES);
-    capacity(&mut errors, "IPv4 failsafe trie", failsafes_v4.len(), MAX_FAILSAFES);
-    capacity(&mut errors, "IPv6 failsafe trie", failsafes_v6.len(), MAX_FAILSAFES);
+    capacity(
+        &mut errors,
+        "IPv4 failsafe trie",
+        failsafes_v4.len(),
+        MAX_FAILSAFES,
+    );
+    capacity(
+        &mut errors,
+        "IPv6 failsafe trie",
+        failsafes_v6.len(),
+        MAX_FAILSAFES,
+    );
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -255,9 +286,20 @@ mod tests {
 
     #[test]
     fn port_blocks_cover_exactly_the_range() {
-        for (first, last) in [(1, 65535), (80, 80), (9000, 9100), (1, 1), (65535, 65535), (1024, 2047)] {
+        for (first, last) in [
+            (1, 65535),
+            (80, 80),
+            (9000, 9100),
+            (1, 1),
+            (65535, 65535),
+            (1024, 2047),
+        ] {
             let blocks = port_blocks(first, last);
-            assert!(blocks.len() <= 30, "{first}-{last}: {} blocks", blocks.len());
+            assert!(
+                blocks.len() <= 30,
+                "{first}-{last}: {} blocks",
+                blocks.len()
+            );
             let mut covered: Vec<u32> = blocks
                 .iter()
                 .flat_map(|(base, bits)| {

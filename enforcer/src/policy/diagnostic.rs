@@ -103,7 +103,12 @@ impl Diagnostic {
     pub fn to_json(&self, sources: &SourceSet) -> DiagnosticJson {
         let place = self.span.as_ref().map(|span| {
             let (line, column) = sources.line_col(span.file, span.range.start);
-            (sources.files[span.file].path.clone(), line, column, sources.text(span).to_owned())
+            (
+                sources.files[span.file].path.clone(),
+                line,
+                column,
+                sources.text(span).to_owned(),
+            )
         });
         let (file, line, column, text) = match place {
             Some((file, line, column, text)) => (Some(file), Some(line), Some(column), Some(text)),

@@ -66,7 +66,10 @@ pub struct PolicyDiff {
 impl PolicyDiff {
     /// Whether nothing changes.
     pub fn is_empty(&self) -> bool {
-        self.verdicts.is_empty() && self.rules.is_empty() && self.segments.is_empty() && self.failsafes.is_empty()
+        self.verdicts.is_empty()
+            && self.rules.is_empty()
+            && self.segments.is_empty()
+            && self.failsafes.is_empty()
     }
 }
 
@@ -74,7 +77,12 @@ impl PolicyDiff {
 fn boundaries(policies: [&Policy; 2], proto: Proto) -> Vec<u32> {
     let mut points = BTreeSet::from([1u32, 65_536]);
     for policy in policies {
-        for range in policy.rules.iter().flat_map(|r| &r.ports).filter(|p| p.proto == proto) {
+        for range in policy
+            .rules
+            .iter()
+            .flat_map(|r| &r.ports)
+            .filter(|p| p.proto == proto)
+        {
             points.insert(u32::from(range.first));
             points.insert(u32::from(range.last) + 1);
         }
@@ -82,7 +90,13 @@ fn boundaries(policies: [&Policy; 2], proto: Proto) -> Vec<u32> {
     points.into_iter().collect()
 }
 
-fn verdict_of(index: &ImageIndex<'_>, from: &str, to: &str, proto: Proto, port: u16) -> Option<Verdict> {
+fn verdict_of(
+    index: &ImageIndex<'_>,
+    from: &str,
+    to: &str,
+    proto: Proto,
+    port: u16,
+) -> Option<Verdict> {
     let image = index.image();
     let (src, dst) = (image.segment_id(from)?, image.segment_id(to)?);
     Some(index.decide(src, dst, proto.number(), port).verdict)
@@ -106,13 +120,22 @@ fn items<'a, T: PartialEq + 'a>(
     let mut changes = Vec::new();
     for (name, item) in &old {
         match new.get(name) {
-            None => changes.push(ItemChange { change: "removed", name: (*name).to_owned() }),
-            Some(other) if other != item => changes.push(ItemChange { change: "changed", name: (*name).to_owned() }),
+            None => changes.push(ItemChange {
+                change: "removed",
+                name: (*name).to_owned(),
+            }),
+            Some(other) if other != item => changes.push(ItemChange {
+                change: "changed",
+                name: (*name).to_owned(),
+            }),
             Some(_) => {}
         }
     }
     for name in new.keys().filter(|n| !old.contains_key(*n)) {
-        changes.push(ItemChange { change: "added", name: (*name).to_owned() });
+        changes.push(ItemChange {
+            change: "added",
+            name: (*name).to_owned(),
+        });
     }
     changes
 }
@@ -168,10 +191,19 @@ pub fn diff(old: (&Policy, &MapImage), new: (&Policy, &MapImage)) -> PolicyDiff 
                 }
             }
             for change in &mut changes {
-                change.ports = super::model::PortRange { proto: change.proto, first: change.first, last: change.last }.to_string();
+                change.ports = super::model::PortRange {
+                    proto: change.proto,
+                    first: change.first,
+                    last: change.last,
+                }
+                .to_string();
             }
             if !changes.is_empty() {
-                verdicts.push(PairChanges { from: (*from).to_owned(), to: (*to).to_owned(), changes });
+                verdicts.push(PairChanges {
+                    from: (*from).to_owned(),
+                    to: (*to).to_owned(),
+                    changes,
+                });
             }
         }
     }
@@ -182,12 +214,28 @@ pub fn diff(old: (&Policy, &MapImage), new: (&Policy, &MapImage)) -> PolicyDiff 
             new.0.rules.iter().map(|r| (r.id.as_str(), rule_meaning(r))),
         ),
         segments: items(
-            old.0.segments.iter().map(|s| (s.name.as_str(), (&s.cgroups, &s.cidrs, &s.ports, s.mode, s.raw_sockets))),
-            new.0.segments.iter().map(|s| (s.name.as_str(), (&s.cgroups, &s.cidrs, &s.ports, s.mode, s.raw_sockets))),
+            old.0.segments.iter().map(|s| {
+                (
+                    s.name.as_str(),
+                    (&s.cgroups, &s.cidrs, &s.ports, s.mode, s.raw_sockets),
+                )
+            }),
+            new.0.segments.iter().map(|s| {
+                (
+                    s.name.as_str(),
+                    (&s.cgroups, &s.cidrs, &s.ports, s.mode, s.raw_sockets),
+                )
+            }),
         ),
         failsafes: items(
-            old.0.failsafes.iter().map(|f| (f.name.as_str(), (&f.from, f.ports))),
-            new.0.failsafes.iter().map(|f| (f.name.as_str(), (&f.from, f.ports))),
+            old.0
+                .failsafes
+                .iter()
+                .map(|f| (f.name.as_str(), (&f.from, f.ports))),
+            new.0
+                .failsafes
+                .iter()
+                .map(|f| (f.name.as_str(), (&f.from, f.ports))),
         ),
     }
 }

@@ -18,7 +18,9 @@ use super::{
 
 /// An endpoint argument that names nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not a segment of this policy, an IP address, or a cgroup path (a cgroup path has a `/` or ends in .service, .slice or .scope)")]
+#[error(
+    "`{0}` is not a segment of this policy, an IP address, or a cgroup path (a cgroup path has a `/` or ends in .service, .slice or .scope)"
+)]
 pub struct UnknownEndpoint(pub String);
 
 /// Reads an endpoint argument: a segment name of `image`, an IP address, or a cgroup path.
@@ -30,7 +32,11 @@ pub fn parse_endpoint(text: &str, image: &MapImage) -> Result<Endpoint, UnknownE
     if let Ok(addr) = text.parse::<IpAddr>() {
         return Ok(Endpoint::Addr(addr));
     }
-    if text.contains('/') || [".service", ".slice", ".scope"].iter().any(|s| text.ends_with(s)) {
+    if text.contains('/')
+        || [".service", ".slice", ".scope"]
+            .iter()
+            .any(|s| text.ends_with(s))
+    {
         return Ok(Endpoint::Cgroup(text.trim_matches('/').to_owned()));
     }
     Err(UnknownEndpoint(text.to_owned()))
@@ -91,24 +97,46 @@ pub fn reason_word(reason: Reason) -> &'static str {
 fn classify(index: &ImageIndex<'_>, endpoint: &Endpoint, given: &str) -> (u32, Classified) {
     let image = index.image();
     let (id, because) = match endpoint {
-        Endpoint::Segment(name) => (image.segment_id(name).unwrap_or(SEGMENT_HOST), "named directly".to_owned()),
+        Endpoint::Segment(name) => (
+            image.segment_id(name).unwrap_or(SEGMENT_HOST),
+            "named directly".to_owned(),
+        ),
         Endpoint::Addr(addr) => {
             let class = index.classify_addr(*addr);
             let shown = canonical(*addr);
             let because = match class.prefix_len {
-                Some(len) => format!("address {shown} is in a /{len} listed by the segment (longest prefix)"),
+                Some(len) => {
+                    format!("address {shown} is in a /{len} listed by the segment (longest prefix)")
+                }
                 None => format!("address {shown} is in no segment's CIDRs"),
             };
             (class.segment, because)
         }
         Endpoint::Cgroup(path) => match index.classify_cgroup(path) {
-            (id, Some(listed)) if listed == path => (id, format!("cgroup {path} is listed by the segment")),
-            (id, Some(listed)) => (id, format!("cgroup {path} is under {listed}, listed by the segment")),
-            (id, None) => (id, format!("cgroup {path} is under no segment's cgroups: a local process in no segment")),
+            (id, Some(listed)) if listed == path => {
+                (id, format!("cgroup {path} is listed by the segment"))
+            }
+            (id, Some(listed)) => (
+                id,
+                format!("cgroup {path} is under {listed}, listed by the segment"),
+            ),
+            (id, None) => (
+                id,
+                format!(
+                    "cgroup {path} is under no segment's cgroups: a local process in no segment"
+                ),
+            ),
         },
     };
     let segment = image.segment_name(id).to_owned();
-    (id, Classified { given: given.to_owned(), segment, because })
+    (
+        id,
+        Classified {
+            given: given.to_owned(),
+            segment,
+            because,
+        },
+    )
 }
 
 /// Explains a flow from `from` to `to` on `port`/`proto`.
@@ -126,7 +154,10 @@ pub fn explain(
         && let Some(owner) = index.listener(proto.number(), port)
     {
         dst = owner;
-        to_class.because = format!("{}; port {port}/{proto} on this host is served by the segment", to_class.because);
+        to_class.because = format!(
+            "{}; port {port}/{proto} on this host is served by the segment",
+            to_class.because
+        );
         to_class.segment = image.segment_name(owner).to_owned();
     }
     let port_text = format!("{port}/{proto}");
@@ -150,7 +181,8 @@ pub fn explain(
         port: port_text,
         verdict: verdict_word(decision.verdict),
         reason: reason_word(decision.reason),
-        rule: (decision.reason == Reason::Rule).then(|| image.rule_name(decision.rule_id).to_owned()),
+        rule: (decision.reason == Reason::Rule)
+            .then(|| image.rule_name(decision.rule_id).to_owned()),
         failsafe: None,
     }
 }

@@ -79,7 +79,11 @@ impl MapImage {
         for info in &self.segment_infos {
             feed.extend_from_slice(pod_bytes(info));
         }
-        section(&mut feed, "cidrs", self.cidrs_v4.len() + self.cidrs_v6.len());
+        section(
+            &mut feed,
+            "cidrs",
+            self.cidrs_v4.len() + self.cidrs_v6.len(),
+        );
         for e in &self.cidrs_v4 {
             feed.extend_from_slice(&e.prefix_len.to_le_bytes());
             feed.extend_from_slice(&e.key);
@@ -107,7 +111,11 @@ impl MapImage {
             feed.extend_from_slice(pod_bytes(&e.value));
         }
         strings(&mut feed, &self.rule_names);
-        section(&mut feed, "failsafes", self.failsafes_v4.len() + self.failsafes_v6.len());
+        section(
+            &mut feed,
+            "failsafes",
+            self.failsafes_v4.len() + self.failsafes_v6.len(),
+        );
         for e in &self.failsafes_v4 {
             feed.extend_from_slice(&e.prefix_len.to_le_bytes());
             feed.extend_from_slice(pod_bytes(&e.key));
@@ -137,7 +145,9 @@ impl MapImage {
 
     /// The name of segment `id`.
     pub fn segment_name(&self, id: u32) -> &str {
-        self.segment_names.get(id as usize).map_or("?", String::as_str)
+        self.segment_names
+            .get(id as usize)
+            .map_or("?", String::as_str)
     }
 
     /// The name of rule `rule_id` (1-based).

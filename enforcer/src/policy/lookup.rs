@@ -48,7 +48,10 @@ impl<V: Copy> Lpm<V> {
         }
         lengths.sort_unstable_by(|a, b| b.cmp(a));
         lengths.dedup();
-        Self { entries: map, lengths }
+        Self {
+            entries: map,
+            lengths,
+        }
     }
 
     /// The value of the longest prefix of `key` present, and that prefix's length.
@@ -103,7 +106,9 @@ pub struct AddrClass {
 /// IPv4-mapped IPv6 addresses are decided as IPv4.
 pub fn canonical(addr: IpAddr) -> IpAddr {
     match addr {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, |v4: Ipv4Addr| IpAddr::V4(v4)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(addr, |v4: Ipv4Addr| IpAddr::V4(v4)),
         IpAddr::V4(_) => addr,
     }
 }
@@ -113,16 +118,41 @@ impl<'a> ImageIndex<'a> {
     pub fn new(image: &'a MapImage) -> Self {
         Self {
             image,
-            cidrs_v4: Lpm::new(image.cidrs_v4.iter().map(|e| (e.prefix_len, e.key.to_vec(), e.value))),
-            cidrs_v6: Lpm::new(image.cidrs_v6.iter().map(|e| (e.prefix_len, e.key.to_vec(), e.value))),
-            rules: Lpm::new(image.rules.iter().map(|e| (e.prefix_len, rule_key_bytes(&e.key), e.value))),
+            cidrs_v4: Lpm::new(
+                image
+                    .cidrs_v4
+                    .iter()
+                    .map(|e| (e.prefix_len, e.key.to_vec(), e.value)),
+            ),
+            cidrs_v6: Lpm::new(
+                image
+                    .cidrs_v6
+                    .iter()
+                    .map(|e| (e.prefix_len, e.key.to_vec(), e.value)),
+            ),
+            rules: Lpm::new(
+                image
+                    .rules
+                    .iter()
+                    .map(|e| (e.prefix_len, rule_key_bytes(&e.key), e.value)),
+            ),
             failsafes_v4: Lpm::new(
-                image.failsafes_v4.iter().map(|e| (e.prefix_len, failsafe_key_bytes(&e.key), e.value)),
+                image
+                    .failsafes_v4
+                    .iter()
+                    .map(|e| (e.prefix_len, failsafe_key_bytes(&e.key), e.value)),
             ),
             failsafes_v6: Lpm::new(
-                image.failsafes_v6.iter().map(|e| (e.prefix_len, failsafe_key_bytes(&e.key), e.value)),
+                image
+                    .failsafes_v6
+                    .iter()
+                    .map(|e| (e.prefix_len, failsafe_key_bytes(&e.key), e.value)),
             ),
-            cgroups: image.cgroups.iter().map(|(path, id)| (path.as_str(), *id)).collect(),
+            cgroups: image
+                .cgroups
+                .iter()
+                .map(|(path, id)| (path.as_str(), *id))
+                .collect(),
             listen: image.listen_ports.iter().copied().collect(),
         }
     }
@@ -175,10 +205,18 @@ impl<'a> ImageIndex<'a> {
         let found = match canonical(addr) {
             IpAddr::V4(v4) => self
                 .failsafes_v4
-                .lookup(&failsafe_key_bytes(&FailsafeKey::new(proto, port, v4.octets()))),
+                .lookup(&failsafe_key_bytes(&FailsafeKey::new(
+                    proto,
+                    port,
+                    v4.octets(),
+                ))),
             IpAddr::V6(v6) => self
                 .failsafes_v6
-                .lookup(&failsafe_key_bytes(&FailsafeKey::new(proto, port, v6.octets()))),
+                .lookup(&failsafe_key_bytes(&FailsafeKey::new(
+                    proto,
+                    port,
+                    v6.octets(),
+                ))),
         };
         found
             .filter(|(len, _)| *len >= FAILSAFE_KEY_FIXED_BITS)
@@ -193,7 +231,12 @@ impl<'a> ImageIndex<'a> {
                 .filter(|(len, _)| *len >= RULE_KEY_FIXED_BITS)
                 .map(|(_, value)| value)
         });
-        let flags = |id: u32| self.image.segment_infos.get(id as usize).map_or(0, |i| i.flags);
+        let flags = |id: u32| {
+            self.image
+                .segment_infos
+                .get(id as usize)
+                .map_or(0, |i| i.flags)
+        };
         decide(best_rule(found), flags(src), flags(dst))
     }
 }

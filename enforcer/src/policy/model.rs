@@ -297,7 +297,8 @@ impl Policy {
 
     /// The mode of a segment by name; the implicit segments are always enforced.
     pub fn mode_of(&self, name: &str) -> Mode {
-        self.segment(name).map_or(Mode::Enforce, |segment| segment.mode)
+        self.segment(name)
+            .map_or(Mode::Enforce, |segment| segment.mode)
     }
 }
 
@@ -307,10 +308,20 @@ mod tests {
 
     #[test]
     fn port_specs_parse_and_print_back() {
-        for spec in ["8443/tcp", "9000-9100/tcp", "*/udp", "53/udp", "1-65535/tcp"] {
+        for spec in [
+            "8443/tcp",
+            "9000-9100/tcp",
+            "*/udp",
+            "53/udp",
+            "1-65535/tcp",
+        ] {
             let range: PortRange = spec.parse().unwrap();
             let printed = range.to_string();
-            assert_eq!(printed.parse::<PortRange>().unwrap(), range, "{spec} -> {printed}");
+            assert_eq!(
+                printed.parse::<PortRange>().unwrap(),
+                range,
+                "{spec} -> {printed}"
+            );
         }
         assert_eq!("*/tcp".parse::<PortRange>().unwrap().len(), 65535);
     }
@@ -318,9 +329,21 @@ mod tests {
     #[test]
     fn bad_port_specs_say_why() {
         assert_eq!("8443".parse::<PortRange>(), Err(PortError::Shape));
-        assert_eq!("0/tcp".parse::<PortRange>(), Err(PortError::Number("0".into())));
-        assert_eq!("70000/tcp".parse::<PortRange>(), Err(PortError::Number("70000".into())));
-        assert_eq!("80/sctp".parse::<PortRange>(), Err(PortError::Proto("sctp".into())));
-        assert_eq!("90-80/tcp".parse::<PortRange>(), Err(PortError::Backwards(90, 80)));
+        assert_eq!(
+            "0/tcp".parse::<PortRange>(),
+            Err(PortError::Number("0".into()))
+        );
+        assert_eq!(
+            "70000/tcp".parse::<PortRange>(),
+            Err(PortError::Number("70000".into()))
+        );
+        assert_eq!(
+            "80/sctp".parse::<PortRange>(),
+            Err(PortError::Proto("sctp".into()))
+        );
+        assert_eq!(
+            "90-80/tcp".parse::<PortRange>(),
+            Err(PortError::Backwards(90, 80))
+        );
     }
 }

@@ -85,7 +85,13 @@ pub fn segment_of(policy: &Policy, endpoint: &Endpoint) -> String {
 }
 
 /// Evaluates one flow.
-pub fn evaluate(policy: &Policy, from: &Endpoint, to: &Endpoint, proto: Proto, port: u16) -> Outcome {
+pub fn evaluate(
+    policy: &Policy,
+    from: &Endpoint,
+    to: &Endpoint,
+    proto: Proto,
+    port: u16,
+) -> Outcome {
     let from_segment = segment_of(policy, from);
     let mut to_segment = segment_of(policy, to);
     if to_segment == HOST

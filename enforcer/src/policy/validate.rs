@@ -49,8 +49,13 @@ pub fn validate(sources: &SourceSet) -> Validated {
             Ok(raw) => files.push((index, raw)),
             Err(err) => {
                 let range = err.span().unwrap_or(0..0);
+                let code = if err.message().starts_with("unknown field") {
+                    "unknown-field"
+                } else {
+                    "syntax"
+                };
                 v.diagnostics.push(Diagnostic::error(
-                    "syntax",
+                    code,
                     Span { file: index, range },
                     err.message().trim().to_owned(),
                 ));
@@ -86,7 +91,8 @@ pub fn validate(sources: &SourceSet) -> Validated {
     if let Some(policy) = &policy {
         v.diagnostics.extend(analysis::warnings(policy));
     }
-    v.diagnostics.sort_by_key(|d| d.span.as_ref().map(|s| (s.file, s.range.start)));
+    v.diagnostics
+        .sort_by_key(|d| d.span.as_ref().map(|s| (s.file, s.range.start)));
     Validated {
         policy,
         diagnostics: v.diagnostics,
@@ -122,7 +128,8 @@ fn is_identifier(name: &str) -> bool {
 
 impl Validator<'_> {
     fn error(&mut self, code: &'static str, span: Span, message: impl Into<String>) {
-        self.diagnostics.push(Diagnostic::error(code, span, message));
+        self.diagnostics
+            .push(Diagnostic::error(code, span, message));
     }
 
     fn choice<T: Copy>(
@@ -132,7 +139,9 @@ impl Validator<'_> {
         field: &str,
         choices: &[(&str, T)],
     ) -> Option<T> {
-        let found = choices.iter().find(|(name, _)| *name == value.get_ref().as_str());
+        let found = choices
+            .iter()
+            .find(|(name, _)| *name == value.get_ref().as_str());
         if found.is_none() {
             let expected: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
             self.error(
@@ -151,15 +160,20 @@ impl Validator<'_> {
             let first = first.clone();
             let note = format!("first set at {}", self.sources.location(&first));
             self.diagnostics.push(
-                Diagnostic::error("duplicate-defaults", here, "[defaults] is set twice").with_note(note),
+                Diagnostic::error("duplicate-defaults", here, "[defaults] is set twice")
+                    .with_note(note),
             );
             return;
         }
         let raw = raw.into_inner();
         let mut defaults = Defaults::default();
         if let Some(audit) = &raw.audit
-            && let Some(level) =
-                self.choice(file, audit, "audit", &[("all", AuditLevel::All), ("deny", AuditLevel::Deny)])
+            && let Some(level) = self.choice(
+                file,
+                audit,
+                "audit",
+                &[("all", AuditLevel::All), ("deny", AuditLevel::Deny)],
+            )
         {
             defaults.audit = level;
         }
@@ -183,13 +197,21 @@ impl Validator<'_> {
             .or_else(|| IpAddr::from_str(raw).ok().map(IpNet::from));
         match net {
             None => {
-                self.error("bad-cidr", span(file, text), format!("`{raw}` is not an IPv4 or IPv6 CIDR"));
+                self.error(
+                    "bad-cidr",
+                    span(file, text),
+                    format!("`{raw}` is not an IPv4 or IPv6 CIDR"),
+                );
                 None
             }
             Some(net) if net.trunc() != net => {
                 self.diagnostics.push(
-                    Diagnostic::error("bad-cidr", span(file, text), format!("`{raw}` has host bits set"))
-                        .with_note(format!("did you mean {}?", net.trunc())),
+                    Diagnostic::error(
+                        "bad-cidr",
+                        span(file, text),
+                        format!("`{raw}` has host bits set"),
+                    )
+                    .with_note(format!("did you mean {}?", net.trunc())),
                 );
                 None
             }
@@ -201,24 +223,48 @@ impl Validator<'_> {
         match PortRange::from_str(text.get_ref()) {
             Ok(range) => Some(range),
             Err(err) => {
-                self.error("bad-port", span(file, text), format!("bad port `{}`: {err}", text.get_ref()));
+                self.error(
+                    "bad-port",
+                    span(file, text),
+                    format!("bad port `{}`: {err}", text.get_ref()),
+                );
                 None
             }
         }
     }
 
-    fn failsafe(&mut self, file: usize, name: Spanned<String>, raw: Spanned<super::syntax::RawFailsafe>) {
+    fn failsafe(
+        &mut self,
+        file: usize,
+        name: Spanned<String>,
+        raw: Spanned<super::syntax::RawFailsafe>,
+    ) {
         let here = span(file, &name);
         if self.failsafes.contains_key(name.get_ref()) {
-            self.error("duplicate-failsafe", here, format!("failsafe `{}` is declared twice", name.get_ref()));
+            self.error(
+                "duplicate-failsafe",
+                here,
+                format!("failsafe `{}` is declared twice", name.get_ref()),
+            );
             return;
         }
         let raw = raw.into_inner();
         if raw.from.get_ref().is_empty() {
-            self.error("empty-list", span(file, &raw.from), "a failsafe needs at least one source CIDR in `from`");
+            self.error(
+                "empty-list",
+                span(file, &raw.from),
+                "a failsafe needs at least one source CIDR in `from`",
+            );
         }
-        let from: Vec<IpNet> = raw.from.get_ref().iter().filter_map(|c| self.cidr(file, c)).collect();
-        let Some(ports) = self.port(file, &raw.port) else { return };
+        let from: Vec<IpNet> = raw
+            .from
+            .get_ref()
+            .iter()
+            .filter_map(|c| self.cidr(file, c))
+            .collect();
+        let Some(ports) = self.port(file, &raw.port) else {
+            return;
+        };
         self.failsafes.insert(
             name.get_ref().clone(),
             Failsafe {
@@ -237,7 +283,10 @@ impl Validator<'_> {
             Some("is empty (the cgroup2 root cannot be a segment member)")
         } else if path.starts_with("sys/fs/cgroup") {
             Some("must be relative to the cgroup2 root: drop the mount point prefix")
-        } else if path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        } else if path
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
             Some("has an empty, `.` or `..` component")
         } else if path.contains('\0') {
             Some("contains a NUL byte")
@@ -245,7 +294,11 @@ impl Validator<'_> {
             None
         };
         if let Some(problem) = problem {
-            self.error("bad-cgroup", span(file, text), format!("cgroup path `{raw}` {problem}"));
+            self.error(
+                "bad-cgroup",
+                span(file, text),
+                format!("cgroup path `{raw}` {problem}"),
+            );
             return None;
         }
         Some(path.to_owned())
@@ -255,47 +308,73 @@ impl Validator<'_> {
         let here = span(file, &name);
         let text = name.get_ref().as_str();
         if matches!(text, HOST | WORLD) {
-            self.error("reserved-segment", here, format!("`{text}` is an implicit segment and cannot be declared"));
+            self.error(
+                "reserved-segment",
+                here,
+                format!("`{text}` is an implicit segment and cannot be declared"),
+            );
             return;
         }
         if !is_identifier(text) {
-            self.error("bad-name", here, format!("segment name `{text}` must be letters, digits, `-`, `_` or `.`"));
+            self.error(
+                "bad-name",
+                here,
+                format!("segment name `{text}` must be letters, digits, `-`, `_` or `.`"),
+            );
             return;
         }
         if self.segments.contains_key(text) {
-            self.error("duplicate-segment", here, format!("segment `{text}` is declared twice"));
+            self.error(
+                "duplicate-segment",
+                here,
+                format!("segment `{text}` is declared twice"),
+            );
             return;
         }
         let whole = span(file, &raw);
         let raw = raw.into_inner();
         if raw.cgroups.is_empty() && raw.cidrs.is_empty() && raw.ports.is_empty() {
-            self.error("empty-segment", whole, format!("segment `{text}` has no cgroups, cidrs or ports"));
+            self.error(
+                "empty-segment",
+                whole,
+                format!("segment `{text}` has no cgroups, cidrs or ports"),
+            );
         }
         let mut cgroups = Vec::new();
         for text in &raw.cgroups {
             if let Some(path) = self.cgroup_path(file, text) {
-                self.cgroup_members.push((path.clone(), name.get_ref().clone(), span(file, text)));
+                self.cgroup_members
+                    .push((path.clone(), name.get_ref().clone(), span(file, text)));
                 cgroups.push(path);
             }
         }
         let mut cidrs = Vec::new();
         for text in &raw.cidrs {
             if let Some(net) = self.cidr(file, text) {
-                self.cidr_members.push((net, name.get_ref().clone(), span(file, text)));
+                self.cidr_members
+                    .push((net, name.get_ref().clone(), span(file, text)));
                 cidrs.push(net);
             }
         }
         let mut ports = Vec::new();
         for text in &raw.ports {
             if let Some(range) = self.port(file, text) {
-                self.port_members.push((range, name.get_ref().clone(), span(file, text)));
+                self.port_members
+                    .push((range, name.get_ref().clone(), span(file, text)));
                 ports.push(range);
             }
         }
         let mode = raw
             .mode
             .as_ref()
-            .and_then(|m| self.choice(file, m, "mode", &[("enforce", Mode::Enforce), ("audit", Mode::Audit)]))
+            .and_then(|m| {
+                self.choice(
+                    file,
+                    m,
+                    "mode",
+                    &[("enforce", Mode::Enforce), ("audit", Mode::Audit)],
+                )
+            })
             .unwrap_or(Mode::Enforce);
         self.segments.insert(
             text.to_owned(),
@@ -318,7 +397,11 @@ impl Validator<'_> {
         let mut first_cidr: HashMap<IpNet, (&str, &Span)> = HashMap::new();
         for (net, segment, place) in &self.cidr_members {
             if let Some((other, first)) = first_cidr.get(net) {
-                problems.push((place.clone(), format!("CIDR {net} is listed in `{other}` and again in `{segment}`"), (*first).clone()));
+                problems.push((
+                    place.clone(),
+                    format!("CIDR {net} is listed in `{other}` and again in `{segment}`"),
+                    (*first).clone(),
+                ));
             } else {
                 first_cidr.insert(*net, (segment, place));
             }
@@ -326,22 +409,33 @@ impl Validator<'_> {
         let mut first_cgroup: HashMap<&str, (&str, &Span)> = HashMap::new();
         for (path, segment, place) in &self.cgroup_members {
             if let Some((other, first)) = first_cgroup.get(path.as_str()) {
-                problems.push((place.clone(), format!("cgroup `{path}` is listed in `{other}` and again in `{segment}`"), (*first).clone()));
+                problems.push((
+                    place.clone(),
+                    format!("cgroup `{path}` is listed in `{other}` and again in `{segment}`"),
+                    (*first).clone(),
+                ));
             } else {
                 first_cgroup.insert(path, (segment, place));
             }
         }
         let mut ports: Vec<&(PortRange, String, Span)> = self.port_members.iter().collect();
-        ports.sort_by_key(|(range, _, place)| (range.proto, range.first, place.file, place.range.start));
+        ports.sort_by_key(|(range, _, place)| {
+            (range.proto, range.first, place.file, place.range.start)
+        });
         for pair in ports.windows(2) {
             let ((a, a_segment, a_place), (b, b_segment, b_place)) = (pair[0], pair[1]);
             if a.proto == b.proto && b.first <= a.last {
-                problems.push((b_place.clone(), format!("listener ports {b} (`{b_segment}`) overlap {a} (`{a_segment}`)"), a_place.clone()));
+                problems.push((
+                    b_place.clone(),
+                    format!("listener ports {b} (`{b_segment}`) overlap {a} (`{a_segment}`)"),
+                    a_place.clone(),
+                ));
             }
         }
         for (place, message, first) in problems {
             let note = format!("first listed at {}", self.sources.location(&first));
-            self.diagnostics.push(Diagnostic::error("duplicate-member", place, message).with_note(note));
+            self.diagnostics
+                .push(Diagnostic::error("duplicate-member", place, message).with_note(note));
         }
     }
 
@@ -354,8 +448,11 @@ impl Validator<'_> {
             return Some(SegmentRef::Named(name.to_owned()));
         }
         let known: Vec<&str> = self.segments.keys().map(String::as_str).collect();
-        let mut diagnostic =
-            Diagnostic::error("unknown-segment", span(file, text), format!("unknown segment `{name}`"));
+        let mut diagnostic = Diagnostic::error(
+            "unknown-segment",
+            span(file, text),
+            format!("unknown segment `{name}`"),
+        );
         if let Some(close) = known.iter().find(|k| edit_distance(k, name) <= 2) {
             diagnostic = diagnostic.with_note(format!("did you mean `{close}`?"));
         }
@@ -367,11 +464,23 @@ impl Validator<'_> {
         None
     }
 
-    fn refs(&mut self, file: usize, field: &str, list: &Spanned<Vec<Spanned<String>>>) -> Vec<SegmentRef> {
+    fn refs(
+        &mut self,
+        file: usize,
+        field: &str,
+        list: &Spanned<Vec<Spanned<String>>>,
+    ) -> Vec<SegmentRef> {
         if list.get_ref().is_empty() {
-            self.error("empty-list", span(file, list), format!("`{field}` needs at least one segment"));
+            self.error(
+                "empty-list",
+                span(file, list),
+                format!("`{field}` needs at least one segment"),
+            );
         }
-        list.get_ref().iter().filter_map(|r| self.segment_ref(file, r)).collect()
+        list.get_ref()
+            .iter()
+            .filter_map(|r| self.segment_ref(file, r))
+            .collect()
     }
 
     fn rule(&mut self, file: usize, action: Action, raw: Spanned<RawRule>) {
@@ -379,20 +488,37 @@ impl Validator<'_> {
         let id = raw.id.get_ref().clone();
         let here = span(file, &raw.id);
         if !is_identifier(&id) {
-            self.error("bad-name", here.clone(), format!("rule id `{id}` must be letters, digits, `-`, `_` or `.`"));
+            self.error(
+                "bad-name",
+                here.clone(),
+                format!("rule id `{id}` must be letters, digits, `-`, `_` or `.`"),
+            );
         } else if let Some(first) = self.rules.iter().find(|r| r.id == id) {
             let note = format!("first used at {}", self.sources.location(&first.span));
             self.diagnostics.push(
-                Diagnostic::error("duplicate-rule-id", here.clone(), format!("rule id `{id}` is used twice"))
-                    .with_note(note),
+                Diagnostic::error(
+                    "duplicate-rule-id",
+                    here.clone(),
+                    format!("rule id `{id}` is used twice"),
+                )
+                .with_note(note),
             );
         }
         let from = self.refs(file, "from", &raw.from);
         let to = self.refs(file, "to", &raw.to);
         if raw.ports.get_ref().is_empty() {
-            self.error("empty-list", span(file, &raw.ports), "`ports` needs at least one port (use \"*/tcp\" for all)");
+            self.error(
+                "empty-list",
+                span(file, &raw.ports),
+                "`ports` needs at least one port (use \"*/tcp\" for all)",
+            );
         }
-        let ports = raw.ports.get_ref().iter().filter_map(|p| self.port(file, p)).collect();
+        let ports = raw
+            .ports
+            .get_ref()
+            .iter()
+            .filter_map(|p| self.port(file, p))
+            .collect();
         self.rules.push(Rule {
             id,
             action,

@@ -1,0 +1,63 @@
+//! `enforcer policy diff OLD NEW`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use super::load_or_report;
+use crate::policy::diff::diff;
+
+/// Arguments of `enforcer policy diff`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The current policy (file or directory).
+    old: PathBuf,
+    /// The candidate policy (file or directory).
+    new: PathBuf,
+    /// Print the difference as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints verdict changes grouped by segment pair, then rule, segment and failsafe changes.
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let old = match load_or_report(std::slice::from_ref(&args.old))? {
+        Ok(compiled) => compiled,
+        Err(code) => return Ok(code),
+    };
+    let new = match load_or_report(std::slice::from_ref(&args.new))? {
+        Ok(compiled) => compiled,
+        Err(code) => return Ok(code),
+    };
+    let changes = diff((&old.policy, &old.image), (&new.policy, &new.image));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&changes)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if changes.is_empty() {
+        println!("no changes: every flow gets the same verdict");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if changes.verdicts.is_empty() {
+        println!("no verdict changes");
+    } else {
+        println!("verdict changes:");
+        for pair in &changes.verdicts {
+            println!("  {} -> {}", pair.from, pair.to);
+            for change in &pair.changes {
+                println!("    {:<18} {} -> {}", change.ports, change.old, change.new);
+            }
+        }
+    }
+    for (title, items) in [
+        ("rules", &changes.rules),
+        ("segments", &changes.segments),
+        ("failsafes", &changes.failsafes),
+    ] {
+        if !items.is_empty() {
+            println!("{title}:");
+            for item in items {
+                println!("  {:<8} {}", item.change, item.name);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

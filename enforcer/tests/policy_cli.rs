@@ -1,0 +1,301 @@
+//! The `enforcer policy` and `enforcer keygen` commands as an admin runs them: the
+//! shipped policies pass `check`, broken ones fail naming file:line:col, and signed
+//! bundles are refused when altered, foreign-signed or older.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use enforcer::policy::bundle::{BundleError, read_public_key, verify};
+
+fn enforcer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_enforcer"))
+        .args(args)
+        .output()
+        .expect("run enforcer")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_owned()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn every_shipped_policy_passes_check() {
+    let policies = repo().join("policies");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&policies).expect("policies/") {
+        let path = entry.expect("entry").path();
+        let is_policy = path.is_dir() || path.extension().is_some_and(|e| e == "toml");
+        if !is_policy {
+            continue;
+        }
+        let out = enforcer(&["policy", "check", path.to_str().expect("utf-8")]);
+        assert!(
+            out.status.success(),
+            "{}: {}{}",
+            path.display(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stdout).contains("policy OK"),
+            "{}",
+            text(&out.stdout)
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "policies/ holds at least one policy");
+}
+
+#[test]
+fn check_shows_failsafes_and_map_fill() {
+    let out = enforcer(&[
+        "policy",
+        "check",
+        repo().join("policies/enclave").to_str().expect("utf-8"),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("ssh: 22/tcp from 198.18.250.0/24"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("rules") && stdout.contains("1048576"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_broken_policy_fails_with_file_line_col_and_compiles_nothing() {
+    let broken = repo().join("enforcer/tests/broken-policies/unknown-segment.toml");
+    let out = enforcer(&["policy", "check", broken.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("unknown-segment.toml:9:17"), "{stderr}");
+    assert!(stderr.contains("\"paymnts\""), "{stderr}");
+    assert!(stderr.contains("nothing was compiled"), "{stderr}");
+    assert!(!text(&out.stdout).contains("policy OK"));
+
+    let json = enforcer(&["policy", "check", "--json", broken.to_str().expect("utf-8")]);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["diagnostics"][0]["code"], "unknown-segment");
+    assert_eq!(report["diagnostics"][0]["line"], 9);
+    assert_eq!(report["diagnostics"][0]["column"], 17);
+}
+
+#[test]
+fn explain_names_the_rule_and_the_classification() {
+    let policy = repo().join("policies/enclave");
+    let out = enforcer(&[
+        "policy",
+        "explain",
+        policy.to_str().expect("utf-8"),
+        "--from",
+        "198.18.20.7",
+        "--to",
+        "payments",
+        "--port",
+        "9050/tcp",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(answer["from"]["segment"], "orders");
+    // payments is in audit mode: the deny is recorded, not enforced.
+    assert_eq!(answer["verdict"], "audit");
+    assert_eq!(answer["rule"], "nobody-to-payments-admin");
+}
+
+#[test]
+fn diff_lists_verdict_changes_and_rule_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = dir.path().join("old.toml");
+    let new = dir.path().join("new.toml");
+    let segments =
+        "[segments.a]\ncidrs = [\"198.18.1.0/24\"]\n[segments.b]\ncidrs = [\"198.18.2.0/24\"]\n";
+    std::fs::write(&old, format!("{segments}[[allow]]\nid = \"a-b\"\nfrom = [\"a\"]\nto = [\"b\"]\nports = [\"80-90/tcp\"]\n")).expect("write");
+    std::fs::write(&new, format!("{segments}[[allow]]\nid = \"a-b\"\nfrom = [\"a\"]\nto = [\"b\"]\nports = [\"80-85/tcp\"]\n")).expect("write");
+    let out = enforcer(&[
+        "policy",
+        "diff",
+        old.to_str().expect("p"),
+        new.to_str().expect("p"),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let changes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(changes["verdicts"][0]["from"], "a");
+    assert_eq!(changes["verdicts"][0]["to"], "b");
+    assert_eq!(changes["verdicts"][0]["changes"][0]["ports"], "86-90/tcp");
+    assert_eq!(changes["verdicts"][0]["changes"][0]["old"], "allow");
+    assert_eq!(changes["verdicts"][0]["changes"][0]["new"], "deny");
+    assert_eq!(changes["verdicts"].as_array().expect("array").len(), 1);
+    assert_eq!(changes["rules"][0]["change"], "changed");
+}
+
+struct Signed {
+    _dir: tempfile::TempDir,
+    key_a: PathBuf,
+    key_b: PathBuf,
+    bundle: PathBuf,
+}
+
+fn signed_bundle(version: &str) -> Signed {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_a = dir.path().join("a.key");
+    let key_b = dir.path().join("b.key");
+    for key in [&key_a, &key_b] {
+        let out = enforcer(&["keygen", key.to_str().expect("p")]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&key_a).expect("key").permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the private key is readable by its owner only"
+    );
+    let bundle = dir.path().join("policy.bundle");
+    let policy = repo().join("policies/enclave");
+    let out = enforcer(&[
+        "policy",
+        "sign",
+        policy.to_str().expect("p"),
+        "--key",
+        key_a.to_str().expect("p"),
+        "--bundle-version",
+        version,
+        "-o",
+        bundle.to_str().expect("p"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    Signed {
+        _dir: dir,
+        key_a,
+        key_b,
+        bundle,
+    }
+}
+
+fn pub_of(key: &Path) -> String {
+    format!("{}.pub", key.display())
+}
+
+#[test]
+fn a_signed_bundle_verifies_with_its_key() {
+    let s = signed_bundle("5");
+    let out = enforcer(&[
+        "policy",
+        "verify",
+        s.bundle.to_str().expect("p"),
+        "--trusted-key",
+        &pub_of(&s.key_a),
+        "--min-version",
+        "5",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("bundle OK: version 5"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn a_bundle_signed_by_another_key_is_refused_saying_so() {
+    let s = signed_bundle("5");
+    let out = enforcer(&[
+        "policy",
+        "verify",
+        s.bundle.to_str().expect("p"),
+        "--trusted-key",
+        &pub_of(&s.key_b),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("signed by another key"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn an_older_bundle_is_refused_saying_so() {
+    let s = signed_bundle("5");
+    let out = enforcer(&[
+        "policy",
+        "verify",
+        s.bundle.to_str().expect("p"),
+        "--trusted-key",
+        &pub_of(&s.key_a),
+        "--min-version",
+        "6",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("version 5 is older than version 6"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn flipping_any_byte_of_a_bundle_gets_it_refused() {
+    let s = signed_bundle("5");
+    let bytes = std::fs::read(&s.bundle).expect("bundle");
+    let trusted = read_public_key(Path::new(&pub_of(&s.key_a))).expect("pub");
+    assert!(verify(&bytes, &trusted, 0).is_ok());
+    let mut altered_content = 0;
+    for i in 0..bytes.len() {
+        let mut flipped = bytes.clone();
+        flipped[i] ^= 0x01;
+        match verify(&flipped, &trusted, 0) {
+            Ok(_) => panic!("byte {i} flipped and the bundle still verified"),
+            Err(BundleError::BadSignature) => altered_content += 1,
+            Err(_) => {}
+        }
+    }
+    assert!(
+        altered_content > bytes.len() / 2,
+        "most flips land in signed content and are reported as altered"
+    );
+
+    // The CLI says which check failed: a flip inside a policy source is "altered".
+    let at = text(&bytes)
+        .find("gateway-to-orders")
+        .expect("a rule id in the payload");
+    let mut flipped = bytes.clone();
+    flipped[at] ^= 0x01;
+    std::fs::write(&s.bundle, &flipped).expect("write");
+    let out = enforcer(&[
+        "policy",
+        "verify",
+        s.bundle.to_str().expect("p"),
+        "--trusted-key",
+        &pub_of(&s.key_a),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("altered"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn keygen_never_overwrites_a_key() {
+    let s = signed_bundle("1");
+    let before = std::fs::read(&s.key_a).expect("key");
+    let out = enforcer(&["keygen", s.key_a.to_str().expect("p")]);
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read(&s.key_a).expect("key"), before);
+}

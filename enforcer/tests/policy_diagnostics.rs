@@ -1,0 +1,95 @@
+//! Each file in `broken-policies/` states the diagnostics it must produce in `# expect:`
+//! lines (`severity code [line:col]`); the validator must report exactly those, at those
+//! places, and compile nothing when any is an error.
+
+use std::{fs, path::Path};
+
+use enforcer::policy::{compile_sources, diagnostic::Severity, source::SourceSet};
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Expected {
+    severity: String,
+    code: String,
+    place: Option<(usize, usize)>,
+}
+
+fn expectations(text: &str) -> Vec<Expected> {
+    let mut found: Vec<Expected> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# expect: "))
+        .map(|spec| {
+            let mut words = spec.split_whitespace();
+            let severity = words.next().expect("severity").to_owned();
+            let code = words.next().expect("code").to_owned();
+            let place = words.next().map(|place| {
+                let (line, col) = place.split_once(':').expect("line:col");
+                (line.parse().expect("line"), col.parse().expect("col"))
+            });
+            Expected {
+                severity,
+                code,
+                place,
+            }
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn every_broken_policy_reports_its_diagnostics_at_the_right_place() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken-policies");
+    let mut files: Vec<_> = fs::read_dir(&dir)
+        .expect("broken-policies")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "the broken policies are there");
+    for path in files {
+        let sources = SourceSet::load(std::slice::from_ref(&path)).expect("readable");
+        let want = expectations(&sources.files[0].text);
+        assert!(
+            !want.is_empty(),
+            "{} has no `# expect:` line",
+            path.display()
+        );
+        let (diagnostics, compiled) = match compile_sources(sources.clone()) {
+            Ok(compiled) => (compiled.warnings.clone(), true),
+            Err(rejected) => (rejected.diagnostics.clone(), false),
+        };
+        let mut got: Vec<Expected> = diagnostics
+            .iter()
+            .map(|d| Expected {
+                severity: match d.severity {
+                    Severity::Error => "error".into(),
+                    Severity::Warning => "warning".into(),
+                },
+                code: d.code.to_owned(),
+                place: d
+                    .span
+                    .as_ref()
+                    .map(|s| sources.line_col(s.file, s.range.start)),
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "{}", path.display());
+        let has_error = want.iter().any(|e| e.severity == "error");
+        assert_eq!(
+            compiled,
+            !has_error,
+            "{}: compiled despite errors, or refused without",
+            path.display()
+        );
+        // The rendered form names file:line:col and shows the offending text.
+        for d in diagnostics.iter().filter(|d| d.span.is_some()) {
+            let rendered = d.render(&sources);
+            let span = d.span.as_ref().expect("span");
+            assert!(rendered.contains(&sources.location(span)), "{rendered}");
+            let first_line = sources.text(span).lines().next().unwrap_or("");
+            assert!(
+                rendered.contains(first_line),
+                "{rendered} lacks {first_line:?}"
+            );
+        }
+    }
+}
