@@ -16,22 +16,18 @@ use enforcer::policy::{
 };
 use proptest::prelude::*;
 
-/// A small deterministic generator (splitmix64), so one proptest seed is one policy.
-struct Gen(u64);
+/// The seeded generator: one proptest seed is one policy (or one set of flows).
+struct Gen(fastrand::Rng);
 
 impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> Self {
+        Self(fastrand::Rng::with_seed(seed))
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.usize(..n)
     }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
+    fn chance(&mut self, percent: u8) -> bool {
+        self.0.u8(..100) < percent
     }
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len())]
@@ -100,7 +96,7 @@ fn random_ports(g: &mut Gen) -> String {
 /// A random valid policy over segments s0..sN: disjoint members, random modes, rules and
 /// failsafes. `rules_only` keeps the segment section fixed for a given `segments_seed`.
 fn random_policy(segments_seed: u64, rules_seed: u64) -> (String, usize) {
-    let mut g = Gen(segments_seed);
+    let mut g = Gen::new(segments_seed);
     let count = 1 + g.below(5);
     let mut text = String::new();
     let mut next_port = 100;
@@ -126,7 +122,7 @@ fn random_policy(segments_seed: u64, rules_seed: u64) -> (String, usize) {
             writeln!(text, "mode = \"audit\"").unwrap();
         }
     }
-    let mut g = Gen(rules_seed);
+    let mut g = Gen::new(rules_seed);
     let names: Vec<String> = (0..count)
         .map(|i| format!("s{i}"))
         .chain(["host".into(), "world".into(), "*".into()])
@@ -206,7 +202,7 @@ proptest! {
         let (text, segments) = random_policy(segments_seed, rules_seed);
         let compiled = compile(&text);
         let index = ImageIndex::new(&compiled.image);
-        let mut g = Gen(flows_seed);
+        let mut g = Gen::new(flows_seed);
         for _ in 0..200 {
             let (from, from_text) = random_endpoint(&mut g, segments);
             let (to, to_text) = random_endpoint(&mut g, segments);
@@ -231,7 +227,7 @@ proptest! {
         let (old, new) = (compile(&old_text), compile(&new_text));
         let changes = diff((&old.policy, &old.image), (&new.policy, &new.image));
         let names: Vec<String> = (0..segments).map(|i| format!("s{i}")).chain(["host".into(), "world".into()]).collect();
-        let mut g = Gen(flows_seed);
+        let mut g = Gen::new(flows_seed);
         for _ in 0..300 {
             let from = g.pick(&names).clone();
             let to = g.pick(&names).clone();

@@ -1,8 +1,10 @@
 //! `cargo xtask`: project automation. Run it through `./x`, which first installs the
 //! pinned userspace toolchain that cargo itself needs.
 
+mod bench;
 mod check;
 mod demo;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -32,6 +34,24 @@ enum Command {
     Test,
     /// Setup, build, and run the real agent binary against this host without changing it.
     Demo,
+    /// Measure and write the tables in docs/benchmarks.md (figures, never assertions).
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+    /// Fuzz the policy parser with cargo-fuzz for a bounded time.
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Policy compile time and peak memory at 1k, 10k and 100k rules.
+    Policy,
 }
 
 fn main() -> ExitCode {
@@ -41,6 +61,10 @@ fn main() -> ExitCode {
         Command::Check => setup::run().and_then(|tools| check::run(&tools)),
         Command::Test => setup::run().and_then(|tools| test::run(&tools)),
         Command::Demo => setup::run().and_then(|tools| demo::run(&tools)),
+        Command::Bench {
+            which: BenchCommand::Policy,
+        } => setup::run().and_then(|tools| bench::policy(&tools)),
+        Command::Fuzz { seconds } => setup::run().and_then(|tools| fuzz::run(&tools, seconds)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

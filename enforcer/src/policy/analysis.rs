@@ -2,7 +2,9 @@
 //! earlier rules of the same action (shadowed), and an allow fully covered by denies
 //! (dead, since an explicit deny always wins).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use super::{
     diagnostic::Diagnostic,
@@ -16,7 +18,7 @@ struct PairIndex<'p> {
 
 impl<'p> PairIndex<'p> {
     fn new(rules: &'p [Rule]) -> Self {
-        let mut by_pair: HashMap<_, Vec<usize>> = HashMap::new();
+        let mut by_pair: HashMap<_, Vec<usize>> = HashMap::default();
         for (index, rule) in rules.iter().enumerate() {
             for from in &rule.from {
                 for to in &rule.to {

@@ -2,7 +2,7 @@
 //! [`MapImage`] the kernel will hold. Capacity limits are checked here: a policy that
 //! would overflow any map is refused with the numbers, never truncated.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use enforcer_common::{
     decision::precedence,
@@ -15,6 +15,7 @@ use enforcer_common::{
     },
 };
 use ipnet::IpNet;
+use rustc_hash::FxHashMap as HashMap;
 
 use super::{
     diagnostic::Diagnostic,
@@ -50,7 +51,7 @@ type GroupKey = (u32, u32, u8);
 fn best_per_port_run(ranges: &[(u16, u16, RuleValue)]) -> Vec<(u16, u16, RuleValue)> {
     // (position, is_end, rank key) with the end event at last + 1.
     let mut events: Vec<(u32, bool, (u8, u32))> = Vec::with_capacity(ranges.len() * 2);
-    let mut values: HashMap<(u8, u32), RuleValue> = HashMap::new();
+    let mut values: HashMap<(u8, u32), RuleValue> = HashMap::default();
     for (first, last, value) in ranges {
         let rank = precedence(value);
         values.insert(rank, *value);
@@ -104,7 +105,9 @@ fn capacity(found: &mut Vec<Diagnostic>, map: &str, needed: usize, limit: u32) {
 pub fn compile(policy: &Policy) -> Result<MapImage, Vec<Diagnostic>> {
     let mut segment_names = vec!["*".to_owned(), HOST.to_owned(), WORLD.to_owned()];
     let mut segment_infos = vec![SegmentInfo::default(); FIRST_NAMED_SEGMENT as usize];
-    let mut ids: HashMap<&str, u32> = HashMap::from([(HOST, SEGMENT_HOST), (WORLD, SEGMENT_WORLD)]);
+    let mut ids: HashMap<&str, u32> = HashMap::default();
+    ids.insert(HOST, SEGMENT_HOST);
+    ids.insert(WORLD, SEGMENT_WORLD);
     for (offset, segment) in policy.segments.iter().enumerate() {
         let id = FIRST_NAMED_SEGMENT + offset as u32;
         ids.insert(&segment.name, id);
@@ -152,7 +155,7 @@ pub fn compile(policy: &Policy) -> Result<MapImage, Vec<Diagnostic>> {
         }
     }
 
-    let mut groups: HashMap<GroupKey, Vec<(u16, u16, RuleValue)>> = HashMap::new();
+    let mut groups: HashMap<GroupKey, Vec<(u16, u16, RuleValue)>> = HashMap::default();
     for (index, rule) in policy.rules.iter().enumerate() {
         let action = match rule.action {
             Action::Allow => ACTION_ALLOW,

@@ -9,6 +9,7 @@
 
 pub mod analysis;
 pub mod bundle;
+pub mod chunk;
 pub mod compile;
 pub mod diagnostic;
 pub mod diff;
@@ -70,15 +71,27 @@ pub fn compile_sources(sources: SourceSet) -> Result<Compiled, Box<Rejected>> {
             diagnostics: validated.diagnostics,
         }));
     };
-    match compile::compile(&policy) {
+    // The shadowing analysis and the compiler only read the policy: run them side by side.
+    let (warnings, compiled) = std::thread::scope(|scope| {
+        let analysis = scope.spawn(|| analysis::warnings(&policy));
+        let compiled = compile::compile(&policy);
+        (
+            analysis.join().expect("the analysis does not panic"),
+            compiled,
+        )
+    });
+    let mut diagnostics = validated.diagnostics;
+    diagnostics.extend(warnings);
+    diagnostics.sort_by_key(|d| d.span.as_ref().map(|s| (s.file, s.range.start)));
+    match compiled {
         Ok(image) => Ok(Compiled {
             sources,
             policy,
             image,
-            warnings: validated.diagnostics,
+            warnings: diagnostics,
         }),
         Err(mut errors) => {
-            errors.extend(validated.diagnostics);
+            errors.extend(diagnostics);
             Err(Box::new(Rejected {
                 sources,
                 diagnostics: errors,

@@ -1,7 +1,7 @@
 //! The typed policy: what a set of valid policy files means, with the source span of
 //! every item kept for messages.
 
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{fmt, str::FromStr};
 
 use enforcer_common::maps::{PROTO_TCP, PROTO_UDP};
 use ipnet::IpNet;
@@ -56,16 +56,6 @@ impl PortRange {
     /// Whether `port`/`proto` is in the range.
     pub fn contains(&self, proto: Proto, port: u16) -> bool {
         self.proto == proto && self.first <= port && port <= self.last
-    }
-
-    /// Number of ports in the range.
-    pub fn len(&self) -> u32 {
-        u32::from(self.last) - u32::from(self.first) + 1
-    }
-
-    /// Always false: a range holds at least one port.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 
@@ -186,13 +176,6 @@ pub struct Failsafe {
     pub ports: PortRange,
     /// Where it is declared.
     pub span: Span,
-}
-
-impl Failsafe {
-    /// Whether a flow from `addr` to `port`/`proto` is failsafe access.
-    pub fn matches(&self, addr: IpAddr, proto: Proto, port: u16) -> bool {
-        self.ports.contains(proto, port) && self.from.iter().any(|net| net.contains(&addr))
-    }
 }
 
 /// A named segment.
@@ -323,7 +306,8 @@ mod tests {
                 "{spec} -> {printed}"
             );
         }
-        assert_eq!("*/tcp".parse::<PortRange>().unwrap().len(), 65535);
+        let all: PortRange = "*/tcp".parse().unwrap();
+        assert_eq!((all.first, all.last), (1, 65535));
     }
 
     #[test]

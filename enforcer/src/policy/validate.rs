@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::{
-    analysis,
+    chunk,
     diagnostic::Diagnostic,
     model::{
         Action, AuditLevel, Defaults, Failsafe, HOST, Mode, Policy, PortRange, Rule, Segment,
@@ -42,44 +42,55 @@ pub fn validate(sources: &SourceSet) -> Validated {
         failsafes: BTreeMap::new(),
         segments: BTreeMap::new(),
         rules: Vec::new(),
+        rule_ids: HashMap::new(),
     };
     let mut files = Vec::new();
     for (index, file) in sources.files.iter().enumerate() {
-        match toml::from_str::<RawFile>(&file.text) {
-            Ok(raw) => files.push((index, raw)),
-            Err(err) => {
-                let range = err.span().unwrap_or(0..0);
-                let code = if err.message().starts_with("unknown field") {
-                    "unknown-field"
-                } else {
-                    "syntax"
-                };
-                v.diagnostics.push(Diagnostic::error(
-                    code,
-                    Span { file: index, range },
-                    err.message().trim().to_owned(),
-                ));
-            }
+        for (offset, parsed) in parse_pieces(&file.text) {
+            let loc = Loc {
+                file: index,
+                offset,
+            };
+            let err = match parsed {
+                Ok(raw) => {
+                    files.push((loc, raw));
+                    continue;
+                }
+                Err(err) => err,
+            };
+            let range = err
+                .span()
+                .map_or(offset..offset, |r| r.start + offset..r.end + offset);
+            let code = if err.message().starts_with("unknown field") {
+                "unknown-field"
+            } else {
+                "syntax"
+            };
+            v.diagnostics.push(Diagnostic::error(
+                code,
+                Span { file: index, range },
+                err.message().trim().to_owned(),
+            ));
         }
     }
     let mut raw_rules = Vec::new();
-    for (file, raw) in files {
-        v.defaults(file, raw.defaults);
+    for (loc, raw) in files {
+        v.defaults(loc, raw.defaults);
         for (name, failsafe) in raw.failsafe {
-            v.failsafe(file, name, failsafe);
+            v.failsafe(loc, name, failsafe);
         }
         for (name, segment) in raw.segments {
-            v.segment(file, name, segment);
+            v.segment(loc, name, segment);
         }
         for (action, rules) in [(Action::Allow, raw.allow), (Action::Deny, raw.deny)] {
-            raw_rules.extend(rules.into_iter().map(|rule| (file, action, rule)));
+            raw_rules.extend(rules.into_iter().map(|rule| (loc, action, rule)));
         }
     }
     // Declaration order: file load order, then position within the file.
-    raw_rules.sort_by_key(|(file, _, rule)| (*file, rule.span().start));
+    raw_rules.sort_by_key(|(loc, _, rule)| (loc.file, loc.offset + rule.span().start));
     v.check_overlaps();
-    for (file, action, rule) in raw_rules {
-        v.rule(file, action, rule);
+    for (loc, action, rule) in raw_rules {
+        v.rule(loc, action, rule);
     }
     let has_errors = v.diagnostics.iter().any(Diagnostic::is_error);
     let policy = (!has_errors).then(|| Policy {
@@ -88,9 +99,6 @@ pub fn validate(sources: &SourceSet) -> Validated {
         segments: v.segments.into_values().collect(),
         rules: v.rules,
     });
-    if let Some(policy) = &policy {
-        v.diagnostics.extend(analysis::warnings(policy));
-    }
     v.diagnostics
         .sort_by_key(|d| d.span.as_ref().map(|s| (s.file, s.range.start)));
     Validated {
@@ -110,13 +118,49 @@ struct Validator<'s> {
     failsafes: BTreeMap<String, Failsafe>,
     segments: BTreeMap<String, Segment>,
     rules: Vec<Rule>,
+    /// Where each rule id was first used.
+    rule_ids: HashMap<String, Span>,
 }
 
-fn span<T>(file: usize, value: &Spanned<T>) -> Span {
+/// Where a parsed piece of a file starts: spans inside it are relative to `offset`.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    file: usize,
+    offset: usize,
+}
+
+fn span<T>(loc: Loc, value: &Spanned<T>) -> Span {
+    let range = value.span();
     Span {
-        file,
-        range: value.span(),
+        file: loc.file,
+        range: range.start + loc.offset..range.end + loc.offset,
     }
+}
+
+/// Parses the pieces of one file, on as many threads as there are cores when it has
+/// more than one piece.
+fn parse_pieces(text: &str) -> Vec<(usize, Result<RawFile, toml::de::Error>)> {
+    let pieces = chunk::split(text);
+    let parse = |range: &std::ops::Range<usize>| {
+        (range.start, toml::from_str::<RawFile>(&text[range.clone()]))
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(pieces.len());
+    if threads <= 1 {
+        return pieces.iter().map(parse).collect();
+    }
+    let per_thread = pieces.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = pieces
+            .chunks(per_thread)
+            .map(|share| scope.spawn(move || share.iter().map(parse).collect::<Vec<_>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().expect("the TOML parser does not panic"))
+            .collect()
+    })
 }
 
 /// Segment names and rule ids: a letter or digit, then letters, digits, `-`, `_`, `.`.
@@ -134,7 +178,7 @@ impl Validator<'_> {
 
     fn choice<T: Copy>(
         &mut self,
-        file: usize,
+        loc: Loc,
         value: &Spanned<String>,
         field: &str,
         choices: &[(&str, T)],
@@ -146,16 +190,16 @@ impl Validator<'_> {
             let expected: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
             self.error(
                 "bad-value",
-                span(file, value),
+                span(loc, value),
                 format!("`{field}` must be one of {}", expected.join(", ")),
             );
         }
         found.map(|(_, v)| *v)
     }
 
-    fn defaults(&mut self, file: usize, raw: Option<Spanned<super::syntax::RawDefaults>>) {
+    fn defaults(&mut self, loc: Loc, raw: Option<Spanned<super::syntax::RawDefaults>>) {
         let Some(raw) = raw else { return };
-        let here = span(file, &raw);
+        let here = span(loc, &raw);
         if let Some((_, first)) = &self.defaults {
             let first = first.clone();
             let note = format!("first set at {}", self.sources.location(&first));
@@ -169,7 +213,7 @@ impl Validator<'_> {
         let mut defaults = Defaults::default();
         if let Some(audit) = &raw.audit
             && let Some(level) = self.choice(
-                file,
+                loc,
                 audit,
                 "audit",
                 &[("all", AuditLevel::All), ("deny", AuditLevel::Deny)],
@@ -179,7 +223,7 @@ impl Validator<'_> {
         }
         if let Some(unclassified) = &raw.unclassified
             && let Some(action) = self.choice(
-                file,
+                loc,
                 unclassified,
                 "unclassified",
                 &[("deny", Action::Deny), ("allow", Action::Allow)],
@@ -190,7 +234,7 @@ impl Validator<'_> {
         self.defaults = Some((defaults, here));
     }
 
-    fn cidr(&mut self, file: usize, text: &Spanned<String>) -> Option<IpNet> {
+    fn cidr(&mut self, loc: Loc, text: &Spanned<String>) -> Option<IpNet> {
         let raw = text.get_ref().trim();
         let net = IpNet::from_str(raw)
             .ok()
@@ -199,7 +243,7 @@ impl Validator<'_> {
             None => {
                 self.error(
                     "bad-cidr",
-                    span(file, text),
+                    span(loc, text),
                     format!("`{raw}` is not an IPv4 or IPv6 CIDR"),
                 );
                 None
@@ -208,7 +252,7 @@ impl Validator<'_> {
                 self.diagnostics.push(
                     Diagnostic::error(
                         "bad-cidr",
-                        span(file, text),
+                        span(loc, text),
                         format!("`{raw}` has host bits set"),
                     )
                     .with_note(format!("did you mean {}?", net.trunc())),
@@ -219,13 +263,13 @@ impl Validator<'_> {
         }
     }
 
-    fn port(&mut self, file: usize, text: &Spanned<String>) -> Option<PortRange> {
+    fn port(&mut self, loc: Loc, text: &Spanned<String>) -> Option<PortRange> {
         match PortRange::from_str(text.get_ref()) {
             Ok(range) => Some(range),
             Err(err) => {
                 self.error(
                     "bad-port",
-                    span(file, text),
+                    span(loc, text),
                     format!("bad port `{}`: {err}", text.get_ref()),
                 );
                 None
@@ -235,11 +279,11 @@ impl Validator<'_> {
 
     fn failsafe(
         &mut self,
-        file: usize,
+        loc: Loc,
         name: Spanned<String>,
         raw: Spanned<super::syntax::RawFailsafe>,
     ) {
-        let here = span(file, &name);
+        let here = span(loc, &name);
         if self.failsafes.contains_key(name.get_ref()) {
             self.error(
                 "duplicate-failsafe",
@@ -252,7 +296,7 @@ impl Validator<'_> {
         if raw.from.get_ref().is_empty() {
             self.error(
                 "empty-list",
-                span(file, &raw.from),
+                span(loc, &raw.from),
                 "a failsafe needs at least one source CIDR in `from`",
             );
         }
@@ -260,9 +304,9 @@ impl Validator<'_> {
             .from
             .get_ref()
             .iter()
-            .filter_map(|c| self.cidr(file, c))
+            .filter_map(|c| self.cidr(loc, c))
             .collect();
-        let Some(ports) = self.port(file, &raw.port) else {
+        let Some(ports) = self.port(loc, &raw.port) else {
             return;
         };
         self.failsafes.insert(
@@ -276,7 +320,7 @@ impl Validator<'_> {
         );
     }
 
-    fn cgroup_path(&mut self, file: usize, text: &Spanned<String>) -> Option<String> {
+    fn cgroup_path(&mut self, loc: Loc, text: &Spanned<String>) -> Option<String> {
         let raw = text.get_ref().trim();
         let path = raw.trim_matches('/');
         let problem = if path.is_empty() {
@@ -296,7 +340,7 @@ impl Validator<'_> {
         if let Some(problem) = problem {
             self.error(
                 "bad-cgroup",
-                span(file, text),
+                span(loc, text),
                 format!("cgroup path `{raw}` {problem}"),
             );
             return None;
@@ -304,8 +348,8 @@ impl Validator<'_> {
         Some(path.to_owned())
     }
 
-    fn segment(&mut self, file: usize, name: Spanned<String>, raw: Spanned<RawSegment>) {
-        let here = span(file, &name);
+    fn segment(&mut self, loc: Loc, name: Spanned<String>, raw: Spanned<RawSegment>) {
+        let here = span(loc, &name);
         let text = name.get_ref().as_str();
         if matches!(text, HOST | WORLD) {
             self.error(
@@ -331,7 +375,7 @@ impl Validator<'_> {
             );
             return;
         }
-        let whole = span(file, &raw);
+        let whole = span(loc, &raw);
         let raw = raw.into_inner();
         if raw.cgroups.is_empty() && raw.cidrs.is_empty() && raw.ports.is_empty() {
             self.error(
@@ -342,25 +386,25 @@ impl Validator<'_> {
         }
         let mut cgroups = Vec::new();
         for text in &raw.cgroups {
-            if let Some(path) = self.cgroup_path(file, text) {
+            if let Some(path) = self.cgroup_path(loc, text) {
                 self.cgroup_members
-                    .push((path.clone(), name.get_ref().clone(), span(file, text)));
+                    .push((path.clone(), name.get_ref().clone(), span(loc, text)));
                 cgroups.push(path);
             }
         }
         let mut cidrs = Vec::new();
         for text in &raw.cidrs {
-            if let Some(net) = self.cidr(file, text) {
+            if let Some(net) = self.cidr(loc, text) {
                 self.cidr_members
-                    .push((net, name.get_ref().clone(), span(file, text)));
+                    .push((net, name.get_ref().clone(), span(loc, text)));
                 cidrs.push(net);
             }
         }
         let mut ports = Vec::new();
         for text in &raw.ports {
-            if let Some(range) = self.port(file, text) {
+            if let Some(range) = self.port(loc, text) {
                 self.port_members
-                    .push((range, name.get_ref().clone(), span(file, text)));
+                    .push((range, name.get_ref().clone(), span(loc, text)));
                 ports.push(range);
             }
         }
@@ -369,7 +413,7 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|m| {
                 self.choice(
-                    file,
+                    loc,
                     m,
                     "mode",
                     &[("enforce", Mode::Enforce), ("audit", Mode::Audit)],
@@ -439,7 +483,7 @@ impl Validator<'_> {
         }
     }
 
-    fn segment_ref(&mut self, file: usize, text: &Spanned<String>) -> Option<SegmentRef> {
+    fn segment_ref(&mut self, loc: Loc, text: &Spanned<String>) -> Option<SegmentRef> {
         let name = text.get_ref().as_str();
         if name == "*" {
             return Some(SegmentRef::Any);
@@ -450,7 +494,7 @@ impl Validator<'_> {
         let known: Vec<&str> = self.segments.keys().map(String::as_str).collect();
         let mut diagnostic = Diagnostic::error(
             "unknown-segment",
-            span(file, text),
+            span(loc, text),
             format!("unknown segment `{name}`"),
         );
         if let Some(close) = known.iter().find(|k| edit_distance(k, name) <= 2) {
@@ -466,35 +510,35 @@ impl Validator<'_> {
 
     fn refs(
         &mut self,
-        file: usize,
+        loc: Loc,
         field: &str,
         list: &Spanned<Vec<Spanned<String>>>,
     ) -> Vec<SegmentRef> {
         if list.get_ref().is_empty() {
             self.error(
                 "empty-list",
-                span(file, list),
+                span(loc, list),
                 format!("`{field}` needs at least one segment"),
             );
         }
         list.get_ref()
             .iter()
-            .filter_map(|r| self.segment_ref(file, r))
+            .filter_map(|r| self.segment_ref(loc, r))
             .collect()
     }
 
-    fn rule(&mut self, file: usize, action: Action, raw: Spanned<RawRule>) {
+    fn rule(&mut self, loc: Loc, action: Action, raw: Spanned<RawRule>) {
         let raw = raw.into_inner();
         let id = raw.id.get_ref().clone();
-        let here = span(file, &raw.id);
+        let here = span(loc, &raw.id);
         if !is_identifier(&id) {
             self.error(
                 "bad-name",
                 here.clone(),
                 format!("rule id `{id}` must be letters, digits, `-`, `_` or `.`"),
             );
-        } else if let Some(first) = self.rules.iter().find(|r| r.id == id) {
-            let note = format!("first used at {}", self.sources.location(&first.span));
+        } else if let Some(first) = self.rule_ids.get(&id) {
+            let note = format!("first used at {}", self.sources.location(first));
             self.diagnostics.push(
                 Diagnostic::error(
                     "duplicate-rule-id",
@@ -504,12 +548,12 @@ impl Validator<'_> {
                 .with_note(note),
             );
         }
-        let from = self.refs(file, "from", &raw.from);
-        let to = self.refs(file, "to", &raw.to);
+        let from = self.refs(loc, "from", &raw.from);
+        let to = self.refs(loc, "to", &raw.to);
         if raw.ports.get_ref().is_empty() {
             self.error(
                 "empty-list",
-                span(file, &raw.ports),
+                span(loc, &raw.ports),
                 "`ports` needs at least one port (use \"*/tcp\" for all)",
             );
         }
@@ -517,8 +561,11 @@ impl Validator<'_> {
             .ports
             .get_ref()
             .iter()
-            .filter_map(|p| self.port(file, p))
+            .filter_map(|p| self.port(loc, p))
             .collect();
+        self.rule_ids
+            .entry(id.clone())
+            .or_insert_with(|| here.clone());
         self.rules.push(Rule {
             id,
             action,

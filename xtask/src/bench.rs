@@ -1,0 +1,171 @@
+//! `./x bench`: measurements, never test assertions. Each writes its table into
+//! `docs/benchmarks.md` between markers, with the command that reproduces it.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::run::{Tools, describe, status};
+
+/// A policy of `segments` segments (each a cgroup, an IPv4 /28, an IPv6 /64 and a
+/// listener port) and `rules` rules between random segments on random ports and ranges.
+fn generate(segments: u64, rules: u64) -> String {
+    // Seeded, so every run benchmarks the same policies.
+    let mut g = fastrand::Rng::with_seed(rules ^ (segments << 32));
+    let mut text =
+        String::from("[failsafe.ssh]\nfrom = [\"198.18.250.0/24\"]\nport = \"22/tcp\"\n");
+    for s in 0..segments {
+        let (third, fourth) = (s / 16, (s % 16) * 16);
+        writeln!(
+            text,
+            "[segments.s{s}]\ncgroups = [\"system.slice/s{s}.service\"]\ncidrs = [\"198.{}.{}.{fourth}/28\", \"2001:db8:{s:x}::/64\"]\nports = [\"{}/tcp\"]",
+            18 + third / 256,
+            third % 256,
+            10_000 + s
+        )
+        .expect("write to string");
+    }
+    for r in 0..rules {
+        let action = if g.u64(..10) == 0 { "deny" } else { "allow" };
+        let from = g.u64(..segments);
+        let to = g.u64(..segments);
+        let port = 1 + g.u64(..60_000);
+        let ports = match g.u64(..3) {
+            0 => format!("\"{port}/tcp\""),
+            1 => format!(
+                "\"{port}-{}/tcp\", \"{}/udp\"",
+                port + g.u64(..200),
+                1 + g.u64(..60_000)
+            ),
+            _ => format!("\"{port}/udp\""),
+        };
+        writeln!(
+            text,
+            "[[{action}]]\nid = \"r{r}\"\nfrom = [\"s{from}\"]\nto = [\"s{to}\"]\nports = [{ports}]"
+        )
+        .expect("write to string");
+    }
+    text
+}
+
+/// Runs `command`, returning its wall time in milliseconds and its peak RSS in MiB.
+fn measure(command: &mut Command) -> anyhow::Result<(f64, f64)> {
+    let start = Instant::now();
+    let child = command
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot run `{}`", describe(command)))?;
+    let pid = i32::try_from(child.id()).expect("pid fits in i32");
+    let mut wait_status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; both out-pointers are valid for writes.
+    let rc = unsafe { libc::wait4(pid, &mut wait_status, 0, &mut usage) };
+    let elapsed = start.elapsed().as_secs_f64() * 1000.0;
+    if rc != pid || !libc::WIFEXITED(wait_status) || libc::WEXITSTATUS(wait_status) != 0 {
+        bail!("`{}` failed (wait status {wait_status})", describe(command));
+    }
+    // ru_maxrss is in KiB on Linux.
+    Ok((elapsed, usage.ru_maxrss as f64 / 1024.0))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Replaces the block between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in
+/// docs/benchmarks.md (appending it if absent).
+fn write_section(root: &Path, name: &str, body: &str) -> anyhow::Result<PathBuf> {
+    let path = root.join("docs").join("benchmarks.md");
+    let existing = fs::read_to_string(&path).unwrap_or_else(|_| {
+        "# Benchmarks\n\nMeasured by `./x bench`; figures, not assertions.\n\n".to_owned()
+    });
+    let (begin, end) = (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    );
+    let block = format!("{begin}\n{body}{end}");
+    let updated = match (existing.find(&begin), existing.find(&end)) {
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{block}{}", &existing[..b], &existing[e + end.len()..])
+        }
+        _ => format!("{}\n{block}\n", existing.trim_end()),
+    };
+    fs::create_dir_all(path.parent().expect("docs"))?;
+    fs::write(&path, updated)?;
+    Ok(path)
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores, kernel {}", kernel.trim())
+}
+
+/// Policy compile time and peak memory at 1k, 10k and 100k rules over 1k segments.
+pub fn policy(tools: &Tools) -> anyhow::Result<()> {
+    status(&mut tools.cargo(&["build", "--release", "--package", "enforcer"]))?;
+    let enforcer = tools.root.join("target/release/enforcer");
+    let dir = tools.root.join("target/bench/policies");
+    fs::create_dir_all(&dir)?;
+    let mut table = String::from(
+        "| rules | segments | rule-trie entries | wall time (median of 5) | peak RSS |\n|---:|---:|---:|---:|---:|\n",
+    );
+    for rules in [1_000u64, 10_000, 100_000] {
+        let file = dir.join(format!("policy-{rules}.toml"));
+        fs::write(&file, generate(1_000, rules))?;
+        let mut times = Vec::new();
+        let mut peaks = Vec::new();
+        for _ in 0..5 {
+            let (ms, mib) = measure(
+                Command::new(&enforcer)
+                    .args(["policy", "check", "--json"])
+                    .arg(&file),
+            )?;
+            times.push(ms);
+            peaks.push(mib);
+        }
+        let report = Command::new(&enforcer)
+            .args(["policy", "check", "--json"])
+            .arg(&file)
+            .output()?;
+        let json = String::from_utf8_lossy(&report.stdout);
+        let entries = json
+            .split("\"map\": \"rules\"")
+            .nth(1)
+            .and_then(|rest| rest.split("\"entries\": ").nth(1))
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .unwrap_or("?")
+            .to_owned();
+        let (time, peak) = (median(times), peaks.into_iter().fold(0.0, f64::max));
+        println!(
+            "policy bench: {rules} rules: {time:.0} ms, peak {peak:.1} MiB, {entries} rule entries"
+        );
+        writeln!(
+            table,
+            "| {rules} | 1000 | {entries} | {time:.0} ms | {peak:.1} MiB |"
+        )?;
+    }
+    let body = format!(
+        "## Policy compile\n\n`enforcer policy check --json` on generated policies (1k segments, each with a cgroup, an IPv4 /28, an IPv6 /64 and a listener port; rules between random segments, 10% deny, single ports, ranges and UDP). The time covers the whole pipeline: read, parse, validate, shadowing analysis, compile, image hash and JSON summary. Machine: {}.\n\nReproduce: `./x bench policy`\n\n{table}\n",
+        machine()
+    );
+    let path = write_section(&tools.root, "policy-compile", &body)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
