@@ -104,10 +104,12 @@ fn classify(index: &ImageIndex<'_>, endpoint: &Endpoint, given: &str) -> (u32, C
         Endpoint::Addr(addr) => {
             let class = index.classify_addr(*addr);
             let shown = canonical(*addr);
-            let because = match class.prefix_len {
-                Some(len) => {
-                    format!("address {shown} is in a /{len} listed by the segment (longest prefix)")
-                }
+            let matched = class
+                .prefix_len
+                .and_then(|len| ipnet::IpNet::new(shown, u8::try_from(len).ok()?).ok())
+                .map(|net| net.trunc());
+            let because = match matched {
+                Some(net) => format!("address {shown} matches {net}, the longest listed prefix"),
                 None => format!("address {shown} is in no segment's CIDRs"),
             };
             (class.segment, because)
@@ -154,10 +156,7 @@ pub fn explain(
         && let Some(owner) = index.listener(proto.number(), port)
     {
         dst = owner;
-        to_class.because = format!(
-            "{}; port {port}/{proto} on this host is served by the segment",
-            to_class.because
-        );
+        to_class.because = format!("local port {port}/{proto} is a listener of the segment");
         to_class.segment = image.segment_name(owner).to_owned();
     }
     let port_text = format!("{port}/{proto}");

@@ -8,7 +8,7 @@ use enforcer_common::maps::{
 };
 use serde::Serialize;
 
-use super::{EXIT_INVALID, print_diagnostics, table};
+use super::{EXIT_INVALID, print_diagnostics, print_table, table};
 use crate::policy::{
     Compiled, PolicyError, compile_sources,
     diagnostic::DiagnosticJson,
@@ -126,7 +126,8 @@ fn print_summary(compiled: &Compiled) {
             },
         ]);
     }
-    println!("{segments}\n");
+    print_table(&segments);
+    println!();
     let mut rules = table(&["#", "rule", "action", "from", "to", "ports"]);
     for (i, r) in policy.rules.iter().enumerate() {
         let list = |refs: &[crate::policy::model::SegmentRef]| {
@@ -151,7 +152,8 @@ fn print_summary(compiled: &Compiled) {
                 .join(" "),
         ]);
     }
-    println!("{rules}\n");
+    print_table(&rules);
+    println!();
     let mut maps = table(&["map", "entries", "capacity", "fill"]);
     for fill in fills(compiled) {
         let percent = fill.entries as f64 * 100.0 / f64::from(fill.capacity);
@@ -162,7 +164,7 @@ fn print_summary(compiled: &Compiled) {
             format!("{percent:.2}%"),
         ]);
     }
-    println!("{maps}");
+    print_table(&maps);
 }
 
 /// Validates and summarises; exit 0 when the policy compiles (warnings allowed), 2 when not.
