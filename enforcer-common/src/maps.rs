@@ -14,6 +14,39 @@ pub const EVENTS_RING_BYTES: u32 = 16 << 20;
 const _: () = assert!(EVENTS_RING_BYTES.is_power_of_two());
 const _: () = assert!(EVENTS_RING_BYTES.is_multiple_of(4096));
 
+/// The array (one `u32`) holding the active policy generation: 0 before the first policy
+/// is applied, then 1, 2, 3, ... Generation `g` lives in map slot `g % 2`
+/// ([`slot_of`]); the agent fills the other slot, then writes the next number here.
+pub const ACTIVE: &str = "ACTIVE";
+
+/// The map slot (0 or 1) of a generation; every per-generation map exists once per slot.
+pub const fn slot_of(generation: u32) -> usize {
+    (generation % 2) as usize
+}
+
+/// Per-generation maps, by slot: address tries.
+pub const CIDRS_V4: [&str; 2] = ["CIDRS_V4_A", "CIDRS_V4_B"];
+/// Per-generation maps, by slot: IPv6 address tries.
+pub const CIDRS_V6: [&str; 2] = ["CIDRS_V6_A", "CIDRS_V6_B"];
+/// Per-generation maps, by slot: cgroup id to segment.
+pub const CGROUPS: [&str; 2] = ["CGROUPS_A", "CGROUPS_B"];
+/// Per-generation maps, by slot: the rule tries.
+pub const RULES: [&str; 2] = ["RULES_A", "RULES_B"];
+/// Per-generation maps, by slot: segment flags by id.
+pub const SEGMENTS: [&str; 2] = ["SEGMENTS_A", "SEGMENTS_B"];
+/// Per-generation maps, by slot: the [`PolicyConfig`].
+pub const POLICY: [&str; 2] = ["POLICY_A", "POLICY_B"];
+/// Per-generation maps, by slot: declared listener ports.
+pub const LISTEN: [&str; 2] = ["LISTEN_A", "LISTEN_B"];
+/// Per-generation maps, by slot: IPv4 failsafe tries.
+pub const FAILSAFES_V4: [&str; 2] = ["FAILSAFE4_A", "FAILSAFE4_B"];
+/// Per-generation maps, by slot: IPv6 failsafe tries.
+pub const FAILSAFES_V6: [&str; 2] = ["FAILSAFE6_A", "FAILSAFE6_B"];
+
+/// How many cgroup levels the hooks walk up from the calling task's cgroup looking for a
+/// segment (the task's own level and up to this many ancestors' levels below it).
+pub const MAX_CGROUP_DEPTH: i32 = 16;
+
 /// Segment id `*` in a rule key: the rule applies whatever that side's segment is.
 pub const SEGMENT_ANY: u32 = 0;
 /// The implicit segment of local processes in no segment.

@@ -40,6 +40,16 @@ impl TestCgroup {
         &self.path
     }
 
+    /// The path relative to the cgroup2 mount, as policy files name cgroups.
+    pub fn relative_path(&self) -> String {
+        let root = enforcer::host::cgroup2_mount().expect("cgroup2 mount");
+        self.path
+            .strip_prefix(&root)
+            .expect("test cgroups live under the cgroup2 mount")
+            .to_string_lossy()
+            .into_owned()
+    }
+
     /// The `cgroup.procs` file; writing a pid (or "0" for oneself) moves a process in.
     pub fn procs_file(&self) -> PathBuf {
         self.path.join("cgroup.procs")

@@ -4,7 +4,11 @@
 //! A [`Loader`] owns the kernel objects it created: dropping it detaches and unloads
 //! everything that is not pinned.
 
+mod generation;
+
 use std::{fs::File, io, path::Path};
+
+pub use generation::Applied;
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -46,6 +50,21 @@ pub enum LoaderError {
         #[source]
         source: Box<ProgramError>,
     },
+    /// The object lacks a map this agent expects (a build mismatch).
+    #[error("the kernel object has no map `{0}`")]
+    MissingMap(&'static str),
+    /// A map could not be read or written.
+    #[error("map `{map}`: {source}")]
+    Map {
+        /// The map's name.
+        map: &'static str,
+        /// aya's error.
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    /// The generation counter would overflow (after four billion applies).
+    #[error("no generation numbers left; reload the agent to start over")]
+    GenerationsExhausted,
     /// The cgroup directory to attach to could not be opened.
     #[error("cannot open cgroup {path}: {source}")]
     Cgroup {
@@ -122,6 +141,22 @@ impl Loader {
                 })
             })
             .collect()
+    }
+
+    /// Applies a compiled policy as the next generation: its maps are filled while the
+    /// current generation keeps deciding, then one write makes it active. cgroup paths
+    /// are resolved to ids under `cgroup_root` (the cgroup2 mount).
+    pub fn apply(
+        &mut self,
+        image: &crate::policy::image::MapImage,
+        cgroup_root: &Path,
+    ) -> Result<Applied, LoaderError> {
+        generation::apply(&mut self.ebpf, image, cgroup_root)
+    }
+
+    /// The active generation number (0 before the first apply).
+    pub fn active_generation(&mut self) -> Result<u32, LoaderError> {
+        generation::active(&mut self.ebpf)
     }
 
     /// Names of the maps the object created.

@@ -1,0 +1,104 @@
+//! Every map of the kernel object. Policy maps exist twice, one per generation slot
+//! (`_A`, `_B`): the agent fills the inactive slot, then flips `ACTIVE`. A program reads
+//! `ACTIVE` once per run and uses that slot throughout, so no decision mixes two
+//! generations.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, RingBuf},
+};
+use enforcer_common::maps::{
+    EVENTS_RING_BYTES, FailsafeKey4, FailsafeKey6, ListenKey, MAX_CGROUPS, MAX_CIDRS_V4,
+    MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, MAX_SEGMENTS, PolicyConfig,
+    RuleKey, RuleValue, SegmentInfo,
+};
+
+/// Per-flow audit records ([`enforcer_common::event::FlowEvent`]) for the agent.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// The active generation number (0: no policy applied yet).
+#[map]
+pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Declares one per-generation map twice, as `$a` and `$b`.
+macro_rules! per_slot {
+    ($doc:literal, $a:ident, $b:ident, $ty:ty, $init:expr) => {
+        #[doc = $doc]
+        #[map]
+        pub static $a: $ty = $init;
+        #[doc = $doc]
+        #[map]
+        pub static $b: $ty = $init;
+    };
+}
+
+per_slot!("IPv4 address prefix to segment id.", CIDRS_V4_A, CIDRS_V4_B, LpmTrie<[u8; 4], u32>, LpmTrie::with_max_entries(MAX_CIDRS_V4, 0));
+per_slot!("IPv6 address prefix to segment id.", CIDRS_V6_A, CIDRS_V6_B, LpmTrie<[u8; 16], u32>, LpmTrie::with_max_entries(MAX_CIDRS_V6, 0));
+per_slot!("cgroup id to segment id.", CGROUPS_A, CGROUPS_B, HashMap<u64, u32>, HashMap::with_max_entries(MAX_CGROUPS, 0));
+per_slot!("The rule trie.", RULES_A, RULES_B, LpmTrie<RuleKey, RuleValue>, LpmTrie::with_max_entries(MAX_RULE_ENTRIES, 0));
+per_slot!(
+    "Segment flags by segment id.",
+    SEGMENTS_A,
+    SEGMENTS_B,
+    Array<SegmentInfo>,
+    Array::with_max_entries(MAX_SEGMENTS, 0)
+);
+per_slot!(
+    "Policy-wide settings.",
+    POLICY_A,
+    POLICY_B,
+    Array<PolicyConfig>,
+    Array::with_max_entries(1, 0)
+);
+per_slot!("Declared listener ports to segment id.", LISTEN_A, LISTEN_B, HashMap<ListenKey, u32>, HashMap::with_max_entries(MAX_LISTEN_PORTS, 0));
+per_slot!("IPv4 failsafe access.", FAILSAFE4_A, FAILSAFE4_B, LpmTrie<FailsafeKey4, u32>, LpmTrie::with_max_entries(MAX_FAILSAFES, 0));
+per_slot!("IPv6 failsafe access.", FAILSAFE6_A, FAILSAFE6_B, LpmTrie<FailsafeKey6, u32>, LpmTrie::with_max_entries(MAX_FAILSAFES, 0));
+
+/// The maps of one generation slot: `Slot<false>` is slot 0 (`_A`), `Slot<true>` slot 1
+/// (`_B`).
+///
+/// Verifier note: the slot is a const generic, so every map access names its map as a
+/// constant. Choosing the map at run time (a pointer in a variable or a struct) lets LLVM
+/// spill and reuse the pointer's stack slot for other values, which the verifier rejects
+/// as "pointer arithmetic on map_ptr".
+pub struct Slot<const B: bool>;
+
+impl<const B: bool> Slot<B> {
+    /// IPv4 address trie.
+    #[inline(always)]
+    pub fn cidrs_v4(&self) -> &'static LpmTrie<[u8; 4], u32> {
+        if B { &CIDRS_V4_B } else { &CIDRS_V4_A }
+    }
+
+    /// IPv6 address trie.
+    #[inline(always)]
+    pub fn cidrs_v6(&self) -> &'static LpmTrie<[u8; 16], u32> {
+        if B { &CIDRS_V6_B } else { &CIDRS_V6_A }
+    }
+
+    /// cgroup id to segment.
+    #[inline(always)]
+    pub fn cgroups(&self) -> &'static HashMap<u64, u32> {
+        if B { &CGROUPS_B } else { &CGROUPS_A }
+    }
+
+    /// Rule trie.
+    #[inline(always)]
+    pub fn rules(&self) -> &'static LpmTrie<RuleKey, RuleValue> {
+        if B { &RULES_B } else { &RULES_A }
+    }
+
+    /// Segment flags.
+    #[inline(always)]
+    pub fn segments(&self) -> &'static Array<SegmentInfo> {
+        if B { &SEGMENTS_B } else { &SEGMENTS_A }
+    }
+}
+
+/// The active generation, read once per run: 0 before any policy was applied. Generation
+/// `g` lives in slot `g % 2`.
+#[inline(always)]
+pub fn active_generation() -> u32 {
+    ACTIVE.get(0).copied().unwrap_or(0)
+}

@@ -1,0 +1,192 @@
+//! Applying a [`MapImage`] as a new policy generation: fill the inactive slot's maps,
+//! flip `ACTIVE` with one array write, then clear the old slot.
+
+use std::{os::unix::fs::MetadataExt as _, path::Path, time::Duration};
+
+use aya::Pod;
+use aya::{
+    Ebpf,
+    maps::{
+        Array, HashMap, MapData, MapError,
+        lpm_trie::{Key, LpmTrie},
+    },
+};
+use enforcer_common::maps::{
+    ACTIVE, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6, LISTEN, MAX_SEGMENTS, POLICY,
+    PolicyConfig, RULES, SEGMENTS, SegmentInfo, slot_of,
+};
+
+use super::LoaderError;
+use crate::policy::image::{LpmEntry, MapImage};
+
+/// How long to wait after the flip before clearing the old slot, so that a program that
+/// read the old generation just before the flip finishes with intact maps (programs run
+/// for microseconds).
+const GRACE: Duration = Duration::from_millis(20);
+
+/// What applying an image did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The generation now active.
+    pub generation: u32,
+    /// cgroup paths of the image that do not exist on this host (yet); their processes
+    /// are classified by their nearest existing listed ancestor, else as `host`.
+    pub missing_cgroups: Vec<String>,
+}
+
+fn map_error(map: &'static str) -> impl Fn(MapError) -> LoaderError {
+    move |source| LoaderError::Map {
+        map,
+        source: Box::new(source),
+    }
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, LoaderError> {
+    ebpf.map_mut(name).ok_or(LoaderError::MissingMap(name))
+}
+
+fn fill_trie<K: Pod, V: Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    entries: &[LpmEntry<K, V>],
+) -> Result<(), LoaderError> {
+    let mut trie: LpmTrie<&mut MapData, K, V> =
+        LpmTrie::try_from(map(ebpf, name)?).map_err(map_error(name))?;
+    for entry in entries {
+        trie.insert(&Key::new(entry.prefix_len, entry.key), &entry.value, 0)
+            .map_err(map_error(name))?;
+    }
+    Ok(())
+}
+
+fn clear_trie<K: Pod, V: Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoaderError> {
+    let mut trie: LpmTrie<&mut MapData, K, V> =
+        LpmTrie::try_from(map(ebpf, name)?).map_err(map_error(name))?;
+    let keys: Vec<Key<K>> = trie
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_error(name))?;
+    for key in &keys {
+        trie.remove(key).map_err(map_error(name))?;
+    }
+    Ok(())
+}
+
+fn clear_hash<K: Pod, V: Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoaderError> {
+    let mut hash: HashMap<&mut MapData, K, V> =
+        HashMap::try_from(map(ebpf, name)?).map_err(map_error(name))?;
+    let keys: Vec<K> = hash
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_error(name))?;
+    for key in &keys {
+        hash.remove(key).map_err(map_error(name))?;
+    }
+    Ok(())
+}
+
+/// Empties every map of `slot`.
+fn clear_slot(ebpf: &mut Ebpf, slot: usize) -> Result<(), LoaderError> {
+    clear_trie::<[u8; 4], u32>(ebpf, CIDRS_V4[slot])?;
+    clear_trie::<[u8; 16], u32>(ebpf, CIDRS_V6[slot])?;
+    clear_trie::<enforcer_common::maps::RuleKey, enforcer_common::maps::RuleValue>(
+        ebpf,
+        RULES[slot],
+    )?;
+    clear_trie::<enforcer_common::maps::FailsafeKey4, u32>(ebpf, FAILSAFES_V4[slot])?;
+    clear_trie::<enforcer_common::maps::FailsafeKey6, u32>(ebpf, FAILSAFES_V6[slot])?;
+    clear_hash::<u64, u32>(ebpf, CGROUPS[slot])?;
+    clear_hash::<enforcer_common::maps::ListenKey, u32>(ebpf, LISTEN[slot])?;
+    let mut segments: Array<&mut MapData, SegmentInfo> =
+        Array::try_from(map(ebpf, SEGMENTS[slot])?).map_err(map_error(SEGMENTS[slot]))?;
+    for id in 0..MAX_SEGMENTS {
+        segments
+            .set(id, &SegmentInfo::default(), 0)
+            .map_err(map_error(SEGMENTS[slot]))?;
+    }
+    let mut policy: Array<&mut MapData, PolicyConfig> =
+        Array::try_from(map(ebpf, POLICY[slot])?).map_err(map_error(POLICY[slot]))?;
+    policy
+        .set(0, &PolicyConfig::default(), 0)
+        .map_err(map_error(POLICY[slot]))
+}
+
+/// Writes `image` into `slot`, resolving cgroup paths under `cgroup_root` to ids.
+fn fill_slot(
+    ebpf: &mut Ebpf,
+    slot: usize,
+    image: &MapImage,
+    cgroup_root: &Path,
+) -> Result<Vec<String>, LoaderError> {
+    fill_trie(ebpf, CIDRS_V4[slot], &image.cidrs_v4)?;
+    fill_trie(ebpf, CIDRS_V6[slot], &image.cidrs_v6)?;
+    fill_trie(ebpf, RULES[slot], &image.rules)?;
+    fill_trie(ebpf, FAILSAFES_V4[slot], &image.failsafes_v4)?;
+    fill_trie(ebpf, FAILSAFES_V6[slot], &image.failsafes_v6)?;
+    let mut missing = Vec::new();
+    let mut cgroups: HashMap<&mut MapData, u64, u32> =
+        HashMap::try_from(map(ebpf, CGROUPS[slot])?).map_err(map_error(CGROUPS[slot]))?;
+    for (path, segment) in &image.cgroups {
+        // A cgroup v2 id is its directory's inode number.
+        match std::fs::metadata(cgroup_root.join(path)) {
+            Ok(meta) => cgroups
+                .insert(&meta.ino(), segment, 0)
+                .map_err(map_error(CGROUPS[slot]))?,
+            Err(_) => missing.push(path.clone()),
+        }
+    }
+    let mut listen: HashMap<&mut MapData, enforcer_common::maps::ListenKey, u32> =
+        HashMap::try_from(map(ebpf, LISTEN[slot])?).map_err(map_error(LISTEN[slot]))?;
+    for (key, segment) in &image.listen_ports {
+        listen
+            .insert(key, segment, 0)
+            .map_err(map_error(LISTEN[slot]))?;
+    }
+    let mut segments: Array<&mut MapData, SegmentInfo> =
+        Array::try_from(map(ebpf, SEGMENTS[slot])?).map_err(map_error(SEGMENTS[slot]))?;
+    for (id, info) in (0u32..).zip(&image.segment_infos) {
+        segments
+            .set(id, info, 0)
+            .map_err(map_error(SEGMENTS[slot]))?;
+    }
+    let mut policy: Array<&mut MapData, PolicyConfig> =
+        Array::try_from(map(ebpf, POLICY[slot])?).map_err(map_error(POLICY[slot]))?;
+    policy
+        .set(0, &image.config, 0)
+        .map_err(map_error(POLICY[slot]))?;
+    Ok(missing)
+}
+
+/// The active generation number (0 before the first apply).
+pub fn active(ebpf: &mut Ebpf) -> Result<u32, LoaderError> {
+    let active: Array<&mut MapData, u32> =
+        Array::try_from(map(ebpf, ACTIVE)?).map_err(map_error(ACTIVE))?;
+    active.get(&0, 0).map_err(map_error(ACTIVE))
+}
+
+/// Applies `image` as the next generation and returns what was done.
+pub fn apply(
+    ebpf: &mut Ebpf,
+    image: &MapImage,
+    cgroup_root: &Path,
+) -> Result<Applied, LoaderError> {
+    let current = active(ebpf)?;
+    let next = current
+        .checked_add(1)
+        .ok_or(LoaderError::GenerationsExhausted)?;
+    let slot = slot_of(next);
+    // The inactive slot may hold leftovers of an apply that failed half-way.
+    clear_slot(ebpf, slot)?;
+    let missing_cgroups = fill_slot(ebpf, slot, image, cgroup_root)?;
+    let mut flip: Array<&mut MapData, u32> =
+        Array::try_from(map(ebpf, ACTIVE)?).map_err(map_error(ACTIVE))?;
+    flip.set(0, &next, 0).map_err(map_error(ACTIVE))?;
+    if current != 0 {
+        std::thread::sleep(GRACE);
+        clear_slot(ebpf, slot_of(current))?;
+    }
+    Ok(Applied {
+        generation: next,
+        missing_cgroups,
+    })
+}
