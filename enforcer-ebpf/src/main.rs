@@ -1,9 +1,9 @@
 //! The enforcer kernel programs: one per hook named in DESIGN.md.
 //!
-//! Decided so far: outbound `connect()` and unconnected `sendmsg()` from local processes
-//! (IPv4 and IPv6), by the task's segment, the destination's segment and the rules of the
-//! active generation. The XDP ingress, `sock_create` and `post_bind` hooks still let
-//! everything through. Before the first policy is applied (generation 0) every hook lets
+//! Decided so far: new inbound flows at XDP ingress, and outbound `connect()` and
+//! unconnected `sendmsg()` from local processes (IPv4 and IPv6), by the two ends'
+//! segments and the rules of the active generation. The `sock_create` and `post_bind`
+//! hooks still let everything through. Before the first policy is applied (generation 0) every hook lets
 //! everything through: the agent applies a policy before it attaches anything.
 #![no_std]
 #![no_main]
@@ -14,6 +14,7 @@
 
 mod decide;
 mod maps;
+mod xdp;
 
 use maps::Slot;
 
@@ -35,8 +36,17 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
     try_xdp_ingress(&ctx).unwrap_or_else(|action| action)
 }
 
-fn try_xdp_ingress(_ctx: &XdpContext) -> Result<u32, u32> {
-    Ok(xdp_action::XDP_PASS)
+fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, u32> {
+    let generation = maps::active_generation();
+    if generation == 0 {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let decided = if generation % 2 == 0 {
+        xdp::ingress(ctx, &Slot::<false>)
+    } else {
+        xdp::ingress(ctx, &Slot::<true>)
+    };
+    decided.map_err(|xdp::Malformed| xdp_action::XDP_DROP)
 }
 
 /// Outbound IPv4 `connect()` from a process in the attached cgroup subtree.

@@ -94,6 +94,24 @@ impl<const B: bool> Slot<B> {
     pub fn segments(&self) -> &'static Array<SegmentInfo> {
         if B { &SEGMENTS_B } else { &SEGMENTS_A }
     }
+
+    /// Declared listener ports.
+    #[inline(always)]
+    pub fn listen(&self) -> &'static HashMap<ListenKey, u32> {
+        if B { &LISTEN_B } else { &LISTEN_A }
+    }
+
+    /// IPv4 failsafe access.
+    #[inline(always)]
+    pub fn failsafes_v4(&self) -> &'static LpmTrie<FailsafeKey4, u32> {
+        if B { &FAILSAFE4_B } else { &FAILSAFE4_A }
+    }
+
+    /// IPv6 failsafe access.
+    #[inline(always)]
+    pub fn failsafes_v6(&self) -> &'static LpmTrie<FailsafeKey6, u32> {
+        if B { &FAILSAFE6_B } else { &FAILSAFE6_A }
+    }
 }
 
 /// The active generation, read once per run: 0 before any policy was applied. Generation

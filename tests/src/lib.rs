@@ -11,6 +11,7 @@
 pub mod cgroup;
 pub mod cmd;
 pub mod netns;
+pub mod packet;
 pub mod pins;
 pub mod probe;
 

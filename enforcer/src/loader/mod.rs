@@ -12,7 +12,10 @@ pub use generation::Applied;
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, Xdp, XdpMode},
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, TestRun as _, TestRunOptions,
+        Xdp, XdpMode,
+    },
 };
 use enforcer_common::event::Hook;
 
@@ -157,6 +160,35 @@ impl Loader {
     /// The active generation number (0 before the first apply).
     pub fn active_generation(&mut self) -> Result<u32, LoaderError> {
         generation::active(&mut self.ebpf)
+    }
+
+    /// Runs the XDP program on `packet` through `BPF_PROG_TEST_RUN`, `repeat` times, and
+    /// returns its action (`XDP_DROP` 1, `XDP_PASS` 2, ...) and the kernel's mean time per
+    /// run. Nothing is attached and no interface sees the packet.
+    pub fn test_run_xdp(
+        &self,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration), LoaderError> {
+        let name = Hook::XdpIngress.program_name();
+        let program = self
+            .ebpf
+            .program(name)
+            .ok_or(LoaderError::MissingProgram(name))?;
+        let xdp: &Xdp = program
+            .try_into()
+            .map_err(program_error(name, "test run"))?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let options = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let result = xdp
+            .test_run(options)
+            .map_err(program_error(name, "test run"))?;
+        Ok((result.return_value, result.duration))
     }
 
     /// Names of the maps the object created.
