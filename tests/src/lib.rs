@@ -13,6 +13,7 @@ pub mod cmd;
 pub mod netns;
 pub mod packet;
 pub mod pins;
+pub mod policy;
 pub mod probe;
 
 use std::sync::atomic::{AtomicU32, Ordering};

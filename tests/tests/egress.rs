@@ -4,10 +4,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use enforcer::{loader::Loader, policy::compile_sources, policy::source::SourceSet};
 use enforcer_tests::{
     cgroup::TestCgroup,
     netns::{Netns, Veth},
+    policy::loaded_with,
     probe::{Outcome, Server, Spawn},
 };
 
@@ -31,11 +31,7 @@ ports = ["5432/tcp", "5353/udp"]
 "#,
         veth.peer_v4, veth.peer_v6
     );
-    let mut sources = SourceSet::default();
-    sources.add("egress.toml", text);
-    compile_sources(sources)
-        .expect("test policy compiles")
-        .image
+    enforcer_tests::policy::image(&text)
 }
 
 /// Echo servers on the test host: TCP 5432 (allowed) and 5433 (denied), UDP 5353
@@ -87,13 +83,7 @@ fn segment_egress_is_allowed_or_refused_with_eperm() {
     let api = parent.child("api.service");
     let worker = api.child("worker.scope");
     let unsegmented = parent.child("other.service");
-    let mut loader = Loader::load().expect("load");
-    let root = enforcer::host::cgroup2_mount().expect("cgroup2");
-    let applied = loader
-        .apply(&policy(&api.relative_path(), &veth, "enforce"), &root)
-        .expect("apply");
-    assert_eq!(applied.generation, 1);
-    assert!(applied.missing_cgroups.is_empty());
+    let mut loader = loaded_with(&policy(&api.relative_path(), &veth, "enforce"));
     loader.attach_cgroup(parent.path()).expect("attach");
 
     for ip in [IpAddr::from(veth.peer_v4), IpAddr::from(veth.peer_v6)] {
@@ -130,11 +120,8 @@ fn audit_mode_lets_denials_through_and_a_new_generation_takes_over() {
     let _remote = remote(&netns, &veth);
     let parent = TestCgroup::new();
     let api = parent.child("api.service");
-    let mut loader = Loader::load().expect("load");
+    let mut loader = loaded_with(&policy(&api.relative_path(), &veth, "enforce"));
     let root = enforcer::host::cgroup2_mount().expect("cgroup2");
-    loader
-        .apply(&policy(&api.relative_path(), &veth, "enforce"), &root)
-        .expect("apply");
     loader.attach_cgroup(parent.path()).expect("attach");
     let ip = IpAddr::from(veth.peer_v4);
     assert!(is_eperm(&tcp(&api, ip, 5433)));

@@ -5,12 +5,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use aya::programs::XdpMode;
-use enforcer::{
-    loader::Loader,
-    policy::{compile_sources, source::SourceSet},
-};
 use enforcer_tests::{
     netns::{Netns, Veth},
+    policy::loaded_with,
     probe::{Outcome, Spawn},
 };
 
@@ -31,20 +28,14 @@ ports = ["18080/tcp", "18053/udp"]
 "#,
         veth.peer_v4, veth.peer_v6
     );
-    let mut sources = SourceSet::default();
-    sources.add("ingress.toml", text);
-    compile_sources(sources)
-        .expect("test policy compiles")
-        .image
+    enforcer_tests::policy::image(&text)
 }
 
 #[test]
 fn xdp_drops_denied_inbound_flows_and_passes_allowed_ones_and_replies() {
     let netns = Netns::new();
     let veth = Veth::new(&netns);
-    let mut loader = Loader::load().expect("load");
-    let root = enforcer::host::cgroup2_mount().expect("cgroup2");
-    loader.apply(&policy(&veth), &root).expect("apply");
+    let mut loader = loaded_with(&policy(&veth));
     loader
         .attach_xdp(veth.host_ifindex(), XdpMode::Skb)
         .expect("attach XDP");

@@ -4,15 +4,13 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use enforcer::{
-    loader::Loader,
-    policy::{compile_sources, source::SourceSet},
-};
+use enforcer::loader::Loader;
 use enforcer_tests::{
     packet::{
         ACK, SYN, XDP_DROP, XDP_PASS, arp, ipv4_with, ipv6_with, tcp_header, tcp4, tcp6, udp4,
         with_vlans,
     },
+    policy::{image, loaded_with},
     require_root,
 };
 
@@ -40,14 +38,7 @@ const ADMIN: Ipv4Addr = Ipv4Addr::new(198, 18, 250, 9);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 7, 0, 0, 0, 0, 5);
 
 fn loaded() -> Loader {
-    require_root();
-    let mut sources = SourceSet::default();
-    sources.add("xdp.toml", POLICY);
-    let image = compile_sources(sources).expect("policy compiles").image;
-    let mut loader = Loader::load().expect("load");
-    let root = enforcer::host::cgroup2_mount().expect("cgroup2");
-    loader.apply(&image, &root).expect("apply");
-    loader
+    loaded_with(&image(POLICY))
 }
 
 fn run(loader: &Loader, frame: &[u8]) -> u32 {
