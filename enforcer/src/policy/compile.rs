@@ -251,7 +251,7 @@ pub fn compile(policy: &Policy) -> Result<MapImage, Vec<Diagnostic>> {
     listen_ports.sort_unstable_by_key(|(key, _)| *key);
     rules.sort_unstable_by_key(|e| (e.key, e.prefix_len));
     // Two failsafes may grant the same source and port: the trie keeps one entry, the
-    // first declared (a stable sort keeps declaration order among equal keys).
+    // first in name order (a stable sort keeps the failsafes' name order among equal keys).
     failsafes_v4.sort_by_key(|e| (e.key, e.prefix_len));
     failsafes_v4.dedup_by_key(|e| (e.key, e.prefix_len));
     failsafes_v6.sort_by_key(|e| (e.key, e.prefix_len));

@@ -112,7 +112,7 @@ pub fn evaluate(
     };
     if let Endpoint::Addr(addr) = from {
         let addr = canonical(*addr);
-        // Longest matching failsafe prefix; the first declared among equals.
+        // Longest matching failsafe prefix; the first by name among equals.
         let granted = policy
             .failsafes
             .iter()
