@@ -190,18 +190,32 @@ fn pub_of(key: &Path) -> String {
     format!("{}.pub", key.display())
 }
 
+/// `enforcer policy verify BUNDLE --trusted-key KEY.pub [--min-version N]`.
+fn verify_cli(bundle: &Path, key: &Path, min_version: Option<&str>) -> Output {
+    let public = pub_of(key);
+    let mut args = vec![
+        "policy",
+        "verify",
+        bundle.to_str().expect("utf-8"),
+        "--trusted-key",
+        &public,
+    ];
+    if let Some(min) = min_version {
+        args.extend(["--min-version", min]);
+    }
+    enforcer(&args)
+}
+
+/// Asserts the CLI refused a bundle (exit 3) with `reason` in its message.
+fn assert_refused(out: &Output, reason: &str) {
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stderr).contains(reason), "{}", text(&out.stderr));
+}
+
 #[test]
 fn a_signed_bundle_verifies_with_its_key() {
     let s = signed_bundle("5");
-    let out = enforcer(&[
-        "policy",
-        "verify",
-        s.bundle.to_str().expect("p"),
-        "--trusted-key",
-        &pub_of(&s.key_a),
-        "--min-version",
-        "5",
-    ]);
+    let out = verify_cli(&s.bundle, &s.key_a, Some("5"));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("bundle OK: version 5"),
@@ -213,39 +227,15 @@ fn a_signed_bundle_verifies_with_its_key() {
 #[test]
 fn a_bundle_signed_by_another_key_is_refused_saying_so() {
     let s = signed_bundle("5");
-    let out = enforcer(&[
-        "policy",
-        "verify",
-        s.bundle.to_str().expect("p"),
-        "--trusted-key",
-        &pub_of(&s.key_b),
-    ]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(
-        text(&out.stderr).contains("signed by another key"),
-        "{}",
-        text(&out.stderr)
-    );
+    let out = verify_cli(&s.bundle, &s.key_b, None);
+    assert_refused(&out, "signed by another key");
 }
 
 #[test]
 fn an_older_bundle_is_refused_saying_so() {
     let s = signed_bundle("5");
-    let out = enforcer(&[
-        "policy",
-        "verify",
-        s.bundle.to_str().expect("p"),
-        "--trusted-key",
-        &pub_of(&s.key_a),
-        "--min-version",
-        "6",
-    ]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(
-        text(&out.stderr).contains("version 5 is older than version 6"),
-        "{}",
-        text(&out.stderr)
-    );
+    let out = verify_cli(&s.bundle, &s.key_a, Some("6"));
+    assert_refused(&out, "version 5 is older than version 6");
 }
 
 #[test]
@@ -276,19 +266,8 @@ fn flipping_any_byte_of_a_bundle_gets_it_refused() {
     let mut flipped = bytes.clone();
     flipped[at] ^= 0x01;
     std::fs::write(&s.bundle, &flipped).expect("write");
-    let out = enforcer(&[
-        "policy",
-        "verify",
-        s.bundle.to_str().expect("p"),
-        "--trusted-key",
-        &pub_of(&s.key_a),
-    ]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(
-        text(&out.stderr).contains("altered"),
-        "{}",
-        text(&out.stderr)
-    );
+    let out = verify_cli(&s.bundle, &s.key_a, None);
+    assert_refused(&out, "altered");
 }
 
 #[test]

@@ -144,14 +144,13 @@ pub fn policy(tools: &Tools) -> anyhow::Result<()> {
             .args(["policy", "check", "--json"])
             .arg(&file)
             .output()?;
-        let json = String::from_utf8_lossy(&report.stdout);
-        let entries = json
-            .split("\"map\": \"rules\"")
-            .nth(1)
-            .and_then(|rest| rest.split("\"entries\": ").nth(1))
-            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .unwrap_or("?")
-            .to_owned();
+        let report: serde_json::Value = serde_json::from_slice(&report.stdout)
+            .context("`enforcer policy check --json` printed no JSON")?;
+        let entries = report["maps"]
+            .as_array()
+            .and_then(|maps| maps.iter().find(|m| m["map"] == "rules"))
+            .and_then(|rules| rules["entries"].as_u64())
+            .context("the check report has no rule map fill")?;
         let (time, peak) = (median(times), peaks.into_iter().fold(0.0, f64::max));
         println!(
             "policy bench: {rules} rules: {time:.0} ms, peak {peak:.1} MiB, {entries} rule entries"

@@ -12,8 +12,9 @@ use aya::{
     },
 };
 use enforcer_common::maps::{
-    ACTIVE, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6, LISTEN, MAX_SEGMENTS, POLICY,
-    PolicyConfig, RULES, SEGMENTS, SegmentInfo, slot_of,
+    ACTIVE, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6, FailsafeKey4, FailsafeKey6,
+    LISTEN, ListenKey, MAX_SEGMENTS, POLICY, PolicyConfig, RULES, RuleKey, RuleValue, SEGMENTS,
+    SegmentInfo, slot_of,
 };
 
 use super::LoaderError;
@@ -89,14 +90,11 @@ fn clear_hash<K: Pod, V: Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<(),
 fn clear_slot(ebpf: &mut Ebpf, slot: usize) -> Result<(), LoaderError> {
     clear_trie::<[u8; 4], u32>(ebpf, CIDRS_V4[slot])?;
     clear_trie::<[u8; 16], u32>(ebpf, CIDRS_V6[slot])?;
-    clear_trie::<enforcer_common::maps::RuleKey, enforcer_common::maps::RuleValue>(
-        ebpf,
-        RULES[slot],
-    )?;
-    clear_trie::<enforcer_common::maps::FailsafeKey4, u32>(ebpf, FAILSAFES_V4[slot])?;
-    clear_trie::<enforcer_common::maps::FailsafeKey6, u32>(ebpf, FAILSAFES_V6[slot])?;
+    clear_trie::<RuleKey, RuleValue>(ebpf, RULES[slot])?;
+    clear_trie::<FailsafeKey4, u32>(ebpf, FAILSAFES_V4[slot])?;
+    clear_trie::<FailsafeKey6, u32>(ebpf, FAILSAFES_V6[slot])?;
     clear_hash::<u64, u32>(ebpf, CGROUPS[slot])?;
-    clear_hash::<enforcer_common::maps::ListenKey, u32>(ebpf, LISTEN[slot])?;
+    clear_hash::<ListenKey, u32>(ebpf, LISTEN[slot])?;
     let mut segments: Array<&mut MapData, SegmentInfo> =
         Array::try_from(map(ebpf, SEGMENTS[slot])?).map_err(map_error(SEGMENTS[slot]))?;
     for id in 0..MAX_SEGMENTS {
@@ -135,7 +133,7 @@ fn fill_slot(
             Err(_) => missing.push(path.clone()),
         }
     }
-    let mut listen: HashMap<&mut MapData, enforcer_common::maps::ListenKey, u32> =
+    let mut listen: HashMap<&mut MapData, ListenKey, u32> =
         HashMap::try_from(map(ebpf, LISTEN[slot])?).map_err(map_error(LISTEN[slot]))?;
     for (key, segment) in &image.listen_ports {
         listen

@@ -127,6 +127,11 @@ impl Diagnostic {
     }
 }
 
+/// Sorts diagnostics by place (file, then offset); policy-wide ones come first.
+pub fn sort_by_place(diagnostics: &mut [Diagnostic]) {
+    diagnostics.sort_by_key(|d| d.span.as_ref().map(|s| (s.file, s.range.start)));
+}
+
 /// A diagnostic as JSON: location fields are absent for policy-wide findings.
 #[derive(Debug, Clone, Serialize)]
 pub struct DiagnosticJson {

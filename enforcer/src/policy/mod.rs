@@ -82,7 +82,7 @@ pub fn compile_sources(sources: SourceSet) -> Result<Compiled, Box<Rejected>> {
     });
     let mut diagnostics = validated.diagnostics;
     diagnostics.extend(warnings);
-    diagnostics.sort_by_key(|d| d.span.as_ref().map(|s| (s.file, s.range.start)));
+    diagnostic::sort_by_place(&mut diagnostics);
     match compiled {
         Ok(image) => Ok(Compiled {
             sources,

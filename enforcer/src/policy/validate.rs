@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::{
     chunk,
-    diagnostic::Diagnostic,
+    diagnostic::{self, Diagnostic},
     model::{
         Action, AuditLevel, Defaults, Failsafe, HOST, Mode, Policy, PortRange, Rule, Segment,
         SegmentRef, WORLD,
@@ -99,8 +99,7 @@ pub fn validate(sources: &SourceSet) -> Validated {
         segments: v.segments.into_values().collect(),
         rules: v.rules,
     });
-    v.diagnostics
-        .sort_by_key(|d| d.span.as_ref().map(|s| (s.file, s.range.start)));
+    diagnostic::sort_by_place(&mut v.diagnostics);
     Validated {
         policy,
         diagnostics: v.diagnostics,
