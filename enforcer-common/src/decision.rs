@@ -29,14 +29,27 @@ pub fn outranks(a: &RuleValue, b: &RuleValue) -> bool {
     precedence(a) < precedence(b)
 }
 
-/// The winning rule among the results of the [`rule_lookups`].
-pub fn best_rule(found: [Option<RuleValue>; 4]) -> Option<RuleValue> {
-    let mut best: Option<RuleValue> = None;
-    for candidate in found.into_iter().flatten() {
-        best = match best {
-            Some(current) if !outranks(&candidate, &current) => Some(current),
-            _ => Some(candidate),
-        };
+/// What a rule-trie lookup that found nothing stands for: rule 0, action 0.
+pub const NO_RULE: RuleValue = RuleValue::new(0, 0);
+
+/// The winning rule among the results of the [`rule_lookups`] ([`NO_RULE`] where a lookup
+/// found nothing, and as the result when all did).
+///
+/// Verifier note: results are plain values with a sentinel, not `Option`s, and the loop
+/// indexes the array. An `Option::None` leaves its payload undefined, and LLVM filled
+/// such payloads from registers a helper call had just clobbered; the verifier refuses
+/// reading those.
+pub fn best_rule(found: [RuleValue; 4]) -> RuleValue {
+    let mut best = NO_RULE;
+    let mut i = 0;
+    while i < found.len() {
+        let candidate = found[i];
+        if candidate.action != NO_RULE.action
+            && (best.action == NO_RULE.action || outranks(&candidate, &best))
+        {
+            best = candidate;
+        }
+        i += 1;
     }
     best
 }
@@ -52,14 +65,15 @@ pub struct Decision {
     pub rule_id: u32,
 }
 
-/// Turns the winning rule (if any) and the two segments' flags into a decision: no rule
-/// means the default deny; a denial becomes [`Verdict::Audit`] when either segment is in
-/// audit mode.
-pub fn decide(best: Option<RuleValue>, src_flags: u32, dst_flags: u32) -> Decision {
+/// Turns the winning rule ([`NO_RULE`] if none) and the two segments' flags into a
+/// decision: no rule means the default deny; a denial becomes [`Verdict::Audit`] when
+/// either segment is in audit mode.
+pub fn decide(best: RuleValue, src_flags: u32, dst_flags: u32) -> Decision {
     let audit_mode = (src_flags | dst_flags) & SEGMENT_FLAG_AUDIT != 0;
-    let (denied, reason, rule_id) = match best {
-        Some(rule) => (rule.action == ACTION_DENY, Reason::Rule, rule.rule_id),
-        None => (true, Reason::DefaultDeny, 0),
+    let (denied, reason, rule_id) = if best.action == NO_RULE.action {
+        (true, Reason::DefaultDeny, 0)
+    } else {
+        (best.action == ACTION_DENY, Reason::Rule, best.rule_id)
     };
     let verdict = match (denied, audit_mode) {
         (false, _) => Verdict::Allow,
@@ -82,10 +96,10 @@ mod tests {
     fn deny_beats_allow_beats_default() {
         let allow = RuleValue::new(1, ACTION_ALLOW);
         let deny = RuleValue::new(7, ACTION_DENY);
-        assert_eq!(best_rule([Some(allow), None, Some(deny), None]), Some(deny));
-        assert_eq!(best_rule([None, Some(allow), None, None]), Some(allow));
-        assert_eq!(best_rule([None; 4]), None);
-        let d = decide(None, 0, 0);
+        assert_eq!(best_rule([allow, NO_RULE, deny, NO_RULE]), deny);
+        assert_eq!(best_rule([NO_RULE, allow, NO_RULE, NO_RULE]), allow);
+        assert_eq!(best_rule([NO_RULE; 4]), NO_RULE);
+        let d = decide(NO_RULE, 0, 0);
         assert_eq!(
             (d.verdict, d.reason, d.rule_id),
             (Verdict::Deny, Reason::DefaultDeny, 0)
@@ -96,24 +110,18 @@ mod tests {
     fn first_declared_rule_wins_within_an_action() {
         let early = RuleValue::new(2, ACTION_ALLOW);
         let late = RuleValue::new(5, ACTION_ALLOW);
-        assert_eq!(
-            best_rule([Some(late), Some(early), None, None]),
-            Some(early)
-        );
+        assert_eq!(best_rule([late, early, NO_RULE, NO_RULE]), early);
     }
 
     #[test]
     fn audit_mode_turns_denials_into_audit() {
         let deny = RuleValue::new(3, ACTION_DENY);
+        assert_eq!(decide(deny, 0, SEGMENT_FLAG_AUDIT).verdict, Verdict::Audit);
         assert_eq!(
-            decide(Some(deny), 0, SEGMENT_FLAG_AUDIT).verdict,
+            decide(NO_RULE, SEGMENT_FLAG_AUDIT, 0).verdict,
             Verdict::Audit
         );
-        assert_eq!(decide(None, SEGMENT_FLAG_AUDIT, 0).verdict, Verdict::Audit);
         let allow = RuleValue::new(3, ACTION_ALLOW);
-        assert_eq!(
-            decide(Some(allow), SEGMENT_FLAG_AUDIT, 0).verdict,
-            Verdict::Allow
-        );
+        assert_eq!(decide(allow, SEGMENT_FLAG_AUDIT, 0).verdict, Verdict::Allow);
     }
 }

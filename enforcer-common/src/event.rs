@@ -84,6 +84,18 @@ impl Verdict {
             _ => None,
         }
     }
+
+    /// Every verdict, in code order.
+    pub const ALL: [Self; 3] = [Self::Allow, Self::Deny, Self::Audit];
+
+    /// The word audit records, the CLI and metrics use for the verdict.
+    pub const fn word(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Audit => "audit",
+        }
+    }
 }
 
 /// Why a verdict was reached, when it was not a rule (then `rule_id` names the rule).
@@ -100,6 +112,8 @@ pub enum Reason {
     Failsafe = 4,
     /// The packet was malformed or truncated; the documented fixed verdict applied.
     Malformed = 5,
+    /// A raw or packet socket, decided by the segment's `raw_sockets` grant.
+    RawSocket = 6,
 }
 
 impl Reason {
@@ -111,7 +125,30 @@ impl Reason {
             3 => Some(Self::Unclassified),
             4 => Some(Self::Failsafe),
             5 => Some(Self::Malformed),
+            6 => Some(Self::RawSocket),
             _ => None,
+        }
+    }
+
+    /// Every reason, in code order.
+    pub const ALL: [Self; 6] = [
+        Self::Rule,
+        Self::DefaultDeny,
+        Self::Unclassified,
+        Self::Failsafe,
+        Self::Malformed,
+        Self::RawSocket,
+    ];
+
+    /// The word audit records, `status` and metrics use for the reason.
+    pub const fn word(self) -> &'static str {
+        match self {
+            Self::Rule => "rule",
+            Self::DefaultDeny => "default-deny",
+            Self::Unclassified => "unclassified",
+            Self::Failsafe => "failsafe",
+            Self::Malformed => "malformed",
+            Self::RawSocket => "raw-socket",
         }
     }
 }
@@ -144,7 +181,8 @@ pub struct FlowEvent {
     pub pid_tgid: u64,
     /// The policy generation that decided.
     pub generation: u32,
-    /// The matched rule's numeric id, or 0 when `reason` is not [`Reason::Rule`].
+    /// The matched rule's numeric id for [`Reason::Rule`], the failsafe's number for
+    /// [`Reason::Failsafe`], else 0.
     pub rule_id: u32,
     /// Numeric id of the source segment.
     pub src_segment: u32,
@@ -224,16 +262,10 @@ mod tests {
 
     #[test]
     fn verdict_and_reason_codes_round_trip() {
-        for v in [Verdict::Allow, Verdict::Deny, Verdict::Audit] {
+        for v in Verdict::ALL {
             assert_eq!(Verdict::from_code(v as u8), Some(v));
         }
-        for r in [
-            Reason::Rule,
-            Reason::DefaultDeny,
-            Reason::Unclassified,
-            Reason::Failsafe,
-            Reason::Malformed,
-        ] {
+        for r in Reason::ALL {
             assert_eq!(Reason::from_code(r as u8), Some(r));
         }
         assert_eq!(Verdict::from_code(0), None);

@@ -254,9 +254,172 @@ pub struct PolicyConfig {
     pub unclassified_action: u8,
     /// Explicit padding; always zero.
     pub _pad: [u8; 2],
+    /// How many rules the generation has (ids `1..=rule_count`): the entries of its
+    /// [`RULE_COUNTERS`] map that are in use.
+    pub rule_count: u32,
 }
 
-const _: () = assert!(size_of::<PolicyConfig>() == 4);
+const _: () = assert!(size_of::<PolicyConfig>() == 8);
+
+/// Per-generation maps, by slot: per-CPU [`RuleCounters`] indexed by rule id. They live
+/// with the generation because rule ids are only meaningful within one.
+pub const RULE_COUNTERS: [&str; 2] = ["RULE_COUNTERS_A", "RULE_COUNTERS_B"];
+
+/// Capacity of each rule-counter map (rule ids `0..MAX_RULES`; id 0 is unused). The
+/// compiler refuses policies with more rules. Memory: 24 bytes per rule, per CPU, per slot.
+pub const MAX_RULES: u32 = 131_072;
+
+/// How many flows one rule decided, by verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RuleCounters {
+    /// Flows the rule let through.
+    pub allow: u64,
+    /// Flows the rule refused (at XDP: packets dropped).
+    pub deny: u64,
+    /// Flows the rule would have refused, passed because a segment is in audit mode.
+    pub audit: u64,
+}
+
+const _: () = assert!(size_of::<RuleCounters>() == 24);
+
+impl RuleCounters {
+    /// The count for `verdict`.
+    pub const fn get(&self, verdict: crate::event::Verdict) -> u64 {
+        match verdict {
+            crate::event::Verdict::Allow => self.allow,
+            crate::event::Verdict::Deny => self.deny,
+            crate::event::Verdict::Audit => self.audit,
+        }
+    }
+
+    /// Adds `other` field by field (summing per-CPU values).
+    pub const fn add(&mut self, other: &Self) {
+        self.allow += other.allow;
+        self.deny += other.deny;
+        self.audit += other.audit;
+    }
+}
+
+/// Per-CPU `u64` decision counts by reason and verdict, host state kept across
+/// generations; index with [`reason_counter_index`].
+pub const REASON_COUNTS: &str = "REASON_COUNTS";
+
+/// Entries of [`REASON_COUNTS`]: room for reason codes below 16 times verdict codes below 4.
+pub const REASON_COUNTER_SLOTS: u32 = 64;
+
+/// The [`REASON_COUNTS`] index of decisions with `reason` and `verdict`.
+pub const fn reason_counter_index(
+    reason: crate::event::Reason,
+    verdict: crate::event::Verdict,
+) -> u32 {
+    (reason as u32) * 4 + verdict as u32
+}
+
+const _: () = assert!(
+    reason_counter_index(
+        crate::event::Reason::RawSocket,
+        crate::event::Verdict::Audit
+    ) < REASON_COUNTER_SLOTS
+);
+
+/// Per-CPU `u64` counts about the event stream, host state; indexed by the `EVENTS_*`
+/// constants below.
+pub const EVENT_STATS: &str = "EVENT_STATS";
+/// [`EVENT_STATS`] index: events written to the ring buffer.
+pub const EVENTS_EMITTED: u32 = 0;
+/// [`EVENT_STATS`] index: events lost because the ring buffer was full.
+pub const EVENTS_LOST: u32 = 1;
+/// [`EVENT_STATS`] index: events not written because the same flow was recorded within
+/// the de-duplication window.
+pub const EVENTS_SUPPRESSED: u32 = 2;
+/// Entries of [`EVENT_STATS`].
+pub const EVENT_STAT_SLOTS: u32 = 3;
+
+/// LRU of recently recorded flows ([`RecentFlowKey`] to the `bpf_ktime_get_boot_ns` of
+/// the last event written for it), for de-duplication.
+pub const RECENT_FLOWS: &str = "RECENT_FLOWS";
+/// Capacity of [`RECENT_FLOWS`].
+pub const RECENT_FLOWS_CAPACITY: u32 = 65_536;
+
+/// What makes two decisions "the same flow" for de-duplication: a SYN retransmit or the
+/// next datagram of a UDP stream has the same key; a new connection from another source
+/// port, another process, or under another generation does not.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RecentFlowKey {
+    /// cgroup id of the calling task (0 at XDP).
+    pub cgroup_id: u64,
+    /// Source address (IPv4 in the first four bytes; zero where the hook has none).
+    pub src_addr: [u8; 16],
+    /// Destination address.
+    pub dst_addr: [u8; 16],
+    /// tgid of the calling task (0 at XDP).
+    pub tgid: u32,
+    /// The deciding generation.
+    pub generation: u32,
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+    /// [`crate::event::Hook`] code.
+    pub hook: u8,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// [`crate::event::Verdict`] code.
+    pub verdict: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
+}
+
+const _: () = assert!(size_of::<RecentFlowKey>() == 56);
+
+/// Host-wide settings the agent writes, the single entry of [`HOST_SETTINGS`]; host
+/// state, kept across generations.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HostSettings {
+    /// Events for the same flow within this many nanoseconds of the last one written are
+    /// suppressed (and counted); 0 writes every event.
+    pub dedup_window_ns: u64,
+    /// Lowest port of the host's ephemeral range (`net.ipv4.ip_local_port_range`).
+    pub ephemeral_low: u16,
+    /// Highest port of the host's ephemeral range. A UDP port in this range is not learnt
+    /// as a listener: the kernel hands such ports to clients, and replies to a client must
+    /// not be decided as new inbound flows.
+    pub ephemeral_high: u16,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 4],
+}
+
+const _: () = assert!(size_of::<HostSettings>() == 16);
+
+/// The array holding the [`HostSettings`].
+pub const HOST_SETTINGS: &str = "HOST_SETTINGS";
+
+/// The de-duplication window the loader sets unless told otherwise: one second.
+pub const DEFAULT_DEDUP_WINDOW_NS: u64 = 1_000_000_000;
+
+/// Listener ports learnt at `bind()` (post_bind4/6): [`ListenKey`] to the binding task's
+/// cgroup ancestry. Host state: the same binding is classified under every generation by
+/// looking its ancestry up in that generation's cgroup table.
+pub const LEARNT_LISTENERS: &str = "LEARNT_LISTENERS";
+/// Capacity of [`LEARNT_LISTENERS`] (an LRU: the oldest bindings go first).
+pub const LEARNT_LISTENERS_CAPACITY: u32 = 65_536;
+
+/// Levels of cgroup ancestry recorded per learnt listener: the root's level 0 through
+/// [`MAX_CGROUP_DEPTH`].
+pub const CGROUP_LEVELS: usize = MAX_CGROUP_DEPTH as usize + 1;
+
+/// The cgroup ancestry of the task that bound a learnt listener port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LearntListener {
+    /// cgroup id at each level, root first; 0 below the task's own level.
+    pub ancestors: [u64; CGROUP_LEVELS],
+}
+
+const _: () = assert!(size_of::<LearntListener>() == 8 * CGROUP_LEVELS);
 
 // SAFETY (all impls below): each type is `repr(C)`, `Copy`, made of integers and byte
 // arrays only, with its padding explicit (sizes asserted above), so every bit pattern is
@@ -276,4 +439,12 @@ mod pod {
     unsafe impl<const N: usize> aya::Pod for FailsafeKey<N> {}
     // SAFETY: see above.
     unsafe impl aya::Pod for PolicyConfig {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for RuleCounters {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for RecentFlowKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for HostSettings {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for LearntListener {}
 }

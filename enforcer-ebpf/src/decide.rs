@@ -4,11 +4,14 @@
 
 use aya_ebpf::{helpers::bpf_get_current_ancestor_cgroup_id, maps::lpm_trie::Key};
 use enforcer_common::{
-    decision::{Decision, best_rule, decide, rule_lookups},
-    maps::{MAX_CGROUP_DEPTH, RULE_KEY_FIXED_BITS, RuleKey, SEGMENT_HOST, SEGMENT_WORLD},
+    decision::{Decision, NO_RULE, best_rule, decide, rule_lookups},
+    maps::{
+        CGROUP_LEVELS, ListenKey, MAX_CGROUP_DEPTH, RULE_KEY_FIXED_BITS, RuleKey, SEGMENT_ANY,
+        SEGMENT_HOST, SEGMENT_WORLD,
+    },
 };
 
-use crate::maps::Slot;
+use crate::maps::{LEARNT_LISTENERS, Slot};
 
 /// The segment of the calling task: the deepest of its cgroup and that cgroup's ancestors
 /// listed by a segment, else `host`.
@@ -55,12 +58,69 @@ pub fn ipv6_segment<const B: bool>(slot: &Slot<B>, addr: [u8; 16]) -> u32 {
 
 /// The decision for a flow between two segments: four rule-trie lookups, whatever the
 /// number of rules.
+///
+/// Verifier note: the lookups are an explicit loop, not `array::map` with a closure. A
+/// closure LLVM chose not to inline returned its `Option<RuleValue>` in two registers,
+/// and the caller then read R5, which a BPF call clobbers; the verifier refuses that.
 #[inline(always)]
 pub fn flow<const B: bool>(slot: &Slot<B>, src: u32, dst: u32, proto: u8, port: u16) -> Decision {
-    let found = rule_lookups(src, dst).map(|(s, d)| {
+    let lookups = rule_lookups(src, dst);
+    let mut found = [NO_RULE; 4];
+    let mut i = 0;
+    while i < lookups.len() {
+        let (s, d) = lookups[i];
         let key = Key::new(RULE_KEY_FIXED_BITS + 16, RuleKey::new(s, d, proto, port));
-        slot.rules().get(&key).copied()
-    });
+        found[i] = slot.rules().get(&key).copied().unwrap_or(NO_RULE);
+        i += 1;
+    }
     let flags = |id: u32| slot.segments().get(id).map_or(0, |info| info.flags);
     decide(best_rule(found), flags(src), flags(dst))
+}
+
+/// What [`listener_segment`] returns for a port no segment serves: the id of `*`, which
+/// never classifies a listener.
+pub const NO_LISTENER: u32 = SEGMENT_ANY;
+
+/// The segment serving local port `port`/`proto`: the policy's declared listener, else the
+/// segment of the task that bound it (learnt at `bind()`), classified under this
+/// generation's cgroup table. [`NO_LISTENER`] when neither names a segment.
+///
+/// Verifier notes: the ancestry walk is a constant-bounded loop over the stored levels,
+/// deepest first, like [`task_segment`]. The result is a plain `u32` with a sentinel, not
+/// an `Option`: LLVM filled the undefined payload of `None` from a register a helper call
+/// had clobbered, and the verifier refuses reading it.
+#[inline(always)]
+pub fn listener_segment<const B: bool>(slot: &Slot<B>, port: u16, proto: u8) -> u32 {
+    let key = ListenKey::new(port, proto);
+    if let Some(segment) = slot.listen().get_ptr(&key) {
+        // SAFETY: the pointer comes from a successful map lookup.
+        return unsafe { *segment };
+    }
+    let Some(learnt) = LEARNT_LISTENERS.get_ptr(&key) else {
+        return NO_LISTENER;
+    };
+    let mut level = CGROUP_LEVELS;
+    while level > 0 {
+        level -= 1;
+        // SAFETY: as above; `level` is below the array's length.
+        let id = unsafe { (*learnt).ancestors[level] };
+        if id != 0
+            && let Some(segment) = slot.cgroups().get_ptr(&id)
+        {
+            // SAFETY: as above.
+            return unsafe { *segment };
+        }
+    }
+    NO_LISTENER
+}
+
+/// Whether an address (IPv4 in the first four bytes when `v4`) is a loopback address, a
+/// destination on this host whatever the address tries say.
+#[inline(always)]
+pub fn is_loopback(addr: &[u8; 16], v4: bool) -> bool {
+    if v4 {
+        addr[0] == 127
+    } else {
+        addr[..15] == [0; 15] && addr[15] == 1
+    }
 }

@@ -1,9 +1,10 @@
 //! The enforcer kernel programs: one per hook named in DESIGN.md.
 //!
-//! Decided so far: new inbound flows at XDP ingress, and outbound `connect()` and
-//! unconnected `sendmsg()` from local processes (IPv4 and IPv6), by the two ends'
-//! segments and the rules of the active generation. The `sock_create` and `post_bind`
-//! hooks still let everything through. Before the first policy is applied (generation 0) every hook lets
+//! Decided: new inbound flows at XDP ingress, outbound `connect()` and unconnected
+//! `sendmsg()` from local processes (IPv4 and IPv6), by the two ends' segments and the
+//! rules of the active generation; raw and packet sockets at `socket()`. `post_bind`
+//! learns which segment listens on a port. Every decision is counted and recorded
+//! (module `record`). Before the first policy is applied (generation 0) every hook lets
 //! everything through: the agent applies a policy before it attaches anything.
 #![no_std]
 #![no_main]
@@ -13,76 +14,95 @@
 )]
 
 mod decide;
+mod learn;
 mod maps;
+mod record;
 mod xdp;
 
 use maps::Slot;
+use record::{Flow, Origin, Segments, record};
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{cgroup_sock, cgroup_sock_addr, xdp},
     programs::{SockAddrContext, SockContext, XdpContext},
 };
-use enforcer_common::event::Verdict;
+use enforcer_common::{
+    decision::Decision,
+    event::{Hook, Reason, Verdict, family},
+    maps::{SEGMENT_ANY, SEGMENT_FLAG_AUDIT, SEGMENT_FLAG_RAW_SOCKETS, SEGMENT_HOST},
+};
 
 /// cgroup sock and sock_addr programs return 1 to let the call proceed.
 const CGROUP_ALLOW: i32 = 1;
 /// ... and 0 to refuse it: the caller sees EPERM.
 const CGROUP_DENY: i32 = 0;
 
+/// `SOCK_RAW` from the socket(2) types.
+const SOCK_RAW: u32 = 3;
+/// `AF_PACKET`: link-layer sockets.
+const AF_PACKET: u32 = 17;
+
 /// XDP ingress on the host's interfaces.
 #[xdp]
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
-    try_xdp_ingress(&ctx).unwrap_or_else(|action| action)
+    match maps::active_generation() {
+        0 => xdp_action::XDP_PASS,
+        generation if generation % 2 == 0 => xdp_in_slot(&ctx, &Slot::<false>, generation),
+        generation => xdp_in_slot(&ctx, &Slot::<true>, generation),
+    }
 }
 
-fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, u32> {
-    let generation = maps::active_generation();
-    if generation == 0 {
-        return Ok(xdp_action::XDP_PASS);
-    }
-    let decided = if generation % 2 == 0 {
-        xdp::ingress(ctx, &Slot::<false>)
-    } else {
-        xdp::ingress(ctx, &Slot::<true>)
+/// XDP ingress under generation `generation`, which lives in slot `B`; a malformed frame
+/// is dropped, counted and recorded.
+#[inline(always)]
+fn xdp_in_slot<const B: bool>(ctx: &XdpContext, slot: &Slot<B>, generation: u32) -> u32 {
+    let origin = Origin {
+        hook: Hook::XdpIngress,
+        generation,
+        // SAFETY: the context pointer is valid for the whole run of the program.
+        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
     };
-    decided.map_err(|xdp::Malformed| xdp_action::XDP_DROP)
+    match xdp::ingress(ctx, slot, &origin) {
+        Ok(action) => action,
+        Err(xdp::Malformed) => {
+            let decision = Decision {
+                verdict: Verdict::Deny,
+                reason: Reason::Malformed,
+                rule_id: 0,
+            };
+            let segments = Segments {
+                src: SEGMENT_ANY,
+                dst: SEGMENT_HOST,
+            };
+            record(slot, &origin, &Flow::EMPTY, &segments, &decision);
+            xdp_action::XDP_DROP
+        }
+    }
 }
 
 /// Outbound IPv4 `connect()` from a process in the attached cgroup subtree.
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    try_sock_addr4(&ctx).unwrap_or_else(|ret| ret)
+    sock_addr(&ctx, Hook::Connect4, family::INET)
 }
 
 /// Outbound IPv6 `connect()` from a process in the attached cgroup subtree.
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    try_sock_addr6(&ctx).unwrap_or_else(|ret| ret)
+    sock_addr(&ctx, Hook::Connect6, family::INET6)
 }
 
 /// Outbound IPv4 `sendmsg()`/`sendto()` on an unconnected UDP socket.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    try_sock_addr4(&ctx).unwrap_or_else(|ret| ret)
+    sock_addr(&ctx, Hook::Sendmsg4, family::INET)
 }
 
 /// Outbound IPv6 `sendmsg()`/`sendto()` on an unconnected UDP socket.
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    try_sock_addr6(&ctx).unwrap_or_else(|ret| ret)
-}
-
-/// The destination port and protocol of a sock_addr call.
-///
-/// Verifier note: `user_port` and `protocol` are read with full 4-byte loads, the only
-/// width the kernel accepts for these context fields; the port is in network byte order
-/// in the low 16 bits.
-#[inline(always)]
-fn port_and_proto(ctx: &SockAddrContext) -> (u16, u8) {
-    // SAFETY: the context pointer is valid for the whole run of the program.
-    let (port, proto) = unsafe { ((*ctx.sock_addr).user_port, (*ctx.sock_addr).protocol) };
-    (u16::from_be(port as u16), proto as u8)
+    sock_addr(&ctx, Hook::Sendmsg6, family::INET6)
 }
 
 /// Allow, or refuse with EPERM; audit-mode denials pass.
@@ -94,72 +114,157 @@ fn verdict_to_return(verdict: Verdict) -> i32 {
     }
 }
 
-fn try_sock_addr4(ctx: &SockAddrContext) -> Result<i32, i32> {
-    match maps::active_generation() {
-        0 => Ok(CGROUP_ALLOW),
-        generation if generation % 2 == 0 => Ok(sock_addr4(ctx, &Slot::<false>)),
-        _ => Ok(sock_addr4(ctx, &Slot::<true>)),
-    }
-}
-
-fn try_sock_addr6(ctx: &SockAddrContext) -> Result<i32, i32> {
-    match maps::active_generation() {
-        0 => Ok(CGROUP_ALLOW),
-        generation if generation % 2 == 0 => Ok(sock_addr6(ctx, &Slot::<false>)),
-        _ => Ok(sock_addr6(ctx, &Slot::<true>)),
-    }
-}
-
 #[inline(always)]
-fn sock_addr4<const B: bool>(ctx: &SockAddrContext, slot: &Slot<B>) -> i32 {
-    // SAFETY: as above; `user_ip4` is a 4-byte field in network byte order.
-    let addr = unsafe { (*ctx.sock_addr).user_ip4 }.to_ne_bytes();
-    let (port, proto) = port_and_proto(ctx);
-    let src = decide::task_segment(slot);
-    let dst = decide::ipv4_segment(slot, addr);
-    verdict_to_return(decide::flow(slot, src, dst, proto, port).verdict)
-}
-
-#[inline(always)]
-fn sock_addr6<const B: bool>(ctx: &SockAddrContext, slot: &Slot<B>) -> i32 {
-    // SAFETY: as above; each `user_ip6` word is read with a 4-byte load.
-    let words = unsafe { (*ctx.sock_addr).user_ip6 };
-    let mut addr = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        let bytes = words[i].to_ne_bytes();
-        addr[i * 4] = bytes[0];
-        addr[i * 4 + 1] = bytes[1];
-        addr[i * 4 + 2] = bytes[2];
-        addr[i * 4 + 3] = bytes[3];
-        i += 1;
+fn sock_addr(ctx: &SockAddrContext, hook: Hook, address_family: u8) -> i32 {
+    let generation = maps::active_generation();
+    if generation == 0 {
+        return CGROUP_ALLOW;
     }
-    let (port, proto) = port_and_proto(ctx);
-    let src = decide::task_segment(slot);
-    let dst = decide::ipv6_segment(slot, addr);
-    verdict_to_return(decide::flow(slot, src, dst, proto, port).verdict)
+    let flow = destination(ctx, address_family);
+    let origin = Origin {
+        hook,
+        generation,
+        ifindex: 0,
+    };
+    if generation.is_multiple_of(2) {
+        sock_addr_in_slot(&Slot::<false>, &origin, &flow)
+    } else {
+        sock_addr_in_slot(&Slot::<true>, &origin, &flow)
+    }
 }
 
-/// `socket()` creation: where raw and packet sockets will be refused to segmented processes.
+/// The destination of a sock_addr call.
+///
+/// Verifier note: `user_ip4`, each `user_ip6` word, `user_port` and `protocol` are read
+/// with full 4-byte loads, the only width the kernel accepts for these context fields;
+/// the port is in network byte order in the low 16 bits.
+#[inline(always)]
+fn destination(ctx: &SockAddrContext, address_family: u8) -> Flow {
+    let mut flow = Flow::EMPTY;
+    flow.family = address_family;
+    // SAFETY: the context pointer is valid for the whole run of the program.
+    let (port, proto) = unsafe { ((*ctx.sock_addr).user_port, (*ctx.sock_addr).protocol) };
+    flow.dst_port = u16::from_be(port as u16);
+    flow.protocol = proto as u8;
+    if address_family == family::INET {
+        // SAFETY: as above; `user_ip4` is in network byte order.
+        let addr = unsafe { (*ctx.sock_addr).user_ip4 }.to_ne_bytes();
+        flow.dst_addr[..4].copy_from_slice(&addr);
+    } else {
+        // SAFETY: as above.
+        let words = unsafe { (*ctx.sock_addr).user_ip6 };
+        let mut i = 0;
+        while i < 4 {
+            let bytes = words[i].to_ne_bytes();
+            flow.dst_addr[i * 4] = bytes[0];
+            flow.dst_addr[i * 4 + 1] = bytes[1];
+            flow.dst_addr[i * 4 + 2] = bytes[2];
+            flow.dst_addr[i * 4 + 3] = bytes[3];
+            i += 1;
+        }
+    }
+    flow
+}
+
+/// Decides an outbound flow: the task's segment to the destination's (a loopback
+/// destination is the segment listening on its port, else `host`; an IPv4-mapped IPv6
+/// address is decided as IPv4).
+#[inline(always)]
+fn sock_addr_in_slot<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow) -> i32 {
+    let v4 = flow.family == family::INET;
+    let dst = if decide::is_loopback(&flow.dst_addr, v4) {
+        match decide::listener_segment(slot, flow.dst_port, flow.protocol) {
+            decide::NO_LISTENER => SEGMENT_HOST,
+            segment => segment,
+        }
+    } else if v4 {
+        let addr = [
+            flow.dst_addr[0],
+            flow.dst_addr[1],
+            flow.dst_addr[2],
+            flow.dst_addr[3],
+        ];
+        decide::ipv4_segment(slot, addr)
+    } else {
+        decide::ipv6_segment(slot, flow.dst_addr)
+    };
+    let src = decide::task_segment(slot);
+    let decision = decide::flow(slot, src, dst, flow.protocol, flow.dst_port);
+    record(slot, origin, flow, &Segments { src, dst }, &decision);
+    verdict_to_return(decision.verdict)
+}
+
+/// `socket()` creation: raw and packet sockets are refused to processes of a segment
+/// unless the segment is granted `raw_sockets` (audit mode lets them through, recorded).
+/// Processes in no segment are not governed.
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
-    try_sock(&ctx).unwrap_or_else(|ret| ret)
+    // SAFETY: the context pointer is valid for the whole run; these fields are readable
+    // at socket creation, with 4-byte loads.
+    let (address_family, kind, protocol) =
+        unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
+    if kind != SOCK_RAW && address_family != AF_PACKET {
+        return CGROUP_ALLOW;
+    }
+    let mut flow = Flow::EMPTY;
+    flow.family = address_family as u8;
+    // A packet socket's protocol is an EtherType, not an IP protocol number.
+    flow.protocol = if address_family == AF_PACKET {
+        0
+    } else {
+        protocol as u8
+    };
+    match maps::active_generation() {
+        0 => CGROUP_ALLOW,
+        generation if generation % 2 == 0 => raw_socket(&Slot::<false>, generation, &flow),
+        generation => raw_socket(&Slot::<true>, generation, &flow),
+    }
 }
 
-/// IPv4 `bind()` completion: where listener ports will be learnt per segment.
+#[inline(always)]
+fn raw_socket<const B: bool>(slot: &Slot<B>, generation: u32, flow: &Flow) -> i32 {
+    let src = decide::task_segment(slot);
+    if src == SEGMENT_HOST {
+        return CGROUP_ALLOW;
+    }
+    let flags = slot.segments().get(src).map_or(0, |info| info.flags);
+    let verdict = if flags & SEGMENT_FLAG_RAW_SOCKETS != 0 {
+        Verdict::Allow
+    } else if flags & SEGMENT_FLAG_AUDIT != 0 {
+        Verdict::Audit
+    } else {
+        Verdict::Deny
+    };
+    let origin = Origin {
+        hook: Hook::SockCreate,
+        generation,
+        ifindex: 0,
+    };
+    let decision = Decision {
+        verdict,
+        reason: Reason::RawSocket,
+        rule_id: 0,
+    };
+    let segments = Segments {
+        src,
+        dst: SEGMENT_ANY,
+    };
+    record(slot, &origin, flow, &segments, &decision);
+    verdict_to_return(verdict)
+}
+
+/// IPv4 `bind()` completion: the bound port is learnt as a listener of the task's cgroup.
 #[cgroup_sock(post_bind4)]
 pub fn post_bind4(ctx: SockContext) -> i32 {
-    try_sock(&ctx).unwrap_or_else(|ret| ret)
+    learn::listener(&ctx);
+    CGROUP_ALLOW
 }
 
-/// IPv6 `bind()` completion: where listener ports will be learnt per segment.
+/// IPv6 `bind()` completion: the bound port is learnt as a listener of the task's cgroup.
 #[cgroup_sock(post_bind6)]
 pub fn post_bind6(ctx: SockContext) -> i32 {
-    try_sock(&ctx).unwrap_or_else(|ret| ret)
-}
-
-fn try_sock(_ctx: &SockContext) -> Result<i32, i32> {
-    Ok(CGROUP_ALLOW)
+    learn::listener(&ctx);
+    CGROUP_ALLOW
 }
 
 #[cfg(not(test))]

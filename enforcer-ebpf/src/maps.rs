@@ -5,17 +5,41 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::maps::{
-    EVENTS_RING_BYTES, FailsafeKey4, FailsafeKey6, ListenKey, MAX_CGROUPS, MAX_CIDRS_V4,
-    MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, MAX_SEGMENTS, PolicyConfig,
-    RuleKey, RuleValue, SegmentInfo,
+    EVENT_STAT_SLOTS, EVENTS_RING_BYTES, FailsafeKey4, FailsafeKey6, HostSettings,
+    LEARNT_LISTENERS_CAPACITY, LearntListener, ListenKey, MAX_CGROUPS, MAX_CIDRS_V4, MAX_CIDRS_V6,
+    MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, MAX_RULES, MAX_SEGMENTS, PolicyConfig,
+    REASON_COUNTER_SLOTS, RECENT_FLOWS_CAPACITY, RecentFlowKey, RuleCounters, RuleKey, RuleValue,
+    SegmentInfo,
 };
 
 /// Per-flow audit records ([`enforcer_common::event::FlowEvent`]) for the agent.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// Per-CPU decision counts by reason and verdict (host state).
+#[map]
+pub static REASON_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNTER_SLOTS, 0);
+
+/// Per-CPU counts of events emitted, lost to a full ring, and suppressed as duplicates.
+#[map]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_STAT_SLOTS, 0);
+
+/// Recently recorded flows, for de-duplication.
+#[map]
+pub static RECENT_FLOWS: LruHashMap<RecentFlowKey, u64> =
+    LruHashMap::with_max_entries(RECENT_FLOWS_CAPACITY, 0);
+
+/// Settings the agent writes: de-duplication window, ephemeral port range.
+#[map]
+pub static HOST_SETTINGS: Array<HostSettings> = Array::with_max_entries(1, 0);
+
+/// Listener ports learnt at `bind()`, with the binding task's cgroup ancestry.
+#[map]
+pub static LEARNT_LISTENERS: LruHashMap<ListenKey, LearntListener> =
+    LruHashMap::with_max_entries(LEARNT_LISTENERS_CAPACITY, 0);
 
 /// The active generation number (0: no policy applied yet).
 #[map]
@@ -52,6 +76,13 @@ per_slot!(
     Array::with_max_entries(1, 0)
 );
 per_slot!("Declared listener ports to segment id.", LISTEN_A, LISTEN_B, HashMap<ListenKey, u32>, HashMap::with_max_entries(MAX_LISTEN_PORTS, 0));
+per_slot!(
+    "Per-CPU counts per rule id.",
+    RULE_COUNTERS_A,
+    RULE_COUNTERS_B,
+    PerCpuArray<RuleCounters>,
+    PerCpuArray::with_max_entries(MAX_RULES, 0)
+);
 per_slot!("IPv4 failsafe access.", FAILSAFE4_A, FAILSAFE4_B, LpmTrie<FailsafeKey4, u32>, LpmTrie::with_max_entries(MAX_FAILSAFES, 0));
 per_slot!("IPv6 failsafe access.", FAILSAFE6_A, FAILSAFE6_B, LpmTrie<FailsafeKey6, u32>, LpmTrie::with_max_entries(MAX_FAILSAFES, 0));
 
@@ -101,6 +132,22 @@ impl<const B: bool> Slot<B> {
         if B { &LISTEN_B } else { &LISTEN_A }
     }
 
+    /// Policy-wide settings of the generation.
+    #[inline(always)]
+    pub fn policy(&self) -> &'static Array<PolicyConfig> {
+        if B { &POLICY_B } else { &POLICY_A }
+    }
+
+    /// Per-rule counters of the generation.
+    #[inline(always)]
+    pub fn rule_counters(&self) -> &'static PerCpuArray<RuleCounters> {
+        if B {
+            &RULE_COUNTERS_B
+        } else {
+            &RULE_COUNTERS_A
+        }
+    }
+
     /// IPv4 failsafe access.
     #[inline(always)]
     pub fn failsafes_v4(&self) -> &'static LpmTrie<FailsafeKey4, u32> {
@@ -112,6 +159,12 @@ impl<const B: bool> Slot<B> {
     pub fn failsafes_v6(&self) -> &'static LpmTrie<FailsafeKey6, u32> {
         if B { &FAILSAFE6_B } else { &FAILSAFE6_A }
     }
+}
+
+/// The host settings the agent wrote (all zero before it wrote any).
+#[inline(always)]
+pub fn host_settings() -> HostSettings {
+    HOST_SETTINGS.get(0).copied().unwrap_or_default()
 }
 
 /// The active generation, read once per run: 0 before any policy was applied. Generation

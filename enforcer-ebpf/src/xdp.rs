@@ -9,19 +9,26 @@
 //!   decided at its SYN, or answers one of ours;
 //! - UDP to a port no segment listens on: pass (replies to our own queries);
 //! - truncated headers, an IPv4 header length below 20, a wrong IP version, or an IPv6
-//!   extension-header chain longer than [`MAX_IPV6_EXT_HEADERS`]: drop, as malformed.
+//!   extension-header chain longer than [`MAX_IPV6_EXT_HEADERS`]: drop, as malformed
+//!   (counted and recorded with reason `malformed`, never as allowed by a rule).
 //!
 //! Everything else is a new flow: failsafe access passes; otherwise the source segment
 //! (longest CIDR, else `world`), the destination segment (the listener port's segment,
-//! else `host`) and the rules decide; a denial drops the packet.
+//! declared or learnt, else `host`) and the rules decide; a denial drops the packet.
+//! Every decision is counted and recorded.
 
 use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
 use enforcer_common::{
-    event::Verdict,
-    maps::{FAILSAFE_KEY_FIXED_BITS, FailsafeKey, ListenKey, PROTO_TCP, PROTO_UDP, SEGMENT_HOST},
+    decision::Decision,
+    event::{Reason, Verdict, family},
+    maps::{FAILSAFE_KEY_FIXED_BITS, FailsafeKey, PROTO_TCP, PROTO_UDP, SEGMENT_HOST},
 };
 
-use crate::{decide, maps::Slot};
+use crate::{
+    decide,
+    maps::Slot,
+    record::{Flow, Origin, Segments, record},
+};
 
 /// How many IPv6 extension headers are skipped before a packet counts as malformed.
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
@@ -52,39 +59,48 @@ fn bytes<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Mal
     Ok(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
 }
 
+/// Reads the transport header of a new flow into `flow`: `false` when the packet is not
+/// one (not TCP or UDP, or TCP other than a bare SYN).
 #[inline(always)]
-fn transport(ctx: &XdpContext, offset: usize, proto: u8) -> Result<Option<(u8, u16)>, Malformed> {
-    match proto {
+fn transport(
+    ctx: &XdpContext,
+    offset: usize,
+    proto: u8,
+    flow: &mut Flow,
+) -> Result<bool, Malformed> {
+    let ports = match proto {
         PROTO_TCP => {
             let header: [u8; 20] = bytes(ctx, offset)?;
             let flags = header[13];
             if flags & TCP_SYN == 0 || flags & TCP_ACK != 0 {
-                return Ok(None);
+                return Ok(false);
             }
-            Ok(Some((
-                PROTO_TCP,
-                u16::from_be_bytes([header[2], header[3]]),
-            )))
+            [header[0], header[1], header[2], header[3]]
         }
         PROTO_UDP => {
             let header: [u8; 8] = bytes(ctx, offset)?;
-            Ok(Some((
-                PROTO_UDP,
-                u16::from_be_bytes([header[2], header[3]]),
-            )))
+            [header[0], header[1], header[2], header[3]]
         }
-        _ => Ok(None),
-    }
+        _ => return Ok(false),
+    };
+    flow.protocol = proto;
+    flow.src_port = u16::from_be_bytes([ports[0], ports[1]]);
+    flow.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+    Ok(true)
 }
 
 /// Parses a frame and decides it under generation slot `B`.
 ///
-/// Verifier note: parsing and deciding are one function on purpose. Returning the parsed
-/// flow as an enum let LLVM assemble the variants' fields into one register from
+/// Verifier note: the parsed flow is written into a stack [`Flow`] rather than returned.
+/// Returning it as an enum let LLVM assemble the variants' fields into one register from
 /// whatever the other paths left there, a packet pointer included, and the verifier
 /// rejects bitwise operations on pointers.
 #[inline(always)]
-pub fn ingress<const B: bool>(ctx: &XdpContext, slot: &Slot<B>) -> Result<u32, Malformed> {
+pub fn ingress<const B: bool>(
+    ctx: &XdpContext,
+    slot: &Slot<B>,
+    origin: &Origin,
+) -> Result<u32, Malformed> {
     let eth: [u8; ETH_LEN] = bytes(ctx, 0)?;
     let mut ether_type = u16::from_be_bytes([eth[12], eth[13]]);
     let mut offset = ETH_LEN;
@@ -95,7 +111,8 @@ pub fn ingress<const B: bool>(ctx: &XdpContext, slot: &Slot<B>) -> Result<u32, M
         offset += 4;
         tags += 1;
     }
-    match ether_type {
+    let mut flow = Flow::EMPTY;
+    let new_flow = match ether_type {
         ETHERTYPE_IPV4 => {
             let ip: [u8; 20] = bytes(ctx, offset)?;
             let header_len = usize::from(ip[0] & 0x0f) * 4;
@@ -106,28 +123,19 @@ pub fn ingress<const B: bool>(ctx: &XdpContext, slot: &Slot<B>) -> Result<u32, M
             if fragment_offset != 0 {
                 return Ok(xdp_action::XDP_PASS);
             }
-            let src = [ip[12], ip[13], ip[14], ip[15]];
-            Ok(match transport(ctx, offset + header_len, ip[9])? {
-                Some((proto, port)) => {
-                    let failsafe = Key::new(
-                        FAILSAFE_KEY_FIXED_BITS + 32,
-                        FailsafeKey::new(proto, port, src),
-                    );
-                    if slot.failsafes_v4().get(&failsafe).is_some() {
-                        return Ok(xdp_action::XDP_PASS);
-                    }
-                    new_flow(slot, decide::ipv4_segment(slot, src), proto, port)
-                }
-                None => xdp_action::XDP_PASS,
-            })
+            flow.family = family::INET;
+            flow.src_addr[..4].copy_from_slice(&ip[12..16]);
+            flow.dst_addr[..4].copy_from_slice(&ip[16..20]);
+            transport(ctx, offset + header_len, ip[9], &mut flow)?
         }
         ETHERTYPE_IPV6 => {
             let ip: [u8; 40] = bytes(ctx, offset)?;
             if ip[0] >> 4 != 6 {
                 return Err(Malformed);
             }
-            let mut src = [0u8; 16];
-            src.copy_from_slice(&ip[8..24]);
+            flow.family = family::INET6;
+            flow.src_addr.copy_from_slice(&ip[8..24]);
+            flow.dst_addr.copy_from_slice(&ip[24..40]);
             let mut next = ip[6];
             let mut offset = offset + 40;
             let mut skipped = 0;
@@ -161,37 +169,70 @@ pub fn ingress<const B: bool>(ctx: &XdpContext, slot: &Slot<B>) -> Result<u32, M
                     return Err(Malformed);
                 }
             }
-            Ok(match transport(ctx, offset, next)? {
-                Some((proto, port)) => {
-                    let failsafe = Key::new(
-                        FAILSAFE_KEY_FIXED_BITS + 128,
-                        FailsafeKey::new(proto, port, src),
-                    );
-                    if slot.failsafes_v6().get(&failsafe).is_some() {
-                        return Ok(xdp_action::XDP_PASS);
-                    }
-                    new_flow(slot, decide::ipv6_segment(slot, src), proto, port)
-                }
-                None => xdp_action::XDP_PASS,
-            })
+            transport(ctx, offset, next, &mut flow)?
         }
-        _ => Ok(xdp_action::XDP_PASS),
+        _ => return Ok(xdp_action::XDP_PASS),
+    };
+    if !new_flow {
+        return Ok(xdp_action::XDP_PASS);
     }
+    Ok(decide_new_flow(slot, origin, &flow))
 }
 
-/// The XDP action for a new inbound flow from segment `src_segment` to local port
-/// `port`/`proto` (failsafe access already ruled out).
+/// The XDP action for a new inbound flow: failsafe access passes; otherwise the source
+/// address's segment, the listener's segment (else `host`) and the rules decide. Every
+/// decision is recorded.
 #[inline(always)]
-fn new_flow<const B: bool>(slot: &Slot<B>, src_segment: u32, proto: u8, port: u16) -> u32 {
-    let listener = slot.listen().get_ptr(&ListenKey::new(port, proto));
-    let dst_segment = match listener {
-        // SAFETY: the pointer comes from a successful map lookup.
-        Some(segment) => unsafe { *segment },
-        // UDP to no listener of a segment is not a new flow the policy governs.
-        None if proto == PROTO_UDP => return xdp_action::XDP_PASS,
-        None => SEGMENT_HOST,
+fn decide_new_flow<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow) -> u32 {
+    let v4 = flow.family == family::INET;
+    let src_v4 = [
+        flow.src_addr[0],
+        flow.src_addr[1],
+        flow.src_addr[2],
+        flow.src_addr[3],
+    ];
+    // Failsafe numbers start at 1, so 0 means "no failsafe matched" (a sentinel rather
+    // than an `Option`, for the reason given at `decide::listener_segment`).
+    let failsafe = if v4 {
+        let key = Key::new(
+            FAILSAFE_KEY_FIXED_BITS + 32,
+            FailsafeKey::new(flow.protocol, flow.dst_port, src_v4),
+        );
+        slot.failsafes_v4().get(&key).copied().unwrap_or(0)
+    } else {
+        let key = Key::new(
+            FAILSAFE_KEY_FIXED_BITS + 128,
+            FailsafeKey::new(flow.protocol, flow.dst_port, flow.src_addr),
+        );
+        slot.failsafes_v6().get(&key).copied().unwrap_or(0)
     };
-    match decide::flow(slot, src_segment, dst_segment, proto, port).verdict {
+    let src = if v4 {
+        decide::ipv4_segment(slot, src_v4)
+    } else {
+        decide::ipv6_segment(slot, flow.src_addr)
+    };
+    if failsafe != 0 {
+        let decision = Decision {
+            verdict: Verdict::Allow,
+            reason: Reason::Failsafe,
+            rule_id: failsafe,
+        };
+        let segments = Segments {
+            src,
+            dst: SEGMENT_HOST,
+        };
+        record(slot, origin, flow, &segments, &decision);
+        return xdp_action::XDP_PASS;
+    }
+    let dst = match decide::listener_segment(slot, flow.dst_port, flow.protocol) {
+        // UDP to no listener of a segment is not a new flow the policy governs.
+        decide::NO_LISTENER if flow.protocol == PROTO_UDP => return xdp_action::XDP_PASS,
+        decide::NO_LISTENER => SEGMENT_HOST,
+        segment => segment,
+    };
+    let decision = decide::flow(slot, src, dst, flow.protocol, flow.dst_port);
+    record(slot, origin, flow, &Segments { src, dst }, &decision);
+    match decision.verdict {
         Verdict::Deny => xdp_action::XDP_DROP,
         Verdict::Allow | Verdict::Audit => xdp_action::XDP_PASS,
     }

@@ -8,7 +8,7 @@ use std::{fmt::Write as _, net::IpAddr};
 use enforcer::policy::{
     Compiled, compile_sources,
     diff::diff,
-    explain::{explain, reason_word, verdict_word},
+    explain::explain,
     lookup::ImageIndex,
     model::Proto,
     reference::{Endpoint, evaluate},
@@ -213,8 +213,8 @@ proptest! {
             let context = format!("{from_text} -> {to_text} {port}/{proto}\n{text}");
             prop_assert_eq!(&got.from.segment, &want.from_segment, "{}", context);
             prop_assert_eq!(&got.to.segment, &want.to_segment, "{}", context);
-            prop_assert_eq!(got.verdict, verdict_word(want.verdict), "{}", context);
-            prop_assert_eq!(got.reason, reason_word(want.reason), "{}", context);
+            prop_assert_eq!(got.verdict, want.verdict.word(), "{}", context);
+            prop_assert_eq!(got.reason, want.reason.word(), "{}", context);
             prop_assert_eq!(&got.rule, &want.rule, "{}", context);
             prop_assert_eq!(&got.failsafe, &want.failsafe, "{}", context);
         }
@@ -246,8 +246,8 @@ proptest! {
             match reported {
                 Some(change) => {
                     prop_assert_ne!(before, after, "diff reports {}->{} {}/{} but the verdict stays", from, to, port, proto);
-                    prop_assert_eq!(&change.old, verdict_word(before));
-                    prop_assert_eq!(&change.new, verdict_word(after));
+                    prop_assert_eq!(&change.old, before.word());
+                    prop_assert_eq!(&change.new, after.word());
                 }
                 None => prop_assert_eq!(before, after, "diff misses {}->{} {}/{}\nOLD\n{}\nNEW\n{}", from, to, port, proto, old_text, new_text),
             }

@@ -7,17 +7,17 @@ use aya::Pod;
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, MapData, MapError,
+        Array, HashMap, MapData,
         lpm_trie::{Key, LpmTrie},
     },
 };
 use enforcer_common::maps::{
     ACTIVE, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6, FailsafeKey4, FailsafeKey6,
-    LISTEN, ListenKey, MAX_SEGMENTS, POLICY, PolicyConfig, RULES, RuleKey, RuleValue, SEGMENTS,
-    SegmentInfo, slot_of,
+    LISTEN, ListenKey, MAX_SEGMENTS, POLICY, PolicyConfig, RULES, RuleCounters, RuleKey, RuleValue,
+    SEGMENTS, SegmentInfo, slot_of,
 };
 
-use super::LoaderError;
+use super::{LoaderError, counters, map, map_error};
 use crate::policy::image::{LpmEntry, MapImage};
 
 /// How long to wait after the flip before clearing the old slot, so that a program that
@@ -33,17 +33,10 @@ pub struct Applied {
     /// cgroup paths of the image that do not exist on this host (yet); their processes
     /// are classified by their nearest existing listed ancestor, else as `host`.
     pub missing_cgroups: Vec<String>,
-}
-
-fn map_error(map: &'static str) -> impl Fn(MapError) -> LoaderError {
-    move |source| LoaderError::Map {
-        map,
-        source: Box::new(source),
-    }
-}
-
-fn map<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, LoaderError> {
-    ebpf.map_mut(name).ok_or(LoaderError::MissingMap(name))
+    /// The final per-rule counters of the generation this one replaced (element `i` is
+    /// rule id `i + 1` of that generation), read after its last decisions and before its
+    /// slot was cleared; empty for the first generation.
+    pub retired_rule_counters: Vec<RuleCounters>,
 }
 
 fn fill_trie<K: Pod, V: Pod>(
@@ -86,8 +79,17 @@ fn clear_hash<K: Pod, V: Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<(),
     Ok(())
 }
 
+/// The [`PolicyConfig`] stored in `slot` (all zero for an empty slot).
+pub(super) fn slot_config(ebpf: &mut Ebpf, slot: usize) -> Result<PolicyConfig, LoaderError> {
+    let policy: Array<&mut MapData, PolicyConfig> =
+        Array::try_from(map(ebpf, POLICY[slot])?).map_err(map_error(POLICY[slot]))?;
+    policy.get(&0, 0).map_err(map_error(POLICY[slot]))
+}
+
 /// Empties every map of `slot`.
 fn clear_slot(ebpf: &mut Ebpf, slot: usize) -> Result<(), LoaderError> {
+    let rule_count = slot_config(ebpf, slot)?.rule_count;
+    counters::zero_rules(ebpf, slot, rule_count)?;
     clear_trie::<[u8; 4], u32>(ebpf, CIDRS_V4[slot])?;
     clear_trie::<[u8; 16], u32>(ebpf, CIDRS_V6[slot])?;
     clear_trie::<RuleKey, RuleValue>(ebpf, RULES[slot])?;
@@ -179,12 +181,17 @@ pub fn apply(
     let mut flip: Array<&mut MapData, u32> =
         Array::try_from(map(ebpf, ACTIVE)?).map_err(map_error(ACTIVE))?;
     flip.set(0, &next, 0).map_err(map_error(ACTIVE))?;
+    let mut retired_rule_counters = Vec::new();
     if current != 0 {
         std::thread::sleep(GRACE);
-        clear_slot(ebpf, slot_of(current))?;
+        let old = slot_of(current);
+        let rule_count = slot_config(ebpf, old)?.rule_count;
+        retired_rule_counters = counters::rules(ebpf, old, rule_count)?;
+        clear_slot(ebpf, old)?;
     }
     Ok(Applied {
         generation: next,
         missing_cgroups,
+        retired_rule_counters,
     })
 }

@@ -4,20 +4,28 @@
 //! A [`Loader`] owns the kernel objects it created: dropping it detaches and unloads
 //! everything that is not pinned.
 
+mod counters;
+mod events;
 mod generation;
 
-use std::{fs::File, io, path::Path};
+use std::{fs::File, io, path::Path, time::Duration};
 
+pub use counters::{Counters, EventCounts, ReasonCount};
+pub use events::EventReader;
 pub use generation::Applied;
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, MapData, MapError, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, TestRun as _, TestRunOptions,
         Xdp, XdpMode,
     },
 };
-use enforcer_common::event::Hook;
+use enforcer_common::{
+    event::Hook,
+    maps::{DEFAULT_DEDUP_WINDOW_NS, EVENTS, HOST_SETTINGS, HostSettings, slot_of},
+};
 
 use crate::object;
 
@@ -63,11 +71,28 @@ pub enum LoaderError {
         map: &'static str,
         /// aya's error.
         #[source]
-        source: Box<aya::maps::MapError>,
+        source: Box<MapError>,
     },
     /// The generation counter would overflow (after four billion applies).
     #[error("no generation numbers left; reload the agent to start over")]
     GenerationsExhausted,
+    /// The number of possible CPUs could not be read (per-CPU maps need it).
+    #[error("cannot read the number of possible CPUs: {0}")]
+    PossibleCpus(#[source] io::Error),
+    /// The host's ephemeral port range could not be read.
+    #[error("cannot read {path}: {reason}")]
+    EphemeralPorts {
+        /// The sysctl file.
+        path: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The event ring buffer was already handed out (there is one consumer).
+    #[error("the event ring buffer has already been taken")]
+    EventsTaken,
+    /// A ring-buffer record is not a `FlowEvent` (a kernel object from another build).
+    #[error("an event record of {0} bytes, expected {size}", size = size_of::<enforcer_common::event::FlowEvent>())]
+    EventSize(usize),
     /// The cgroup directory to attach to could not be opened.
     #[error("cannot open cgroup {path}: {source}")]
     Cgroup {
@@ -96,7 +121,8 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Parses the embedded object, creates its maps and loads every program.
+    /// Parses the embedded object, creates its maps, loads every program and writes the
+    /// host settings: the default de-duplication window and this host's ephemeral ports.
     pub fn load() -> Result<Self, LoaderError> {
         let ebpf = EbpfLoader::new()
             .load(object::BYTES)
@@ -105,7 +131,63 @@ impl Loader {
         for hook in Hook::ALL {
             loader.load_program(hook)?;
         }
+        let (ephemeral_low, ephemeral_high) = ephemeral_ports()?;
+        loader.set_host_settings(HostSettings {
+            dedup_window_ns: DEFAULT_DEDUP_WINDOW_NS,
+            ephemeral_low,
+            ephemeral_high,
+            _pad: [0; 4],
+        })?;
         Ok(loader)
+    }
+
+    fn host_settings(&mut self) -> Result<HostSettings, LoaderError> {
+        let array: Array<&mut MapData, HostSettings> =
+            Array::try_from(map(&mut self.ebpf, HOST_SETTINGS)?)
+                .map_err(map_error(HOST_SETTINGS))?;
+        array.get(&0, 0).map_err(map_error(HOST_SETTINGS))
+    }
+
+    fn set_host_settings(&mut self, settings: HostSettings) -> Result<(), LoaderError> {
+        let mut array: Array<&mut MapData, HostSettings> =
+            Array::try_from(map(&mut self.ebpf, HOST_SETTINGS)?)
+                .map_err(map_error(HOST_SETTINGS))?;
+        array.set(0, &settings, 0).map_err(map_error(HOST_SETTINGS))
+    }
+
+    /// Sets the de-duplication window: an event for the same flow within `window` of the
+    /// last one written is suppressed and counted. Zero writes every event.
+    pub fn set_dedup_window(&mut self, window: Duration) -> Result<(), LoaderError> {
+        let mut settings = self.host_settings()?;
+        settings.dedup_window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        self.set_host_settings(settings)
+    }
+
+    /// Hands out the consumer side of the event ring buffer; there is only one.
+    pub fn take_events(&mut self) -> Result<EventReader, LoaderError> {
+        let ring = self.ebpf.take_map(EVENTS).ok_or(LoaderError::EventsTaken)?;
+        RingBuf::try_from(ring)
+            .map(EventReader::new)
+            .map_err(map_error(EVENTS))
+    }
+
+    /// Every counter, summed over CPUs; the rule counters are the active generation's.
+    pub fn counters(&mut self) -> Result<Counters, LoaderError> {
+        let generation = self.active_generation()?;
+        let rules = if generation == 0 {
+            Vec::new()
+        } else {
+            let slot = slot_of(generation);
+            let count = generation::slot_config(&mut self.ebpf, slot)?.rule_count;
+            counters::rules(&mut self.ebpf, slot, count)?
+        };
+        let (by_reason, events) = counters::host(&mut self.ebpf)?;
+        Ok(Counters {
+            generation,
+            rules,
+            by_reason,
+            events,
+        })
     }
 
     fn load_program(&mut self, hook: Hook) -> Result<(), LoaderError> {
@@ -165,11 +247,7 @@ impl Loader {
     /// Runs the XDP program on `packet` through `BPF_PROG_TEST_RUN`, `repeat` times, and
     /// returns its action (`XDP_DROP` 1, `XDP_PASS` 2, ...) and the kernel's mean time per
     /// run. Nothing is attached and no interface sees the packet.
-    pub fn test_run_xdp(
-        &self,
-        packet: &[u8],
-        repeat: u32,
-    ) -> Result<(u32, std::time::Duration), LoaderError> {
+    pub fn test_run_xdp(&self, packet: &[u8], repeat: u32) -> Result<(u32, Duration), LoaderError> {
         let name = Hook::XdpIngress.program_name();
         let program = self
             .ebpf
@@ -242,6 +320,37 @@ impl Loader {
             attached.map_err(program_error(name, "attach"))?;
         }
         Ok(())
+    }
+}
+
+/// Where the kernel publishes the ephemeral port range.
+const EPHEMERAL_PORTS: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// This host's ephemeral port range (`net.ipv4.ip_local_port_range`).
+fn ephemeral_ports() -> Result<(u16, u16), LoaderError> {
+    let error = |reason: String| LoaderError::EphemeralPorts {
+        path: EPHEMERAL_PORTS,
+        reason,
+    };
+    let text = std::fs::read_to_string(EPHEMERAL_PORTS).map_err(|e| error(e.to_string()))?;
+    let mut bounds = text.split_whitespace().map(str::parse::<u16>);
+    match (bounds.next(), bounds.next()) {
+        (Some(Ok(low)), Some(Ok(high))) if low <= high => Ok((low, high)),
+        _ => Err(error(format!(
+            "expected two ports, found {:?}",
+            text.trim()
+        ))),
+    }
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, LoaderError> {
+    ebpf.map_mut(name).ok_or(LoaderError::MissingMap(name))
+}
+
+fn map_error(map: &'static str) -> impl Fn(MapError) -> LoaderError {
+    move |source| LoaderError::Map {
+        map,
+        source: Box::new(source),
     }
 }
 

@@ -9,7 +9,7 @@ use enforcer_common::{
     maps::{
         ACTION_ALLOW, ACTION_DENY, AUDIT_ALL, AUDIT_DENY, FAILSAFE_KEY_FIXED_BITS,
         FIRST_NAMED_SEGMENT, FailsafeKey, ListenKey, MAX_CGROUPS, MAX_CIDRS_V4, MAX_CIDRS_V6,
-        MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, MAX_SEGMENTS, PolicyConfig,
+        MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, MAX_RULES, MAX_SEGMENTS, PolicyConfig,
         RULE_KEY_FIXED_BITS, RuleKey, RuleValue, SEGMENT_ANY, SEGMENT_FLAG_AUDIT,
         SEGMENT_FLAG_RAW_SOCKETS, SEGMENT_HOST, SEGMENT_WORLD, SegmentInfo,
     },
@@ -228,6 +228,13 @@ pub fn compile(policy: &Policy) -> Result<MapImage, Vec<Diagnostic>> {
         MAX_LISTEN_PORTS,
     );
     capacity(&mut errors, "rule table", rules.len(), MAX_RULE_ENTRIES);
+    // Rule ids start at 1; id 0 of the counter map is unused.
+    capacity(
+        &mut errors,
+        "rule counters",
+        policy.rules.len() + 1,
+        MAX_RULES,
+    );
     capacity(
         &mut errors,
         "IPv4 failsafe trie",
@@ -268,6 +275,7 @@ pub fn compile(policy: &Policy) -> Result<MapImage, Vec<Diagnostic>> {
                 Action::Deny => ACTION_DENY,
             },
             _pad: [0; 2],
+            rule_count: u32::try_from(policy.rules.len()).unwrap_or(u32::MAX),
         },
         segment_names,
         segment_infos,

@@ -7,7 +7,6 @@ use enforcer_common::event::Verdict;
 use serde::Serialize;
 
 use super::{
-    explain::verdict_word,
     image::MapImage,
     lookup::ImageIndex,
     model::{HOST, Policy, Proto, Rule, WORLD},
@@ -103,7 +102,7 @@ fn verdict_of(
 }
 
 fn word(verdict: Option<Verdict>) -> String {
-    verdict.map_or_else(|| "absent".to_owned(), |v| verdict_word(v).to_owned())
+    verdict.map_or_else(|| "absent".to_owned(), |v| v.word().to_owned())
 }
 
 /// Whether a verdict lets traffic through (allow or audit).

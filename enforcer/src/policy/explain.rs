@@ -74,26 +74,6 @@ pub struct Explanation {
     pub failsafe: Option<String>,
 }
 
-/// The word for a verdict, as audit records and the CLI print it.
-pub fn verdict_word(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::Allow => "allow",
-        Verdict::Deny => "deny",
-        Verdict::Audit => "audit",
-    }
-}
-
-/// The word for a reason.
-pub fn reason_word(reason: Reason) -> &'static str {
-    match reason {
-        Reason::Rule => "rule",
-        Reason::DefaultDeny => "default-deny",
-        Reason::Unclassified => "unclassified",
-        Reason::Failsafe => "failsafe",
-        Reason::Malformed => "malformed",
-    }
-}
-
 fn classify(index: &ImageIndex<'_>, endpoint: &Endpoint, given: &str) -> (u32, Classified) {
     let image = index.image();
     let (id, because) = match endpoint {
@@ -167,8 +147,8 @@ pub fn explain(
             from: from_class,
             to: to_class,
             port: port_text,
-            verdict: verdict_word(Verdict::Allow),
-            reason: reason_word(Reason::Failsafe),
+            verdict: Verdict::Allow.word(),
+            reason: Reason::Failsafe.word(),
             rule: None,
             failsafe: image.failsafe_names.get(number as usize - 1).cloned(),
         };
@@ -178,8 +158,8 @@ pub fn explain(
         from: from_class,
         to: to_class,
         port: port_text,
-        verdict: verdict_word(decision.verdict),
-        reason: reason_word(decision.reason),
+        verdict: decision.verdict.word(),
+        reason: decision.reason.word(),
         rule: (decision.reason == Reason::Rule)
             .then(|| image.rule_name(decision.rule_id).to_owned()),
         failsafe: None,

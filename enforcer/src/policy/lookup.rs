@@ -9,7 +9,7 @@ use std::{
 };
 
 use enforcer_common::{
-    decision::{Decision, best_rule, decide, rule_lookups},
+    decision::{Decision, NO_RULE, best_rule, decide, rule_lookups},
     maps::{
         FAILSAFE_KEY_FIXED_BITS, FailsafeKey, ListenKey, RULE_KEY_FIXED_BITS, RuleKey, RuleValue,
         SEGMENT_HOST, SEGMENT_WORLD,
@@ -229,7 +229,7 @@ impl<'a> ImageIndex<'a> {
             self.rules
                 .lookup(&rule_key_bytes(&RuleKey::new(s, d, proto, port)))
                 .filter(|(len, _)| *len >= RULE_KEY_FIXED_BITS)
-                .map(|(_, value)| value)
+                .map_or(NO_RULE, |(_, value)| value)
         });
         let flags = |id: u32| {
             self.image

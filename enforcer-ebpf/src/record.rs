@@ -1,0 +1,181 @@
+//! What every decision leaves behind: per-CPU counters by reason and by rule, and a
+//! [`FlowEvent`] in the ring buffer unless the audit level skips it or the same flow was
+//! recorded within the de-duplication window. A full ring is counted, never silent.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+    bpf_ktime_get_boot_ns,
+};
+use enforcer_common::{
+    decision::Decision,
+    event::{FlowEvent, Hook, Reason, Verdict},
+    maps::{
+        AUDIT_DENY, EVENTS_EMITTED, EVENTS_LOST, EVENTS_SUPPRESSED, RecentFlowKey,
+        reason_counter_index,
+    },
+};
+
+use crate::maps::{self, EVENT_STATS, EVENTS, REASON_COUNTS, RECENT_FLOWS, Slot};
+
+/// The addresses and ports of a flow, as far as the hook knows them.
+pub struct Flow {
+    /// Source address (IPv4 in the first four bytes; zero where the hook has none).
+    pub src_addr: [u8; 16],
+    /// Destination address.
+    pub dst_addr: [u8; 16],
+    /// Source port (0 where the hook has none).
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+    /// Address family (`AF_INET`, `AF_INET6`, or `AF_PACKET` for a packet socket).
+    pub family: u8,
+    /// IP protocol number.
+    pub protocol: u8,
+}
+
+impl Flow {
+    /// A flow nothing is known about yet.
+    pub const EMPTY: Self = Self {
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+        family: 0,
+        protocol: 0,
+    };
+}
+
+/// Where a decision was made.
+pub struct Origin {
+    /// The hook.
+    pub hook: Hook,
+    /// The generation that decided.
+    pub generation: u32,
+    /// The receiving interface (XDP), else 0.
+    pub ifindex: u32,
+}
+
+/// The segments on either side of a decided flow.
+pub struct Segments {
+    /// Source segment id.
+    pub src: u32,
+    /// Destination segment id.
+    pub dst: u32,
+}
+
+/// Adds one to a per-CPU `u64` counter.
+#[inline(always)]
+fn bump(counters: &aya_ebpf::maps::PerCpuArray<u64>, index: u32) {
+    if let Some(counter) = counters.get_ptr_mut(index) {
+        // SAFETY: the pointer comes from a successful lookup of this CPU's value; a
+        // program runs with migration disabled, so no other writer shares it.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Counts `decision` and, unless the audit level or the de-duplication window says
+/// otherwise, writes its event.
+#[inline(always)]
+pub fn record<const B: bool>(
+    slot: &Slot<B>,
+    origin: &Origin,
+    flow: &Flow,
+    segments: &Segments,
+    decision: &Decision,
+) {
+    bump(
+        &REASON_COUNTS,
+        reason_counter_index(decision.reason, decision.verdict),
+    );
+    if decision.reason == Reason::Rule
+        && let Some(counters) = slot.rule_counters().get_ptr_mut(decision.rule_id)
+    {
+        // SAFETY: as in `bump`.
+        unsafe {
+            match decision.verdict {
+                Verdict::Allow => (*counters).allow += 1,
+                Verdict::Deny => (*counters).deny += 1,
+                Verdict::Audit => (*counters).audit += 1,
+            }
+        }
+    }
+    let audit_level = slot.policy().get(0).map_or(0, |config| config.audit_level);
+    if audit_level == AUDIT_DENY && decision.verdict == Verdict::Allow {
+        return;
+    }
+
+    let from_task = origin.hook != Hook::XdpIngress;
+    // SAFETY: helpers without memory arguments; the task ones are only called from the
+    // cgroup hooks, which run in the calling task's context.
+    let (cgroup_id, pid_tgid, now) = unsafe {
+        if from_task {
+            (
+                bpf_get_current_cgroup_id(),
+                bpf_get_current_pid_tgid(),
+                bpf_ktime_get_boot_ns(),
+            )
+        } else {
+            (0, 0, bpf_ktime_get_boot_ns())
+        }
+    };
+    let key = RecentFlowKey {
+        cgroup_id,
+        src_addr: flow.src_addr,
+        dst_addr: flow.dst_addr,
+        tgid: (pid_tgid >> 32) as u32,
+        generation: origin.generation,
+        src_port: flow.src_port,
+        dst_port: flow.dst_port,
+        hook: origin.hook as u8,
+        protocol: flow.protocol,
+        verdict: decision.verdict as u8,
+        _pad: 0,
+    };
+    let window = maps::host_settings().dedup_window_ns;
+    if window != 0
+        && let Some(last) = RECENT_FLOWS.get_ptr(&key)
+        // SAFETY: the pointer comes from a successful map lookup.
+        && now.wrapping_sub(unsafe { *last }) < window
+    {
+        bump(&EVENT_STATS, EVENTS_SUPPRESSED);
+        return;
+    }
+
+    let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
+        bump(&EVENT_STATS, EVENTS_LOST);
+        return;
+    };
+    let comm = if from_task {
+        bpf_get_current_comm().unwrap_or_default()
+    } else {
+        [0; 16]
+    };
+    entry.write(FlowEvent {
+        timestamp_ns: now,
+        cgroup_id,
+        pid_tgid,
+        generation: origin.generation,
+        rule_id: decision.rule_id,
+        src_segment: segments.src,
+        dst_segment: segments.dst,
+        ifindex: origin.ifindex,
+        src_port: flow.src_port,
+        dst_port: flow.dst_port,
+        src_addr: flow.src_addr,
+        dst_addr: flow.dst_addr,
+        comm,
+        hook: origin.hook as u8,
+        verdict: decision.verdict as u8,
+        reason: decision.reason as u8,
+        family: flow.family,
+        protocol: flow.protocol,
+        _pad: [0; 3],
+    });
+    entry.submit(0);
+    bump(&EVENT_STATS, EVENTS_EMITTED);
+    if window != 0 {
+        // A full LRU evicts its oldest entry; a failed insert only means the next
+        // duplicate is written rather than suppressed.
+        let _ = RECENT_FLOWS.insert(&key, &now, 0);
+    }
+}

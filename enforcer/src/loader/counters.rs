@@ -1,0 +1,115 @@
+//! Reading the per-CPU counters: per rule of a generation, per reason and verdict, and
+//! the event stream's emitted, lost and suppressed counts. Values are summed over CPUs.
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, PerCpuValues},
+};
+use enforcer_common::{
+    event::{Reason, Verdict},
+    maps::{
+        EVENT_STATS, EVENTS_EMITTED, EVENTS_LOST, EVENTS_SUPPRESSED, REASON_COUNTS, RULE_COUNTERS,
+        RuleCounters, reason_counter_index,
+    },
+};
+
+use super::{LoaderError, map, map_error};
+
+/// Counts of the event stream since the object was loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    /// Events written to the ring buffer.
+    pub emitted: u64,
+    /// Events lost because the ring buffer was full.
+    pub lost: u64,
+    /// Events not written because the same flow was recorded within the window.
+    pub suppressed: u64,
+}
+
+/// Decisions with one reason and verdict since the object was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReasonCount {
+    /// Why.
+    pub reason: Reason,
+    /// What was decided.
+    pub verdict: Verdict,
+    /// How many decisions.
+    pub count: u64,
+}
+
+/// Every counter, summed over CPUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters {
+    /// The generation the rule counters belong to.
+    pub generation: u32,
+    /// Per rule of that generation: element `i` counts rule id `i + 1`.
+    pub rules: Vec<RuleCounters>,
+    /// Per reason and verdict, every combination (zeros included).
+    pub by_reason: Vec<ReasonCount>,
+    /// The event stream.
+    pub events: EventCounts,
+}
+
+fn per_cpu_u64(ebpf: &mut Ebpf, name: &'static str, index: u32) -> Result<u64, LoaderError> {
+    let array: PerCpuArray<&mut MapData, u64> =
+        PerCpuArray::try_from(map(ebpf, name)?).map_err(map_error(name))?;
+    let values = array.get(&index, 0).map_err(map_error(name))?;
+    Ok(values.iter().sum())
+}
+
+/// The counters of rule ids `1..=count` in generation slot `slot`.
+pub(super) fn rules(
+    ebpf: &mut Ebpf,
+    slot: usize,
+    count: u32,
+) -> Result<Vec<RuleCounters>, LoaderError> {
+    let name = RULE_COUNTERS[slot];
+    let array: PerCpuArray<&mut MapData, RuleCounters> =
+        PerCpuArray::try_from(map(ebpf, name)?).map_err(map_error(name))?;
+    (1..=count)
+        .map(|id| {
+            let values = array.get(&id, 0).map_err(map_error(name))?;
+            let mut total = RuleCounters::default();
+            values.iter().for_each(|v| total.add(v));
+            Ok(total)
+        })
+        .collect()
+}
+
+/// Zeroes the counters of rule ids `1..=count` in generation slot `slot`.
+pub(super) fn zero_rules(ebpf: &mut Ebpf, slot: usize, count: u32) -> Result<(), LoaderError> {
+    if count == 0 {
+        return Ok(());
+    }
+    let cpus = aya::util::nr_cpus().map_err(|(_, source)| LoaderError::PossibleCpus(source))?;
+    let name = RULE_COUNTERS[slot];
+    let mut array: PerCpuArray<&mut MapData, RuleCounters> =
+        PerCpuArray::try_from(map(ebpf, name)?).map_err(map_error(name))?;
+    for id in 1..=count {
+        let zeros = PerCpuValues::try_from(vec![RuleCounters::default(); cpus.get() as usize])
+            .map_err(LoaderError::PossibleCpus)?;
+        array.set(id, zeros, 0).map_err(map_error(name))?;
+    }
+    Ok(())
+}
+
+/// The host-wide counters: per reason and verdict, and the event stream's.
+pub(super) fn host(ebpf: &mut Ebpf) -> Result<(Vec<ReasonCount>, EventCounts), LoaderError> {
+    let mut by_reason = Vec::new();
+    for reason in Reason::ALL {
+        for verdict in Verdict::ALL {
+            let count = per_cpu_u64(ebpf, REASON_COUNTS, reason_counter_index(reason, verdict))?;
+            by_reason.push(ReasonCount {
+                reason,
+                verdict,
+                count,
+            });
+        }
+    }
+    let events = EventCounts {
+        emitted: per_cpu_u64(ebpf, EVENT_STATS, EVENTS_EMITTED)?,
+        lost: per_cpu_u64(ebpf, EVENT_STATS, EVENTS_LOST)?,
+        suppressed: per_cpu_u64(ebpf, EVENT_STATS, EVENTS_SUPPRESSED)?,
+    };
+    Ok((by_reason, events))
+}
