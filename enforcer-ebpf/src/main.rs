@@ -120,7 +120,10 @@ fn sock_addr(ctx: &SockAddrContext, hook: Hook, address_family: u8) -> i32 {
     if generation == 0 {
         return CGROUP_ALLOW;
     }
-    let flow = destination(ctx, address_family);
+    let mut flow = destination(ctx, address_family);
+    // SAFETY: the context pointer is valid for the whole run, and `sk` always points to
+    // the calling socket (a full socket: `src_port` is readable, in host byte order).
+    flow.src_port = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).src_port } as u16;
     let origin = Origin {
         hook,
         generation,
@@ -169,6 +172,10 @@ fn destination(ctx: &SockAddrContext, address_family: u8) -> Flow {
 /// Decides an outbound flow: the task's segment to the destination's (a loopback
 /// destination is the segment listening on its port, else `host`; an IPv4-mapped IPv6
 /// address is decided as IPv4).
+///
+/// A datagram a UDP server sends from its listener port is a reply, not a new flow: it
+/// passes, unrecorded, when the policy allows the reverse flow (the destination reaching
+/// the sender's segment on that port).
 #[inline(always)]
 fn sock_addr_in_slot<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow) -> i32 {
     let v4 = flow.family == family::INET;
@@ -189,6 +196,13 @@ fn sock_addr_in_slot<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow
         decide::ipv6_segment(slot, flow.dst_addr)
     };
     let src = decide::task_segment(slot);
+    if matches!(origin.hook, Hook::Sendmsg4 | Hook::Sendmsg6)
+        && flow.src_port != 0
+        && decide::listener_segment(slot, flow.src_port, flow.protocol) == src
+        && decide::flow(slot, dst, src, flow.protocol, flow.src_port).verdict != Verdict::Deny
+    {
+        return CGROUP_ALLOW;
+    }
     let decision = decide::flow(slot, src, dst, flow.protocol, flow.dst_port);
     record(slot, origin, flow, &Segments { src, dst }, &decision);
     verdict_to_return(decision.verdict)

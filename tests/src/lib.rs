@@ -10,6 +10,7 @@
 
 pub mod cgroup;
 pub mod cmd;
+pub mod events;
 pub mod netns;
 pub mod packet;
 pub mod pins;

@@ -93,6 +93,23 @@ impl Spawn {
         ])
     }
 
+    /// A TCP client that makes `count` connections to `addr` one after the other, each
+    /// expecting its echo, and reports the first failure.
+    pub fn tcp_client_repeated(addr: SocketAddr, count: u32) -> Self {
+        Self::probe(&[
+            "tcp-connect-repeat".into(),
+            addr.to_string(),
+            CLIENT_TIMEOUT_MS.to_string(),
+            count.to_string(),
+        ])
+    }
+
+    /// A process that opens a raw ICMP socket of `addr`'s family and reports whether
+    /// `socket()` succeeded.
+    pub fn raw_socket(addr: SocketAddr) -> Self {
+        Self::probe(&["raw-socket".into(), addr.to_string()])
+    }
+
     /// Runs the process inside `netns`.
     pub fn netns(mut self, netns: &Netns) -> Self {
         self.netns = Some(netns.open());
@@ -136,28 +153,6 @@ impl Spawn {
             .unwrap_or_else(|err| panic!("cannot start {:?}: {err}", self.command))
     }
 
-    /// Runs a client to completion and returns what it observed.
-    pub fn run(self) -> Outcome {
-        let output = self
-            .start(Stdio::piped())
-            .wait_with_output()
-            .expect("wait for probe");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let line = stdout.trim();
-        match line.split_once(' ') {
-            None if line == "ok" => Outcome::Ok,
-            None if line == "timeout" => Outcome::Timeout,
-            Some(("error", rest)) => {
-                let (errno, message) = rest.split_once(' ').unwrap_or((rest, ""));
-                Outcome::Error {
-                    errno: errno.parse().unwrap_or(0),
-                    message: message.to_owned(),
-                }
-            }
-            _ => panic!("probe printed {line:?} ({})", output.status),
-        }
-    }
-
     /// Starts a server and waits until it is bound.
     pub fn serve(self) -> Server {
         let mut child = self.start(Stdio::piped());
@@ -177,6 +172,66 @@ impl Spawn {
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("server did not start: {line:?}"));
         server
+    }
+
+    /// Runs a client to completion and returns what it observed.
+    pub fn run(self) -> Outcome {
+        self.run_in_background().outcome()
+    }
+
+    /// Starts a client; [`Client::outcome`] waits for what it observed.
+    pub fn run_in_background(self) -> Client {
+        Client {
+            child: Some(self.start(Stdio::piped())),
+        }
+    }
+}
+
+/// A client process running in the background, killed on drop unless waited for.
+#[derive(Debug)]
+pub struct Client {
+    child: Option<Child>,
+}
+
+impl Client {
+    /// Whether the client has finished.
+    pub fn finished(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|child| matches!(child.try_wait(), Ok(Some(_))))
+    }
+
+    /// Waits for the client and returns what it observed.
+    pub fn outcome(mut self) -> Outcome {
+        let output = self
+            .child
+            .take()
+            .expect("a client is waited for once")
+            .wait_with_output()
+            .expect("wait for probe");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.trim();
+        match line.split_once(' ') {
+            None if line == "ok" => Outcome::Ok,
+            None if line == "timeout" => Outcome::Timeout,
+            Some(("error", rest)) => {
+                let (errno, message) = rest.split_once(' ').unwrap_or((rest, ""));
+                Outcome::Error {
+                    errno: errno.parse().unwrap_or(0),
+                    message: message.to_owned(),
+                }
+            }
+            _ => panic!("probe printed {line:?} ({})", output.status),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -1,11 +1,14 @@
 //! Outbound enforcement at the cgroup connect and sendmsg hooks: a process in a segment's
 //! cgroup reaches what the policy allows, gets EPERM for what it denies, over TCP and UDP,
-//! IPv4 and IPv6; child cgroups inherit; audit mode lets denials through.
+//! IPv4 and IPv6; child cgroups inherit; audit mode lets denials through. Every decision
+//! is recorded with the rule that made it and counted.
 
 use std::net::{IpAddr, SocketAddr};
 
+use enforcer_common::event::{FlowEvent, Hook, Verdict, family};
 use enforcer_tests::{
     cgroup::TestCgroup,
+    events::{decided_by, drain, rule_counters, segment_id},
     netns::{Netns, Veth},
     policy::loaded_with,
     probe::{Outcome, Server, Spawn},
@@ -14,8 +17,20 @@ use enforcer_tests::{
 const EPERM: i32 = 1;
 
 fn policy(api_cgroup: &str, veth: &Veth, api_mode: &str) -> enforcer::policy::image::MapImage {
+    policy_with(api_cgroup, veth, api_mode, "all")
+}
+
+fn policy_with(
+    api_cgroup: &str,
+    veth: &Veth,
+    api_mode: &str,
+    audit: &str,
+) -> enforcer::policy::image::MapImage {
     let text = format!(
         r#"
+[defaults]
+audit = "{audit}"
+
 [segments.api]
 cgroups = ["{api_cgroup}"]
 mode = "{api_mode}"
@@ -28,6 +43,12 @@ id = "api-to-db"
 from = ["api"]
 to = ["db"]
 ports = ["5432/tcp", "5353/udp"]
+
+[[deny]]
+id = "api-not-db-admin"
+from = ["api"]
+to = ["db"]
+ports = ["5434/tcp"]
 "#,
         veth.peer_v4, veth.peer_v6
     );
@@ -143,4 +164,117 @@ fn audit_mode_lets_denials_through_and_a_new_generation_takes_over() {
     assert_eq!(applied.generation, 3);
     assert!(is_eperm(&tcp(&api, ip, 5433)), "enforcing again");
     assert_eq!(tcp(&api, ip, 5432), Outcome::Ok);
+}
+
+/// The single event of `hook` to `port` among `events`.
+fn the_event(events: &[FlowEvent], hook: Hook, port: u16) -> FlowEvent {
+    let matching: Vec<_> = events
+        .iter()
+        .filter(|e| e.hook == hook as u8 && e.dst_port == port)
+        .collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "expected one {hook:?} event to port {port}, got {matching:#?}"
+    );
+    *matching[0]
+}
+
+#[test]
+fn every_egress_decision_is_recorded_with_the_rule_that_made_it() {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let _remote = remote(&netns, &veth);
+    let parent = TestCgroup::new();
+    let api = parent.child("api.service");
+    let image = policy(&api.relative_path(), &veth, "enforce");
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach");
+    let v4 = IpAddr::from(veth.peer_v4);
+    let v6 = IpAddr::from(veth.peer_v6);
+
+    assert_eq!(tcp(&api, v4, 5432), Outcome::Ok);
+    assert_eq!(udp(&api, v4, 5353), Outcome::Ok);
+    assert!(is_eperm(&tcp(&api, v4, 5433)));
+    assert!(is_eperm(&tcp(&api, v4, 5434)));
+    assert!(is_eperm(&tcp(&api, v6, 5434)));
+    let recorded = drain(&mut events);
+
+    let allowed = the_event(&recorded, Hook::Connect4, 5432);
+    assert_eq!(allowed.verdict, Verdict::Allow as u8);
+    assert_eq!(decided_by(&image, &allowed), "api-to-db");
+    assert_eq!(allowed.src_segment, segment_id(&image, "api"));
+    assert_eq!(allowed.dst_segment, segment_id(&image, "db"));
+    assert_eq!(allowed.cgroup_id, api.id());
+    assert_eq!(allowed.family, family::INET);
+    assert_eq!(allowed.protocol, 6);
+    assert_eq!(allowed.dst_addr[..4], veth.peer_v4.octets());
+    assert_eq!(allowed.generation, 1);
+    assert!(allowed.comm.starts_with(b"enforcer-probe"), "{allowed:?}");
+    assert_ne!(allowed.pid_tgid >> 32, 0);
+    assert_ne!(allowed.timestamp_ns, 0);
+
+    let sent = the_event(&recorded, Hook::Sendmsg4, 5353);
+    assert_eq!(
+        (sent.verdict, decided_by(&image, &sent).as_str(), sent.protocol),
+        (Verdict::Allow as u8, "api-to-db", 17)
+    );
+    let unlisted = the_event(&recorded, Hook::Connect4, 5433);
+    assert_eq!(
+        (unlisted.verdict, decided_by(&image, &unlisted).as_str()),
+        (Verdict::Deny as u8, "default-deny")
+    );
+    assert_eq!(unlisted.rule_id, 0);
+    let denied = the_event(&recorded, Hook::Connect4, 5434);
+    assert_eq!(
+        (denied.verdict, decided_by(&image, &denied).as_str()),
+        (Verdict::Deny as u8, "api-not-db-admin")
+    );
+    let denied6 = the_event(&recorded, Hook::Connect6, 5434);
+    assert_eq!(denied6.family, family::INET6);
+    assert_eq!(denied6.dst_addr, veth.peer_v6.octets());
+    assert_eq!(decided_by(&image, &denied6), "api-not-db-admin");
+
+    let allow_rule = rule_counters(&mut loader, &image, "api-to-db");
+    assert_eq!((allow_rule.allow, allow_rule.deny), (2, 0));
+    let deny_rule = rule_counters(&mut loader, &image, "api-not-db-admin");
+    assert_eq!((deny_rule.allow, deny_rule.deny), (0, 2));
+
+    // Audit mode: the would-be denial passes and is recorded as `audit`, by the same rule.
+    let root = enforcer::host::cgroup2_mount().expect("cgroup2");
+    let audit_image = policy(&api.relative_path(), &veth, "audit");
+    loader.apply(&audit_image, &root).expect("apply audit");
+    assert_eq!(tcp(&api, v4, 5433), Outcome::Ok);
+    let recorded = drain(&mut events);
+    let audited = the_event(&recorded, Hook::Connect4, 5433);
+    assert_eq!(
+        (
+            audited.verdict,
+            decided_by(&audit_image, &audited).as_str(),
+            audited.generation
+        ),
+        (Verdict::Audit as u8, "default-deny", 2)
+    );
+}
+
+#[test]
+fn audit_level_deny_records_only_denials_but_counts_everything() {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let _remote = remote(&netns, &veth);
+    let parent = TestCgroup::new();
+    let api = parent.child("api.service");
+    let image = policy_with(&api.relative_path(), &veth, "enforce", "deny");
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach");
+    let v4 = IpAddr::from(veth.peer_v4);
+
+    assert_eq!(tcp(&api, v4, 5432), Outcome::Ok);
+    assert!(is_eperm(&tcp(&api, v4, 5434)));
+    let recorded = drain(&mut events);
+    assert_eq!(recorded.len(), 1, "only the denial: {recorded:#?}");
+    assert_eq!(decided_by(&image, &recorded[0]), "api-not-db-admin");
+    assert_eq!(rule_counters(&mut loader, &image, "api-to-db").allow, 1);
 }

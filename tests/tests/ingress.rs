@@ -1,11 +1,17 @@
 //! Inbound enforcement at XDP on a real veth: a test host's allowed connections succeed,
 //! its denied SYNs and datagrams are dropped before the server sees them, and replies to
-//! this host's own outbound connections keep flowing.
+//! this host's own outbound connections keep flowing. Decisions are counted per rule and
+//! recorded once per flow: retransmitted SYNs are suppressed and counted.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use aya::programs::XdpMode;
+use enforcer_common::event::{Hook, Verdict, family};
 use enforcer_tests::{
+    events::{decided_by, drain, rule_counters, segment_id},
     netns::{Netns, Veth},
     policy::loaded_with,
     probe::{Outcome, Spawn},
@@ -25,6 +31,12 @@ id = "clients-to-web"
 from = ["clients"]
 to = ["web"]
 ports = ["18080/tcp", "18053/udp"]
+
+[[deny]]
+id = "clients-not-web-admin"
+from = ["clients"]
+to = ["web"]
+ports = ["18081/tcp"]
 "#,
         veth.peer_v4, veth.peer_v6
     );
@@ -88,4 +100,80 @@ fn xdp_drops_denied_inbound_flows_and_passes_allowed_ones_and_replies() {
             "outbound UDP to {remote}"
         );
     }
+}
+
+#[test]
+fn inbound_decisions_are_counted_and_recorded_once_per_flow() {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let image = policy(&veth);
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    // Longer than the first SYN retransmission timeout (1 s), so the retransmit of the
+    // denied SYN falls inside the window.
+    loader
+        .set_dedup_window(Duration::from_secs(30))
+        .expect("set window");
+    loader
+        .attach_xdp(veth.host_ifindex(), XdpMode::Skb)
+        .expect("attach XDP");
+    let host = IpAddr::from(veth.host_v4);
+    let allowed = Spawn::tcp_server(SocketAddr::new(host, 18080)).serve();
+    let denied = Spawn::tcp_server(SocketAddr::new(host, 18081)).serve();
+
+    assert_eq!(
+        Spawn::tcp_client(allowed.addr).netns(&netns).run(),
+        Outcome::Ok
+    );
+    assert_eq!(
+        Spawn::tcp_client(denied.addr).netns(&netns).run(),
+        Outcome::Timeout
+    );
+    let recorded = drain(&mut events);
+    let to_port = |port: u16| -> Vec<_> {
+        recorded
+            .iter()
+            .filter(|e| e.hook == Hook::XdpIngress as u8 && e.dst_port == port)
+            .copied()
+            .collect()
+    };
+
+    let passed = to_port(18080);
+    assert_eq!(passed.len(), 1, "{passed:#?}");
+    let passed = passed[0];
+    assert_eq!(passed.verdict, Verdict::Allow as u8);
+    assert_eq!(decided_by(&image, &passed), "clients-to-web");
+    assert_eq!(passed.src_segment, segment_id(&image, "clients"));
+    assert_eq!(passed.dst_segment, segment_id(&image, "web"));
+    assert_eq!(passed.family, family::INET);
+    assert_eq!(passed.src_addr[..4], veth.peer_v4.octets());
+    assert_eq!(passed.dst_addr[..4], veth.host_v4.octets());
+    assert_ne!(passed.src_port, 0);
+    assert_eq!(passed.ifindex, veth.host_ifindex());
+    assert_eq!((passed.cgroup_id, passed.pid_tgid), (0, 0));
+
+    // The client sent its SYN and at least one retransmission: every one was dropped and
+    // counted by the rule, one event stands for them all, the rest are counted suppressed.
+    let dropped = to_port(18081);
+    assert_eq!(dropped.len(), 1, "{dropped:#?}");
+    assert_eq!(dropped[0].verdict, Verdict::Deny as u8);
+    assert_eq!(decided_by(&image, &dropped[0]), "clients-not-web-admin");
+    let rule = rule_counters(&mut loader, &image, "clients-not-web-admin");
+    assert!(rule.deny >= 2, "SYN and retransmit dropped: {rule:?}");
+    assert_eq!(rule.allow, 0);
+    let counters = loader.counters().expect("counters");
+    assert_eq!(counters.events.suppressed, rule.deny - 1);
+    assert_eq!(counters.events.lost, 0);
+    assert_eq!(rule_counters(&mut loader, &image, "clients-to-web").allow, 1);
+
+    // Without a window every dropped SYN is its own event.
+    loader.set_dedup_window(Duration::ZERO).expect("set window");
+    assert_eq!(
+        Spawn::tcp_client(denied.addr).netns(&netns).run(),
+        Outcome::Timeout
+    );
+    let recorded = drain(&mut events);
+    let every_syn = recorded.iter().filter(|e| e.dst_port == 18081).count() as u64;
+    let now = rule_counters(&mut loader, &image, "clients-not-web-admin");
+    assert_eq!(every_syn, now.deny - rule.deny);
 }

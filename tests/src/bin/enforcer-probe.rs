@@ -4,6 +4,9 @@
 //! Servers print `listening <addr>` once bound and echo what they receive until killed.
 //! Clients send `ping`, wait for the echo and print exactly one line: `ok`,
 //! `timeout`, or `error <errno> <message>`; they exit 0 after `ok` and 1 otherwise.
+//! `tcp-connect-repeat` makes COUNT connections one after the other and reports the first
+//! failure (its attempt number on stderr), else `ok`. `raw-socket` opens a raw ICMP socket of
+//! ADDR's family (nothing is sent) and reports whether `socket()` succeeded.
 
 use std::{
     io::{self, BufRead as _, BufReader, Write as _},
@@ -12,21 +15,28 @@ use std::{
     time::Duration,
 };
 
-const USAGE: &str = "usage: enforcer-probe tcp-serve|udp-serve ADDR:PORT\n       \
-                     enforcer-probe tcp-connect|udp-send ADDR:PORT TIMEOUT_MS";
+const USAGE: &str = "usage: enforcer-probe tcp-serve|udp-serve|raw-socket ADDR:PORT\n       \
+                     enforcer-probe tcp-connect|udp-send ADDR:PORT TIMEOUT_MS\n       \
+                     enforcer-probe tcp-connect-repeat ADDR:PORT TIMEOUT_MS COUNT";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let parsed = match args.as_slice() {
-        [mode, addr] => addr.parse().ok().map(|addr| (mode.as_str(), addr, 0)),
+        [mode, addr] => addr.parse().ok().map(|addr| (mode.as_str(), addr, 0, 1)),
         [mode, addr, timeout] => addr
             .parse()
             .ok()
             .zip(timeout.parse().ok())
-            .map(|(addr, timeout)| (mode.as_str(), addr, timeout)),
+            .map(|(addr, timeout)| (mode.as_str(), addr, timeout, 1)),
+        [mode, addr, timeout, count] => addr
+            .parse()
+            .ok()
+            .zip(timeout.parse().ok())
+            .zip(count.parse().ok())
+            .map(|((addr, timeout), count)| (mode.as_str(), addr, timeout, count)),
         _ => None,
     };
-    let Some((mode, addr, timeout_ms)) = parsed else {
+    let Some((mode, addr, timeout_ms, count)) = parsed else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
@@ -36,6 +46,8 @@ fn main() -> ExitCode {
         "udp-serve" => udp_serve(addr),
         "tcp-connect" => tcp_connect(addr, timeout),
         "udp-send" => udp_send(addr, timeout),
+        "tcp-connect-repeat" => tcp_connect_repeat(addr, timeout, count),
+        "raw-socket" => raw_socket(addr),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -101,6 +113,31 @@ fn tcp_connect(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line)?;
     expect_echo(line.as_bytes())
+}
+
+fn tcp_connect_repeat(addr: SocketAddr, timeout: Duration, count: u32) -> io::Result<()> {
+    for attempt in 1..=count {
+        // The error itself is printed on stdout as usual (its errno intact); which
+        // attempt failed goes to stderr for the test log.
+        tcp_connect(addr, timeout).inspect_err(|_| eprintln!("attempt {attempt} of {count}"))?;
+    }
+    Ok(())
+}
+
+fn raw_socket(addr: SocketAddr) -> io::Result<()> {
+    let (family, protocol) = if addr.is_ipv4() {
+        (libc::AF_INET, libc::IPPROTO_ICMP)
+    } else {
+        (libc::AF_INET6, libc::IPPROTO_ICMPV6)
+    };
+    // SAFETY: socket() takes no pointers; the descriptor is closed right below.
+    let fd = unsafe { libc::socket(family, libc::SOCK_RAW, protocol) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a descriptor this function just opened and owns.
+    unsafe { libc::close(fd) };
+    Ok(())
 }
 
 fn udp_send(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
