@@ -217,7 +217,11 @@ fn every_egress_decision_is_recorded_with_the_rule_that_made_it() {
 
     let sent = the_event(&recorded, Hook::Sendmsg4, 5353);
     assert_eq!(
-        (sent.verdict, decided_by(&image, &sent).as_str(), sent.protocol),
+        (
+            sent.verdict,
+            decided_by(&image, &sent).as_str(),
+            sent.protocol
+        ),
         (Verdict::Allow as u8, "api-to-db", 17)
     );
     let unlisted = the_event(&recorded, Hook::Connect4, 5433);

@@ -164,7 +164,10 @@ fn inbound_decisions_are_counted_and_recorded_once_per_flow() {
     let counters = loader.counters().expect("counters");
     assert_eq!(counters.events.suppressed, rule.deny - 1);
     assert_eq!(counters.events.lost, 0);
-    assert_eq!(rule_counters(&mut loader, &image, "clients-to-web").allow, 1);
+    assert_eq!(
+        rule_counters(&mut loader, &image, "clients-to-web").allow,
+        1
+    );
 
     // Without a window every dropped SYN is its own event.
     loader.set_dedup_window(Duration::ZERO).expect("set window");

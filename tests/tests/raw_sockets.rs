@@ -78,7 +78,11 @@ mode = "audit"
     assert_eq!(verdicts("locked"), [Verdict::Deny as u8; 2]);
     assert_eq!(verdicts("tools"), [Verdict::Allow as u8; 2]);
     assert_eq!(verdicts("trial"), [Verdict::Audit as u8; 2]);
-    assert_eq!(recorded.len(), 6, "nothing recorded for `host`: {recorded:#?}");
+    assert_eq!(
+        recorded.len(),
+        6,
+        "nothing recorded for `host`: {recorded:#?}"
+    );
     assert!(
         recorded
             .iter()
