@@ -18,6 +18,15 @@ pub const fn rule_lookups(src: u32, dst: u32) -> [(u32, u32); 4] {
     ]
 }
 
+/// Which of the four [`rule_lookups`] a rule-trie key serves: bit 0 exact, bit 1 any
+/// destination, bit 2 any source, bit 3 any to any. The compiler ORs these over every
+/// entry into `PolicyConfig::rule_lookups`, so the kernel skips lookups that cannot
+/// find anything (most policies have few wildcard rules).
+pub const fn lookup_bit(src: u32, dst: u32) -> u8 {
+    let index = (src == SEGMENT_ANY) as u8 * 2 + (dst == SEGMENT_ANY) as u8;
+    1 << index
+}
+
 /// A rule's precedence, lower first: an explicit deny beats an allow, and between rules
 /// of the same action the one declared first (lower id) wins.
 pub fn precedence(rule: &RuleValue) -> (u8, u32) {

@@ -252,8 +252,11 @@ pub struct PolicyConfig {
     pub audit_level: u8,
     /// [`ACTION_ALLOW`] or [`ACTION_DENY`]: the verdict for flows that cannot be classified.
     pub unclassified_action: u8,
+    /// Which of the four rule lookups can find an entry
+    /// ([`crate::decision::lookup_bit`] of every rule-trie key, ORed).
+    pub rule_lookups: u8,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
     /// How many rules the generation has (ids `1..=rule_count`): the entries of its
     /// [`RULE_COUNTERS`] map that are in use.
     pub rule_count: u32,

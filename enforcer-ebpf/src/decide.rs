@@ -4,7 +4,7 @@
 
 use aya_ebpf::{helpers::bpf_get_current_ancestor_cgroup_id, maps::lpm_trie::Key};
 use enforcer_common::{
-    decision::{Decision, NO_RULE, best_rule, decide, rule_lookups},
+    decision::{Decision, NO_RULE, best_rule, decide, lookup_bit, rule_lookups},
     maps::{
         CGROUP_LEVELS, ListenKey, MAX_CGROUP_DEPTH, RULE_KEY_FIXED_BITS, RuleKey, SEGMENT_ANY,
         SEGMENT_HOST, SEGMENT_WORLD,
@@ -56,8 +56,8 @@ pub fn ipv6_segment<const B: bool>(slot: &Slot<B>, addr: [u8; 16]) -> u32 {
         .unwrap_or(SEGMENT_WORLD)
 }
 
-/// The decision for a flow between two segments: four rule-trie lookups, whatever the
-/// number of rules.
+/// The decision for a flow between two segments: at most four rule-trie lookups, whatever
+/// the number of rules; those the generation has no rules for are skipped.
 ///
 /// Verifier note: the lookups are an explicit loop, not `array::map` with a closure. A
 /// closure LLVM chose not to inline returned its `Option<RuleValue>` in two registers,
@@ -65,12 +65,15 @@ pub fn ipv6_segment<const B: bool>(slot: &Slot<B>, addr: [u8; 16]) -> u32 {
 #[inline(always)]
 pub fn flow<const B: bool>(slot: &Slot<B>, src: u32, dst: u32, proto: u8, port: u16) -> Decision {
     let lookups = rule_lookups(src, dst);
+    let wanted = slot.policy().get(0).map_or(0, |config| config.rule_lookups);
     let mut found = [NO_RULE; 4];
     let mut i = 0;
     while i < lookups.len() {
         let (s, d) = lookups[i];
-        let key = Key::new(RULE_KEY_FIXED_BITS + 16, RuleKey::new(s, d, proto, port));
-        found[i] = slot.rules().get(&key).copied().unwrap_or(NO_RULE);
+        if wanted & lookup_bit(s, d) != 0 {
+            let key = Key::new(RULE_KEY_FIXED_BITS + 16, RuleKey::new(s, d, proto, port));
+            found[i] = slot.rules().get(&key).copied().unwrap_or(NO_RULE);
+        }
         i += 1;
     }
     let flags = |id: u32| slot.segments().get(id).map_or(0, |info| info.flags);

@@ -52,6 +52,9 @@ enum Command {
 enum BenchCommand {
     /// Policy compile time and peak memory at 1k, 10k and 100k rules.
     Policy,
+    /// Per-packet cost of the XDP program at 10 to 100k rules against an empty program
+    /// (root required).
+    Xdp,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,9 @@ fn main() -> ExitCode {
         Command::Bench {
             which: BenchCommand::Policy,
         } => setup::run().and_then(|tools| bench::policy(&tools)),
+        Command::Bench {
+            which: BenchCommand::Xdp,
+        } => setup::run().and_then(|tools| bench::xdp(&tools)),
         Command::Fuzz { seconds } => setup::run().and_then(|tools| fuzz::run(&tools, seconds)),
     };
     match outcome {

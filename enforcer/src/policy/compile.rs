@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use enforcer_common::{
-    decision::precedence,
+    decision::{lookup_bit, precedence},
     maps::{
         ACTION_ALLOW, ACTION_DENY, AUDIT_ALL, AUDIT_DENY, FAILSAFE_KEY_FIXED_BITS,
         FIRST_NAMED_SEGMENT, FailsafeKey, ListenKey, MAX_CGROUPS, MAX_CIDRS_V4, MAX_CIDRS_V6,
@@ -274,7 +274,10 @@ pub fn compile(policy: &Policy) -> Result<MapImage, Vec<Diagnostic>> {
                 Action::Allow => ACTION_ALLOW,
                 Action::Deny => ACTION_DENY,
             },
-            _pad: [0; 2],
+            rule_lookups: rules
+                .iter()
+                .fold(0, |mask, e| mask | lookup_bit(e.key.src(), e.key.dst())),
+            _pad: 0,
             rule_count: u32::try_from(policy.rules.len()).unwrap_or(u32::MAX),
         },
         segment_names,

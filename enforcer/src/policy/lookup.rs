@@ -9,7 +9,7 @@ use std::{
 };
 
 use enforcer_common::{
-    decision::{Decision, NO_RULE, best_rule, decide, rule_lookups},
+    decision::{Decision, NO_RULE, best_rule, decide, lookup_bit, rule_lookups},
     maps::{
         FAILSAFE_KEY_FIXED_BITS, FailsafeKey, ListenKey, RULE_KEY_FIXED_BITS, RuleKey, RuleValue,
         SEGMENT_HOST, SEGMENT_WORLD,
@@ -225,7 +225,11 @@ impl<'a> ImageIndex<'a> {
 
     /// The rule decision for a flow between two segment ids, as the kernel makes it.
     pub fn decide(&self, src: u32, dst: u32, proto: u8, port: u16) -> Decision {
+        let wanted = self.image.config.rule_lookups;
         let found = rule_lookups(src, dst).map(|(s, d)| {
+            if wanted & lookup_bit(s, d) == 0 {
+                return NO_RULE;
+            }
             self.rules
                 .lookup(&rule_key_bytes(&RuleKey::new(s, d, proto, port)))
                 .filter(|(len, _)| *len >= RULE_KEY_FIXED_BITS)
