@@ -15,24 +15,23 @@ pub fn drain(reader: &mut EventReader) -> Vec<FlowEvent> {
         .collect()
 }
 
-/// The id of rule `name` in `image`.
-pub fn rule_id(image: &MapImage, name: &str) -> u32 {
-    let index = image
-        .rule_names
+/// The position of `name` in `names`, as a map id.
+fn id_of(names: &[String], name: &str, what: &str) -> u32 {
+    let index = names
         .iter()
-        .position(|rule| rule == name)
-        .unwrap_or_else(|| panic!("no rule {name:?} in the test policy"));
-    u32::try_from(index + 1).expect("few rules")
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no {what} {name:?} in the test policy"));
+    u32::try_from(index).expect("few names")
+}
+
+/// The id of rule `name` in `image` (rule ids start at 1).
+pub fn rule_id(image: &MapImage, name: &str) -> u32 {
+    id_of(&image.rule_names, name, "rule") + 1
 }
 
 /// The id of segment `name` in `image`.
 pub fn segment_id(image: &MapImage, name: &str) -> u32 {
-    let index = image
-        .segment_names
-        .iter()
-        .position(|segment| segment == name)
-        .unwrap_or_else(|| panic!("no segment {name:?} in the test policy"));
-    u32::try_from(index).expect("few segments")
+    id_of(&image.segment_names, name, "segment")
 }
 
 /// What decided an event, as a user reads it: the rule's name, or the reason's word.

@@ -7,6 +7,7 @@ use std::{
     str::FromStr,
 };
 
+use enforcer_common::maps::MAX_CGROUP_DEPTH;
 use ipnet::IpNet;
 use toml::Spanned;
 
@@ -322,17 +323,22 @@ impl Validator<'_> {
     fn cgroup_path(&mut self, loc: Loc, text: &Spanned<String>) -> Option<String> {
         let raw = text.get_ref().trim();
         let path = raw.trim_matches('/');
+        let depth = path.split('/').count();
         let problem = if path.is_empty() {
-            Some("is empty (the cgroup2 root cannot be a segment member)")
+            Some("is empty (the cgroup2 root cannot be a segment member)".to_owned())
         } else if path.starts_with("sys/fs/cgroup") {
-            Some("must be relative to the cgroup2 root: drop the mount point prefix")
+            Some("must be relative to the cgroup2 root: drop the mount point prefix".to_owned())
         } else if path
             .split('/')
             .any(|c| c.is_empty() || c == "." || c == "..")
         {
-            Some("has an empty, `.` or `..` component")
+            Some("has an empty, `.` or `..` component".to_owned())
         } else if path.contains('\0') {
-            Some("contains a NUL byte")
+            Some("contains a NUL byte".to_owned())
+        } else if depth > MAX_CGROUP_DEPTH as usize {
+            Some(format!(
+                "is {depth} levels deep; the kernel classifies cgroups at most {MAX_CGROUP_DEPTH} levels below the root"
+            ))
         } else {
             None
         };
