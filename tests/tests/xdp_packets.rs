@@ -5,6 +5,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use enforcer::loader::Loader;
+use enforcer_common::event::{Reason, Verdict};
 use enforcer_tests::{
     packet::{
         ACK, SYN, XDP_DROP, XDP_PASS, arp, ipv4_with, ipv6_with, tcp_header, tcp4, tcp6, udp4,
@@ -167,7 +168,7 @@ fn bad_ihl_and_non_first_fragments_get_their_fixed_verdicts() {
 
 #[test]
 fn every_truncation_of_every_header_is_dropped() {
-    let loader = loaded();
+    let mut loader = loaded();
     let frames = [
         ("allowed IPv4 SYN", tcp4(CLIENT, 8080, SYN)),
         ("allowed IPv4 UDP", udp4(CLIENT, 5353)),
@@ -181,8 +182,9 @@ fn every_truncation_of_every_header_is_dropped() {
             ipv6_with(CLIENT6, &[0, 60], 6, &tcp_header(8080, SYN)),
         ),
     ];
-    for (what, frame) in frames {
-        assert_eq!(run(&loader, &frame), XDP_PASS, "{what} whole");
+    let mut truncated = 0;
+    for (what, frame) in &frames {
+        assert_eq!(run(&loader, frame), XDP_PASS, "{what} whole");
         // BPF_PROG_TEST_RUN needs at least an Ethernet header's worth of data.
         for len in 14..frame.len() {
             assert_eq!(
@@ -190,6 +192,19 @@ fn every_truncation_of_every_header_is_dropped() {
                 XDP_DROP,
                 "{what} cut to {len} bytes"
             );
+            truncated += 1;
         }
     }
+
+    // Each cut frame was counted as malformed, never as allowed by the rule, which only
+    // counts the whole frames.
+    let counters = loader.counters().expect("counters");
+    let malformed = counters
+        .by_reason
+        .iter()
+        .find(|c| c.reason == Reason::Malformed && c.verdict == Verdict::Deny)
+        .expect("a malformed/deny counter");
+    assert_eq!(malformed.count, truncated);
+    let rule = counters.rules[0];
+    assert_eq!((rule.allow, rule.deny), (frames.len() as u64, 0));
 }
