@@ -2,9 +2,11 @@
 //!
 //! The crate is split by job: [`object`] embeds the kernel programs, [`host`] discovers
 //! the host's cgroup2 and bpffs mounts, [`loader`] loads the programs into the kernel and
-//! attaches them, and [`cli`] is the `enforcer` command line.
+//! attaches them, [`policy`] parses and compiles policies, [`config`] reads the agent's
+//! static configuration, and [`cli`] is the `enforcer` command line.
 
 pub mod cli;
+pub mod config;
 pub mod host;
 pub mod loader;
 pub mod object;

@@ -1,5 +1,6 @@
 //! The `enforcer` command line: one module per subcommand.
 
+mod config;
 mod keygen;
 mod policy;
 mod preflight;
@@ -26,6 +27,9 @@ enum Command {
     Policy(policy::Command),
     /// Create an ed25519 key pair for signing policy bundles.
     Keygen(keygen::Args),
+    /// The agent's config file: check it before deploying.
+    #[command(subcommand)]
+    Config(config::Command),
 }
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
@@ -42,6 +46,7 @@ pub fn main() -> ExitCode {
         Command::Preflight(args) => preflight::run(&args),
         Command::Policy(command) => policy::run(&command),
         Command::Keygen(args) => keygen::run(&args),
+        Command::Config(command) => config::run(&command),
     };
     match outcome {
         Ok(code) => code,

@@ -1,0 +1,105 @@
+//! `enforcer config check FILE`: check the agent's config file as `enforcer run` will,
+//! without touching the kernel, and print the effective settings (defaults filled in).
+
+use std::{path::PathBuf, process::ExitCode};
+
+use crate::config::{Config, XdpMode};
+
+/// `enforcer config` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Check a config file: every problem with its field and file:line:col, or the
+    /// effective settings.
+    Check(CheckArgs),
+}
+
+/// Arguments of `enforcer config check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The config file.
+    #[arg(default_value = "/etc/enforcer/enforcer.toml")]
+    path: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs a config subcommand.
+pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
+    let Command::Check(args) = command;
+    match Config::load(&args.path) {
+        Ok(config) => {
+            if args.json {
+                let report = serde_json::json!({ "ok": true, "config": config });
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{} is valid; effective settings:", args.path.display());
+                print_settings(&config);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(refused) => {
+            if args.json {
+                let report = serde_json::json!({ "ok": false, "problems": refused.problems });
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for problem in &refused.problems {
+                    eprintln!("error: {problem}");
+                }
+                eprintln!("config refused: {} problem(s)", refused.problems.len());
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn print_settings(config: &Config) {
+    let interfaces = if config.interfaces.is_empty() {
+        "none (outbound enforcement only)".to_owned()
+    } else {
+        config
+            .interfaces
+            .iter()
+            .map(|i| {
+                let mode = match i.xdp_mode {
+                    XdpMode::Auto => "auto",
+                    XdpMode::Native => "native",
+                    XdpMode::Skb => "skb",
+                };
+                format!("{} ({mode})", i.name)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let cgroup = if config.cgroup.is_empty() {
+        "the cgroup2 root (every process)".to_owned()
+    } else {
+        config.cgroup.clone()
+    };
+    let keys = if config.policy.trusted_keys.is_empty() {
+        "none: plain policy files are applied".to_owned()
+    } else {
+        config
+            .policy
+            .trusted_keys
+            .iter()
+            .map(|k| k.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (name, value) in [
+        ("interfaces", interfaces),
+        ("cgroup", cgroup),
+        ("policy.path", config.policy.path.display().to_string()),
+        ("policy.trusted_keys", keys),
+        ("pin_dir", config.pin_dir.display().to_string()),
+        ("audit.dir", config.audit.dir.display().to_string()),
+        (
+            "audit.dedup_window_ms",
+            config.audit.dedup_window.as_millis().to_string(),
+        ),
+        ("metrics.listen", config.metrics_listen.to_string()),
+    ] {
+        println!("  {name:<22} {value}");
+    }
+}

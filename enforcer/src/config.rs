@@ -1,0 +1,430 @@
+//! The agent's static configuration (`/etc/enforcer/enforcer.toml`): which interfaces and
+//! cgroup to enforce on, where the policy and the trusted keys are, where pins, audit
+//! records and metrics go. Loading checks every field and reports each problem with the
+//! field's name and its `file:line:col`, so a bad config is refused before anything is
+//! attached. The documented example is `deploy/enforcer.toml`.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::policy::source::{SourceSet, Span};
+
+/// Where the agent pins its programs, links and maps unless told otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/enforcer";
+/// Where audit records go unless told otherwise.
+pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/enforcer/audit";
+/// Where `/metrics` and the health endpoint listen unless told otherwise: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// Longest interface name Linux accepts (`IFNAMSIZ` minus the NUL).
+const MAX_IFNAME: usize = 15;
+
+/// How the XDP program is attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode where the driver has it, else generic: the kernel decides.
+    Auto,
+    /// Native (driver) mode; attaching fails on drivers without it.
+    Native,
+    /// Generic (SKB) mode: works everywhere; the right choice for veth.
+    Skb,
+}
+
+/// One interface to attach XDP ingress to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Interface {
+    /// The interface name (`eth0`).
+    pub name: String,
+    /// How to attach.
+    pub xdp_mode: XdpMode,
+}
+
+/// Where the policy comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicySource {
+    /// A policy directory, a policy file, or a signed bundle.
+    pub path: PathBuf,
+    /// Public keys (PEM) whose signatures are trusted. When any are listed, only a bundle
+    /// signed by one of them is applied.
+    pub trusted_keys: Vec<PathBuf>,
+}
+
+/// Audit settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Audit {
+    /// Directory of the local audit store.
+    pub dir: PathBuf,
+    /// Events for the same flow within this window are suppressed (and counted).
+    #[serde(rename = "dedup_window_ms", serialize_with = "as_millis")]
+    pub dedup_window: Duration,
+}
+
+fn as_millis<S: serde::Serializer>(window: &Duration, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_u128(window.as_millis())
+}
+
+/// The whole, checked configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    /// Interfaces for XDP ingress (none: outbound enforcement only).
+    pub interfaces: Vec<Interface>,
+    /// The cgroup the cgroup hooks attach to, relative to the cgroup2 root (`""`: the
+    /// root, so every process on the host).
+    pub cgroup: String,
+    /// The policy.
+    pub policy: PolicySource,
+    /// The bpffs directory for pins.
+    pub pin_dir: PathBuf,
+    /// Audit settings.
+    pub audit: Audit,
+    /// Address of `/metrics` and the health endpoint.
+    pub metrics_listen: SocketAddr,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// `file:line:col`, when the problem has a place.
+    pub location: Option<String>,
+    /// The field, dotted (`interfaces[1].xdp_mode`), when the problem is about one.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(location) = &self.location {
+            write!(f, "{location}: ")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, "`{field}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Why a config was refused: every problem found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} problem(s) in the config:\n{}", .problems.len(), list(.problems))]
+pub struct ConfigError {
+    /// The problems, in the order the fields are checked.
+    pub problems: Vec<Problem>,
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterface {
+    name: Spanned<String>,
+    #[serde(default = "default_xdp_mode")]
+    xdp_mode: XdpMode,
+}
+
+fn default_xdp_mode() -> XdpMode {
+    XdpMode::Auto
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    path: Spanned<String>,
+    #[serde(default)]
+    trusted_keys: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    dir: Option<Spanned<String>>,
+    dedup_window_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    interfaces: Vec<RawInterface>,
+    cgroup: Option<Spanned<String>>,
+    policy: RawPolicy,
+    pin_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+/// Collects problems with their places.
+struct Checker {
+    sources: SourceSet,
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn problem<T>(&mut self, value: &Spanned<T>, field: String, message: impl Into<String>) {
+        let span = Span {
+            file: 0,
+            range: value.span(),
+        };
+        self.problems.push(Problem {
+            location: Some(self.sources.location(&span)),
+            field: Some(field),
+            message: message.into(),
+        });
+    }
+
+    /// An absolute path, or a problem.
+    fn absolute(&mut self, value: &Spanned<String>, field: &str) -> PathBuf {
+        let path = PathBuf::from(value.get_ref());
+        if !path.is_absolute() {
+            self.problem(value, field.to_owned(), "must be an absolute path");
+        }
+        path
+    }
+}
+
+impl Config {
+    /// Reads and checks the config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            problems: vec![Problem {
+                location: None,
+                field: None,
+                message: format!("cannot read {}: {err}", path.display()),
+            }],
+        })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    /// Checks config text; `name` is the file name used in locations.
+    pub fn parse(name: &str, text: &str) -> Result<Self, ConfigError> {
+        let mut checker = Checker {
+            sources: SourceSet::default(),
+            problems: Vec::new(),
+        };
+        checker.sources.add(name, text);
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(err) => {
+                // The parser names the field (unknown field, missing field, wrong type or
+                // value) in its message.
+                let location = err.span().map(|range| {
+                    checker.sources.location(&Span {
+                        file: 0,
+                        range: range.start..range.end,
+                    })
+                });
+                return Err(ConfigError {
+                    problems: vec![Problem {
+                        location,
+                        field: None,
+                        message: err.message().to_owned(),
+                    }],
+                });
+            }
+        };
+
+        let mut interfaces = Vec::new();
+        for (i, raw_interface) in raw.interfaces.iter().enumerate() {
+            let name = raw_interface.name.get_ref();
+            let field = format!("interfaces[{i}].name");
+            if name.is_empty() || name.len() > MAX_IFNAME || name.contains(['/', ' ', '\0']) {
+                checker.problem(
+                    &raw_interface.name,
+                    field,
+                    format!("`{name}` is not an interface name (1 to {MAX_IFNAME} bytes, no `/` or spaces)"),
+                );
+            } else if interfaces.iter().any(|seen: &Interface| seen.name == *name) {
+                checker.problem(
+                    &raw_interface.name,
+                    field,
+                    format!("`{name}` is listed twice"),
+                );
+            }
+            interfaces.push(Interface {
+                name: name.clone(),
+                xdp_mode: raw_interface.xdp_mode,
+            });
+        }
+
+        let cgroup = match &raw.cgroup {
+            Some(value) => {
+                let path = value.get_ref().trim_matches('/');
+                if path.split('/').any(|c| c == "." || c == "..")
+                    || value.get_ref().starts_with("/sys/")
+                {
+                    checker.problem(
+                        value,
+                        "cgroup".to_owned(),
+                        "must be relative to the cgroup2 root, without `.` or `..`",
+                    );
+                }
+                path.to_owned()
+            }
+            None => String::new(),
+        };
+
+        let policy = PolicySource {
+            path: checker.absolute(&raw.policy.path, "policy.path"),
+            trusted_keys: raw
+                .policy
+                .trusted_keys
+                .iter()
+                .enumerate()
+                .map(|(i, key)| {
+                    let field = format!("policy.trusted_keys[{i}]");
+                    let path = checker.absolute(key, &field);
+                    if path.is_absolute() && !path.is_file() {
+                        checker.problem(key, field, format!("no key file at {}", path.display()));
+                    }
+                    path
+                })
+                .collect(),
+        };
+
+        let pin_dir = raw.pin_dir.as_ref().map_or_else(
+            || PathBuf::from(DEFAULT_PIN_DIR),
+            |value| checker.absolute(value, "pin_dir"),
+        );
+        let audit = Audit {
+            dir: raw.audit.dir.as_ref().map_or_else(
+                || PathBuf::from(DEFAULT_AUDIT_DIR),
+                |value| checker.absolute(value, "audit.dir"),
+            ),
+            dedup_window: Duration::from_millis(raw.audit.dedup_window_ms.unwrap_or(1000)),
+        };
+        let metrics_listen = match &raw.metrics.listen {
+            Some(value) => value.get_ref().parse().unwrap_or_else(|_| {
+                checker.problem(
+                    value,
+                    "metrics.listen".to_owned(),
+                    format!("`{}` is not an address:port", value.get_ref()),
+                );
+                DEFAULT_METRICS_LISTEN.parse().expect("valid default")
+            }),
+            None => DEFAULT_METRICS_LISTEN.parse().expect("valid default"),
+        };
+
+        if checker.problems.is_empty() {
+            Ok(Self {
+                interfaces,
+                cgroup,
+                policy,
+                pin_dir,
+                audit,
+                metrics_listen,
+            })
+        } else {
+            Err(ConfigError {
+                problems: checker.problems,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        Config::parse("enforcer.toml", text)
+            .expect_err("the config should be refused")
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_given() {
+        let config = Config::parse(
+            "enforcer.toml",
+            "[policy]\npath = \"/etc/enforcer/policy\"\n",
+        )
+        .expect("minimal config");
+        assert!(config.interfaces.is_empty());
+        assert_eq!(config.cgroup, "");
+        assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
+        assert_eq!(config.audit.dedup_window, Duration::from_secs(1));
+        assert!(config.metrics_listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn every_bad_field_is_named_with_its_place() {
+        let found = problems(
+            r#"
+cgroup = "../escape"
+pin_dir = "relative/pins"
+
+[policy]
+path = "policy"
+trusted_keys = ["/nonexistent/enforcer-test.pub"]
+
+[[interfaces]]
+name = "an-interface-name-too-long"
+
+[[interfaces]]
+name = "eth0"
+
+[[interfaces]]
+name = "eth0"
+xdp_mode = "skb"
+
+[metrics]
+listen = "localhost"
+"#,
+        );
+        assert_eq!(
+            found,
+            [
+                "enforcer.toml:10:8: `interfaces[0].name`: `an-interface-name-too-long` is not an interface name (1 to 15 bytes, no `/` or spaces)",
+                "enforcer.toml:16:8: `interfaces[2].name`: `eth0` is listed twice",
+                "enforcer.toml:2:10: `cgroup`: must be relative to the cgroup2 root, without `.` or `..`",
+                "enforcer.toml:6:8: `policy.path`: must be an absolute path",
+                "enforcer.toml:7:17: `policy.trusted_keys[0]`: no key file at /nonexistent/enforcer-test.pub",
+                "enforcer.toml:3:11: `pin_dir`: must be an absolute path",
+                "enforcer.toml:20:10: `metrics.listen`: `localhost` is not an address:port",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_named_by_the_parser() {
+        let unknown = problems(
+            "[policy]\npath = \"/p\"\n[[interfaces]]\nname = \"eth0\"\nxdp_mod = \"skb\"\n",
+        );
+        assert_eq!(unknown.len(), 1);
+        assert!(
+            unknown[0].starts_with("enforcer.toml:5:1: unknown field `xdp_mod`"),
+            "{unknown:?}"
+        );
+        let bad_mode = problems(
+            "[policy]\npath = \"/p\"\n[[interfaces]]\nname = \"eth0\"\nxdp_mode = \"fast\"\n",
+        );
+        assert!(
+            bad_mode[0].starts_with("enforcer.toml:5:12: unknown variant `fast`"),
+            "{bad_mode:?}"
+        );
+        let missing = problems("pin_dir = \"/sys/fs/bpf/x\"\n");
+        assert!(missing[0].contains("missing field `policy`"), "{missing:?}");
+    }
+}
