@@ -118,11 +118,14 @@ pub fn listener_segment<const B: bool>(slot: &Slot<B>, port: u16, proto: u8) -> 
 }
 
 /// Whether an address (IPv4 in the first four bytes when `v4`) is a loopback address, a
-/// destination on this host whatever the address tries say.
+/// destination on this host whatever the address tries say. An IPv4-mapped IPv6 address
+/// is judged as its IPv4 address.
 #[inline(always)]
 pub fn is_loopback(addr: &[u8; 16], v4: bool) -> bool {
     if v4 {
         addr[0] == 127
+    } else if addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff {
+        addr[12] == 127
     } else {
         addr[..15] == [0; 15] && addr[15] == 1
     }

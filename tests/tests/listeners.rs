@@ -96,6 +96,7 @@ ports = ["18090/tcp"]
     for local in [
         IpAddr::from(Ipv4Addr::LOCALHOST),
         IpAddr::from(Ipv6Addr::LOCALHOST),
+        IpAddr::from(Ipv4Addr::LOCALHOST.to_ipv6_mapped()),
     ] {
         let tcp = |port| {
             Spawn::tcp_client(SocketAddr::new(local, port))

@@ -8,8 +8,8 @@ use aya::{
 use enforcer_common::{
     event::{Reason, Verdict},
     maps::{
-        EVENT_STATS, EVENTS_EMITTED, EVENTS_LOST, EVENTS_SUPPRESSED, REASON_COUNTS, RULE_COUNTERS,
-        RuleCounters, reason_counter_index,
+        EVENT_STATS, EVENTS_EMITTED, EVENTS_LOST, EVENTS_SUPPRESSED, MAX_RULES, REASON_COUNTS,
+        RULE_COUNTERS, RuleCounters, reason_counter_index,
     },
 };
 
@@ -57,12 +57,18 @@ fn per_cpu_u64(ebpf: &mut Ebpf, name: &'static str, index: u32) -> Result<u64, L
     Ok(values.iter().sum())
 }
 
+/// The rule ids a slot's `rule_count` can name: never past the map, whatever a slot holds.
+fn in_map(count: u32) -> u32 {
+    count.min(MAX_RULES - 1)
+}
+
 /// The counters of rule ids `1..=count` in generation slot `slot`.
 pub(super) fn rules(
     ebpf: &mut Ebpf,
     slot: usize,
     count: u32,
 ) -> Result<Vec<RuleCounters>, LoaderError> {
+    let count = in_map(count);
     let name = RULE_COUNTERS[slot];
     let array: PerCpuArray<&mut MapData, RuleCounters> =
         PerCpuArray::try_from(map(ebpf, name)?).map_err(map_error(name))?;
@@ -78,6 +84,7 @@ pub(super) fn rules(
 
 /// Zeroes the counters of rule ids `1..=count` in generation slot `slot`.
 pub(super) fn zero_rules(ebpf: &mut Ebpf, slot: usize, count: u32) -> Result<(), LoaderError> {
+    let count = in_map(count);
     if count == 0 {
         return Ok(());
     }
