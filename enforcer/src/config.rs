@@ -17,6 +17,9 @@ use crate::policy::source::{SourceSet, Span};
 
 /// Where the agent pins its programs, links and maps unless told otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/enforcer";
+/// Where the running agent keeps its lock and its state (last reload, pid) unless told
+/// otherwise; `enforcer status` reads it.
+pub const DEFAULT_STATE_DIR: &str = "/run/enforcer";
 /// Where audit records go unless told otherwise.
 pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/enforcer/audit";
 /// Where `/metrics` and the health endpoint listen unless told otherwise: loopback only.
@@ -81,6 +84,8 @@ pub struct Config {
     pub policy: PolicySource,
     /// The bpffs directory for pins.
     pub pin_dir: PathBuf,
+    /// The agent's lock and state file.
+    pub state_dir: PathBuf,
     /// Audit settings.
     pub audit: Audit,
     /// Address of `/metrics` and the health endpoint.
@@ -167,6 +172,7 @@ struct RawConfig {
     cgroup: Option<Spanned<String>>,
     policy: RawPolicy,
     pin_dir: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
@@ -305,6 +311,10 @@ impl Config {
             || PathBuf::from(DEFAULT_PIN_DIR),
             |value| checker.absolute(value, "pin_dir"),
         );
+        let state_dir = raw.state_dir.as_ref().map_or_else(
+            || PathBuf::from(DEFAULT_STATE_DIR),
+            |value| checker.absolute(value, "state_dir"),
+        );
         let audit = Audit {
             dir: raw.audit.dir.as_ref().map_or_else(
                 || PathBuf::from(DEFAULT_AUDIT_DIR),
@@ -330,6 +340,7 @@ impl Config {
                 cgroup,
                 policy,
                 pin_dir,
+                state_dir,
                 audit,
                 metrics_listen,
             })

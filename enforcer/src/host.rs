@@ -105,6 +105,15 @@ pub fn is_bpffs(path: &Path) -> Result<bool, HostError> {
         .any(|mount| mount.fs_type == "bpf" && mount.mount_point == path))
 }
 
+/// Whether `path` lies on a bpffs: the deepest mount containing it is of type `bpf`.
+pub fn on_bpffs(path: &Path) -> Result<bool, HostError> {
+    Ok(mounts()?
+        .iter()
+        .filter(|mount| path.starts_with(&mount.mount_point))
+        .max_by_key(|mount| mount.mount_point.components().count())
+        .is_some_and(|mount| mount.fs_type == "bpf"))
+}
+
 /// Mounts bpffs at `path` unless one is already there; returns whether it mounted one.
 pub fn ensure_bpffs(path: &Path) -> Result<bool, HostError> {
     if is_bpffs(path)? {

@@ -5,6 +5,7 @@
 //! attaches them, [`policy`] parses and compiles policies, [`config`] reads the agent's
 //! static configuration, and [`cli`] is the `enforcer` command line.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod host;

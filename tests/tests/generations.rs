@@ -76,7 +76,7 @@ fn flows_allowed_in_both_generations_never_fail_across_flips() {
     let mut loader = loaded_with(&images[0]);
     loader.attach_cgroup(parent.path()).expect("attach cgroup");
     loader
-        .attach_xdp(veth.host_ifindex(), XdpMode::Skb)
+        .attach_xdp(veth.host_if(), veth.host_ifindex(), XdpMode::Skb)
         .expect("attach XDP");
     let root = enforcer::host::cgroup2_mount().expect("cgroup2");
     let db = Spawn::tcp_server(SocketAddr::new(IpAddr::from(veth.peer_v4), 5432))

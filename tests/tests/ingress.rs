@@ -49,7 +49,7 @@ fn xdp_drops_denied_inbound_flows_and_passes_allowed_ones_and_replies() {
     let veth = Veth::new(&netns);
     let mut loader = loaded_with(&policy(&veth));
     loader
-        .attach_xdp(veth.host_ifindex(), XdpMode::Skb)
+        .attach_xdp(veth.host_if(), veth.host_ifindex(), XdpMode::Skb)
         .expect("attach XDP");
 
     for host in [IpAddr::from(veth.host_v4), IpAddr::from(veth.host_v6)] {
@@ -115,7 +115,7 @@ fn inbound_decisions_are_counted_and_recorded_once_per_flow() {
         .set_dedup_window(Duration::from_secs(30))
         .expect("set window");
     loader
-        .attach_xdp(veth.host_ifindex(), XdpMode::Skb)
+        .attach_xdp(veth.host_if(), veth.host_ifindex(), XdpMode::Skb)
         .expect("attach XDP");
     let host = IpAddr::from(veth.host_v4);
     let allowed = Spawn::tcp_server(SocketAddr::new(host, 18080)).serve();

@@ -56,7 +56,7 @@ ports = ["18090/tcp"]
     let mut events = loader.take_events().expect("events");
     loader.attach_cgroup(parent.path()).expect("attach cgroup");
     loader
-        .attach_xdp(veth.host_ifindex(), XdpMode::Skb)
+        .attach_xdp(veth.host_if(), veth.host_ifindex(), XdpMode::Skb)
         .expect("attach XDP");
     // Dual-stack servers in `web`'s cgroup; no port is declared in the policy.
     let any = IpAddr::from(Ipv6Addr::UNSPECIFIED);

@@ -34,7 +34,7 @@ fn xdp_attaches_in_generic_mode_and_traffic_still_flows() {
     let veth = Veth::new(&netns);
     let mut loader = Loader::load().expect("load");
     loader
-        .attach_xdp(veth.host_ifindex(), XdpMode::Skb)
+        .attach_xdp(veth.host_if(), veth.host_ifindex(), XdpMode::Skb)
         .expect("attach XDP");
 
     // The kernel shows the program on the interface, in generic mode.

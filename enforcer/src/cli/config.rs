@@ -93,6 +93,7 @@ fn print_settings(config: &Config) {
         ("policy.path", config.policy.path.display().to_string()),
         ("policy.trusted_keys", keys),
         ("pin_dir", config.pin_dir.display().to_string()),
+        ("state_dir", config.state_dir.display().to_string()),
         ("audit.dir", config.audit.dir.display().to_string()),
         (
             "audit.dedup_window_ms",

@@ -4,6 +4,9 @@ mod config;
 mod keygen;
 mod policy;
 mod preflight;
+mod run;
+mod status;
+mod uninstall;
 
 use std::process::ExitCode;
 
@@ -30,6 +33,15 @@ enum Command {
     /// The agent's config file: check it before deploying.
     #[command(subcommand)]
     Config(config::Command),
+    /// Run the agent in the foreground: enforce the configured policy, reload it on
+    /// SIGHUP and on file changes, serve /metrics. Stopping leaves enforcement in place.
+    Run(run::Args),
+    /// What is enforced: policy generation, attachments, map fill, counters, the last
+    /// reload. Works while the agent is down.
+    Status(status::Args),
+    /// Remove every program, link, map and pin the agent made (the agent must be
+    /// stopped). The audit store stays.
+    Uninstall(uninstall::Args),
 }
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
@@ -47,6 +59,9 @@ pub fn main() -> ExitCode {
         Command::Policy(command) => policy::run(&command),
         Command::Keygen(args) => keygen::run(&args),
         Command::Config(command) => config::run(&command),
+        Command::Run(args) => run::run(&args),
+        Command::Status(args) => status::run(&args),
+        Command::Uninstall(args) => uninstall::run(&args),
     };
     match outcome {
         Ok(code) => code,

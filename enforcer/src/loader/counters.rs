@@ -1,19 +1,16 @@
 //! Reading the per-CPU counters: per rule of a generation, per reason and verdict, and
 //! the event stream's emitted, lost and suppressed counts. Values are summed over CPUs.
 
-use aya::{
-    Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuValues},
-};
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use enforcer_common::{
     event::{Reason, Verdict},
     maps::{
         EVENT_STATS, EVENTS_EMITTED, EVENTS_LOST, EVENTS_SUPPRESSED, MAX_RULES, REASON_COUNTS,
-        RULE_COUNTERS, RuleCounters, reason_counter_index,
+        RULE_COUNTERS, RuleCounters, reason_counter_index, slot_of,
     },
 };
 
-use super::{LoaderError, map, map_error};
+use super::{LoaderError, MapSet, map_error};
 
 /// Counts of the event stream since the object was loaded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,9 +47,28 @@ pub struct Counters {
     pub events: EventCounts,
 }
 
-fn per_cpu_u64(ebpf: &mut Ebpf, name: &'static str, index: u32) -> Result<u64, LoaderError> {
+/// Every counter in `maps`; the rule counters are the active generation's.
+pub(super) fn all(maps: &mut impl MapSet) -> Result<Counters, LoaderError> {
+    let generation = super::generation::active(maps)?;
+    let rules = if generation == 0 {
+        Vec::new()
+    } else {
+        let slot = slot_of(generation);
+        let count = super::generation::slot_config(maps, slot)?.rule_count;
+        rules(maps, slot, count)?
+    };
+    let (by_reason, events) = host(maps)?;
+    Ok(Counters {
+        generation,
+        rules,
+        by_reason,
+        events,
+    })
+}
+
+fn per_cpu_u64(ebpf: &mut impl MapSet, name: &'static str, index: u32) -> Result<u64, LoaderError> {
     let array: PerCpuArray<&mut MapData, u64> =
-        PerCpuArray::try_from(map(ebpf, name)?).map_err(map_error(name))?;
+        PerCpuArray::try_from(ebpf.map_mut(name)?).map_err(map_error(name))?;
     let values = array.get(&index, 0).map_err(map_error(name))?;
     Ok(values.iter().sum())
 }
@@ -64,14 +80,14 @@ fn in_map(count: u32) -> u32 {
 
 /// The counters of rule ids `1..=count` in generation slot `slot`.
 pub(super) fn rules(
-    ebpf: &mut Ebpf,
+    ebpf: &mut impl MapSet,
     slot: usize,
     count: u32,
 ) -> Result<Vec<RuleCounters>, LoaderError> {
     let count = in_map(count);
     let name = RULE_COUNTERS[slot];
     let array: PerCpuArray<&mut MapData, RuleCounters> =
-        PerCpuArray::try_from(map(ebpf, name)?).map_err(map_error(name))?;
+        PerCpuArray::try_from(ebpf.map_mut(name)?).map_err(map_error(name))?;
     (1..=count)
         .map(|id| {
             let values = array.get(&id, 0).map_err(map_error(name))?;
@@ -83,7 +99,7 @@ pub(super) fn rules(
 }
 
 /// Zeroes the counters of rule ids `1..=count` in generation slot `slot`.
-pub(super) fn zero_rules(ebpf: &mut Ebpf, slot: usize, count: u32) -> Result<(), LoaderError> {
+pub(super) fn zero_rules(ebpf: &mut impl MapSet, slot: usize, count: u32) -> Result<(), LoaderError> {
     let count = in_map(count);
     if count == 0 {
         return Ok(());
@@ -91,7 +107,7 @@ pub(super) fn zero_rules(ebpf: &mut Ebpf, slot: usize, count: u32) -> Result<(),
     let cpus = aya::util::nr_cpus().map_err(|(_, source)| LoaderError::PossibleCpus(source))?;
     let name = RULE_COUNTERS[slot];
     let mut array: PerCpuArray<&mut MapData, RuleCounters> =
-        PerCpuArray::try_from(map(ebpf, name)?).map_err(map_error(name))?;
+        PerCpuArray::try_from(ebpf.map_mut(name)?).map_err(map_error(name))?;
     for id in 1..=count {
         let zeros = PerCpuValues::try_from(vec![RuleCounters::default(); cpus.get() as usize])
             .map_err(LoaderError::PossibleCpus)?;
@@ -101,7 +117,7 @@ pub(super) fn zero_rules(ebpf: &mut Ebpf, slot: usize, count: u32) -> Result<(),
 }
 
 /// The host-wide counters: per reason and verdict, and the event stream's.
-pub(super) fn host(ebpf: &mut Ebpf) -> Result<(Vec<ReasonCount>, EventCounts), LoaderError> {
+pub(super) fn host(ebpf: &mut impl MapSet) -> Result<(Vec<ReasonCount>, EventCounts), LoaderError> {
     let mut by_reason = Vec::new();
     for reason in Reason::ALL {
         for verdict in Verdict::ALL {

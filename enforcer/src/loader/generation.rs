@@ -5,7 +5,6 @@ use std::{os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
 use aya::Pod;
 use aya::{
-    Ebpf,
     maps::{
         Array, HashMap, MapData,
         lpm_trie::{Key, LpmTrie},
@@ -17,7 +16,7 @@ use enforcer_common::maps::{
     SEGMENTS, SegmentInfo, slot_of,
 };
 
-use super::{LoaderError, counters, map, map_error};
+use super::{LoaderError, MapSet, counters, map_error};
 use crate::policy::image::{LpmEntry, MapImage};
 
 /// How long to wait after the flip before clearing the old slot, so that a program that
@@ -40,12 +39,12 @@ pub struct Applied {
 }
 
 fn fill_trie<K: Pod, V: Pod>(
-    ebpf: &mut Ebpf,
+    ebpf: &mut impl MapSet,
     name: &'static str,
     entries: &[LpmEntry<K, V>],
 ) -> Result<(), LoaderError> {
     let mut trie: LpmTrie<&mut MapData, K, V> =
-        LpmTrie::try_from(map(ebpf, name)?).map_err(map_error(name))?;
+        LpmTrie::try_from(ebpf.map_mut(name)?).map_err(map_error(name))?;
     for entry in entries {
         trie.insert(&Key::new(entry.prefix_len, entry.key), &entry.value, 0)
             .map_err(map_error(name))?;
@@ -53,9 +52,9 @@ fn fill_trie<K: Pod, V: Pod>(
     Ok(())
 }
 
-fn clear_trie<K: Pod, V: Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoaderError> {
+fn clear_trie<K: Pod, V: Pod>(ebpf: &mut impl MapSet, name: &'static str) -> Result<(), LoaderError> {
     let mut trie: LpmTrie<&mut MapData, K, V> =
-        LpmTrie::try_from(map(ebpf, name)?).map_err(map_error(name))?;
+        LpmTrie::try_from(ebpf.map_mut(name)?).map_err(map_error(name))?;
     let keys: Vec<Key<K>> = trie
         .keys()
         .collect::<Result<_, _>>()
@@ -66,9 +65,9 @@ fn clear_trie<K: Pod, V: Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<(),
     Ok(())
 }
 
-fn clear_hash<K: Pod, V: Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoaderError> {
+fn clear_hash<K: Pod, V: Pod>(ebpf: &mut impl MapSet, name: &'static str) -> Result<(), LoaderError> {
     let mut hash: HashMap<&mut MapData, K, V> =
-        HashMap::try_from(map(ebpf, name)?).map_err(map_error(name))?;
+        HashMap::try_from(ebpf.map_mut(name)?).map_err(map_error(name))?;
     let keys: Vec<K> = hash
         .keys()
         .collect::<Result<_, _>>()
@@ -80,14 +79,14 @@ fn clear_hash<K: Pod, V: Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<(),
 }
 
 /// The [`PolicyConfig`] stored in `slot` (all zero for an empty slot).
-pub(super) fn slot_config(ebpf: &mut Ebpf, slot: usize) -> Result<PolicyConfig, LoaderError> {
+pub(super) fn slot_config(ebpf: &mut impl MapSet, slot: usize) -> Result<PolicyConfig, LoaderError> {
     let policy: Array<&mut MapData, PolicyConfig> =
-        Array::try_from(map(ebpf, POLICY[slot])?).map_err(map_error(POLICY[slot]))?;
+        Array::try_from(ebpf.map_mut(POLICY[slot])?).map_err(map_error(POLICY[slot]))?;
     policy.get(&0, 0).map_err(map_error(POLICY[slot]))
 }
 
 /// Empties every map of `slot`.
-fn clear_slot(ebpf: &mut Ebpf, slot: usize) -> Result<(), LoaderError> {
+fn clear_slot(ebpf: &mut impl MapSet, slot: usize) -> Result<(), LoaderError> {
     let rule_count = slot_config(ebpf, slot)?.rule_count;
     counters::zero_rules(ebpf, slot, rule_count)?;
     clear_trie::<[u8; 4], u32>(ebpf, CIDRS_V4[slot])?;
@@ -98,14 +97,14 @@ fn clear_slot(ebpf: &mut Ebpf, slot: usize) -> Result<(), LoaderError> {
     clear_hash::<u64, u32>(ebpf, CGROUPS[slot])?;
     clear_hash::<ListenKey, u32>(ebpf, LISTEN[slot])?;
     let mut segments: Array<&mut MapData, SegmentInfo> =
-        Array::try_from(map(ebpf, SEGMENTS[slot])?).map_err(map_error(SEGMENTS[slot]))?;
+        Array::try_from(ebpf.map_mut(SEGMENTS[slot])?).map_err(map_error(SEGMENTS[slot]))?;
     for id in 0..MAX_SEGMENTS {
         segments
             .set(id, &SegmentInfo::default(), 0)
             .map_err(map_error(SEGMENTS[slot]))?;
     }
     let mut policy: Array<&mut MapData, PolicyConfig> =
-        Array::try_from(map(ebpf, POLICY[slot])?).map_err(map_error(POLICY[slot]))?;
+        Array::try_from(ebpf.map_mut(POLICY[slot])?).map_err(map_error(POLICY[slot]))?;
     policy
         .set(0, &PolicyConfig::default(), 0)
         .map_err(map_error(POLICY[slot]))
@@ -113,7 +112,7 @@ fn clear_slot(ebpf: &mut Ebpf, slot: usize) -> Result<(), LoaderError> {
 
 /// Writes `image` into `slot`, resolving cgroup paths under `cgroup_root` to ids.
 fn fill_slot(
-    ebpf: &mut Ebpf,
+    ebpf: &mut impl MapSet,
     slot: usize,
     image: &MapImage,
     cgroup_root: &Path,
@@ -125,7 +124,7 @@ fn fill_slot(
     fill_trie(ebpf, FAILSAFES_V6[slot], &image.failsafes_v6)?;
     let mut missing = Vec::new();
     let mut cgroups: HashMap<&mut MapData, u64, u32> =
-        HashMap::try_from(map(ebpf, CGROUPS[slot])?).map_err(map_error(CGROUPS[slot]))?;
+        HashMap::try_from(ebpf.map_mut(CGROUPS[slot])?).map_err(map_error(CGROUPS[slot]))?;
     for (path, segment) in &image.cgroups {
         // A cgroup v2 id is its directory's inode number.
         match std::fs::metadata(cgroup_root.join(path)) {
@@ -136,21 +135,21 @@ fn fill_slot(
         }
     }
     let mut listen: HashMap<&mut MapData, ListenKey, u32> =
-        HashMap::try_from(map(ebpf, LISTEN[slot])?).map_err(map_error(LISTEN[slot]))?;
+        HashMap::try_from(ebpf.map_mut(LISTEN[slot])?).map_err(map_error(LISTEN[slot]))?;
     for (key, segment) in &image.listen_ports {
         listen
             .insert(key, segment, 0)
             .map_err(map_error(LISTEN[slot]))?;
     }
     let mut segments: Array<&mut MapData, SegmentInfo> =
-        Array::try_from(map(ebpf, SEGMENTS[slot])?).map_err(map_error(SEGMENTS[slot]))?;
+        Array::try_from(ebpf.map_mut(SEGMENTS[slot])?).map_err(map_error(SEGMENTS[slot]))?;
     for (id, info) in (0u32..).zip(&image.segment_infos) {
         segments
             .set(id, info, 0)
             .map_err(map_error(SEGMENTS[slot]))?;
     }
     let mut policy: Array<&mut MapData, PolicyConfig> =
-        Array::try_from(map(ebpf, POLICY[slot])?).map_err(map_error(POLICY[slot]))?;
+        Array::try_from(ebpf.map_mut(POLICY[slot])?).map_err(map_error(POLICY[slot]))?;
     policy
         .set(0, &image.config, 0)
         .map_err(map_error(POLICY[slot]))?;
@@ -158,15 +157,15 @@ fn fill_slot(
 }
 
 /// The active generation number (0 before the first apply).
-pub fn active(ebpf: &mut Ebpf) -> Result<u32, LoaderError> {
+pub fn active(ebpf: &mut impl MapSet) -> Result<u32, LoaderError> {
     let active: Array<&mut MapData, u32> =
-        Array::try_from(map(ebpf, ACTIVE)?).map_err(map_error(ACTIVE))?;
+        Array::try_from(ebpf.map_mut(ACTIVE)?).map_err(map_error(ACTIVE))?;
     active.get(&0, 0).map_err(map_error(ACTIVE))
 }
 
 /// Applies `image` as the next generation and returns what was done.
 pub fn apply(
-    ebpf: &mut Ebpf,
+    ebpf: &mut impl MapSet,
     image: &MapImage,
     cgroup_root: &Path,
 ) -> Result<Applied, LoaderError> {
@@ -179,7 +178,7 @@ pub fn apply(
     clear_slot(ebpf, slot)?;
     let missing_cgroups = fill_slot(ebpf, slot, image, cgroup_root)?;
     let mut flip: Array<&mut MapData, u32> =
-        Array::try_from(map(ebpf, ACTIVE)?).map_err(map_error(ACTIVE))?;
+        Array::try_from(ebpf.map_mut(ACTIVE)?).map_err(map_error(ACTIVE))?;
     flip.set(0, &next, 0).map_err(map_error(ACTIVE))?;
     let mut retired_rule_counters = Vec::new();
     if current != 0 {

@@ -2,29 +2,45 @@
 //! programs to interfaces (XDP) and cgroups (sock and sock_addr hooks).
 //!
 //! A [`Loader`] owns the kernel objects it created: dropping it detaches and unloads
-//! everything that is not pinned.
+//! everything that is not pinned. [`Loader::load_pinned`] pins every map and program and
+//! the attach methods pin every link, so enforcement outlives the agent; a later
+//! `load_pinned` on the same directory reuses the maps and moves the pinned links onto
+//! its own programs in place (no second attach, no moment without a program).
 
 mod counters;
 mod events;
+mod fill;
 mod generation;
+mod map_set;
+mod pins;
+pub mod sys;
 
-use std::{fs::File, io, path::Path, time::Duration};
+use std::{
+    fs::{self, File},
+    io,
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    time::Duration,
+};
 
 pub use counters::{Counters, EventCounts, ReasonCount};
 pub use events::EventReader;
+pub use fill::MapFill;
 pub use generation::Applied;
+pub use map_set::{MapSet, PinnedMaps};
+pub use pins::{PinLayout, PinnedLinkState, Removal};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, MapData, MapError, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, TestRun as _, TestRunOptions,
-        Xdp, XdpMode,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, ProgramError, TestRun as _,
+        TestRunOptions, Xdp, XdpMode, links::FdLink,
     },
 };
 use enforcer_common::{
     event::Hook,
-    maps::{DEFAULT_DEDUP_WINDOW_NS, EVENTS, HOST_SETTINGS, HostSettings, slot_of},
+    maps::{DEFAULT_DEDUP_WINDOW_NS, EVENTS, HOST_SETTINGS, HostSettings},
 };
 
 use crate::object;
@@ -93,6 +109,32 @@ pub enum LoaderError {
     /// A ring-buffer record is not a `FlowEvent` (a kernel object from another build).
     #[error("an event record of {0} bytes, expected {size}", size = size_of::<enforcer_common::event::FlowEvent>())]
     EventSize(usize),
+    /// The kernel object could not be parsed for its map names.
+    #[error("cannot parse the kernel object: {0}")]
+    ObjectParse(String),
+    /// bpffs could not be found or mounted for the pins.
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
+    /// The pin directory is not on bpffs.
+    #[error("{0} is not on a bpffs mount")]
+    NotBpffs(String),
+    /// A pin or pin directory could not be created, read or removed.
+    #[error("{path}: {source}")]
+    Pins {
+        /// The path.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A link could not be pinned, opened, read or updated.
+    #[error("link {what}: {reason}")]
+    Link {
+        /// The link (its pin name) and the action.
+        what: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The cgroup directory to attach to could not be opened.
     #[error("cannot open cgroup {path}: {source}")]
     Cgroup {
@@ -115,19 +157,69 @@ pub struct LoadedProgram {
     pub verified_instructions: Option<u32>,
 }
 
+/// How an attach method found the hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// Nothing was attached: a new link now runs this loader's program.
+    Attached,
+    /// A pinned link was already attached there: it now runs this loader's program.
+    Adopted,
+    /// A pinned link was attached elsewhere (another cgroup, a re-created interface): a
+    /// new link is attached here, then the old one is removed.
+    Moved,
+}
+
 /// The kernel object with every program loaded (verified) and none attached yet.
 pub struct Loader {
     ebpf: Ebpf,
+    /// Where maps, programs and links are pinned; `None` keeps everything private to
+    /// this loader.
+    pins: Option<PinLayout>,
+    /// Links of an unpinned loader, detached when it is dropped.
+    links: Vec<FdLink>,
 }
 
 impl Loader {
     /// Parses the embedded object, creates its maps, loads every program and writes the
     /// host settings: the default de-duplication window and this host's ephemeral ports.
+    /// Nothing is pinned: everything goes when the loader is dropped.
     pub fn load() -> Result<Self, LoaderError> {
         let ebpf = EbpfLoader::new()
             .load(object::BYTES)
             .map_err(|err| LoaderError::Object(Box::new(err)))?;
-        let mut loader = Self { ebpf };
+        Self::finish(ebpf, None)
+    }
+
+    /// Like [`Loader::load`], with every map and program pinned under `layout` (bpffs is
+    /// mounted first if needed). Maps already pinned there are reused with their content:
+    /// the active generation, counters, learnt listeners and unread events survive.
+    pub fn load_pinned(layout: &PinLayout) -> Result<Self, LoaderError> {
+        layout.create()?;
+        let parsed = aya_obj::Object::parse(object::BYTES)
+            .map_err(|err| LoaderError::ObjectParse(err.to_string()))?;
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, std::path::PathBuf)> = parsed
+            .maps
+            .keys()
+            .map(|name| (name.as_str(), layout.map(name)))
+            .collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader
+            .load(object::BYTES)
+            .map_err(|err| LoaderError::Object(Box::new(err)))?;
+        let mut loader = Self::finish(ebpf, Some(layout.clone()))?;
+        loader.pin_programs(layout)?;
+        Ok(loader)
+    }
+
+    fn finish(ebpf: Ebpf, pins: Option<PinLayout>) -> Result<Self, LoaderError> {
+        let mut loader = Self {
+            ebpf,
+            pins,
+            links: Vec::new(),
+        };
         for hook in Hook::ALL {
             loader.load_program(hook)?;
         }
@@ -141,16 +233,53 @@ impl Loader {
         Ok(loader)
     }
 
+    /// Pins every program, replacing the pins of an earlier agent (its programs stay
+    /// loaded while a link still runs them).
+    fn pin_programs(&mut self, layout: &PinLayout) -> Result<(), LoaderError> {
+        for hook in Hook::ALL {
+            let path = layout.program(hook);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(LoaderError::Pins {
+                        path: path.display().to_string(),
+                        source,
+                    });
+                }
+            }
+            self.program_mut(hook)?
+                .pin(&path)
+                .map_err(|err| LoaderError::Link {
+                    what: format!("program {} pin", hook.program_name()),
+                    reason: err.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The pin layout, for a pinned loader.
+    pub fn pins(&self) -> Option<&PinLayout> {
+        self.pins.as_ref()
+    }
+
+    fn program_mut(&mut self, hook: Hook) -> Result<&mut Program, LoaderError> {
+        let name = hook.program_name();
+        self.ebpf
+            .program_mut(name)
+            .ok_or(LoaderError::MissingProgram(name))
+    }
+
     fn host_settings(&mut self) -> Result<HostSettings, LoaderError> {
         let array: Array<&mut MapData, HostSettings> =
-            Array::try_from(map(&mut self.ebpf, HOST_SETTINGS)?)
+            Array::try_from(MapSet::map_mut(&mut self.ebpf, HOST_SETTINGS)?)
                 .map_err(map_error(HOST_SETTINGS))?;
         array.get(&0, 0).map_err(map_error(HOST_SETTINGS))
     }
 
     fn set_host_settings(&mut self, settings: HostSettings) -> Result<(), LoaderError> {
         let mut array: Array<&mut MapData, HostSettings> =
-            Array::try_from(map(&mut self.ebpf, HOST_SETTINGS)?)
+            Array::try_from(MapSet::map_mut(&mut self.ebpf, HOST_SETTINGS)?)
                 .map_err(map_error(HOST_SETTINGS))?;
         array.set(0, &settings, 0).map_err(map_error(HOST_SETTINGS))
     }
@@ -173,21 +302,7 @@ impl Loader {
 
     /// Every counter, summed over CPUs; the rule counters are the active generation's.
     pub fn counters(&mut self) -> Result<Counters, LoaderError> {
-        let generation = self.active_generation()?;
-        let rules = if generation == 0 {
-            Vec::new()
-        } else {
-            let slot = slot_of(generation);
-            let count = generation::slot_config(&mut self.ebpf, slot)?.rule_count;
-            counters::rules(&mut self.ebpf, slot, count)?
-        };
-        let (by_reason, events) = counters::host(&mut self.ebpf)?;
-        Ok(Counters {
-            generation,
-            rules,
-            by_reason,
-            events,
-        })
+        counters::all(&mut self.ebpf)
     }
 
     fn load_program(&mut self, hook: Hook) -> Result<(), LoaderError> {
@@ -274,52 +389,158 @@ impl Loader {
         self.ebpf.maps().map(|(name, _)| name.to_owned()).collect()
     }
 
-    /// Attaches the XDP ingress program to the interface with index `ifindex`.
+    /// Attaches the XDP ingress program to `interface` (index `ifindex`); a pinned
+    /// loader pins the link as `xdp@<interface>`, or adopts the one pinned there.
     ///
     /// Use [`XdpMode::Skb`] on veth: native XDP on veth costs locally originated traffic
     /// more than it saves.
-    pub fn attach_xdp(&mut self, ifindex: u32, mode: XdpMode) -> Result<(), LoaderError> {
-        let name = Hook::XdpIngress.program_name();
-        let program = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(LoaderError::MissingProgram(name))?;
-        <&mut Xdp>::try_from(program)
-            .and_then(|xdp| xdp.attach(ifindex, mode))
-            .map(drop)
-            .map_err(program_error(name, "attach"))
+    pub fn attach_xdp(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        mode: XdpMode,
+    ) -> Result<Attachment, LoaderError> {
+        let pin = self.pins.as_ref().map(|pins| pins.xdp_link(interface));
+        self.attach(
+            Hook::XdpIngress,
+            pin.as_deref(),
+            sys::LinkTarget::Xdp(ifindex),
+            |program| {
+                let xdp = <&mut Xdp>::try_from(program)?;
+                let id = xdp.attach(ifindex, mode)?;
+                let link = xdp.take_link(id)?;
+                FdLink::try_from(link).map_err(|err| ProgramError::from(err))
+            },
+        )
     }
 
-    /// Attaches every cgroup hook to the cgroup directory `cgroup`.
+    /// Attaches every cgroup hook to the cgroup directory `cgroup`; a pinned loader pins
+    /// each link, or adopts the one pinned for that hook.
     ///
     /// Attachments are BPF links, which the kernel always adds in multi mode: they run
     /// alongside other cgroup programs on the host (systemd's own, for example) instead of
     /// replacing them. A link refuses attach flags, hence [`CgroupAttachMode::Single`]
     /// (no flags) rather than `AllowMultiple`.
-    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), LoaderError> {
-        let dir = File::open(cgroup).map_err(|source| LoaderError::Cgroup {
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<Attachment, LoaderError> {
+        let cgroup_error = |source| LoaderError::Cgroup {
             path: cgroup.display().to_string(),
             source,
-        })?;
+        };
+        let dir = File::open(cgroup).map_err(cgroup_error)?;
+        // A cgroup2 directory's inode number is the cgroup id.
+        let cgroup_id = dir.metadata().map_err(cgroup_error)?.ino();
+        let mut outcome = Attachment::Adopted;
         for hook in CGROUP_HOOKS {
-            let name = hook.program_name();
-            let program = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(LoaderError::MissingProgram(name))?;
-            let attached = match hook {
-                Hook::SockCreate | Hook::PostBind4 | Hook::PostBind6 => {
-                    <&mut CgroupSock>::try_from(program)
-                        .and_then(|p| p.attach(&dir, CgroupAttachMode::Single))
-                        .map(drop)
-                }
-                _ => <&mut CgroupSockAddr>::try_from(program)
-                    .and_then(|p| p.attach(&dir, CgroupAttachMode::Single))
-                    .map(drop),
+            let pin = self.pins.as_ref().map(|pins| pins.cgroup_link(hook));
+            let attached = self.attach(
+                hook,
+                pin.as_deref(),
+                sys::LinkTarget::Cgroup(cgroup_id),
+                |program| match hook {
+                    Hook::SockCreate | Hook::PostBind4 | Hook::PostBind6 => {
+                        let sock = <&mut CgroupSock>::try_from(program)?;
+                        let id = sock.attach(&dir, CgroupAttachMode::Single)?;
+                        let link = sock.take_link(id)?;
+                        FdLink::try_from(link).map_err(ProgramError::from)
+                    }
+                    _ => {
+                        let addr = <&mut CgroupSockAddr>::try_from(program)?;
+                        let id = addr.attach(&dir, CgroupAttachMode::Single)?;
+                        let link = addr.take_link(id)?;
+                        FdLink::try_from(link).map_err(ProgramError::from)
+                    }
+                },
+            )?;
+            // Report the strongest change over all hooks.
+            outcome = match (outcome, attached) {
+                (_, Attachment::Attached) | (Attachment::Attached, _) => Attachment::Attached,
+                (_, Attachment::Moved) | (Attachment::Moved, _) => Attachment::Moved,
+                _ => Attachment::Adopted,
             };
-            attached.map_err(program_error(name, "attach"))?;
         }
-        Ok(())
+        Ok(outcome)
+    }
+
+    /// Makes `hook`'s program run at `target`: through the link pinned at `pin` when it
+    /// is attached there (updated in place), else through a new link made by `attach`
+    /// (pinned at `pin`, replacing a link pinned for another target; or kept by this
+    /// loader when there is no pin).
+    fn attach(
+        &mut self,
+        hook: Hook,
+        pin: Option<&Path>,
+        target: sys::LinkTarget,
+        attach: impl FnOnce(&mut Program) -> Result<FdLink, ProgramError>,
+    ) -> Result<Attachment, LoaderError> {
+        let name = hook.program_name();
+        let link_error = |what: &str, reason: String| LoaderError::Link {
+            what: format!("{name} {what}"),
+            reason,
+        };
+        let existing = match pin {
+            Some(pin) if pin.exists() => {
+                Some(sys::open_pin(pin).map_err(|err| link_error("open pin", err.to_string()))?)
+            }
+            _ => None,
+        };
+        if let Some(link) = &existing {
+            let details =
+                sys::link_details(link).map_err(|err| link_error("info", err.to_string()))?;
+            if details.target == target {
+                let program = self.program_mut(hook)?;
+                let fd = program.fd().map_err(program_error(name, "adopt"))?;
+                sys::link_update(link, fd).map_err(|err| link_error("update", err.to_string()))?;
+                return Ok(Attachment::Adopted);
+            }
+        }
+        let link = attach(self.program_mut(hook)?).map_err(program_error(name, "attach"))?;
+        match pin {
+            Some(pin) => {
+                if existing.is_some() {
+                    // The old link detaches when its pin and our descriptor are gone;
+                    // the new one is already in force.
+                    fs::remove_file(pin).map_err(|source| LoaderError::Pins {
+                        path: pin.display().to_string(),
+                        source,
+                    })?;
+                }
+                link.pin(pin)
+                    .map_err(|err| link_error("pin", err.to_string()))?;
+            }
+            None => self.links.push(link),
+        }
+        Ok(if existing.is_some() {
+            Attachment::Moved
+        } else {
+            Attachment::Attached
+        })
+    }
+
+    /// Detaches the XDP links pinned for interfaces not in `keep` (interfaces removed
+    /// from the configuration); returns their names.
+    pub fn detach_other_interfaces(&self, keep: &[&str]) -> Result<Vec<String>, LoaderError> {
+        let Some(pins) = &self.pins else {
+            return Ok(Vec::new());
+        };
+        let mut detached = Vec::new();
+        for link in pins.links()? {
+            if let Some(interface) = PinLayout::xdp_interface(&link.name)
+                && !keep.contains(&interface)
+            {
+                let path = pins.xdp_link(interface);
+                fs::remove_file(&path).map_err(|source| LoaderError::Pins {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                detached.push(interface.to_owned());
+            }
+        }
+        Ok(detached)
+    }
+
+    /// How full the active generation's maps and the host maps are.
+    pub fn map_fill(&mut self) -> Result<Vec<MapFill>, LoaderError> {
+        fill::map_fill(&mut self.ebpf)
     }
 }
 
@@ -332,7 +553,7 @@ fn ephemeral_ports() -> Result<(u16, u16), LoaderError> {
         path: EPHEMERAL_PORTS,
         reason,
     };
-    let text = std::fs::read_to_string(EPHEMERAL_PORTS).map_err(|e| error(e.to_string()))?;
+    let text = fs::read_to_string(EPHEMERAL_PORTS).map_err(|e| error(e.to_string()))?;
     let mut bounds = text.split_whitespace().map(str::parse::<u16>);
     match (bounds.next(), bounds.next()) {
         (Some(Ok(low)), Some(Ok(high))) if low <= high => Ok((low, high)),
@@ -341,10 +562,6 @@ fn ephemeral_ports() -> Result<(u16, u16), LoaderError> {
             text.trim()
         ))),
     }
-}
-
-fn map<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, LoaderError> {
-    ebpf.map_mut(name).ok_or(LoaderError::MissingMap(name))
 }
 
 fn map_error(map: &'static str) -> impl Fn(MapError) -> LoaderError {

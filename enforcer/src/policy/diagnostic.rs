@@ -99,6 +99,20 @@ impl Diagnostic {
             .unwrap_or_else(|_| format!("{}: {}\n", self.code, self.message))
     }
 
+    /// One line for logs: `file:line:col: error[code]: message`.
+    pub fn one_line(&self, sources: &SourceSet) -> String {
+        let severity = if self.is_error() { "error" } else { "warning" };
+        match &self.span {
+            Some(span) => format!(
+                "{}: {severity}[{}]: {}",
+                sources.location(span),
+                self.code,
+                self.message
+            ),
+            None => format!("{severity}[{}]: {}", self.code, self.message),
+        }
+    }
+
     /// The machine-readable form.
     pub fn to_json(&self, sources: &SourceSet) -> DiagnosticJson {
         let place = self.span.as_ref().map(|span| {

@@ -1,0 +1,240 @@
+//! `/metrics` (Prometheus text, through `prometheus-client`) and `/healthz`, served on
+//! the configured address. Every scrape reads the kernel counters from the pinned maps,
+//! so the figures are the kernel's own, not a copy that could lag.
+
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+use super::Shared;
+use crate::loader::{CGROUP_HOOKS, PinLayout, PinnedMaps};
+
+/// What a scrape reads.
+pub struct MetricsSource {
+    /// The agent's maps, opened through their pins.
+    pub maps: Mutex<PinnedMaps>,
+    /// The pins, for the health check.
+    pub pins: PinLayout,
+    /// Interfaces that should carry XDP.
+    pub interfaces: Vec<String>,
+    /// The agent's reload state and rule names.
+    pub shared: Arc<Mutex<Shared>>,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn as_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl MetricsSource {
+    /// The exposition text.
+    pub fn render(&self) -> Result<String, String> {
+        let (counters, fill) = {
+            let mut maps = self.maps.lock().expect("the metrics lock is not poisoned");
+            let counters = maps.counters().map_err(|err| err.to_string())?;
+            let fill = maps.map_fill().map_err(|err| err.to_string())?;
+            (counters, fill)
+        };
+        let mut registry = Registry::with_prefix("enforcer");
+
+        let generation = Gauge::<i64>::default();
+        registry.register(
+            "policy_generation",
+            "The policy generation the kernel enforces (0: none yet)",
+            generation.clone(),
+        );
+        generation.set(i64::from(counters.generation));
+
+        let rules = counter_family(
+            &mut registry,
+            "rule_decisions",
+            "Decisions per rule of the active generation and verdict",
+        );
+        let shared = self.shared.lock().expect("the shared lock is not poisoned");
+        for (index, counts) in counters.rules.iter().enumerate() {
+            let rule = shared
+                .rule_names
+                .get(index)
+                .cloned()
+                .unwrap_or_else(|| format!("rule-{}", index + 1));
+            for (verdict, count) in [
+                ("allow", counts.allow),
+                ("deny", counts.deny),
+                ("audit", counts.audit),
+            ] {
+                rules
+                    .get_or_create(&vec![("rule", rule.clone()), ("verdict", verdict.to_owned())])
+                    .inc_by(count);
+            }
+        }
+
+        let reasons = counter_family(
+            &mut registry,
+            "decisions",
+            "Decisions per reason and verdict since the programs were first loaded",
+        );
+        for count in &counters.by_reason {
+            reasons
+                .get_or_create(&vec![
+                    ("reason", count.reason.word().to_owned()),
+                    ("verdict", count.verdict.word().to_owned()),
+                ])
+                .inc_by(count.count);
+        }
+
+        let events = counter_family(
+            &mut registry,
+            "events",
+            "Flow events written to the ring buffer, lost to a full ring, or suppressed as duplicates",
+        );
+        for (outcome, count) in [
+            ("emitted", counters.events.emitted),
+            ("lost", counters.events.lost),
+            ("suppressed", counters.events.suppressed),
+        ] {
+            events
+                .get_or_create(&vec![("outcome", outcome.to_owned())])
+                .inc_by(count);
+        }
+
+        let reloads = counter_family(&mut registry, "reloads", "Policy reloads by outcome");
+        for (outcome, count) in &shared.reloads {
+            reloads
+                .get_or_create(&vec![("outcome", (*outcome).to_owned())])
+                .inc_by(*count);
+        }
+        drop(shared);
+
+        let entries = gauge_family(&mut registry, "map_entries", "Entries in a bounded map");
+        let limits = gauge_family(&mut registry, "map_limit", "The most entries a map holds");
+        for map in &fill {
+            let labels = vec![("map", map.map.to_owned())];
+            entries.get_or_create(&labels).set(as_i64(map.entries.into()));
+            limits.get_or_create(&labels).set(as_i64(map.limit.into()));
+        }
+
+        let mut text = String::new();
+        encode(&mut text, &registry).map_err(|err| err.to_string())?;
+        Ok(text)
+    }
+
+    /// `Ok` when every configured hook has its link and a policy is active; else what
+    /// is missing.
+    pub fn health(&self) -> Result<(), String> {
+        let links = self.pins.links().map_err(|err| err.to_string())?;
+        let attached = |name: &str| {
+            links
+                .iter()
+                .any(|link| link.name == name && link.details.is_ok())
+        };
+        let mut missing: Vec<String> = CGROUP_HOOKS
+            .iter()
+            .map(|hook| hook.program_name())
+            .filter(|name| !attached(name))
+            .map(str::to_owned)
+            .collect();
+        for interface in &self.interfaces {
+            let pin = self.pins.xdp_link(interface);
+            let name = pin.file_name().map(|n| n.to_string_lossy().into_owned());
+            if !name.as_deref().is_some_and(attached) {
+                missing.push(format!("xdp on {interface}"));
+            }
+        }
+        if !missing.is_empty() {
+            return Err(format!("not attached: {}", missing.join(", ")));
+        }
+        let generation = self
+            .maps
+            .lock()
+            .expect("the metrics lock is not poisoned")
+            .active_generation()
+            .map_err(|err| err.to_string())?;
+        if generation == 0 {
+            return Err("no policy is active".to_owned());
+        }
+        Ok(())
+    }
+
+    fn respond(&self, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let (status, content_type, body) = match request.uri().path() {
+            "/metrics" => match self.render() {
+                Ok(text) => (
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                Err(err) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("cannot read the counters: {err}\n"),
+                ),
+            },
+            "/healthz" => match self.health() {
+                Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+                Err(err) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{err}\n")),
+            },
+            _ => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: try /metrics or /healthz\n".to_owned(),
+            ),
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(content_type),
+        );
+        response
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until the runtime stops.
+pub async fn serve(listener: TcpListener, source: Arc<MetricsSource>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                tracing::warn!(error = %err, "metrics: accept failed");
+                continue;
+            }
+        };
+        let source = Arc::clone(&source);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let response = source.respond(&request);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(err) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %err, "metrics: connection ended with an error");
+            }
+        });
+    }
+}

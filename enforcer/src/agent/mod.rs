@@ -1,0 +1,330 @@
+//! The agent: `enforcer run`. It loads (or adopts) the pinned kernel programs, applies
+//! the configured policy as a generation, attaches to the configured cgroup and
+//! interfaces, then reloads on SIGHUP and on policy file changes and serves metrics until
+//! SIGTERM. Stopping leaves every pin, and so enforcement, in place.
+
+mod metrics;
+pub mod policy;
+pub mod state;
+mod watch;
+
+use std::{
+    collections::BTreeMap,
+    net::TcpListener as StdTcpListener,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::programs::XdpMode;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use crate::{
+    config::{self, Config},
+    host,
+    loader::{Loader, PinLayout, PinnedMaps},
+};
+use policy::{Candidate, CandidateError};
+use state::{ActivePolicy, AgentLock, AgentState, Reload, StateDir};
+
+/// How long the policy files must stay quiet after a change before the agent reloads:
+/// an editor's write-and-rename, or a `cp` of several files, becomes one reload.
+const SETTLE: Duration = Duration::from_millis(25);
+
+/// What the agent and its metrics server share.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Rule names of the active generation (element `i` is rule id `i + 1`).
+    pub rule_names: Vec<String>,
+    /// Reloads by outcome (`applied`, `unchanged`, `failed`).
+    pub reloads: BTreeMap<&'static str, u64>,
+}
+
+/// The running agent.
+struct Agent {
+    config: Config,
+    state_dir: StateDir,
+    _lock: AgentLock,
+    loader: Loader,
+    cgroup_root: PathBuf,
+    state: AgentState,
+    shared: Arc<Mutex<Shared>>,
+}
+
+fn xdp_mode(mode: config::XdpMode) -> XdpMode {
+    match mode {
+        config::XdpMode::Auto => XdpMode::Default,
+        config::XdpMode::Native => XdpMode::Driver,
+        config::XdpMode::Skb => XdpMode::Skb,
+    }
+}
+
+/// The index of interface `name`, or `None` when the host has none by that name.
+fn ifindex(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// Runs the agent in the foreground until SIGTERM or SIGINT.
+pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let metrics = StdTcpListener::bind(config.metrics_listen)
+            .with_context(|| format!("metrics.listen: cannot listen on {}", config.metrics_listen))?;
+        metrics.set_nonblocking(true)?;
+        let metrics = tokio::net::TcpListener::from_std(metrics)?;
+        let agent = Agent::start(config, config_path)?;
+        agent.serve(metrics).await
+    })
+}
+
+impl Agent {
+    /// Everything up to enforcing: checks the host against the config, loads or adopts
+    /// the pins, applies the policy, attaches.
+    fn start(config: Config, config_path: &Path) -> anyhow::Result<Self> {
+        let state_dir = StateDir::new(&config.state_dir);
+        let lock = state_dir
+            .lock()
+            .with_context(|| format!("state_dir {}", config.state_dir.display()))?;
+        let cgroup_root = host::cgroup2_mount()?;
+        let cgroup = cgroup_root.join(&config.cgroup);
+        if !cgroup.is_dir() {
+            bail!("cgroup: no cgroup {} on this host", cgroup.display());
+        }
+        let mut interfaces = Vec::new();
+        for (i, interface) in config.interfaces.iter().enumerate() {
+            let index = ifindex(&interface.name).with_context(|| {
+                format!("interfaces[{i}].name: no interface `{}` on this host", interface.name)
+            })?;
+            interfaces.push((interface.name.clone(), index, xdp_mode(interface.xdp_mode)));
+        }
+
+        let previous = state_dir.read().unwrap_or_default();
+        let pins = PinLayout::new(&config.pin_dir);
+        let adopting = pins.has_maps();
+        let candidate = policy::load(&config.policy, previous.accepted_bundle_version);
+        if let Err(err) = &candidate
+            && !adopting
+        {
+            bail!("{err}; nothing was attached");
+        }
+
+        let mut loader = Loader::load_pinned(&pins).context("loading the kernel programs")?;
+        loader.set_dedup_window(config.audit.dedup_window)?;
+        let mut agent = Self {
+            state: AgentState {
+                pid: std::process::id(),
+                config: config_path.to_owned(),
+                active: previous.active.clone(),
+                last_reload: None,
+                accepted_bundle_version: previous.accepted_bundle_version,
+            },
+            shared: Arc::new(Mutex::new(Shared {
+                rule_names: state_dir.rule_names(),
+                reloads: BTreeMap::new(),
+            })),
+            config,
+            state_dir,
+            _lock: lock,
+            loader,
+            cgroup_root,
+        };
+        if adopting {
+            tracing::info!(
+                pin_dir = %pins.dir().display(),
+                generation = agent.loader.active_generation()?,
+                "adopting the pinned maps and links of an earlier agent"
+            );
+        }
+        // The policy goes in before the first attach, so a fresh host enforces it from
+        // the first connect; an adopted host keeps its generation until this flip.
+        agent.settle("start", candidate, true)?;
+
+        let outcome = agent.loader.attach_cgroup(&cgroup)?;
+        tracing::info!(cgroup = %cgroup.display(), ?outcome, "cgroup hooks in force");
+        for (name, index, mode) in &interfaces {
+            let outcome = agent.loader.attach_xdp(name, *index, *mode)?;
+            tracing::info!(interface = %name, ?outcome, "XDP ingress in force");
+        }
+        let keep: Vec<&str> = interfaces.iter().map(|(name, ..)| name.as_str()).collect();
+        for gone in agent.loader.detach_other_interfaces(&keep)? {
+            tracing::info!(interface = %gone, "XDP detached: the interface is no longer configured");
+        }
+        agent.write_state();
+        Ok(agent)
+    }
+
+    /// Applies `candidate` (or records why not) as the outcome of a reload.
+    fn settle(
+        &mut self,
+        trigger: &str,
+        candidate: Result<Candidate, CandidateError>,
+        force: bool,
+    ) -> anyhow::Result<()> {
+        let outcome = match candidate {
+            Err(err) => {
+                let generation = self.loader.active_generation()?;
+                tracing::error!(
+                    trigger,
+                    active_generation = generation,
+                    "policy refused, the active generation stays: {err}"
+                );
+                Reload {
+                    at: state::now(),
+                    trigger: trigger.to_owned(),
+                    outcome: "failed".to_owned(),
+                    message: Some(err.to_string()),
+                }
+            }
+            Ok(candidate) => {
+                let image_sha256 = candidate.compiled.image.digest_hex();
+                let unchanged = self.state.active.as_ref().is_some_and(|active| {
+                    active.source_sha256 == candidate.source_sha256
+                        && active.image_sha256 == image_sha256
+                });
+                if unchanged && !force {
+                    tracing::info!(trigger, "policy unchanged; nothing to apply");
+                    Reload {
+                        at: state::now(),
+                        trigger: trigger.to_owned(),
+                        outcome: "unchanged".to_owned(),
+                        message: None,
+                    }
+                } else {
+                    self.apply(trigger, &candidate, image_sha256)?
+                }
+            }
+        };
+        {
+            let mut shared = self.shared.lock().expect("the shared lock is not poisoned");
+            let key = match outcome.outcome.as_str() {
+                "applied" => "applied",
+                "unchanged" => "unchanged",
+                _ => "failed",
+            };
+            *shared.reloads.entry(key).or_default() += 1;
+        }
+        self.state.last_reload = Some(outcome);
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        trigger: &str,
+        candidate: &Candidate,
+        image_sha256: String,
+    ) -> anyhow::Result<Reload> {
+        let started = Instant::now();
+        let image = &candidate.compiled.image;
+        let applied = self.loader.apply(image, &self.cgroup_root)?;
+        for missing in &applied.missing_cgroups {
+            tracing::warn!(
+                cgroup = %missing,
+                "no such cgroup yet: its processes are classified by their nearest listed ancestor"
+            );
+        }
+        tracing::info!(
+            trigger,
+            generation = applied.generation,
+            rules = image.rule_names.len(),
+            source_sha256 = %candidate.source_sha256,
+            elapsed_ms = started.elapsed().as_millis(),
+            "policy applied"
+        );
+        for warning in &candidate.compiled.warnings {
+            tracing::warn!("{}", warning.one_line(&candidate.compiled.sources));
+        }
+        let names: Vec<&str> = image.rule_names.iter().map(String::as_str).collect();
+        if let Err(err) = self.state_dir.write_rule_names(&names) {
+            tracing::warn!(error = %err, "cannot write the rule names for status");
+        }
+        self.shared
+            .lock()
+            .expect("the shared lock is not poisoned")
+            .rule_names = image.rule_names.clone();
+        if let Some(version) = candidate.bundle_version {
+            self.state.accepted_bundle_version = self.state.accepted_bundle_version.max(version);
+        }
+        self.state.active = Some(ActivePolicy {
+            generation: applied.generation,
+            source_sha256: candidate.source_sha256.clone(),
+            image_sha256,
+            bundle_version: candidate.bundle_version,
+            applied_at: state::now(),
+        });
+        Ok(Reload {
+            at: state::now(),
+            trigger: trigger.to_owned(),
+            outcome: "applied".to_owned(),
+            message: None,
+        })
+    }
+
+    fn write_state(&self) {
+        if let Err(err) = self.state_dir.write(&self.state) {
+            tracing::warn!(error = %err, dir = %self.state_dir.dir().display(), "cannot write the agent state");
+        }
+    }
+
+    /// Reloads the policy; a failure keeps the active generation.
+    async fn reload(&mut self, trigger: &str, force: bool) -> anyhow::Result<()> {
+        let source = self.config.policy.clone();
+        let min_version = self.state.accepted_bundle_version;
+        // Compiling a large policy takes a while: keep the runtime (metrics) responsive.
+        let candidate = tokio::task::spawn_blocking(move || policy::load(&source, min_version))
+            .await
+            .context("the policy compiler panicked")?;
+        self.settle(trigger, candidate, force)?;
+        self.write_state();
+        Ok(())
+    }
+
+    /// Reloads on SIGHUP and policy changes, serves metrics, stops on SIGTERM/SIGINT.
+    async fn serve(mut self, metrics: tokio::net::TcpListener) -> anyhow::Result<()> {
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let (changes_tx, mut changes) = mpsc::unbounded_channel();
+        let _watch = watch::watch(&self.config.policy.path, changes_tx)
+            .with_context(|| format!("watching {}", self.config.policy.path.display()))?;
+
+        let source = Arc::new(metrics::MetricsSource {
+            maps: Mutex::new(PinnedMaps::open(
+                &PinLayout::new(&self.config.pin_dir).maps_dir(),
+            )?),
+            pins: PinLayout::new(&self.config.pin_dir),
+            interfaces: self.config.interfaces.iter().map(|i| i.name.clone()).collect(),
+            shared: Arc::clone(&self.shared),
+        });
+        tracing::info!(address = %self.config.metrics_listen, "serving /metrics and /healthz");
+        tokio::spawn(metrics::serve(metrics, source));
+
+        tracing::info!(pid = self.state.pid, "enforcing");
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => self.reload("sighup", true).await?,
+                Some(()) = changes.recv() => {
+                    // Let a burst of changes settle into one reload.
+                    while let Ok(Some(())) = tokio::time::timeout(SETTLE, changes.recv()).await {}
+                    self.reload("file-change", false).await?;
+                }
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+            }
+        }
+        tracing::info!(
+            pin_dir = %self.config.pin_dir.display(),
+            "stopping; enforcement stays in place (remove it with `enforcer uninstall`)"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,119 @@
+//! Turning the configured policy source into a compiled policy the agent may apply:
+//! plain policy files, or, when trusted keys are configured, only a bundle signed by one
+//! of them and not older than the last one accepted.
+
+use std::path::PathBuf;
+
+use ed25519_dalek::VerifyingKey;
+use sha2::{Digest as _, Sha256};
+
+use crate::{
+    config::PolicySource,
+    policy::{
+        self, Compiled, PolicyError,
+        bundle::{self, BundleError},
+        source::SourceSet,
+    },
+};
+
+/// A policy ready to apply.
+#[derive(Debug)]
+pub struct Candidate {
+    /// The compiled policy.
+    pub compiled: Compiled,
+    /// SHA-256 (hex) of the policy files, names and texts in merge order.
+    pub source_sha256: String,
+    /// The bundle's version, for a signed bundle.
+    pub bundle_version: Option<u64>,
+}
+
+/// Why the configured policy cannot be applied; the message names the place.
+#[derive(Debug, thiserror::Error)]
+pub enum CandidateError {
+    /// The policy files are not valid: every error, a line each with file:line:col.
+    #[error("policy rejected: {0}")]
+    Invalid(String),
+    /// The files could not be read.
+    #[error("{0}")]
+    Source(String),
+    /// A bundle was refused (unsigned, altered, foreign, older).
+    #[error("bundle {path} refused: {reason}")]
+    Bundle {
+        /// The bundle file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// SHA-256 (hex) of a set of policy files.
+pub fn source_sha256(sources: &SourceSet) -> String {
+    let mut hasher = Sha256::new();
+    for file in &sources.files {
+        hasher.update(file.path.as_bytes());
+        hasher.update([0]);
+        hasher.update(file.text.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Reads, checks and compiles the configured policy. `min_bundle_version` is the
+/// version of the last accepted bundle: an older one is refused.
+pub fn load(
+    source: &PolicySource,
+    min_bundle_version: u64,
+) -> Result<Candidate, CandidateError> {
+    if source.trusted_keys.is_empty() {
+        return load_files(&source.path);
+    }
+    let bundle_error = |reason: String| CandidateError::Bundle {
+        path: source.path.display().to_string(),
+        reason,
+    };
+    let keys: Vec<VerifyingKey> = source
+        .trusted_keys
+        .iter()
+        .map(|path| bundle::read_public_key(path).map_err(|err| bundle_error(err.to_string())))
+        .collect::<Result<_, _>>()?;
+    let bytes = std::fs::read(&source.path).map_err(|err| bundle_error(err.to_string()))?;
+    // Every trusted key is tried; a bundle signed by none of them is refused with the
+    // reason the last key gave (they differ only by key id).
+    let mut last = None;
+    for key in &keys {
+        match bundle::verify(&bytes, key, min_bundle_version) {
+            Ok(verified) => {
+                return Ok(Candidate {
+                    source_sha256: source_sha256(&verified.compiled.sources),
+                    compiled: verified.compiled,
+                    bundle_version: Some(verified.payload.version),
+                });
+            }
+            Err(err @ BundleError::UnknownKey { .. }) => last = Some(err),
+            Err(err) => return Err(bundle_error(err.to_string())),
+        }
+    }
+    Err(bundle_error(
+        last.map_or_else(|| "no trusted key".to_owned(), |err| err.to_string()),
+    ))
+}
+
+fn load_files(path: &PathBuf) -> Result<Candidate, CandidateError> {
+    match policy::load(std::slice::from_ref(path)) {
+        Ok(compiled) => Ok(Candidate {
+            source_sha256: source_sha256(&compiled.sources),
+            compiled,
+            bundle_version: None,
+        }),
+        Err(PolicyError::Source(err)) => Err(CandidateError::Source(err.to_string())),
+        Err(PolicyError::Rejected(rejected)) => {
+            let lines: Vec<String> = rejected
+                .diagnostics
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| d.one_line(&rejected.sources))
+                .collect();
+            Err(CandidateError::Invalid(lines.join("\n")))
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! What the agent tells `enforcer status` beyond the kernel's own pins: whether it runs
+//! (an exclusive lock on `agent.lock`, released by the kernel whatever way the agent
+//! ends), and its last reload (`state.json`, replaced atomically) and rule names
+//! (`rules.json`) in the state directory.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write as _},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// The lock file a running agent holds.
+const LOCK: &str = "agent.lock";
+/// The agent's state.
+const STATE: &str = "state.json";
+/// Rule names of the active generation, by rule id.
+const RULES: &str = "rules.json";
+
+/// The policy in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivePolicy {
+    /// The kernel generation number.
+    pub generation: u32,
+    /// SHA-256 of the policy files.
+    pub source_sha256: String,
+    /// SHA-256 of the compiled map image.
+    pub image_sha256: String,
+    /// The signed bundle's version, when the policy came from one.
+    pub bundle_version: Option<u64>,
+    /// When it was applied (seconds since the epoch).
+    pub applied_at: u64,
+}
+
+/// The outcome of one reload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reload {
+    /// When (seconds since the epoch).
+    pub at: u64,
+    /// What asked for it: `start`, `sighup`, `file-change`.
+    pub trigger: String,
+    /// `applied`, `unchanged` or `failed`.
+    pub outcome: String,
+    /// The error for a failed reload (file:line:col for an invalid policy).
+    pub message: Option<String>,
+}
+
+/// The state file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// The agent's process id.
+    pub pid: u32,
+    /// The config file it runs with.
+    pub config: PathBuf,
+    /// The policy in force, once one was applied by this or an earlier agent.
+    pub active: Option<ActivePolicy>,
+    /// The last reload.
+    pub last_reload: Option<Reload>,
+    /// The highest bundle version accepted so far (older bundles are refused).
+    pub accepted_bundle_version: u64,
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+/// The running agent's hold on the state directory; dropping it (or the agent's end)
+/// releases it.
+#[derive(Debug)]
+pub struct AgentLock {
+    _file: File,
+}
+
+fn flock(file: &File, operation: libc::c_int) -> io::Result<()> {
+    // SAFETY: `file` is an open descriptor for the duration of the call.
+    if unsafe { libc::flock(file.as_raw_fd(), operation | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl StateDir {
+    /// The state directory at `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes the agent lock; fails when another agent holds it.
+    pub fn lock(&self) -> io::Result<AgentLock> {
+        fs::create_dir_all(&self.dir)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(LOCK))?;
+        flock(&file, libc::LOCK_EX).map_err(|err| {
+            if err.kind() == io::ErrorKind::WouldBlock {
+                io::Error::other(format!(
+                    "another agent is running (it holds {})",
+                    self.dir.join(LOCK).display()
+                ))
+            } else {
+                err
+            }
+        })?;
+        Ok(AgentLock { _file: file })
+    }
+
+    /// Whether an agent holds the lock now.
+    pub fn agent_running(&self) -> bool {
+        let Ok(file) = File::open(self.dir.join(LOCK)) else {
+            return false;
+        };
+        flock(&file, libc::LOCK_SH).is_err()
+    }
+
+    /// The last state written, if any.
+    pub fn read(&self) -> Option<AgentState> {
+        let text = fs::read_to_string(self.dir.join(STATE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Replaces the state file atomically.
+    pub fn write(&self, state: &AgentState) -> io::Result<()> {
+        self.replace(STATE, &serde_json::to_vec_pretty(state).map_err(io::Error::other)?)
+    }
+
+    /// Rule names of the active generation (element `i` is rule id `i + 1`).
+    pub fn rule_names(&self) -> Vec<String> {
+        fs::read_to_string(self.dir.join(RULES))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the rule names.
+    pub fn write_rule_names(&self, names: &[&str]) -> io::Result<()> {
+        self.replace(RULES, &serde_json::to_vec(names).map_err(io::Error::other)?)
+    }
+
+    fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, self.dir.join(name))
+    }
+
+    /// Removes the agent's files (and the directory if nothing else is in it); returns
+    /// what was removed.
+    pub fn remove(&self) -> io::Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        for name in [STATE, RULES, LOCK] {
+            let path = self.dir.join(name);
+            match fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
+        }
+        if fs::remove_dir(&self.dir).is_ok() {
+            removed.push(self.dir.clone());
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,81 @@
+//! How full the maps are against their limits: the active generation's policy maps and
+//! the host's learnt listeners and recent flows. Counted by walking the keys, so it is
+//! for `status` and metrics scrapes, not for a hot path.
+
+use aya::{
+    Pod,
+    maps::{HashMap, LpmTrie, MapData},
+};
+use enforcer_common::maps::{
+    CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6, FailsafeKey4, FailsafeKey6,
+    LEARNT_LISTENERS, LEARNT_LISTENERS_CAPACITY, LISTEN, LearntListener, ListenKey, MAX_CGROUPS,
+    MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, RECENT_FLOWS,
+    RECENT_FLOWS_CAPACITY, RULES, RecentFlowKey, RuleKey, RuleValue, slot_of,
+};
+use serde::Serialize;
+
+use super::{LoaderError, MapSet, generation, map_error};
+
+/// Entries in one map against its limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MapFill {
+    /// The map's role (`rules`, `cidrs_v4`, `learnt_listeners`, ...).
+    pub map: &'static str,
+    /// Entries now.
+    pub entries: u32,
+    /// The most it holds.
+    pub limit: u32,
+}
+
+fn count(keys: impl Iterator<Item = Result<impl Sized, aya::maps::MapError>>, name: &'static str) -> Result<u32, LoaderError> {
+    let mut entries = 0u32;
+    for key in keys {
+        key.map_err(map_error(name))?;
+        entries += 1;
+    }
+    Ok(entries)
+}
+
+fn trie<K: Pod, V: Pod>(maps: &mut impl MapSet, name: &'static str) -> Result<u32, LoaderError> {
+    let trie: LpmTrie<&MapData, K, V> =
+        LpmTrie::try_from(&*maps.map_mut(name)?).map_err(map_error(name))?;
+    count(trie.keys(), name)
+}
+
+/// Also reads LRU hash maps: aya serves both through `HashMap`.
+fn hash<K: Pod, V: Pod>(maps: &mut impl MapSet, name: &'static str) -> Result<u32, LoaderError> {
+    let hash: HashMap<&MapData, K, V> =
+        HashMap::try_from(&*maps.map_mut(name)?).map_err(map_error(name))?;
+    count(hash.keys(), name)
+}
+
+/// The fill of every bounded map (the policy maps of the active generation, empty
+/// before the first apply).
+pub(super) fn map_fill(maps: &mut impl MapSet) -> Result<Vec<MapFill>, LoaderError> {
+    let active = generation::active(maps)?;
+    let mut fill = Vec::new();
+    if active != 0 {
+        let slot = slot_of(active);
+        let policy = [
+            ("cidrs_v4", trie::<[u8; 4], u32>(maps, CIDRS_V4[slot])?, MAX_CIDRS_V4),
+            ("cidrs_v6", trie::<[u8; 16], u32>(maps, CIDRS_V6[slot])?, MAX_CIDRS_V6),
+            ("rules", trie::<RuleKey, RuleValue>(maps, RULES[slot])?, MAX_RULE_ENTRIES),
+            ("cgroups", hash::<u64, u32>(maps, CGROUPS[slot])?, MAX_CGROUPS),
+            ("listeners", hash::<ListenKey, u32>(maps, LISTEN[slot])?, MAX_LISTEN_PORTS),
+            ("failsafes_v4", trie::<FailsafeKey4, u32>(maps, FAILSAFES_V4[slot])?, MAX_FAILSAFES),
+            ("failsafes_v6", trie::<FailsafeKey6, u32>(maps, FAILSAFES_V6[slot])?, MAX_FAILSAFES),
+        ];
+        fill.extend(policy.map(|(map, entries, limit)| MapFill { map, entries, limit }));
+    }
+    fill.push(MapFill {
+        map: "learnt_listeners",
+        entries: hash::<ListenKey, LearntListener>(maps, LEARNT_LISTENERS)?,
+        limit: LEARNT_LISTENERS_CAPACITY,
+    });
+    fill.push(MapFill {
+        map: "recent_flows",
+        entries: hash::<RecentFlowKey, u64>(maps, RECENT_FLOWS)?,
+        limit: RECENT_FLOWS_CAPACITY,
+    });
+    Ok(fill)
+}

@@ -1,0 +1,81 @@
+//! Where the loader's map code finds a map by name: the loaded object's own maps, or the
+//! maps pinned by a running (or stopped) agent, opened for `enforcer status`.
+
+use std::{collections::HashMap, fs, path::Path};
+
+use aya::{
+    Ebpf,
+    maps::{Map, MapData},
+};
+
+use super::{Counters, LoaderError, MapFill, counters, fill, generation, map_error};
+
+/// A set of maps addressed by their names in the kernel object.
+pub trait MapSet {
+    /// The map named `name`.
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, LoaderError>;
+}
+
+impl MapSet for Ebpf {
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, LoaderError> {
+        Self::map_mut(self, name).ok_or(LoaderError::MissingMap(name))
+    }
+}
+
+/// The maps pinned in a directory, each under its object name.
+pub struct PinnedMaps {
+    maps: HashMap<String, Map>,
+}
+
+impl PinnedMaps {
+    /// Opens every map pinned in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, LoaderError> {
+        let entries = fs::read_dir(dir).map_err(|source| LoaderError::Pins {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let mut maps = HashMap::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| LoaderError::Pins {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let data = MapData::from_pin(entry.path()).map_err(map_error("pinned map"))?;
+            let map = Map::from_map_data(data).map_err(map_error("pinned map"))?;
+            maps.insert(name, map);
+        }
+        Ok(Self { maps })
+    }
+
+    /// The number of maps found.
+    pub fn len(&self) -> usize {
+        self.maps.len()
+    }
+
+    /// Whether no map was found.
+    pub fn is_empty(&self) -> bool {
+        self.maps.is_empty()
+    }
+
+    /// Every counter; the rule counters are the active generation's.
+    pub fn counters(&mut self) -> Result<Counters, LoaderError> {
+        counters::all(self)
+    }
+
+    /// How full the maps are.
+    pub fn map_fill(&mut self) -> Result<Vec<MapFill>, LoaderError> {
+        fill::map_fill(self)
+    }
+
+    /// The active generation number (0 before the first apply).
+    pub fn active_generation(&mut self) -> Result<u32, LoaderError> {
+        generation::active(self)
+    }
+}
+
+impl MapSet for PinnedMaps {
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, LoaderError> {
+        self.maps.get_mut(name).ok_or(LoaderError::MissingMap(name))
+    }
+}
