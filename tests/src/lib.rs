@@ -8,6 +8,7 @@
 //! Nothing here skips: a test that cannot get root, a namespace or a cgroup panics with a
 //! message saying what is missing.
 
+pub mod agent;
 pub mod cgroup;
 pub mod cmd;
 pub mod events;

@@ -104,6 +104,27 @@ impl Spawn {
         ])
     }
 
+    /// Like [`Spawn::tcp_client_repeated`], pausing a few milliseconds between attempts.
+    pub fn tcp_client_paced(addr: SocketAddr, count: u32) -> Self {
+        Self::probe(&[
+            "tcp-connect-paced".into(),
+            addr.to_string(),
+            CLIENT_TIMEOUT_MS.to_string(),
+            count.to_string(),
+        ])
+    }
+
+    /// A TCP client that makes `count` paced attempts to `addr`, each of which must fail
+    /// with EPERM; it reports the first that does not.
+    pub fn tcp_denied_paced(addr: SocketAddr, count: u32) -> Self {
+        Self::probe(&[
+            "tcp-denied-paced".into(),
+            addr.to_string(),
+            CLIENT_TIMEOUT_MS.to_string(),
+            count.to_string(),
+        ])
+    }
+
     /// A process that opens a raw ICMP socket of `addr`'s family and reports whether
     /// `socket()` succeeded.
     pub fn raw_socket(addr: SocketAddr) -> Self {

@@ -123,6 +123,9 @@ pub fn run(tools: &Tools) -> anyhow::Result<()> {
             vec!["test", "--package", "enforcer-tests", "--test", "leftovers"],
         ),
     ];
+    // The agent tests run the real `enforcer` binary, which only the enforcer package's
+    // own tests would build.
+    crate::run::status(&mut tools.cargo(&["build", "--package", "enforcer", "--bin", "enforcer"]))?;
     let mut total = Counts::default();
     let mut failed_tiers = Vec::new();
     for (name, args) in tiers {

@@ -87,7 +87,10 @@ impl MetricsSource {
                 ("audit", counts.audit),
             ] {
                 rules
-                    .get_or_create(&vec![("rule", rule.clone()), ("verdict", verdict.to_owned())])
+                    .get_or_create(&vec![
+                        ("rule", rule.clone()),
+                        ("verdict", verdict.to_owned()),
+                    ])
                     .inc_by(count);
             }
         }
@@ -133,7 +136,9 @@ impl MetricsSource {
         let limits = gauge_family(&mut registry, "map_limit", "The most entries a map holds");
         for map in &fill {
             let labels = vec![("map", map.map.to_owned())];
-            entries.get_or_create(&labels).set(as_i64(map.entries.into()));
+            entries
+                .get_or_create(&labels)
+                .set(as_i64(map.entries.into()));
             limits.get_or_create(&labels).set(as_i64(map.limit.into()));
         }
 
@@ -195,7 +200,11 @@ impl MetricsSource {
             },
             "/healthz" => match self.health() {
                 Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-                Err(err) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{err}\n")),
+                Err(err) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("{err}\n"),
+                ),
             },
             _ => (
                 StatusCode::NOT_FOUND,

@@ -78,8 +78,9 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let metrics = StdTcpListener::bind(config.metrics_listen)
-            .with_context(|| format!("metrics.listen: cannot listen on {}", config.metrics_listen))?;
+        let metrics = StdTcpListener::bind(config.metrics_listen).with_context(|| {
+            format!("metrics.listen: cannot listen on {}", config.metrics_listen)
+        })?;
         metrics.set_nonblocking(true)?;
         let metrics = tokio::net::TcpListener::from_std(metrics)?;
         let agent = Agent::start(config, config_path)?;
@@ -103,7 +104,10 @@ impl Agent {
         let mut interfaces = Vec::new();
         for (i, interface) in config.interfaces.iter().enumerate() {
             let index = ifindex(&interface.name).with_context(|| {
-                format!("interfaces[{i}].name: no interface `{}` on this host", interface.name)
+                format!(
+                    "interfaces[{i}].name: no interface `{}` on this host",
+                    interface.name
+                )
             })?;
             interfaces.push((interface.name.clone(), index, xdp_mode(interface.xdp_mode)));
         }
@@ -302,7 +306,12 @@ impl Agent {
                 &PinLayout::new(&self.config.pin_dir).maps_dir(),
             )?),
             pins: PinLayout::new(&self.config.pin_dir),
-            interfaces: self.config.interfaces.iter().map(|i| i.name.clone()).collect(),
+            interfaces: self
+                .config
+                .interfaces
+                .iter()
+                .map(|i| i.name.clone())
+                .collect(),
             shared: Arc::clone(&self.shared),
         });
         tracing::info!(address = %self.config.metrics_listen, "serving /metrics and /healthz");

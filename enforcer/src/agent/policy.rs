@@ -60,10 +60,7 @@ pub fn source_sha256(sources: &SourceSet) -> String {
 
 /// Reads, checks and compiles the configured policy. `min_bundle_version` is the
 /// version of the last accepted bundle: an older one is refused.
-pub fn load(
-    source: &PolicySource,
-    min_bundle_version: u64,
-) -> Result<Candidate, CandidateError> {
+pub fn load(source: &PolicySource, min_bundle_version: u64) -> Result<Candidate, CandidateError> {
     if source.trusted_keys.is_empty() {
         return load_files(&source.path);
     }
@@ -93,9 +90,10 @@ pub fn load(
             Err(err) => return Err(bundle_error(err.to_string())),
         }
     }
-    Err(bundle_error(
-        last.map_or_else(|| "no trusted key".to_owned(), |err| err.to_string()),
-    ))
+    Err(bundle_error(last.map_or_else(
+        || "no trusted key".to_owned(),
+        |err| err.to_string(),
+    )))
 }
 
 fn load_files(path: &PathBuf) -> Result<Candidate, CandidateError> {

@@ -140,7 +140,10 @@ impl StateDir {
 
     /// Replaces the state file atomically.
     pub fn write(&self, state: &AgentState) -> io::Result<()> {
-        self.replace(STATE, &serde_json::to_vec_pretty(state).map_err(io::Error::other)?)
+        self.replace(
+            STATE,
+            &serde_json::to_vec_pretty(state).map_err(io::Error::other)?,
+        )
     }
 
     /// Rule names of the active generation (element `i` is rule id `i + 1`).

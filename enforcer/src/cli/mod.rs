@@ -46,7 +46,9 @@ enum Command {
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
 pub fn main() -> ExitCode {
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ENFORCER_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -54,6 +56,14 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // A one-shot command piped into `head` ends quietly, as shell tools do. The agent
+        // keeps ignoring SIGPIPE: a metrics client hanging up must not stop it.
+        // SAFETY: setting a signal disposition to the default has no preconditions.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let outcome = match cli.command {
         Command::Preflight(args) => preflight::run(&args),
         Command::Policy(command) => policy::run(&command),

@@ -198,11 +198,17 @@ fn print(status: &Status) {
     let agent = match (status.agent_running, status.agent_pid) {
         (true, Some(pid)) => format!("running (pid {pid})"),
         (true, None) => "running".to_owned(),
-        (false, _) => "not running (enforcement continues from the pins)".to_owned(),
+        (false, _) if status.installed => {
+            "not running (enforcement continues from the pins)".to_owned()
+        }
+        (false, _) => "not running".to_owned(),
     };
     println!("agent:        {agent}");
     if !status.installed {
-        println!("enforcement:  none (nothing pinned in {})", status.pin_dir.display());
+        println!(
+            "enforcement:  none (nothing pinned in {})",
+            status.pin_dir.display()
+        );
         return;
     }
     match &status.policy {
@@ -245,7 +251,11 @@ fn print(status: &Status) {
     println!("maps:");
     let mut table = super::policy::table(&["map", "entries", "limit"]);
     for map in &status.maps {
-        table.add_row(vec![map.map.to_owned(), map.entries.to_string(), map.limit.to_string()]);
+        table.add_row(vec![
+            map.map.to_owned(),
+            map.entries.to_string(),
+            map.limit.to_string(),
+        ]);
     }
     super::policy::print_table(&table);
     println!("rules (active generation):");
@@ -278,9 +288,8 @@ fn print(status: &Status) {
 
 /// Prints the status; exits 3 when nothing is enforced.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config).map_err(|refused| {
-        anyhow::anyhow!("config {}: {refused}", args.config.display())
-    })?;
+    let config = Config::load(&args.config)
+        .map_err(|refused| anyhow::anyhow!("config {}: {refused}", args.config.display()))?;
     let status = gather(&config)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);

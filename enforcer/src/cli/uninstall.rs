@@ -19,9 +19,8 @@ pub struct Args {
 /// Refuses while an agent runs; otherwise removes the pins (links first, which
 /// detaches the programs) and the state files.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config).map_err(|refused| {
-        anyhow::anyhow!("config {}: {refused}", args.config.display())
-    })?;
+    let config = Config::load(&args.config)
+        .map_err(|refused| anyhow::anyhow!("config {}: {refused}", args.config.display()))?;
     let state = StateDir::new(&config.state_dir);
     if state.agent_running() {
         bail!(

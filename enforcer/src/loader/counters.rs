@@ -99,7 +99,11 @@ pub(super) fn rules(
 }
 
 /// Zeroes the counters of rule ids `1..=count` in generation slot `slot`.
-pub(super) fn zero_rules(ebpf: &mut impl MapSet, slot: usize, count: u32) -> Result<(), LoaderError> {
+pub(super) fn zero_rules(
+    ebpf: &mut impl MapSet,
+    slot: usize,
+    count: u32,
+) -> Result<(), LoaderError> {
     let count = in_map(count);
     if count == 0 {
         return Ok(());

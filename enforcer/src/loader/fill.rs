@@ -27,7 +27,10 @@ pub struct MapFill {
     pub limit: u32,
 }
 
-fn count(keys: impl Iterator<Item = Result<impl Sized, aya::maps::MapError>>, name: &'static str) -> Result<u32, LoaderError> {
+fn count(
+    keys: impl Iterator<Item = Result<impl Sized, aya::maps::MapError>>,
+    name: &'static str,
+) -> Result<u32, LoaderError> {
     let mut entries = 0u32;
     for key in keys {
         key.map_err(map_error(name))?;
@@ -57,15 +60,47 @@ pub(super) fn map_fill(maps: &mut impl MapSet) -> Result<Vec<MapFill>, LoaderErr
     if active != 0 {
         let slot = slot_of(active);
         let policy = [
-            ("cidrs_v4", trie::<[u8; 4], u32>(maps, CIDRS_V4[slot])?, MAX_CIDRS_V4),
-            ("cidrs_v6", trie::<[u8; 16], u32>(maps, CIDRS_V6[slot])?, MAX_CIDRS_V6),
-            ("rules", trie::<RuleKey, RuleValue>(maps, RULES[slot])?, MAX_RULE_ENTRIES),
-            ("cgroups", hash::<u64, u32>(maps, CGROUPS[slot])?, MAX_CGROUPS),
-            ("listeners", hash::<ListenKey, u32>(maps, LISTEN[slot])?, MAX_LISTEN_PORTS),
-            ("failsafes_v4", trie::<FailsafeKey4, u32>(maps, FAILSAFES_V4[slot])?, MAX_FAILSAFES),
-            ("failsafes_v6", trie::<FailsafeKey6, u32>(maps, FAILSAFES_V6[slot])?, MAX_FAILSAFES),
+            (
+                "cidrs_v4",
+                trie::<[u8; 4], u32>(maps, CIDRS_V4[slot])?,
+                MAX_CIDRS_V4,
+            ),
+            (
+                "cidrs_v6",
+                trie::<[u8; 16], u32>(maps, CIDRS_V6[slot])?,
+                MAX_CIDRS_V6,
+            ),
+            (
+                "rules",
+                trie::<RuleKey, RuleValue>(maps, RULES[slot])?,
+                MAX_RULE_ENTRIES,
+            ),
+            (
+                "cgroups",
+                hash::<u64, u32>(maps, CGROUPS[slot])?,
+                MAX_CGROUPS,
+            ),
+            (
+                "listeners",
+                hash::<ListenKey, u32>(maps, LISTEN[slot])?,
+                MAX_LISTEN_PORTS,
+            ),
+            (
+                "failsafes_v4",
+                trie::<FailsafeKey4, u32>(maps, FAILSAFES_V4[slot])?,
+                MAX_FAILSAFES,
+            ),
+            (
+                "failsafes_v6",
+                trie::<FailsafeKey6, u32>(maps, FAILSAFES_V6[slot])?,
+                MAX_FAILSAFES,
+            ),
         ];
-        fill.extend(policy.map(|(map, entries, limit)| MapFill { map, entries, limit }));
+        fill.extend(policy.map(|(map, entries, limit)| MapFill {
+            map,
+            entries,
+            limit,
+        }));
     }
     fill.push(MapFill {
         map: "learnt_listeners",

@@ -4,11 +4,9 @@
 use std::{os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
 use aya::Pod;
-use aya::{
-    maps::{
-        Array, HashMap, MapData,
-        lpm_trie::{Key, LpmTrie},
-    },
+use aya::maps::{
+    Array, HashMap, MapData,
+    lpm_trie::{Key, LpmTrie},
 };
 use enforcer_common::maps::{
     ACTIVE, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6, FailsafeKey4, FailsafeKey6,
@@ -52,7 +50,10 @@ fn fill_trie<K: Pod, V: Pod>(
     Ok(())
 }
 
-fn clear_trie<K: Pod, V: Pod>(ebpf: &mut impl MapSet, name: &'static str) -> Result<(), LoaderError> {
+fn clear_trie<K: Pod, V: Pod>(
+    ebpf: &mut impl MapSet,
+    name: &'static str,
+) -> Result<(), LoaderError> {
     let mut trie: LpmTrie<&mut MapData, K, V> =
         LpmTrie::try_from(ebpf.map_mut(name)?).map_err(map_error(name))?;
     let keys: Vec<Key<K>> = trie
@@ -65,7 +66,10 @@ fn clear_trie<K: Pod, V: Pod>(ebpf: &mut impl MapSet, name: &'static str) -> Res
     Ok(())
 }
 
-fn clear_hash<K: Pod, V: Pod>(ebpf: &mut impl MapSet, name: &'static str) -> Result<(), LoaderError> {
+fn clear_hash<K: Pod, V: Pod>(
+    ebpf: &mut impl MapSet,
+    name: &'static str,
+) -> Result<(), LoaderError> {
     let mut hash: HashMap<&mut MapData, K, V> =
         HashMap::try_from(ebpf.map_mut(name)?).map_err(map_error(name))?;
     let keys: Vec<K> = hash
@@ -79,7 +83,10 @@ fn clear_hash<K: Pod, V: Pod>(ebpf: &mut impl MapSet, name: &'static str) -> Res
 }
 
 /// The [`PolicyConfig`] stored in `slot` (all zero for an empty slot).
-pub(super) fn slot_config(ebpf: &mut impl MapSet, slot: usize) -> Result<PolicyConfig, LoaderError> {
+pub(super) fn slot_config(
+    ebpf: &mut impl MapSet,
+    slot: usize,
+) -> Result<PolicyConfig, LoaderError> {
     let policy: Array<&mut MapData, PolicyConfig> =
         Array::try_from(ebpf.map_mut(POLICY[slot])?).map_err(map_error(POLICY[slot]))?;
     policy.get(&0, 0).map_err(map_error(POLICY[slot]))

@@ -409,7 +409,7 @@ impl Loader {
                 let xdp = <&mut Xdp>::try_from(program)?;
                 let id = xdp.attach(ifindex, mode)?;
                 let link = xdp.take_link(id)?;
-                FdLink::try_from(link).map_err(|err| ProgramError::from(err))
+                FdLink::try_from(link).map_err(ProgramError::from)
             },
         )
     }

@@ -91,7 +91,8 @@ impl PinLayout {
 
     /// The pin of the XDP link on interface `name`.
     pub fn xdp_link(&self, interface: &str) -> PathBuf {
-        self.links_dir().join(format!("{XDP_LINK_PREFIX}{interface}"))
+        self.links_dir()
+            .join(format!("{XDP_LINK_PREFIX}{interface}"))
     }
 
     /// The interface an XDP link pin name stands for.

@@ -5,7 +5,9 @@
 //! Clients send `ping`, wait for the echo and print exactly one line: `ok`,
 //! `timeout`, or `error <errno> <message>`; they exit 0 after `ok` and 1 otherwise.
 //! `tcp-connect-repeat` makes COUNT connections one after the other and reports the first
-//! failure (its attempt number on stderr), else `ok`. `raw-socket` opens a raw ICMP socket of
+//! failure (its attempt number on stderr), else `ok`; `tcp-connect-paced` does the same
+//! with a pause of [`PACE`] between attempts, and `tcp-denied-paced` expects every attempt
+//! to fail with EPERM (a success or another error is its failure). `raw-socket` opens a raw ICMP socket of
 //! ADDR's family (nothing is sent) and reports whether `socket()` succeeded.
 
 use std::{
@@ -17,7 +19,10 @@ use std::{
 
 const USAGE: &str = "usage: enforcer-probe tcp-serve|udp-serve|raw-socket ADDR:PORT\n       \
                      enforcer-probe tcp-connect|udp-send ADDR:PORT TIMEOUT_MS\n       \
-                     enforcer-probe tcp-connect-repeat ADDR:PORT TIMEOUT_MS COUNT";
+                     enforcer-probe tcp-connect-repeat|tcp-connect-paced|tcp-denied-paced ADDR:PORT TIMEOUT_MS COUNT";
+
+/// The pause between attempts of the paced modes.
+const PACE: Duration = Duration::from_millis(2);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,7 +51,9 @@ fn main() -> ExitCode {
         "udp-serve" => udp_serve(addr),
         "tcp-connect" => tcp_connect(addr, timeout),
         "udp-send" => udp_send(addr, timeout),
-        "tcp-connect-repeat" => tcp_connect_repeat(addr, timeout, count),
+        "tcp-connect-repeat" => tcp_connect_repeat(addr, timeout, count, Duration::ZERO),
+        "tcp-connect-paced" => tcp_connect_repeat(addr, timeout, count, PACE),
+        "tcp-denied-paced" => tcp_denied_paced(addr, timeout, count),
         "raw-socket" => raw_socket(addr),
         _ => {
             eprintln!("{USAGE}");
@@ -115,11 +122,35 @@ fn tcp_connect(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
     expect_echo(line.as_bytes())
 }
 
-fn tcp_connect_repeat(addr: SocketAddr, timeout: Duration, count: u32) -> io::Result<()> {
+fn tcp_connect_repeat(
+    addr: SocketAddr,
+    timeout: Duration,
+    count: u32,
+    pause: Duration,
+) -> io::Result<()> {
     for attempt in 1..=count {
         // The error itself is printed on stdout as usual (its errno intact); which
         // attempt failed goes to stderr for the test log.
         tcp_connect(addr, timeout).inspect_err(|_| eprintln!("attempt {attempt} of {count}"))?;
+        std::thread::sleep(pause);
+    }
+    Ok(())
+}
+
+fn tcp_denied_paced(addr: SocketAddr, timeout: Duration, count: u32) -> io::Result<()> {
+    for attempt in 1..=count {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Err(err) if err.raw_os_error() == Some(libc::EPERM) => {}
+            Err(err) => {
+                eprintln!("attempt {attempt} of {count}");
+                return Err(err);
+            }
+            Ok(_) => {
+                eprintln!("attempt {attempt} of {count}");
+                return Err(io::Error::other("a denied connection succeeded"));
+            }
+        }
+        std::thread::sleep(PACE);
     }
     Ok(())
 }

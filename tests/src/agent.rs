@@ -1,0 +1,245 @@
+//! The real agent binary (`enforcer run`) under test: a config, policy directory, state
+//! directory and pin directory of its own, all removed on drop (the pins through
+//! `enforcer uninstall`, the way an operator removes them).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{cgroup::TestCgroup, require_root, unique_name};
+
+/// How long the agent may take to enforce after it starts.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The `enforcer` binary next to the running test binary (`target/<profile>/`).
+pub fn enforcer_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binaries live in target/<profile>/deps")
+        .join("enforcer");
+    assert!(
+        bin.exists(),
+        "{} is missing; build it with `cargo build -p enforcer --bin enforcer` (./x test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// An agent's files and, while [`AgentHost::start`]ed, its process.
+#[derive(Debug)]
+pub struct AgentHost {
+    dir: PathBuf,
+    pin_dir: PathBuf,
+    process: Option<Child>,
+    starts: u32,
+}
+
+impl AgentHost {
+    /// Writes a config for an agent attached to `cgroup`, with the policy `policy` (one
+    /// file, `policy/policy.toml`) and metrics on `metrics` (a loopback address);
+    /// `extra` is appended to the config (for `[[interfaces]]`).
+    pub fn new(cgroup: &TestCgroup, policy: &str, metrics: &str, extra: &str) -> Self {
+        require_root();
+        let name = unique_name();
+        let dir = std::env::temp_dir().join(&name);
+        let pin_dir = Path::new(enforcer::host::DEFAULT_BPFFS).join(&name);
+        fs::create_dir_all(dir.join("policy")).expect("create the agent's directory");
+        let host = Self {
+            dir,
+            pin_dir,
+            process: None,
+            starts: 0,
+        };
+        host.write_policy(policy);
+        let config = format!(
+            r#"cgroup = "{cgroup}"
+pin_dir = "{pins}"
+state_dir = "{state}"
+
+[policy]
+path = "{policy}"
+
+[audit]
+dir = "{audit}"
+
+[metrics]
+listen = "{metrics}"
+{extra}"#,
+            cgroup = cgroup.relative_path(),
+            pins = host.pin_dir.display(),
+            state = host.dir.join("state").display(),
+            policy = host.dir.join("policy").display(),
+            audit = host.dir.join("audit").display(),
+        );
+        fs::write(host.config(), config).expect("write the config");
+        host
+    }
+
+    /// The config file.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("enforcer.toml")
+    }
+
+    /// The policy file the agent watches.
+    pub fn policy_file(&self) -> PathBuf {
+        self.dir.join("policy").join("policy.toml")
+    }
+
+    /// The pin directory.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Replaces the policy file's content in place (as an editor saving it would).
+    pub fn write_policy(&self, text: &str) {
+        fs::write(self.policy_file(), text).expect("write the policy");
+    }
+
+    fn log_path(&self, start: u32) -> PathBuf {
+        self.dir.join(format!("agent-{start}.log"))
+    }
+
+    /// Everything the agent's `start`th run logged (1 is the first).
+    pub fn log(&self, start: u32) -> String {
+        fs::read_to_string(self.log_path(start)).unwrap_or_default()
+    }
+
+    /// Starts `enforcer run` and waits until it enforces (its log says so); returns the
+    /// start's number, for [`AgentHost::log`].
+    pub fn start(&mut self) -> u32 {
+        assert!(self.process.is_none(), "the agent is already running");
+        self.starts += 1;
+        let log = fs::File::create(self.log_path(self.starts)).expect("create the log");
+        let child = Command::new(enforcer_bin())
+            .args(["run", "--config"])
+            .arg(self.config())
+            .env("ENFORCER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn enforcer run");
+        self.process = Some(child);
+        let started = Instant::now();
+        loop {
+            if self.log(self.starts).contains("enforcing") {
+                return self.starts;
+            }
+            if let Some(status) = self
+                .process
+                .as_mut()
+                .and_then(|child| child.try_wait().expect("wait"))
+            {
+                panic!(
+                    "the agent exited ({status}) before enforcing:\n{}",
+                    self.log(self.starts)
+                );
+            }
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "the agent did not enforce within {START_TIMEOUT:?}:\n{}",
+                self.log(self.starts)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The running agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("the agent runs").id()
+    }
+
+    fn signal(&mut self, signal: libc::c_int) {
+        let pid = i32::try_from(self.pid()).expect("pid fits");
+        // SAFETY: kill() takes no pointers; `pid` is our own child, not yet reaped.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn hangup(&mut self) {
+        self.signal(libc::SIGHUP);
+    }
+
+    /// SIGKILLs the agent and reaps it.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.process
+            .take()
+            .expect("running")
+            .wait()
+            .expect("reap the agent");
+    }
+
+    /// SIGTERMs the agent and waits for it to exit; returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        self.signal(libc::SIGTERM);
+        self.process
+            .take()
+            .expect("running")
+            .wait()
+            .expect("reap the agent")
+            .success()
+    }
+
+    /// Runs `enforcer ARGS --config <ours>`.
+    pub fn command(&self, args: &[&str]) -> Output {
+        Command::new(enforcer_bin())
+            .args(args)
+            .arg("--config")
+            .arg(self.config())
+            .output()
+            .expect("run enforcer")
+    }
+
+    /// `enforcer status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let output = self.command(&["status", "--json"]);
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+            panic!(
+                "status --json printed no JSON ({err}): {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+    }
+
+    /// Waits (bounded) until `check` holds for the status; returns the last status.
+    pub fn wait_for_status(
+        &self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            let status = self.status();
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "status never showed {what}: {status:#}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentHost {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if self.pin_dir.exists() {
+            let _ = self.command(&["uninstall"]);
+            let _ = fs::remove_dir_all(&self.pin_dir);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,420 @@
+//! The agent as infrastructure teams run it: the real `enforcer run` binary on a real
+//! cgroup and veth, killed, restarted, fed bad policies, scraped and uninstalled.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use aya::{maps::loaded_maps, programs::loaded_links, programs::loaded_programs};
+use enforcer_tests::{
+    agent::AgentHost,
+    cgroup::TestCgroup,
+    netns::{Netns, Veth},
+    probe::{Outcome, Spawn},
+};
+
+const ALLOWED_PORT: u16 = 5432;
+const DENIED_PORT: u16 = 5433;
+
+/// A policy for `api` (a child of the attached cgroup) and a peer host: `api` may reach
+/// the peer on [`ALLOWED_PORT`], and on [`DENIED_PORT`] only when `open_second` is set.
+fn policy(api: &TestCgroup, veth: &Veth, open_second: bool) -> String {
+    let second = if open_second {
+        format!(
+            r#"
+[[allow]]
+id = "api-to-peer-second"
+from = ["api"]
+to = ["peer"]
+ports = ["{DENIED_PORT}/tcp"]
+"#
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"[segments.api]
+cgroups = ["{api}"]
+
+[segments.peer]
+cidrs = ["{peer}/32"]
+
+[[allow]]
+id = "api-to-peer"
+from = ["api"]
+to = ["peer"]
+ports = ["{ALLOWED_PORT}/tcp"]
+{second}"#,
+        api = api.relative_path(),
+        peer = veth.peer_v4,
+    )
+}
+
+fn peer(veth: &Veth, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::from(veth.peer_v4), port)
+}
+
+fn is_eperm(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Error { errno, .. } if *errno == libc::EPERM)
+}
+
+fn xdp_config(veth: &Veth) -> String {
+    format!(
+        "\n[[interfaces]]\nname = \"{}\"\nxdp_mode = \"skb\"\n",
+        veth.host_if()
+    )
+}
+
+/// `(pin, link id, program id)` of every attachment `status --json` lists.
+fn attachments(status: &serde_json::Value) -> Vec<(String, u64, u64)> {
+    status["attachments"]
+        .as_array()
+        .expect("attachments")
+        .iter()
+        .map(|a| {
+            (
+                a["pin"].as_str().expect("pin").to_owned(),
+                a["link_id"].as_u64().expect("link id"),
+                a["program_id"].as_u64().expect("program id"),
+            )
+        })
+        .collect()
+}
+
+/// How many kernel links run one of `programs`.
+fn links_running(programs: &BTreeSet<u64>) -> usize {
+    loaded_links()
+        .filter_map(Result::ok)
+        .filter(|link| programs.contains(&u64::from(link.program_id())))
+        .count()
+}
+
+#[test]
+fn sigkill_leaves_enforcement_and_the_restarted_agent_adopts_the_pins() {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let parent = TestCgroup::new();
+    let api = parent.child("api.service");
+    let _allowed = Spawn::tcp_server(peer(&veth, ALLOWED_PORT))
+        .netns(&netns)
+        .serve();
+    let _denied = Spawn::tcp_server(peer(&veth, DENIED_PORT))
+        .netns(&netns)
+        .serve();
+    let mut agent = AgentHost::new(
+        &parent,
+        &policy(&api, &veth, false),
+        "127.0.0.1:19611",
+        &xdp_config(&veth),
+    );
+    agent.start();
+    let before = attachments(&agent.status());
+    assert_eq!(before.len(), 8, "7 cgroup hooks and XDP: {before:?}");
+
+    // Clients keep trying, a few milliseconds apart, across the kill and the restart.
+    let allowed = Spawn::tcp_client_paced(peer(&veth, ALLOWED_PORT), 1500)
+        .cgroup(&api)
+        .run_in_background();
+    let denied = Spawn::tcp_denied_paced(peer(&veth, DENIED_PORT), 1500)
+        .cgroup(&api)
+        .run_in_background();
+    std::thread::sleep(Duration::from_millis(400));
+    agent.kill();
+    let down = agent.status();
+    assert_eq!(down["agent_running"], false, "{down:#}");
+    assert_eq!(
+        attachments(&down),
+        before,
+        "the pins keep every link while the agent is down"
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let second = agent.start();
+    assert!(
+        agent
+            .log(second)
+            .contains("adopting the pinned maps and links"),
+        "the restarted agent did not adopt:\n{}",
+        agent.log(second)
+    );
+
+    assert_eq!(allowed.outcome(), Outcome::Ok, "an allowed attempt failed");
+    assert_eq!(
+        denied.outcome(),
+        Outcome::Ok,
+        "a denied attempt did not fail with EPERM"
+    );
+
+    // The same links, now running the new agent's programs: one attachment per hook.
+    let after = attachments(&agent.status());
+    let links = |list: &[(String, u64, u64)]| -> Vec<(String, u64)> {
+        list.iter()
+            .map(|(pin, link, _)| (pin.clone(), *link))
+            .collect()
+    };
+    assert_eq!(
+        links(&after),
+        links(&before),
+        "links were replaced, not adopted"
+    );
+    let old: BTreeSet<u64> = before.iter().map(|(.., program)| *program).collect();
+    let new: BTreeSet<u64> = after.iter().map(|(.., program)| *program).collect();
+    assert!(
+        old.is_disjoint(&new),
+        "the links still run the killed agent's programs"
+    );
+    assert_eq!(
+        links_running(&new),
+        8,
+        "one kernel link per hook runs the new programs"
+    );
+    assert_eq!(links_running(&old), 0, "a link still runs an old program");
+}
+
+#[test]
+fn an_invalid_policy_is_refused_and_the_active_one_stays_in_force() {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let parent = TestCgroup::new();
+    let api = parent.child("api.service");
+    let _allowed = Spawn::tcp_server(peer(&veth, ALLOWED_PORT))
+        .netns(&netns)
+        .serve();
+    let _denied = Spawn::tcp_server(peer(&veth, DENIED_PORT))
+        .netns(&netns)
+        .serve();
+    let mut agent = AgentHost::new(&parent, &policy(&api, &veth, false), "127.0.0.1:19612", "");
+    let first = agent.start();
+    let generation = agent.status()["generation"].as_u64().expect("generation");
+
+    // A typo on line 3 of the file the admin edits.
+    agent.write_policy("[segments.api]\ncgroups = [\"x\"]\ncidrs = [\"198.18.0.0/33\"]\n");
+    let status = agent.wait_for_status("the failed reload", |s| {
+        s["last_reload"]["outcome"] == "failed"
+    });
+    let file = agent.policy_file();
+    let place = format!("{}:3:", file.display());
+    let message = status["last_reload"]["message"].as_str().expect("message");
+    assert!(
+        message.contains(&place),
+        "status names no file:line: {message}"
+    );
+    assert!(
+        agent.log(first).contains(&place),
+        "the agent's log names no file:line:\n{}",
+        agent.log(first)
+    );
+    assert_eq!(
+        status["generation"].as_u64(),
+        Some(generation),
+        "the generation changed"
+    );
+    assert_eq!(
+        Spawn::tcp_client(peer(&veth, ALLOWED_PORT))
+            .cgroup(&api)
+            .run(),
+        Outcome::Ok,
+        "the old policy's allow is gone"
+    );
+    let outcome = Spawn::tcp_client(peer(&veth, DENIED_PORT))
+        .cgroup(&api)
+        .run();
+    assert!(
+        is_eperm(&outcome),
+        "the old policy's deny is gone: {outcome:?}"
+    );
+
+    // A valid edit is applied as the next generation, through SIGHUP as well.
+    agent.write_policy(&policy(&api, &veth, true));
+    agent.wait_for_status("the next generation", |s| {
+        s["generation"].as_u64() == Some(generation + 1) && s["last_reload"]["outcome"] == "applied"
+    });
+    assert_eq!(
+        Spawn::tcp_client(peer(&veth, DENIED_PORT))
+            .cgroup(&api)
+            .run(),
+        Outcome::Ok,
+        "the new allow is not in force"
+    );
+    agent.hangup();
+    agent.wait_for_status("the SIGHUP reload", |s| {
+        s["generation"].as_u64() == Some(generation + 2) && s["last_reload"]["trigger"] == "sighup"
+    });
+}
+
+fn ids_of_pinned_maps(dir: &Path) -> BTreeSet<u32> {
+    std::fs::read_dir(dir)
+        .expect("maps pin directory")
+        .map(|entry| {
+            aya::maps::MapInfo::from_pin(entry.expect("entry").path())
+                .expect("map info")
+                .id()
+        })
+        .collect()
+}
+
+#[test]
+fn sigterm_keeps_enforcement_and_uninstall_leaves_nothing_of_ours_in_the_kernel() {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let parent = TestCgroup::new();
+    let api = parent.child("api.service");
+    let _denied = Spawn::tcp_server(peer(&veth, DENIED_PORT))
+        .netns(&netns)
+        .serve();
+    let mut agent = AgentHost::new(
+        &parent,
+        &policy(&api, &veth, false),
+        "127.0.0.1:19613",
+        &xdp_config(&veth),
+    );
+    agent.start();
+    let status = agent.status();
+    let links: BTreeSet<u64> = attachments(&status).iter().map(|(_, l, _)| *l).collect();
+    let programs: BTreeSet<u64> = attachments(&status).iter().map(|(.., p)| *p).collect();
+    let maps = ids_of_pinned_maps(&agent.pin_dir().join("maps"));
+    assert!(maps.len() > 20, "only {} maps pinned", maps.len());
+
+    assert!(
+        agent.terminate(),
+        "the agent did not exit cleanly on SIGTERM"
+    );
+    let outcome = Spawn::tcp_client(peer(&veth, DENIED_PORT))
+        .cgroup(&api)
+        .run();
+    assert!(
+        is_eperm(&outcome),
+        "enforcement ended with the agent: {outcome:?}"
+    );
+
+    let output = agent.command(&["uninstall"]);
+    assert!(
+        output.status.success(),
+        "uninstall failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!agent.pin_dir().exists(), "the pin directory is left");
+    assert_eq!(
+        Spawn::tcp_client(peer(&veth, DENIED_PORT))
+            .cgroup(&api)
+            .run(),
+        Outcome::Ok,
+        "enforcement outlived uninstall"
+    );
+    // The kernel frees objects shortly after their last reference goes.
+    let started = Instant::now();
+    loop {
+        let left_links: Vec<u32> = loaded_links()
+            .filter_map(Result::ok)
+            .map(|link| link.id())
+            .filter(|id| links.contains(&u64::from(*id)))
+            .collect();
+        let left_programs: Vec<u32> = loaded_programs()
+            .filter_map(Result::ok)
+            .map(|program| program.id())
+            .filter(|id| programs.contains(&u64::from(*id)))
+            .collect();
+        let left_maps: Vec<u32> = loaded_maps()
+            .filter_map(Result::ok)
+            .map(|map| map.id())
+            .filter(|id| maps.contains(id))
+            .collect();
+        if left_links.is_empty() && left_programs.is_empty() && left_maps.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "left in the kernel after uninstall: links {left_links:?}, programs {left_programs:?}, maps {left_maps:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Fetches `url` with a real HTTP client; returns the status code and body.
+fn fetch(url: &str) -> (u16, String) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let mut response = agent
+        .get(url)
+        .call()
+        .unwrap_or_else(|err| panic!("GET {url}: {err}"));
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_else(|err| panic!("GET {url}: body: {err}"));
+    (status, body)
+}
+
+/// Parses exposition text, insisting that every line is a comment or a sample.
+fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let samples = lines
+        .iter()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .count();
+    let scrape = prometheus_parse::Scrape::parse(lines.into_iter().map(Ok)).expect("parse");
+    assert_eq!(
+        scrape.samples.len(),
+        samples,
+        "some lines are not Prometheus samples:\n{text}"
+    );
+    scrape
+}
+
+fn rule_allows(scrape: &prometheus_parse::Scrape, rule: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "enforcer_rule_decisions_total"
+                && s.labels.get("rule") == Some(rule)
+                && s.labels.get("verdict") == Some("allow")
+        })
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("not a counter: {other:?}"),
+        })
+        .unwrap_or_else(|| panic!("no allow counter for rule {rule}"))
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_the_counters_move() {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let parent = TestCgroup::new();
+    let api = parent.child("api.service");
+    let _allowed = Spawn::tcp_server(peer(&veth, ALLOWED_PORT))
+        .netns(&netns)
+        .serve();
+    let mut agent = AgentHost::new(&parent, &policy(&api, &veth, false), "127.0.0.1:19614", "");
+    agent.start();
+
+    let (code, body) = fetch("http://127.0.0.1:19614/healthz");
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let (code, text) = fetch("http://127.0.0.1:19614/metrics");
+    assert_eq!(code, 200, "{text}");
+    let before = rule_allows(&parse_metrics(&text), "api-to-peer");
+    for _ in 0..3 {
+        assert_eq!(
+            Spawn::tcp_client(peer(&veth, ALLOWED_PORT))
+                .cgroup(&api)
+                .run(),
+            Outcome::Ok
+        );
+    }
+    let (_, text) = fetch("http://127.0.0.1:19614/metrics");
+    let scrape = parse_metrics(&text);
+    assert_eq!(rule_allows(&scrape, "api-to-peer") - before, 3.0, "{text}");
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "enforcer_policy_generation"),
+        "no generation gauge:\n{text}"
+    );
+}
