@@ -55,6 +55,9 @@ enum BenchCommand {
     /// Per-packet cost of the XDP program at 10 to 100k rules against an empty program
     /// (root required).
     Xdp,
+    /// Time from a policy file write to enforcement, and the agent's resident memory,
+    /// at 1k and 100k rules (root required).
+    Agent,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +73,9 @@ fn main() -> ExitCode {
         Command::Bench {
             which: BenchCommand::Xdp,
         } => setup::run().and_then(|tools| bench::xdp(&tools)),
+        Command::Bench {
+            which: BenchCommand::Agent,
+        } => setup::run().and_then(|tools| bench::agent(&tools)),
         Command::Fuzz { seconds } => setup::run().and_then(|tools| fuzz::run(&tools, seconds)),
     };
     match outcome {

@@ -230,10 +230,11 @@ impl Agent {
         let started = Instant::now();
         let image = &candidate.compiled.image;
         let applied = self.loader.apply(image, &self.cgroup_root)?;
-        for missing in &applied.missing_cgroups {
+        if let Some(first) = applied.missing_cgroups.first() {
             tracing::warn!(
-                cgroup = %missing,
-                "no such cgroup yet: its processes are classified by their nearest listed ancestor"
+                count = applied.missing_cgroups.len(),
+                first = %first,
+                "cgroups of the policy not on this host yet: their processes are classified by their nearest listed ancestor"
             );
         }
         tracing::info!(

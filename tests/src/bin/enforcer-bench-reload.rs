@@ -1,0 +1,110 @@
+//! `enforcer-bench-reload POLICY_A POLICY_B ITERATIONS`: the time from a policy file
+//! write to enforcement, and the agent's resident memory, for the real agent binary.
+//!
+//! The agent starts on POLICY_A (attached to a fresh test cgroup, no interfaces). Each
+//! iteration writes the other policy over the watched file and polls the pinned `ACTIVE`
+//! map until the generation changes: that flip is the moment the kernel enforces the new
+//! policy. Prints `reload_ms P50 P99 MAX` over the iterations, then `rss_idle_kib N` and
+//! `rss_load_kib N`, the peak while a client in the attached cgroup makes connections.
+//!
+//! Run by `./x bench agent`, which generates the policies and writes the table.
+
+use std::{
+    net::SocketAddr,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use enforcer::loader::PinnedMaps;
+use enforcer_tests::{agent::AgentHost, cgroup::TestCgroup, probe::Spawn};
+
+/// Connections of the load phase.
+const LOAD_CONNECTIONS: u32 = 3000;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [a, b, iterations] = args.as_slice() else {
+        eprintln!("usage: enforcer-bench-reload POLICY_A POLICY_B ITERATIONS");
+        return ExitCode::from(2);
+    };
+    let Ok(iterations) = iterations.parse::<usize>() else {
+        eprintln!("ITERATIONS is a number");
+        return ExitCode::from(2);
+    };
+    match bench(a, b, iterations.max(1)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("enforcer-bench-reload: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> Result<u64, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("agent status: {e}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmRSS".to_owned())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((sorted.len() as f64) * p).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn bench(a: &str, b: &str, iterations: usize) -> Result<(), String> {
+    let texts = [
+        std::fs::read_to_string(a).map_err(|e| format!("{a}: {e}"))?,
+        std::fs::read_to_string(b).map_err(|e| format!("{b}: {e}"))?,
+    ];
+    let cgroup = TestCgroup::new();
+    let client = cgroup.child("client.service");
+    let mut agent = AgentHost::new(&cgroup, &texts[0], "127.0.0.1:19690", "");
+    agent.start();
+    let mut maps = PinnedMaps::open(&agent.pin_dir().join("maps")).map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_idle = rss_kib(agent.pid())?;
+
+    let mut times = Vec::with_capacity(iterations);
+    for i in 0..iterations {
+        let before = maps.active_generation().map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        agent.write_policy(&texts[(i + 1) % 2]);
+        loop {
+            if maps.active_generation().map_err(|e| e.to_string())? != before {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                return Err(format!("iteration {i}: no new generation within 60 s"));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        // Let the agent finish its bookkeeping before the next write.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "reload_ms {:.1} {:.1} {:.1}",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times[times.len() - 1]
+    );
+    println!("rss_idle_kib {rss_idle}");
+
+    let server = Spawn::tcp_server("127.0.0.1:0".parse::<SocketAddr>().expect("addr")).serve();
+    let mut load = Spawn::tcp_client_repeated(server.addr, LOAD_CONNECTIONS)
+        .cgroup(&client)
+        .run_in_background();
+    let mut peak = rss_idle;
+    let started = Instant::now();
+    while !load.finished() && started.elapsed() < Duration::from_secs(120) {
+        peak = peak.max(rss_kib(agent.pid())?);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("rss_load_kib {peak}");
+    Ok(())
+}
