@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{cgroup::TestCgroup, require_root, unique_name};
+use crate::{cgroup::TestCgroup, profile_dir, require_root, unique_name};
 
 /// How long the agent may take to enforce after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -17,14 +17,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// The `enforcer` binary of the running test's or benchmark's profile
 /// (`target/<profile>/`; tests themselves run from `target/<profile>/deps`).
 pub fn enforcer_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().expect("the executable has a directory");
-    let dir = if dir.ends_with("deps") {
-        dir.parent().expect("deps has a parent")
-    } else {
-        dir
-    };
-    let bin = dir.join("enforcer");
+    let bin = profile_dir().join("enforcer");
     assert!(
         bin.exists(),
         "{} is missing; build it with `cargo build -p enforcer --bin enforcer` (./x test does)",

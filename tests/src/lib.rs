@@ -38,6 +38,18 @@ pub fn require_root() {
     );
 }
 
+/// The `target/<profile>/` directory of the running test or benchmark (tests run from
+/// its `deps/`), where the package's binaries are.
+pub fn profile_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("the executable has a directory");
+    if dir.ends_with("deps") {
+        dir.parent().expect("deps has a parent").to_owned()
+    } else {
+        dir.to_owned()
+    }
+}
+
 /// A number unique within this test process, for naming kernel objects.
 pub fn next_serial() -> u32 {
     static SERIAL: AtomicU32 = AtomicU32::new(0);

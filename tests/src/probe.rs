@@ -14,14 +14,9 @@ use crate::{cgroup::TestCgroup, netns::Netns};
 /// How long a client waits for a connection or an echo before it reports `timeout`.
 pub const CLIENT_TIMEOUT_MS: u64 = 2000;
 
-/// The `enforcer-probe` binary next to the running test binary (`target/<profile>/`).
+/// The `enforcer-probe` binary of the running test's or benchmark's profile.
 pub fn probe_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binaries live in target/<profile>/deps");
-    let bin = dir.join("enforcer-probe");
+    let bin = crate::profile_dir().join("enforcer-probe");
     assert!(
         bin.exists(),
         "{} is missing; build the enforcer-tests package",
