@@ -82,6 +82,22 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// Runs a benchmark binary with `args`; returns its stdout, or fails with its stderr.
+fn run_bench(bench: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<String> {
+    let output = Command::new(bench)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {}", bench.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} failed: {}",
+            bench.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// Replaces the block between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in
 /// docs/benchmarks.md (appending it if absent).
 fn write_section(root: &Path, name: &str, body: &str) -> anyhow::Result<PathBuf> {
@@ -223,20 +239,14 @@ pub fn xdp(tools: &Tools) -> anyhow::Result<()> {
         let mut text = generate(1_000, rules - 2);
         text.push_str(XDP_PROBE_RULES);
         fs::write(&file, text)?;
-        let output = Command::new(&bench)
-            .arg(&file)
-            .arg(XDP_REPEAT.to_string())
-            .arg(XDP_RUNS.to_string())
-            .output()
-            .with_context(|| format!("cannot run {}", bench.display()))?;
-        if !output.status.success() {
-            bail!(
-                "{} failed: {}",
-                bench.display(),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stdout = run_bench(
+            &bench,
+            &[
+                file.as_os_str(),
+                XDP_REPEAT.to_string().as_ref(),
+                XDP_RUNS.to_string().as_ref(),
+            ],
+        )?;
         let mut row = Vec::new();
         for (line, (label, expected)) in stdout.lines().zip(XDP_EXPECTED) {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -324,20 +334,14 @@ pub fn agent(tools: &Tools) -> anyhow::Result<()> {
         } else {
             RELOAD_ITERATIONS
         };
-        let output = Command::new(&bench)
-            .arg(&path_a)
-            .arg(&path_b)
-            .arg(iterations.to_string())
-            .output()
-            .with_context(|| format!("cannot run {}", bench.display()))?;
-        if !output.status.success() {
-            bail!(
-                "{} failed: {}",
-                bench.display(),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stdout = run_bench(
+            &bench,
+            &[
+                path_a.as_os_str(),
+                path_b.as_os_str(),
+                iterations.to_string().as_ref(),
+            ],
+        )?;
         let field = |name: &str| -> anyhow::Result<Vec<f64>> {
             let line = stdout
                 .lines()
