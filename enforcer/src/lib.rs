@@ -3,9 +3,11 @@
 //! The crate is split by job: [`object`] embeds the kernel programs, [`host`] discovers
 //! the host's cgroup2 and bpffs mounts, [`loader`] loads the programs into the kernel and
 //! attaches them, [`policy`] parses and compiles policies, [`config`] reads the agent's
-//! static configuration, and [`cli`] is the `enforcer` command line.
+//! static configuration, [`audit`] records and checks the flow audit trail, and [`cli`] is
+//! the `enforcer` command line.
 
 pub mod agent;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod host;

@@ -1,0 +1,9 @@
+//! The audit pipeline: the agent's ring-buffer consumer ([`consumer`]) turns each kernel
+//! flow event into an OCSF-shaped [`record::Record`], and the [`store`] appends them to
+//! hash-chained, rotated JSON Lines files that [`verify`] checks and [`read`] queries.
+
+pub mod chain;
+pub mod files;
+pub mod record;
+pub mod store;
+pub mod verify;

@@ -1,0 +1,341 @@
+//! One audit record: a JSON object on one line, shaped as an OCSF event so a SIEM takes
+//! it without a custom parser. Flow decisions are OCSF Network Activity (class 4001);
+//! the store's own records (file opened, gap, retention, seal) are OCSF Base Events
+//! (class 0). Everything enforcer adds beyond OCSF lives under `unmapped`, whose last
+//! two keys are the hash chain (`prev`, `hash`). The field list is in `docs/audit.md`.
+
+use serde::{Deserialize, Serialize};
+
+/// The OCSF schema version the records follow.
+pub const OCSF_VERSION: &str = "1.3.0";
+/// OCSF class of flow decisions: Network Activity.
+pub const CLASS_NETWORK_ACTIVITY: u32 = 4001;
+/// OCSF category of Network Activity.
+pub const CATEGORY_NETWORK: u32 = 4;
+/// OCSF Network Activity `activity_id` of an allowed flow: Open.
+pub const ACTIVITY_OPEN: u32 = 1;
+/// OCSF Network Activity `activity_id` of a refused flow: Refuse.
+pub const ACTIVITY_REFUSE: u32 = 5;
+/// OCSF `action_id`: Allowed.
+pub const ACTION_ALLOWED: u32 = 1;
+/// OCSF `action_id`: Denied.
+pub const ACTION_DENIED: u32 = 2;
+/// OCSF `disposition_id`: Allowed.
+pub const DISPOSITION_ALLOWED: u32 = 1;
+/// OCSF `disposition_id`: Blocked.
+pub const DISPOSITION_BLOCKED: u32 = 2;
+/// OCSF `disposition_id`: Detected (audit mode: would have been blocked).
+pub const DISPOSITION_DETECTED: u32 = 15;
+/// OCSF `severity_id`: Informational.
+pub const SEVERITY_INFO: u32 = 1;
+/// OCSF `severity_id`: Low.
+pub const SEVERITY_LOW: u32 = 2;
+/// OCSF `severity_id`: Medium.
+pub const SEVERITY_MEDIUM: u32 = 3;
+/// OCSF `severity_id`: High.
+pub const SEVERITY_HIGH: u32 = 4;
+
+/// One line of the audit store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// OCSF class: [`CLASS_NETWORK_ACTIVITY`] for flows, 0 (Base Event) otherwise.
+    pub class_uid: u32,
+    /// OCSF category: [`CATEGORY_NETWORK`] for flows, 0 otherwise.
+    pub category_uid: u32,
+    /// OCSF activity: [`ACTIVITY_OPEN`] or [`ACTIVITY_REFUSE`] for flows, 99 (Other)
+    /// otherwise.
+    pub activity_id: u32,
+    /// OCSF `class_uid * 100 + activity_id`.
+    pub type_uid: u64,
+    /// OCSF severity.
+    pub severity_id: u32,
+    /// When it happened, milliseconds since the Unix epoch.
+    pub time: i64,
+    /// A one-line description for people.
+    pub message: String,
+    /// OCSF metadata: product, schema version, and the record's sequence number.
+    pub metadata: Metadata,
+    /// The host that wrote the record.
+    pub device: Device,
+    /// OCSF `action_id` (flows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_id: Option<u32>,
+    /// OCSF `disposition_id` (flows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disposition_id: Option<u32>,
+    /// The flow's source (flows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_endpoint: Option<Endpoint>,
+    /// The flow's destination (flows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_endpoint: Option<Endpoint>,
+    /// Protocol and direction (flows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_info: Option<ConnectionInfo>,
+    /// The local process that made the flow (cgroup hooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
+    /// What decided (flows): the rule, or the reason when no rule did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall_rule: Option<FirewallRule>,
+    /// enforcer's own fields and the hash chain. Always the last key.
+    pub unmapped: Unmapped,
+}
+
+/// OCSF `metadata`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The OCSF schema version ([`OCSF_VERSION`]).
+    pub version: String,
+    /// The product that wrote the record.
+    pub product: Product,
+    /// Position in the store's chain, from 1, without gaps.
+    pub sequence: u64,
+}
+
+/// OCSF `metadata.product`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    /// `enforcer`.
+    pub name: String,
+    /// `enforcer`.
+    pub vendor_name: String,
+    /// The agent's version.
+    pub version: String,
+}
+
+/// OCSF `device`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// The host's name.
+    pub hostname: String,
+}
+
+/// OCSF network endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The address (empty where the hook does not know it).
+    pub ip: String,
+    /// The port (0 where the hook does not know it).
+    pub port: u16,
+    /// The enforcer segment of this side.
+    pub name: String,
+}
+
+/// OCSF `connection_info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// IP protocol number.
+    pub protocol_num: u8,
+    /// `tcp`, `udp`, or the number.
+    pub protocol_name: String,
+    /// 4 or 6.
+    pub protocol_ver_id: u8,
+    /// 1 inbound (XDP), 2 outbound (cgroup hooks).
+    pub direction_id: u8,
+}
+
+/// OCSF `actor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The process.
+    pub process: Process,
+}
+
+/// OCSF `process`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    /// Process id (thread group id).
+    pub pid: u32,
+    /// Command name.
+    pub name: String,
+}
+
+/// OCSF `firewall_rule`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallRule {
+    /// The rule id from the policy, or the reason (`default-deny`, `failsafe:<name>`, …)
+    /// when no rule decided.
+    pub uid: String,
+    /// The reason word (`rule`, `default-deny`, `unclassified`, `failsafe`, …).
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// What kind of record a line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A flow decision.
+    Flow,
+    /// Events that were lost, with their count.
+    Gap,
+    /// The first record of a file.
+    Open,
+    /// Older files removed by retention.
+    Retention,
+    /// The last record of a rotated file.
+    Seal,
+}
+
+/// enforcer's fields that OCSF has no place for, and the hash chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unmapped {
+    /// What kind of record this is.
+    pub kind: Kind,
+    /// Flow details ([`Kind::Flow`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowDetails>,
+    /// Loss details ([`Kind::Gap`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<Gap>,
+    /// File details ([`Kind::Open`] and [`Kind::Seal`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileDetails>,
+    /// Removed files ([`Kind::Retention`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<Vec<RemovedFile>>,
+    /// Hash of the previous record in the chain (64 zeros for the first record ever).
+    pub prev: String,
+    /// SHA-256 of this record's line without this key; written by the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+/// The decision behind a flow record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowDetails {
+    /// `allow`, `deny` or `audit`.
+    pub verdict: String,
+    /// `rule`, `default-deny`, `unclassified`, `failsafe`, `malformed`, `raw-socket`,
+    /// `audit-unavailable`.
+    pub reason: String,
+    /// The deciding rule's id from the policy (reason `rule`) or failsafe name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The kernel hook that decided (`xdp_ingress`, `connect4`, …).
+    pub hook: String,
+    /// Source segment.
+    pub src_segment: String,
+    /// Destination segment.
+    pub dst_segment: String,
+    /// The policy generation that decided.
+    pub generation: u32,
+    /// SHA-256 of the policy files of that generation (empty when unknown).
+    pub policy_sha256: String,
+    /// cgroup v2 id of the calling task (0 at XDP).
+    pub cgroup_id: u64,
+    /// The cgroup's path below the cgroup2 root (empty at XDP or when gone).
+    pub cgroup: String,
+    /// Receiving interface (XDP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// The kernel's boot-time clock at the decision, nanoseconds.
+    pub kernel_ns: u64,
+}
+
+/// Lost events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// How many events are missing from the store at this point.
+    pub lost: u64,
+    /// Why: `ring-full` (the kernel could not reserve room), `write-error` (the store
+    /// could not write them), `decode-error`.
+    pub cause: String,
+    /// The error, for `write-error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// About one store file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDetails {
+    /// The file's number (its name is `audit-<number>.jsonl`).
+    pub number: u64,
+    /// [`Kind::Open`]: why the file was started (`first`, `rotate`, `restart`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened: Option<String>,
+    /// [`Kind::Seal`]: the file's records before the seal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    /// [`Kind::Seal`]: the file's first sequence number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_sequence: Option<u64>,
+    /// [`Kind::Seal`]: time of the file's first record (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_time: Option<i64>,
+    /// [`Kind::Seal`]: time of the file's last record before the seal (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_time: Option<i64>,
+    /// [`Kind::Seal`]: flow records in the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<u64>,
+    /// [`Kind::Seal`]: events the file's gap records count as lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
+}
+
+/// A file retention removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedFile {
+    /// Its number.
+    pub number: u64,
+    /// Its last sequence number (the seal's).
+    pub last_sequence: u64,
+    /// The hash of its seal record, which the next file's first record names as `prev`.
+    pub seal_hash: String,
+}
+
+impl Record {
+    /// A record of `kind` with the common fields filled in; the store sets the sequence
+    /// number and the chain.
+    pub fn new(kind: Kind, time: i64, hostname: &str, message: String) -> Self {
+        Self {
+            class_uid: 0,
+            category_uid: 0,
+            activity_id: 99,
+            type_uid: 99,
+            severity_id: SEVERITY_INFO,
+            time,
+            message,
+            metadata: Metadata {
+                version: OCSF_VERSION.to_owned(),
+                product: Product {
+                    name: "enforcer".to_owned(),
+                    vendor_name: "enforcer".to_owned(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                },
+                sequence: 0,
+            },
+            device: Device {
+                hostname: hostname.to_owned(),
+            },
+            action_id: None,
+            disposition_id: None,
+            src_endpoint: None,
+            dst_endpoint: None,
+            connection_info: None,
+            actor: None,
+            firewall_rule: None,
+            unmapped: Unmapped {
+                kind,
+                flow: None,
+                gap: None,
+                file: None,
+                removed: None,
+                prev: String::new(),
+                hash: None,
+            },
+        }
+    }
+
+    /// The flow details, for flow records.
+    pub fn flow(&self) -> Option<&FlowDetails> {
+        self.unmapped.flow.as_ref()
+    }
+
+    /// The sequence number.
+    pub fn sequence(&self) -> u64 {
+        self.metadata.sequence
+    }
+}

@@ -1,0 +1,509 @@
+//! The writer of the local audit store: append-only JSON Lines segment files in one
+//! directory, hash-chained across files, rotated by size and age, sealed on rotation,
+//! trimmed by total size and age, synced to disk as configured.
+//!
+//! A batch is written whole or not at all: on a write error the file is cut back to the
+//! end of the last complete batch and the chain stays where it was, so a full disk never
+//! leaves a torn record behind and writing resumes cleanly when space returns.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use super::{
+    chain::{self, Head},
+    files::{self, SegmentFile},
+    record::{FileDetails, Kind, Record, RemovedFile, SEVERITY_HIGH},
+};
+
+/// When written records are forced to disk (`fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// After every batch: nothing acknowledged is lost on power failure.
+    Batch,
+    /// At most this long after a batch.
+    Interval(Duration),
+    /// Never explicitly: the kernel writes back when it likes.
+    Never,
+}
+
+/// How the store rotates, trims and syncs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// The store's directory.
+    pub dir: PathBuf,
+    /// Start a new file once the current one holds this many bytes.
+    pub rotate_bytes: u64,
+    /// Start a new file once the current one is this old.
+    pub rotate_age: Duration,
+    /// Remove the oldest sealed files while all files together exceed this.
+    pub retain_bytes: u64,
+    /// Remove sealed files whose last record is older than this.
+    pub retain_age: Duration,
+    /// When to sync.
+    pub fsync: Fsync,
+}
+
+/// A store operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The directory could not be prepared or read.
+    #[error("audit store {}: {source}", .dir.display())]
+    Dir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A batch could not be written; nothing of it is in the store.
+    #[error("writing {}: {source}", .path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// What the current file holds so far, for its seal.
+#[derive(Debug, Clone, Copy, Default)]
+struct FileStats {
+    records: u64,
+    first_sequence: u64,
+    first_time: i64,
+    last_time: i64,
+    flows: u64,
+    lost: u64,
+}
+
+impl FileStats {
+    fn add(&mut self, record: &Record) {
+        if self.records == 0 {
+            self.first_sequence = record.sequence();
+            self.first_time = record.time;
+        }
+        self.records += 1;
+        self.last_time = record.time;
+        match record.unmapped.kind {
+            Kind::Flow => self.flows += 1,
+            Kind::Gap => self.lost += record.unmapped.gap.as_ref().map_or(0, |gap| gap.lost),
+            _ => {}
+        }
+    }
+}
+
+/// The open segment file.
+struct Current {
+    number: u64,
+    path: PathBuf,
+    file: File,
+    /// Bytes of complete batches.
+    len: u64,
+    opened: Instant,
+    stats: FileStats,
+    /// Its seal is written (a rotation that could not create the next file).
+    sealed: bool,
+}
+
+/// The audit store's writer.
+pub struct Store {
+    settings: StoreSettings,
+    hostname: String,
+    current: Current,
+    head: Head,
+    /// Store records waiting to lead the next batch (a new file's open record, a
+    /// retention record).
+    pending: Vec<Record>,
+    /// Files a pending retention record names; removed once that record is written.
+    doomed: Vec<PathBuf>,
+    unsynced: Option<Instant>,
+    buf: Vec<u8>,
+}
+
+impl Store {
+    /// Opens the store in `settings.dir` (creating it), continuing the chain of the files
+    /// already there. The newest file is sealed (a torn last line from a crash is cut
+    /// off first, and counted in a gap record) and a new one started.
+    pub fn open(settings: StoreSettings, hostname: &str, now_ms: i64) -> Result<Self, StoreError> {
+        let dir_error = |source| StoreError::Dir {
+            dir: settings.dir.clone(),
+            source,
+        };
+        fs::create_dir_all(&settings.dir).map_err(dir_error)?;
+        let existing = files::segments(&settings.dir).map_err(dir_error)?;
+        let mut head = Head::GENESIS;
+        let mut pending = Vec::new();
+        let (number, opened) = match existing.last() {
+            None => (1, "first"),
+            Some(last) => {
+                let resumed = resume(last).map_err(dir_error)?;
+                head = resumed.head;
+                if resumed.torn_bytes > 0 {
+                    let mut gap = Record::new(
+                        Kind::Gap,
+                        now_ms,
+                        hostname,
+                        format!(
+                            "an incomplete record ({} bytes) at the end of {} was cut off at restart",
+                            resumed.torn_bytes,
+                            files::segment_name(last.number)
+                        ),
+                    );
+                    gap.severity_id = SEVERITY_HIGH;
+                    gap.unmapped.gap = Some(super::record::Gap {
+                        lost: 1,
+                        cause: "torn-write".to_owned(),
+                        error: None,
+                    });
+                    pending.push(gap);
+                }
+                if let Some(mut seal) = resumed.seal {
+                    let mut out = Vec::new();
+                    chain::append(&mut seal, &mut head, &mut out);
+                    append_to(&last.path, &out).map_err(dir_error)?;
+                }
+                (last.number + 1, "restart")
+            }
+        };
+        let current = create(&settings.dir, number).map_err(dir_error)?;
+        let mut store = Self {
+            hostname: hostname.to_owned(),
+            settings,
+            current,
+            head,
+            pending: Vec::new(),
+            doomed: Vec::new(),
+            unsynced: None,
+            buf: Vec::with_capacity(1 << 20),
+        };
+        store.pending.push(store.open_record(now_ms, opened));
+        store.pending.append(&mut pending);
+        // A full disk keeps these pending: they lead the first batch that fits.
+        if let Err(err) = store.commit(&mut [], None) {
+            tracing::warn!(error = %err, "the audit store could not write its open record yet");
+        }
+        Ok(store)
+    }
+
+    /// The chain's end.
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.settings.dir
+    }
+
+    fn open_record(&self, now_ms: i64, why: &str) -> Record {
+        let mut record = Record::new(
+            Kind::Open,
+            now_ms,
+            &self.hostname,
+            format!(
+                "audit file {} opened ({why})",
+                files::segment_name(self.current.number)
+            ),
+        );
+        record.unmapped.file = Some(FileDetails {
+            number: self.current.number,
+            opened: Some(why.to_owned()),
+            records: None,
+            first_sequence: None,
+            first_time: None,
+            last_time: None,
+            flows: None,
+            lost: None,
+        });
+        record
+    }
+
+    /// Writes `records` (after any pending store records) as one batch: all of them or,
+    /// on error, none. Rotates first when the current file is due.
+    pub fn write(&mut self, records: &mut [Record], now_ms: i64) -> Result<(), StoreError> {
+        if self.current.len >= self.settings.rotate_bytes
+            || self.current.opened.elapsed() >= self.settings.rotate_age
+        {
+            self.rotate(now_ms)?;
+        }
+        self.commit(records, None)
+    }
+
+    /// Writes the pending records, `records` and, with `seal_at`, the current file's seal
+    /// as one batch, whole or not at all.
+    fn commit(&mut self, records: &mut [Record], seal_at: Option<i64>) -> Result<(), StoreError> {
+        let head_before = self.head;
+        let stats_before = self.current.stats;
+        self.buf.clear();
+        for record in self.pending.iter_mut().chain(records.iter_mut()) {
+            chain::append(record, &mut self.head, &mut self.buf);
+            self.current.stats.add(record);
+        }
+        if let Some(now_ms) = seal_at {
+            let mut seal = self.seal_record(now_ms);
+            chain::append(&mut seal, &mut self.head, &mut self.buf);
+        }
+        if let Err(source) = self.current.file.write_all(&self.buf) {
+            // Cut back whatever part of the batch reached the file.
+            let _ = self.current.file.set_len(self.current.len);
+            self.head = head_before;
+            self.current.stats = stats_before;
+            return Err(StoreError::Write {
+                path: self.current.path.clone(),
+                source,
+            });
+        }
+        self.current.len += self.buf.len() as u64;
+        self.pending.clear();
+        self.unsynced.get_or_insert_with(Instant::now);
+        if self.settings.fsync == Fsync::Batch || seal_at.is_some() {
+            self.sync()?;
+        }
+        for doomed in self.doomed.drain(..) {
+            if let Err(err) = fs::remove_file(&doomed) {
+                tracing::warn!(file = %doomed.display(), error = %err, "retention could not remove an audit file");
+            }
+        }
+        if let Err(err) = files::write_head(&self.settings.dir, self.current.number, &self.head) {
+            tracing::warn!(error = %err, "cannot update the audit store's HEAD");
+        }
+        Ok(())
+    }
+
+    /// Syncs written records to disk when the fsync interval says so (call it now and
+    /// then); returns when the next sync is due, if one is.
+    pub fn tick(&mut self) -> Result<Option<Duration>, StoreError> {
+        let Fsync::Interval(interval) = self.settings.fsync else {
+            return Ok(None);
+        };
+        let Some(since) = self.unsynced else {
+            return Ok(None);
+        };
+        let elapsed = since.elapsed();
+        if elapsed >= interval {
+            self.sync()?;
+            Ok(None)
+        } else {
+            Ok(Some(interval - elapsed))
+        }
+    }
+
+    /// Forces everything written to disk.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        if self.unsynced.take().is_some() {
+            self.current
+                .file
+                .sync_data()
+                .map_err(|source| StoreError::Write {
+                    path: self.current.path.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Seals the current file, starts the next one and applies retention.
+    fn rotate(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        if !self.current.sealed {
+            self.commit(&mut [], Some(now_ms))?;
+            self.current.sealed = true;
+        }
+        let number = self.current.number + 1;
+        self.current = create(&self.settings.dir, number).map_err(|source| StoreError::Dir {
+            dir: self.settings.dir.clone(),
+            source,
+        })?;
+        self.pending.push(self.open_record(now_ms, "rotate"));
+        self.retain(now_ms);
+        Ok(())
+    }
+
+    fn seal_record(&self, now_ms: i64) -> Record {
+        let stats = self.current.stats;
+        let mut seal = Record::new(
+            Kind::Seal,
+            now_ms,
+            &self.hostname,
+            format!(
+                "audit file {} sealed: {} records",
+                files::segment_name(self.current.number),
+                stats.records
+            ),
+        );
+        seal.unmapped.file = Some(FileDetails {
+            number: self.current.number,
+            opened: None,
+            records: Some(stats.records),
+            first_sequence: Some(stats.first_sequence),
+            first_time: Some(stats.first_time),
+            last_time: Some(stats.last_time),
+            flows: Some(stats.flows),
+            lost: Some(stats.lost),
+        });
+        seal
+    }
+
+    /// Picks the oldest sealed files to remove (by total size, then by age) and queues a
+    /// retention record naming them; they are removed once that record is written.
+    fn retain(&mut self, now_ms: i64) {
+        let Ok(segments) = files::segments(&self.settings.dir) else {
+            return;
+        };
+        let sizes: Vec<u64> = segments
+            .iter()
+            .map(|file| fs::metadata(&file.path).map_or(0, |m| m.len()))
+            .collect();
+        let mut total: u64 = sizes.iter().sum();
+        let max_age_ms = i64::try_from(self.settings.retain_age.as_millis()).unwrap_or(i64::MAX);
+        let mut removed = Vec::new();
+        for (file, size) in segments.iter().zip(&sizes) {
+            if file.number >= self.current.number {
+                break;
+            }
+            let Ok(Some((seal, seal_hash))) = files::seal_of(&file.path) else {
+                // An unsealed old file is evidence of something wrong: keep it.
+                break;
+            };
+            let last_time = seal
+                .unmapped
+                .file
+                .as_ref()
+                .and_then(|f| f.last_time)
+                .unwrap_or(seal.time);
+            let too_old = now_ms.saturating_sub(last_time) > max_age_ms;
+            if total <= self.settings.retain_bytes && !too_old {
+                break;
+            }
+            total -= size;
+            removed.push((file.clone(), seal.sequence(), seal_hash));
+        }
+        if removed.is_empty() {
+            return;
+        }
+        let names: Vec<String> = removed
+            .iter()
+            .map(|(file, ..)| files::segment_name(file.number))
+            .collect();
+        let mut record = Record::new(
+            Kind::Retention,
+            now_ms,
+            &self.hostname,
+            format!("retention removed {}", names.join(", ")),
+        );
+        record.unmapped.removed = Some(
+            removed
+                .iter()
+                .map(|(file, last_sequence, seal_hash)| RemovedFile {
+                    number: file.number,
+                    last_sequence: *last_sequence,
+                    seal_hash: hex::encode(seal_hash),
+                })
+                .collect(),
+        );
+        self.pending.push(record);
+        self.doomed
+            .extend(removed.into_iter().map(|(SegmentFile { path, .. }, ..)| path));
+    }
+
+    /// Seals the current file (at shutdown); the next start continues in a new file.
+    pub fn close(mut self, now_ms: i64) -> Result<(), StoreError> {
+        self.commit(&mut [], Some(now_ms))
+    }
+}
+
+/// Creates segment file `number` in `dir`.
+fn create(dir: &Path, number: u64) -> io::Result<Current> {
+    let path = dir.join(files::segment_name(number));
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)?;
+    Ok(Current {
+        number,
+        path,
+        file,
+        len: 0,
+        opened: Instant::now(),
+        stats: FileStats::default(),
+        sealed: false,
+    })
+}
+
+fn append_to(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new().append(true).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_data()
+}
+
+/// Where an earlier writer left the newest file.
+struct Resumed {
+    head: Head,
+    /// Bytes of an incomplete last line, now cut off.
+    torn_bytes: u64,
+    /// The seal to append, when the file was not sealed.
+    seal: Option<Record>,
+}
+
+/// Reads the newest file of an earlier writer: cuts off a torn last line, finds the
+/// chain's end and, when the file is unsealed, the seal it needs.
+fn resume(last: &SegmentFile) -> io::Result<Resumed> {
+    let bytes = fs::read(&last.path)?;
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
+    let torn_bytes = (bytes.len() - complete) as u64;
+    if torn_bytes > 0 {
+        OpenOptions::new()
+            .write(true)
+            .open(&last.path)?
+            .set_len(complete as u64)?;
+    }
+    let text = String::from_utf8_lossy(&bytes[..complete]);
+    let mut stats = FileStats::default();
+    let mut head = None;
+    let mut sealed = false;
+    let mut hostname = String::new();
+    for line in text.lines() {
+        // Lines that do not check are the verifier's business; the chain continues from
+        // the last one that does.
+        if let Ok(checked) = chain::check(line) {
+            stats.add(&checked.record);
+            sealed = checked.record.unmapped.kind == Kind::Seal;
+            hostname.clone_from(&checked.record.device.hostname);
+            head = Some(Head {
+                sequence: checked.record.sequence(),
+                hash: checked.claimed,
+            });
+        }
+    }
+    let head = head.unwrap_or(Head::GENESIS);
+    let seal = (!sealed).then(|| {
+        let mut seal = Record::new(
+            Kind::Seal,
+            stats.last_time,
+            &hostname,
+            format!(
+                "audit file {} sealed at restart: {} records",
+                files::segment_name(last.number),
+                stats.records
+            ),
+        );
+        seal.unmapped.file = Some(FileDetails {
+            number: last.number,
+            opened: None,
+            records: Some(stats.records),
+            first_sequence: Some(stats.first_sequence),
+            first_time: Some(stats.first_time),
+            last_time: Some(stats.last_time),
+            flows: Some(stats.flows),
+            lost: Some(stats.lost),
+        });
+        seal
+    });
+    Ok(Resumed {
+        head,
+        torn_bytes,
+        seal,
+    })
+}
