@@ -114,6 +114,9 @@ pub enum Reason {
     Malformed = 5,
     /// A raw or packet socket, decided by the segment's `raw_sockets` grant.
     RawSocket = 6,
+    /// The agent could not write audit records and is configured to fail closed: the
+    /// flow was denied whatever the policy says.
+    AuditUnavailable = 7,
 }
 
 impl Reason {
@@ -126,18 +129,20 @@ impl Reason {
             4 => Some(Self::Failsafe),
             5 => Some(Self::Malformed),
             6 => Some(Self::RawSocket),
+            7 => Some(Self::AuditUnavailable),
             _ => None,
         }
     }
 
     /// Every reason, in code order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Rule,
         Self::DefaultDeny,
         Self::Unclassified,
         Self::Failsafe,
         Self::Malformed,
         Self::RawSocket,
+        Self::AuditUnavailable,
     ];
 
     /// The word audit records, `status` and metrics use for the reason.
@@ -149,6 +154,7 @@ impl Reason {
             Self::Failsafe => "failsafe",
             Self::Malformed => "malformed",
             Self::RawSocket => "raw-socket",
+            Self::AuditUnavailable => "audit-unavailable",
         }
     }
 }

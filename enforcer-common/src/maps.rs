@@ -321,7 +321,7 @@ pub const fn reason_counter_index(
 
 const _: () = assert!(
     reason_counter_index(
-        crate::event::Reason::RawSocket,
+        crate::event::Reason::AuditUnavailable,
         crate::event::Verdict::Audit
     ) < REASON_COUNTER_SLOTS
 );
@@ -391,8 +391,11 @@ pub struct HostSettings {
     /// as a listener: the kernel hands such ports to clients, and replies to a client must
     /// not be decided as new inbound flows.
     pub ephemeral_high: u16,
+    /// Non-zero while the agent cannot write audit records and its config says to fail
+    /// closed: every new flow but failsafe access is denied (reason `audit-unavailable`).
+    pub fail_closed: u8,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 4],
+    pub _pad: [u8; 3],
 }
 
 const _: () = assert!(size_of::<HostSettings>() == 16);

@@ -5,13 +5,14 @@
 use aya_ebpf::{helpers::bpf_get_current_ancestor_cgroup_id, maps::lpm_trie::Key};
 use enforcer_common::{
     decision::{Decision, NO_RULE, best_rule, decide, lookup_bit, rule_lookups},
+    event::{Reason, Verdict},
     maps::{
         CGROUP_LEVELS, ListenKey, MAX_CGROUP_DEPTH, RULE_KEY_FIXED_BITS, RuleKey, SEGMENT_ANY,
         SEGMENT_HOST, SEGMENT_WORLD,
     },
 };
 
-use crate::maps::{LEARNT_LISTENERS, Slot};
+use crate::maps::{self, LEARNT_LISTENERS, Slot};
 
 /// The segment of the calling task: the deepest of its cgroup and that cgroup's ancestors
 /// listed by a segment, else `host`.
@@ -77,7 +78,23 @@ pub fn flow<const B: bool>(slot: &Slot<B>, src: u32, dst: u32, proto: u8, port: 
         i += 1;
     }
     let flags = |id: u32| slot.segments().get(id).map_or(0, |info| info.flags);
-    decide(best_rule(found), flags(src), flags(dst))
+    unless_fail_closed(decide(best_rule(found), flags(src), flags(dst)))
+}
+
+/// `decision`, or a denial for reason `audit-unavailable` while the agent has switched
+/// the host to fail closed (it cannot write audit records). Failsafe access is decided
+/// before this and stays open.
+#[inline(always)]
+pub fn unless_fail_closed(decision: Decision) -> Decision {
+    if decision.verdict != Verdict::Deny && maps::host_settings().fail_closed != 0 {
+        Decision {
+            verdict: Verdict::Deny,
+            reason: Reason::AuditUnavailable,
+            rule_id: 0,
+        }
+    } else {
+        decision
+    }
 }
 
 /// What [`listener_segment`] returns for a port no segment serves: the id of `*`, which

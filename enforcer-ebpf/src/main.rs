@@ -254,17 +254,17 @@ fn raw_socket<const B: bool>(slot: &Slot<B>, generation: u32, flow: &Flow) -> i3
         generation,
         ifindex: 0,
     };
-    let decision = Decision {
+    let decision = decide::unless_fail_closed(Decision {
         verdict,
         reason: Reason::RawSocket,
         rule_id: 0,
-    };
+    });
     let segments = Segments {
         src,
         dst: SEGMENT_ANY,
     };
     record(slot, &origin, flow, &segments, &decision);
-    verdict_to_return(verdict)
+    verdict_to_return(decision.verdict)
 }
 
 /// IPv4 `bind()` completion: the bound port is learnt as a listener of the task's cgroup.

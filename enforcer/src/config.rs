@@ -13,7 +13,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::policy::source::{SourceSet, Span};
+use crate::{
+    audit::{consumer::WriteErrorAction, store::Fsync},
+    policy::source::{SourceSet, Span},
+};
 
 /// Where the agent pins its programs, links and maps unless told otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/enforcer";
@@ -66,7 +69,32 @@ pub struct Audit {
     /// Events for the same flow within this window are suppressed (and counted).
     #[serde(rename = "dedup_window_ms", serialize_with = "as_millis")]
     pub dedup_window: Duration,
+    /// Start a new store file past this many bytes.
+    pub rotate_bytes: u64,
+    /// Start a new store file once the current one is this old.
+    #[serde(serialize_with = "as_millis")]
+    pub rotate_age: Duration,
+    /// Remove the oldest files while the store exceeds this many bytes.
+    pub retain_bytes: u64,
+    /// Remove files whose last record is older than this.
+    #[serde(serialize_with = "as_millis")]
+    pub retain_age: Duration,
+    /// When records are forced to disk.
+    #[serde(serialize_with = "fsync_word")]
+    pub fsync: Fsync,
+    /// What happens while records cannot be written.
+    pub on_write_error: WriteErrorAction,
 }
+
+fn fsync_word<S: serde::Serializer>(fsync: &Fsync, out: S) -> Result<S::Ok, S::Error> {
+    match fsync {
+        Fsync::Batch => out.serialize_str("batch"),
+        Fsync::Interval(every) => out.serialize_str(&format!("every {} ms", every.as_millis())),
+        Fsync::Never => out.serialize_str("never"),
+    }
+}
+
+const MIB: u64 = 1 << 20;
 
 fn as_millis<S: serde::Serializer>(window: &Duration, out: S) -> Result<S::Ok, S::Error> {
     out.serialize_u128(window.as_millis())
@@ -156,6 +184,21 @@ struct RawPolicy {
 struct RawAudit {
     dir: Option<Spanned<String>>,
     dedup_window_ms: Option<u64>,
+    rotate_size_mib: Option<Spanned<u64>>,
+    rotate_age_minutes: Option<Spanned<u64>>,
+    retain_size_mib: Option<Spanned<u64>>,
+    retain_days: Option<Spanned<u64>>,
+    fsync: Option<RawFsync>,
+    fsync_interval_ms: Option<Spanned<u64>>,
+    on_write_error: Option<WriteErrorAction>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawFsync {
+    Batch,
+    Interval,
+    Never,
 }
 
 #[derive(Deserialize, Default)]
@@ -196,6 +239,18 @@ impl Checker {
             field: Some(field),
             message: message.into(),
         });
+    }
+
+    /// A number above zero (`default` when absent), or a problem.
+    fn positive(&mut self, value: Option<&Spanned<u64>>, field: &str, default: u64) -> u64 {
+        match value {
+            None => default,
+            Some(value) if *value.get_ref() == 0 => {
+                self.problem(value, field.to_owned(), "must be above zero");
+                default
+            }
+            Some(value) => *value.get_ref(),
+        }
     }
 
     /// An absolute path, or a problem.
@@ -321,6 +376,39 @@ impl Config {
                 |value| checker.absolute(value, "audit.dir"),
             ),
             dedup_window: Duration::from_millis(raw.audit.dedup_window_ms.unwrap_or(1000)),
+            rotate_bytes: checker.positive(
+                raw.audit.rotate_size_mib.as_ref(),
+                "audit.rotate_size_mib",
+                64,
+            ) * MIB,
+            rotate_age: Duration::from_secs(
+                checker.positive(
+                    raw.audit.rotate_age_minutes.as_ref(),
+                    "audit.rotate_age_minutes",
+                    60,
+                ) * 60,
+            ),
+            retain_bytes: checker.positive(
+                raw.audit.retain_size_mib.as_ref(),
+                "audit.retain_size_mib",
+                10_240,
+            ) * MIB,
+            retain_age: Duration::from_secs(
+                checker.positive(raw.audit.retain_days.as_ref(), "audit.retain_days", 365) * 86_400,
+            ),
+            fsync: match raw.audit.fsync.unwrap_or(RawFsync::Interval) {
+                RawFsync::Batch => Fsync::Batch,
+                RawFsync::Never => Fsync::Never,
+                RawFsync::Interval => Fsync::Interval(Duration::from_millis(checker.positive(
+                    raw.audit.fsync_interval_ms.as_ref(),
+                    "audit.fsync_interval_ms",
+                    1000,
+                ))),
+            },
+            on_write_error: raw
+                .audit
+                .on_write_error
+                .unwrap_or(WriteErrorAction::KeepEnforcing),
         };
         let metrics_listen = match &raw.metrics.listen {
             Some(value) => value.get_ref().parse().unwrap_or_else(|_| {

@@ -86,6 +86,23 @@ listen = "{metrics}"
         self.dir.join("policy").join("policy.toml")
     }
 
+    /// The audit store directory.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.dir.join("audit")
+    }
+
+    /// Adds `lines` (`key = value` lines) to the config's `[audit]` table.
+    pub fn audit_options(&self, lines: &str) {
+        let config = fs::read_to_string(self.config()).expect("read the config");
+        let anchor = format!("[audit]\ndir = \"{}\"\n", self.audit_dir().display());
+        assert!(config.contains(&anchor), "the config has its [audit] table");
+        fs::write(
+            self.config(),
+            config.replace(&anchor, &format!("{anchor}{lines}\n")),
+        )
+        .expect("write the config");
+    }
+
     /// The pin directory.
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
@@ -160,6 +177,23 @@ listen = "{metrics}"
     /// Sends SIGHUP (reload).
     pub fn hangup(&mut self) {
         self.signal(libc::SIGHUP);
+    }
+
+    /// Stops the agent with SIGSTOP: the kernel keeps enforcing, nothing drains the ring.
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused agent go on (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Whether the agent process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        self.process
+            .as_mut()
+            .is_some_and(|child| child.try_wait().expect("wait").is_none())
     }
 
     /// SIGKILLs the agent and reaps it.

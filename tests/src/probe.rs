@@ -120,6 +120,17 @@ impl Spawn {
         ])
     }
 
+    /// Like [`Spawn::tcp_denied_paced`] without pauses: `count` denied attempts as fast
+    /// as the process can make them.
+    pub fn tcp_denied_burst(addr: SocketAddr, count: u32) -> Self {
+        Self::probe(&[
+            "tcp-denied-burst".into(),
+            addr.to_string(),
+            CLIENT_TIMEOUT_MS.to_string(),
+            count.to_string(),
+        ])
+    }
+
     /// A process that opens a raw ICMP socket of `addr`'s family and reports whether
     /// `socket()` succeeded.
     pub fn raw_socket(addr: SocketAddr) -> Self {

@@ -4,7 +4,7 @@
 
 use std::{
     convert::Infallible,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::Ordering},
 };
 
 use http_body_util::Full;
@@ -18,7 +18,10 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 
 use super::Shared;
-use crate::loader::{CGROUP_HOOKS, PinLayout, PinnedMaps};
+use crate::{
+    audit::consumer::AuditStats,
+    loader::{CGROUP_HOOKS, PinLayout, PinnedMaps},
+};
 
 /// What a scrape reads.
 pub struct MetricsSource {
@@ -30,6 +33,8 @@ pub struct MetricsSource {
     pub interfaces: Vec<String>,
     /// The agent's reload state and rule names.
     pub shared: Arc<Mutex<Shared>>,
+    /// The audit consumer's counts.
+    pub audit: Arc<AuditStats>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -123,6 +128,33 @@ impl MetricsSource {
                 .get_or_create(&vec![("outcome", outcome.to_owned())])
                 .inc_by(count);
         }
+
+        let stored = Counter::<u64>::default();
+        registry.register(
+            "audit_flow_records",
+            "Flow records written to the audit store",
+            stored.clone(),
+        );
+        stored.inc_by(self.audit.flows.load(Ordering::Relaxed));
+        let lost = counter_family(
+            &mut registry,
+            "audit_lost_events",
+            "Events recorded as lost in the audit store's gap records, by cause",
+        );
+        for (cause, count) in [
+            ("ring-full", &self.audit.lost_ring),
+            ("write-error", &self.audit.lost_write),
+        ] {
+            lost.get_or_create(&vec![("cause", cause.to_owned())])
+                .inc_by(count.load(Ordering::Relaxed));
+        }
+        let writable = Gauge::<i64>::default();
+        registry.register(
+            "audit_store_writable",
+            "1 while the last audit write succeeded, 0 while records cannot be written",
+            writable.clone(),
+        );
+        writable.set(i64::from(self.audit.store_ok.load(Ordering::Relaxed)));
 
         let reloads = counter_family(&mut registry, "reloads", "Policy reloads by outcome");
         for (outcome, count) in &shared.reloads {

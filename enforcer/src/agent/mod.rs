@@ -3,6 +3,7 @@
 //! interfaces, then reloads on SIGHUP and on policy file changes and serves metrics until
 //! SIGTERM. Stopping leaves every pin, and so enforcement, in place.
 
+mod audit;
 mod metrics;
 pub mod policy;
 pub mod state;
@@ -24,10 +25,12 @@ use tokio::{
 };
 
 use crate::{
+    audit::enrich::{GENERATIONS_KEPT, GenerationNames},
     config::{self, Config},
     host,
     loader::{Loader, PinLayout, PinnedMaps},
 };
+use audit::AuditThread;
 use policy::{Candidate, CandidateError};
 use state::{ActivePolicy, AgentLock, AgentState, Reload, StateDir};
 
@@ -53,6 +56,9 @@ struct Agent {
     cgroup_root: PathBuf,
     state: AgentState,
     shared: Arc<Mutex<Shared>>,
+    /// Names of the last few generations, newest last (for audit records and status).
+    generations: Vec<GenerationNames>,
+    audit: AuditThread,
 }
 
 fn xdp_mode(mode: config::XdpMode) -> XdpMode {
@@ -124,6 +130,15 @@ impl Agent {
 
         let mut loader = Loader::load_pinned(&pins).context("loading the kernel programs")?;
         loader.set_dedup_window(config.audit.dedup_window)?;
+        let generations = state_dir.generations();
+        let audit = AuditThread::start(
+            &config,
+            loader.take_events()?,
+            &pins,
+            &cgroup_root,
+            generations.clone(),
+            adopting,
+        )?;
         let mut agent = Self {
             state: AgentState {
                 pid: std::process::id(),
@@ -133,9 +148,14 @@ impl Agent {
                 accepted_bundle_version: previous.accepted_bundle_version,
             },
             shared: Arc::new(Mutex::new(Shared {
-                rule_names: state_dir.rule_names(),
+                rule_names: generations
+                    .last()
+                    .map(|names| names.rules.clone())
+                    .unwrap_or_default(),
                 reloads: BTreeMap::new(),
             })),
+            generations,
+            audit,
             config,
             state_dir,
             _lock: lock,
@@ -248,9 +268,20 @@ impl Agent {
         for warning in &candidate.compiled.warnings {
             tracing::warn!("{}", warning.one_line(&candidate.compiled.sources));
         }
-        let names: Vec<&str> = image.rule_names.iter().map(String::as_str).collect();
-        if let Err(err) = self.state_dir.write_rule_names(&names) {
-            tracing::warn!(error = %err, "cannot write the rule names for status");
+        let names = GenerationNames {
+            generation: applied.generation,
+            source_sha256: candidate.source_sha256.clone(),
+            segments: image.segment_names.clone(),
+            rules: image.rule_names.clone(),
+            failsafes: image.failsafe_names.clone(),
+        };
+        self.audit.learn(names.clone());
+        self.generations.push(names);
+        if self.generations.len() > GENERATIONS_KEPT {
+            self.generations.remove(0);
+        }
+        if let Err(err) = self.state_dir.write_generations(&self.generations) {
+            tracing::warn!(error = %err, "cannot write the generations' names for status");
         }
         self.shared
             .lock()
@@ -314,13 +345,24 @@ impl Agent {
                 .map(|i| i.name.clone())
                 .collect(),
             shared: Arc::clone(&self.shared),
+            audit: Arc::clone(&self.audit.stats),
         });
         tracing::info!(address = %self.config.metrics_listen, "serving /metrics and /healthz");
         tokio::spawn(metrics::serve(metrics, source));
 
+        let mut audit_ended = self
+            .audit
+            .take_ended()
+            .context("the audit thread is watched once")?;
         tracing::info!(pid = self.state.pid, "enforcing");
         loop {
             tokio::select! {
+                _ = &mut audit_ended => {
+                    return Err(match self.audit.stop() {
+                        Err(err) => err.context("the audit consumer stopped"),
+                        Ok(()) => anyhow::anyhow!("the audit consumer stopped"),
+                    });
+                }
                 _ = hangup.recv() => self.reload("sighup", true).await?,
                 Some(()) = changes.recv() => {
                     // Let a burst of changes settle into one reload.
@@ -335,6 +377,8 @@ impl Agent {
             pin_dir = %self.config.pin_dir.display(),
             "stopping; enforcement stays in place (remove it with `enforcer uninstall`)"
         );
-        Ok(())
+        self.audit
+            .stop()
+            .context("sealing the audit store at shutdown")
     }
 }

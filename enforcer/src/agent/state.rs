@@ -1,7 +1,7 @@
 //! What the agent tells `enforcer status` beyond the kernel's own pins: whether it runs
 //! (an exclusive lock on `agent.lock`, released by the kernel whatever way the agent
-//! ends), and its last reload (`state.json`, replaced atomically) and rule names
-//! (`rules.json`) in the state directory.
+//! ends), and its last reload (`state.json`, replaced atomically) and the names of recent
+//! generations (`generations.json`) in the state directory.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -13,12 +13,14 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::enrich::GenerationNames;
+
 /// The lock file a running agent holds.
 const LOCK: &str = "agent.lock";
 /// The agent's state.
 const STATE: &str = "state.json";
-/// Rule names of the active generation, by rule id.
-const RULES: &str = "rules.json";
+/// The names (segments, rules, failsafes) of the last few generations, newest last.
+const GENERATIONS: &str = "generations.json";
 
 /// The policy in force.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,17 +148,28 @@ impl StateDir {
         )
     }
 
-    /// Rule names of the active generation (element `i` is rule id `i + 1`).
-    pub fn rule_names(&self) -> Vec<String> {
-        fs::read_to_string(self.dir.join(RULES))
+    /// The names of the last few generations applied, newest last.
+    pub fn generations(&self) -> Vec<GenerationNames> {
+        fs::read_to_string(self.dir.join(GENERATIONS))
             .ok()
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default()
     }
 
-    /// Replaces the rule names.
-    pub fn write_rule_names(&self, names: &[&str]) -> io::Result<()> {
-        self.replace(RULES, &serde_json::to_vec(names).map_err(io::Error::other)?)
+    /// Rule names of the newest generation (element `i` is rule id `i + 1`).
+    pub fn rule_names(&self) -> Vec<String> {
+        self.generations()
+            .pop()
+            .map(|names| names.rules)
+            .unwrap_or_default()
+    }
+
+    /// Replaces the generations' names.
+    pub fn write_generations(&self, generations: &[GenerationNames]) -> io::Result<()> {
+        self.replace(
+            GENERATIONS,
+            &serde_json::to_vec(generations).map_err(io::Error::other)?,
+        )
     }
 
     fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
@@ -171,7 +184,7 @@ impl StateDir {
     /// what was removed.
     pub fn remove(&self) -> io::Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
-        for name in [STATE, RULES, LOCK] {
+        for name in [STATE, GENERATIONS, LOCK] {
             let path = self.dir.join(name);
             match fs::remove_file(&path) {
                 Ok(()) => removed.push(path),

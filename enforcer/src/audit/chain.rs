@@ -142,8 +142,14 @@ mod tests {
     #[test]
     fn an_edited_line_no_longer_matches_its_hash() {
         let mut out = Vec::new();
-        append(&mut record("original"), &mut Head::GENESIS.clone(), &mut out);
-        let edited = String::from_utf8(out).unwrap().replace("original", "0riginal");
+        append(
+            &mut record("original"),
+            &mut Head::GENESIS.clone(),
+            &mut out,
+        );
+        let edited = String::from_utf8(out)
+            .unwrap()
+            .replace("original", "0riginal");
         let checked = check(edited.trim_end()).unwrap();
         assert_ne!(checked.claimed, checked.actual);
         assert!(matches!(check("{}"), Err(LineError::NoHash)));

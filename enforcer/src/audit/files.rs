@@ -65,14 +65,20 @@ pub struct HeadRecord {
     pub sequence: u64,
     /// The last record's hash.
     pub hash: String,
+    /// The kernel's count of events lost to a full ring that gap records in the store
+    /// account for (a restarted agent continues from it while the kernel's counter runs
+    /// on).
+    #[serde(default)]
+    pub ring_lost_accounted: u64,
 }
 
 /// Replaces `HEAD` atomically.
-pub fn write_head(dir: &Path, file: u64, head: &Head) -> io::Result<()> {
+pub fn write_head(dir: &Path, file: u64, head: &Head, ring_lost_accounted: u64) -> io::Result<()> {
     let record = HeadRecord {
         file,
         sequence: head.sequence,
         hash: hex::encode(head.hash),
+        ring_lost_accounted,
     };
     let tmp = dir.join(".HEAD.tmp");
     let mut out = File::create(&tmp)?;

@@ -3,7 +3,10 @@
 //! hash-chained, rotated JSON Lines files that [`verify`] checks and [`read`] queries.
 
 pub mod chain;
+pub mod consumer;
+pub mod enrich;
 pub mod files;
+pub mod read;
 pub mod record;
 pub mod store;
 pub mod verify;

@@ -121,6 +121,8 @@ pub struct Store {
     doomed: Vec<PathBuf>,
     unsynced: Option<Instant>,
     buf: Vec<u8>,
+    /// Written into `HEAD` (see [`files::HeadRecord::ring_lost_accounted`]).
+    ring_lost_accounted: u64,
 }
 
 impl Store {
@@ -178,6 +180,7 @@ impl Store {
             doomed: Vec::new(),
             unsynced: None,
             buf: Vec::with_capacity(1 << 20),
+            ring_lost_accounted: 0,
         };
         store.pending.push(store.open_record(now_ms, opened));
         store.pending.append(&mut pending);
@@ -186,6 +189,12 @@ impl Store {
             tracing::warn!(error = %err, "the audit store could not write its open record yet");
         }
         Ok(store)
+    }
+
+    /// Sets the kernel ring-loss count that `HEAD` says the store accounts for, from the
+    /// next batch on.
+    pub fn set_ring_lost_accounted(&mut self, count: u64) {
+        self.ring_lost_accounted = count;
     }
 
     /// The chain's end.
@@ -267,7 +276,12 @@ impl Store {
                 tracing::warn!(file = %doomed.display(), error = %err, "retention could not remove an audit file");
             }
         }
-        if let Err(err) = files::write_head(&self.settings.dir, self.current.number, &self.head) {
+        if let Err(err) = files::write_head(
+            &self.settings.dir,
+            self.current.number,
+            &self.head,
+            self.ring_lost_accounted,
+        ) {
             tracing::warn!(error = %err, "cannot update the audit store's HEAD");
         }
         Ok(())
@@ -404,8 +418,11 @@ impl Store {
                 .collect(),
         );
         self.pending.push(record);
-        self.doomed
-            .extend(removed.into_iter().map(|(SegmentFile { path, .. }, ..)| path));
+        self.doomed.extend(
+            removed
+                .into_iter()
+                .map(|(SegmentFile { path, .. }, ..)| path),
+        );
     }
 
     /// Seals the current file (at shutdown); the next start continues in a new file.
@@ -451,7 +468,10 @@ struct Resumed {
 /// chain's end and, when the file is unsealed, the seal it needs.
 fn resume(last: &SegmentFile) -> io::Result<Resumed> {
     let bytes = fs::read(&last.path)?;
-    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
+    let complete = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |at| at + 1);
     let torn_bytes = (bytes.len() - complete) as u64;
     if torn_bytes > 0 {
         OpenOptions::new()

@@ -99,9 +99,8 @@ pub fn verify(dir: &Path) -> Result<Outcome, std::io::Error> {
             None => Ok(Summary::default()),
         });
     };
-    let mut expected_number = first.number;
     let mut first_prev = None;
-    for (index, segment) in segments.iter().enumerate() {
+    for (expected_number, (index, segment)) in (first.number..).zip(segments.iter().enumerate()) {
         if segment.number != expected_number {
             return Ok(Err(Break {
                 file: dir.join(files::segment_name(expected_number)),
@@ -114,7 +113,6 @@ pub fn verify(dir: &Path) -> Result<Outcome, std::io::Error> {
                 ),
             }));
         }
-        expected_number += 1;
         let is_last = index + 1 == segments.len();
         if let Err(broken) = walk_file(segment, is_last, &mut walk, &mut first_prev) {
             return Ok(Err(broken));
@@ -186,12 +184,10 @@ fn walk_file(
         ));
     }
     walk.summary.files += 1;
-    let mut in_file: u64 = 0;
     let mut last_record: Option<Record> = None;
-    for (index, line) in text.lines().enumerate() {
+    for (in_file, (index, line)) in (0_u64..).zip(text.lines().enumerate()) {
         let number = index + 1;
-        let checked =
-            chain::check(line).map_err(|err| broken(number, None, format!("{err}")))?;
+        let checked = chain::check(line).map_err(|err| broken(number, None, format!("{err}")))?;
         let record = checked.record;
         let sequence = record.sequence();
         if checked.claimed != checked.actual {
@@ -288,7 +284,6 @@ fn walk_file(
                 "a record follows the file's seal".to_owned(),
             ));
         }
-        in_file += 1;
         walk.summary.records += 1;
         walk.summary.last_sequence = sequence;
         walk.last = Some((sequence, checked.claimed));
@@ -363,7 +358,11 @@ mod tests {
     }
 
     fn write_lines(path: &Path, lines: &[String]) {
-        fs::write(path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        fs::write(
+            path,
+            lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+        )
+        .unwrap();
     }
 
     fn first_break(dir: &Path) -> Break {
@@ -440,7 +439,10 @@ mod tests {
         write_lines(&path, &content);
         let broken = first_break(dir.path());
         assert_eq!(broken.line, 2);
-        assert!(broken.why.contains("deleted") || broken.why.contains("reordered"), "{broken}");
+        assert!(
+            broken.why.contains("deleted") || broken.why.contains("reordered"),
+            "{broken}"
+        );
     }
 
     #[test]

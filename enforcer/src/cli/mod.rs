@@ -1,5 +1,6 @@
 //! The `enforcer` command line: one module per subcommand.
 
+mod audit;
 mod config;
 mod keygen;
 mod policy;
@@ -39,6 +40,9 @@ enum Command {
     /// What is enforced: policy generation, attachments, map fill, counters, the last
     /// reload. Works while the agent is down.
     Status(status::Args),
+    /// The flow audit store: tail, query, verify, stats.
+    #[command(subcommand)]
+    Audit(audit::Command),
     /// Remove every program, link, map and pin the agent made (the agent must be
     /// stopped). The audit store stays.
     Uninstall(uninstall::Args),
@@ -71,6 +75,7 @@ pub fn main() -> ExitCode {
         Command::Config(command) => config::run(&command),
         Command::Run(args) => run::run(&args),
         Command::Status(args) => status::run(&args),
+        Command::Audit(command) => audit::run(&command),
         Command::Uninstall(args) => uninstall::run(&args),
     };
     match outcome {

@@ -133,10 +133,14 @@ pub(super) fn host(ebpf: &mut impl MapSet) -> Result<(Vec<ReasonCount>, EventCou
             });
         }
     }
-    let events = EventCounts {
+    Ok((by_reason, events(ebpf)?))
+}
+
+/// The event stream's counters.
+pub(super) fn events(ebpf: &mut impl MapSet) -> Result<EventCounts, LoaderError> {
+    Ok(EventCounts {
         emitted: per_cpu_u64(ebpf, EVENT_STATS, EVENTS_EMITTED)?,
         lost: per_cpu_u64(ebpf, EVENT_STATS, EVENTS_LOST)?,
         suppressed: per_cpu_u64(ebpf, EVENT_STATS, EVENTS_SUPPRESSED)?,
-    };
-    Ok((by_reason, events))
+    })
 }

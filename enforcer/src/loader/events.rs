@@ -1,6 +1,6 @@
 //! Reading [`FlowEvent`]s from the kernel's ring buffer.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use aya::maps::{MapData, RingBuf};
 use enforcer_common::event::FlowEvent;
@@ -29,6 +29,13 @@ impl EventReader {
 impl AsFd for EventReader {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.ring.as_fd()
+    }
+}
+
+impl AsRawFd for EventReader {
+    /// The ring map's descriptor, owned by the reader for its whole life.
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_fd().as_raw_fd()
     }
 }
 

@@ -8,7 +8,9 @@ use aya::{
     maps::{Map, MapData},
 };
 
-use super::{Counters, LoaderError, MapFill, counters, fill, generation, map_error};
+use super::{
+    Counters, EventCounts, LoaderError, MapFill, counters, fill, generation, map_error, settings,
+};
 
 /// A set of maps addressed by their names in the kernel object.
 pub trait MapSet {
@@ -61,6 +63,17 @@ impl PinnedMaps {
     /// Every counter; the rule counters are the active generation's.
     pub fn counters(&mut self) -> Result<Counters, LoaderError> {
         counters::all(self)
+    }
+
+    /// The event stream's counters alone (cheaper than [`Self::counters`]).
+    pub fn event_counts(&mut self) -> Result<EventCounts, LoaderError> {
+        counters::events(self)
+    }
+
+    /// Switches fail-closed mode: while on, the kernel denies every new flow but failsafe
+    /// access (reason `audit-unavailable`).
+    pub fn set_fail_closed(&mut self, on: bool) -> Result<(), LoaderError> {
+        settings::set_fail_closed(self, on)
     }
 
     /// How full the maps are.

@@ -13,6 +13,7 @@ mod fill;
 mod generation;
 mod map_set;
 mod pins;
+mod settings;
 pub mod sys;
 
 use std::{
@@ -32,7 +33,7 @@ pub use pins::{PinLayout, PinnedLinkState, Removal};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, MapData, MapError, RingBuf},
+    maps::{MapError, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, ProgramError, TestRun as _,
         TestRunOptions, Xdp, XdpMode, links::FdLink,
@@ -40,7 +41,7 @@ use aya::{
 };
 use enforcer_common::{
     event::Hook,
-    maps::{DEFAULT_DEDUP_WINDOW_NS, EVENTS, HOST_SETTINGS, HostSettings},
+    maps::{DEFAULT_DEDUP_WINDOW_NS, EVENTS, HostSettings},
 };
 
 use crate::object;
@@ -224,12 +225,16 @@ impl Loader {
             loader.load_program(hook)?;
         }
         let (ephemeral_low, ephemeral_high) = ephemeral_ports()?;
-        loader.set_host_settings(HostSettings {
-            dedup_window_ns: DEFAULT_DEDUP_WINDOW_NS,
-            ephemeral_low,
-            ephemeral_high,
-            _pad: [0; 4],
-        })?;
+        settings::write(
+            &mut loader.ebpf,
+            HostSettings {
+                dedup_window_ns: DEFAULT_DEDUP_WINDOW_NS,
+                ephemeral_low,
+                ephemeral_high,
+                fail_closed: 0,
+                _pad: [0; 3],
+            },
+        )?;
         Ok(loader)
     }
 
@@ -270,26 +275,12 @@ impl Loader {
             .ok_or(LoaderError::MissingProgram(name))
     }
 
-    fn host_settings(&mut self) -> Result<HostSettings, LoaderError> {
-        let array: Array<&mut MapData, HostSettings> =
-            Array::try_from(MapSet::map_mut(&mut self.ebpf, HOST_SETTINGS)?)
-                .map_err(map_error(HOST_SETTINGS))?;
-        array.get(&0, 0).map_err(map_error(HOST_SETTINGS))
-    }
-
-    fn set_host_settings(&mut self, settings: HostSettings) -> Result<(), LoaderError> {
-        let mut array: Array<&mut MapData, HostSettings> =
-            Array::try_from(MapSet::map_mut(&mut self.ebpf, HOST_SETTINGS)?)
-                .map_err(map_error(HOST_SETTINGS))?;
-        array.set(0, &settings, 0).map_err(map_error(HOST_SETTINGS))
-    }
-
     /// Sets the de-duplication window: an event for the same flow within `window` of the
     /// last one written is suppressed and counted. Zero writes every event.
     pub fn set_dedup_window(&mut self, window: Duration) -> Result<(), LoaderError> {
-        let mut settings = self.host_settings()?;
-        settings.dedup_window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
-        self.set_host_settings(settings)
+        let mut host = settings::read(&mut self.ebpf)?;
+        host.dedup_window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        settings::write(&mut self.ebpf, host)
     }
 
     /// Hands out the consumer side of the event ring buffer; there is only one.

@@ -7,7 +7,8 @@
 //! `tcp-connect-repeat` makes COUNT connections one after the other and reports the first
 //! failure (its attempt number on stderr), else `ok`; `tcp-connect-paced` does the same
 //! with a pause of [`PACE`] between attempts, and `tcp-denied-paced` expects every attempt
-//! to fail with EPERM (a success or another error is its failure). `raw-socket` opens a raw ICMP socket of
+//! to fail with EPERM (a success or another error is its failure); `tcp-denied-burst` is
+//! the same without pauses. `raw-socket` opens a raw ICMP socket of
 //! ADDR's family (nothing is sent) and reports whether `socket()` succeeded.
 
 use std::{
@@ -19,7 +20,7 @@ use std::{
 
 const USAGE: &str = "usage: enforcer-probe tcp-serve|udp-serve|raw-socket ADDR:PORT\n       \
                      enforcer-probe tcp-connect|udp-send ADDR:PORT TIMEOUT_MS\n       \
-                     enforcer-probe tcp-connect-repeat|tcp-connect-paced|tcp-denied-paced ADDR:PORT TIMEOUT_MS COUNT";
+                     enforcer-probe tcp-connect-repeat|tcp-connect-paced|tcp-denied-paced|tcp-denied-burst ADDR:PORT TIMEOUT_MS COUNT";
 
 /// The pause between attempts of the paced modes.
 const PACE: Duration = Duration::from_millis(2);
@@ -53,7 +54,8 @@ fn main() -> ExitCode {
         "udp-send" => udp_send(addr, timeout),
         "tcp-connect-repeat" => tcp_connect_repeat(addr, timeout, count, Duration::ZERO),
         "tcp-connect-paced" => tcp_connect_repeat(addr, timeout, count, PACE),
-        "tcp-denied-paced" => tcp_denied_paced(addr, timeout, count),
+        "tcp-denied-paced" => tcp_denied_repeat(addr, timeout, count, PACE),
+        "tcp-denied-burst" => tcp_denied_repeat(addr, timeout, count, Duration::ZERO),
         "raw-socket" => raw_socket(addr),
         _ => {
             eprintln!("{USAGE}");
@@ -137,7 +139,12 @@ fn tcp_connect_repeat(
     Ok(())
 }
 
-fn tcp_denied_paced(addr: SocketAddr, timeout: Duration, count: u32) -> io::Result<()> {
+fn tcp_denied_repeat(
+    addr: SocketAddr,
+    timeout: Duration,
+    count: u32,
+    pace: Duration,
+) -> io::Result<()> {
     for attempt in 1..=count {
         match TcpStream::connect_timeout(&addr, timeout) {
             Err(err) if err.raw_os_error() == Some(libc::EPERM) => {}
@@ -150,7 +157,7 @@ fn tcp_denied_paced(addr: SocketAddr, timeout: Duration, count: u32) -> io::Resu
                 return Err(io::Error::other("a denied connection succeeded"));
             }
         }
-        std::thread::sleep(PACE);
+        std::thread::sleep(pace);
     }
     Ok(())
 }

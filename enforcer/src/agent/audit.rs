@@ -1,0 +1,130 @@
+//! The agent's audit thread: the [`Consumer`] on its own single-threaded runtime, so
+//! turning a burst of events into records never delays reloads, signals or metrics.
+
+use std::{
+    path::Path,
+    sync::Arc,
+    thread::JoinHandle,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{
+    audit::{
+        consumer::{AuditStats, Consumer},
+        enrich::{Enricher, GenerationNames, hostname},
+        files,
+        store::{Store, StoreSettings},
+    },
+    config::Config,
+    loader::{EventReader, PinLayout, PinnedMaps},
+};
+
+/// The running audit thread.
+pub struct AuditThread {
+    names: mpsc::UnboundedSender<GenerationNames>,
+    stop: watch::Sender<bool>,
+    ended: Option<oneshot::Receiver<()>>,
+    thread: JoinHandle<anyhow::Result<()>>,
+    /// The consumer's counts, for metrics.
+    pub stats: Arc<AuditStats>,
+}
+
+impl AuditThread {
+    /// Opens the store in `config.audit.dir` and starts consuming `events`.
+    /// `adopting`: the kernel maps (and their loss counter) are an earlier agent's, so
+    /// the losses its store already accounts for are not counted again.
+    pub fn start(
+        config: &Config,
+        events: EventReader,
+        pins: &PinLayout,
+        cgroup_root: &Path,
+        generations: Vec<GenerationNames>,
+        adopting: bool,
+    ) -> anyhow::Result<Self> {
+        let audit = &config.audit;
+        let now_ms = i64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(i64::MAX);
+        let ring_lost_accounted = if adopting {
+            files::read_head(&audit.dir)
+                .ok()
+                .flatten()
+                .map_or(0, |head| head.ring_lost_accounted)
+        } else {
+            0
+        };
+        let host = hostname();
+        let store = Store::open(
+            StoreSettings {
+                dir: audit.dir.clone(),
+                rotate_bytes: audit.rotate_bytes,
+                rotate_age: audit.rotate_age,
+                retain_bytes: audit.retain_bytes,
+                retain_age: audit.retain_age,
+                fsync: audit.fsync,
+            },
+            &host,
+            now_ms,
+        )
+        .context("audit.dir")?;
+        let stats = Arc::new(AuditStats::default());
+        let consumer = Consumer {
+            maps: PinnedMaps::open(&pins.maps_dir())?,
+            store,
+            enricher: Enricher::new(host, cgroup_root.to_owned(), generations),
+            ring_lost_accounted,
+            on_write_error: audit.on_write_error,
+            stats: Arc::clone(&stats),
+        };
+        let (names, names_rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = watch::channel(false);
+        let (ended_tx, ended) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("audit".to_owned())
+            .spawn(move || {
+                let outcome = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the audit runtime")
+                    .and_then(|runtime| runtime.block_on(consumer.run(events, names_rx, stop_rx)));
+                let _ = ended_tx.send(());
+                outcome
+            })
+            .context("starting the audit thread")?;
+        Ok(Self {
+            names,
+            stop,
+            ended: Some(ended),
+            thread,
+            stats,
+        })
+    }
+
+    /// Tells the consumer a new generation's names.
+    pub fn learn(&self, names: GenerationNames) {
+        // A send fails only when the consumer ended, which `ended` reports.
+        let _ = self.names.send(names);
+    }
+
+    /// A receiver that resolves when the consumer ends (by itself only on an error);
+    /// there is one.
+    pub fn take_ended(&mut self) -> Option<oneshot::Receiver<()>> {
+        self.ended.take()
+    }
+
+    /// Stops the consumer (it drains the ring, records what was lost and seals the
+    /// store) and returns how it ended.
+    pub fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the audit thread panicked")))
+    }
+}

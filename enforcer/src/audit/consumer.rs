@@ -1,0 +1,282 @@
+//! The agent's audit consumer: waits on the kernel's event ring with tokio's `AsyncFd`,
+//! turns each event into a record and writes them to the store in batches. Losses are
+//! never silent: the kernel's count of events a full ring refused, and every event the
+//! consumer drained but could not store, become `gap` records in the store itself as soon
+//! as it can write one.
+//!
+//! On a write error (a full disk) the consumer keeps draining the ring, counts what it
+//! cannot store, and retries once a second; the configured [`WriteErrorAction`] decides
+//! whether the kernel meanwhile denies every new flow but failsafe access.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::{mpsc, watch},
+};
+
+use super::{
+    enrich::{Enricher, GenerationNames},
+    record::{Gap, Kind, Record, SEVERITY_HIGH},
+    store::Store,
+};
+use crate::loader::{EventReader, PinnedMaps};
+
+/// Most events turned into one batch.
+const BATCH_MAX: usize = 8192;
+/// How long a failing store is left alone between attempts.
+const RETRY: Duration = Duration::from_secs(1);
+/// How often the consumer looks at the kernel's loss counter and the fsync timer when no
+/// events arrive.
+const TICK: Duration = Duration::from_millis(100);
+
+/// What to do while the store cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteErrorAction {
+    /// Keep enforcing the policy; count the events that could not be stored and write
+    /// them as a gap when the store works again.
+    KeepEnforcing,
+    /// Deny every new flow except failsafe access until the store works again.
+    FailClosed,
+}
+
+/// Counts the metrics endpoint shows.
+#[derive(Debug, Default)]
+pub struct AuditStats {
+    /// Flow records stored.
+    pub flows: AtomicU64,
+    /// Events accounted as lost in gap records, by cause: ring full.
+    pub lost_ring: AtomicU64,
+    /// Events drained but not stored (write errors) and accounted in gap records.
+    pub lost_write: AtomicU64,
+    /// Whether the last write succeeded.
+    pub store_ok: AtomicBool,
+}
+
+/// Everything the consumer needs.
+pub struct Consumer {
+    /// The pinned maps: the kernel's loss counter and fail-closed switch.
+    pub maps: PinnedMaps,
+    /// The store.
+    pub store: Store,
+    /// Event to record.
+    pub enricher: Enricher,
+    /// The kernel's loss count that the store already accounts for.
+    pub ring_lost_accounted: u64,
+    /// What to do on a write error.
+    pub on_write_error: WriteErrorAction,
+    /// Counts for metrics.
+    pub stats: Arc<AuditStats>,
+}
+
+/// What the consumer has drained but not yet stored, and what it owes the store.
+struct Owed {
+    /// Events drained but not stored since the last successful write.
+    unwritten: u64,
+    /// Records that could not be decoded.
+    undecodable: u64,
+    /// The last write error.
+    error: Option<String>,
+    /// When the store last failed, while it is failing.
+    failing_since: Option<Instant>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn gap(enricher: &Enricher, lost: u64, cause: &str, error: Option<String>) -> Record {
+    let mut record = Record::new(
+        Kind::Gap,
+        now_ms(),
+        enricher.hostname(),
+        match &error {
+            Some(error) => format!("{lost} events lost ({cause}: {error})"),
+            None => format!("{lost} events lost ({cause})"),
+        },
+    );
+    record.severity_id = SEVERITY_HIGH;
+    record.unmapped.gap = Some(Gap {
+        lost,
+        cause: cause.to_owned(),
+        error,
+    });
+    record
+}
+
+impl Consumer {
+    /// Runs until `stop` turns true, then drains the ring, accounts for every loss it can
+    /// and seals the store.
+    pub async fn run(
+        mut self,
+        events: EventReader,
+        mut names: mpsc::UnboundedReceiver<GenerationNames>,
+        mut stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        // SAFETY: the descriptor belongs to the ring map inside the reader, which the
+        // `AsyncFd` owns: it stays open and the same until the `AsyncFd` is dropped.
+        let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+            .map_err(std::io::Error::from)?;
+        let mut owed = Owed {
+            unwritten: 0,
+            undecodable: 0,
+            error: None,
+            failing_since: None,
+        };
+        let mut batch = Vec::with_capacity(BATCH_MAX);
+        self.stats.store_ok.store(true, Ordering::Relaxed);
+        loop {
+            let wait = self.store.tick()?.map_or(TICK, |due| due.min(TICK));
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                Some(generation) = names.recv() => self.enricher.learn(generation),
+                ready = ring.readable_mut() => {
+                    let mut guard = ready?;
+                    let drained = drain(guard.get_inner_mut(), &mut self.enricher, &mut batch, &mut owed);
+                    if drained < BATCH_MAX {
+                        guard.clear_ready();
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+            while let Ok(generation) = names.try_recv() {
+                self.enricher.learn(generation);
+            }
+            self.flush(&mut batch, &mut owed)?;
+        }
+        // Stopping: what the ring still holds goes in too.
+        loop {
+            let drained = drain(ring.get_mut(), &mut self.enricher, &mut batch, &mut owed);
+            self.flush(&mut batch, &mut owed)?;
+            if drained < BATCH_MAX {
+                break;
+            }
+        }
+        if owed.failing_since.is_some() {
+            tracing::error!(
+                unwritten = owed.unwritten,
+                "stopping with audit events that could not be stored; the next start counts the kernel's part of them"
+            );
+        }
+        self.store.close(now_ms())?;
+        Ok(())
+    }
+
+    /// Writes the drained records, preceded by gap records for any loss not yet
+    /// accounted for. While the store fails, attempts are spaced by [`RETRY`].
+    fn flush(&mut self, batch: &mut Vec<Record>, owed: &mut Owed) -> anyhow::Result<()> {
+        let kernel_lost = self.maps.event_counts()?.lost;
+        let ring_lost = kernel_lost.saturating_sub(self.ring_lost_accounted);
+        if batch.is_empty() && ring_lost == 0 && owed.unwritten == 0 && owed.undecodable == 0 {
+            return Ok(());
+        }
+        if owed
+            .failing_since
+            .is_some_and(|since| since.elapsed() < RETRY)
+        {
+            owed.unwritten += batch.len() as u64;
+            batch.clear();
+            return Ok(());
+        }
+        let mut gaps = Vec::new();
+        if ring_lost > 0 {
+            gaps.push(gap(&self.enricher, ring_lost, "ring-full", None));
+        }
+        if owed.unwritten > 0 {
+            gaps.push(gap(
+                &self.enricher,
+                owed.unwritten,
+                "write-error",
+                owed.error.clone(),
+            ));
+        }
+        if owed.undecodable > 0 {
+            gaps.push(gap(&self.enricher, owed.undecodable, "decode-error", None));
+        }
+        let flows = batch.len() as u64;
+        gaps.append(batch);
+        let mut records = gaps;
+        let accounted_before = self.ring_lost_accounted;
+        self.store.set_ring_lost_accounted(kernel_lost);
+        match self.store.write(&mut records, now_ms()) {
+            Ok(()) => {
+                self.ring_lost_accounted = kernel_lost;
+                self.stats.flows.fetch_add(flows, Ordering::Relaxed);
+                self.stats.lost_ring.fetch_add(ring_lost, Ordering::Relaxed);
+                self.stats
+                    .lost_write
+                    .fetch_add(owed.unwritten, Ordering::Relaxed);
+                if owed.failing_since.take().is_some() {
+                    tracing::warn!(
+                        lost = owed.unwritten,
+                        "audit store writable again; the lost events are recorded as a gap"
+                    );
+                    self.stats.store_ok.store(true, Ordering::Relaxed);
+                    if self.on_write_error == WriteErrorAction::FailClosed {
+                        self.maps.set_fail_closed(false)?;
+                        tracing::warn!("fail-closed lifted: flows are decided by the policy again");
+                    }
+                }
+                owed.unwritten = 0;
+                owed.undecodable = 0;
+                owed.error = None;
+            }
+            Err(err) => {
+                self.store.set_ring_lost_accounted(accounted_before);
+                owed.unwritten += flows;
+                let first = owed.failing_since.is_none();
+                owed.failing_since = Some(Instant::now());
+                owed.error = Some(err.to_string());
+                self.stats.store_ok.store(false, Ordering::Relaxed);
+                if first {
+                    tracing::error!(error = %err, action = ?self.on_write_error, "cannot write audit records; counting what is lost and retrying every second");
+                    if self.on_write_error == WriteErrorAction::FailClosed {
+                        self.maps.set_fail_closed(true)?;
+                        tracing::error!(
+                            "fail-closed: every new flow but failsafe access is denied until audit records can be written"
+                        );
+                    }
+                }
+            }
+        }
+        batch.clear();
+        Ok(())
+    }
+}
+
+/// Moves up to [`BATCH_MAX`] waiting events into `batch` as records; returns how many
+/// were taken off the ring.
+fn drain(
+    ring: &mut EventReader,
+    enricher: &mut Enricher,
+    batch: &mut Vec<Record>,
+    owed: &mut Owed,
+) -> usize {
+    let mut taken = 0;
+    while taken < BATCH_MAX {
+        let Some(event) = ring.next_event() else {
+            break;
+        };
+        taken += 1;
+        match event {
+            Ok(event) => batch.push(enricher.record(&event)),
+            Err(err) => {
+                if owed.undecodable == 0 {
+                    tracing::error!(error = %err, "an event could not be decoded");
+                }
+                owed.undecodable += 1;
+            }
+        }
+    }
+    taken
+}

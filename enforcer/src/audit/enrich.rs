@@ -1,0 +1,407 @@
+//! Turning a kernel [`FlowEvent`] into a flow [`Record`]: segment, rule and failsafe names
+//! of the generation that decided, that generation's policy hash, the cgroup's path, the
+//! interface's name, wall-clock time and the host's name.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use enforcer_common::event::{FlowEvent, Hook, Reason, Verdict, family};
+use serde::{Deserialize, Serialize};
+
+use super::record::{
+    ACTION_ALLOWED, ACTION_DENIED, ACTIVITY_OPEN, ACTIVITY_REFUSE, Actor, CATEGORY_NETWORK,
+    CLASS_NETWORK_ACTIVITY, ConnectionInfo, DISPOSITION_ALLOWED, DISPOSITION_BLOCKED,
+    DISPOSITION_DETECTED, Endpoint, FirewallRule, FlowDetails, Kind, Process, Record,
+    SEVERITY_INFO, SEVERITY_LOW, SEVERITY_MEDIUM,
+};
+
+/// The names one policy generation gives its numeric ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationNames {
+    /// The generation number.
+    pub generation: u32,
+    /// SHA-256 of its policy files.
+    pub source_sha256: String,
+    /// Segment names by id.
+    pub segments: Vec<String>,
+    /// Rule ids by numeric id minus one.
+    pub rules: Vec<String>,
+    /// Failsafe names by number minus one.
+    pub failsafes: Vec<String>,
+}
+
+impl GenerationNames {
+    /// The rule, failsafe or nothing an event's `rule_id` names under its reason.
+    fn rule(&self, reason: Reason, id: u32) -> Option<String> {
+        let index = usize::try_from(id).ok()?.checked_sub(1)?;
+        match reason {
+            Reason::Rule => self.rules.get(index).cloned(),
+            Reason::Failsafe => self.failsafes.get(index).cloned(),
+            _ => None,
+        }
+    }
+
+    fn segment(&self, id: u32) -> String {
+        usize::try_from(id)
+            .ok()
+            .and_then(|index| self.segments.get(index))
+            .cloned()
+            .unwrap_or_else(|| format!("segment#{id}"))
+    }
+}
+
+/// How many generations' names are kept: events of a replaced generation may still be
+/// in the ring when the next one is applied.
+pub const GENERATIONS_KEPT: usize = 4;
+
+/// cgroup ids to paths, rescanned at most once a second when an unknown id shows up.
+struct CgroupPaths {
+    root: PathBuf,
+    paths: HashMap<u64, String>,
+    scanned: Option<Instant>,
+}
+
+impl CgroupPaths {
+    fn path(&mut self, id: u64) -> String {
+        if id == 0 {
+            return String::new();
+        }
+        if let Some(path) = self.paths.get(&id) {
+            return path.clone();
+        }
+        if self
+            .scanned
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            self.scanned = Some(Instant::now());
+            self.paths.clear();
+            scan(&self.root, &self.root, &mut self.paths, 0);
+        }
+        self.paths.get(&id).cloned().unwrap_or_default()
+    }
+}
+
+/// Every cgroup below `dir` (a cgroup2 directory's inode number is its cgroup id).
+fn scan(root: &Path, dir: &Path, paths: &mut HashMap<u64, String>, depth: usize) {
+    if depth > 16 {
+        return;
+    }
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let relative = dir.strip_prefix(root).unwrap_or(dir);
+        paths.insert(meta.ino(), format!("/{}", relative.display()));
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            scan(root, &entry.path(), paths, depth + 1);
+        }
+    }
+}
+
+/// Converts kernel events into flow records.
+pub struct Enricher {
+    hostname: String,
+    generations: Vec<Arc<GenerationNames>>,
+    cgroups: CgroupPaths,
+    interfaces: HashMap<u32, String>,
+    /// Wall clock minus the kernel's boot-time clock, in nanoseconds.
+    clock_offset_ns: i128,
+}
+
+impl Enricher {
+    /// An enricher for this host, its cgroup2 root and the generations known so far.
+    pub fn new(hostname: String, cgroup_root: PathBuf, generations: Vec<GenerationNames>) -> Self {
+        Self {
+            hostname,
+            generations: generations.into_iter().map(Arc::new).collect(),
+            cgroups: CgroupPaths {
+                root: cgroup_root,
+                paths: HashMap::new(),
+                scanned: None,
+            },
+            interfaces: HashMap::new(),
+            clock_offset_ns: clock_offset_ns(),
+        }
+    }
+
+    /// The host's name.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// Learns a new generation's names (the oldest known one is forgotten past
+    /// [`GENERATIONS_KEPT`]).
+    pub fn learn(&mut self, names: GenerationNames) {
+        self.generations
+            .retain(|known| known.generation != names.generation);
+        self.generations.push(Arc::new(names));
+        if self.generations.len() > GENERATIONS_KEPT {
+            self.generations.remove(0);
+        }
+        // Re-read the clocks now and then: the wall clock may have been stepped.
+        self.clock_offset_ns = clock_offset_ns();
+    }
+
+    /// The wall-clock time (ms since the epoch) of a kernel boot-time timestamp.
+    pub fn wall_ms(&self, boot_ns: u64) -> i64 {
+        i64::try_from((i128::from(boot_ns) + self.clock_offset_ns) / 1_000_000).unwrap_or(0)
+    }
+
+    /// The record of one event.
+    pub fn record(&mut self, event: &FlowEvent) -> Record {
+        let names = self
+            .generations
+            .iter()
+            .rev()
+            .find(|known| known.generation == event.generation)
+            .cloned()
+            .unwrap_or_else(|| {
+                Arc::new(GenerationNames {
+                    generation: event.generation,
+                    ..GenerationNames::default()
+                })
+            });
+        let verdict = Verdict::from_code(event.verdict);
+        let reason = Reason::from_code(event.reason);
+        let hook = Hook::from_code(event.hook);
+        let verdict_word = verdict.map_or("unknown", Verdict::word);
+        let reason_word = reason.map_or("unknown", Reason::word);
+        let rule = reason.and_then(|reason| names.rule(reason, event.rule_id));
+        let src_segment = names.segment(event.src_segment);
+        let dst_segment = names.segment(event.dst_segment);
+        let v4 = event.family == family::INET;
+        let inbound = hook == Some(Hook::XdpIngress);
+        let src_ip = address(
+            &event.src_addr,
+            event.family,
+            inbound || event.src_port != 0,
+        );
+        let dst_ip = address(&event.dst_addr, event.family, true);
+        let protocol_name = match event.protocol {
+            6 => "tcp".to_owned(),
+            17 => "udp".to_owned(),
+            other => other.to_string(),
+        };
+        let pid = u32::try_from(event.pid_tgid >> 32).unwrap_or(0);
+        let comm = comm(&event.comm);
+        let cgroup = self.cgroups.path(event.cgroup_id);
+        let interface = (event.ifindex != 0).then(|| self.interface(event.ifindex));
+
+        let mut record = Record::new(
+            Kind::Flow,
+            self.wall_ms(event.timestamp_ns),
+            &self.hostname,
+            format!(
+                "{verdict_word} {src_segment} -> {dst_segment} {dst_ip}:{}/{protocol_name} ({})",
+                event.dst_port,
+                rule.as_deref().unwrap_or(reason_word)
+            ),
+        );
+        let (activity, action, disposition, severity) = match verdict {
+            Some(Verdict::Deny) => (
+                ACTIVITY_REFUSE,
+                ACTION_DENIED,
+                DISPOSITION_BLOCKED,
+                SEVERITY_MEDIUM,
+            ),
+            Some(Verdict::Audit) => (
+                ACTIVITY_OPEN,
+                ACTION_ALLOWED,
+                DISPOSITION_DETECTED,
+                SEVERITY_LOW,
+            ),
+            _ => (
+                ACTIVITY_OPEN,
+                ACTION_ALLOWED,
+                DISPOSITION_ALLOWED,
+                SEVERITY_INFO,
+            ),
+        };
+        record.class_uid = CLASS_NETWORK_ACTIVITY;
+        record.category_uid = CATEGORY_NETWORK;
+        record.activity_id = activity;
+        record.type_uid = u64::from(CLASS_NETWORK_ACTIVITY) * 100 + u64::from(activity);
+        record.severity_id = severity;
+        record.action_id = Some(action);
+        record.disposition_id = Some(disposition);
+        record.src_endpoint = Some(Endpoint {
+            ip: src_ip,
+            port: event.src_port,
+            name: src_segment.clone(),
+        });
+        record.dst_endpoint = Some(Endpoint {
+            ip: dst_ip,
+            port: event.dst_port,
+            name: dst_segment.clone(),
+        });
+        record.connection_info = Some(ConnectionInfo {
+            protocol_num: event.protocol,
+            protocol_name,
+            protocol_ver_id: if v4 { 4 } else { 6 },
+            direction_id: if inbound { 1 } else { 2 },
+        });
+        record.actor = (!inbound).then_some(Actor {
+            process: Process { pid, name: comm },
+        });
+        record.firewall_rule = Some(FirewallRule {
+            uid: rule.clone().unwrap_or_else(|| reason_word.to_owned()),
+            kind: reason_word.to_owned(),
+        });
+        record.unmapped.flow = Some(FlowDetails {
+            verdict: verdict_word.to_owned(),
+            reason: reason_word.to_owned(),
+            rule,
+            hook: hook.map_or("unknown", Hook::program_name).to_owned(),
+            src_segment,
+            dst_segment,
+            generation: event.generation,
+            policy_sha256: names.source_sha256.clone(),
+            cgroup_id: event.cgroup_id,
+            cgroup,
+            interface,
+            kernel_ns: event.timestamp_ns,
+        });
+        record
+    }
+
+    fn interface(&mut self, index: u32) -> String {
+        self.interfaces
+            .entry(index)
+            .or_insert_with(|| {
+                let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+                // SAFETY: `name` has room for IF_NAMESIZE bytes, as the call requires.
+                let found = unsafe { libc::if_indextoname(index, name.as_mut_ptr()) };
+                if found.is_null() {
+                    format!("if#{index}")
+                } else {
+                    // SAFETY: on success the buffer holds a NUL-terminated name.
+                    unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+                        .to_string_lossy()
+                        .into_owned()
+                }
+            })
+            .clone()
+    }
+}
+
+/// An event's address as text; empty where the hook does not know it (`known` false and
+/// all zero).
+fn address(bytes: &[u8; 16], address_family: u8, known: bool) -> String {
+    let ip = if address_family == family::INET {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else if address_family == family::INET6 {
+        IpAddr::V6(Ipv6Addr::from(*bytes))
+    } else {
+        return String::new();
+    };
+    if !known && ip.is_unspecified() {
+        String::new()
+    } else {
+        ip.to_string()
+    }
+}
+
+fn comm(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(clock, &raw mut now) };
+    i128::from(now.tv_sec) * 1_000_000_000 + i128::from(now.tv_nsec)
+}
+
+/// `CLOCK_REALTIME - CLOCK_BOOTTIME`: adds to a `bpf_ktime_get_boot_ns` stamp to give
+/// wall-clock time.
+fn clock_offset_ns() -> i128 {
+    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME)
+}
+
+/// The host's name.
+pub fn hostname() -> String {
+    let mut name = [0 as libc::c_char; 256];
+    // SAFETY: `name` is writable for its whole length, which is passed.
+    if unsafe { libc::gethostname(name.as_mut_ptr(), name.len() - 1) } != 0 {
+        return "localhost".to_owned();
+    }
+    // SAFETY: gethostname wrote a NUL-terminated name (the last byte stays 0).
+    unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_becomes_an_ocsf_network_activity_record() {
+        let names = GenerationNames {
+            generation: 3,
+            source_sha256: "ab".repeat(32),
+            segments: vec![
+                "*".into(),
+                "host".into(),
+                "world".into(),
+                "orders".into(),
+                "payments".into(),
+            ],
+            rules: vec!["orders-to-payments".into()],
+            failsafes: vec![],
+        };
+        let mut enricher =
+            Enricher::new("host-a".into(), PathBuf::from("/nonexistent"), vec![names]);
+        let mut event = FlowEvent::ZEROED;
+        event.generation = 3;
+        event.hook = Hook::Connect4 as u8;
+        event.verdict = Verdict::Allow as u8;
+        event.reason = Reason::Rule as u8;
+        event.rule_id = 1;
+        event.src_segment = 3;
+        event.dst_segment = 4;
+        event.family = family::INET;
+        event.protocol = 6;
+        event.src_port = 40_000;
+        event.dst_port = 8443;
+        event.dst_addr[..4].copy_from_slice(&[198, 18, 0, 2]);
+        event.pid_tgid = (4242u64 << 32) | 4243;
+        event.comm[..4].copy_from_slice(b"curl");
+        let record = enricher.record(&event);
+        assert_eq!(record.class_uid, 4001);
+        assert_eq!(record.type_uid, 400_101);
+        assert_eq!(record.action_id, Some(ACTION_ALLOWED));
+        assert_eq!(
+            record.firewall_rule.as_ref().unwrap().uid,
+            "orders-to-payments"
+        );
+        assert_eq!(record.dst_endpoint.as_ref().unwrap().ip, "198.18.0.2");
+        assert_eq!(record.dst_endpoint.as_ref().unwrap().name, "payments");
+        assert_eq!(record.actor.as_ref().unwrap().process.pid, 4242);
+        assert_eq!(record.actor.as_ref().unwrap().process.name, "curl");
+        let flow = record.flow().unwrap();
+        assert_eq!(flow.rule.as_deref(), Some("orders-to-payments"));
+        assert_eq!(flow.src_segment, "orders");
+        assert_eq!(flow.policy_sha256, "ab".repeat(32));
+
+        event.verdict = Verdict::Deny as u8;
+        event.reason = Reason::DefaultDeny as u8;
+        event.rule_id = 0;
+        let record = enricher.record(&event);
+        assert_eq!(record.activity_id, ACTIVITY_REFUSE);
+        assert_eq!(record.firewall_rule.as_ref().unwrap().uid, "default-deny");
+        assert_eq!(record.flow().unwrap().rule, None);
+    }
+}

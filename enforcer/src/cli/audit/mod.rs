@@ -1,0 +1,147 @@
+//! `enforcer audit ...`: the SOC analyst's tools over the local audit store, one module
+//! per subcommand.
+
+mod query;
+mod stats;
+mod tail;
+mod verify;
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+use super::run::DEFAULT_CONFIG;
+use crate::{
+    audit::record::{Kind, Record},
+    config::Config,
+};
+
+/// Audit subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the newest records, and with -f every new one as it is written.
+    Tail(tail::Args),
+    /// Find flows by time, segment, rule, verdict, address and port.
+    Query(query::Args),
+    /// Check a store's hash chain, seals and files; name the first broken record.
+    Verify(verify::Args),
+    /// Top talkers, denials by rule, and a segment-to-segment matrix.
+    Stats(stats::Args),
+}
+
+/// Runs an audit subcommand.
+pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Tail(args) => tail::run(args),
+        Command::Query(args) => query::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Stats(args) => stats::run(args),
+    }
+}
+
+/// Where the store is: `--dir`, else the agent config's `audit.dir`.
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    /// The audit store directory (default: `audit.dir` of the agent's config).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The agent's config file, read when --dir is not given.
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+impl StoreArgs {
+    /// The store directory.
+    fn dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.dir {
+            return Ok(dir.clone());
+        }
+        let config = Config::load(&self.config).with_context(|| {
+            format!(
+                "no --dir given, and {} cannot be used",
+                self.config.display()
+            )
+        })?;
+        Ok(config.audit.dir)
+    }
+}
+
+/// Milliseconds since the epoch of `--since`/`--until`: an RFC 3339 time
+/// (`2026-11-22T10:00:00Z`) or an age (`15m`, `2h`, `7days`) before now.
+fn parse_time(text: &str) -> Result<i64, String> {
+    let time = match humantime::parse_rfc3339_weak(text) {
+        Ok(time) => time,
+        Err(_) => {
+            let age = humantime::parse_duration(text).map_err(|_| {
+                format!("`{text}` is neither an RFC 3339 time (2026-11-22T10:00:00Z) nor an age (15m, 2h, 7days)")
+            })?;
+            SystemTime::now()
+                .checked_sub(age)
+                .ok_or_else(|| format!("`{text}` reaches before the epoch"))?
+        }
+    };
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Ok(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A record's time as RFC 3339 with milliseconds (UTC).
+fn format_time(ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// One record as one line for people.
+fn format_line(record: &Record) -> String {
+    let time = format_time(record.time);
+    match (record.unmapped.kind, record.flow()) {
+        (Kind::Flow, Some(flow)) => {
+            let src = record.src_endpoint.as_ref();
+            let dst = record.dst_endpoint.as_ref();
+            let endpoint = |end: Option<&crate::audit::record::Endpoint>| {
+                end.map_or_else(String::new, |end| match (end.ip.is_empty(), end.port) {
+                    (true, 0) => String::new(),
+                    (true, port) => format!(":{port}"),
+                    (false, 0) => end.ip.clone(),
+                    (false, port) if end.ip.contains(':') => format!("[{}]:{port}", end.ip),
+                    (false, port) => format!("{}:{port}", end.ip),
+                })
+            };
+            let protocol = record
+                .connection_info
+                .as_ref()
+                .map_or("", |info| info.protocol_name.as_str());
+            let process = record.actor.as_ref().map_or_else(String::new, |actor| {
+                format!(" pid={} comm={}", actor.process.pid, actor.process.name)
+            });
+            format!(
+                "{time} {:<5} {} {} -> {} {}/{protocol} by {}{process}",
+                flow.verdict,
+                flow.src_segment,
+                endpoint(src),
+                flow.dst_segment,
+                endpoint(dst),
+                flow.rule.as_deref().unwrap_or(&flow.reason),
+            )
+        }
+        _ => format!(
+            "{time} [{}] {}",
+            kind_word(record.unmapped.kind),
+            record.message
+        ),
+    }
+}
+
+fn kind_word(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Flow => "flow",
+        Kind::Gap => "GAP",
+        Kind::Open => "open",
+        Kind::Retention => "retention",
+        Kind::Seal => "seal",
+    }
+}

@@ -1,0 +1,138 @@
+//! `enforcer audit query`: the flows that match, as a table or as the stored JSON lines.
+
+use std::{io::Write as _, net::IpAddr, process::ExitCode};
+
+use super::{StoreArgs, format_time, parse_time};
+use crate::audit::{
+    read::{self, Filter},
+    record::Record,
+};
+use crate::cli::policy::{print_table, table};
+
+/// Arguments of `enforcer audit query`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Records at or after this time: RFC 3339, or an age such as 15m or 2h.
+    #[arg(long, value_parser = parse_time)]
+    since: Option<i64>,
+    /// Records before this time: RFC 3339, or an age such as 15m or 2h.
+    #[arg(long, value_parser = parse_time)]
+    until: Option<i64>,
+    /// Flows from or to this segment.
+    #[arg(long)]
+    segment: Option<String>,
+    /// Flows decided by this rule id (or reason: default-deny, failsafe, ...).
+    #[arg(long)]
+    rule: Option<String>,
+    /// Flows with this verdict.
+    #[arg(long, value_parser = ["allow", "deny", "audit"])]
+    verdict: Option<String>,
+    /// Flows from or to this address.
+    #[arg(long)]
+    addr: Option<IpAddr>,
+    /// Flows to or from this port.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Print at most this many records (the oldest first).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Print the matching records as stored (JSON Lines, OCSF).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the query.
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let dir = args.store.dir()?;
+    let filter = Filter {
+        since: args.since,
+        until: args.until,
+        segment: args.segment.clone(),
+        rule: args.rule.clone(),
+        verdict: args.verdict.clone(),
+        addr: args.addr,
+        port: args.port,
+        store_records: true,
+    };
+    let limit = args.limit.unwrap_or(usize::MAX);
+    let mut shown = 0;
+    let mut table = table(&[
+        "time",
+        "verdict",
+        "from",
+        "source",
+        "to",
+        "destination",
+        "rule",
+        "process",
+    ]);
+    let mut out = std::io::stdout().lock();
+    let mut write_error = None;
+    read::scan(
+        &dir,
+        &filter,
+        |_| {},
+        |record| {
+            if !read::is_reportable(&record) {
+                return true;
+            }
+            shown += 1;
+            if args.json {
+                if let Err(err) = serde_json::to_writer(&mut out, &record)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| out.write_all(b"\n"))
+                {
+                    write_error = Some(err);
+                    return false;
+                }
+            } else {
+                table.add_row(row(&record));
+            }
+            shown < limit
+        },
+    )?;
+    if let Some(err) = write_error {
+        return Err(err.into());
+    }
+    drop(out);
+    if !args.json {
+        print_table(&table);
+        println!("{shown} records");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn row(record: &Record) -> Vec<String> {
+    let Some(flow) = record.flow() else {
+        return vec![
+            format_time(record.time),
+            "GAP".to_owned(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            record.message.clone(),
+        ];
+    };
+    let end = |end: &Option<crate::audit::record::Endpoint>| {
+        end.as_ref()
+            .map_or_else(String::new, |end| format!("{} {}", end.ip, end.port))
+            .trim()
+            .to_owned()
+    };
+    vec![
+        format_time(record.time),
+        flow.verdict.clone(),
+        flow.src_segment.clone(),
+        end(&record.src_endpoint),
+        flow.dst_segment.clone(),
+        end(&record.dst_endpoint),
+        flow.rule.clone().unwrap_or_else(|| flow.reason.clone()),
+        record.actor.as_ref().map_or_else(String::new, |actor| {
+            format!("{} ({})", actor.process.name, actor.process.pid)
+        }),
+    ]
+}

@@ -1,0 +1,413 @@
+//! The SOC analyst's side: flow events from real connects in the audit store with the
+//! right fields, nothing lost without a gap record saying so, and a full disk survived.
+
+use std::{
+    fs,
+    io::Write as _,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use enforcer_tests::{
+    agent::{AgentHost, enforcer_bin},
+    cgroup::TestCgroup,
+    netns::{Netns, Veth},
+    probe::{Outcome, Spawn},
+};
+use serde_json::Value;
+
+const ALLOWED_PORT: u16 = 5432;
+const DENIED_PORT: u16 = 5433;
+
+/// `api` (a child of the attached cgroup) may reach the peer on [`ALLOWED_PORT`] only.
+fn policy(api: &TestCgroup, veth: &Veth) -> String {
+    format!(
+        r#"[segments.api]
+cgroups = ["{api}"]
+
+[segments.peer]
+cidrs = ["{peer}/32"]
+
+[[allow]]
+id = "api-to-peer"
+from = ["api"]
+to = ["peer"]
+ports = ["{ALLOWED_PORT}/tcp"]
+"#,
+        api = api.relative_path(),
+        peer = veth.peer_v4,
+    )
+}
+
+fn peer(veth: &Veth, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::from(veth.peer_v4), port)
+}
+
+fn is_eperm(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Error { errno, .. } if *errno == libc::EPERM)
+}
+
+/// Every flow and gap record, through `enforcer audit query --json`.
+fn records(agent: &AgentHost) -> Vec<Value> {
+    let output = agent.command(&["audit", "query", "--json"]);
+    assert!(
+        output.status.success(),
+        "audit query failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("query prints JSON lines"))
+        .collect()
+}
+
+/// Waits (up to `limit`) until the records satisfy `check`; returns them.
+fn wait_for_records(
+    agent: &AgentHost,
+    what: &str,
+    limit: Duration,
+    check: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let found = records(agent);
+        if check(&found) {
+            return found;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "no {what} in the audit store after {limit:?}; it holds {} records, the last: {:#?}",
+            found.len(),
+            found.iter().rev().take(3).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn flows_to(records: &[Value], port: u16, verdict: &str) -> u64 {
+    records
+        .iter()
+        .filter(|r| {
+            r["unmapped"]["kind"] == "flow"
+                && r["dst_endpoint"]["port"] == port
+                && r["unmapped"]["flow"]["verdict"] == verdict
+        })
+        .count() as u64
+}
+
+fn lost(records: &[Value], cause: &str) -> u64 {
+    records
+        .iter()
+        .filter(|r| r["unmapped"]["kind"] == "gap" && r["unmapped"]["gap"]["cause"] == cause)
+        .map(|r| r["unmapped"]["gap"]["lost"].as_u64().expect("lost"))
+        .sum()
+}
+
+/// `enforcer audit verify DIR`: (exit code, stdout + stderr).
+fn verify(dir: &Path) -> (i32, String) {
+    let output = Command::new(enforcer_bin())
+        .args(["audit", "verify"])
+        .arg(dir)
+        .output()
+        .expect("run enforcer audit verify");
+    (
+        output.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[test]
+fn flows_from_real_connects_land_in_the_store_with_their_rule() {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let parent = TestCgroup::new();
+    let api = parent.child("api.service");
+    let _allowed = Spawn::tcp_server(peer(&veth, ALLOWED_PORT))
+        .netns(&netns)
+        .serve();
+    let _denied = Spawn::tcp_server(peer(&veth, DENIED_PORT))
+        .netns(&netns)
+        .serve();
+    let mut agent = AgentHost::new(&parent, &policy(&api, &veth), "127.0.0.1:19621", "");
+    agent.start();
+    let source_sha256 = agent.status()["policy"]["source_sha256"]
+        .as_str()
+        .expect("the policy hash")
+        .to_owned();
+
+    assert_eq!(
+        Spawn::tcp_client(peer(&veth, ALLOWED_PORT))
+            .cgroup(&api)
+            .run(),
+        Outcome::Ok
+    );
+    assert!(is_eperm(
+        &Spawn::tcp_client(peer(&veth, DENIED_PORT))
+            .cgroup(&api)
+            .run()
+    ));
+
+    let found = wait_for_records(
+        &agent,
+        "allow and deny records",
+        Duration::from_secs(10),
+        |r| flows_to(r, ALLOWED_PORT, "allow") == 1 && flows_to(r, DENIED_PORT, "deny") == 1,
+    );
+    let allowed = found
+        .iter()
+        .find(|r| r["dst_endpoint"]["port"] == ALLOWED_PORT)
+        .expect("the allowed flow");
+    assert_eq!(allowed["class_uid"], 4001, "OCSF Network Activity");
+    assert_eq!(allowed["activity_id"], 1, "Open");
+    assert_eq!(allowed["action_id"], 1, "Allowed");
+    assert_eq!(allowed["firewall_rule"]["uid"], "api-to-peer");
+    assert_eq!(allowed["dst_endpoint"]["ip"], veth.peer_v4.to_string());
+    assert_eq!(allowed["dst_endpoint"]["name"], "peer");
+    assert_eq!(allowed["src_endpoint"]["name"], "api");
+    assert_eq!(allowed["connection_info"]["protocol_name"], "tcp");
+    assert_eq!(allowed["actor"]["process"]["name"], "enforcer-probe");
+    let flow = &allowed["unmapped"]["flow"];
+    assert_eq!(flow["rule"], "api-to-peer");
+    assert_eq!(flow["hook"], "connect4");
+    assert_eq!(flow["policy_sha256"], source_sha256.as_str());
+    assert_eq!(flow["cgroup"], format!("/{}", api.relative_path()));
+    assert!(
+        allowed["device"]["hostname"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty())
+    );
+
+    let denied = found
+        .iter()
+        .find(|r| r["dst_endpoint"]["port"] == DENIED_PORT)
+        .expect("the denied flow");
+    assert_eq!(denied["activity_id"], 5, "Refuse");
+    assert_eq!(denied["action_id"], 2, "Denied");
+    assert_eq!(denied["unmapped"]["flow"]["reason"], "default-deny");
+    assert_eq!(denied["firewall_rule"]["uid"], "default-deny");
+
+    // The rule filter finds the allowed flow alone.
+    let output = agent.command(&["audit", "query", "--json", "--rule", "api-to-peer"]);
+    let by_rule: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(by_rule.len(), 1, "{by_rule:#?}");
+    assert_eq!(by_rule[0]["dst_endpoint"]["port"], ALLOWED_PORT);
+
+    // Stopping seals the store; it verifies clean.
+    assert!(
+        agent.terminate(),
+        "the agent stops cleanly:\n{}",
+        agent.log(1)
+    );
+    let (code, said) = verify(&agent.audit_dir());
+    assert_eq!(code, 0, "{said}");
+    assert!(said.starts_with("intact"), "{said}");
+}
+
+#[test]
+fn a_stopped_consumer_loses_nothing_unaccounted() {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let parent = TestCgroup::new();
+    let api = parent.child("api.service");
+    let mut agent = AgentHost::new(&parent, &policy(&api, &veth), "127.0.0.1:19622", "");
+    // Every attempt is its own event: no duplicate suppression.
+    agent.audit_options("dedup_window_ms = 0");
+    agent.start();
+
+    // More denied connects than the 16 MiB ring holds (about 150k events), while the
+    // agent cannot read it.
+    const BURST: u32 = 200_000;
+    agent.pause();
+    let burst = Spawn::tcp_denied_burst(peer(&veth, DENIED_PORT), BURST)
+        .cgroup(&api)
+        .run();
+    agent.resume();
+    assert_eq!(
+        burst,
+        Outcome::Ok,
+        "every attempt was denied with EPERM while the agent was stopped"
+    );
+
+    let found = wait_for_records(
+        &agent,
+        "every event stored or counted",
+        Duration::from_secs(60),
+        |r| flows_to(r, DENIED_PORT, "deny") + lost(r, "ring-full") >= u64::from(BURST),
+    );
+    let stored = flows_to(&found, DENIED_PORT, "deny");
+    let lost = lost(&found, "ring-full");
+    assert_eq!(
+        stored + lost,
+        u64::from(BURST),
+        "events generated = records stored + losses in gap records"
+    );
+    assert!(
+        lost > 0,
+        "the ring overflowed, and the gap records say by how much"
+    );
+    let status = agent.status();
+    assert_eq!(
+        status["events"]["lost"].as_u64(),
+        Some(lost),
+        "the gap records account for exactly the kernel's count: {status:#}"
+    );
+    assert!(agent.terminate());
+    let (code, said) = verify(&agent.audit_dir());
+    assert_eq!(code, 0, "{said}");
+}
+
+/// A tmpfs of `size` mounted on `dir`, unmounted on drop.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        fs::create_dir_all(dir).expect("create the mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount a tmpfs on {}", dir.display());
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Fills the free space with a file; returns its path.
+    fn fill(&self) -> PathBuf {
+        let path = self.dir.join("filler");
+        let mut file = fs::File::create(&path).expect("create the filler");
+        let chunk = vec![0u8; 4096];
+        for _ in 0..1_000_000 {
+            if file.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// A full disk under `on_write_error = action`: returns the agent, the peer's cgroup and
+/// addresses, after the store has failed at least once.
+fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &TestCgroup, &Veth)) {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let parent = TestCgroup::new();
+    let api = parent.child("api.service");
+    let _allowed = Spawn::tcp_server(peer(&veth, ALLOWED_PORT))
+        .netns(&netns)
+        .serve();
+    let mut agent = AgentHost::new(&parent, &policy(&api, &veth), metrics, "");
+    agent.audit_options(&format!(
+        "dedup_window_ms = 0\non_write_error = \"{action}\""
+    ));
+    let tmpfs = Tmpfs::mount(&agent.audit_dir(), "1m");
+    agent.start();
+    let filler = tmpfs.fill();
+
+    // Denied attempts make events until a write fails (the last page of the store file
+    // may take a few more records first).
+    let started = Instant::now();
+    while !agent.log(1).contains("cannot write audit records") {
+        let _ = Spawn::tcp_client(peer(&veth, DENIED_PORT))
+            .cgroup(&api)
+            .run();
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no write error logged:\n{}",
+            agent.log(1)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check(&agent, &api, &veth);
+    assert!(
+        agent.is_running(),
+        "the agent survived the full disk:\n{}",
+        agent.log(1)
+    );
+
+    // Space returns: writing resumes by itself, with a gap record for what was lost.
+    fs::remove_file(filler).expect("remove the filler");
+    let found = wait_for_records(&agent, "a write-error gap", Duration::from_secs(10), |r| {
+        lost(r, "write-error") > 0
+    });
+    assert!(
+        agent.log(1).contains("audit store writable again"),
+        "{}",
+        agent.log(1)
+    );
+    assert_eq!(
+        Spawn::tcp_client(peer(&veth, ALLOWED_PORT))
+            .cgroup(&api)
+            .run(),
+        Outcome::Ok,
+        "the policy decides again"
+    );
+    let after = wait_for_records(
+        &agent,
+        "the allowed flow after recovery",
+        Duration::from_secs(10),
+        |r| flows_to(r, ALLOWED_PORT, "allow") >= 1,
+    );
+    assert!(after.len() > found.len());
+    assert!(
+        agent.terminate(),
+        "the agent stops cleanly:\n{}",
+        agent.log(1)
+    );
+    let (code, said) = verify(&agent.audit_dir());
+    assert_eq!(code, 0, "{said}");
+    drop(tmpfs);
+}
+
+#[test]
+fn a_full_disk_keeps_enforcing_and_recovers_with_a_gap_record() {
+    full_disk("keep-enforcing", "127.0.0.1:19623", |_, api, veth| {
+        assert_eq!(
+            Spawn::tcp_client(peer(veth, ALLOWED_PORT))
+                .cgroup(api)
+                .run(),
+            Outcome::Ok,
+            "allowed flows pass while audit records cannot be written"
+        );
+        assert!(is_eperm(
+            &Spawn::tcp_client(peer(veth, DENIED_PORT)).cgroup(api).run()
+        ));
+    });
+}
+
+#[test]
+fn a_full_disk_fails_closed_when_configured_and_recovers() {
+    full_disk("fail-closed", "127.0.0.1:19624", |agent, api, veth| {
+        assert!(
+            agent.log(1).contains("fail-closed"),
+            "the agent says it fails closed:\n{}",
+            agent.log(1)
+        );
+        assert!(
+            is_eperm(
+                &Spawn::tcp_client(peer(veth, ALLOWED_PORT))
+                    .cgroup(api)
+                    .run()
+            ),
+            "an allowed flow is denied while audit records cannot be written"
+        );
+    });
+}
