@@ -84,6 +84,8 @@ pub struct Audit {
     pub fsync: Fsync,
     /// What happens while records cannot be written.
     pub on_write_error: WriteErrorAction,
+    /// The syslog collector records are forwarded to, if any.
+    pub forward: Option<SocketAddr>,
 }
 
 fn fsync_word<S: serde::Serializer>(fsync: &Fsync, out: S) -> Result<S::Ok, S::Error> {
@@ -191,6 +193,13 @@ struct RawAudit {
     fsync: Option<RawFsync>,
     fsync_interval_ms: Option<Spanned<u64>>,
     on_write_error: Option<WriteErrorAction>,
+    forward: Option<RawForward>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    address: Spanned<String>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -409,6 +418,20 @@ impl Config {
                 .audit
                 .on_write_error
                 .unwrap_or(WriteErrorAction::KeepEnforcing),
+            forward: raw.audit.forward.as_ref().and_then(|forward| {
+                let address = forward.address.get_ref();
+                address.parse().map_or_else(
+                    |_| {
+                        checker.problem(
+                            &forward.address,
+                            "audit.forward.address".to_owned(),
+                            format!("`{address}` is not an address:port"),
+                        );
+                        None
+                    },
+                    Some,
+                )
+            }),
         };
         let metrics_listen = match &raw.metrics.listen {
             Some(value) => value.get_ref().parse().unwrap_or_else(|_| {

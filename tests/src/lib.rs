@@ -17,6 +17,7 @@ pub mod packet;
 pub mod pins;
 pub mod policy;
 pub mod probe;
+pub mod syslog;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -17,7 +17,11 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The pinned nightly's libLLVM, which bpf-linker is built and run against.
 const NIGHTLY_LLVM: &str = "libLLVM.so.23.1-rust-1.101.0-nightly";
 /// Commands the tests run, and the Debian package that provides each.
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("systemd-analyze", "systemd")];
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("systemd-analyze", "systemd"),
+    ("rsyslogd", "rsyslog"),
+];
 
 /// Runs every setup step and returns the located tools.
 pub fn run() -> anyhow::Result<Tools> {

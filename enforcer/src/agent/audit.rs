@@ -1,9 +1,13 @@
-//! The agent's audit thread: the [`Consumer`] on its own single-threaded runtime, so
-//! turning a burst of events into records never delays reloads, signals or metrics.
+//! The agent's audit threads: the [`Consumer`] on its own single-threaded runtime, so
+//! turning a burst of events into records never delays reloads, signals or metrics, and
+//! the [`Forwarder`] to a syslog collector when one is configured.
 
 use std::{
     path::Path,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread::JoinHandle,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -16,20 +20,24 @@ use crate::{
         consumer::{AuditStats, Consumer},
         enrich::{Enricher, GenerationNames, hostname},
         files,
+        forward::{ForwardStats, Forwarder},
         store::{Store, StoreSettings},
     },
     config::Config,
     loader::{EventReader, PinLayout, PinnedMaps},
 };
 
-/// The running audit thread.
+/// The running audit thread (and the forwarder's, when one is configured).
 pub struct AuditThread {
     names: mpsc::UnboundedSender<GenerationNames>,
     stop: watch::Sender<bool>,
     ended: Option<oneshot::Receiver<()>>,
     thread: JoinHandle<anyhow::Result<()>>,
+    forwarder: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     /// The consumer's counts, for metrics.
     pub stats: Arc<AuditStats>,
+    /// The forwarder's counts, for metrics.
+    pub forward_stats: Option<Arc<ForwardStats>>,
 }
 
 impl AuditThread {
@@ -98,12 +106,33 @@ impl AuditThread {
                 outcome
             })
             .context("starting the audit thread")?;
+        let forward_stats = audit.forward.map(|_| Arc::new(ForwardStats::default()));
+        let forwarder = match (audit.forward, &forward_stats) {
+            (Some(address), Some(stats)) => {
+                let forwarder = Forwarder {
+                    dir: audit.dir.clone(),
+                    address,
+                    pid: std::process::id(),
+                    stats: Arc::clone(stats),
+                };
+                let stop = Arc::new(AtomicBool::new(false));
+                let stop_flag = Arc::clone(&stop);
+                let thread = std::thread::Builder::new()
+                    .name("forward".to_owned())
+                    .spawn(move || forwarder.run(&stop_flag))
+                    .context("starting the forwarding thread")?;
+                Some((stop, thread))
+            }
+            _ => None,
+        };
         Ok(Self {
             names,
             stop,
             ended: Some(ended),
             thread,
+            forwarder,
             stats,
+            forward_stats,
         })
     }
 
@@ -123,8 +152,15 @@ impl AuditThread {
     /// store) and returns how it ended.
     pub fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
-        self.thread
+        let outcome = self
+            .thread
             .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the audit thread panicked")))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the audit thread panicked")));
+        // The forwarder goes last: it sends what the consumer wrote while stopping.
+        if let Some((stop, thread)) = self.forwarder {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+        outcome
     }
 }

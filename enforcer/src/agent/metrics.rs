@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 
 use super::Shared;
 use crate::{
-    audit::consumer::AuditStats,
+    audit::{consumer::AuditStats, forward::ForwardStats},
     loader::{CGROUP_HOOKS, PinLayout, PinnedMaps},
 };
 
@@ -35,6 +35,8 @@ pub struct MetricsSource {
     pub shared: Arc<Mutex<Shared>>,
     /// The audit consumer's counts.
     pub audit: Arc<AuditStats>,
+    /// The forwarder's counts, when one runs.
+    pub forward: Option<Arc<ForwardStats>>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -155,6 +157,23 @@ impl MetricsSource {
             writable.clone(),
         );
         writable.set(i64::from(self.audit.store_ok.load(Ordering::Relaxed)));
+
+        if let Some(forward) = &self.forward {
+            let delivered = Counter::<u64>::default();
+            registry.register(
+                "audit_forwarded_records",
+                "Records the syslog collector's TCP stack acknowledged",
+                delivered.clone(),
+            );
+            delivered.inc_by(forward.delivered.load(Ordering::Relaxed));
+            let connected = Gauge::<i64>::default();
+            registry.register(
+                "audit_forward_connected",
+                "1 while connected to the syslog collector",
+                connected.clone(),
+            );
+            connected.set(i64::from(forward.connected.load(Ordering::Relaxed)));
+        }
 
         let reloads = counter_family(&mut registry, "reloads", "Policy reloads by outcome");
         for (outcome, count) in &shared.reloads {

@@ -346,6 +346,7 @@ impl Agent {
                 .collect(),
             shared: Arc::clone(&self.shared),
             audit: Arc::clone(&self.audit.stats),
+            forward: self.audit.forward_stats.clone(),
         });
         tracing::info!(address = %self.config.metrics_listen, "serving /metrics and /healthz");
         tokio::spawn(metrics::serve(metrics, source));
