@@ -212,6 +212,49 @@ fn flows_from_real_connects_land_in_the_store_with_their_rule() {
     let (code, said) = verify(&agent.audit_dir());
     assert_eq!(code, 0, "{said}");
     assert!(said.starts_with("intact"), "{said}");
+
+    // A candidate that opens the second port would change exactly the denied flow.
+    let candidate = agent.audit_dir().with_file_name("candidate.toml");
+    fs::write(
+        &candidate,
+        format!(
+            "{}\n[[allow]]\nid = \"api-to-peer-second\"\nfrom = [\"api\"]\nto = [\"peer\"]\nports = [\"{DENIED_PORT}/tcp\"]\n",
+            policy(&api, &veth)
+        ),
+    )
+    .expect("write the candidate");
+    let output = Command::new(enforcer_bin())
+        .args(["policy", "simulate", "--json", "--audit-dir"])
+        .arg(agent.audit_dir())
+        .arg(&candidate)
+        .output()
+        .expect("run enforcer policy simulate");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let replay: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(replay["replayed"], 2, "{replay:#}");
+    assert_eq!(replay["unchanged"], 1, "{replay:#}");
+    let changes = replay["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 1, "{replay:#}");
+    let change = &changes[0]["change"];
+    let text = |key: &str| change[key].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        [text("from"), text("to"), text("port")],
+        [
+            "api".to_owned(),
+            "peer".to_owned(),
+            format!("{DENIED_PORT}/tcp")
+        ]
+    );
+    assert_eq!([text("was"), text("was_by")], ["deny", "default-deny"]);
+    assert_eq!(
+        [text("becomes"), text("becomes_by")],
+        ["allow", "api-to-peer-second"]
+    );
+    assert_eq!(changes[0]["flows"], 1);
 }
 
 #[test]

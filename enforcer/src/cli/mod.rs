@@ -1,6 +1,6 @@
 //! The `enforcer` command line: one module per subcommand.
 
-mod audit;
+pub(crate) mod audit;
 mod config;
 mod keygen;
 mod policy;
@@ -26,7 +26,7 @@ enum Command {
     /// Check that this host can run enforcer: load every kernel program (verifier
     /// included) without attaching anything, and find the cgroup2 and bpffs mounts.
     Preflight(preflight::Args),
-    /// Policy tools: check, explain, diff, sign, verify.
+    /// Policy tools: check, explain, diff, sign, verify, simulate.
     #[command(subcommand)]
     Policy(policy::Command),
     /// Create an ed25519 key pair for signing policy bundles.

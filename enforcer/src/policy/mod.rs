@@ -18,6 +18,7 @@ pub mod image;
 pub mod lookup;
 pub mod model;
 pub mod reference;
+pub mod simulate;
 pub mod source;
 pub mod syntax;
 pub mod validate;

@@ -73,7 +73,7 @@ impl StoreArgs {
 
 /// Milliseconds since the epoch of `--since`/`--until`: an RFC 3339 time
 /// (`2026-11-22T10:00:00Z`) or an age (`15m`, `2h`, `7days`) before now.
-fn parse_time(text: &str) -> Result<i64, String> {
+pub fn parse_time(text: &str) -> Result<i64, String> {
     let time = match humantime::parse_rfc3339_weak(text) {
         Ok(time) => time,
         Err(_) => {

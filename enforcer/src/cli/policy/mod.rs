@@ -4,6 +4,7 @@ mod check;
 mod diff;
 mod explain;
 mod sign;
+mod simulate;
 mod verify;
 
 use std::process::ExitCode;
@@ -27,6 +28,9 @@ pub enum Command {
     Sign(sign::Args),
     /// Check a bundle's signature, content and version.
     Verify(verify::Args),
+    /// Replay the flows of an audit store under a candidate policy: what would change
+    /// verdict, grouped by segment pair and rule.
+    Simulate(simulate::Args),
 }
 
 /// Runs a policy subcommand.
@@ -37,6 +41,7 @@ pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
         Command::Diff(args) => diff::run(args),
         Command::Sign(args) => sign::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Simulate(args) => simulate::run(args),
     }
 }
 

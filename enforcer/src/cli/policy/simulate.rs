@@ -1,0 +1,100 @@
+//! `enforcer policy simulate CANDIDATE --audit-dir DIR`: what would change verdict if the
+//! candidate were applied, judged on the flows the store recorded.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{load_or_report, print_table, table};
+use crate::{
+    audit::read::{self, Filter},
+    policy::{lookup::ImageIndex, simulate::Simulator},
+};
+
+/// Arguments of `enforcer policy simulate`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The candidate policy file or directory.
+    candidate: PathBuf,
+    /// The audit store whose flows are replayed.
+    #[arg(long)]
+    audit_dir: PathBuf,
+    /// Only flows at or after this time: RFC 3339, or an age such as 15m or 2h.
+    #[arg(long, value_parser = crate::cli::audit::parse_time)]
+    since: Option<i64>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Replays the store under the candidate.
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let compiled = match load_or_report(std::slice::from_ref(&args.candidate))? {
+        Ok(compiled) => compiled,
+        Err(code) => return Ok(code),
+    };
+    let mut simulator = Simulator::new(ImageIndex::new(&compiled.image));
+    let total: u64 = read::segments(&args.audit_dir)?
+        .iter()
+        .map(|file| std::fs::metadata(&file.path).map_or(0, |m| m.len()))
+        .sum();
+    // Drawn only on a terminal; a large store takes a while.
+    let progress = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {eta} left")
+            .expect("a valid template"),
+    );
+    let filter = Filter {
+        since: args.since,
+        ..Filter::default()
+    };
+    read::scan(
+        &args.audit_dir,
+        &filter,
+        |bytes| progress.inc(bytes),
+        |record| {
+            simulator.replay(&record);
+            true
+        },
+    )?;
+    progress.finish_and_clear();
+    let replay = simulator.replay;
+    if args.json {
+        let changes: Vec<_> = replay
+            .changes
+            .iter()
+            .map(|(change, flows)| serde_json::json!({ "change": change, "flows": flows }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "replayed": replay.replayed,
+                "unchanged": replay.unchanged,
+                "skipped": replay.skipped,
+                "changes": changes,
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let changed: u64 = replay.changes.values().sum();
+    println!(
+        "{} flows replayed: {changed} would change verdict, {} would not ({} records not replayable)",
+        replay.replayed, replay.unchanged, replay.skipped
+    );
+    if changed > 0 {
+        let mut changes = table(&["from", "to", "port", "was", "by", "becomes", "by", "flows"]);
+        for (change, flows) in &replay.changes {
+            changes.add_row([
+                change.from.clone(),
+                change.to.clone(),
+                change.port.clone(),
+                change.was.clone(),
+                change.was_by.clone(),
+                change.becomes.clone(),
+                change.becomes_by.clone(),
+                flows.to_string(),
+            ]);
+        }
+        print_table(&changes);
+    }
+    Ok(ExitCode::SUCCESS)
+}

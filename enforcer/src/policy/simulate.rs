@@ -1,0 +1,172 @@
+//! `simulate`: replays recorded flows under a candidate policy. Each flow record is
+//! decided again with the candidate's compiled image and the kernel's lookup procedure
+//! ([`super::explain`]), its ends named the way the kernel saw them: a local process by
+//! its cgroup path, a remote end by its address, the local listener of an inbound flow
+//! by the segment that served it.
+
+use std::{collections::BTreeMap, collections::HashMap, net::IpAddr};
+
+use serde::Serialize;
+
+use super::{explain::explain, lookup::ImageIndex, model::Proto, reference::Endpoint};
+use crate::audit::record::Record;
+
+/// A group of flows whose verdict would change the same way.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Change {
+    /// Source segment under the candidate.
+    pub from: String,
+    /// Destination segment under the candidate.
+    pub to: String,
+    /// Destination port and protocol (`8443/tcp`).
+    pub port: String,
+    /// The recorded verdict.
+    pub was: String,
+    /// The rule (or reason) that decided it.
+    pub was_by: String,
+    /// The candidate's verdict.
+    pub becomes: String,
+    /// The candidate's rule (or reason).
+    pub becomes_by: String,
+}
+
+/// What a replay found.
+#[derive(Debug, Default, Serialize)]
+pub struct Replay {
+    /// Flow records replayed.
+    pub replayed: u64,
+    /// Flows whose verdict would stay.
+    pub unchanged: u64,
+    /// Flow records not replayable (raw sockets; decisions not made by the policy).
+    pub skipped: u64,
+    /// Flows whose verdict would change, grouped, with their counts.
+    pub changes: BTreeMap<Change, u64>,
+}
+
+/// The recorded ends, port and protocol of a flow: what a decision depends on.
+type FlowKey = (String, String, bool, u16, bool);
+
+/// Replays flows one at a time against a candidate.
+pub struct Simulator<'a> {
+    index: ImageIndex<'a>,
+    cache: HashMap<FlowKey, Option<(String, String, String, String)>>,
+    /// The result so far.
+    pub replay: Replay,
+}
+
+fn endpoint(text: &str, as_segment: bool, index: &ImageIndex<'_>) -> Option<Endpoint> {
+    if as_segment {
+        return index
+            .image()
+            .segment_id(text)
+            .map(|_| Endpoint::Segment(text.to_owned()));
+    }
+    if let Ok(addr) = text.parse::<IpAddr>() {
+        return Some(Endpoint::Addr(addr));
+    }
+    Some(Endpoint::Cgroup(text.trim_matches('/').to_owned()))
+}
+
+impl<'a> Simulator<'a> {
+    /// A simulator for the candidate's index.
+    pub fn new(index: ImageIndex<'a>) -> Self {
+        Self {
+            index,
+            cache: HashMap::new(),
+            replay: Replay::default(),
+        }
+    }
+
+    /// Replays one record (records other than flows are ignored).
+    pub fn replay(&mut self, record: &Record) {
+        let Some(flow) = record.flow() else {
+            return;
+        };
+        let (Some(src), Some(dst), Some(info)) = (
+            &record.src_endpoint,
+            &record.dst_endpoint,
+            &record.connection_info,
+        ) else {
+            self.replay.skipped += 1;
+            return;
+        };
+        let proto = match info.protocol_name.as_str() {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            _ => {
+                self.replay.skipped += 1;
+                return;
+            }
+        };
+        if !matches!(
+            flow.reason.as_str(),
+            "rule" | "default-deny" | "unclassified" | "failsafe"
+        ) {
+            self.replay.skipped += 1;
+            return;
+        }
+        let inbound = info.direction_id == 1;
+        // A local process is its cgroup; an inbound flow's local end is the segment that
+        // served the port (learnt from its bind, which a replay cannot redo).
+        let (from_text, from_is_segment) = if inbound || flow.cgroup.is_empty() {
+            if src.ip.is_empty() {
+                (flow.src_segment.clone(), true)
+            } else {
+                (src.ip.clone(), false)
+            }
+        } else {
+            (flow.cgroup.clone(), false)
+        };
+        let (to_text, to_is_segment) = if inbound {
+            (flow.dst_segment.clone(), true)
+        } else {
+            (dst.ip.clone(), false)
+        };
+        let key = (from_text, to_text, from_is_segment, dst.port, to_is_segment);
+        let index = &self.index;
+        let decided = self
+            .cache
+            .entry(key)
+            .or_insert_with_key(
+                |(from_text, to_text, from_is_segment, port, to_is_segment)| {
+                    let from = endpoint(from_text, *from_is_segment, index)?;
+                    let to = endpoint(to_text, *to_is_segment, index)?;
+                    let answer = explain(index, (&from, from_text), (&to, to_text), proto, *port);
+                    let by = answer
+                        .rule
+                        .or(answer.failsafe)
+                        .unwrap_or_else(|| answer.reason.to_owned());
+                    Some((
+                        answer.from.segment,
+                        answer.to.segment,
+                        answer.verdict.to_owned(),
+                        by,
+                    ))
+                },
+            )
+            .clone();
+        let Some((from, to, verdict, by)) = decided else {
+            self.replay.skipped += 1;
+            return;
+        };
+        self.replay.replayed += 1;
+        // Audit mode lets a denial through: what matters is whether the policy would
+        // still deny it.
+        let was_denied = flow.verdict != "allow";
+        let denied = verdict != "allow";
+        if was_denied == denied {
+            self.replay.unchanged += 1;
+            return;
+        }
+        let change = Change {
+            from,
+            to,
+            port: format!("{}/{}", dst.port, info.protocol_name),
+            was: flow.verdict.clone(),
+            was_by: flow.rule.clone().unwrap_or_else(|| flow.reason.clone()),
+            becomes: verdict,
+            becomes_by: by,
+        };
+        *self.replay.changes.entry(change).or_default() += 1;
+    }
+}
