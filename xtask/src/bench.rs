@@ -375,3 +375,111 @@ pub fn agent(tools: &Tools) -> anyhow::Result<()> {
     println!("wrote {}", path.display());
     Ok(())
 }
+
+/// Records in the store the query benchmark reads.
+const QUERY_RECORDS: u64 = 10_000_000;
+
+/// Audit events per second from the kernel to the store, single-event latency, and
+/// `audit query` / `audit verify` over a store of [`QUERY_RECORDS`] records.
+pub fn audit(tools: &Tools) -> anyhow::Result<()> {
+    status(&mut tools.cargo(&["build", "--release", "--package", "enforcer", "--bin", "enforcer"]))?;
+    status(&mut tools.cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "enforcer-tests",
+        "--bin",
+        "enforcer-bench-audit",
+    ]))?;
+    let bench = tools.root.join("target/release/enforcer-bench-audit");
+    let enforcer = tools.root.join("target/release/enforcer");
+    let work = tools.root.join("target/bench/audit");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let pins = Path::new("/sys/fs/bpf").join(format!("enforcer-bench-audit-{}", std::process::id()));
+    let stdout = run_bench(
+        &bench,
+        &[
+            "pipeline".as_ref(),
+            pins.as_os_str(),
+            work.join("pipeline").as_os_str(),
+            "10".as_ref(),
+        ],
+    )?;
+    let field = |name: &str| -> anyhow::Result<Vec<f64>> {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .with_context(|| format!("no {name} in {stdout:?}"))?;
+        line.split_whitespace()
+            .skip(1)
+            .map(|v| v.parse::<f64>().map_err(anyhow::Error::from))
+            .collect()
+    };
+    let (events, stored, lost, seconds) = (
+        field("events")?[0],
+        field("stored")?[0],
+        field("lost")?[0],
+        field("seconds")?[0],
+    );
+    let ring = field("ring_bytes")?[0];
+    let latency = field("latency_us")?;
+    println!("audit bench: {stored} of {events} stored in {seconds} s, {lost} lost; latency {latency:?} us");
+
+    let store = work.join("query");
+    let started = Instant::now();
+    run_bench(
+        &bench,
+        &["generate".as_ref(), store.as_os_str(), QUERY_RECORDS.to_string().as_ref()],
+    )?;
+    let generate_s = started.elapsed().as_secs_f64();
+    let size: u64 = fs::read_dir(&store)?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let mut timings = Vec::new();
+    for (label, args) in [
+        ("`audit query --rule r500` (full scan, ~9k matches)", vec!["query", "--json", "--rule", "r500"]),
+        ("`audit query --since 1m` (newest minute only)", vec!["query", "--json", "--since", "1m"]),
+        ("`audit stats` (full scan)", vec!["stats", "--json"]),
+        ("`audit verify` (every hash)", vec!["verify"]),
+    ] {
+        let mut command = Command::new(&enforcer);
+        command.arg("audit").args(&args);
+        if args[0] == "verify" {
+            command.arg(&store);
+        } else {
+            command.arg("--dir").arg(&store);
+        }
+        let (ms, rss) = measure(&mut command)?;
+        println!("audit bench: {label}: {ms:.0} ms, {rss:.0} MiB");
+        timings.push((label, ms, rss));
+    }
+    let _ = fs::remove_dir_all(&work);
+
+    let mut table = format!(
+        "| figure | value |\n|---|---:|\n| events generated (XDP `BPF_PROG_TEST_RUN`, one decision each) | {events:.0} |\n| records stored | {stored:.0} |\n| lost (kernel ring full, in gap records) | {lost:.0} |\n| sustained rate, kernel to store | {:.0} events/s |\n| ring size | {} MiB ({:.0} events) |\n| event to store latency p50 / p99 / max | {:.0} / {:.0} / {:.0} us |\n",
+        stored / seconds,
+        ring / 1_048_576.0,
+        ring / 112.0,
+        latency[0],
+        latency[1],
+        latency[2],
+    );
+    writeln!(
+        table,
+        "\n| over {QUERY_RECORDS} records ({:.1} GiB, written in {generate_s:.0} s) | time | peak RSS |\n|---|---:|---:|",
+        size as f64 / f64::from(1u32 << 30)
+    )?;
+    for (label, ms, rss) in timings {
+        writeln!(table, "| {label} | {:.1} s | {rss:.0} MiB |", ms / 1000.0)?;
+    }
+    let body = format!(
+        "## Audit: kernel to store, latency, queries\n\nThe kernel programs loaded (pinned, unattached) with a one-rule policy and duplicate suppression off; the agent's own consumer and store (release build, fsync every second) on a thread. The XDP program runs through `BPF_PROG_TEST_RUN` on an allowed TCP SYN in chunks of 10k, each run a real decision and ring event, kept at most 100k events ahead of the store, for 10 s; the rate is records stored per second. Latency: 2000 single events 1 ms apart, from the kernel run to the consumer's `write()` returning (the store syncs every second). Queries run the release `enforcer audit` on a generated store. Target: at least 500k events/s. Machine: {}.\n\nReproduce: `./x bench audit` (as root; needs about 10 GiB of disk for a while)\n\n{table}\n",
+        machine(),
+    );
+    let path = write_section(&tools.root, "audit", &body)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}

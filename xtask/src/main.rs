@@ -58,6 +58,9 @@ enum BenchCommand {
     /// Time from a policy file write to enforcement, and the agent's resident memory,
     /// at 1k and 100k rules (root required).
     Agent,
+    /// Audit events per second from the kernel to the store, event-to-store latency, and
+    /// `audit query` over 10M records (root required).
+    Audit,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +79,9 @@ fn main() -> ExitCode {
         Command::Bench {
             which: BenchCommand::Agent,
         } => setup::run().and_then(|tools| bench::agent(&tools)),
+        Command::Bench {
+            which: BenchCommand::Audit,
+        } => setup::run().and_then(|tools| bench::audit(&tools)),
         Command::Fuzz { seconds } => setup::run().and_then(|tools| fuzz::run(&tools, seconds)),
     };
     match outcome {

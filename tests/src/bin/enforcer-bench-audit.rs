@@ -1,0 +1,252 @@
+//! `enforcer-bench-audit`: the audit pipeline's figures.
+//!
+//! - `enforcer-bench-audit pipeline PIN_DIR STORE_DIR SECONDS`: the kernel programs are
+//!   loaded pinned under PIN_DIR (unattached) with a one-rule policy and no duplicate
+//!   suppression; the agent's consumer writes to a store in STORE_DIR. The XDP program is
+//!   run through `BPF_PROG_TEST_RUN` on a TCP SYN that the rule allows, in chunks, so each
+//!   run is one real kernel decision and one ring event, never more than
+//!   [`IN_FLIGHT`] ahead of the store. Prints `events N`, `stored N`, `lost N`,
+//!   `seconds S`, `ring_bytes B`, then `latency_us P50 P99 MAX` of single events
+//!   from the kernel run to the consumer's write returning, paced 1 ms apart.
+//! - `enforcer-bench-audit generate STORE_DIR COUNT`: writes COUNT flow records (varied
+//!   addresses, ports, rules) through the store, for the query benchmark.
+//!
+//! Run by `./x bench audit`, which writes the table.
+
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    process::ExitCode,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use enforcer::{
+    audit::{
+        consumer::{AuditStats, Consumer, WriteErrorAction},
+        enrich::{Enricher, GenerationNames, hostname},
+        store::{Fsync, Store, StoreSettings},
+    },
+    loader::{Loader, PinLayout, PinnedMaps},
+    policy::{compile_sources, source::SourceSet},
+};
+use enforcer_common::{
+    event::{FlowEvent, Hook, Reason, Verdict, family},
+    maps::EVENTS_RING_BYTES,
+};
+use enforcer_tests::packet::{SYN, tcp4};
+
+/// Most events generated but not yet stored.
+const IN_FLIGHT: u64 = 100_000;
+/// Events per `BPF_PROG_TEST_RUN`.
+const CHUNK: u32 = 10_000;
+/// Single events timed for latency.
+const LATENCY_SAMPLES: usize = 2_000;
+
+const POLICY: &str = r#"[segments.remote]
+cidrs = ["198.18.0.0/16"]
+
+[segments.svc]
+ports = ["10001/tcp"]
+
+[[allow]]
+id = "remote-to-svc"
+from = ["remote"]
+to = ["svc"]
+ports = ["10001/tcp"]
+"#;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["pipeline", pins, store, seconds] => seconds
+            .parse()
+            .map_err(|_| "SECONDS is a number".to_owned())
+            .and_then(|s| pipeline(Path::new(pins), Path::new(store), Duration::from_secs(s))),
+        ["generate", store, count] => count
+            .parse()
+            .map_err(|_| "COUNT is a number".to_owned())
+            .and_then(|count| generate(Path::new(store), count)),
+        _ => Err("usage: enforcer-bench-audit pipeline PIN_DIR STORE_DIR SECONDS | generate STORE_DIR COUNT".to_owned()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("enforcer-bench-audit: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn settings(dir: &Path) -> StoreSettings {
+    StoreSettings {
+        dir: dir.to_owned(),
+        rotate_bytes: 64 << 20,
+        rotate_age: Duration::from_secs(3600),
+        retain_bytes: u64::MAX,
+        retain_age: Duration::from_secs(86_400 * 365),
+        fsync: Fsync::Interval(Duration::from_secs(1)),
+    }
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(0)
+}
+
+fn pipeline(pins: &Path, store_dir: &Path, duration: Duration) -> Result<(), String> {
+    let mut sources = SourceSet::default();
+    sources.add("bench.toml", POLICY);
+    let compiled = compile_sources(sources).map_err(|r| format!("{:?}", r.diagnostics))?;
+    let layout = PinLayout::new(pins);
+    let mut loader = Loader::load_pinned(&layout).map_err(|e| e.to_string())?;
+    let root = enforcer::host::cgroup2_mount().map_err(|e| e.to_string())?;
+    let applied = loader
+        .apply(&compiled.image, &root)
+        .map_err(|e| e.to_string())?;
+    loader
+        .set_dedup_window(Duration::ZERO)
+        .map_err(|e| e.to_string())?;
+    let events = loader.take_events().map_err(|e| e.to_string())?;
+    let names = GenerationNames {
+        generation: applied.generation,
+        source_sha256: String::new(),
+        segments: compiled.image.segment_names.clone(),
+        rules: compiled.image.rule_names.clone(),
+        failsafes: Vec::new(),
+    };
+    let host = hostname();
+    let store = Store::open(settings(store_dir), &host, now_ms()).map_err(|e| e.to_string())?;
+    let stats = Arc::new(AuditStats::default());
+    let consumer = Consumer {
+        maps: PinnedMaps::open(&layout.maps_dir()).map_err(|e| e.to_string())?,
+        store,
+        enricher: Enricher::new(host, root, vec![names]),
+        ring_lost_accounted: 0,
+        on_write_error: WriteErrorAction::KeepEnforcing,
+        stats: Arc::clone(&stats),
+    };
+    let (_names_tx, names_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let thread = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(consumer.run(events, names_rx, stop_rx))
+            .map_err(|e| e.to_string())
+    });
+
+    let packet = tcp4(Ipv4Addr::new(198, 18, 0, 1), 10001, SYN);
+    let flows = || stats.flows.load(Ordering::Relaxed);
+    let mut generated = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        if generated - flows() < IN_FLIGHT {
+            loader
+                .test_run_xdp(&packet, CHUNK)
+                .map_err(|e| e.to_string())?;
+            generated += u64::from(CHUNK);
+        } else {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    let drain_started = Instant::now();
+    let lost = || loader_lost(&layout);
+    while flows() + lost()? < generated && drain_started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!("events {generated}");
+    println!("stored {}", flows());
+    println!("lost {}", lost()?);
+    println!("seconds {seconds:.3}");
+    println!("ring_bytes {EVENTS_RING_BYTES}");
+
+    let mut latencies = Vec::with_capacity(LATENCY_SAMPLES);
+    for _ in 0..LATENCY_SAMPLES {
+        let before = flows();
+        let sent = Instant::now();
+        loader.test_run_xdp(&packet, 1).map_err(|e| e.to_string())?;
+        while flows() == before {
+            if sent.elapsed() > Duration::from_secs(5) {
+                return Err("an event did not reach the store within 5 s".to_owned());
+            }
+            std::hint::spin_loop();
+        }
+        latencies.push(sent.elapsed());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_micros();
+    println!("latency_us {} {} {}", at(0.5), at(0.99), at(1.0));
+
+    let _ = stop.send(true);
+    thread
+        .join()
+        .map_err(|_| "the consumer panicked".to_owned())??;
+    layout.remove().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn loader_lost(layout: &PinLayout) -> Result<u64, String> {
+    PinnedMaps::open(&layout.maps_dir())
+        .and_then(|mut maps| maps.event_counts())
+        .map(|counts| counts.lost)
+        .map_err(|e| e.to_string())
+}
+
+/// Writes `count` varied flow records through the store.
+fn generate(dir: &Path, count: u64) -> Result<(), String> {
+    let names = GenerationNames {
+        generation: 1,
+        source_sha256: "0".repeat(64),
+        segments: ["*", "host", "world"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain((0..50).map(|i| format!("s{i}")))
+            .collect(),
+        rules: (0..1000).map(|i| format!("r{i}")).collect(),
+        failsafes: Vec::new(),
+    };
+    let host = hostname();
+    let mut enricher = Enricher::new(host.clone(), "/nonexistent".into(), vec![names]);
+    let mut store = Store::open(settings(dir), &host, now_ms()).map_err(|e| e.to_string())?;
+    let mut rng = fastrand::Rng::with_seed(7);
+    let start_ms = now_ms() - i64::try_from(count / 1000).unwrap_or(0);
+    let mut written = 0;
+    let mut batch = Vec::with_capacity(8192);
+    while written < count {
+        batch.clear();
+        for _ in 0..8192.min(count - written) {
+            let mut event = FlowEvent::ZEROED;
+            event.generation = 1;
+            event.hook = Hook::Connect4 as u8;
+            let denied = rng.u8(..10) == 0;
+            event.verdict = if denied { Verdict::Deny } else { Verdict::Allow } as u8;
+            event.reason = if denied { Reason::DefaultDeny } else { Reason::Rule } as u8;
+            event.rule_id = if denied { 0 } else { rng.u32(1..=1000) };
+            event.src_segment = rng.u32(3..53);
+            event.dst_segment = rng.u32(3..53);
+            event.family = family::INET;
+            event.protocol = 6;
+            event.src_port = rng.u16(32_768..61_000);
+            event.dst_port = rng.u16(1..10_000);
+            event.dst_addr[..4].copy_from_slice(&[198, 18, rng.u8(..), rng.u8(..)]);
+            event.pid_tgid = u64::from(rng.u32(1..100_000)) << 32;
+            event.comm[..4].copy_from_slice(b"curl");
+            let mut record = enricher.record(&event);
+            // One millisecond per thousand records, ending now.
+            record.time = start_ms + i64::try_from(written / 1000).unwrap_or(0);
+            batch.push(record);
+            written += 1;
+        }
+        store.write(&mut batch, now_ms()).map_err(|e| e.to_string())?;
+    }
+    store.close(now_ms()).map_err(|e| e.to_string())
+}
