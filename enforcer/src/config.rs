@@ -85,7 +85,25 @@ pub struct Audit {
     /// What happens while records cannot be written.
     pub on_write_error: WriteErrorAction,
     /// The syslog collector records are forwarded to, if any.
-    pub forward: Option<SocketAddr>,
+    pub forward: Option<Forward>,
+}
+
+/// Forwarding to a syslog collector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Forward {
+    /// The collector.
+    pub address: SocketAddr,
+    /// TLS, when configured.
+    pub tls: Option<ForwardTls>,
+}
+
+/// TLS to the syslog collector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForwardTls {
+    /// PEM file of the CA certificates the collector's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// The name the collector's certificate must carry (default: the address's IP).
+    pub server_name: String,
 }
 
 fn fsync_word<S: serde::Serializer>(fsync: &Fsync, out: S) -> Result<S::Ok, S::Error> {
@@ -200,6 +218,10 @@ struct RawAudit {
 #[serde(deny_unknown_fields)]
 struct RawForward {
     address: Spanned<String>,
+    #[serde(default)]
+    tls: bool,
+    ca_file: Option<Spanned<String>>,
+    server_name: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -419,18 +441,34 @@ impl Config {
                 .on_write_error
                 .unwrap_or(WriteErrorAction::KeepEnforcing),
             forward: raw.audit.forward.as_ref().and_then(|forward| {
-                let address = forward.address.get_ref();
-                address.parse().map_or_else(
-                    |_| {
+                let text = forward.address.get_ref();
+                let Ok(address) = text.parse::<SocketAddr>() else {
+                    checker.problem(
+                        &forward.address,
+                        "audit.forward.address".to_owned(),
+                        format!("`{text}` is not an address:port"),
+                    );
+                    return None;
+                };
+                let tls = match (forward.tls, &forward.ca_file) {
+                    (false, _) => None,
+                    (true, Some(ca_file)) => Some(ForwardTls {
+                        ca_file: checker.absolute(ca_file, "audit.forward.ca_file"),
+                        server_name: forward
+                            .server_name
+                            .clone()
+                            .unwrap_or_else(|| address.ip().to_string()),
+                    }),
+                    (true, None) => {
                         checker.problem(
                             &forward.address,
-                            "audit.forward.address".to_owned(),
-                            format!("`{address}` is not an address:port"),
+                            "audit.forward.ca_file".to_owned(),
+                            "`tls = true` needs the CA file the collector's certificate chains to",
                         );
                         None
-                    },
-                    Some,
-                )
+                    }
+                };
+                Some(Forward { address, tls })
             }),
         };
         let metrics_listen = match &raw.metrics.listen {

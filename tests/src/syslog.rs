@@ -1,6 +1,7 @@
 //! A real rsyslog (the Debian package) as the collector audit records are forwarded to:
-//! its own config, listening with `imtcp` on a loopback port and writing each message's
-//! text to a file; stopped and removed on drop.
+//! its own config, listening with `imtcp` on a loopback port (plain, or TLS through the
+//! `gtls` driver of rsyslog-gnutls with a CA and server certificate made by `openssl`)
+//! and writing each message's text to a file; stopped and removed on drop.
 
 use std::{
     fs,
@@ -25,14 +26,43 @@ pub struct Rsyslog {
 }
 
 impl Rsyslog {
-    /// Writes a config for a collector on `addr` (loopback) and starts it.
+    /// Writes a config for a plain TCP collector on `addr` (loopback) and starts it.
     pub fn start(addr: SocketAddr) -> Self {
+        Self::start_with(addr, false)
+    }
+
+    /// A TLS collector on `addr`: its certificate, for `collector.test` and the address,
+    /// is signed by a fresh CA ([`Rsyslog::ca_file`]).
+    pub fn start_tls(addr: SocketAddr) -> Self {
+        Self::start_with(addr, true)
+    }
+
+    /// The CA certificate (PEM) of a TLS collector.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn start_with(addr: SocketAddr, tls: bool) -> Self {
         require_root();
         let dir = std::env::temp_dir().join(unique_name());
         fs::create_dir_all(dir.join("work")).expect("create rsyslog's directory");
+        let (global, module) = if tls {
+            make_certificates(&dir, addr);
+            (
+                format!(
+                    r#" DefaultNetstreamDriver="gtls" DefaultNetstreamDriverCAFile="{ca}" DefaultNetstreamDriverCertFile="{cert}" DefaultNetstreamDriverKeyFile="{key}""#,
+                    ca = dir.join("ca.pem").display(),
+                    cert = dir.join("server.pem").display(),
+                    key = dir.join("server.key").display(),
+                ),
+                r#" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="anon""#,
+            )
+        } else {
+            (String::new(), "")
+        };
         let config = format!(
-            r#"global(workDirectory="{work}")
-module(load="imtcp")
+            r#"global(workDirectory="{work}"{global})
+module(load="imtcp"{module})
 input(type="imtcp" address="{ip}" port="{port}")
 template(name="message" type="string" string="%msg%\n")
 action(type="omfile" file="{received}" template="message")
@@ -96,6 +126,75 @@ action(type="omfile" file="{received}" template="message")
             .map(str::to_owned)
             .collect()
     }
+}
+
+/// Runs `openssl ARGS` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (./x test installs it)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A CA (`ca.pem`) and a server key and certificate (`server.key`, `server.pem`) for
+/// `collector.test` and `addr`'s IP, valid for a day.
+fn make_certificates(dir: &std::path::Path, addr: SocketAddr) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=enforcer test CA",
+    ];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    let mut request = vec!["req", "-subj", "/CN=collector.test"];
+    request.extend(ec);
+    request.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(dir, &request);
+    fs::write(
+        dir.join("server.ext"),
+        format!(
+            "subjectAltName=DNS:collector.test,IP:{}\nextendedKeyUsage=serverAuth\n",
+            addr.ip()
+        ),
+    )
+    .expect("write the extensions");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
 }
 
 impl Drop for Rsyslog {

@@ -548,3 +548,86 @@ fn rsyslog_receives_every_record_across_collector_and_agent_restarts() {
         .expect("stored");
     assert_eq!(first, same);
 }
+
+#[test]
+fn forwarding_over_tls_checks_the_collector_certificate() {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let parent = TestCgroup::new();
+    let api = parent.child("api.service");
+    let collector = Rsyslog::start_tls("127.0.0.1:19632".parse().expect("address"));
+    let mut agent = AgentHost::new(&parent, &policy(&api, &veth), "127.0.0.1:19626", "");
+    let forward = |server_name: &str| {
+        format!(
+            "[audit.forward]\naddress = \"{}\"\ntls = true\nca_file = \"{}\"\nserver_name = \"{server_name}\"",
+            collector.addr,
+            collector.ca_file().display()
+        )
+    };
+    let config = fs::read_to_string(agent.config()).expect("config");
+
+    // A certificate that does not name the collector as configured: nothing is sent.
+    agent.audit_options(&forward("someone-else.test"));
+    let first = agent.start();
+    assert!(is_eperm(
+        &Spawn::tcp_client(peer(&veth, DENIED_PORT))
+            .cgroup(&api)
+            .run()
+    ));
+    let stored = wait_for_records(&agent, "the denied flow", Duration::from_secs(10), |r| {
+        flows_to(r, DENIED_PORT, "deny") == 1
+    });
+    let started = Instant::now();
+    while !agent
+        .log(first)
+        .contains("cannot reach the syslog collector")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            agent.log(first)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        agent.log(first).contains("certificate"),
+        "the log names the certificate problem:\n{}",
+        agent.log(first)
+    );
+    assert!(
+        collector.received().is_empty(),
+        "nothing reached the collector"
+    );
+    assert!(agent.terminate());
+
+    // The right name: the waiting record and new ones arrive, encrypted.
+    fs::write(agent.config(), &config).expect("restore the config");
+    agent.audit_options(&forward("collector.test"));
+    agent.start();
+    assert!(is_eperm(
+        &Spawn::tcp_client(peer(&veth, DENIED_PORT))
+            .cgroup(&api)
+            .run()
+    ));
+    let stored = wait_for_records(&agent, "two denied flows", Duration::from_secs(10), |r| {
+        flows_to(r, DENIED_PORT, "deny") == 2 && r.len() > stored.len()
+    });
+    let wanted = flow_sequences(&stored);
+    let started = Instant::now();
+    loop {
+        let got: Vec<Value> = collector
+            .received()
+            .iter()
+            .map(|line| serde_json::from_str(line).expect("JSON"))
+            .collect();
+        if wanted.is_subset(&flow_sequences(&got)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the TLS collector is missing flow records {wanted:?}:\n{}",
+            agent.log(2)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -382,7 +382,14 @@ const QUERY_RECORDS: u64 = 10_000_000;
 /// Audit events per second from the kernel to the store, single-event latency, and
 /// `audit query` / `audit verify` over a store of [`QUERY_RECORDS`] records.
 pub fn audit(tools: &Tools) -> anyhow::Result<()> {
-    status(&mut tools.cargo(&["build", "--release", "--package", "enforcer", "--bin", "enforcer"]))?;
+    status(&mut tools.cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "enforcer",
+        "--bin",
+        "enforcer",
+    ]))?;
     status(&mut tools.cargo(&[
         "build",
         "--release",
@@ -396,7 +403,8 @@ pub fn audit(tools: &Tools) -> anyhow::Result<()> {
     let work = tools.root.join("target/bench/audit");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
-    let pins = Path::new("/sys/fs/bpf").join(format!("enforcer-bench-audit-{}", std::process::id()));
+    let pins =
+        Path::new("/sys/fs/bpf").join(format!("enforcer-bench-audit-{}", std::process::id()));
     let stdout = run_bench(
         &bench,
         &[
@@ -424,13 +432,19 @@ pub fn audit(tools: &Tools) -> anyhow::Result<()> {
     );
     let ring = field("ring_bytes")?[0];
     let latency = field("latency_us")?;
-    println!("audit bench: {stored} of {events} stored in {seconds} s, {lost} lost; latency {latency:?} us");
+    println!(
+        "audit bench: {stored} of {events} stored in {seconds} s, {lost} lost; latency {latency:?} us"
+    );
 
     let store = work.join("query");
     let started = Instant::now();
     run_bench(
         &bench,
-        &["generate".as_ref(), store.as_os_str(), QUERY_RECORDS.to_string().as_ref()],
+        &[
+            "generate".as_ref(),
+            store.as_os_str(),
+            QUERY_RECORDS.to_string().as_ref(),
+        ],
     )?;
     let generate_s = started.elapsed().as_secs_f64();
     let size: u64 = fs::read_dir(&store)?
@@ -440,8 +454,14 @@ pub fn audit(tools: &Tools) -> anyhow::Result<()> {
         .sum();
     let mut timings = Vec::new();
     for (label, args) in [
-        ("`audit query --rule r500` (full scan, ~9k matches)", vec!["query", "--json", "--rule", "r500"]),
-        ("`audit query --since 1m` (newest minute only)", vec!["query", "--json", "--since", "1m"]),
+        (
+            "`audit query --rule r500` (full scan, ~9k matches)",
+            vec!["query", "--json", "--rule", "r500"],
+        ),
+        (
+            "`audit query --since 1m` (newest minute only)",
+            vec!["query", "--json", "--since", "1m"],
+        ),
         ("`audit stats` (full scan)", vec!["stats", "--json"]),
         ("`audit verify` (every hash)", vec!["verify"]),
     ] {

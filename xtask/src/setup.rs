@@ -16,11 +16,16 @@ pub const NIGHTLY: &str = "nightly-2026-10-30";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The pinned nightly's libLLVM, which bpf-linker is built and run against.
 const NIGHTLY_LLVM: &str = "libLLVM.so.23.1-rust-1.101.0-nightly";
-/// Commands the tests run, and the Debian package that provides each.
+/// Commands (or files) the tests use, and the Debian package that provides each.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("systemd-analyze", "systemd"),
     ("rsyslogd", "rsyslog"),
+    (
+        "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so",
+        "rsyslog-gnutls",
+    ),
+    ("openssl", "openssl"),
 ];
 
 /// Runs every setup step and returns the located tools.
@@ -123,7 +128,11 @@ fn install_debian_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
         .filter(|(command, _)| {
-            stdout(Command::new("sh").args(["-c", &format!("command -v {command}")])).is_none()
+            stdout(
+                Command::new("sh")
+                    .args(["-c", &format!("command -v {command} || test -e {command}")]),
+            )
+            .is_none()
         })
         .map(|(_, package)| *package)
         .collect();

@@ -20,7 +20,7 @@ use crate::{
         consumer::{AuditStats, Consumer},
         enrich::{Enricher, GenerationNames, hostname},
         files,
-        forward::{ForwardStats, Forwarder},
+        forward::{ForwardStats, Forwarder, Tls},
         store::{Store, StoreSettings},
     },
     config::Config,
@@ -106,12 +106,22 @@ impl AuditThread {
                 outcome
             })
             .context("starting the audit thread")?;
-        let forward_stats = audit.forward.map(|_| Arc::new(ForwardStats::default()));
-        let forwarder = match (audit.forward, &forward_stats) {
-            (Some(address), Some(stats)) => {
+        let forward_stats = audit
+            .forward
+            .as_ref()
+            .map(|_| Arc::new(ForwardStats::default()));
+        let forwarder = match (&audit.forward, &forward_stats) {
+            (Some(forward), Some(stats)) => {
+                let tls = forward
+                    .tls
+                    .as_ref()
+                    .map(|tls| Tls::new(&tls.ca_file, &tls.server_name))
+                    .transpose()
+                    .context("audit.forward.ca_file")?;
                 let forwarder = Forwarder {
                     dir: audit.dir.clone(),
-                    address,
+                    address: forward.address,
+                    tls,
                     pid: std::process::id(),
                     stats: Arc::clone(stats),
                 };

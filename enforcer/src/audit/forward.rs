@@ -8,7 +8,9 @@
 //! retention. The cursor only moves past a record once the collector's TCP stack has
 //! acknowledged its bytes (the socket's unacknowledged send queue, `SIOCOUTQ`, says so);
 //! after a broken connection everything past the cursor is sent again. Delivery is thus
-//! at least once; `metadata.sequence` identifies repeats.
+//! at least once; `metadata.sequence` identifies repeats. Over TLS (rustls, the collector's
+//! certificate checked against a configured CA) the cursor moves once the send queue is
+//! empty, since TLS framing hides which record a byte belongs to.
 
 use std::{
     collections::VecDeque,
@@ -24,6 +26,7 @@ use std::{
     time::{Duration, Instant, UNIX_EPOCH},
 };
 
+use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -62,16 +65,135 @@ pub struct ForwardStats {
     pub connected: AtomicBool,
 }
 
+/// TLS to the collector.
+#[derive(Clone)]
+pub struct Tls {
+    /// The client configuration (trusted CA).
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the collector's certificate must carry.
+    pub server_name: ServerName<'static>,
+}
+
+/// Why a TLS setup could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The CA file could not be read or holds no certificate.
+    #[error("{}: {message}", .path.display())]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The server name is not a DNS name or address.
+    #[error("`{0}` is not a DNS name or an IP address")]
+    ServerName(String),
+}
+
+impl Tls {
+    /// Trusts the CA certificates (PEM) in `ca_file`; the collector must present a
+    /// certificate for `server_name`.
+    pub fn new(ca_file: &Path, server_name: &str) -> Result<Self, TlsError> {
+        let ca_error = |message: String| TlsError::Ca {
+            path: ca_file.to_owned(),
+            message,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        let certificates =
+            CertificateDer::pem_file_iter(ca_file).map_err(|err| ca_error(err.to_string()))?;
+        for certificate in certificates {
+            let certificate = certificate.map_err(|err| ca_error(err.to_string()))?;
+            roots
+                .add(certificate)
+                .map_err(|err| ca_error(err.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(ca_error("no PEM certificate in the file".to_owned()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|err| ca_error(err.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self {
+            config: Arc::new(config),
+            server_name: ServerName::try_from(server_name.to_owned())
+                .map_err(|_| TlsError::ServerName(server_name.to_owned()))?,
+        })
+    }
+}
+
 /// The forwarder of one store to one collector.
 pub struct Forwarder {
     /// The store directory.
     pub dir: PathBuf,
     /// The collector.
     pub address: SocketAddr,
+    /// TLS, when configured.
+    pub tls: Option<Tls>,
     /// The agent's pid, the syslog PROCID.
     pub pid: u32,
     /// Counts for metrics.
     pub stats: Arc<ForwardStats>,
+}
+
+/// A connection to the collector, plain or TLS.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(stream) => stream,
+            Self::Tls(stream) => &stream.sock,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Plain(stream) => stream.write_all(bytes),
+            Self::Tls(stream) => {
+                stream.write_all(bytes)?;
+                stream.flush()
+            }
+        }
+    }
+
+    /// Whether the collector closed or reset the connection (it sends nothing else; over
+    /// TLS, session tickets are read and dropped).
+    fn closed(&mut self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.tcp().as_raw_fd(),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        if unsafe { libc::poll(&raw mut poll, 1, 0) } == 0 {
+            return false;
+        }
+        if poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+            return true;
+        }
+        let Self::Tls(stream) = self else {
+            return true;
+        };
+        if stream.sock.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut sink = [0u8; 4096];
+        let closed = loop {
+            match stream.read(&mut sink) {
+                Ok(0) => break true,
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(_) => break true,
+            }
+        };
+        closed || stream.sock.set_nonblocking(false).is_err()
+    }
 }
 
 /// The cursor last saved, or the store's beginning.
@@ -135,35 +257,45 @@ fn unacknowledged(stream: &TcpStream) -> io::Result<u64> {
     Ok(u64::try_from(queued).unwrap_or(0))
 }
 
-/// Whether the collector closed or reset the connection (it never sends anything).
-fn peer_closed(stream: &TcpStream) -> bool {
-    let mut poll = libc::pollfd {
-        fd: stream.as_raw_fd(),
-        events: libc::POLLIN | libc::POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    let ready = unsafe { libc::poll(&raw mut poll, 1, 0) };
-    ready != 0
-}
-
 /// One connection's progress: what was sent, and where the store stands after each
 /// record still unacknowledged.
 struct Connection {
-    stream: TcpStream,
+    transport: Transport,
     sent: u64,
     in_flight: VecDeque<(u64, Cursor)>,
 }
 
 impl Forwarder {
+    /// Connects, and over TLS completes the handshake (so a certificate problem is a
+    /// connection failure, reported once per outage).
+    fn connect(&self) -> io::Result<Transport> {
+        let stream = TcpStream::connect_timeout(&self.address, CONNECT_TIMEOUT)?;
+        let _ = stream.set_nodelay(true);
+        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let Some(tls) = &self.tls else {
+            return Ok(Transport::Plain(stream));
+        };
+        let mut connection =
+            rustls::ClientConnection::new(Arc::clone(&tls.config), tls.server_name.clone())
+                .map_err(io::Error::other)?;
+        let mut stream = stream;
+        while connection.is_handshaking() {
+            connection.complete_io(&mut stream)?;
+        }
+        Ok(Transport::Tls(Box::new(rustls::StreamOwned::new(
+            connection, stream,
+        ))))
+    }
+
     /// Runs until `stop` is set (then makes one last pass, bounded in time).
     pub fn run(self, stop: &AtomicBool) {
         let mut delivered = load_cursor(&self.dir);
         let mut saved = delivered;
         let mut down_since: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
-            let stream = match TcpStream::connect_timeout(&self.address, CONNECT_TIMEOUT) {
-                Ok(stream) => stream,
+            let transport = match self.connect() {
+                Ok(transport) => transport,
                 Err(err) => {
                     if down_since.is_none() {
                         tracing::warn!(collector = %self.address, error = %err, "cannot reach the syslog collector; records wait in the store");
@@ -176,13 +308,11 @@ impl Forwarder {
             if let Some(since) = down_since.take() {
                 tracing::info!(collector = %self.address, down_s = since.elapsed().as_secs(), "syslog collector reachable again; sending what it missed");
             } else {
-                tracing::info!(collector = %self.address, "forwarding audit records");
+                tracing::info!(collector = %self.address, tls = self.tls.is_some(), "forwarding audit records");
             }
-            let _ = stream.set_nodelay(true);
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
             self.stats.connected.store(true, Ordering::Relaxed);
             let mut connection = Connection {
-                stream,
+                transport,
                 sent: 0,
                 in_flight: VecDeque::new(),
             };
@@ -208,13 +338,19 @@ impl Forwarder {
         loop {
             let stopping = stop.load(Ordering::Relaxed);
             let progressed = self.send_available(connection, &mut read_at)?;
-            if peer_closed(&connection.stream) {
+            if connection.transport.closed() {
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionReset,
                     "the collector closed the connection",
                 ));
             }
-            let acknowledged = connection.sent - unacknowledged(&connection.stream)?;
+            let queued = unacknowledged(connection.transport.tcp())?;
+            let acknowledged = match connection.transport {
+                Transport::Plain(_) => connection.sent - queued,
+                // TLS adds its own bytes: only an empty queue says what arrived.
+                Transport::Tls(_) if queued == 0 => connection.sent,
+                Transport::Tls(_) => 0,
+            };
             while let Some(&(end, cursor)) = connection.in_flight.front() {
                 if end > acknowledged {
                     break;
@@ -288,7 +424,7 @@ impl Forwarder {
             sent_any = true;
         }
         if !out.is_empty() {
-            connection.stream.write_all(&out)?;
+            connection.transport.send(&out)?;
         }
         at.offset = offset;
         let at_end = complete == bytes.len() && bytes.len() < READ_CHUNK;

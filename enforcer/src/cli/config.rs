@@ -3,7 +3,10 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use crate::config::{Config, XdpMode};
+use crate::{
+    audit::{consumer::WriteErrorAction, store::Fsync},
+    config::{Config, XdpMode},
+};
 
 /// `enforcer config` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -98,6 +101,53 @@ fn print_settings(config: &Config) {
         (
             "audit.dedup_window_ms",
             config.audit.dedup_window.as_millis().to_string(),
+        ),
+        (
+            "audit.rotate",
+            format!(
+                "at {} MiB or {} minutes",
+                config.audit.rotate_bytes >> 20,
+                config.audit.rotate_age.as_secs() / 60
+            ),
+        ),
+        (
+            "audit.retain",
+            format!(
+                "{} MiB, {} days",
+                config.audit.retain_bytes >> 20,
+                config.audit.retain_age.as_secs() / 86_400
+            ),
+        ),
+        (
+            "audit.fsync",
+            match config.audit.fsync {
+                Fsync::Batch => "after every batch".to_owned(),
+                Fsync::Interval(every) => format!("every {} ms", every.as_millis()),
+                Fsync::Never => "never".to_owned(),
+            },
+        ),
+        (
+            "audit.on_write_error",
+            match config.audit.on_write_error {
+                WriteErrorAction::KeepEnforcing => "keep-enforcing",
+                WriteErrorAction::FailClosed => "fail-closed",
+            }
+            .to_owned(),
+        ),
+        (
+            "audit.forward",
+            config.audit.forward.as_ref().map_or_else(
+                || "(none)".to_owned(),
+                |forward| match &forward.tls {
+                    None => format!("{} (TCP)", forward.address),
+                    Some(tls) => format!(
+                        "{} (TLS, CA {}, name {})",
+                        forward.address,
+                        tls.ca_file.display(),
+                        tls.server_name
+                    ),
+                },
+            ),
         ),
         ("metrics.listen", config.metrics_listen.to_string()),
     ] {

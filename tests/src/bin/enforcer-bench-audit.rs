@@ -228,8 +228,16 @@ fn generate(dir: &Path, count: u64) -> Result<(), String> {
             event.generation = 1;
             event.hook = Hook::Connect4 as u8;
             let denied = rng.u8(..10) == 0;
-            event.verdict = if denied { Verdict::Deny } else { Verdict::Allow } as u8;
-            event.reason = if denied { Reason::DefaultDeny } else { Reason::Rule } as u8;
+            event.verdict = if denied {
+                Verdict::Deny
+            } else {
+                Verdict::Allow
+            } as u8;
+            event.reason = if denied {
+                Reason::DefaultDeny
+            } else {
+                Reason::Rule
+            } as u8;
             event.rule_id = if denied { 0 } else { rng.u32(1..=1000) };
             event.src_segment = rng.u32(3..53);
             event.dst_segment = rng.u32(3..53);
@@ -246,7 +254,9 @@ fn generate(dir: &Path, count: u64) -> Result<(), String> {
             batch.push(record);
             written += 1;
         }
-        store.write(&mut batch, now_ms()).map_err(|e| e.to_string())?;
+        store
+            .write(&mut batch, now_ms())
+            .map_err(|e| e.to_string())?;
     }
     store.close(now_ms()).map_err(|e| e.to_string())
 }
