@@ -9,7 +9,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{cgroup::TestCgroup, profile_dir, require_root, unique_name};
+use crate::{
+    cgroup::TestCgroup,
+    netns::{Netns, Veth},
+    policy::api_to_peer,
+    probe::{Server, Spawn},
+    profile_dir, require_root, unique_name,
+};
 
 /// How long the agent may take to enforce after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -271,5 +277,58 @@ impl Drop for AgentHost {
             let _ = fs::remove_dir_all(&self.pin_dir);
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A peer host (a network namespace behind a veth pair) with TCP echo servers on some
+/// ports, and an `api.service` cgroup under a parent cgroup for an agent to attach to.
+/// Everything goes on drop, the servers first.
+#[derive(Debug)]
+pub struct PeerSite {
+    _servers: Vec<Server>,
+    /// The segment's cgroup, a child of [`PeerSite::parent`].
+    pub api: TestCgroup,
+    /// The cgroup the agent attaches to.
+    pub parent: TestCgroup,
+    /// The veth pair to the peer.
+    pub veth: Veth,
+    /// The peer's namespace.
+    pub netns: Netns,
+}
+
+impl PeerSite {
+    /// A site whose peer serves TCP on `ports`.
+    pub fn new(ports: &[u16]) -> Self {
+        let netns = Netns::new();
+        let veth = Veth::new(&netns);
+        let parent = TestCgroup::new();
+        let api = parent.child("api.service");
+        let servers = ports
+            .iter()
+            .map(|port| {
+                Spawn::tcp_server(veth.peer_addr(*port))
+                    .netns(&netns)
+                    .serve()
+            })
+            .collect();
+        Self {
+            _servers: servers,
+            api,
+            parent,
+            veth,
+            netns,
+        }
+    }
+
+    /// An agent attached to the parent cgroup with the api-to-peer policy
+    /// ([`api_to_peer`], second port closed), metrics on `metrics`, `extra` appended to
+    /// its config.
+    pub fn agent(&self, metrics: &str, extra: &str) -> AgentHost {
+        AgentHost::new(
+            &self.parent,
+            &api_to_peer(&self.api, &self.veth, false),
+            metrics,
+            extra,
+        )
     }
 }

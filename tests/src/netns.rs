@@ -88,6 +88,11 @@ pub struct Veth {
 }
 
 impl Veth {
+    /// The peer's IPv4 address with `port`.
+    pub fn peer_addr(&self, port: u16) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(std::net::IpAddr::from(self.peer_v4), port)
+    }
+
     /// Creates a veth pair into `netns`, addresses both ends (a /30 and a /64) and brings
     /// them up. IPv6 addresses skip duplicate address detection so they are usable at once.
     pub fn new(netns: &Netns) -> Self {

@@ -1,11 +1,46 @@
-//! Test policies written inline, compiled and applied to a freshly loaded kernel object.
+//! Test policies written inline, compiled and applied to a freshly loaded kernel object,
+//! and the small api-to-peer policy the agent and audit tests give the real agent.
 
 use enforcer::{
     loader::Loader,
     policy::{compile_sources, image::MapImage, source::SourceSet},
 };
 
-use crate::require_root;
+use crate::{cgroup::TestCgroup, netns::Veth, require_root};
+
+/// The port [`api_to_peer`] allows.
+pub const ALLOWED_PORT: u16 = 5432;
+/// The port [`api_to_peer`] denies unless told to open it.
+pub const DENIED_PORT: u16 = 5433;
+
+/// A policy for `api` (a cgroup) and the peer end of `veth`: `api` may reach the peer on
+/// [`ALLOWED_PORT`] (rule `api-to-peer`), and on [`DENIED_PORT`] only when `open_second`
+/// is set (rule `api-to-peer-second`).
+pub fn api_to_peer(api: &TestCgroup, veth: &Veth, open_second: bool) -> String {
+    let second = if open_second {
+        format!(
+            "\n[[allow]]\nid = \"api-to-peer-second\"\nfrom = [\"api\"]\nto = [\"peer\"]\nports = [\"{DENIED_PORT}/tcp\"]\n"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"[segments.api]
+cgroups = ["{api}"]
+
+[segments.peer]
+cidrs = ["{peer}/32"]
+
+[[allow]]
+id = "api-to-peer"
+from = ["api"]
+to = ["peer"]
+ports = ["{ALLOWED_PORT}/tcp"]
+{second}"#,
+        api = api.relative_path(),
+        peer = veth.peer_v4,
+    )
+}
 
 /// Compiles a policy text; panics with the diagnostics if it is invalid.
 pub fn image(text: &str) -> MapImage {

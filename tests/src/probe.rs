@@ -41,6 +41,13 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// Whether the call was refused with EPERM (a cgroup hook's denial).
+    pub fn is_eperm(&self) -> bool {
+        matches!(self, Self::Error { errno, .. } if *errno == libc::EPERM)
+    }
+}
+
 /// A probe process about to start, with the namespace and cgroup it will run in.
 #[derive(Debug)]
 pub struct Spawn {

@@ -3,63 +3,17 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, SocketAddr},
     path::Path,
     time::{Duration, Instant},
 };
 
 use aya::{maps::loaded_maps, programs::loaded_links, programs::loaded_programs};
 use enforcer_tests::{
-    agent::AgentHost,
-    cgroup::TestCgroup,
-    netns::{Netns, Veth},
+    agent::PeerSite,
+    netns::Veth,
+    policy::{ALLOWED_PORT, DENIED_PORT, api_to_peer},
     probe::{Outcome, Spawn},
 };
-
-const ALLOWED_PORT: u16 = 5432;
-const DENIED_PORT: u16 = 5433;
-
-/// A policy for `api` (a child of the attached cgroup) and a peer host: `api` may reach
-/// the peer on [`ALLOWED_PORT`], and on [`DENIED_PORT`] only when `open_second` is set.
-fn policy(api: &TestCgroup, veth: &Veth, open_second: bool) -> String {
-    let second = if open_second {
-        format!(
-            r#"
-[[allow]]
-id = "api-to-peer-second"
-from = ["api"]
-to = ["peer"]
-ports = ["{DENIED_PORT}/tcp"]
-"#
-        )
-    } else {
-        String::new()
-    };
-    format!(
-        r#"[segments.api]
-cgroups = ["{api}"]
-
-[segments.peer]
-cidrs = ["{peer}/32"]
-
-[[allow]]
-id = "api-to-peer"
-from = ["api"]
-to = ["peer"]
-ports = ["{ALLOWED_PORT}/tcp"]
-{second}"#,
-        api = api.relative_path(),
-        peer = veth.peer_v4,
-    )
-}
-
-fn peer(veth: &Veth, port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::from(veth.peer_v4), port)
-}
-
-fn is_eperm(outcome: &Outcome) -> bool {
-    matches!(outcome, Outcome::Error { errno, .. } if *errno == libc::EPERM)
-}
 
 fn xdp_config(veth: &Veth) -> String {
     format!(
@@ -94,32 +48,19 @@ fn links_running(programs: &BTreeSet<u64>) -> usize {
 
 #[test]
 fn sigkill_leaves_enforcement_and_the_restarted_agent_adopts_the_pins() {
-    let netns = Netns::new();
-    let veth = Veth::new(&netns);
-    let parent = TestCgroup::new();
-    let api = parent.child("api.service");
-    let _allowed = Spawn::tcp_server(peer(&veth, ALLOWED_PORT))
-        .netns(&netns)
-        .serve();
-    let _denied = Spawn::tcp_server(peer(&veth, DENIED_PORT))
-        .netns(&netns)
-        .serve();
-    let mut agent = AgentHost::new(
-        &parent,
-        &policy(&api, &veth, false),
-        "127.0.0.1:19611",
-        &xdp_config(&veth),
-    );
+    let site = PeerSite::new(&[ALLOWED_PORT, DENIED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19611", &xdp_config(veth));
     agent.start();
     let before = attachments(&agent.status());
     assert_eq!(before.len(), 8, "7 cgroup hooks and XDP: {before:?}");
 
     // Clients keep trying, a few milliseconds apart, across the kill and the restart.
-    let allowed = Spawn::tcp_client_paced(peer(&veth, ALLOWED_PORT), 1500)
-        .cgroup(&api)
+    let allowed = Spawn::tcp_client_paced(veth.peer_addr(ALLOWED_PORT), 1500)
+        .cgroup(api)
         .run_in_background();
-    let denied = Spawn::tcp_denied_paced(peer(&veth, DENIED_PORT), 1500)
-        .cgroup(&api)
+    let denied = Spawn::tcp_denied_paced(veth.peer_addr(DENIED_PORT), 1500)
+        .cgroup(api)
         .run_in_background();
     std::thread::sleep(Duration::from_millis(400));
     agent.kill();
@@ -175,17 +116,9 @@ fn sigkill_leaves_enforcement_and_the_restarted_agent_adopts_the_pins() {
 
 #[test]
 fn an_invalid_policy_is_refused_and_the_active_one_stays_in_force() {
-    let netns = Netns::new();
-    let veth = Veth::new(&netns);
-    let parent = TestCgroup::new();
-    let api = parent.child("api.service");
-    let _allowed = Spawn::tcp_server(peer(&veth, ALLOWED_PORT))
-        .netns(&netns)
-        .serve();
-    let _denied = Spawn::tcp_server(peer(&veth, DENIED_PORT))
-        .netns(&netns)
-        .serve();
-    let mut agent = AgentHost::new(&parent, &policy(&api, &veth, false), "127.0.0.1:19612", "");
+    let site = PeerSite::new(&[ALLOWED_PORT, DENIED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19612", "");
     let first = agent.start();
     let generation = agent.status()["generation"].as_u64().expect("generation");
 
@@ -212,28 +145,28 @@ fn an_invalid_policy_is_refused_and_the_active_one_stays_in_force() {
         "the generation changed"
     );
     assert_eq!(
-        Spawn::tcp_client(peer(&veth, ALLOWED_PORT))
-            .cgroup(&api)
+        Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
+            .cgroup(api)
             .run(),
         Outcome::Ok,
         "the old policy's allow is gone"
     );
-    let outcome = Spawn::tcp_client(peer(&veth, DENIED_PORT))
-        .cgroup(&api)
+    let outcome = Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+        .cgroup(api)
         .run();
     assert!(
-        is_eperm(&outcome),
+        outcome.is_eperm(),
         "the old policy's deny is gone: {outcome:?}"
     );
 
     // A valid edit is applied as the next generation, through SIGHUP as well.
-    agent.write_policy(&policy(&api, &veth, true));
+    agent.write_policy(&api_to_peer(api, veth, true));
     agent.wait_for_status("the next generation", |s| {
         s["generation"].as_u64() == Some(generation + 1) && s["last_reload"]["outcome"] == "applied"
     });
     assert_eq!(
-        Spawn::tcp_client(peer(&veth, DENIED_PORT))
-            .cgroup(&api)
+        Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+            .cgroup(api)
             .run(),
         Outcome::Ok,
         "the new allow is not in force"
@@ -257,19 +190,9 @@ fn ids_of_pinned_maps(dir: &Path) -> BTreeSet<u32> {
 
 #[test]
 fn sigterm_keeps_enforcement_and_uninstall_leaves_nothing_of_ours_in_the_kernel() {
-    let netns = Netns::new();
-    let veth = Veth::new(&netns);
-    let parent = TestCgroup::new();
-    let api = parent.child("api.service");
-    let _denied = Spawn::tcp_server(peer(&veth, DENIED_PORT))
-        .netns(&netns)
-        .serve();
-    let mut agent = AgentHost::new(
-        &parent,
-        &policy(&api, &veth, false),
-        "127.0.0.1:19613",
-        &xdp_config(&veth),
-    );
+    let site = PeerSite::new(&[DENIED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19613", &xdp_config(veth));
     agent.start();
     let status = agent.status();
     let links: BTreeSet<u64> = attachments(&status).iter().map(|(_, l, _)| *l).collect();
@@ -281,11 +204,11 @@ fn sigterm_keeps_enforcement_and_uninstall_leaves_nothing_of_ours_in_the_kernel(
         agent.terminate(),
         "the agent did not exit cleanly on SIGTERM"
     );
-    let outcome = Spawn::tcp_client(peer(&veth, DENIED_PORT))
-        .cgroup(&api)
+    let outcome = Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+        .cgroup(api)
         .run();
     assert!(
-        is_eperm(&outcome),
+        outcome.is_eperm(),
         "enforcement ended with the agent: {outcome:?}"
     );
 
@@ -297,8 +220,8 @@ fn sigterm_keeps_enforcement_and_uninstall_leaves_nothing_of_ours_in_the_kernel(
     );
     assert!(!agent.pin_dir().exists(), "the pin directory is left");
     assert_eq!(
-        Spawn::tcp_client(peer(&veth, DENIED_PORT))
-            .cgroup(&api)
+        Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+            .cgroup(api)
             .run(),
         Outcome::Ok,
         "enforcement outlived uninstall"
@@ -384,14 +307,9 @@ fn rule_allows(scrape: &prometheus_parse::Scrape, rule: &str) -> f64 {
 
 #[test]
 fn metrics_parse_as_prometheus_text_and_the_counters_move() {
-    let netns = Netns::new();
-    let veth = Veth::new(&netns);
-    let parent = TestCgroup::new();
-    let api = parent.child("api.service");
-    let _allowed = Spawn::tcp_server(peer(&veth, ALLOWED_PORT))
-        .netns(&netns)
-        .serve();
-    let mut agent = AgentHost::new(&parent, &policy(&api, &veth, false), "127.0.0.1:19614", "");
+    let site = PeerSite::new(&[ALLOWED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19614", "");
     agent.start();
 
     let (code, body) = fetch("http://127.0.0.1:19614/healthz");
@@ -401,8 +319,8 @@ fn metrics_parse_as_prometheus_text_and_the_counters_move() {
     let before = rule_allows(&parse_metrics(&text), "api-to-peer");
     for _ in 0..3 {
         assert_eq!(
-            Spawn::tcp_client(peer(&veth, ALLOWED_PORT))
-                .cgroup(&api)
+            Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
+                .cgroup(api)
                 .run(),
             Outcome::Ok
         );

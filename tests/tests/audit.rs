@@ -5,51 +5,20 @@ use std::{
     collections::BTreeSet,
     fs,
     io::Write as _,
-    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
 use enforcer_tests::{
-    agent::{AgentHost, enforcer_bin},
+    agent::{AgentHost, PeerSite, enforcer_bin},
     cgroup::TestCgroup,
-    netns::{Netns, Veth},
+    netns::Veth,
+    policy::{ALLOWED_PORT, DENIED_PORT, api_to_peer},
     probe::{Outcome, Spawn},
     syslog::Rsyslog,
 };
 use serde_json::Value;
-
-const ALLOWED_PORT: u16 = 5432;
-const DENIED_PORT: u16 = 5433;
-
-/// `api` (a child of the attached cgroup) may reach the peer on [`ALLOWED_PORT`] only.
-fn policy(api: &TestCgroup, veth: &Veth) -> String {
-    format!(
-        r#"[segments.api]
-cgroups = ["{api}"]
-
-[segments.peer]
-cidrs = ["{peer}/32"]
-
-[[allow]]
-id = "api-to-peer"
-from = ["api"]
-to = ["peer"]
-ports = ["{ALLOWED_PORT}/tcp"]
-"#,
-        api = api.relative_path(),
-        peer = veth.peer_v4,
-    )
-}
-
-fn peer(veth: &Veth, port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::from(veth.peer_v4), port)
-}
-
-fn is_eperm(outcome: &Outcome) -> bool {
-    matches!(outcome, Outcome::Error { errno, .. } if *errno == libc::EPERM)
-}
 
 /// Every flow and gap record, through `enforcer audit query --json`.
 fn records(agent: &AgentHost) -> Vec<Value> {
@@ -126,17 +95,9 @@ fn verify(dir: &Path) -> (i32, String) {
 
 #[test]
 fn flows_from_real_connects_land_in_the_store_with_their_rule() {
-    let netns = Netns::new();
-    let veth = Veth::new(&netns);
-    let parent = TestCgroup::new();
-    let api = parent.child("api.service");
-    let _allowed = Spawn::tcp_server(peer(&veth, ALLOWED_PORT))
-        .netns(&netns)
-        .serve();
-    let _denied = Spawn::tcp_server(peer(&veth, DENIED_PORT))
-        .netns(&netns)
-        .serve();
-    let mut agent = AgentHost::new(&parent, &policy(&api, &veth), "127.0.0.1:19621", "");
+    let site = PeerSite::new(&[ALLOWED_PORT, DENIED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19621", "");
     agent.start();
     let source_sha256 = agent.status()["policy"]["source_sha256"]
         .as_str()
@@ -144,16 +105,17 @@ fn flows_from_real_connects_land_in_the_store_with_their_rule() {
         .to_owned();
 
     assert_eq!(
-        Spawn::tcp_client(peer(&veth, ALLOWED_PORT))
-            .cgroup(&api)
+        Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
+            .cgroup(api)
             .run(),
         Outcome::Ok
     );
-    assert!(is_eperm(
-        &Spawn::tcp_client(peer(&veth, DENIED_PORT))
-            .cgroup(&api)
+    assert!(
+        Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+            .cgroup(api)
             .run()
-    ));
+            .is_eperm()
+    );
 
     let found = wait_for_records(
         &agent,
@@ -215,14 +177,7 @@ fn flows_from_real_connects_land_in_the_store_with_their_rule() {
 
     // A candidate that opens the second port would change exactly the denied flow.
     let candidate = agent.audit_dir().with_file_name("candidate.toml");
-    fs::write(
-        &candidate,
-        format!(
-            "{}\n[[allow]]\nid = \"api-to-peer-second\"\nfrom = [\"api\"]\nto = [\"peer\"]\nports = [\"{DENIED_PORT}/tcp\"]\n",
-            policy(&api, &veth)
-        ),
-    )
-    .expect("write the candidate");
+    fs::write(&candidate, api_to_peer(api, veth, true)).expect("write the candidate");
     let output = Command::new(enforcer_bin())
         .args(["policy", "simulate", "--json", "--audit-dir"])
         .arg(agent.audit_dir())
@@ -259,11 +214,9 @@ fn flows_from_real_connects_land_in_the_store_with_their_rule() {
 
 #[test]
 fn a_stopped_consumer_loses_nothing_unaccounted() {
-    let netns = Netns::new();
-    let veth = Veth::new(&netns);
-    let parent = TestCgroup::new();
-    let api = parent.child("api.service");
-    let mut agent = AgentHost::new(&parent, &policy(&api, &veth), "127.0.0.1:19622", "");
+    let site = PeerSite::new(&[]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19622", "");
     // Every attempt is its own event: no duplicate suppression.
     agent.audit_options("dedup_window_ms = 0");
     agent.start();
@@ -272,8 +225,8 @@ fn a_stopped_consumer_loses_nothing_unaccounted() {
     // agent cannot read it.
     const BURST: u32 = 200_000;
     agent.pause();
-    let burst = Spawn::tcp_denied_burst(peer(&veth, DENIED_PORT), BURST)
-        .cgroup(&api)
+    let burst = Spawn::tcp_denied_burst(veth.peer_addr(DENIED_PORT), BURST)
+        .cgroup(api)
         .run();
     agent.resume();
     assert_eq!(
@@ -352,14 +305,9 @@ impl Drop for Tmpfs {
 /// A full disk under `on_write_error = action`: `check` runs once a write has failed;
 /// then space returns and writing must resume with a gap record.
 fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &TestCgroup, &Veth)) {
-    let netns = Netns::new();
-    let veth = Veth::new(&netns);
-    let parent = TestCgroup::new();
-    let api = parent.child("api.service");
-    let _allowed = Spawn::tcp_server(peer(&veth, ALLOWED_PORT))
-        .netns(&netns)
-        .serve();
-    let mut agent = AgentHost::new(&parent, &policy(&api, &veth), metrics, "");
+    let site = PeerSite::new(&[ALLOWED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent(metrics, "");
     agent.audit_options(&format!(
         "dedup_window_ms = 0\non_write_error = \"{action}\""
     ));
@@ -371,8 +319,8 @@ fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &TestCgroup
     // may take a few more records first).
     let started = Instant::now();
     while !agent.log(1).contains("cannot write audit records") {
-        let _ = Spawn::tcp_client(peer(&veth, DENIED_PORT))
-            .cgroup(&api)
+        let _ = Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+            .cgroup(api)
             .run();
         assert!(
             started.elapsed() < Duration::from_secs(20),
@@ -381,7 +329,7 @@ fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &TestCgroup
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    check(&agent, &api, &veth);
+    check(&agent, api, veth);
     assert!(
         agent.is_running(),
         "the agent survived the full disk:\n{}",
@@ -399,8 +347,8 @@ fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &TestCgroup
         agent.log(1)
     );
     assert_eq!(
-        Spawn::tcp_client(peer(&veth, ALLOWED_PORT))
-            .cgroup(&api)
+        Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
+            .cgroup(api)
             .run(),
         Outcome::Ok,
         "the policy decides again"
@@ -426,15 +374,18 @@ fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &TestCgroup
 fn a_full_disk_keeps_enforcing_and_recovers_with_a_gap_record() {
     full_disk("keep-enforcing", "127.0.0.1:19623", |_, api, veth| {
         assert_eq!(
-            Spawn::tcp_client(peer(veth, ALLOWED_PORT))
+            Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
                 .cgroup(api)
                 .run(),
             Outcome::Ok,
             "allowed flows pass while audit records cannot be written"
         );
-        assert!(is_eperm(
-            &Spawn::tcp_client(peer(veth, DENIED_PORT)).cgroup(api).run()
-        ));
+        assert!(
+            Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+                .cgroup(api)
+                .run()
+                .is_eperm()
+        );
     });
 }
 
@@ -447,11 +398,10 @@ fn a_full_disk_fails_closed_when_configured_and_recovers() {
             agent.log(1)
         );
         assert!(
-            is_eperm(
-                &Spawn::tcp_client(peer(veth, ALLOWED_PORT))
-                    .cgroup(api)
-                    .run()
-            ),
+            Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
+                .cgroup(api)
+                .run()
+                .is_eperm(),
             "an allowed flow is denied while audit records cannot be written"
         );
     });
@@ -468,15 +418,10 @@ fn flow_sequences<'a>(lines: impl IntoIterator<Item = &'a Value>) -> BTreeSet<u6
 
 #[test]
 fn rsyslog_receives_every_record_across_collector_and_agent_restarts() {
-    let netns = Netns::new();
-    let veth = Veth::new(&netns);
-    let parent = TestCgroup::new();
-    let api = parent.child("api.service");
-    let _allowed = Spawn::tcp_server(peer(&veth, ALLOWED_PORT))
-        .netns(&netns)
-        .serve();
+    let site = PeerSite::new(&[ALLOWED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
     let mut collector = Rsyslog::start("127.0.0.1:19631".parse().expect("address"));
-    let mut agent = AgentHost::new(&parent, &policy(&api, &veth), "127.0.0.1:19625", "");
+    let mut agent = site.agent("127.0.0.1:19625", "");
     agent.audit_options(&format!(
         "dedup_window_ms = 0\n[audit.forward]\naddress = \"{}\"",
         collector.addr
@@ -485,8 +430,8 @@ fn rsyslog_receives_every_record_across_collector_and_agent_restarts() {
     let connect = |count: usize| {
         for _ in 0..count {
             assert_eq!(
-                Spawn::tcp_client(peer(&veth, ALLOWED_PORT))
-                    .cgroup(&api)
+                Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
+                    .cgroup(api)
                     .run(),
                 Outcome::Ok
             );
@@ -551,12 +496,10 @@ fn rsyslog_receives_every_record_across_collector_and_agent_restarts() {
 
 #[test]
 fn forwarding_over_tls_checks_the_collector_certificate() {
-    let netns = Netns::new();
-    let veth = Veth::new(&netns);
-    let parent = TestCgroup::new();
-    let api = parent.child("api.service");
+    let site = PeerSite::new(&[]);
+    let (veth, api) = (&site.veth, &site.api);
     let collector = Rsyslog::start_tls("127.0.0.1:19632".parse().expect("address"));
-    let mut agent = AgentHost::new(&parent, &policy(&api, &veth), "127.0.0.1:19626", "");
+    let mut agent = site.agent("127.0.0.1:19626", "");
     let forward = |server_name: &str| {
         format!(
             "[audit.forward]\naddress = \"{}\"\ntls = true\nca_file = \"{}\"\nserver_name = \"{server_name}\"",
@@ -569,11 +512,12 @@ fn forwarding_over_tls_checks_the_collector_certificate() {
     // A certificate that does not name the collector as configured: nothing is sent.
     agent.audit_options(&forward("someone-else.test"));
     let first = agent.start();
-    assert!(is_eperm(
-        &Spawn::tcp_client(peer(&veth, DENIED_PORT))
-            .cgroup(&api)
+    assert!(
+        Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+            .cgroup(api)
             .run()
-    ));
+            .is_eperm()
+    );
     let stored = wait_for_records(&agent, "the denied flow", Duration::from_secs(10), |r| {
         flows_to(r, DENIED_PORT, "deny") == 1
     });
@@ -604,11 +548,12 @@ fn forwarding_over_tls_checks_the_collector_certificate() {
     fs::write(agent.config(), &config).expect("restore the config");
     agent.audit_options(&forward("collector.test"));
     agent.start();
-    assert!(is_eperm(
-        &Spawn::tcp_client(peer(&veth, DENIED_PORT))
-            .cgroup(&api)
+    assert!(
+        Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+            .cgroup(api)
             .run()
-    ));
+            .is_eperm()
+    );
     let stored = wait_for_records(&agent, "two denied flows", Duration::from_secs(10), |r| {
         flows_to(r, DENIED_PORT, "deny") == 2 && r.len() > stored.len()
     });

@@ -14,8 +14,6 @@ use enforcer_tests::{
     probe::{Outcome, Server, Spawn},
 };
 
-const EPERM: i32 = 1;
-
 fn policy(api_cgroup: &str, veth: &Veth, api_mode: &str) -> enforcer::policy::image::MapImage {
     policy_with(api_cgroup, veth, api_mode, "all")
 }
@@ -91,10 +89,6 @@ fn udp(cgroup: &TestCgroup, ip: IpAddr, port: u16) -> Outcome {
         .run()
 }
 
-fn is_eperm(outcome: &Outcome) -> bool {
-    matches!(outcome, Outcome::Error { errno, .. } if *errno == EPERM)
-}
-
 #[test]
 fn segment_egress_is_allowed_or_refused_with_eperm() {
     let netns = Netns::new();
@@ -113,25 +107,25 @@ fn segment_egress_is_allowed_or_refused_with_eperm() {
             assert_eq!(udp(cgroup, ip, 5353), Outcome::Ok, "allowed UDP to {ip}");
             let denied = tcp(cgroup, ip, 5433);
             assert!(
-                is_eperm(&denied),
+                denied.is_eperm(),
                 "TCP to {ip}:5433 should get EPERM, got {denied:?}"
             );
             let denied = udp(cgroup, ip, 5354);
             assert!(
-                is_eperm(&denied),
+                denied.is_eperm(),
                 "UDP to {ip}:5354 should get EPERM, got {denied:?}"
             );
         }
         // A process in no segment is `host`: no rule lets it reach db.
         let denied = tcp(&unsegmented, ip, 5432);
         assert!(
-            is_eperm(&denied),
+            denied.is_eperm(),
             "host to {ip}:5432 should get EPERM, got {denied:?}"
         );
     }
     // IPv4-mapped IPv6 destinations are decided as IPv4.
     let mapped: IpAddr = veth.peer_v4.to_ipv6_mapped().into();
-    assert!(is_eperm(&tcp(&api, mapped, 5433)));
+    assert!(tcp(&api, mapped, 5433).is_eperm());
 }
 
 #[test]
@@ -145,7 +139,7 @@ fn audit_mode_lets_denials_through_and_a_new_generation_takes_over() {
     let root = enforcer::host::cgroup2_mount().expect("cgroup2");
     loader.attach_cgroup(parent.path()).expect("attach");
     let ip = IpAddr::from(veth.peer_v4);
-    assert!(is_eperm(&tcp(&api, ip, 5433)));
+    assert!(tcp(&api, ip, 5433).is_eperm());
 
     let applied = loader
         .apply(&policy(&api.relative_path(), &veth, "audit"), &root)
@@ -162,7 +156,7 @@ fn audit_mode_lets_denials_through_and_a_new_generation_takes_over() {
         .apply(&policy(&api.relative_path(), &veth, "enforce"), &root)
         .expect("apply enforce");
     assert_eq!(applied.generation, 3);
-    assert!(is_eperm(&tcp(&api, ip, 5433)), "enforcing again");
+    assert!(tcp(&api, ip, 5433).is_eperm(), "enforcing again");
     assert_eq!(tcp(&api, ip, 5432), Outcome::Ok);
 }
 
@@ -196,9 +190,9 @@ fn every_egress_decision_is_recorded_with_the_rule_that_made_it() {
 
     assert_eq!(tcp(&api, v4, 5432), Outcome::Ok);
     assert_eq!(udp(&api, v4, 5353), Outcome::Ok);
-    assert!(is_eperm(&tcp(&api, v4, 5433)));
-    assert!(is_eperm(&tcp(&api, v4, 5434)));
-    assert!(is_eperm(&tcp(&api, v6, 5434)));
+    assert!(tcp(&api, v4, 5433).is_eperm());
+    assert!(tcp(&api, v4, 5434).is_eperm());
+    assert!(tcp(&api, v6, 5434).is_eperm());
     let recorded = drain(&mut events);
 
     let allowed = the_event(&recorded, Hook::Connect4, 5432);
@@ -276,7 +270,7 @@ fn audit_level_deny_records_only_denials_but_counts_everything() {
     let v4 = IpAddr::from(veth.peer_v4);
 
     assert_eq!(tcp(&api, v4, 5432), Outcome::Ok);
-    assert!(is_eperm(&tcp(&api, v4, 5434)));
+    assert!(tcp(&api, v4, 5434).is_eperm());
     let recorded = drain(&mut events);
     assert_eq!(recorded.len(), 1, "only the denial: {recorded:#?}");
     assert_eq!(decided_by(&image, &recorded[0]), "api-not-db-admin");

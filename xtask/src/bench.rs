@@ -98,6 +98,18 @@ fn run_bench(bench: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<String> 
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// The numbers after `NAME` on the line of a benchmark binary's output that starts with it.
+fn field(stdout: &str, name: &str) -> anyhow::Result<Vec<f64>> {
+    let line = stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .with_context(|| format!("no {name} in {stdout:?}"))?;
+    line.split_whitespace()
+        .skip(1)
+        .map(|v| v.parse::<f64>().map_err(anyhow::Error::from))
+        .collect()
+}
+
 /// Replaces the block between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in
 /// docs/benchmarks.md (appending it if absent).
 fn write_section(root: &Path, name: &str, body: &str) -> anyhow::Result<PathBuf> {
@@ -342,16 +354,7 @@ pub fn agent(tools: &Tools) -> anyhow::Result<()> {
                 iterations.to_string().as_ref(),
             ],
         )?;
-        let field = |name: &str| -> anyhow::Result<Vec<f64>> {
-            let line = stdout
-                .lines()
-                .find(|l| l.starts_with(name))
-                .with_context(|| format!("no {name} in {stdout:?}"))?;
-            line.split_whitespace()
-                .skip(1)
-                .map(|v| v.parse::<f64>().map_err(anyhow::Error::from))
-                .collect()
-        };
+        let field = |name: &str| field(&stdout, name);
         let reload = field("reload_ms")?;
         let (idle, load) = (field("rss_idle_kib")?[0], field("rss_load_kib")?[0]);
         println!("agent bench: {rules} rules: reload {reload:?} ms, RSS {idle} / {load} KiB");
@@ -414,16 +417,7 @@ pub fn audit(tools: &Tools) -> anyhow::Result<()> {
             "10".as_ref(),
         ],
     )?;
-    let field = |name: &str| -> anyhow::Result<Vec<f64>> {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("{name} ")))
-            .with_context(|| format!("no {name} in {stdout:?}"))?;
-        line.split_whitespace()
-            .skip(1)
-            .map(|v| v.parse::<f64>().map_err(anyhow::Error::from))
-            .collect()
-    };
+    let field = |name: &str| field(&stdout, name);
     let (events, stored, lost, seconds) = (
         field("events")?[0],
         field("stored")?[0],

@@ -80,6 +80,31 @@ struct FileStats {
 }
 
 impl FileStats {
+    /// The seal of file `number` holding these records; `how` ends its message.
+    fn seal(&self, number: u64, time: i64, hostname: &str, how: &str) -> Record {
+        let mut seal = Record::new(
+            Kind::Seal,
+            time,
+            hostname,
+            format!(
+                "audit file {} sealed{how}: {} records",
+                files::segment_name(number),
+                self.records
+            ),
+        );
+        seal.unmapped.file = Some(FileDetails {
+            number,
+            opened: None,
+            records: Some(self.records),
+            first_sequence: Some(self.first_sequence),
+            first_time: Some(self.first_time),
+            last_time: Some(self.last_time),
+            flows: Some(self.flows),
+            lost: Some(self.lost),
+        });
+        seal
+    }
+
     fn add(&mut self, record: &Record) {
         if self.records == 0 {
             self.first_sequence = record.sequence();
@@ -336,28 +361,9 @@ impl Store {
     }
 
     fn seal_record(&self, now_ms: i64) -> Record {
-        let stats = self.current.stats;
-        let mut seal = Record::new(
-            Kind::Seal,
-            now_ms,
-            &self.hostname,
-            format!(
-                "audit file {} sealed: {} records",
-                files::segment_name(self.current.number),
-                stats.records
-            ),
-        );
-        seal.unmapped.file = Some(FileDetails {
-            number: self.current.number,
-            opened: None,
-            records: Some(stats.records),
-            first_sequence: Some(stats.first_sequence),
-            first_time: Some(stats.first_time),
-            last_time: Some(stats.last_time),
-            flows: Some(stats.flows),
-            lost: Some(stats.lost),
-        });
-        seal
+        self.current
+            .stats
+            .seal(self.current.number, now_ms, &self.hostname, "")
     }
 
     /// Picks the oldest sealed files to remove (by total size, then by age) and queues a
@@ -498,29 +504,8 @@ fn resume(last: &SegmentFile) -> io::Result<Resumed> {
         }
     }
     let head = head.unwrap_or(Head::GENESIS);
-    let seal = (!sealed).then(|| {
-        let mut seal = Record::new(
-            Kind::Seal,
-            stats.last_time,
-            &hostname,
-            format!(
-                "audit file {} sealed at restart: {} records",
-                files::segment_name(last.number),
-                stats.records
-            ),
-        );
-        seal.unmapped.file = Some(FileDetails {
-            number: last.number,
-            opened: None,
-            records: Some(stats.records),
-            first_sequence: Some(stats.first_sequence),
-            first_time: Some(stats.first_time),
-            last_time: Some(stats.last_time),
-            flows: Some(stats.flows),
-            lost: Some(stats.lost),
-        });
-        seal
-    });
+    let seal =
+        (!sealed).then(|| stats.seal(last.number, stats.last_time, &hostname, " at restart"));
     Ok(Resumed {
         head,
         torn_bytes,

@@ -71,6 +71,17 @@ impl StoreArgs {
     }
 }
 
+/// `--since` and `--until`.
+#[derive(Debug, clap::Args)]
+pub struct TimeRange {
+    /// Records at or after this time: RFC 3339, or an age such as 15m or 2h.
+    #[arg(long, value_parser = parse_time)]
+    since: Option<i64>,
+    /// Records before this time: RFC 3339, or an age such as 15m or 2h.
+    #[arg(long, value_parser = parse_time)]
+    until: Option<i64>,
+}
+
 /// Milliseconds since the epoch of `--since`/`--until`: an RFC 3339 time
 /// (`2026-11-22T10:00:00Z`) or an age (`15m`, `2h`, `7days`) before now.
 pub fn parse_time(text: &str) -> Result<i64, String> {

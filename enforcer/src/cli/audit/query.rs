@@ -2,7 +2,7 @@
 
 use std::{io::Write as _, net::IpAddr, process::ExitCode};
 
-use super::{StoreArgs, format_time, parse_time};
+use super::{StoreArgs, TimeRange, format_time};
 use crate::audit::{
     read::{self, Filter},
     record::Record,
@@ -14,12 +14,8 @@ use crate::cli::policy::{print_table, table};
 pub struct Args {
     #[command(flatten)]
     store: StoreArgs,
-    /// Records at or after this time: RFC 3339, or an age such as 15m or 2h.
-    #[arg(long, value_parser = parse_time)]
-    since: Option<i64>,
-    /// Records before this time: RFC 3339, or an age such as 15m or 2h.
-    #[arg(long, value_parser = parse_time)]
-    until: Option<i64>,
+    #[command(flatten)]
+    time: TimeRange,
     /// Flows from or to this segment.
     #[arg(long)]
     segment: Option<String>,
@@ -47,8 +43,8 @@ pub struct Args {
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let dir = args.store.dir()?;
     let filter = Filter {
-        since: args.since,
-        until: args.until,
+        since: args.time.since,
+        until: args.time.until,
         segment: args.segment.clone(),
         rule: args.rule.clone(),
         verdict: args.verdict.clone(),

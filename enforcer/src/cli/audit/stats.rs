@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, process::ExitCode};
 
 use serde::Serialize;
 
-use super::{StoreArgs, parse_time};
+use super::{StoreArgs, TimeRange};
 use crate::audit::read::{self, Filter};
 use crate::cli::policy::{print_table, table};
 
@@ -14,12 +14,8 @@ use crate::cli::policy::{print_table, table};
 pub struct Args {
     #[command(flatten)]
     store: StoreArgs,
-    /// Only records at or after this time: RFC 3339, or an age such as 15m or 2h.
-    #[arg(long, value_parser = parse_time)]
-    since: Option<i64>,
-    /// Only records before this time.
-    #[arg(long, value_parser = parse_time)]
-    until: Option<i64>,
+    #[command(flatten)]
+    time: TimeRange,
     /// How many top talkers to list.
     #[arg(long, default_value_t = 10)]
     top: usize,
@@ -59,8 +55,8 @@ struct Denials {
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let dir = args.store.dir()?;
     let filter = Filter {
-        since: args.since,
-        until: args.until,
+        since: args.time.since,
+        until: args.time.until,
         store_records: true,
         ..Filter::default()
     };
