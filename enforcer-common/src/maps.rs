@@ -336,8 +336,12 @@ pub const EVENTS_LOST: u32 = 1;
 /// [`EVENT_STATS`] index: events not written because the same flow was recorded within
 /// the de-duplication window.
 pub const EVENTS_SUPPRESSED: u32 = 2;
+/// [`EVENT_STATS`] index, written by the agent (the total in CPU 0's slot): events it
+/// took off the ring but could not store yet. Kept in the pinned map so that the count
+/// survives an agent that dies before the store works again.
+pub const EVENTS_UNSTORED: u32 = 3;
 /// Entries of [`EVENT_STATS`].
-pub const EVENT_STAT_SLOTS: u32 = 3;
+pub const EVENT_STAT_SLOTS: u32 = 4;
 
 /// LRU of recently recorded flows ([`RecentFlowKey`] to the `bpf_ktime_get_boot_ns` of
 /// the last event written for it), for de-duplication.

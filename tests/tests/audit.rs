@@ -12,8 +12,6 @@ use std::{
 
 use enforcer_tests::{
     agent::{AgentHost, PeerSite, enforcer_bin},
-    cgroup::TestCgroup,
-    netns::Veth,
     policy::{ALLOWED_PORT, DENIED_PORT, api_to_peer},
     probe::{Outcome, Spawn},
     syslog::Rsyslog,
@@ -302,11 +300,39 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Every flow record plus every event the gap records count as lost.
+fn accounted(records: &[Value]) -> u64 {
+    let flows = records
+        .iter()
+        .filter(|r| r["unmapped"]["kind"] == "flow")
+        .count() as u64;
+    flows + lost(records, "write-error") + lost(records, "ring-full")
+}
+
+/// A client in the site's `api` cgroup that counts its attempts (each one flow event).
+struct Client<'a> {
+    site: &'a PeerSite,
+    attempts: std::cell::Cell<u64>,
+}
+
+impl Client<'_> {
+    fn connect(&self, port: u16) -> Outcome {
+        self.attempts.set(self.attempts.get() + 1);
+        Spawn::tcp_client(self.site.veth.peer_addr(port))
+            .cgroup(&self.site.api)
+            .run()
+    }
+}
+
 /// A full disk under `on_write_error = action`: `check` runs once a write has failed;
-/// then space returns and writing must resume with a gap record.
-fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &TestCgroup, &Veth)) {
+/// then the agent is killed and restarted while the disk is still full, space returns,
+/// and writing must resume by itself, with every event stored or counted in a gap.
+fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &Client)) {
     let site = PeerSite::new(&[ALLOWED_PORT]);
-    let (veth, api) = (&site.veth, &site.api);
+    let client = Client {
+        site: &site,
+        attempts: std::cell::Cell::new(0),
+    };
     let mut agent = site.agent(metrics, "");
     agent.audit_options(&format!(
         "dedup_window_ms = 0\non_write_error = \"{action}\""
@@ -319,9 +345,7 @@ fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &TestCgroup
     // may take a few more records first).
     let started = Instant::now();
     while !agent.log(1).contains("cannot write audit records") {
-        let _ = Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
-            .cgroup(api)
-            .run();
+        assert!(client.connect(DENIED_PORT).is_eperm());
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "no write error logged:\n{}",
@@ -329,41 +353,58 @@ fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &TestCgroup
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    check(&agent, api, veth);
+    check(&agent, &client);
     assert!(
         agent.is_running(),
         "the agent survived the full disk:\n{}",
         agent.log(1)
     );
 
-    // Space returns: writing resumes by itself, with a gap record for what was lost.
+    // A crash and a restart on the full disk: the agent starts and enforces.
+    agent.kill();
+    let second = agent.start();
+    assert!(client.connect(DENIED_PORT).is_eperm());
+    let started = Instant::now();
+    while !agent.log(second).contains("cannot write audit records") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            agent.log(second)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Space returns: writing resumes by itself, and every attempt is a record or counted
+    // in a gap record.
     fs::remove_file(filler).expect("remove the filler");
-    let found = wait_for_records(&agent, "a write-error gap", Duration::from_secs(10), |r| {
-        lost(r, "write-error") > 0
-    });
+    let found = wait_for_records(
+        &agent,
+        "every event stored or counted",
+        Duration::from_secs(15),
+        |r| accounted(r) >= client.attempts.get(),
+    );
+    assert_eq!(accounted(&found), client.attempts.get(), "{found:#?}");
+    assert!(lost(&found, "write-error") > 0, "a write-error gap record");
     assert!(
-        agent.log(1).contains("audit store writable again"),
+        agent.log(second).contains("audit store writable again"),
         "{}",
-        agent.log(1)
+        agent.log(second)
     );
     assert_eq!(
-        Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
-            .cgroup(api)
-            .run(),
+        client.connect(ALLOWED_PORT),
         Outcome::Ok,
         "the policy decides again"
     );
-    let after = wait_for_records(
+    wait_for_records(
         &agent,
         "the allowed flow after recovery",
         Duration::from_secs(10),
-        |r| flows_to(r, ALLOWED_PORT, "allow") >= 1,
+        |r| flows_to(r, ALLOWED_PORT, "allow") >= 1 && accounted(r) == client.attempts.get(),
     );
-    assert!(after.len() > found.len());
     assert!(
         agent.terminate(),
         "the agent stops cleanly:\n{}",
-        agent.log(1)
+        agent.log(second)
     );
     let (code, said) = verify(&agent.audit_dir());
     assert_eq!(code, 0, "{said}");
@@ -372,36 +413,26 @@ fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &TestCgroup
 
 #[test]
 fn a_full_disk_keeps_enforcing_and_recovers_with_a_gap_record() {
-    full_disk("keep-enforcing", "127.0.0.1:19623", |_, api, veth| {
+    full_disk("keep-enforcing", "127.0.0.1:19623", |_, client| {
         assert_eq!(
-            Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
-                .cgroup(api)
-                .run(),
+            client.connect(ALLOWED_PORT),
             Outcome::Ok,
             "allowed flows pass while audit records cannot be written"
         );
-        assert!(
-            Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
-                .cgroup(api)
-                .run()
-                .is_eperm()
-        );
+        assert!(client.connect(DENIED_PORT).is_eperm());
     });
 }
 
 #[test]
 fn a_full_disk_fails_closed_when_configured_and_recovers() {
-    full_disk("fail-closed", "127.0.0.1:19624", |agent, api, veth| {
+    full_disk("fail-closed", "127.0.0.1:19624", |agent, client| {
         assert!(
             agent.log(1).contains("fail-closed"),
             "the agent says it fails closed:\n{}",
             agent.log(1)
         );
         assert!(
-            Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
-                .cgroup(api)
-                .run()
-                .is_eperm(),
+            client.connect(ALLOWED_PORT).is_eperm(),
             "an allowed flow is denied while audit records cannot be written"
         );
     });

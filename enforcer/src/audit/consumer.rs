@@ -4,9 +4,11 @@
 //! consumer drained but could not store, become `gap` records in the store itself as soon
 //! as it can write one.
 //!
-//! On a write error (a full disk) the consumer keeps draining the ring, counts what it
-//! cannot store, and retries once a second; the configured [`WriteErrorAction`] decides
-//! whether the kernel meanwhile denies every new flow but failsafe access.
+//! On a write error (a full disk) the consumer counts the batch it could not store (in a
+//! pinned map, so the count outlives the agent), stops draining the ring (events wait
+//! there; the kernel counts any the ring cannot hold) and retries once a second; the
+//! configured [`WriteErrorAction`] decides whether the kernel meanwhile denies every new
+//! flow but failsafe access.
 
 use std::{
     sync::{
@@ -40,8 +42,8 @@ const TICK: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WriteErrorAction {
-    /// Keep enforcing the policy; count the events that could not be stored and write
-    /// them as a gap when the store works again.
+    /// Keep enforcing the policy; events wait in the ring, and those that could not be
+    /// stored are written as a gap when the store works again.
     KeepEnforcing,
     /// Deny every new flow except failsafe access until the store works again.
     FailClosed,
@@ -126,8 +128,9 @@ impl Consumer {
         // `AsyncFd` owns: it stays open and the same until the `AsyncFd` is dropped.
         let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
             .map_err(std::io::Error::from)?;
+        // Events an earlier agent took off the ring but could not store are owed too.
         let mut owed = Owed {
-            unwritten: 0,
+            unwritten: self.maps.event_counts()?.unstored,
             undecodable: 0,
             error: None,
             failing_since: None,
@@ -140,7 +143,9 @@ impl Consumer {
                 biased;
                 _ = stop.changed() => break,
                 Some(generation) = names.recv() => self.enricher.learn(generation),
-                ready = ring.readable_mut() => {
+                // While the store fails, events stay in the ring (where the kernel
+                // counts any it cannot hold) instead of being drained and dropped.
+                ready = ring.readable_mut(), if owed.failing_since.is_none() => {
                     let mut guard = ready?;
                     let drained = drain(guard.get_inner_mut(), &mut self.enricher, &mut batch, &mut owed);
                     if drained < BATCH_MAX {
@@ -184,8 +189,12 @@ impl Consumer {
             .failing_since
             .is_some_and(|since| since.elapsed() < RETRY)
         {
-            owed.unwritten += batch.len() as u64;
-            batch.clear();
+            // Only a stopping agent drains while the store fails.
+            if !batch.is_empty() {
+                owed.unwritten += batch.len() as u64;
+                self.maps.set_unstored(owed.unwritten)?;
+                batch.clear();
+            }
             return Ok(());
         }
         let mut gaps = Vec::new();
@@ -227,6 +236,9 @@ impl Consumer {
                         tracing::warn!("fail-closed lifted: flows are decided by the policy again");
                     }
                 }
+                if owed.unwritten > 0 {
+                    self.maps.set_unstored(0)?;
+                }
                 owed.unwritten = 0;
                 owed.undecodable = 0;
                 owed.error = None;
@@ -234,12 +246,13 @@ impl Consumer {
             Err(err) => {
                 self.store.set_ring_lost_accounted(accounted_before);
                 owed.unwritten += flows;
+                self.maps.set_unstored(owed.unwritten)?;
                 let first = owed.failing_since.is_none();
                 owed.failing_since = Some(Instant::now());
                 owed.error = Some(err.to_string());
                 self.stats.store_ok.store(false, Ordering::Relaxed);
                 if first {
-                    tracing::error!(error = %err, action = ?self.on_write_error, "cannot write audit records; counting what is lost and retrying every second");
+                    tracing::error!(error = %err, action = ?self.on_write_error, "cannot write audit records; events wait in the ring (losses are counted) and writing is retried every second");
                     if self.on_write_error == WriteErrorAction::FailClosed {
                         self.maps.set_fail_closed(true)?;
                         tracing::error!(

@@ -161,7 +161,7 @@ pub fn scan(
     Ok(())
 }
 
-/// Scans one file; `false` when `found` asked to stop.
+/// Scans one file's complete lines; `false` when `found` asked to stop.
 fn scan_file(
     path: &Path,
     filter: &Filter,
@@ -171,10 +171,17 @@ fn scan_file(
         path: path.to_owned(),
         source,
     };
-    let reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io_error)?);
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io_error)?);
     let prefilter = filter.flow_filters();
-    for (index, line) in reader.lines().enumerate() {
-        let line = line.map_err(io_error)?;
+    let mut bytes = Vec::new();
+    for index in 0.. {
+        bytes.clear();
+        reader.read_until(b'\n', &mut bytes).map_err(io_error)?;
+        // The end of the file, or a record the agent is writing right now.
+        if bytes.pop() != Some(b'\n') {
+            break;
+        }
+        let line = String::from_utf8_lossy(&bytes);
         if prefilter && !filter.may_match(&line) {
             continue;
         }

@@ -142,6 +142,9 @@ pub struct Store {
     /// Store records waiting to lead the next batch (a new file's open record, a
     /// retention record).
     pending: Vec<Record>,
+    /// An earlier writer's newest file and the seal it still needs (appended before the
+    /// next batch, so the chain runs through it).
+    unsealed: Option<(PathBuf, Record)>,
     /// Files a pending retention record names; removed once that record is written.
     doomed: Vec<PathBuf>,
     unsynced: Option<Instant>,
@@ -153,7 +156,9 @@ pub struct Store {
 impl Store {
     /// Opens the store in `settings.dir` (creating it), continuing the chain of the files
     /// already there. The newest file is sealed (a torn last line from a crash is cut
-    /// off first, and counted in a gap record) and a new one started.
+    /// off first, and counted in a gap record) and a new one started. A full disk does
+    /// not stop this: the seal and the new file's first records wait for the first write
+    /// that fits.
     pub fn open(settings: StoreSettings, hostname: &str, now_ms: i64) -> Result<Self, StoreError> {
         let dir_error = |source| StoreError::Dir {
             dir: settings.dir.clone(),
@@ -163,6 +168,7 @@ impl Store {
         let existing = files::segments(&settings.dir).map_err(dir_error)?;
         let mut head = Head::GENESIS;
         let mut pending = Vec::new();
+        let mut unsealed = None;
         let (number, opened) = match existing.last() {
             None => (1, "first"),
             Some(last) => {
@@ -187,11 +193,7 @@ impl Store {
                     });
                     pending.push(gap);
                 }
-                if let Some(mut seal) = resumed.seal {
-                    let mut out = Vec::new();
-                    chain::append(&mut seal, &mut head, &mut out);
-                    append_to(&last.path, &out).map_err(dir_error)?;
-                }
+                unsealed = resumed.seal.map(|seal| (last.path.clone(), seal));
                 (last.number + 1, "restart")
             }
         };
@@ -202,6 +204,7 @@ impl Store {
             current,
             head,
             pending: Vec::new(),
+            unsealed,
             doomed: Vec::new(),
             unsynced: None,
             buf: Vec::with_capacity(1 << 20),
@@ -269,6 +272,7 @@ impl Store {
     /// Writes the pending records, `records` and, with `seal_at`, the current file's seal
     /// as one batch, whole or not at all.
     fn commit(&mut self, records: &mut [Record], seal_at: Option<i64>) -> Result<(), StoreError> {
+        self.seal_earlier_file()?;
         let head_before = self.head;
         let stats_before = self.current.stats;
         self.buf.clear();
@@ -309,6 +313,23 @@ impl Store {
         ) {
             tracing::warn!(error = %err, "cannot update the audit store's HEAD");
         }
+        Ok(())
+    }
+
+    /// Appends the seal an earlier writer's newest file still needs, if any.
+    fn seal_earlier_file(&mut self) -> Result<(), StoreError> {
+        let Some((path, seal)) = &mut self.unsealed else {
+            return Ok(());
+        };
+        let mut head = self.head;
+        let mut out = Vec::new();
+        chain::append(seal, &mut head, &mut out);
+        append_to(path, &out).map_err(|source| StoreError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        self.head = head;
+        self.unsealed = None;
         Ok(())
     }
 
@@ -455,10 +476,16 @@ fn create(dir: &Path, number: u64) -> io::Result<Current> {
     })
 }
 
+/// Appends `bytes` to the file at `path` whole or not at all (a failed write is cut
+/// back), and syncs it.
 fn append_to(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = OpenOptions::new().append(true).open(path)?;
-    file.write_all(bytes)?;
-    file.sync_data()
+    let before = file.metadata()?.len();
+    if let Err(err) = file.write_all(bytes).and_then(|()| file.sync_data()) {
+        let _ = file.set_len(before);
+        return Err(err);
+    }
+    Ok(())
 }
 
 /// Where an earlier writer left the newest file.

@@ -77,6 +77,7 @@ struct Events {
     emitted: u64,
     lost: u64,
     suppressed: u64,
+    unstored: u64,
 }
 
 impl From<EventCounts> for Events {
@@ -85,6 +86,7 @@ impl From<EventCounts> for Events {
             emitted: counts.emitted,
             lost: counts.lost,
             suppressed: counts.suppressed,
+            unstored: counts.unstored,
         }
     }
 }
@@ -281,8 +283,8 @@ fn print(status: &Status) {
     }
     super::policy::print_table(&table);
     println!(
-        "events:       {} emitted, {} lost, {} suppressed as duplicates",
-        status.events.emitted, status.events.lost, status.events.suppressed
+        "events:       {} emitted, {} lost, {} suppressed as duplicates, {} not yet stored",
+        status.events.emitted, status.events.lost, status.events.suppressed, status.events.unstored
     );
 }
 

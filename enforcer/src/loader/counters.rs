@@ -5,8 +5,8 @@ use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use enforcer_common::{
     event::{Reason, Verdict},
     maps::{
-        EVENT_STATS, EVENTS_EMITTED, EVENTS_LOST, EVENTS_SUPPRESSED, MAX_RULES, REASON_COUNTS,
-        RULE_COUNTERS, RuleCounters, reason_counter_index, slot_of,
+        EVENT_STATS, EVENTS_EMITTED, EVENTS_LOST, EVENTS_SUPPRESSED, EVENTS_UNSTORED, MAX_RULES,
+        REASON_COUNTS, RULE_COUNTERS, RuleCounters, reason_counter_index, slot_of,
     },
 };
 
@@ -21,6 +21,8 @@ pub struct EventCounts {
     pub lost: u64,
     /// Events not written because the same flow was recorded within the window.
     pub suppressed: u64,
+    /// Events the agent took off the ring but has not stored yet (its store failed).
+    pub unstored: u64,
 }
 
 /// Decisions with one reason and verdict since the object was loaded.
@@ -142,5 +144,19 @@ pub(super) fn events(ebpf: &mut impl MapSet) -> Result<EventCounts, LoaderError>
         emitted: per_cpu_u64(ebpf, EVENT_STATS, EVENTS_EMITTED)?,
         lost: per_cpu_u64(ebpf, EVENT_STATS, EVENTS_LOST)?,
         suppressed: per_cpu_u64(ebpf, EVENT_STATS, EVENTS_SUPPRESSED)?,
+        unstored: per_cpu_u64(ebpf, EVENT_STATS, EVENTS_UNSTORED)?,
     })
+}
+
+/// Records how many events the agent took off the ring but could not store.
+pub(super) fn set_unstored(ebpf: &mut impl MapSet, count: u64) -> Result<(), LoaderError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, source)| LoaderError::PossibleCpus(source))?;
+    let mut values = vec![0u64; cpus.get() as usize];
+    values[0] = count;
+    let values = PerCpuValues::try_from(values).map_err(LoaderError::PossibleCpus)?;
+    let mut array: PerCpuArray<&mut MapData, u64> =
+        PerCpuArray::try_from(ebpf.map_mut(EVENT_STATS)?).map_err(map_error(EVENT_STATS))?;
+    array
+        .set(EVENTS_UNSTORED, values, 0)
+        .map_err(map_error(EVENT_STATS))
 }

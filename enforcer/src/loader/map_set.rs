@@ -70,6 +70,12 @@ impl PinnedMaps {
         counters::events(self)
     }
 
+    /// Records how many events the agent took off the ring but could not store, so the
+    /// count outlives the agent.
+    pub fn set_unstored(&mut self, count: u64) -> Result<(), LoaderError> {
+        counters::set_unstored(self, count)
+    }
+
     /// Switches fail-closed mode: while on, the kernel denies every new flow but failsafe
     /// access (reason `audit-unavailable`).
     pub fn set_fail_closed(&mut self, on: bool) -> Result<(), LoaderError> {
