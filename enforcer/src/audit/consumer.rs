@@ -159,8 +159,8 @@ impl Consumer {
             }
             self.flush(&mut batch, &mut owed)?;
         }
-        // Stopping: what the ring still holds goes in too.
-        loop {
+        // Stopping: what the ring still holds goes in too, unless the store fails.
+        while owed.failing_since.is_none() {
             let drained = drain(ring.get_mut(), &mut self.enricher, &mut batch, &mut owed);
             self.flush(&mut batch, &mut owed)?;
             if drained < BATCH_MAX {
@@ -168,10 +168,13 @@ impl Consumer {
             }
         }
         if owed.failing_since.is_some() {
+            // Waiting events stay in the ring for the next start; the count of those
+            // taken off it is in the pinned map, and the next start seals the newest file.
             tracing::error!(
-                unwritten = owed.unwritten,
-                "stopping with audit events that could not be stored; the next start counts the kernel's part of them"
+                unstored = owed.unwritten,
+                "stopping while audit records cannot be written; waiting events stay in the ring for the next start"
             );
+            return Ok(());
         }
         self.store.close(now_ms())?;
         Ok(())
@@ -189,7 +192,7 @@ impl Consumer {
             .failing_since
             .is_some_and(|since| since.elapsed() < RETRY)
         {
-            // Only a stopping agent drains while the store fails.
+            // Only a batch drained before the failure was known gets here.
             if !batch.is_empty() {
                 owed.unwritten += batch.len() as u64;
                 self.maps.set_unstored(owed.unwritten)?;
