@@ -28,6 +28,8 @@ pub struct Args {
 struct Stats {
     flows: u64,
     lost: u64,
+    /// Gap cause → events lost.
+    lost_by_cause: BTreeMap<String, u64>,
     /// (source address, source segment, destination segment) → flows, allowed, denied.
     talkers: Vec<Talker>,
     /// Rule or reason → denials (and audit-mode would-be denials).
@@ -69,6 +71,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         |record| {
             if let Some(gap) = &record.unmapped.gap {
                 stats.lost += gap.lost;
+                *stats.lost_by_cause.entry(gap.cause.clone()).or_default() += gap.lost;
             }
             let Some(flow) = record.flow() else {
                 return true;
@@ -125,9 +128,20 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&stats)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let causes: Vec<String> = stats
+        .lost_by_cause
+        .iter()
+        .map(|(cause, count)| format!("{count} {cause}"))
+        .collect();
     println!(
-        "{} flows, {} events recorded as lost",
-        stats.flows, stats.lost
+        "{} flows, {} events recorded as lost{}",
+        stats.flows,
+        stats.lost,
+        if causes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", causes.join(", "))
+        }
     );
     let mut top = table(&["source", "from", "to", "flows", "denied"]);
     for talker in &stats.talkers {
