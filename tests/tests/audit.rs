@@ -174,6 +174,16 @@ fn flows_from_real_connects_land_in_the_store_with_their_rule() {
     assert_eq!(by_rule.len(), 1, "{by_rule:#?}");
     assert_eq!(by_rule[0]["dst_endpoint"]["port"], ALLOWED_PORT);
 
+    // `tail` shows the newest flow, the denied one, for people.
+    let output = agent.command(&["audit", "tail", "-n", "1"]);
+    let tail = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    let words: Vec<&str> = tail.split_whitespace().collect();
+    let destination = format!("{}:{DENIED_PORT}/tcp", veth.peer_v4);
+    for word in ["deny", "api", "->", "peer", &destination, "default-deny"] {
+        assert!(words.contains(&word), "no `{word}` in {tail}");
+    }
+
     // Stopping seals the store; it verifies clean.
     assert!(
         agent.terminate(),

@@ -179,12 +179,8 @@ impl Enricher {
         let dst_segment = names.segment(event.dst_segment);
         let v4 = event.family == family::INET;
         let inbound = hook == Some(Hook::XdpIngress);
-        let src_ip = address(
-            &event.src_addr,
-            event.family,
-            inbound || event.src_port != 0,
-        );
-        let dst_ip = address(&event.dst_addr, event.family, true);
+        let src_ip = address(&event.src_addr, event.family);
+        let dst_ip = address(&event.dst_addr, event.family);
         let protocol_name = match event.protocol {
             6 => "tcp".to_owned(),
             17 => "udp".to_owned(),
@@ -292,9 +288,8 @@ impl Enricher {
     }
 }
 
-/// An event's address as text; empty where the hook does not know it (`known` false and
-/// all zero).
-fn address(bytes: &[u8; 16], address_family: u8, known: bool) -> String {
+/// An event's address as text; empty where the hook does not know it (all zero).
+fn address(bytes: &[u8; 16], address_family: u8) -> String {
     let ip = if address_family == family::INET {
         IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
     } else if address_family == family::INET6 {
@@ -302,7 +297,7 @@ fn address(bytes: &[u8; 16], address_family: u8, known: bool) -> String {
     } else {
         return String::new();
     };
-    if !known && ip.is_unspecified() {
+    if ip.is_unspecified() {
         String::new()
     } else {
         ip.to_string()
