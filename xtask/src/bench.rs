@@ -453,8 +453,8 @@ pub fn audit(tools: &Tools) -> anyhow::Result<()> {
             vec!["query", "--json", "--rule", "r500"],
         ),
         (
-            "`audit query --since 1m` (newest minute only)",
-            vec!["query", "--json", "--since", "1m"],
+            "`audit query --since 1h` (the newest hour, ~360k records; older files skipped by their seals)",
+            vec!["query", "--json", "--since", "1h"],
         ),
         ("`audit stats` (full scan)", vec!["stats", "--json"]),
         ("`audit verify` (every hash)", vec!["verify"]),
@@ -473,7 +473,7 @@ pub fn audit(tools: &Tools) -> anyhow::Result<()> {
     let _ = fs::remove_dir_all(&work);
 
     let mut table = format!(
-        "| figure | value |\n|---|---:|\n| events generated (XDP `BPF_PROG_TEST_RUN`, one decision each) | {events:.0} |\n| records stored | {stored:.0} |\n| lost (kernel ring full, in gap records) | {lost:.0} |\n| sustained rate, kernel to store | {:.0} events/s |\n| ring size | {} MiB ({:.0} events) |\n| event to store latency p50 / p99 / max | {:.0} / {:.0} / {:.0} us |\n",
+        "| figure | value |\n|---|---:|\n| events generated (XDP `BPF_PROG_TEST_RUN`, one decision each) | {events:.0} |\n| records stored | {stored:.0} |\n| lost (kernel ring full, in gap records) | {lost:.0} |\n| sustained rate, kernel to store | {:.0} events/s |\n| ring size | {} MiB (about {:.0} events) |\n| event to store latency p50 / p99 / max | {:.0} / {:.0} / {:.0} us |\n",
         stored / seconds,
         ring / 1_048_576.0,
         ring / 112.0,

@@ -9,7 +9,8 @@
 //!   `seconds S`, `ring_bytes B`, then `latency_us P50 P99 MAX` of single events
 //!   from the kernel run to the consumer's write returning, paced 1 ms apart.
 //! - `enforcer-bench-audit generate STORE_DIR COUNT`: writes COUNT flow records (varied
-//!   addresses, ports, rules) through the store, for the query benchmark.
+//!   addresses, ports, rules, 10 ms apart and ending now) through the store, for the
+//!   query benchmark.
 //!
 //! Run by `./x bench audit`, which writes the table.
 
@@ -218,7 +219,8 @@ fn generate(dir: &Path, count: u64) -> Result<(), String> {
     let mut enricher = Enricher::new(host.clone(), "/nonexistent".into(), vec![names]);
     let mut store = Store::open(settings(dir), &host, now_ms()).map_err(|e| e.to_string())?;
     let mut rng = fastrand::Rng::with_seed(7);
-    let start_ms = now_ms() - i64::try_from(count / 1000).unwrap_or(0);
+    // Ten milliseconds apart, ending now: 10M records span about 28 hours.
+    let start_ms = now_ms() - i64::try_from(count * 10).unwrap_or(0);
     let mut written = 0;
     let mut batch = Vec::with_capacity(8192);
     while written < count {
@@ -249,8 +251,7 @@ fn generate(dir: &Path, count: u64) -> Result<(), String> {
             event.pid_tgid = u64::from(rng.u32(1..100_000)) << 32;
             event.comm[..4].copy_from_slice(b"curl");
             let mut record = enricher.record(&event);
-            // One millisecond per thousand records, ending now.
-            record.time = start_ms + i64::try_from(written / 1000).unwrap_or(0);
+            record.time = start_ms + i64::try_from(written * 10).unwrap_or(0);
             batch.push(record);
             written += 1;
         }
