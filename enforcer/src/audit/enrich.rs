@@ -151,7 +151,7 @@ impl Enricher {
     }
 
     /// The wall-clock time (ms since the epoch) of a kernel boot-time timestamp.
-    pub fn wall_ms(&self, boot_ns: u64) -> i64 {
+    fn wall_ms(&self, boot_ns: u64) -> i64 {
         i64::try_from((i128::from(boot_ns) + self.clock_offset_ns) / 1_000_000).unwrap_or(0)
     }
 

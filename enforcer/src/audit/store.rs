@@ -225,16 +225,6 @@ impl Store {
         self.ring_lost_accounted = count;
     }
 
-    /// The chain's end.
-    pub fn head(&self) -> Head {
-        self.head
-    }
-
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.settings.dir
-    }
-
     fn open_record(&self, now_ms: i64, why: &str) -> Record {
         let mut record = Record::new(
             Kind::Open,
@@ -352,7 +342,7 @@ impl Store {
     }
 
     /// Forces everything written to disk.
-    pub fn sync(&mut self) -> Result<(), StoreError> {
+    fn sync(&mut self) -> Result<(), StoreError> {
         if self.unsynced.take().is_some() {
             self.current
                 .file
