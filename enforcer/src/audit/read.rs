@@ -15,6 +15,12 @@ use super::{
     record::{Kind, Record},
 };
 
+/// A record's time alone (the other fields are skipped unparsed).
+#[derive(serde::Deserialize)]
+struct TimeOnly {
+    time: i64,
+}
+
 /// Why a store could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -78,11 +84,14 @@ impl Filter {
             && self.addr.is_none_or(|addr| quoted(&addr.to_string()))
     }
 
+    /// Whether `time` is in the range.
+    fn in_time(&self, time: i64) -> bool {
+        self.since.is_none_or(|since| time >= since) && self.until.is_none_or(|until| time < until)
+    }
+
     /// Whether `record` matches.
     pub fn matches(&self, record: &Record) -> bool {
-        if self.since.is_some_and(|since| record.time < since)
-            || self.until.is_some_and(|until| record.time >= until)
-        {
+        if !self.in_time(record.time) {
             return false;
         }
         let Some(flow) = record.flow() else {
@@ -147,7 +156,7 @@ pub fn scan(
             && let Some(file) = &seal.unmapped.file
             && !filter.may_hold(
                 file.first_time.unwrap_or(i64::MIN),
-                file.last_time.unwrap_or(i64::MAX).max(seal.time),
+                file.last_time.unwrap_or(i64::MAX),
             )
         {
             progress(size);
@@ -173,6 +182,7 @@ fn scan_file(
     };
     let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io_error)?);
     let prefilter = filter.flow_filters();
+    let timed = filter.since.is_some() || filter.until.is_some();
     let mut bytes = Vec::new();
     for index in 0.. {
         bytes.clear();
@@ -183,6 +193,13 @@ fn scan_file(
         }
         let line = String::from_utf8_lossy(&bytes);
         if prefilter && !filter.may_match(&line) {
+            continue;
+        }
+        // A time range is checked on the time alone before the whole record is parsed.
+        if timed
+            && let Ok(TimeOnly { time }) = serde_json::from_str::<TimeOnly>(&line)
+            && !filter.in_time(time)
+        {
             continue;
         }
         let record: Record = serde_json::from_str(&line).map_err(|source| ReadError::Corrupt {
@@ -201,4 +218,72 @@ fn scan_file(
 /// gaps (loss is never hidden).
 pub fn is_reportable(record: &Record) -> bool {
     matches!(record.unmapped.kind, Kind::Flow | Kind::Gap)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::audit::store::{Fsync, Store, StoreSettings};
+
+    #[test]
+    fn a_time_range_reads_only_the_files_and_records_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(
+            StoreSettings {
+                dir: dir.path().to_owned(),
+                rotate_bytes: 4_000,
+                rotate_age: Duration::from_secs(3600),
+                retain_bytes: u64::MAX,
+                retain_age: Duration::from_secs(86_400 * 365),
+                fsync: Fsync::Never,
+            },
+            "host-a",
+            0,
+        )
+        .unwrap();
+        // Gap records at times 0, 1000, ..., 99_000 ms, across many files.
+        for t in 0..100 {
+            let mut record = Record::new(Kind::Gap, t * 1000, "host-a", format!("gap {t}"));
+            record.unmapped.gap = Some(crate::audit::record::Gap {
+                lost: 1,
+                cause: "ring-full".into(),
+                error: None,
+            });
+            store.write(&mut [record], t * 1000).unwrap();
+        }
+        store.close(100_000).unwrap();
+        assert!(segments(dir.path()).unwrap().len() > 5);
+        let filter = Filter {
+            since: Some(40_000),
+            until: Some(50_000),
+            store_records: true,
+            ..Filter::default()
+        };
+        // The oldest file is damaged: a range past it never reads it.
+        let oldest = &segments(dir.path()).unwrap()[0].path;
+        let text = std::fs::read_to_string(oldest).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[1] = "not a record";
+        std::fs::write(oldest, lines.join("\n") + "\n").unwrap();
+        assert!(matches!(
+            scan(dir.path(), &Filter::default(), |_| {}, |_| true),
+            Err(ReadError::Corrupt { line: 2, .. })
+        ));
+        let mut times = Vec::new();
+        scan(
+            dir.path(),
+            &filter,
+            |_| {},
+            |record| {
+                if record.unmapped.kind == Kind::Gap {
+                    times.push(record.time);
+                }
+                true
+            },
+        )
+        .unwrap();
+        assert_eq!(times, (40..50).map(|t| t * 1000).collect::<Vec<_>>());
+    }
 }
