@@ -82,6 +82,12 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// Builds binary `bin` of `package` in release mode; returns its path.
+fn release_bin(tools: &Tools, package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+    status(&mut tools.cargo(&["build", "--release", "--package", package, "--bin", bin]))?;
+    Ok(tools.root.join("target/release").join(bin))
+}
+
 /// Runs a benchmark binary with `args`; returns its stdout, or fails with its stderr.
 fn run_bench(bench: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<String> {
     let output = Command::new(bench)
@@ -149,8 +155,7 @@ fn machine() -> String {
 
 /// Policy compile time and peak memory at 1k, 10k and 100k rules over 1k segments.
 pub fn policy(tools: &Tools) -> anyhow::Result<()> {
-    status(&mut tools.cargo(&["build", "--release", "--package", "enforcer"]))?;
-    let enforcer = tools.root.join("target/release/enforcer");
+    let enforcer = release_bin(tools, "enforcer", "enforcer")?;
     let dir = tools.root.join("target/bench/policies");
     fs::create_dir_all(&dir)?;
     let mut table = String::from(
@@ -231,15 +236,7 @@ const XDP_RUNS: usize = 5;
 /// Per-packet cost of the XDP program at 10, 1k, 10k and 100k rules, next to an empty
 /// XDP program measured in the same run.
 pub fn xdp(tools: &Tools) -> anyhow::Result<()> {
-    status(&mut tools.cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "enforcer-tests",
-        "--bin",
-        "enforcer-bench-xdp",
-    ]))?;
-    let bench = tools.root.join("target/release/enforcer-bench-xdp");
+    let bench = release_bin(tools, "enforcer-tests", "enforcer-bench-xdp")?;
     let dir = tools.root.join("target/bench/policies");
     fs::create_dir_all(&dir)?;
     let sizes = [10u64, 1_000, 10_000, 100_000];
@@ -315,15 +312,10 @@ const RELOAD_ITERATIONS: usize = 40;
 /// Time from a policy file write to enforcement (p50, p99) and the agent's resident
 /// memory idle and under connections, at 1k and 100k rules over 1k segments.
 pub fn agent(tools: &Tools) -> anyhow::Result<()> {
-    for bin in ["enforcer", "enforcer-bench-reload", "enforcer-probe"] {
-        let package = if bin == "enforcer" {
-            "enforcer"
-        } else {
-            "enforcer-tests"
-        };
-        status(&mut tools.cargo(&["build", "--release", "--package", package, "--bin", bin]))?;
-    }
-    let bench = tools.root.join("target/release/enforcer-bench-reload");
+    // The reload bench runs the agent and the probe from its own directory.
+    release_bin(tools, "enforcer", "enforcer")?;
+    release_bin(tools, "enforcer-tests", "enforcer-probe")?;
+    let bench = release_bin(tools, "enforcer-tests", "enforcer-bench-reload")?;
     let dir = tools.root.join("target/bench/policies");
     fs::create_dir_all(&dir)?;
     let mut table = String::from(
@@ -385,24 +377,8 @@ const QUERY_RECORDS: u64 = 10_000_000;
 /// Audit events per second from the kernel to the store, single-event latency, and
 /// `audit query` / `audit verify` over a store of [`QUERY_RECORDS`] records.
 pub fn audit(tools: &Tools) -> anyhow::Result<()> {
-    status(&mut tools.cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "enforcer",
-        "--bin",
-        "enforcer",
-    ]))?;
-    status(&mut tools.cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "enforcer-tests",
-        "--bin",
-        "enforcer-bench-audit",
-    ]))?;
-    let bench = tools.root.join("target/release/enforcer-bench-audit");
-    let enforcer = tools.root.join("target/release/enforcer");
+    let enforcer = release_bin(tools, "enforcer", "enforcer")?;
+    let bench = release_bin(tools, "enforcer-tests", "enforcer-bench-audit")?;
     let work = tools.root.join("target/bench/audit");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
