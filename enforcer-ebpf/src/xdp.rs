@@ -211,25 +211,26 @@ fn decide_new_flow<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow) 
     } else {
         decide::ipv6_segment(slot, flow.src_addr)
     };
+    let listener = decide::listener_segment(slot, flow.dst_port, flow.protocol);
+    let dst = match listener {
+        decide::NO_LISTENER => SEGMENT_HOST,
+        segment => segment,
+    };
     if failsafe != 0 {
+        // Recorded with the segment serving the port, so the audit trail says whom the
+        // failsafe access reached.
         let decision = Decision {
             verdict: Verdict::Allow,
             reason: Reason::Failsafe,
             rule_id: failsafe,
         };
-        let segments = Segments {
-            src,
-            dst: SEGMENT_HOST,
-        };
-        record(slot, origin, flow, &segments, &decision);
+        record(slot, origin, flow, &Segments { src, dst }, &decision);
         return xdp_action::XDP_PASS;
     }
-    let dst = match decide::listener_segment(slot, flow.dst_port, flow.protocol) {
-        // UDP to no listener of a segment is not a new flow the policy governs.
-        decide::NO_LISTENER if flow.protocol == PROTO_UDP => return xdp_action::XDP_PASS,
-        decide::NO_LISTENER => SEGMENT_HOST,
-        segment => segment,
-    };
+    // UDP to no listener of a segment is not a new flow the policy governs.
+    if listener == decide::NO_LISTENER && flow.protocol == PROTO_UDP {
+        return xdp_action::XDP_PASS;
+    }
     let decision = decide::flow(slot, src, dst, flow.protocol, flow.dst_port);
     record(slot, origin, flow, &Segments { src, dst }, &decision);
     match decision.verdict {

@@ -4,6 +4,7 @@
 
 use std::{
     fs,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -11,7 +12,7 @@ use std::{
 
 use crate::{
     cgroup::TestCgroup,
-    netns::{Netns, Veth},
+    netns::{Netns, Veth, setns_net},
     policy::api_to_peer,
     probe::{Server, Spawn},
     profile_dir, require_root, unique_name,
@@ -37,6 +38,8 @@ pub fn enforcer_bin() -> PathBuf {
 pub struct AgentHost {
     dir: PathBuf,
     pin_dir: PathBuf,
+    policy: PathBuf,
+    netns: Option<PathBuf>,
     process: Option<Child>,
     starts: u32,
 }
@@ -46,18 +49,37 @@ impl AgentHost {
     /// file, `policy/policy.toml`) and metrics on `metrics` (a loopback address);
     /// `extra` is appended to the config (for `[[interfaces]]`).
     pub fn new(cgroup: &TestCgroup, policy: &str, metrics: &str, extra: &str) -> Self {
-        require_root();
         let name = unique_name();
         let dir = std::env::temp_dir().join(&name);
-        let pin_dir = Path::new(enforcer::host::DEFAULT_BPFFS).join(&name);
         fs::create_dir_all(dir.join("policy")).expect("create the agent's directory");
+        let host = Self::configured(&name, cgroup, &dir.join("policy"), metrics, extra);
+        host.write_policy(policy);
+        host
+    }
+
+    /// Writes a config for an agent named `name` (its directory under the temporary
+    /// directory and its pin directory are called so) attached to `cgroup`, enforcing the
+    /// policy at `policy` (a file or directory, used in place); `metrics` and `extra` as
+    /// for [`AgentHost::new`].
+    pub fn configured(
+        name: &str,
+        cgroup: &TestCgroup,
+        policy: &Path,
+        metrics: &str,
+        extra: &str,
+    ) -> Self {
+        require_root();
+        let dir = std::env::temp_dir().join(name);
+        let pin_dir = Path::new(enforcer::host::DEFAULT_BPFFS).join(name);
+        fs::create_dir_all(&dir).expect("create the agent's directory");
         let host = Self {
             dir,
             pin_dir,
+            policy: policy.to_owned(),
+            netns: None,
             process: None,
             starts: 0,
         };
-        host.write_policy(policy);
         let config = format!(
             r#"cgroup = "{cgroup}"
 pin_dir = "{pins}"
@@ -75,11 +97,18 @@ listen = "{metrics}"
             cgroup = cgroup.relative_path(),
             pins = host.pin_dir.display(),
             state = host.dir.join("state").display(),
-            policy = host.dir.join("policy").display(),
+            policy = policy.display(),
             audit = host.dir.join("audit").display(),
         );
         fs::write(host.config(), config).expect("write the config");
         host
+    }
+
+    /// Runs the agent inside `netns` (its interfaces are the ones XDP attaches to, its
+    /// metrics listen there); cgroup hooks are not tied to a namespace.
+    pub fn in_netns(mut self, netns: &Netns) -> Self {
+        self.netns = Some(netns.path());
+        self
     }
 
     /// The config file.
@@ -87,9 +116,9 @@ listen = "{metrics}"
         self.dir.join("enforcer.toml")
     }
 
-    /// The policy file the agent watches.
+    /// The policy file the agent watches (for an agent made by [`AgentHost::new`]).
     pub fn policy_file(&self) -> PathBuf {
-        self.dir.join("policy").join("policy.toml")
+        self.policy.join("policy.toml")
     }
 
     /// The audit store directory.
@@ -134,15 +163,22 @@ listen = "{metrics}"
         assert!(self.process.is_none(), "the agent is already running");
         self.starts += 1;
         let log = fs::File::create(self.log_path(self.starts)).expect("create the log");
-        let child = Command::new(enforcer_bin())
+        let mut command = Command::new(enforcer_bin());
+        command
             .args(["run", "--config"])
             .arg(self.config())
             .env("ENFORCER_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn enforcer run");
+            .stderr(log);
+        if let Some(netns) = &self.netns {
+            let netns = fs::File::open(netns)
+                .unwrap_or_else(|err| panic!("cannot open {}: {err}", netns.display()));
+            // SAFETY: the closure only calls setns, which is async-signal-safe, on a
+            // descriptor opened before the fork.
+            unsafe { command.pre_exec(move || setns_net(&netns)) };
+        }
+        let child = command.spawn().expect("spawn enforcer run");
         self.process = Some(child);
         let started = Instant::now();
         loop {

@@ -18,10 +18,15 @@ pub struct TestCgroup {
 impl TestCgroup {
     /// Creates a uniquely named cgroup directly under the cgroup2 mount.
     pub fn new() -> Self {
+        Self::named(&unique_name())
+    }
+
+    /// Creates the cgroup `name` directly under the cgroup2 mount.
+    pub fn named(name: &str) -> Self {
         require_root();
         let root = enforcer::host::cgroup2_mount()
             .unwrap_or_else(|err| panic!("the privileged tests need cgroup v2: {err}"));
-        Self::create(root.join(unique_name()))
+        Self::create(root.join(name))
     }
 
     /// Creates a child cgroup `name` of this one.

@@ -24,6 +24,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Prefix of every netns, cgroup and pin directory the tests create.
 pub const PREFIX: &str = "enforcer-test-";
 
+/// The name of the demo enclave's sandbox cgroup, pin directory and files directory, and
+/// the prefix of its network namespaces (`enforcer-demo`, see `src/bin/enforcer-demo/`).
+pub const DEMO_PREFIX: &str = "enforcer-demo";
+
 /// Prefix of every network interface the tests create (interface names are at most 15
 /// bytes, so it is shorter than [`PREFIX`]).
 pub const LINK_PREFIX: &str = "enft";

@@ -22,8 +22,13 @@ pub struct Netns {
 impl Netns {
     /// Creates a namespace with a unique name and brings its loopback up.
     pub fn new() -> Self {
+        Self::named(&unique_name())
+    }
+
+    /// Creates the namespace `name` and brings its loopback up.
+    pub fn named(name: &str) -> Self {
         require_root();
-        let name = unique_name();
+        let name = name.to_owned();
         run("ip", &["netns", "add", &name]);
         let netns = Self { name };
         netns.ip(&["link", "set", "lo", "up"]);

@@ -86,6 +86,20 @@ impl Spawn {
         ])
     }
 
+    /// An HTTP/1.1 server on `addr` that answers every request with its cgroup.
+    pub fn http_server(addr: SocketAddr) -> Self {
+        Self::probe(&["http-serve".into(), addr.to_string()])
+    }
+
+    /// An HTTP client that sends `GET /` to `addr` and expects `200 OK`.
+    pub fn http_client(addr: SocketAddr) -> Self {
+        Self::probe(&[
+            "http-get".into(),
+            addr.to_string(),
+            CLIENT_TIMEOUT_MS.to_string(),
+        ])
+    }
+
     /// A UDP client that `sendto`s `addr` from an unconnected socket and expects the echo.
     pub fn udp_client(addr: SocketAddr) -> Self {
         Self::probe(&[

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::run::{Tools, describe, status};
+use crate::run::{Tools, describe, release_bin, status};
 
 /// A policy of `segments` segments (each a cgroup, an IPv4 /28, an IPv6 /64 and a
 /// listener port) and `rules` rules between random segments on random ports and ranges.
@@ -80,12 +80,6 @@ fn measure(command: &mut Command) -> anyhow::Result<(f64, f64)> {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
-}
-
-/// Builds binary `bin` of `package` in release mode; returns its path.
-fn release_bin(tools: &Tools, package: &str, bin: &str) -> anyhow::Result<PathBuf> {
-    status(&mut tools.cargo(&["build", "--release", "--package", package, "--bin", bin]))?;
-    Ok(tools.root.join("target/release").join(bin))
 }
 
 /// Runs a benchmark binary with `args`; returns its stdout, or fails with its stderr.

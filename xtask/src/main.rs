@@ -32,7 +32,8 @@ enum Command {
     /// Setup, checks, then every test tier: unit and property tests, then the privileged
     /// kernel tests (root required; nothing is skipped), then the leftovers check.
     Test,
-    /// Setup, build, and run the real agent binary against this host without changing it.
+    /// Setup, build, and run the demo enclave: sandboxed hosts and services, the real
+    /// agent with `policies/demo/`, a traffic matrix, the audit trail; then clean up.
     Demo,
     /// Measure and write the tables in docs/benchmarks.md (figures, never assertions).
     Bench {

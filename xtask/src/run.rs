@@ -58,6 +58,12 @@ impl Tools {
     }
 }
 
+/// Builds binary `bin` of `package` in release mode; returns its path.
+pub fn release_bin(tools: &Tools, package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+    status(&mut tools.cargo(&["build", "--release", "--package", package, "--bin", bin]))?;
+    Ok(tools.root.join("target/release").join(bin))
+}
+
 /// Runs `command`, echoing it first, and fails with its exit status if it fails.
 pub fn status(command: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {}", describe(command));

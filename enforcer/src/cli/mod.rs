@@ -11,6 +11,9 @@ mod uninstall;
 
 use std::process::ExitCode;
 
+/// The borderless tables every command prints, for tools that print next to them.
+pub use policy::{print_table, table};
+
 use clap::{Parser, Subcommand};
 
 /// Kernel-level API segmentation for air-gapped enclaves.

@@ -10,6 +10,10 @@
 //! to fail with EPERM (a success or another error is its failure); `tcp-denied-burst` is
 //! the same without pauses. `raw-socket` opens a raw ICMP socket of
 //! ADDR's family (nothing is sent) and reports whether `socket()` succeeded.
+//!
+//! `http-serve` is an HTTP/1.1 server (hyper) that answers every request with
+//! `200 OK` and the cgroup it runs in, so a client sees which service answered;
+//! `http-get` sends `GET /` (ureq) and reports `ok` for a `200`, like the other clients.
 
 use std::{
     io::{self, BufRead as _, BufReader, Write as _},
@@ -18,8 +22,17 @@ use std::{
     time::Duration,
 };
 
-const USAGE: &str = "usage: enforcer-probe tcp-serve|udp-serve|raw-socket ADDR:PORT\n       \
-                     enforcer-probe tcp-connect|udp-send ADDR:PORT TIMEOUT_MS\n       \
+use http_body_util::Full;
+use hyper::{
+    Request, Response,
+    body::{Bytes, Incoming},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+
+const USAGE: &str = "usage: enforcer-probe tcp-serve|udp-serve|http-serve|raw-socket ADDR:PORT\n       \
+                     enforcer-probe tcp-connect|udp-send|http-get ADDR:PORT TIMEOUT_MS\n       \
                      enforcer-probe tcp-connect-repeat|tcp-connect-paced|tcp-denied-paced|tcp-denied-burst ADDR:PORT TIMEOUT_MS COUNT";
 
 /// The pause between attempts of the paced modes.
@@ -50,6 +63,8 @@ fn main() -> ExitCode {
     let result = match mode {
         "tcp-serve" => tcp_serve(addr),
         "udp-serve" => udp_serve(addr),
+        "http-serve" => http_serve(addr),
+        "http-get" => http_get(addr, timeout),
         "tcp-connect" => tcp_connect(addr, timeout),
         "udp-send" => udp_send(addr, timeout),
         "tcp-connect-repeat" => tcp_connect_repeat(addr, timeout, count, Duration::ZERO),
@@ -103,6 +118,56 @@ fn tcp_serve(addr: SocketAddr) -> io::Result<()> {
         });
     }
     Ok(())
+}
+
+/// Serves HTTP/1.1 on `addr`, answering every request with `200 OK` and the server's
+/// cgroup (from `/proc/self/cgroup`), one connection per task.
+fn http_serve(addr: SocketAddr) -> io::Result<()> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")?;
+    let body = Bytes::from(format!(
+        "served by cgroup {}\n",
+        cgroup.trim().trim_start_matches("0::")
+    ));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        announce(listener.local_addr()?)?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_request: Request<Incoming>| {
+                    let response = Response::new(Full::new(body.clone()));
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+/// `GET /` from `addr` within `timeout`; anything but `200 OK` is an error. A refused
+/// `connect()` keeps its errno (EPERM from a cgroup hook), a dropped SYN is a timeout.
+fn http_get(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    match agent.get(format!("http://{addr}/")).call() {
+        Ok(response) if response.status() == 200 => Ok(()),
+        Ok(response) => Err(io::Error::other(format!(
+            "HTTP status {}",
+            response.status()
+        ))),
+        Err(ureq::Error::Timeout(_)) => Err(io::ErrorKind::TimedOut.into()),
+        Err(ureq::Error::Io(err)) => Err(err),
+        Err(err) => Err(io::Error::other(err)),
+    }
 }
 
 fn udp_serve(addr: SocketAddr) -> io::Result<()> {

@@ -1,0 +1,245 @@
+//! `enforcer-demo POLICY_DIR`: the README's main command (`./x demo` runs it).
+//!
+//! Builds a sandboxed enclave on this machine (an application host and three remote
+//! hosts as network namespaces, the host's API services as cgroups running HTTP
+//! servers), runs the real agent on it with the policy in POLICY_DIR
+//! (`policies/demo/`), drives a traffic matrix with real clients, prints expected
+//! against observed verdicts with the rule the audit trail names for each, shows the
+//! audit records, what stays enforced when the agent stops, and a `verify` of the store,
+//! then removes everything it made. Exit status 0 only when every row is as expected, the
+//! store verifies and nothing is left behind.
+
+mod matrix;
+mod report;
+mod sandbox;
+
+use std::{
+    panic::AssertUnwindSafe,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use enforcer::audit::record::Record;
+use enforcer_tests::agent::enforcer_bin;
+
+use crate::{
+    matrix::{MATRIX, Tried, try_all},
+    sandbox::{Enclave, NAME, REMOTES, SERVICES},
+};
+
+/// How long the audit records of the matrix may take to reach the store.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Set by SIGINT/SIGTERM; the demo stops at its next step and cleans up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Lets Ctrl-C end the demo through its cleanup instead of killing it outright.
+fn catch_interrupts() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, on_interrupt as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Unwinds (dropping, and so removing, everything built so far) when interrupted.
+fn step(title: &str) {
+    assert!(
+        !INTERRUPTED.load(Ordering::SeqCst),
+        "interrupted; cleaning up"
+    );
+    println!("\n== {title}");
+}
+
+/// Runs `enforcer ARGS`, printing the command line and its output; returns whether it
+/// succeeded.
+fn show(args: &[&str]) -> bool {
+    println!("$ enforcer {}", args.join(" "));
+    let output = Command::new(enforcer_bin())
+        .args(args)
+        .output()
+        .expect("run enforcer");
+    print!("{}", String::from_utf8_lossy(&output.stdout));
+    print!("{}", String::from_utf8_lossy(&output.stderr));
+    output.status.success()
+}
+
+/// The flow records in the agent's store, read with `enforcer audit query --json`.
+fn stored_records(enclave: &Enclave) -> Vec<Record> {
+    let output = enclave.agent.command(&["audit", "query", "--json"]);
+    assert!(
+        output.status.success(),
+        "audit query failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("audit query prints records"))
+        .collect()
+}
+
+/// Waits (bounded) until every tried flow has its record in the store.
+fn records_of(enclave: &Enclave, tried: &[Tried]) -> Vec<Record> {
+    let started = Instant::now();
+    loop {
+        let records = stored_records(enclave);
+        let complete = tried
+            .iter()
+            .all(|tried| records.iter().any(|record| tried.is_recorded_by(record)));
+        if complete || started.elapsed() > RECORD_TIMEOUT {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn introduce(policy: &Path) {
+    println!("enforcer demo: a sandboxed enclave on this machine, the real agent, real traffic.");
+    println!("  this host       network namespace {NAME}-host, cgroup {NAME}/ (agent attached)");
+    for service in SERVICES {
+        let serves = service
+            .port
+            .map_or("makes requests only".to_owned(), |port| {
+                format!("HTTP on port {port}")
+            });
+        println!(
+            "    {:<10}    cgroup {NAME}/{}.service, {serves}",
+            service.name, service.name
+        );
+    }
+    for remote in REMOTES {
+        println!(
+            "  {:<14}  namespace {NAME}-{}, {} on interface to-{}: {}",
+            remote.name,
+            remote.name,
+            remote.addr(false),
+            remote.name,
+            remote.role
+        );
+    }
+    println!("  policy          {}", policy.display());
+}
+
+/// The whole demo on a fresh sandbox; returns whether everything was as expected.
+fn demo(policy: &Path) -> bool {
+    introduce(policy);
+    step("the policy, as the agent will compile it");
+    let policy_arg = policy.to_string_lossy().into_owned();
+    show(&["policy", "check", &policy_arg]);
+
+    step("starting the sandbox and the agent");
+    let mut enclave = Enclave::start(policy);
+    let status = enclave.agent.status();
+    println!(
+        "agent pid {} enforcing generation {} on cgroup {} and XDP on {}",
+        enclave.agent.pid(),
+        status["generation"],
+        enclave.sandbox_cgroup(),
+        REMOTES
+            .iter()
+            .map(|remote| remote.host_if())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    step("the traffic matrix: every flow tried by a real client");
+    let tried = try_all(&enclave, &MATRIX);
+    let records = records_of(&enclave, &tried);
+    let matched = report::print_matrix(&tried, &records, true);
+    println!("{matched} of {} flows as expected.", tried.len());
+
+    step("why was the client's request to orders denied?");
+    let client = REMOTES[0].addr(false).to_string();
+    show(&[
+        "policy",
+        "explain",
+        &policy_arg,
+        "--from",
+        &client,
+        "--to",
+        "orders",
+        "--port",
+        "8081/tcp",
+    ]);
+
+    step("the audit trail (what a SOC analyst reads)");
+    let config = enclave.agent.config();
+    let config = config.to_string_lossy();
+    show(&["audit", "query", "--config", &config]);
+    show(&["audit", "stats", "--config", &config]);
+
+    step("the agent stops: enforcement stays in the kernel");
+    let stopped_cleanly = enclave.agent.terminate();
+    println!("agent stopped (SIGTERM, clean exit: {stopped_cleanly}); trying three flows again:");
+    let again: Vec<_> = [MATRIX[0], MATRIX[2], MATRIX[8]].to_vec();
+    let tried_again = try_all(&enclave, &again);
+    let matched_again = report::print_matrix(&tried_again, &[], false);
+
+    step("verifying the audit store's hash chain");
+    let audit_dir = enclave.agent.audit_dir();
+    let verified = show(&["audit", "verify", &audit_dir.to_string_lossy()]);
+
+    let (namespaces, cgroups, processes) = enclave.size();
+    step("cleaning up");
+    drop(enclave);
+    println!(
+        "removed {namespaces} network namespaces (and their veth pairs), {cgroups} cgroups, \
+         {processes} processes, the pins under /sys/fs/bpf/{NAME} (`enforcer uninstall`) \
+         and the agent's files"
+    );
+    matched == tried.len() && matched_again == tried_again.len() && stopped_cleanly && verified
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [policy] = args.as_slice() else {
+        eprintln!("usage: enforcer-demo POLICY_DIR   (./x demo runs it with policies/demo)");
+        return ExitCode::from(2);
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "enforcer-demo: needs root (network namespaces, cgroups, BPF); run `sudo ./x demo`"
+        );
+        return ExitCode::from(2);
+    }
+    let policy = std::fs::canonicalize(policy).unwrap_or_else(|_| PathBuf::from(policy));
+    catch_interrupts();
+
+    let swept = sandbox::sweep();
+    if !swept.is_empty() {
+        println!("removed what an interrupted earlier run left:");
+        for path in swept {
+            println!("  {}", path.display());
+        }
+    }
+    let passed = std::panic::catch_unwind(AssertUnwindSafe(|| demo(&policy)));
+    let left = sandbox::leftovers();
+    if !left.is_empty() {
+        eprintln!("enforcer-demo: left behind (the next run removes them):");
+        for path in &left {
+            eprintln!("  {}", path.display());
+        }
+        return ExitCode::FAILURE;
+    }
+    println!("nothing of the demo is left on this machine.");
+    match passed {
+        Ok(true) => {
+            println!("\ndemo passed: every flow as the policy says, the audit store verified.");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            eprintln!("\ndemo FAILED: see the rows marked MISMATCH or the verify output above.");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("\ndemo FAILED: it stopped at the error above.");
+            ExitCode::FAILURE
+        }
+    }
+}

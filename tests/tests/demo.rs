@@ -1,0 +1,135 @@
+//! The README's main command: the demo enclave (`enforcer-demo policies/demo`) shows
+//! every row of its matrix as expected, verifies its audit store, leaves nothing behind,
+//! runs again, and cleans up after a run that was killed outright.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use enforcer_tests::{DEMO_PREFIX, require_root};
+
+fn demo_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_enforcer-demo")
+}
+
+fn demo_policy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/demo")
+}
+
+fn run_demo() -> Output {
+    Command::new(demo_bin())
+        .arg(demo_policy())
+        .output()
+        .expect("run enforcer-demo")
+}
+
+/// Everything of the demo that exists on the host now, found independently of the demo's
+/// own check.
+fn demo_objects() -> Vec<String> {
+    let mut found: Vec<String> = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.starts_with(DEMO_PREFIX))
+        .map(str::to_owned)
+        .collect();
+    let cgroup2 = enforcer::host::cgroup2_mount().expect("cgroup2 mount");
+    for dir in [
+        cgroup2.join(DEMO_PREFIX),
+        Path::new(enforcer::host::DEFAULT_BPFFS).join(DEMO_PREFIX),
+        std::env::temp_dir().join(DEMO_PREFIX),
+    ] {
+        if dir.exists() {
+            found.push(dir.display().to_string());
+        }
+    }
+    let probes = Command::new("pgrep")
+        .args(["-f", "enforcer-probe http-serve"])
+        .output()
+        .expect("run pgrep");
+    found.extend(
+        String::from_utf8_lossy(&probes.stdout)
+            .lines()
+            .map(|pid| format!("http server process {pid}")),
+    );
+    found
+}
+
+fn assert_passed(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "the demo failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("15 of 15 flows as expected."),
+        "the matrix: {stdout}"
+    );
+    assert!(!stdout.contains("MISMATCH"), "{stdout}");
+    assert!(stdout.contains("intact: "), "verify ran: {stdout}");
+    assert!(
+        stdout.contains("nothing of the demo is left on this machine."),
+        "{stdout}"
+    );
+    stdout
+}
+
+#[test]
+fn the_demo_passes_twice_and_leaves_nothing() {
+    require_root();
+    for run in 1..=2 {
+        let stdout = assert_passed(&run_demo());
+        assert!(
+            !stdout.contains("interrupted earlier run"),
+            "run {run} found leftovers of an earlier one: {stdout}"
+        );
+        let left = demo_objects();
+        assert!(left.is_empty(), "run {run} left {left:?}");
+    }
+}
+
+#[test]
+fn a_killed_demo_is_cleaned_up_by_the_next_run() {
+    require_root();
+    let mut child = Command::new(demo_bin())
+        .arg(demo_policy())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start enforcer-demo");
+    // Killed outright once the agent enforces and the matrix starts: nothing of its own
+    // cleanup runs.
+    let stdout = child.stdout.take().expect("piped");
+    let started = Instant::now();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("read the demo's output");
+        if line.contains("the traffic matrix") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the demo did not reach its matrix"
+        );
+    }
+    child.kill().expect("kill the demo");
+    child.wait().expect("reap the demo");
+    let left = demo_objects();
+    assert!(
+        !left.is_empty(),
+        "a killed demo leaves its sandbox (this test needs something to clean up)"
+    );
+
+    let stdout = assert_passed(&run_demo());
+    assert!(
+        stdout.contains("removed what an interrupted earlier run left:"),
+        "{stdout}"
+    );
+    let left = demo_objects();
+    assert!(left.is_empty(), "left {left:?}");
+}
