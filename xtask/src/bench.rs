@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::run::{Tools, describe, release_bin, status};
+use crate::run::{Tools, describe, release_bin};
 
 /// A policy of `segments` segments (each a cgroup, an IPv4 /28, an IPv6 /64 and a
 /// listener port) and `rules` rules between random segments on random ports and ranges.
