@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use serde::de::DeserializeOwned;
+
 use crate::{
     cgroup::TestCgroup,
     netns::{Netns, Veth, setns_net},
@@ -267,6 +269,20 @@ listen = "{metrics}"
             .arg(self.config())
             .output()
             .expect("run enforcer")
+    }
+
+    /// Every flow and gap record in the store, through `enforcer audit query --json`.
+    pub fn audit_records<T: DeserializeOwned>(&self) -> Vec<T> {
+        let output = self.command(&["audit", "query", "--json"]);
+        assert!(
+            output.status.success(),
+            "audit query failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("audit query prints JSON lines"))
+            .collect()
     }
 
     /// `enforcer status --json`, parsed.

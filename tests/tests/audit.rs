@@ -18,20 +18,6 @@ use enforcer_tests::{
 };
 use serde_json::Value;
 
-/// Every flow and gap record, through `enforcer audit query --json`.
-fn records(agent: &AgentHost) -> Vec<Value> {
-    let output = agent.command(&["audit", "query", "--json"]);
-    assert!(
-        output.status.success(),
-        "audit query failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("query prints JSON lines"))
-        .collect()
-}
-
 /// `enforcer audit stats --json`, parsed.
 fn audit_stats(agent: &AgentHost) -> Value {
     let output = agent.command(&["audit", "stats", "--json"]);
@@ -52,7 +38,7 @@ fn wait_for_records(
 ) -> Vec<Value> {
     let started = Instant::now();
     loop {
-        let found = records(agent);
+        let found: Vec<Value> = agent.audit_records();
         if check(&found) {
             return found;
         }

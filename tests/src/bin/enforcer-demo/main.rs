@@ -69,25 +69,11 @@ fn show(args: &[&str]) -> bool {
     output.status.success()
 }
 
-/// The flow records in the agent's store, read with `enforcer audit query --json`.
-fn stored_records(enclave: &Enclave) -> Vec<Record> {
-    let output = enclave.agent.command(&["audit", "query", "--json"]);
-    assert!(
-        output.status.success(),
-        "audit query failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("audit query prints records"))
-        .collect()
-}
-
 /// Waits (bounded) until every tried flow has its record in the store.
 fn records_of(enclave: &Enclave, tried: &[Tried]) -> Vec<Record> {
     let started = Instant::now();
     loop {
-        let records = stored_records(enclave);
+        let records: Vec<Record> = enclave.agent.audit_records();
         let complete = tried
             .iter()
             .all(|tried| records.iter().any(|record| tried.is_recorded_by(record)));
