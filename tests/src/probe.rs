@@ -250,7 +250,13 @@ impl Client {
     }
 
     /// Waits for the client and returns what it observed.
-    pub fn outcome(mut self) -> Outcome {
+    pub fn outcome(self) -> Outcome {
+        self.outcome_and_answer().0
+    }
+
+    /// Waits for the client and returns what it observed and what it was answered (the
+    /// body of an HTTP answer; empty for the other clients).
+    pub fn outcome_and_answer(mut self) -> (Outcome, String) {
         let output = self
             .child
             .take()
@@ -258,8 +264,9 @@ impl Client {
             .wait_with_output()
             .expect("wait for probe");
         let stdout = String::from_utf8_lossy(&output.stdout);
-        let line = stdout.trim();
-        match line.split_once(' ') {
+        let (line, answer) = stdout.split_once('\n').unwrap_or((&stdout, ""));
+        let line = line.trim();
+        let outcome = match line.split_once(' ') {
             None if line == "ok" => Outcome::Ok,
             None if line == "timeout" => Outcome::Timeout,
             Some(("error", rest)) => {
@@ -270,7 +277,8 @@ impl Client {
                 }
             }
             _ => panic!("probe printed {line:?} ({})", output.status),
-        }
+        };
+        (outcome, answer.to_owned())
     }
 }
 

@@ -13,7 +13,8 @@
 //!
 //! `http-serve` is an HTTP/1.1 server (hyper) that answers every request with
 //! `200 OK` and the cgroup it runs in, so a client sees which service answered;
-//! `http-get` sends `GET /` (ureq) and reports `ok` for a `200`, like the other clients.
+//! `http-get` sends `GET /` (ureq) and reports `ok` for a `200`, like the other clients,
+//! followed by the answer's body on the lines after it.
 
 use std::{
     io::{self, BufRead as _, BufReader, Write as _},
@@ -60,11 +61,12 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let timeout = Duration::from_millis(timeout_ms);
+    let mut answer = String::new();
     let result = match mode {
         "tcp-serve" => tcp_serve(addr),
         "udp-serve" => udp_serve(addr),
         "http-serve" => http_serve(addr),
-        "http-get" => http_get(addr, timeout),
+        "http-get" => http_get(addr, timeout).map(|body| answer = body),
         "tcp-connect" => tcp_connect(addr, timeout),
         "udp-send" => udp_send(addr, timeout),
         "tcp-connect-repeat" => tcp_connect_repeat(addr, timeout, count, Duration::ZERO),
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => {
             println!("ok");
+            print!("{answer}");
             ExitCode::SUCCESS
         }
         Err(err)
@@ -150,16 +153,20 @@ fn http_serve(addr: SocketAddr) -> io::Result<()> {
     })
 }
 
-/// `GET /` from `addr` within `timeout`; anything but `200 OK` is an error. A refused
-/// `connect()` keeps its errno (EPERM from a cgroup hook), a dropped SYN is a timeout.
-fn http_get(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
+/// `GET /` from `addr` within `timeout`; returns the body of a `200 OK`, anything else is
+/// an error. A refused `connect()` keeps its errno (EPERM from a cgroup hook), a dropped
+/// SYN is a timeout.
+fn http_get(addr: SocketAddr, timeout: Duration) -> io::Result<String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
         .build()
         .into();
     match agent.get(format!("http://{addr}/")).call() {
-        Ok(response) if response.status() == 200 => Ok(()),
+        Ok(mut response) if response.status() == 200 => response
+            .body_mut()
+            .read_to_string()
+            .map_err(io::Error::other),
         Ok(response) => Err(io::Error::other(format!(
             "HTTP status {}",
             response.status()

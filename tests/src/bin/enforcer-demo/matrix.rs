@@ -187,6 +187,8 @@ pub struct Tried {
     pub target: Option<SocketAddr>,
     /// What the client saw.
     pub outcome: Outcome,
+    /// The body of the HTTP answer, if any: the server names its cgroup.
+    pub answer: String,
 }
 
 /// A flow whose client is running.
@@ -245,7 +247,7 @@ impl Flow {
     /// Whether the client saw what this row's verdict leads to: an answer when the flow
     /// passes, else EPERM from a cgroup hook on this host, or silence when XDP dropped a
     /// remote host's SYN.
-    pub fn outcome_matches(&self, outcome: &Outcome) -> bool {
+    fn outcome_matches(&self, outcome: &Outcome) -> bool {
         match self.expect {
             Verdict::Allow | Verdict::Audit => *outcome == Outcome::Ok,
             Verdict::Deny if is_remote(self.from) => *outcome == Outcome::Timeout,
@@ -265,16 +267,32 @@ pub fn try_all(enclave: &Enclave, flows: &[Flow]) -> Vec<Tried> {
     let running: Vec<Running> = flows.iter().map(|flow| flow.spawn(enclave)).collect();
     running
         .into_iter()
-        .map(|running| Tried {
-            flow: running.flow,
-            remote_src: running.remote_src,
-            target: running.target,
-            outcome: running.client.outcome(),
+        .map(|running| {
+            let (outcome, answer) = running.client.outcome_and_answer();
+            Tried {
+                flow: running.flow,
+                remote_src: running.remote_src,
+                target: running.target,
+                outcome,
+                answer,
+            }
         })
         .collect()
 }
 
 impl Tried {
+    /// Whether the client saw what the row's verdict leads to and, when a service of this
+    /// host answered, that it was the row's destination (its answer names its cgroup).
+    pub fn as_expected_by_client(&self) -> bool {
+        let right_server = self.outcome != Outcome::Ok
+            || is_remote(self.flow.to)
+            || self
+                .answer
+                .trim_end()
+                .ends_with(&format!("/{}.service", self.flow.to));
+        self.flow.outcome_matches(&self.outcome) && right_server
+    }
+
     /// Whether `record` is the audit record of this flow: the same client (remote
     /// address, or service cgroup) and destination, or the service's raw socket.
     pub fn is_recorded_by(&self, record: &Record) -> bool {

@@ -9,10 +9,19 @@ use enforcer_tests::probe::Outcome;
 
 use crate::matrix::{Attempt, Flow, Tried};
 
-/// What the client saw, in words.
-fn describe_outcome(outcome: &Outcome) -> String {
+/// What the client saw, in words, with the service that answered when the server runs
+/// in a service's cgroup (its answer names the cgroup).
+fn describe_outcome(outcome: &Outcome, answer: &str) -> String {
+    let service = answer
+        .trim()
+        .rsplit('/')
+        .next()
+        .filter(|last| last.ends_with(".service"));
     match outcome {
-        Outcome::Ok => "HTTP 200".to_owned(),
+        Outcome::Ok => match service {
+            Some(service) => format!("HTTP 200 from {service}"),
+            None => "HTTP 200".to_owned(),
+        },
         Outcome::Timeout => "no answer (dropped)".to_owned(),
         outcome if outcome.is_eperm() => "EPERM".to_owned(),
         Outcome::Error { message, .. } => format!("error: {message}"),
@@ -92,14 +101,14 @@ pub fn print_matrix(tried: &[Tried], records: &[Record], with_records: bool) -> 
     let mut as_expected = 0;
     for (number, tried) in tried.iter().enumerate() {
         let flow = &tried.flow;
-        let mut ok = flow.outcome_matches(&tried.outcome);
+        let mut ok = tried.as_expected_by_client();
         let mut row = vec![
             (number + 1).to_string(),
             flow.from.to_owned(),
             flow.to.to_owned(),
             describe_attempt(tried),
             format!("{} {}", flow.expect.as_str(), flow.decided_by),
-            describe_outcome(&tried.outcome),
+            describe_outcome(&tried.outcome, &tried.answer),
         ];
         if with_records {
             let recorded = records
