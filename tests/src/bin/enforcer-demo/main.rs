@@ -157,6 +157,11 @@ fn demo(policy: &Path) -> bool {
     let config = enclave.agent.config();
     let config = config.to_string_lossy();
     show(&["audit", "query", "--config", &config]);
+    println!(
+        "(A dropped inbound attempt can show twice: the client retransmits its SYN after a \
+         second, and a retransmit\n later than audit.dedup_window_ms, 1000 by default, after \
+         the first is recorded again.)"
+    );
     show(&["audit", "stats", "--config", &config]);
 
     step("the agent stops: enforcement stays in the kernel");
