@@ -55,6 +55,30 @@ pub const SEGMENT_HOST: u32 = 1;
 pub const SEGMENT_WORLD: u32 = 2;
 /// The id of the first named segment; named segments are numbered from here.
 pub const FIRST_NAMED_SEGMENT: u32 = 3;
+/// Not a segment: what classification returns for a local process (or a listener it
+/// bound) in a cgroup that appeared under a guarded directory and that the agent has not
+/// resolved yet. Flows from or to it get the policy's `unclassified` verdict.
+pub const SEGMENT_UNCLASSIFIED: u32 = MAX_SEGMENTS;
+
+/// Set in a cgroup table value: the cgroup is an ancestor of a cgroup path the policy
+/// lists, so a child of it that the table does not know yet (created since the agent last
+/// resolved the table, such as a restarted service's new cgroup) is unclassified rather
+/// than inheriting this cgroup's segment. The other bits are the segment.
+pub const CGROUP_GUARD: u32 = 1 << 31;
+
+/// Classification by the cgroup table: `value` is the table's entry for the deepest
+/// known cgroup of a task's ancestry, `unknown_below` whether a deeper level of that
+/// ancestry was not in the table. A guard with an unknown child is unclassified.
+#[inline(always)]
+pub const fn cgroup_segment(value: u32, unknown_below: bool) -> u32 {
+    if value & CGROUP_GUARD == 0 {
+        value
+    } else if unknown_below {
+        SEGMENT_UNCLASSIFIED
+    } else {
+        value & !CGROUP_GUARD
+    }
+}
 
 /// Capacity of the segment table (ids `0..MAX_SEGMENTS`).
 pub const MAX_SEGMENTS: u32 = 4096;
@@ -62,8 +86,11 @@ pub const MAX_SEGMENTS: u32 = 4096;
 pub const MAX_CIDRS_V4: u32 = 65_536;
 /// Capacity of the IPv6 address-to-segment trie.
 pub const MAX_CIDRS_V6: u32 = 65_536;
-/// Capacity of the cgroup-id-to-segment table.
+/// How many cgroup paths a policy may list.
 pub const MAX_CGROUPS: u32 = 16_384;
+/// Capacity of the cgroup-id-to-segment table: the listed cgroups, their ancestors and
+/// the known children of those ancestors (see [`CGROUP_GUARD`]).
+pub const CGROUP_TABLE_CAPACITY: u32 = 4 * MAX_CGROUPS;
 /// Capacity of the listener-port-to-segment table.
 pub const MAX_LISTEN_PORTS: u32 = 65_536;
 /// Capacity of the rule trie (port ranges are stored as prefix blocks, so one rule may

@@ -7,29 +7,32 @@ use enforcer_common::{
     decision::{Decision, NO_RULE, best_rule, decide, lookup_bit, rule_lookups},
     event::{Reason, Verdict},
     maps::{
-        CGROUP_LEVELS, ListenKey, MAX_CGROUP_DEPTH, RULE_KEY_FIXED_BITS, RuleKey, SEGMENT_ANY,
-        SEGMENT_HOST, SEGMENT_WORLD,
+        ACTION_ALLOW, CGROUP_LEVELS, ListenKey, MAX_CGROUP_DEPTH, RULE_KEY_FIXED_BITS, RuleKey,
+        SEGMENT_ANY, SEGMENT_HOST, SEGMENT_UNCLASSIFIED, SEGMENT_WORLD, cgroup_segment,
     },
 };
 
 use crate::maps::{self, LEARNT_LISTENERS, Slot};
 
-/// The segment of the calling task: the deepest of its cgroup and that cgroup's ancestors
-/// listed by a segment, else `host`.
+/// The segment of the calling task: that of the deepest of its cgroup and that cgroup's
+/// ancestors the generation's cgroup table knows, else `host`; unclassified when that is a
+/// guard whose child on the way down is not known yet ([`cgroup_segment`]).
 ///
 /// Verifier note: the walk is a constant-bounded loop (`MAX_CGROUP_DEPTH` + 1 levels);
 /// levels deeper than the task's cgroup return id 0 and are skipped.
 #[inline(always)]
 pub fn task_segment<const B: bool>(slot: &Slot<B>) -> u32 {
     let mut level = MAX_CGROUP_DEPTH;
+    let mut unknown_below = false;
     while level >= 0 {
         // SAFETY: a helper without memory arguments; allowed in cgroup sock/sock_addr hooks.
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-        if id != 0
-            && let Some(segment) = slot.cgroups().get_ptr(&id)
-        {
-            // SAFETY: the pointer comes from a successful map lookup.
-            return unsafe { *segment };
+        if id != 0 {
+            if let Some(value) = slot.cgroups().get_ptr(&id) {
+                // SAFETY: the pointer comes from a successful map lookup.
+                return cgroup_segment(unsafe { *value }, unknown_below);
+            }
+            unknown_below = true;
         }
         level -= 1;
     }
@@ -65,6 +68,9 @@ pub fn ipv6_segment<const B: bool>(slot: &Slot<B>, addr: [u8; 16]) -> u32 {
 /// and the caller then read R5, which a BPF call clobbers; the verifier refuses that.
 #[inline(always)]
 pub fn flow<const B: bool>(slot: &Slot<B>, src: u32, dst: u32, proto: u8, port: u16) -> Decision {
+    if src == SEGMENT_UNCLASSIFIED || dst == SEGMENT_UNCLASSIFIED {
+        return unclassified(slot);
+    }
     let lookups = rule_lookups(src, dst);
     let wanted = slot.policy().get(0).map_or(0, |config| config.rule_lookups);
     let mut found = [NO_RULE; 4];
@@ -79,6 +85,20 @@ pub fn flow<const B: bool>(slot: &Slot<B>, src: u32, dst: u32, proto: u8, port: 
     }
     let flags = |id: u32| slot.segments().get(id).map_or(0, |info| info.flags);
     unless_fail_closed(decide(best_rule(found), flags(src), flags(dst)))
+}
+
+/// The policy's verdict for a flow with an unclassified end, reason `unclassified`.
+#[inline(always)]
+pub fn unclassified<const B: bool>(slot: &Slot<B>) -> Decision {
+    let allow = slot
+        .policy()
+        .get(0)
+        .is_some_and(|config| config.unclassified_action == ACTION_ALLOW);
+    unless_fail_closed(Decision {
+        verdict: if allow { Verdict::Allow } else { Verdict::Deny },
+        reason: Reason::Unclassified,
+        rule_id: 0,
+    })
 }
 
 /// `decision`, or a denial for reason `audit-unavailable` while the agent has switched
@@ -120,15 +140,17 @@ pub fn listener_segment<const B: bool>(slot: &Slot<B>, port: u16, proto: u8) -> 
         return NO_LISTENER;
     };
     let mut level = CGROUP_LEVELS;
+    let mut unknown_below = false;
     while level > 0 {
         level -= 1;
         // SAFETY: as above; `level` is below the array's length.
         let id = unsafe { (*learnt).ancestors[level] };
-        if id != 0
-            && let Some(segment) = slot.cgroups().get_ptr(&id)
-        {
-            // SAFETY: as above.
-            return unsafe { *segment };
+        if id != 0 {
+            if let Some(value) = slot.cgroups().get_ptr(&id) {
+                // SAFETY: as above.
+                return cgroup_segment(unsafe { *value }, unknown_below);
+            }
+            unknown_below = true;
         }
     }
     NO_LISTENER

@@ -30,7 +30,10 @@ use aya_ebpf::{
 use enforcer_common::{
     decision::Decision,
     event::{Hook, Reason, Verdict, family},
-    maps::{SEGMENT_ANY, SEGMENT_FLAG_AUDIT, SEGMENT_FLAG_RAW_SOCKETS, SEGMENT_HOST},
+    maps::{
+        SEGMENT_ANY, SEGMENT_FLAG_AUDIT, SEGMENT_FLAG_RAW_SOCKETS, SEGMENT_HOST,
+        SEGMENT_UNCLASSIFIED,
+    },
 };
 
 /// cgroup sock and sock_addr programs return 1 to let the call proceed.
@@ -241,24 +244,28 @@ fn raw_socket<const B: bool>(slot: &Slot<B>, generation: u32, flow: &Flow) -> i3
     if src == SEGMENT_HOST {
         return CGROUP_ALLOW;
     }
-    let flags = slot.segments().get(src).map_or(0, |info| info.flags);
-    let verdict = if flags & SEGMENT_FLAG_RAW_SOCKETS != 0 {
-        Verdict::Allow
-    } else if flags & SEGMENT_FLAG_AUDIT != 0 {
-        Verdict::Audit
+    let decision = if src == SEGMENT_UNCLASSIFIED {
+        decide::unclassified(slot)
     } else {
-        Verdict::Deny
+        let flags = slot.segments().get(src).map_or(0, |info| info.flags);
+        let verdict = if flags & SEGMENT_FLAG_RAW_SOCKETS != 0 {
+            Verdict::Allow
+        } else if flags & SEGMENT_FLAG_AUDIT != 0 {
+            Verdict::Audit
+        } else {
+            Verdict::Deny
+        };
+        decide::unless_fail_closed(Decision {
+            verdict,
+            reason: Reason::RawSocket,
+            rule_id: 0,
+        })
     };
     let origin = Origin {
         hook: Hook::SockCreate,
         generation,
         ifindex: 0,
     };
-    let decision = decide::unless_fail_closed(Decision {
-        verdict,
-        reason: Reason::RawSocket,
-        rule_id: 0,
-    });
     let segments = Segments {
         src,
         dst: SEGMENT_ANY,

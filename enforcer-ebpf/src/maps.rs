@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::maps::{
-    EVENT_STAT_SLOTS, EVENTS_RING_BYTES, FailsafeKey4, FailsafeKey6, HostSettings,
-    LEARNT_LISTENERS_CAPACITY, LearntListener, ListenKey, MAX_CGROUPS, MAX_CIDRS_V4, MAX_CIDRS_V6,
+    CGROUP_TABLE_CAPACITY, EVENT_STAT_SLOTS, EVENTS_RING_BYTES, FailsafeKey4, FailsafeKey6,
+    HostSettings, LEARNT_LISTENERS_CAPACITY, LearntListener, ListenKey, MAX_CIDRS_V4, MAX_CIDRS_V6,
     MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, MAX_RULES, MAX_SEGMENTS, PolicyConfig,
     REASON_COUNTER_SLOTS, RECENT_FLOWS_CAPACITY, RecentFlowKey, RuleCounters, RuleKey, RuleValue,
     SegmentInfo,
@@ -59,7 +59,7 @@ macro_rules! per_slot {
 
 per_slot!("IPv4 address prefix to segment id.", CIDRS_V4_A, CIDRS_V4_B, LpmTrie<[u8; 4], u32>, LpmTrie::with_max_entries(MAX_CIDRS_V4, 0));
 per_slot!("IPv6 address prefix to segment id.", CIDRS_V6_A, CIDRS_V6_B, LpmTrie<[u8; 16], u32>, LpmTrie::with_max_entries(MAX_CIDRS_V6, 0));
-per_slot!("cgroup id to segment id.", CGROUPS_A, CGROUPS_B, HashMap<u64, u32>, HashMap::with_max_entries(MAX_CGROUPS, 0));
+per_slot!("cgroup id to segment id, with the guard bit on ancestors of listed cgroups.", CGROUPS_A, CGROUPS_B, HashMap<u64, u32>, HashMap::with_max_entries(CGROUP_TABLE_CAPACITY, 0));
 per_slot!("The rule trie.", RULES_A, RULES_B, LpmTrie<RuleKey, RuleValue>, LpmTrie::with_max_entries(MAX_RULE_ENTRIES, 0));
 per_slot!(
     "Segment flags by segment id.",

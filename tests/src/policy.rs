@@ -62,9 +62,9 @@ pub fn loaded_with(image: &MapImage) -> Loader {
         .unwrap_or_else(|err| panic!("apply failed: {err}"));
     assert_eq!(applied.generation, 1);
     assert!(
-        applied.missing_cgroups.is_empty(),
+        applied.cgroups.missing.is_empty(),
         "cgroups missing: {:?}",
-        applied.missing_cgroups
+        applied.cgroups.missing
     );
     loader
 }

@@ -59,6 +59,12 @@ struct Agent {
     /// Names of the last few generations, newest last (for audit records and status).
     generations: Vec<GenerationNames>,
     audit: AuditThread,
+    /// The active image's cgroup paths and their segments, resolved again on changes.
+    listed_cgroups: Vec<(String, u32)>,
+    /// The watch on the cgroup table's guard directories.
+    cgroup_watch: watch::CgroupWatch,
+    /// Where the watch reports changes (taken by [`Agent::serve`]).
+    cgroup_changes: Option<mpsc::UnboundedReceiver<()>>,
 }
 
 fn xdp_mode(mode: config::XdpMode) -> XdpMode {
@@ -139,7 +145,13 @@ impl Agent {
             generations.clone(),
             adopting,
         )?;
+        let (cgroup_tx, cgroup_changes) = mpsc::unbounded_channel();
+        let cgroup_watch =
+            watch::CgroupWatch::new(cgroup_tx).context("watching the cgroup tree")?;
         let mut agent = Self {
+            listed_cgroups: Vec::new(),
+            cgroup_watch,
+            cgroup_changes: Some(cgroup_changes),
             state: AgentState {
                 pid: std::process::id(),
                 config: config_path.to_owned(),
@@ -250,13 +262,17 @@ impl Agent {
         let started = Instant::now();
         let image = &candidate.compiled.image;
         let applied = self.loader.apply(image, &self.cgroup_root)?;
-        if let Some(first) = applied.missing_cgroups.first() {
+        if let Some(first) = applied.cgroups.missing.first() {
             tracing::warn!(
-                count = applied.missing_cgroups.len(),
+                count = applied.cgroups.missing.len(),
                 first = %first,
-                "cgroups of the policy not on this host yet: their processes are classified by their nearest listed ancestor"
+                "cgroups of the policy not on this host yet: they are classified when they appear"
             );
         }
+        self.listed_cgroups = image.cgroups.clone();
+        self.cgroup_watch.watch_only(&applied.cgroups.guards);
+        // A cgroup created between the resolution and the watch is seen by this pass.
+        self.refresh_cgroups();
         tracing::info!(
             trigger,
             generation = applied.generation,
@@ -303,6 +319,19 @@ impl Agent {
             outcome: "applied".to_owned(),
             message: None,
         })
+    }
+
+    /// Resolves the active cgroup table again after a guard directory changed, and
+    /// watches the guards it now has. A failure is logged; new cgroups then stay
+    /// unclassified (fail closed) until the next change or reload.
+    fn refresh_cgroups(&mut self) {
+        match self
+            .loader
+            .refresh_cgroups(&self.listed_cgroups, &self.cgroup_root)
+        {
+            Ok(table) => self.cgroup_watch.watch_only(&table.guards),
+            Err(err) => tracing::error!(error = %err, "cannot update the cgroup table"),
+        }
     }
 
     fn write_state(&self) {
@@ -355,6 +384,10 @@ impl Agent {
             .audit
             .take_ended()
             .context("the audit thread is watched once")?;
+        let mut cgroup_changes = self
+            .cgroup_changes
+            .take()
+            .context("the cgroup watch is served once")?;
         tracing::info!(pid = self.state.pid, "enforcing");
         loop {
             tokio::select! {
@@ -365,6 +398,12 @@ impl Agent {
                     });
                 }
                 _ = hangup.recv() => self.reload("sighup", true).await?,
+                Some(()) = cgroup_changes.recv() => {
+                    // No settling: until the table knows a new cgroup, its processes are
+                    // unclassified. Changes already queued are covered by this pass.
+                    while cgroup_changes.try_recv().is_ok() {}
+                    self.refresh_cgroups();
+                }
                 Some(()) = changes.recv() => {
                     // Let a burst of changes settle into one reload.
                     while let Ok(Some(())) = tokio::time::timeout(SETTLE, changes.recv()).await {}

@@ -1,8 +1,12 @@
-//! Notices changes to the policy files: the policy directory (or a policy file's or
-//! bundle's directory, filtered to that file) is watched through inotify, so editors
-//! that replace files by rename are seen as well as in-place writes.
+//! Notices changes the agent acts on, through inotify: to the policy files (the policy
+//! directory, or a policy file's or bundle's directory filtered to that file, so editors
+//! that replace files by rename are seen as well as in-place writes), and to the cgroup
+//! directories that guard the policy's cgroups (a child cgroup created or removed).
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
@@ -40,4 +44,56 @@ pub fn watch(path: &Path, changes: mpsc::UnboundedSender<()>) -> notify::Result<
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok(PolicyWatch { _watcher: watcher })
+}
+
+/// A watch on the guard directories of the active cgroup table
+/// ([`crate::loader::CgroupTable::guards`]); dropping it stops watching.
+pub struct CgroupWatch {
+    watcher: RecommendedWatcher,
+    watched: BTreeSet<PathBuf>,
+}
+
+impl CgroupWatch {
+    /// A watch on no directory yet that sends `()` on `changes` whenever a watched
+    /// directory gains or loses an entry (a child cgroup), or when events were missed.
+    pub fn new(changes: mpsc::UnboundedSender<()>) -> notify::Result<Self> {
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Writes to cgroup files (`cgroup.procs`, ...) are not of interest; an error
+            // (queue overflow) may hide a new cgroup, so it counts as a change.
+            let relevant = event.is_err()
+                || event.is_ok_and(|event| {
+                    matches!(event.kind, EventKind::Create(_) | EventKind::Remove(_))
+                });
+            if relevant {
+                // The receiver is gone only when the agent is stopping.
+                let _ = changes.send(());
+            }
+        })?;
+        Ok(Self {
+            watcher,
+            watched: BTreeSet::new(),
+        })
+    }
+
+    /// Watches exactly `dirs` from now on. A directory that vanished in the meantime is
+    /// skipped: its parent, also a guard, reports the removal.
+    pub fn watch_only(&mut self, dirs: &[PathBuf]) {
+        let wanted: BTreeSet<PathBuf> = dirs.iter().cloned().collect();
+        for gone in self.watched.difference(&wanted) {
+            let _ = self.watcher.unwatch(gone);
+        }
+        self.watched.retain(|dir| wanted.contains(dir));
+        for dir in wanted {
+            if !self.watched.contains(&dir) {
+                match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        self.watched.insert(dir);
+                    }
+                    Err(err) => {
+                        tracing::warn!(dir = %dir.display(), error = %err, "cannot watch a cgroup directory");
+                    }
+                }
+            }
+        }
+    }
 }

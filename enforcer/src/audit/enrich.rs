@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_common::event::{FlowEvent, Hook, Reason, Verdict, family};
+use enforcer_common::{
+    event::{FlowEvent, Hook, Reason, Verdict, family},
+    maps::SEGMENT_UNCLASSIFIED,
+};
 use serde::{Deserialize, Serialize};
 
 use super::record::{
@@ -48,6 +51,9 @@ impl GenerationNames {
     }
 
     fn segment(&self, id: u32) -> String {
+        if id == SEGMENT_UNCLASSIFIED {
+            return "unclassified".to_owned();
+        }
         usize::try_from(id)
             .ok()
             .and_then(|index| self.segments.get(index))

@@ -7,8 +7,8 @@ use aya::{
     maps::{HashMap, LpmTrie, MapData},
 };
 use enforcer_common::maps::{
-    CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6, FailsafeKey4, FailsafeKey6,
-    LEARNT_LISTENERS, LEARNT_LISTENERS_CAPACITY, LISTEN, LearntListener, ListenKey, MAX_CGROUPS,
+    CGROUP_TABLE_CAPACITY, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6, FailsafeKey4,
+    FailsafeKey6, LEARNT_LISTENERS, LEARNT_LISTENERS_CAPACITY, LISTEN, LearntListener, ListenKey,
     MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, RECENT_FLOWS,
     RECENT_FLOWS_CAPACITY, RULES, RecentFlowKey, RuleKey, RuleValue, slot_of,
 };
@@ -78,7 +78,7 @@ pub(super) fn map_fill(maps: &mut impl MapSet) -> Result<Vec<MapFill>, LoaderErr
             (
                 "cgroups",
                 hash::<u64, u32>(maps, CGROUPS[slot])?,
-                MAX_CGROUPS,
+                CGROUP_TABLE_CAPACITY,
             ),
             (
                 "listeners",

@@ -1,7 +1,7 @@
 //! Applying a [`MapImage`] as a new policy generation: fill the inactive slot's maps,
 //! flip `ACTIVE` with one array write, then clear the old slot.
 
-use std::{os::unix::fs::MetadataExt as _, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use aya::Pod;
 use aya::maps::{
@@ -14,7 +14,11 @@ use enforcer_common::maps::{
     SEGMENTS, SegmentInfo, slot_of,
 };
 
-use super::{LoaderError, MapSet, counters, map_error};
+use super::{
+    LoaderError, MapSet,
+    cgroups::{self, CgroupTable},
+    counters, map_error,
+};
 use crate::policy::image::{LpmEntry, MapImage};
 
 /// How long to wait after the flip before clearing the old slot, so that a program that
@@ -27,9 +31,11 @@ const GRACE: Duration = Duration::from_millis(20);
 pub struct Applied {
     /// The generation now active.
     pub generation: u32,
-    /// cgroup paths of the image that do not exist on this host (yet); their processes
-    /// are classified by their nearest existing listed ancestor, else as `host`.
-    pub missing_cgroups: Vec<String>,
+    /// The generation's cgroup table as resolved on this host: listed paths that do not
+    /// exist (yet), and the guard directories to watch ([`Loader::refresh_cgroups`]).
+    ///
+    /// [`Loader::refresh_cgroups`]: super::Loader::refresh_cgroups
+    pub cgroups: CgroupTable,
     /// The final per-rule counters of the generation this one replaced (element `i` is
     /// rule id `i + 1` of that generation), read after its last decisions and before its
     /// slot was cleared; empty for the first generation.
@@ -123,24 +129,14 @@ fn fill_slot(
     slot: usize,
     image: &MapImage,
     cgroup_root: &Path,
-) -> Result<Vec<String>, LoaderError> {
+) -> Result<CgroupTable, LoaderError> {
     fill_trie(ebpf, CIDRS_V4[slot], &image.cidrs_v4)?;
     fill_trie(ebpf, CIDRS_V6[slot], &image.cidrs_v6)?;
     fill_trie(ebpf, RULES[slot], &image.rules)?;
     fill_trie(ebpf, FAILSAFES_V4[slot], &image.failsafes_v4)?;
     fill_trie(ebpf, FAILSAFES_V6[slot], &image.failsafes_v6)?;
-    let mut missing = Vec::new();
-    let mut cgroups: HashMap<&mut MapData, u64, u32> =
-        HashMap::try_from(ebpf.map_mut(CGROUPS[slot])?).map_err(map_error(CGROUPS[slot]))?;
-    for (path, segment) in &image.cgroups {
-        // A cgroup v2 id is its directory's inode number.
-        match std::fs::metadata(cgroup_root.join(path)) {
-            Ok(meta) => cgroups
-                .insert(&meta.ino(), segment, 0)
-                .map_err(map_error(CGROUPS[slot]))?,
-            Err(_) => missing.push(path.clone()),
-        }
-    }
+    let cgroups = cgroups::resolve(&image.cgroups, cgroup_root);
+    cgroups::write(ebpf, slot, &cgroups)?;
     let mut listen: HashMap<&mut MapData, ListenKey, u32> =
         HashMap::try_from(ebpf.map_mut(LISTEN[slot])?).map_err(map_error(LISTEN[slot]))?;
     for (key, segment) in &image.listen_ports {
@@ -160,7 +156,7 @@ fn fill_slot(
     policy
         .set(0, &image.config, 0)
         .map_err(map_error(POLICY[slot]))?;
-    Ok(missing)
+    Ok(cgroups)
 }
 
 /// The active generation number (0 before the first apply).
@@ -183,7 +179,7 @@ pub fn apply(
     let slot = slot_of(next);
     // The inactive slot may hold leftovers of an apply that failed half-way.
     clear_slot(ebpf, slot)?;
-    let missing_cgroups = fill_slot(ebpf, slot, image, cgroup_root)?;
+    let cgroups = fill_slot(ebpf, slot, image, cgroup_root)?;
     let mut flip: Array<&mut MapData, u32> =
         Array::try_from(ebpf.map_mut(ACTIVE)?).map_err(map_error(ACTIVE))?;
     flip.set(0, &next, 0).map_err(map_error(ACTIVE))?;
@@ -197,7 +193,7 @@ pub fn apply(
     }
     Ok(Applied {
         generation: next,
-        missing_cgroups,
+        cgroups,
         retired_rule_counters,
     })
 }

@@ -7,6 +7,7 @@
 //! `load_pinned` on the same directory reuses the maps and moves the pinned links onto
 //! its own programs in place (no second attach, no moment without a program).
 
+mod cgroups;
 mod counters;
 mod events;
 mod fill;
@@ -24,6 +25,7 @@ use std::{
     time::Duration,
 };
 
+pub use cgroups::CgroupTable;
 pub use counters::{Counters, EventCounts, ReasonCount};
 pub use events::EventReader;
 pub use fill::MapFill;
@@ -343,6 +345,27 @@ impl Loader {
         cgroup_root: &Path,
     ) -> Result<Applied, LoaderError> {
         generation::apply(&mut self.ebpf, image, cgroup_root)
+    }
+
+    /// Resolves the active generation's cgroup table again (`listed` is its image's
+    /// `cgroups`) and writes the changes into it in place: cgroup identity is host state,
+    /// so this is not a new generation. Call it when a watched guard directory gains or
+    /// loses a child.
+    pub fn refresh_cgroups(
+        &mut self,
+        listed: &[(String, u32)],
+        cgroup_root: &Path,
+    ) -> Result<CgroupTable, LoaderError> {
+        let active = generation::active(&mut self.ebpf)?;
+        let table = cgroups::resolve(listed, cgroup_root);
+        if active != 0 {
+            cgroups::write(
+                &mut self.ebpf,
+                enforcer_common::maps::slot_of(active),
+                &table,
+            )?;
+        }
+        Ok(table)
     }
 
     /// The active generation number (0 before the first apply).
