@@ -485,3 +485,28 @@ mod pod {
     // SAFETY: see above.
     unsafe impl aya::Pod for LearntListener {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guard_classifies_its_own_processes_and_holds_back_unknown_children() {
+        let guard = 7 | CGROUP_GUARD;
+        assert_eq!(cgroup_segment(guard, false), 7, "the guard's own processes");
+        assert_eq!(
+            cgroup_segment(guard, true),
+            SEGMENT_UNCLASSIFIED,
+            "a child the table does not know yet"
+        );
+        assert_eq!(
+            cgroup_segment(7, true),
+            7,
+            "children of a non-guard inherit"
+        );
+        assert_eq!(
+            cgroup_segment(SEGMENT_HOST | CGROUP_GUARD, false),
+            SEGMENT_HOST
+        );
+    }
+}
