@@ -10,6 +10,7 @@ pub mod agent;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod digest;
 pub mod host;
 pub mod loader;
 pub mod object;

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use ed25519_dalek::VerifyingKey;
-use sha2::{Digest as _, Sha256};
 
 use crate::{
     config::PolicySource,
@@ -48,14 +47,14 @@ pub enum CandidateError {
 
 /// SHA-256 (hex) of a set of policy files.
 pub fn source_sha256(sources: &SourceSet) -> String {
-    let mut hasher = Sha256::new();
+    let mut hasher = crate::digest::hasher();
     for file in &sources.files {
         hasher.update(file.path.as_bytes());
-        hasher.update([0]);
+        hasher.update(&[0]);
         hasher.update(file.text.as_bytes());
-        hasher.update([0]);
+        hasher.update(&[0]);
     }
-    hex::encode(hasher.finalize())
+    hex::encode(crate::digest::finish(hasher))
 }
 
 /// Reads, checks and compiles the configured policy. `min_bundle_version` is the

@@ -4,7 +4,7 @@
 //! byte of a record changes its hash; removing, inserting or reordering records breaks
 //! the `prev` links and the sequence numbers.
 
-use sha2::{Digest as _, Sha256};
+use crate::digest::{finish, hasher, sha256};
 
 use super::record::Record;
 
@@ -12,7 +12,7 @@ use super::record::Record;
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// A SHA-256 digest.
-pub type Hash = [u8; 32];
+pub type Hash = crate::digest::Sha256;
 
 /// The chain's end: the last record's sequence number and hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +45,7 @@ pub fn append(record: &mut Record, head: &mut Head, out: &mut Vec<u8>) {
     serde_json::to_writer(&mut *out, record).expect("a record always serialises");
     // `unmapped` is the last key and ends the object, so the body ends with `}}`.
     debug_assert!(out.ends_with(b"}}"));
-    let hash: Hash = Sha256::digest(&out[start..]).into();
+    let hash = sha256(&out[start..]);
     out.truncate(out.len() - 2);
     out.extend_from_slice(HASH_KEY.as_bytes());
     let mut digits = [0u8; 64];
@@ -82,14 +82,14 @@ pub struct CheckedLine {
 pub fn check(line: &str) -> Result<CheckedLine, LineError> {
     let claimed = claimed_hash(line).ok_or(LineError::NoHash)?;
     let body_end = line.len() - SUFFIX_LEN;
-    let mut hasher = Sha256::new();
+    let mut hasher = hasher();
     hasher.update(&line.as_bytes()[..body_end]);
     hasher.update(b"}}");
     let record: Record = serde_json::from_str(line)?;
     Ok(CheckedLine {
         record,
         claimed,
-        actual: hasher.finalize().into(),
+        actual: finish(hasher),
     })
 }
 

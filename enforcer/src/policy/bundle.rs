@@ -13,7 +13,6 @@ use ed25519_dalek::{
     },
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use super::{Compiled, compile_sources, source::SourceSet};
 
@@ -107,7 +106,7 @@ struct BundleFile {
 
 /// A short id of a public key: the first 16 hex digits of the SHA-256 of its bytes.
 pub fn key_id(key: &VerifyingKey) -> String {
-    hex::encode(&Sha256::digest(key.as_bytes())[..8])
+    hex::encode(&crate::digest::sha256(key.as_bytes())[..8])
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {

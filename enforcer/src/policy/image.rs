@@ -4,7 +4,6 @@
 use enforcer_common::maps::{
     FailsafeKey4, FailsafeKey6, ListenKey, PolicyConfig, RuleKey, RuleValue, SegmentInfo,
 };
-use sha2::{Digest as _, Sha256};
 
 /// One entry of an LPM trie: the key's data, how many leading bits must match, the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +126,7 @@ impl MapImage {
             feed.extend_from_slice(&e.value.to_le_bytes());
         }
         strings(&mut feed, &self.failsafe_names);
-        Sha256::digest(&feed).into()
+        crate::digest::sha256(&feed)
     }
 
     /// [`MapImage::digest`] as lowercase hex.
