@@ -59,8 +59,10 @@ struct Agent {
     /// Names of the last few generations, newest last (for audit records and status).
     generations: Vec<GenerationNames>,
     audit: AuditThread,
-    /// The active image's cgroup paths and their segments, resolved again on changes.
-    listed_cgroups: Vec<(String, u32)>,
+    /// The cgroup paths and segments of the generation this agent applied, resolved again
+    /// on changes; `None` while an earlier agent's generation is in force (its table
+    /// stays as that agent left it).
+    listed_cgroups: Option<Vec<(String, u32)>>,
     /// The watch on the cgroup table's guard directories.
     cgroup_watch: watch::CgroupWatch,
     /// Where the watch reports changes (taken by [`Agent::serve`]).
@@ -149,7 +151,7 @@ impl Agent {
         let cgroup_watch =
             watch::CgroupWatch::new(cgroup_tx).context("watching the cgroup tree")?;
         let mut agent = Self {
-            listed_cgroups: Vec::new(),
+            listed_cgroups: None,
             cgroup_watch,
             cgroup_changes: Some(cgroup_changes),
             state: AgentState {
@@ -269,7 +271,7 @@ impl Agent {
                 "cgroups of the policy not on this host yet: they are classified when they appear"
             );
         }
-        self.listed_cgroups = image.cgroups.clone();
+        self.listed_cgroups = Some(image.cgroups.clone());
         self.cgroup_watch.watch_only(&applied.cgroups.guards);
         // A cgroup created between the resolution and the watch is seen by this pass.
         self.refresh_cgroups();
@@ -325,10 +327,10 @@ impl Agent {
     /// watches the guards it now has. A failure is logged; new cgroups then stay
     /// unclassified (fail closed) until the next change or reload.
     fn refresh_cgroups(&mut self) {
-        match self
-            .loader
-            .refresh_cgroups(&self.listed_cgroups, &self.cgroup_root)
-        {
+        let Some(listed) = &self.listed_cgroups else {
+            return;
+        };
+        match self.loader.refresh_cgroups(listed, &self.cgroup_root) {
             Ok(table) => self.cgroup_watch.watch_only(&table.guards),
             Err(err) => tracing::error!(error = %err, "cannot update the cgroup table"),
         }
