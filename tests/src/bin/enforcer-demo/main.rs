@@ -157,18 +157,15 @@ fn demo(policy: &Path) -> bool {
     let config = enclave.agent.config();
     let config = config.to_string_lossy();
     show(&["audit", "query", "--config", &config]);
-    println!(
-        "(A dropped inbound attempt can show twice: the client retransmits its SYN after a \
-         second, and a retransmit\n later than audit.dedup_window_ms, 1000 by default, after \
-         the first is recorded again.)"
-    );
+    println!("(A dropped inbound attempt can show twice: the client retransmits its SYN after");
+    println!(" a second, and a retransmit later than audit.dedup_window_ms, 1000 by default,");
+    println!(" after the first is recorded again.)");
     show(&["audit", "stats", "--config", &config]);
 
     step("the agent stops: enforcement stays in the kernel");
     let stopped_cleanly = enclave.agent.terminate();
     println!("agent stopped (SIGTERM, clean exit: {stopped_cleanly}); trying three flows again:");
-    let again: Vec<_> = [MATRIX[0], MATRIX[2], MATRIX[8]].to_vec();
-    let tried_again = try_all(&enclave, &again);
+    let tried_again = try_all(&enclave, &[MATRIX[0], MATRIX[2], MATRIX[8]]);
     let matched_again = report::print_matrix(&tried_again, &[], false);
 
     step("verifying the audit store's hash chain");
