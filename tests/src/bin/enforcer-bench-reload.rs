@@ -4,8 +4,10 @@
 //! The agent starts on POLICY_A (attached to a fresh test cgroup, no interfaces). Each
 //! iteration writes the other policy over the watched file and polls the pinned `ACTIVE`
 //! map until the generation changes: that flip is the moment the kernel enforces the new
-//! policy. Prints `reload_ms P50 P99 MAX` over the iterations, then `rss_idle_kib N` and
-//! `rss_load_kib N`, the peak while a client in the attached cgroup makes connections.
+//! policy. Prints `reload_ms P50 P99 MAX` over the iterations, then `cgroup_ms P50 P99 MAX`:
+//! from creating a cgroup under a guarded directory (the cgroup2 root) until the active
+//! cgroup table holds it, the time its processes are unclassified; then `rss_idle_kib N`
+//! and `rss_load_kib N`, the peak while a client in the attached cgroup makes connections.
 //!
 //! Run by `./x bench agent`, which generates the policies and writes the table.
 
@@ -20,6 +22,9 @@ use enforcer_tests::{agent::AgentHost, cgroup::TestCgroup, probe::Spawn};
 
 /// Connections of the load phase.
 const LOAD_CONNECTIONS: u32 = 3000;
+
+/// New cgroups whose resolution is timed.
+const CGROUP_SAMPLES: usize = 40;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,6 +53,44 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or_else(|| "no VmRSS".to_owned())
+}
+
+/// Entries in the active generation's cgroup table.
+fn cgroup_entries(maps: &mut PinnedMaps) -> Result<u32, String> {
+    let fill = maps.map_fill().map_err(|e| e.to_string())?;
+    fill.iter()
+        .find(|fill| fill.map == "cgroups")
+        .map(|fill| fill.entries)
+        .ok_or_else(|| "no cgroups map fill".to_owned())
+}
+
+/// Polls (bounded) until `done` holds; returns the time it took.
+fn until(mut done: impl FnMut() -> Result<bool, String>) -> Result<Duration, String> {
+    let started = Instant::now();
+    while !done()? {
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err("not within 10 s".to_owned());
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    Ok(started.elapsed())
+}
+
+/// The time from creating a cgroup under the (guarded) cgroup2 root until the agent has
+/// put it into the active cgroup table, `CGROUP_SAMPLES` times, sorted, in ms.
+fn cgroup_resolution(maps: &mut PinnedMaps) -> Result<Vec<f64>, String> {
+    let mut times = Vec::with_capacity(CGROUP_SAMPLES);
+    for _ in 0..CGROUP_SAMPLES {
+        let before = cgroup_entries(maps)?;
+        let started = Instant::now();
+        let fresh = TestCgroup::new();
+        until(|| Ok(cgroup_entries(maps)? > before))?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        drop(fresh);
+        until(|| Ok(cgroup_entries(maps)? == before))?;
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -92,6 +135,13 @@ fn bench(a: &str, b: &str, iterations: usize) -> Result<(), String> {
         percentile(&times, 0.5),
         percentile(&times, 0.99),
         times[times.len() - 1]
+    );
+    let cgroups = cgroup_resolution(&mut maps)?;
+    println!(
+        "cgroup_ms {:.2} {:.2} {:.2}",
+        percentile(&cgroups, 0.5),
+        percentile(&cgroups, 0.99),
+        cgroups[cgroups.len() - 1]
     );
     println!("rss_idle_kib {rss_idle}");
 
