@@ -107,21 +107,34 @@ pub fn write(ebpf: &mut impl MapSet, slot: usize, table: &CgroupTable) -> Result
     let name = CGROUPS[slot];
     let mut map: HashMap<&mut MapData, u64, u32> =
         HashMap::try_from(ebpf.map_mut(name)?).map_err(map_error(name))?;
-    let current: Vec<(u64, u32)> = map
+    let current: BTreeMap<u64, u32> = map
         .iter()
         .collect::<Result<_, _>>()
         .map_err(map_error(name))?;
     for (id, value) in &table.entries {
-        if !current.contains(&(*id, *value)) {
+        if current.get(id) != Some(value) {
             map.insert(id, value, 0).map_err(map_error(name))?;
         }
     }
-    for (id, _) in current {
-        if !table.entries.contains_key(&id) {
-            map.remove(&id).map_err(map_error(name))?;
+    for id in current.keys() {
+        if !table.entries.contains_key(id) {
+            map.remove(id).map_err(map_error(name))?;
         }
     }
     Ok(())
+}
+
+/// The value the cgroup map of `slot` holds for cgroup `id` (segment id, with
+/// [`CGROUP_GUARD`] on guards), if any.
+pub fn lookup(ebpf: &mut impl MapSet, slot: usize, id: u64) -> Result<Option<u32>, LoaderError> {
+    let name = CGROUPS[slot];
+    let map: HashMap<&mut MapData, u64, u32> =
+        HashMap::try_from(ebpf.map_mut(name)?).map_err(map_error(name))?;
+    match map.get(&id, 0) {
+        Ok(value) => Ok(Some(value)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(err) => Err(map_error(name)(err)),
+    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use aya::maps::{
 };
 use enforcer_common::maps::{
     ACTIVE, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6, FailsafeKey4, FailsafeKey6,
-    LISTEN, ListenKey, MAX_SEGMENTS, POLICY, PolicyConfig, RULES, RuleCounters, RuleKey, RuleValue,
-    SEGMENTS, SegmentInfo, slot_of,
+    LISTEN, ListenKey, POLICY, PolicyConfig, RULES, RuleCounters, RuleKey, RuleValue, SEGMENTS,
+    SegmentInfo, slot_of,
 };
 
 use super::{
@@ -98,7 +98,12 @@ pub(super) fn slot_config(
     policy.get(&0, 0).map_err(map_error(POLICY[slot]))
 }
 
-/// Empties every map of `slot`.
+/// Empties the maps of `slot` that a flow's classification and decision look up, zeroes
+/// its rule counters and resets its policy settings. Its segment table is left as it is:
+/// [`fill_slot`] overwrites the entry of every segment the next image has, and an entry
+/// beyond those is unreachable (the kernel indexes the table only by segment ids found in
+/// the slot's own maps, or by `host` and `world`, which every image has), so resetting
+/// all [`MAX_SEGMENTS`](enforcer_common::maps::MAX_SEGMENTS) entries would cost thousands of map writes for nothing.
 fn clear_slot(ebpf: &mut impl MapSet, slot: usize) -> Result<(), LoaderError> {
     let rule_count = slot_config(ebpf, slot)?.rule_count;
     counters::zero_rules(ebpf, slot, rule_count)?;
@@ -109,13 +114,6 @@ fn clear_slot(ebpf: &mut impl MapSet, slot: usize) -> Result<(), LoaderError> {
     clear_trie::<FailsafeKey6, u32>(ebpf, FAILSAFES_V6[slot])?;
     clear_hash::<u64, u32>(ebpf, CGROUPS[slot])?;
     clear_hash::<ListenKey, u32>(ebpf, LISTEN[slot])?;
-    let mut segments: Array<&mut MapData, SegmentInfo> =
-        Array::try_from(ebpf.map_mut(SEGMENTS[slot])?).map_err(map_error(SEGMENTS[slot]))?;
-    for id in 0..MAX_SEGMENTS {
-        segments
-            .set(id, &SegmentInfo::default(), 0)
-            .map_err(map_error(SEGMENTS[slot]))?;
-    }
     let mut policy: Array<&mut MapData, PolicyConfig> =
         Array::try_from(ebpf.map_mut(POLICY[slot])?).map_err(map_error(POLICY[slot]))?;
     policy

@@ -9,7 +9,8 @@ use aya::{
 };
 
 use super::{
-    Counters, EventCounts, LoaderError, MapFill, counters, fill, generation, map_error, settings,
+    Counters, EventCounts, LoaderError, MapFill, cgroups, counters, fill, generation, map_error,
+    settings,
 };
 
 /// A set of maps addressed by their names in the kernel object.
@@ -90,6 +91,16 @@ impl PinnedMaps {
     /// The active generation number (0 before the first apply).
     pub fn active_generation(&mut self) -> Result<u32, LoaderError> {
         generation::active(self)
+    }
+
+    /// The active cgroup table's value for cgroup `id` (segment id, with
+    /// [`enforcer_common::maps::CGROUP_GUARD`] on guards); `None` when the table does not
+    /// know it or no generation is active.
+    pub fn active_cgroup(&mut self, id: u64) -> Result<Option<u32>, LoaderError> {
+        match generation::active(self)? {
+            0 => Ok(None),
+            active => cgroups::lookup(self, enforcer_common::maps::slot_of(active), id),
+        }
     }
 }
 

@@ -55,25 +55,28 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| "no VmRSS".to_owned())
 }
 
-/// Entries in the active generation's cgroup table.
-fn cgroup_entries(maps: &mut PinnedMaps) -> Result<u32, String> {
-    let fill = maps.map_fill().map_err(|e| e.to_string())?;
-    fill.iter()
-        .find(|fill| fill.map == "cgroups")
-        .map(|fill| fill.entries)
-        .ok_or_else(|| "no cgroups map fill".to_owned())
+/// Whether the active generation's cgroup table knows cgroup `id`.
+fn resolved(maps: &mut PinnedMaps, id: u64) -> Result<bool, String> {
+    maps.active_cgroup(id)
+        .map(|value| value.is_some())
+        .map_err(|e| e.to_string())
 }
 
-/// Polls (bounded) until `done` holds; returns the time it took.
-fn until(mut done: impl FnMut() -> Result<bool, String>) -> Result<Duration, String> {
+/// How many policies the agent has applied, as its log says.
+fn applied(agent: &AgentHost) -> usize {
+    agent.log(1).matches("policy applied").count()
+}
+
+/// Polls until `done` holds, for at most `limit`.
+fn until(mut done: impl FnMut() -> Result<bool, String>, limit: Duration) -> Result<(), String> {
     let started = Instant::now();
     while !done()? {
-        if started.elapsed() > Duration::from_secs(10) {
-            return Err("not within 10 s".to_owned());
+        if started.elapsed() > limit {
+            return Err(format!("not within {limit:?}"));
         }
         std::thread::sleep(Duration::from_micros(100));
     }
-    Ok(started.elapsed())
+    Ok(())
 }
 
 /// The time from creating a cgroup under the (guarded) cgroup2 root until the agent has
@@ -81,13 +84,13 @@ fn until(mut done: impl FnMut() -> Result<bool, String>) -> Result<Duration, Str
 fn cgroup_resolution(maps: &mut PinnedMaps) -> Result<Vec<f64>, String> {
     let mut times = Vec::with_capacity(CGROUP_SAMPLES);
     for _ in 0..CGROUP_SAMPLES {
-        let before = cgroup_entries(maps)?;
         let started = Instant::now();
         let fresh = TestCgroup::new();
-        until(|| Ok(cgroup_entries(maps)? > before))?;
+        let id = fresh.id();
+        until(|| resolved(maps, id), Duration::from_secs(10))?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
         drop(fresh);
-        until(|| Ok(cgroup_entries(maps)? == before))?;
+        until(|| Ok(!resolved(maps, id)?), Duration::from_secs(10))?;
     }
     times.sort_by(f64::total_cmp);
     Ok(times)
@@ -116,18 +119,15 @@ fn bench(a: &str, b: &str, iterations: usize) -> Result<(), String> {
         let before = maps.active_generation().map_err(|e| e.to_string())?;
         let started = Instant::now();
         agent.write_policy(&texts[(i + 1) % 2]);
-        loop {
-            if maps.active_generation().map_err(|e| e.to_string())? != before {
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                return Err(format!("iteration {i}: no new generation within 60 s"));
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        until(
+            || Ok(maps.active_generation().map_err(|e| e.to_string())? != before),
+            Duration::from_secs(60),
+        )
+        .map_err(|err| format!("iteration {i}: no new generation: {err}"))?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
-        // Let the agent finish its bookkeeping before the next write.
-        std::thread::sleep(Duration::from_millis(50));
+        // The next write (or new cgroup) finds the agent idle: the old generation cleared,
+        // the reload logged (its start applied the first).
+        until(|| Ok(applied(&agent) > i + 1), Duration::from_secs(60))?;
     }
     times.sort_by(f64::total_cmp);
     println!(
