@@ -2,7 +2,7 @@
 
 use std::{
     fs::File,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd as _,
     path::PathBuf,
 };
@@ -95,7 +95,7 @@ pub struct Veth {
 impl Veth {
     /// The peer's IPv4 address with `port`.
     pub fn peer_addr(&self, port: u16) -> std::net::SocketAddr {
-        std::net::SocketAddr::new(std::net::IpAddr::from(self.peer_v4), port)
+        std::net::SocketAddr::new(IpAddr::from(self.peer_v4), port)
     }
 
     /// Creates a veth pair into `netns`, addresses both ends (a /30 and a /64) and brings
@@ -135,21 +135,7 @@ impl Veth {
             2,
         );
 
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &peer_if,
-                "netns",
-                netns.name(),
-            ],
-        );
+        add_veth(None, &host_if, netns, &peer_if);
         // From here on the guard owns the pair, so a failing step still removes it.
         let mut veth = Self {
             host_if,
@@ -159,38 +145,16 @@ impl Veth {
             host_v6,
             peer_v6,
         };
-        run(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("{host_v4}/30"),
-                "dev",
-                &veth.host_if,
-            ],
+        address_up(
+            None,
+            &veth.host_if,
+            &[(host_v4.into(), 30), (host_v6.into(), 64)],
         );
-        run(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("{host_v6}/64"),
-                "dev",
-                &veth.host_if,
-                "nodad",
-            ],
-        );
-        run("ip", &["link", "set", &veth.host_if, "up"]);
-        netns.ip(&["addr", "add", &format!("{peer_v4}/30"), "dev", &peer_if]);
-        netns.ip(&[
-            "addr",
-            "add",
-            &format!("{peer_v6}/64"),
-            "dev",
+        address_up(
+            Some(netns),
             &peer_if,
-            "nodad",
-        ]);
-        netns.ip(&["link", "set", &peer_if, "up"]);
+            &[(peer_v4.into(), 30), (peer_v6.into(), 64)],
+        );
         veth.host_ifindex =
             std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", veth.host_if))
                 .expect("read ifindex")
@@ -222,6 +186,49 @@ impl Drop for Veth {
             panic!("cannot delete veth {}", self.host_if);
         }
     }
+}
+
+/// Runs `ip args...` in `netns`, or in the calling process's namespace for `None`.
+fn ip_in(netns: Option<&Netns>, args: &[&str]) -> String {
+    match netns {
+        Some(netns) => netns.ip(args),
+        None => run("ip", args),
+    }
+}
+
+/// Creates a veth pair: `near` in `near_ns` (`None`: the calling process's namespace),
+/// its peer `far` in `far_ns`. Deleting either end deletes both.
+pub fn add_veth(near_ns: Option<&Netns>, near: &str, far_ns: &Netns, far: &str) {
+    ip_in(
+        near_ns,
+        &[
+            "link",
+            "add",
+            near,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            far,
+            "netns",
+            far_ns.name(),
+        ],
+    );
+}
+
+/// Gives `dev` in `netns` (`None`: the calling process's namespace) each address with its
+/// prefix length, then brings it up. IPv6 addresses skip duplicate address detection, so
+/// they are usable at once.
+pub fn address_up(netns: Option<&Netns>, dev: &str, addresses: &[(IpAddr, u8)]) {
+    for (address, prefix) in addresses {
+        let cidr = format!("{address}/{prefix}");
+        let mut args = vec!["addr", "add", cidr.as_str(), "dev", dev];
+        if address.is_ipv6() {
+            args.push("nodad");
+        }
+        ip_in(netns, &args);
+    }
+    ip_in(netns, &["link", "set", dev, "up"]);
 }
 
 /// Joins the calling thread to the namespace behind `fd`. Async-signal-safe, for

@@ -18,7 +18,7 @@ use enforcer_tests::{
     agent::AgentHost,
     cgroup::TestCgroup,
     cmd::run,
-    netns::Netns,
+    netns::{Netns, add_veth, address_up},
     probe::{Server, Spawn},
 };
 
@@ -250,40 +250,17 @@ impl Enclave {
 fn connect(host: &Netns, remote: &RemoteSpec) -> Netns {
     let netns = Netns::named(&format!("{NAME}-{}", remote.name));
     let host_if = remote.host_if();
-    host.ip(&[
-        "link",
-        "add",
+    add_veth(Some(host), &host_if, &netns, "eth0");
+    address_up(
+        Some(host),
         &host_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
+        &[(remote.host_addr(false), 24), (remote.host_addr(true), 64)],
+    );
+    address_up(
+        Some(&netns),
         "eth0",
-        "netns",
-        netns.name(),
-    ]);
-    for (ns, ifname, ipv6, end) in [
-        (host, host_if.as_str(), false, remote.host_addr(false)),
-        (host, host_if.as_str(), true, remote.host_addr(true)),
-        (&netns, "eth0", false, remote.addr(false)),
-        (&netns, "eth0", true, remote.addr(true)),
-    ] {
-        let prefix = if ipv6 { 64 } else { 24 };
-        let mut args = vec![
-            "addr".to_owned(),
-            "add".to_owned(),
-            format!("{end}/{prefix}"),
-            "dev".to_owned(),
-            ifname.to_owned(),
-        ];
-        if ipv6 {
-            // Usable at once, without waiting for duplicate address detection.
-            args.push("nodad".to_owned());
-        }
-        ns.ip(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    }
-    host.ip(&["link", "set", &host_if, "up"]);
-    netns.ip(&["link", "set", "eth0", "up"]);
+        &[(remote.addr(false), 24), (remote.addr(true), 64)],
+    );
     netns
 }
 
