@@ -84,21 +84,36 @@ impl Default for TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        // cgroup.kill (5.14+) ends every process in the subtree; rmdir succeeds once the
-        // kernel has reaped them, which takes a moment.
-        let _ = fs::write(self.path.join("cgroup.kill"), "1");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match fs::remove_dir(&self.path) {
-                Ok(()) => return,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Err(err) if !std::thread::panicking() => {
-                    panic!("cannot remove cgroup {}: {err}", self.path.display())
-                }
-                Err(_) => return,
-            }
+        if let Err(err) = remove_tree(&self.path)
+            && !std::thread::panicking()
+        {
+            panic!("cannot remove cgroup {}: {err}", self.path.display());
+        }
+    }
+}
+
+/// Kills every process in the cgroup `dir` and below and removes it, children first.
+///
+/// cgroup.kill (5.14+) ends every process in the subtree; rmdir succeeds once the kernel
+/// has reaped them, which takes a moment, so each directory gets up to 5 s.
+pub(crate) fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    let _ = fs::write(dir.join("cgroup.kill"), "1");
+    let children = match fs::read_dir(dir) {
+        Ok(children) => children,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    for entry in children.flatten() {
+        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(err) => return Err(err),
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Every object is named with [`PREFIX`] (or [`LINK_PREFIX`] for interfaces), the test
 //! process id and a counter, and is removed when its guard drops, also while a test
-//! panics. The `leftovers` test asserts that nothing with these prefixes survives a run.
+//! panics. The `leftovers` test asserts that nothing with these prefixes survives a run;
+//! [`leftovers::sweep`] removes what a killed run left.
 //!
 //! Nothing here skips: a test that cannot get root, a namespace or a cgroup panics with a
 //! message saying what is missing.
@@ -12,6 +13,7 @@ pub mod agent;
 pub mod cgroup;
 pub mod cmd;
 pub mod events;
+pub mod leftovers;
 pub mod netns;
 pub mod packet;
 pub mod pins;

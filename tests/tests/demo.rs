@@ -105,9 +105,11 @@ fn a_killed_demo_is_cleaned_up_by_the_next_run() {
         .expect("start enforcer-demo");
     // Killed outright once the agent enforces and the matrix starts: nothing of its own
     // cleanup runs.
-    let stdout = child.stdout.take().expect("piped");
+    // The pipe stays open until the demo is dead: closing it first would make the demo's
+    // next print fail and unwind through its own cleanup, which is not what is tested.
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let started = Instant::now();
-    for line in BufReader::new(stdout).lines() {
+    for line in lines.by_ref() {
         let line = line.expect("read the demo's output");
         if line.contains("the traffic matrix") {
             break;
@@ -119,6 +121,7 @@ fn a_killed_demo_is_cleaned_up_by_the_next_run() {
     }
     child.kill().expect("kill the demo");
     child.wait().expect("reap the demo");
+    drop(lines);
     let left = demo_objects();
     assert!(
         !left.is_empty(),

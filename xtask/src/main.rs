@@ -29,8 +29,9 @@ enum Command {
     /// Formatting and clippy (`-D warnings`) for the userspace crates and, separately, the
     /// eBPF crate.
     Check,
-    /// Setup, checks, then every test tier: unit and property tests, then the privileged
-    /// kernel tests (root required; nothing is skipped), then the leftovers check.
+    /// Setup, checks, then every test tier: unit and property tests, then (after removing
+    /// what an interrupted earlier run left) the privileged kernel tests (root required;
+    /// nothing is skipped), then the leftovers check.
     Test,
     /// Setup, build, and run the demo enclave: sandboxed hosts and services, the real
     /// agent with `policies/demo/`, a traffic matrix, the audit trail; then clean up.

@@ -126,6 +126,16 @@ pub fn run(tools: &Tools) -> anyhow::Result<()> {
     // The agent tests run the real `enforcer` binary, which only the enforcer package's
     // own tests would build.
     crate::run::status(&mut tools.cargo(&["build", "--package", "enforcer", "--bin", "enforcer"]))?;
+    // A run killed half-way (timeout, closed session) leaves its namespaces, cgroups,
+    // pins and agents; remove them (loudly) so the leftovers tier judges this run only.
+    crate::run::status(&mut tools.cargo(&[
+        "run",
+        "--quiet",
+        "--package",
+        "enforcer-tests",
+        "--bin",
+        "enforcer-test-sweep",
+    ]))?;
     let mut total = Counts::default();
     let mut failed_tiers = Vec::new();
     for (name, args) in tiers {

@@ -22,7 +22,10 @@ use std::{
 };
 
 use enforcer::audit::record::Record;
-use enforcer_tests::agent::enforcer_bin;
+use enforcer_tests::{
+    agent::enforcer_bin,
+    leftovers::{self, DEMO},
+};
 
 use crate::{
     matrix::{MATRIX, Tried, try_all},
@@ -199,19 +202,19 @@ fn main() -> ExitCode {
     let policy = std::fs::canonicalize(policy).unwrap_or_else(|_| PathBuf::from(policy));
     catch_interrupts();
 
-    let swept = sandbox::sweep();
+    let swept = leftovers::sweep(DEMO);
     if !swept.is_empty() {
         println!("removed what an interrupted earlier run left:");
-        for path in swept {
-            println!("  {}", path.display());
+        for leftover in swept {
+            println!("  {leftover}");
         }
     }
     let passed = std::panic::catch_unwind(AssertUnwindSafe(|| demo(&policy)));
-    let left = sandbox::leftovers();
+    let left = leftovers::find(DEMO);
     if !left.is_empty() {
         eprintln!("enforcer-demo: left behind (the next run removes them):");
-        for path in &left {
-            eprintln!("  {}", path.display());
+        for leftover in &left {
+            eprintln!("  {leftover}");
         }
         return ExitCode::FAILURE;
     }

@@ -6,18 +6,17 @@
 //! own (the host's real interfaces never see a packet), the agent's cgroup hooks attach
 //! to the sandbox cgroup only, and its pins, state and audit store have their own
 //! directories. Every object carries a fixed name starting with [`NAME`], so a run that
-//! was killed outright is cleaned up by the next one ([`sweep`]).
+//! was killed outright is cleaned up by the next one
+//! ([`enforcer_tests::leftovers::sweep`]).
 
 use std::{
-    fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use enforcer_tests::{
     agent::AgentHost,
     cgroup::TestCgroup,
-    cmd::run,
     netns::{Netns, add_veth, address_up},
     probe::{Server, Spawn},
 };
@@ -262,72 +261,4 @@ fn connect(host: &Netns, remote: &RemoteSpec) -> Netns {
         &[(remote.addr(false), 24), (remote.addr(true), 64)],
     );
     netns
-}
-
-/// The demo's objects that exist on this host right now: namespaces, the sandbox
-/// cgroup, the pin directory and the files directory.
-pub fn leftovers() -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| {
-            path.file_name()
-                .is_some_and(|name| name.to_string_lossy().starts_with(NAME))
-        })
-        .collect();
-    if let Ok(root) = enforcer::host::cgroup2_mount() {
-        found.push(root.join(NAME));
-    }
-    found.push(Path::new(enforcer::host::DEFAULT_BPFFS).join(NAME));
-    found.push(std::env::temp_dir().join(NAME));
-    found.retain(|path| path.exists());
-    found
-}
-
-/// Removes what a killed earlier run left: the processes in its namespaces and cgroups,
-/// the namespaces, the cgroups, the pins (which detaches its programs) and its files.
-/// Returns what it removed.
-pub fn sweep() -> Vec<PathBuf> {
-    let found = leftovers();
-    for path in &found {
-        if path.starts_with("/run/netns") {
-            let name = path
-                .file_name()
-                .expect("a namespace name")
-                .to_string_lossy();
-            for pid in run("ip", &["netns", "pids", &name]).split_whitespace() {
-                if let Ok(pid) = pid.parse::<libc::pid_t>() {
-                    // SAFETY: kill() takes no pointers; the pid came from the namespace.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-            run("ip", &["netns", "del", &name]);
-        } else if enforcer::host::cgroup2_mount().is_ok_and(|root| path.starts_with(root)) {
-            remove_cgroup_tree(path);
-        } else {
-            fs::remove_dir_all(path)
-                .unwrap_or_else(|err| panic!("cannot remove {}: {err}", path.display()));
-        }
-    }
-    found
-}
-
-/// Kills every process under the cgroup `dir` and removes it, children first.
-fn remove_cgroup_tree(dir: &Path) {
-    let _ = fs::write(dir.join("cgroup.kill"), "1");
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-            remove_cgroup_tree(&entry.path());
-        }
-    }
-    // The kernel reaps the killed processes asynchronously; rmdir succeeds once it has.
-    for _ in 0..500 {
-        if fs::remove_dir(dir).is_ok() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("cannot remove cgroup {}", dir.display());
 }
