@@ -6,8 +6,10 @@
 //! map until the generation changes: that flip is the moment the kernel enforces the new
 //! policy. Prints `reload_ms P50 P99 MAX` over the iterations, then `cgroup_ms P50 P99 MAX`:
 //! from creating a cgroup under a guarded directory (the cgroup2 root) until the active
-//! cgroup table holds it, the time its processes are unclassified; then `rss_idle_kib N`
-//! and `rss_load_kib N`, the peak while a client in the attached cgroup makes connections.
+//! cgroup table holds it, the time its processes are unclassified; then
+//! `rss_idle_kib VMRSS ANON` after start and `rss_load_kib VMRSS ANON`, their peaks while a
+//! client in the attached cgroup makes connections (`VmRSS` and `RssAnon` from
+//! `/proc/PID/status`).
 //!
 //! Run by `./x bench agent`, which generates the policies and writes the table.
 
@@ -18,7 +20,11 @@ use std::{
 };
 
 use enforcer::loader::PinnedMaps;
-use enforcer_tests::{agent::AgentHost, cgroup::TestCgroup, probe::Spawn};
+use enforcer_tests::{
+    agent::AgentHost,
+    cgroup::TestCgroup,
+    probe::{Outcome, Spawn},
+};
 
 /// Connections of the load phase.
 const LOAD_CONNECTIONS: u32 = 3000;
@@ -45,14 +51,37 @@ fn main() -> ExitCode {
     }
 }
 
-fn rss_kib(pid: u32) -> Result<u64, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("agent status: {e}"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| "no VmRSS".to_owned())
+/// The agent's resident memory in KiB: all of it (`VmRSS`) and its anonymous part
+/// (`RssAnon`: heap and stacks, without the mapped binary and audit ring).
+#[derive(Clone, Copy, Debug)]
+struct Rss {
+    total: u64,
+    anon: u64,
+}
+
+impl Rss {
+    fn of(pid: u32) -> Result<Self, String> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(|e| format!("agent status: {e}"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+                .ok_or_else(|| format!("no {name} in the agent's status"))
+        };
+        Ok(Self {
+            total: field("VmRSS:")?,
+            anon: field("RssAnon:")?,
+        })
+    }
+
+    fn max(self, other: Self) -> Self {
+        Self {
+            total: self.total.max(other.total),
+            anon: self.anon.max(other.anon),
+        }
+    }
 }
 
 /// Whether the active generation's cgroup table knows cgroup `id`.
@@ -101,18 +130,35 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// What both policies add for the load phase: the client's cgroup may connect to the
+/// loopback server's port (a process in no segment, so `host`). Without it the client is
+/// unclassified and its first connection is refused.
+fn load_rules(client: &TestCgroup, server: SocketAddr) -> String {
+    format!(
+        "[segments.bench-load]\ncgroups = [\"{cgroup}\"]\n\
+         [[allow]]\nid = \"bench-load\"\nfrom = [\"bench-load\"]\nto = [\"host\"]\n\
+         ports = [\"{port}/tcp\"]\n",
+        cgroup = client.relative_path(),
+        port = server.port(),
+    )
+}
+
 fn bench(a: &str, b: &str, iterations: usize) -> Result<(), String> {
-    let texts = [
-        std::fs::read_to_string(a).map_err(|e| format!("{a}: {e}"))?,
-        std::fs::read_to_string(b).map_err(|e| format!("{b}: {e}"))?,
-    ];
     let cgroup = TestCgroup::new();
     let client = cgroup.child("client.service");
+    let server = Spawn::tcp_server("127.0.0.1:0".parse::<SocketAddr>().expect("addr")).serve();
+    let load = load_rules(&client, server.addr);
+    let texts = [
+        std::fs::read_to_string(a).map_err(|e| format!("{a}: {e}"))? + &load,
+        std::fs::read_to_string(b).map_err(|e| format!("{b}: {e}"))? + &load,
+    ];
     let mut agent = AgentHost::new(&cgroup, &texts[0], "127.0.0.1:19690", "");
+    // Every load connection is a record for the consumer to write.
+    agent.audit_options("dedup_window_ms = 0");
     agent.start();
     let mut maps = PinnedMaps::open(&agent.pin_dir().join("maps")).map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(500));
-    let rss_idle = rss_kib(agent.pid())?;
+    let rss_idle = Rss::of(agent.pid())?;
 
     let mut times = Vec::with_capacity(iterations);
     for i in 0..iterations {
@@ -143,18 +189,23 @@ fn bench(a: &str, b: &str, iterations: usize) -> Result<(), String> {
         percentile(&cgroups, 0.99),
         cgroups[cgroups.len() - 1]
     );
-    println!("rss_idle_kib {rss_idle}");
+    println!("rss_idle_kib {} {}", rss_idle.total, rss_idle.anon);
 
-    let server = Spawn::tcp_server("127.0.0.1:0".parse::<SocketAddr>().expect("addr")).serve();
     let mut load = Spawn::tcp_client_repeated(server.addr, LOAD_CONNECTIONS)
         .cgroup(&client)
         .run_in_background();
     let mut peak = rss_idle;
     let started = Instant::now();
     while !load.finished() && started.elapsed() < Duration::from_secs(120) {
-        peak = peak.max(rss_kib(agent.pid())?);
+        peak = peak.max(Rss::of(agent.pid())?);
         std::thread::sleep(Duration::from_millis(10));
     }
-    println!("rss_load_kib {peak}");
+    let outcome = load.outcome();
+    if outcome != Outcome::Ok {
+        return Err(format!(
+            "the load client did not make its {LOAD_CONNECTIONS} connections: {outcome:?}"
+        ));
+    }
+    println!("rss_load_kib {} {}", peak.total, peak.anon);
     Ok(())
 }
