@@ -160,6 +160,64 @@ fn audit_mode_lets_denials_through_and_a_new_generation_takes_over() {
     assert_eq!(tcp(&api, ip, 5432), Outcome::Ok);
 }
 
+/// The entries the active generation's rule map holds.
+fn rule_entries(loader: &mut enforcer::loader::Loader) -> u32 {
+    let fill = loader.map_fill().expect("map fill");
+    fill.iter()
+        .find(|map| map.map == "rules")
+        .expect("a rules map")
+        .entries
+}
+
+#[test]
+fn a_rule_dropped_from_the_policy_stops_deciding_in_every_later_generation() {
+    // Generations alternate between two sets of maps: generation 3 reuses generation 1's,
+    // which must have been emptied after the flip to 2, not merely written over.
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let _remote = remote(&netns, &veth);
+    let parent = TestCgroup::new();
+    let api = parent.child("api.service");
+    let with_5433 = enforcer_tests::policy::image(&format!(
+        r#"
+[segments.api]
+cgroups = ["{}"]
+
+[segments.db]
+cidrs = ["{}/32"]
+
+[[allow]]
+id = "api-to-db-5433"
+from = ["api"]
+to = ["db"]
+ports = ["5433/tcp"]
+"#,
+        api.relative_path(),
+        veth.peer_v4
+    ));
+    let without = policy(&api.relative_path(), &veth, "enforce");
+    let mut loader = loaded_with(&with_5433);
+    let root = enforcer::host::cgroup2_mount().expect("cgroup2");
+    loader.attach_cgroup(parent.path()).expect("attach");
+    let ip = IpAddr::from(veth.peer_v4);
+    assert_eq!(tcp(&api, ip, 5433), Outcome::Ok, "generation 1 allows 5433");
+
+    for generation in [2, 3] {
+        let applied = loader.apply(&without, &root).expect("apply");
+        assert_eq!(applied.generation, generation);
+        assert!(
+            tcp(&api, ip, 5433).is_eperm(),
+            "generation {generation} no longer allows 5433"
+        );
+        assert_eq!(tcp(&api, ip, 5432), Outcome::Ok);
+        assert_eq!(
+            rule_entries(&mut loader),
+            u32::try_from(without.rules.len()).expect("small"),
+            "generation {generation}'s rule map holds its own entries only"
+        );
+    }
+}
+
 /// The single event of `hook` to `port` among `events`.
 fn the_event(events: &[FlowEvent], hook: Hook, port: u16) -> FlowEvent {
     let matching: Vec<_> = events

@@ -5,17 +5,17 @@ use std::{path::Path, time::Duration};
 
 use aya::Pod;
 use aya::maps::{
-    Array, HashMap, MapData,
+    Array, HashMap, IterableMap, MapData, MapKeys,
     lpm_trie::{Key, LpmTrie},
 };
 use enforcer_common::maps::{
     ACTIVE, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6, FailsafeKey4, FailsafeKey6,
     LISTEN, ListenKey, POLICY, PolicyConfig, RULES, RuleCounters, RuleKey, RuleValue, SEGMENTS,
-    SegmentInfo, slot_of,
+    slot_of,
 };
 
 use super::{
-    LoaderError, MapSet,
+    LoaderError, MapSet, batch,
     cgroups::{self, CgroupTable},
     counters, map_error,
 };
@@ -47,45 +47,43 @@ fn fill_trie<K: Pod, V: Pod>(
     name: &'static str,
     entries: &[LpmEntry<K, V>],
 ) -> Result<(), LoaderError> {
-    let mut trie: LpmTrie<&mut MapData, K, V> =
-        LpmTrie::try_from(ebpf.map_mut(name)?).map_err(map_error(name))?;
-    for entry in entries {
-        trie.insert(&Key::new(entry.prefix_len, entry.key), &entry.value, 0)
-            .map_err(map_error(name))?;
-    }
-    Ok(())
+    let trie: LpmTrie<&MapData, K, V> =
+        LpmTrie::try_from(&*ebpf.map_mut(name)?).map_err(map_error(name))?;
+    let keys: Vec<Key<K>> = entries
+        .iter()
+        .map(|entry| Key::new(entry.prefix_len, entry.key))
+        .collect();
+    let values: Vec<V> = entries.iter().map(|entry| entry.value).collect();
+    batch::update(&trie, &keys, &values).map_err(map_error(name))
+}
+
+/// Deletes `keys`, every key of `map` (a trie or hash map: aya serves both as
+/// `IterableMap`).
+fn delete_all<K: Pod, V: Pod>(
+    map: &impl IterableMap<K, V>,
+    keys: MapKeys<'_, K>,
+    name: &'static str,
+) -> Result<(), LoaderError> {
+    let keys: Vec<K> = keys.collect::<Result<_, _>>().map_err(map_error(name))?;
+    batch::delete(map, &keys).map_err(map_error(name))
 }
 
 fn clear_trie<K: Pod, V: Pod>(
     ebpf: &mut impl MapSet,
     name: &'static str,
 ) -> Result<(), LoaderError> {
-    let mut trie: LpmTrie<&mut MapData, K, V> =
-        LpmTrie::try_from(ebpf.map_mut(name)?).map_err(map_error(name))?;
-    let keys: Vec<Key<K>> = trie
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(map_error(name))?;
-    for key in &keys {
-        trie.remove(key).map_err(map_error(name))?;
-    }
-    Ok(())
+    let trie: LpmTrie<&MapData, K, V> =
+        LpmTrie::try_from(&*ebpf.map_mut(name)?).map_err(map_error(name))?;
+    delete_all(&trie, trie.keys(), name)
 }
 
 fn clear_hash<K: Pod, V: Pod>(
     ebpf: &mut impl MapSet,
     name: &'static str,
 ) -> Result<(), LoaderError> {
-    let mut hash: HashMap<&mut MapData, K, V> =
-        HashMap::try_from(ebpf.map_mut(name)?).map_err(map_error(name))?;
-    let keys: Vec<K> = hash
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(map_error(name))?;
-    for key in &keys {
-        hash.remove(key).map_err(map_error(name))?;
-    }
-    Ok(())
+    let hash: HashMap<&MapData, K, V> =
+        HashMap::try_from(&*ebpf.map_mut(name)?).map_err(map_error(name))?;
+    delete_all(&hash, hash.keys(), name)
 }
 
 /// The [`PolicyConfig`] stored in `slot` (all zero for an empty slot).
@@ -135,20 +133,12 @@ fn fill_slot(
     fill_trie(ebpf, FAILSAFES_V6[slot], &image.failsafes_v6)?;
     let cgroups = cgroups::resolve(&image.cgroups, cgroup_root);
     cgroups::write(ebpf, slot, &cgroups)?;
-    let mut listen: HashMap<&mut MapData, ListenKey, u32> =
-        HashMap::try_from(ebpf.map_mut(LISTEN[slot])?).map_err(map_error(LISTEN[slot]))?;
-    for (key, segment) in &image.listen_ports {
-        listen
-            .insert(key, segment, 0)
-            .map_err(map_error(LISTEN[slot]))?;
-    }
-    let mut segments: Array<&mut MapData, SegmentInfo> =
-        Array::try_from(ebpf.map_mut(SEGMENTS[slot])?).map_err(map_error(SEGMENTS[slot]))?;
-    for (id, info) in (0u32..).zip(&image.segment_infos) {
-        segments
-            .set(id, info, 0)
-            .map_err(map_error(SEGMENTS[slot]))?;
-    }
+    let listen: HashMap<&MapData, ListenKey, u32> =
+        HashMap::try_from(&*ebpf.map_mut(LISTEN[slot])?).map_err(map_error(LISTEN[slot]))?;
+    let (ports, segments): (Vec<ListenKey>, Vec<u32>) = image.listen_ports.iter().copied().unzip();
+    batch::update(&listen, &ports, &segments).map_err(map_error(LISTEN[slot]))?;
+    batch::set_array(ebpf.map_mut(SEGMENTS[slot])?, &image.segment_infos)
+        .map_err(map_error(SEGMENTS[slot]))?;
     let mut policy: Array<&mut MapData, PolicyConfig> =
         Array::try_from(ebpf.map_mut(POLICY[slot])?).map_err(map_error(POLICY[slot]))?;
     policy

@@ -7,6 +7,7 @@
 //! `load_pinned` on the same directory reuses the maps and moves the pinned links onto
 //! its own programs in place (no second attach, no moment without a program).
 
+mod batch;
 mod cgroups;
 mod counters;
 mod events;

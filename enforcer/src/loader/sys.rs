@@ -1,6 +1,7 @@
-//! The two link operations aya 0.16 keeps to itself: replacing a link's program in place
+//! The `bpf()` commands aya 0.16 keeps to itself: replacing a link's program in place
 //! (`BPF_LINK_UPDATE`), which is how a restarted agent adopts its pinned links without a
-//! second attach, and reading what a link is attached to (`BPF_OBJ_GET_INFO_BY_FD`).
+//! second attach, reading what a link is attached to (`BPF_OBJ_GET_INFO_BY_FD`), and the
+//! batched map writes of [`super::batch`].
 
 use std::{
     ffi::CString,
@@ -19,7 +20,7 @@ const BPF_LINK_TYPE_CGROUP: u32 = 3;
 const BPF_LINK_TYPE_XDP: u32 = 6;
 
 /// Calls `bpf(cmd, attr, size_of(attr))` and returns what it returned.
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+pub(super) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, writable `repr(C)` attribute block of the size passed,
     // laid out as the kernel's `union bpf_attr` member for `cmd`, with every pointer in
     // it valid for the call.
@@ -54,7 +55,8 @@ pub fn open_pin(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn raw(fd: BorrowedFd<'_>) -> u32 {
+/// The descriptor number, as `bpf_attr` fields hold it.
+pub(super) fn raw(fd: BorrowedFd<'_>) -> u32 {
     u32::try_from(fd.as_raw_fd()).expect("open descriptors are not negative")
 }
 
