@@ -229,7 +229,7 @@ impl Agent {
                     active.source_sha256 == candidate.source_sha256
                         && active.image_sha256 == image_sha256
                 });
-                if unchanged && !force {
+                let outcome = if unchanged && !force {
                     tracing::info!(trigger, "policy unchanged; nothing to apply");
                     Reload {
                         at: state::now(),
@@ -239,7 +239,9 @@ impl Agent {
                     }
                 } else {
                     self.apply(trigger, &candidate, image_sha256)?
-                }
+                };
+                policy::drop_in_background(candidate);
+                outcome
             }
         };
         {
