@@ -14,9 +14,12 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::{
-    audit::{consumer::WriteErrorAction, store::Fsync},
+    audit::store::Fsync,
     policy::source::{SourceSet, Span},
 };
+
+/// Where the agent and the commands that read its config look unless told otherwise.
+pub const DEFAULT_PATH: &str = "/etc/enforcer/enforcer.toml";
 
 /// Where the agent pins its programs, links and maps unless told otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/enforcer";
@@ -40,6 +43,17 @@ pub enum XdpMode {
     Native,
     /// Generic (SKB) mode: works everywhere; the right choice for veth.
     Skb,
+}
+
+/// What to do while the store cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteErrorAction {
+    /// Keep enforcing the policy; events wait in the ring, and those that could not be
+    /// stored are written as a gap when the store works again.
+    KeepEnforcing,
+    /// Deny every new flow except failsafe access until the store works again.
+    FailClosed,
 }
 
 /// One interface to attach XDP ingress to.

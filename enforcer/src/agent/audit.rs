@@ -15,16 +15,20 @@ use std::{
 use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::{
+    consumer::{AuditStats, Consumer},
+    enrich::Enricher,
+};
 use crate::{
     audit::{
-        consumer::{AuditStats, Consumer},
-        enrich::{Enricher, GenerationNames, hostname},
         files,
         forward::{ForwardStats, Forwarder, Tls},
         store::{Store, StoreSettings},
     },
     config::Config,
+    host,
     loader::{EventReader, PinLayout, PinnedMaps},
+    policy::names::GenerationNames,
 };
 
 /// The running audit thread (and the forwarder's, when one is configured).
@@ -68,7 +72,7 @@ impl AuditThread {
         } else {
             0
         };
-        let host = hostname();
+        let host = host::hostname();
         let store = Store::open(
             StoreSettings {
                 dir: audit.dir.clone(),

@@ -17,9 +17,9 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use super::Shared;
+use super::{Shared, consumer::AuditStats};
 use crate::{
-    audit::{consumer::AuditStats, forward::ForwardStats},
+    audit::forward::ForwardStats,
     loader::{CGROUP_HOOKS, PinLayout, PinnedMaps},
 };
 
@@ -178,7 +178,7 @@ impl MetricsSource {
         let reloads = counter_family(&mut registry, "reloads", "Policy reloads by outcome");
         for (outcome, count) in &shared.reloads {
             reloads
-                .get_or_create(&vec![("outcome", (*outcome).to_owned())])
+                .get_or_create(&vec![("outcome", outcome.word().to_owned())])
                 .inc_by(*count);
         }
         drop(shared);

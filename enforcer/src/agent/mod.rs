@@ -4,6 +4,8 @@
 //! SIGTERM. Stopping leaves every pin, and so enforcement, in place.
 
 mod audit;
+pub mod consumer;
+pub mod enrich;
 mod metrics;
 pub mod policy;
 pub mod state;
@@ -25,14 +27,14 @@ use tokio::{
 };
 
 use crate::{
-    audit::enrich::{GENERATIONS_KEPT, GenerationNames},
     config::{self, Config},
     host,
     loader::{Loader, PinLayout, PinnedMaps},
+    policy::names::{GENERATIONS_KEPT, GenerationNames},
 };
 use audit::AuditThread;
 use policy::{Candidate, CandidateError};
-use state::{ActivePolicy, AgentLock, AgentState, Reload, StateDir};
+use state::{ActivePolicy, AgentLock, AgentState, Reload, ReloadOutcome, StateDir};
 
 /// How long the policy files must stay quiet after a change before the agent reloads:
 /// an editor's write-and-rename, or a `cp` of several files, becomes one reload.
@@ -43,8 +45,8 @@ const SETTLE: Duration = Duration::from_millis(25);
 pub struct Shared {
     /// Rule names of the active generation (element `i` is rule id `i + 1`).
     pub rule_names: Vec<String>,
-    /// Reloads by outcome (`applied`, `unchanged`, `failed`).
-    pub reloads: BTreeMap<&'static str, u64>,
+    /// Reloads by outcome.
+    pub reloads: BTreeMap<ReloadOutcome, u64>,
 }
 
 /// The running agent.
@@ -75,14 +77,6 @@ fn xdp_mode(mode: config::XdpMode) -> XdpMode {
         config::XdpMode::Native => XdpMode::Driver,
         config::XdpMode::Skb => XdpMode::Skb,
     }
-}
-
-/// The index of interface `name`, or `None` when the host has none by that name.
-fn ifindex(name: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(name).ok()?;
-    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    (index != 0).then_some(index)
 }
 
 /// Runs the agent in the foreground until SIGTERM or SIGINT.
@@ -117,7 +111,7 @@ impl Agent {
         }
         let mut interfaces = Vec::new();
         for (i, interface) in config.interfaces.iter().enumerate() {
-            let index = ifindex(&interface.name).with_context(|| {
+            let index = host::interfaces::index(&interface.name).with_context(|| {
                 format!(
                     "interfaces[{i}].name: no interface `{}` on this host",
                     interface.name
@@ -219,7 +213,7 @@ impl Agent {
                 Reload {
                     at: state::now(),
                     trigger: trigger.to_owned(),
-                    outcome: "failed".to_owned(),
+                    outcome: ReloadOutcome::Failed,
                     message: Some(err.to_string()),
                 }
             }
@@ -234,7 +228,7 @@ impl Agent {
                     Reload {
                         at: state::now(),
                         trigger: trigger.to_owned(),
-                        outcome: "unchanged".to_owned(),
+                        outcome: ReloadOutcome::Unchanged,
                         message: None,
                     }
                 } else {
@@ -246,12 +240,7 @@ impl Agent {
         };
         {
             let mut shared = self.shared.lock().expect("the shared lock is not poisoned");
-            let key = match outcome.outcome.as_str() {
-                "applied" => "applied",
-                "unchanged" => "unchanged",
-                _ => "failed",
-            };
-            *shared.reloads.entry(key).or_default() += 1;
+            *shared.reloads.entry(outcome.outcome).or_default() += 1;
         }
         self.state.last_reload = Some(outcome);
         Ok(())
@@ -288,13 +277,7 @@ impl Agent {
         for warning in &candidate.compiled.warnings {
             tracing::warn!("{}", warning.one_line(&candidate.compiled.sources));
         }
-        let names = GenerationNames {
-            generation: applied.generation,
-            source_sha256: candidate.source_sha256.clone(),
-            segments: image.segment_names.clone(),
-            rules: image.rule_names.clone(),
-            failsafes: image.failsafe_names.clone(),
-        };
+        let names = GenerationNames::of(image, applied.generation, &candidate.source_sha256);
         self.audit.learn(names.clone());
         self.generations.push(names);
         if self.generations.len() > GENERATIONS_KEPT {
@@ -320,7 +303,7 @@ impl Agent {
         Ok(Reload {
             at: state::now(),
             trigger: trigger.to_owned(),
-            outcome: "applied".to_owned(),
+            outcome: ReloadOutcome::Applied,
             message: None,
         })
     }

@@ -4,16 +4,15 @@
 //! generations (`generations.json`) in the state directory.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::{self, Write as _},
-    os::fd::AsRawFd as _,
+    fs::{self, File, OpenOptions, TryLockError},
+    io,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::enrich::GenerationNames;
+use crate::{durable, policy::names::GenerationNames};
 
 /// The lock file a running agent holds.
 const LOCK: &str = "agent.lock";
@@ -37,6 +36,29 @@ pub struct ActivePolicy {
     pub applied_at: u64,
 }
 
+/// What one reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReloadOutcome {
+    /// A new generation is in force.
+    Applied,
+    /// The policy compiled to the generation already in force; nothing was applied.
+    Unchanged,
+    /// The policy was refused (or could not be applied); the active generation stays.
+    Failed,
+}
+
+impl ReloadOutcome {
+    /// The word status, state files and metrics use.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Unchanged => "unchanged",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// The outcome of one reload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reload {
@@ -44,8 +66,8 @@ pub struct Reload {
     pub at: u64,
     /// What asked for it: `start`, `sighup`, `file-change`.
     pub trigger: String,
-    /// `applied`, `unchanged` or `failed`.
-    pub outcome: String,
+    /// What it did.
+    pub outcome: ReloadOutcome,
     /// The error for a failed reload (file:line:col for an invalid policy).
     pub message: Option<String>,
 }
@@ -85,15 +107,6 @@ pub struct AgentLock {
     _file: File,
 }
 
-fn flock(file: &File, operation: libc::c_int) -> io::Result<()> {
-    // SAFETY: `file` is an open descriptor for the duration of the call.
-    if unsafe { libc::flock(file.as_raw_fd(), operation | libc::LOCK_NB) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 impl StateDir {
     /// The state directory at `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -113,15 +126,12 @@ impl StateDir {
             .truncate(false)
             .write(true)
             .open(self.dir.join(LOCK))?;
-        flock(&file, libc::LOCK_EX).map_err(|err| {
-            if err.kind() == io::ErrorKind::WouldBlock {
-                io::Error::other(format!(
-                    "another agent is running (it holds {})",
-                    self.dir.join(LOCK).display()
-                ))
-            } else {
-                err
-            }
+        file.try_lock().map_err(|err| match err {
+            TryLockError::WouldBlock => io::Error::other(format!(
+                "another agent is running (it holds {})",
+                self.dir.join(LOCK).display()
+            )),
+            TryLockError::Error(err) => err,
         })?;
         Ok(AgentLock { _file: file })
     }
@@ -131,7 +141,7 @@ impl StateDir {
         let Ok(file) = File::open(self.dir.join(LOCK)) else {
             return false;
         };
-        flock(&file, libc::LOCK_SH).is_err()
+        file.try_lock_shared().is_err()
     }
 
     /// The last state written, if any.
@@ -173,11 +183,7 @@ impl StateDir {
     }
 
     fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, self.dir.join(name))
+        durable::replace_file(&self.dir.join(name), bytes)
     }
 
     /// Removes the agent's files (and the directory if nothing else is in it); returns

@@ -3,7 +3,7 @@
 
 use std::{
     fs::{self, File},
-    io::{self, Read as _, Seek as _, SeekFrom, Write as _},
+    io::{self, Read as _, Seek as _, SeekFrom},
     path::{Path, PathBuf},
 };
 
@@ -13,6 +13,7 @@ use super::{
     chain::{self, Head},
     record::{Kind, Record},
 };
+use crate::durable;
 
 /// The name of the file holding the chain's end.
 pub const HEAD_FILE: &str = "HEAD";
@@ -80,11 +81,10 @@ pub fn write_head(dir: &Path, file: u64, head: &Head, ring_lost_accounted: u64) 
         hash: hex::encode(head.hash),
         ring_lost_accounted,
     };
-    let tmp = dir.join(".HEAD.tmp");
-    let mut out = File::create(&tmp)?;
-    out.write_all(&serde_json::to_vec(&record).expect("a head serialises"))?;
-    drop(out);
-    fs::rename(&tmp, dir.join(HEAD_FILE))
+    durable::replace_file(
+        &dir.join(HEAD_FILE),
+        &serde_json::to_vec(&record).expect("a head serialises"),
+    )
 }
 
 /// `HEAD`, or `None` when there is none.

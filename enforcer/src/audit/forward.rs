@@ -33,6 +33,7 @@ use super::{
     files,
     record::{Kind, Record},
 };
+use crate::durable;
 
 /// The cursor file in the store directory.
 pub const CURSOR_FILE: &str = "forward.cursor";
@@ -205,9 +206,10 @@ fn load_cursor(dir: &Path) -> Cursor {
 }
 
 fn save_cursor(dir: &Path, cursor: Cursor) -> io::Result<()> {
-    let tmp = dir.join(format!(".{CURSOR_FILE}.tmp"));
-    fs::write(&tmp, serde_json::to_vec(&cursor).map_err(io::Error::other)?)?;
-    fs::rename(tmp, dir.join(CURSOR_FILE))
+    durable::replace_file(
+        &dir.join(CURSOR_FILE),
+        &serde_json::to_vec(&cursor).map_err(io::Error::other)?,
+    )
 }
 
 /// One record as an RFC 5424 message with octet-counting framing.

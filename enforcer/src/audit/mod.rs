@@ -1,14 +1,14 @@
-//! The audit pipeline: the agent's ring-buffer consumer ([`consumer`]) turns each kernel
-//! flow event into an OCSF-shaped [`record::Record`], and the [`store`] appends them to
-//! hash-chained, rotated JSON Lines files that [`verify`] checks, [`read`] queries and
-//! [`forward`] sends to a syslog collector.
+//! The audit trail: OCSF-shaped [`record::Record`]s (which the agent's consumer makes
+//! from kernel flow events), the [`store`] that appends them to hash-chained, rotated
+//! JSON Lines files, and what reads those files: [`verify`] checks them, [`read`] queries
+//! them, [`replay`] decides their flows again under a candidate policy and [`forward`]
+//! sends them to a syslog collector.
 
 pub mod chain;
-pub mod consumer;
-pub mod enrich;
 pub mod files;
 pub mod forward;
 pub mod read;
 pub mod record;
+pub mod replay;
 pub mod store;
 pub mod verify;

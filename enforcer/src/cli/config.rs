@@ -4,8 +4,8 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use crate::{
-    audit::{consumer::WriteErrorAction, store::Fsync},
-    config::{Config, XdpMode},
+    audit::store::Fsync,
+    config::{Config, WriteErrorAction, XdpMode},
 };
 
 /// `enforcer config` subcommands.

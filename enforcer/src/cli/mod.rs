@@ -1,18 +1,18 @@
-//! The `enforcer` command line: one module per subcommand.
+//! The `enforcer` command line: one module per subcommand, and the helpers they share
+//! ([`table`], [`time`]).
 
-pub(crate) mod audit;
+mod audit;
 mod config;
 mod keygen;
 mod policy;
 mod preflight;
 mod run;
 mod status;
+pub mod table;
+pub mod time;
 mod uninstall;
 
 use std::process::ExitCode;
-
-/// The borderless tables every command prints, for tools that print next to them.
-pub use policy::{print_table, table};
 
 use clap::{Parser, Subcommand};
 

@@ -2,18 +2,18 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use crate::{agent, config::Config};
+use crate::{
+    agent,
+    config::{self, Config},
+};
 
 /// Arguments of `enforcer run`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The agent's config file.
-    #[arg(long, default_value = DEFAULT_CONFIG)]
+    #[arg(long, default_value = config::DEFAULT_PATH)]
     config: PathBuf,
 }
-
-/// Where the config file is unless told otherwise.
-pub const DEFAULT_CONFIG: &str = "/etc/enforcer/enforcer.toml";
 
 /// Checks the config (refusing it with every problem named, before anything is
 /// attached), then runs the agent until SIGTERM.

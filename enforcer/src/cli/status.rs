@@ -2,16 +2,15 @@
 //! while the agent is down), and what the agent last said.
 
 use std::{
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::ExitCode,
 };
 
 use serde::Serialize;
 
-use super::run::DEFAULT_CONFIG;
 use crate::{
     agent::state::{ActivePolicy, Reload, StateDir},
+    cli::table,
     config::Config,
     host,
     loader::{EventCounts, MapFill, PinLayout, PinnedMaps, sys::LinkTarget},
@@ -24,7 +23,7 @@ const EXIT_NOT_ENFORCING: u8 = 3;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The agent's config file (for its pin and state directories).
-    #[arg(long, default_value = DEFAULT_CONFIG)]
+    #[arg(long, default_value = crate::config::DEFAULT_PATH)]
     config: PathBuf,
     /// Print the status as JSON.
     #[arg(long)]
@@ -92,15 +91,10 @@ impl From<EventCounts> for Events {
 }
 
 fn interface_name(index: u32) -> String {
-    let mut buffer = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `buffer` holds IF_NAMESIZE bytes, as `if_indextoname` requires.
-    let name = unsafe { libc::if_indextoname(index, buffer.as_mut_ptr()) };
-    if name.is_null() {
-        return format!("interface #{index} (gone)");
-    }
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(buffer.as_ptr()) };
-    format!("interface {}", name.to_string_lossy())
+    host::interfaces::name(index).map_or_else(
+        || format!("interface #{index} (gone)"),
+        |name| format!("interface {name}"),
+    )
 }
 
 fn target(target: LinkTarget, cgroup: Option<(&Path, u64)>) -> String {
@@ -122,7 +116,7 @@ fn gather(config: &Config) -> anyhow::Result<Status> {
     let cgroup = host::cgroup2_mount()
         .ok()
         .map(|root| root.join(&config.cgroup))
-        .and_then(|path| std::fs::metadata(&path).ok().map(|m| (path, m.ino())));
+        .and_then(|path| host::cgroups::id(&path).map(|id| (path, id)));
     let attachments = pins
         .links()?
         .into_iter()
@@ -232,11 +226,13 @@ fn print(status: &Status) {
             .map_or_else(String::new, |m| format!(": {m}"));
         println!(
             "last reload:  {} ({}, at {}){message}",
-            reload.outcome, reload.trigger, reload.at
+            reload.outcome.word(),
+            reload.trigger,
+            reload.at
         );
     }
     println!("attached:");
-    let mut table = super::policy::table(&["pin", "link", "program", "target"]);
+    let mut table = table::table(&["pin", "link", "program", "target"]);
     for attachment in &status.attachments {
         let id = |value: Option<u32>| value.map_or_else(|| "-".to_owned(), |v| v.to_string());
         table.add_row(vec![
@@ -249,9 +245,9 @@ fn print(status: &Status) {
                 .unwrap_or_else(|| attachment.target.clone()),
         ]);
     }
-    super::policy::print_table(&table);
+    table::print_table(&table);
     println!("maps:");
-    let mut table = super::policy::table(&["map", "entries", "limit"]);
+    let mut table = table::table(&["map", "entries", "limit"]);
     for map in &status.maps {
         table.add_row(vec![
             map.map.to_owned(),
@@ -259,9 +255,9 @@ fn print(status: &Status) {
             map.limit.to_string(),
         ]);
     }
-    super::policy::print_table(&table);
+    table::print_table(&table);
     println!("rules (active generation):");
-    let mut table = super::policy::table(&["id", "rule", "allow", "deny", "audit"]);
+    let mut table = table::table(&["id", "rule", "allow", "deny", "audit"]);
     for rule in &status.rules {
         table.add_row(vec![
             rule.id.to_string(),
@@ -271,9 +267,9 @@ fn print(status: &Status) {
             rule.audit.to_string(),
         ]);
     }
-    super::policy::print_table(&table);
+    table::print_table(&table);
     println!("decisions by reason:");
-    let mut table = super::policy::table(&["reason", "verdict", "count"]);
+    let mut table = table::table(&["reason", "verdict", "count"]);
     for reason in &status.reasons {
         table.add_row(vec![
             reason.reason.to_owned(),
@@ -281,7 +277,7 @@ fn print(status: &Status) {
             reason.count.to_string(),
         ]);
     }
-    super::policy::print_table(&table);
+    table::print_table(&table);
     println!(
         "events:       {} emitted, {} lost, {} suppressed as duplicates, {} not yet stored",
         status.events.emitted, status.events.lost, status.events.suppressed, status.events.unstored

@@ -5,14 +5,13 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, bail};
 
-use super::run::DEFAULT_CONFIG;
 use crate::{agent::state::StateDir, config::Config, loader::PinLayout};
 
 /// Arguments of `enforcer uninstall`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The agent's config file (for its pin and state directories).
-    #[arg(long, default_value = DEFAULT_CONFIG)]
+    #[arg(long, default_value = crate::config::DEFAULT_PATH)]
     config: PathBuf,
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Data flow: [`source`] loads files, [`syntax`] reads their TOML shape, [`validate`]
 //! turns them into a typed [`model::Policy`] with [`diagnostic`]s, [`compile`] produces
-//! the [`image::MapImage`] the kernel maps will hold, and [`lookup`] runs the kernel's
+//! the [`image::MapImage`] the kernel maps will hold (with the [`names::GenerationNames`]
+//! that turn its numbers back into words once applied), and [`lookup`] runs the kernel's
 //! lookup procedure over an image. [`reference`] is the plain-words semantics everything
 //! is tested against.
 
@@ -17,8 +18,8 @@ pub mod explain;
 pub mod image;
 pub mod lookup;
 pub mod model;
+pub mod names;
 pub mod reference;
-pub mod simulate;
 pub mod source;
 pub mod syntax;
 pub mod validate;

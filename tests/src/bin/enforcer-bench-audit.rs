@@ -23,13 +23,15 @@ use std::{
 };
 
 use enforcer::{
-    audit::{
-        consumer::{AuditStats, Consumer, WriteErrorAction},
-        enrich::{Enricher, GenerationNames, hostname},
-        store::{Fsync, Store, StoreSettings},
+    agent::{
+        consumer::{AuditStats, Consumer},
+        enrich::Enricher,
     },
+    audit::store::{Fsync, Store, StoreSettings},
+    config::WriteErrorAction,
+    host::hostname,
     loader::{Loader, PinLayout, PinnedMaps},
-    policy::{compile_sources, source::SourceSet},
+    policy::{compile_sources, names::GenerationNames, source::SourceSet},
 };
 use enforcer_common::{
     event::{FlowEvent, Hook, Reason, Verdict, family},

@@ -6,16 +6,12 @@ mod stats;
 mod tail;
 mod verify;
 
-use std::{
-    path::PathBuf,
-    process::ExitCode,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Subcommand;
 
-use super::run::DEFAULT_CONFIG;
+use super::time;
 use crate::{
     audit::record::{Kind, Record},
     config::Config,
@@ -51,7 +47,7 @@ pub struct StoreArgs {
     #[arg(long)]
     dir: Option<PathBuf>,
     /// The agent's config file, read when --dir is not given.
-    #[arg(long, default_value = DEFAULT_CONFIG)]
+    #[arg(long, default_value = crate::config::DEFAULT_PATH)]
     config: PathBuf,
 }
 
@@ -75,40 +71,16 @@ impl StoreArgs {
 #[derive(Debug, clap::Args)]
 pub struct TimeRange {
     /// Records at or after this time: RFC 3339, or an age such as 15m or 2h.
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = time::parse)]
     since: Option<i64>,
     /// Records before this time: RFC 3339, or an age such as 15m or 2h.
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = time::parse)]
     until: Option<i64>,
-}
-
-/// Milliseconds since the epoch of `--since`/`--until`: an RFC 3339 time
-/// (`2026-11-22T10:00:00Z`) or an age (`15m`, `2h`, `7days`) before now.
-pub fn parse_time(text: &str) -> Result<i64, String> {
-    let time = match humantime::parse_rfc3339_weak(text) {
-        Ok(time) => time,
-        Err(_) => {
-            let age = humantime::parse_duration(text).map_err(|_| {
-                format!("`{text}` is neither an RFC 3339 time (2026-11-22T10:00:00Z) nor an age (15m, 2h, 7days)")
-            })?;
-            SystemTime::now()
-                .checked_sub(age)
-                .ok_or_else(|| format!("`{text}` reaches before the epoch"))?
-        }
-    };
-    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Ok(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// A record's time as RFC 3339 with milliseconds (UTC).
-fn format_time(ms: i64) -> String {
-    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(time).to_string()
 }
 
 /// One record as one line for people.
 fn format_line(record: &Record) -> String {
-    let time = format_time(record.time);
+    let time = time::format(record.time);
     match (record.unmapped.kind, record.flow()) {
         (Kind::Flow, Some(flow)) => {
             let src = record.src_endpoint.as_ref();

@@ -2,12 +2,15 @@
 
 use std::{io::Write as _, net::IpAddr, process::ExitCode};
 
-use super::{StoreArgs, TimeRange, format_time};
+use super::{StoreArgs, TimeRange};
 use crate::audit::{
     read::{self, Filter},
     record::Record,
 };
-use crate::cli::policy::{print_table, table};
+use crate::cli::{
+    table::{print_table, table},
+    time,
+};
 
 /// Arguments of `enforcer audit query`.
 #[derive(Debug, clap::Args)]
@@ -103,7 +106,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
 fn row(record: &Record) -> Vec<String> {
     let Some(flow) = record.flow() else {
         return vec![
-            format_time(record.time),
+            time::format(record.time),
             "GAP".to_owned(),
             String::new(),
             String::new(),
@@ -120,7 +123,7 @@ fn row(record: &Record) -> Vec<String> {
             .to_owned()
     };
     vec![
-        format_time(record.time),
+        time::format(record.time),
         flow.verdict.clone(),
         flow.src_segment.clone(),
         end(&record.src_endpoint),

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{StoreArgs, TimeRange};
 use crate::audit::read::{self, Filter};
-use crate::cli::policy::{print_table, table};
+use crate::cli::table::{print_table, table};
 
 /// Arguments of `enforcer audit stats`.
 #[derive(Debug, clap::Args)]

@@ -8,7 +8,8 @@ use enforcer_common::maps::{
 };
 use serde::Serialize;
 
-use super::{EXIT_INVALID, print_diagnostics, print_table, table};
+use super::{EXIT_INVALID, print_diagnostics};
+use crate::cli::table::{print_table, table};
 use crate::policy::{
     Compiled, PolicyError, compile_sources,
     diagnostic::DiagnosticJson,

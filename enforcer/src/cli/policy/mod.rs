@@ -10,7 +10,6 @@ mod verify;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use comfy_table::{Table, presets::NOTHING};
 
 use crate::policy::{PolicyError, diagnostic::Diagnostic, source::SourceSet};
 
@@ -69,19 +68,5 @@ pub fn load_or_report(
             Ok(Err(ExitCode::from(EXIT_INVALID)))
         }
         Err(err) => Err(err.into()),
-    }
-}
-
-/// A borderless table for terminal summaries.
-pub fn table(header: &[&str]) -> Table {
-    let mut table = Table::new();
-    table.load_style(NOTHING).set_header(header.to_vec());
-    table
-}
-
-/// Prints a table without the padding comfy-table leaves at the end of each line.
-pub fn print_table(table: &Table) {
-    for line in table.lines() {
-        println!("{}", line.trim_end());
     }
 }

@@ -5,10 +5,17 @@ use std::{path::PathBuf, process::ExitCode};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{load_or_report, print_table, table};
+use super::load_or_report;
+use crate::cli::{
+    table::{print_table, table},
+    time,
+};
 use crate::{
-    audit::read::{self, Filter},
-    policy::{lookup::ImageIndex, simulate::Simulator},
+    audit::{
+        read::{self, Filter},
+        replay::Simulator,
+    },
+    policy::lookup::ImageIndex,
 };
 
 /// Arguments of `enforcer policy simulate`.
@@ -20,7 +27,7 @@ pub struct Args {
     #[arg(long)]
     audit_dir: PathBuf,
     /// Only flows at or after this time: RFC 3339, or an age such as 15m or 2h.
-    #[arg(long, value_parser = crate::cli::audit::parse_time)]
+    #[arg(long, value_parser = time::parse)]
     since: Option<i64>,
     /// Print the result as JSON.
     #[arg(long)]

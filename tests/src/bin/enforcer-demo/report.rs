@@ -3,7 +3,7 @@
 
 use enforcer::{
     audit::record::Record,
-    cli::{print_table, table},
+    cli::table::{print_table, table},
 };
 use enforcer_tests::probe::Outcome;
 

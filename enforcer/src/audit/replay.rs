@@ -1,6 +1,6 @@
-//! `simulate`: replays recorded flows under a candidate policy. Each flow record is
-//! decided again with the candidate's compiled image and the kernel's lookup procedure
-//! ([`super::explain`]), its ends named the way the kernel saw them: a local process by
+//! Replaying recorded flows under a candidate policy (`enforcer policy simulate`). Each
+//! flow record is decided again with the candidate's compiled image and the kernel's
+//! lookup procedure ([`crate::policy::explain`]), its ends named the way the kernel saw them: a local process by
 //! its cgroup path, a remote end by its address, the local listener of an inbound flow
 //! by the segment that served it.
 
@@ -8,8 +8,8 @@ use std::{collections::BTreeMap, collections::HashMap, net::IpAddr};
 
 use serde::Serialize;
 
-use super::{explain::explain, lookup::ImageIndex, model::Proto, reference::Endpoint};
-use crate::audit::record::Record;
+use super::record::Record;
+use crate::policy::{explain::explain, lookup::ImageIndex, model::Proto, reference::Endpoint};
 
 /// A group of flows whose verdict would change the same way.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

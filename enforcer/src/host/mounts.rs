@@ -1,4 +1,4 @@
-//! Facts about the host the agent runs on: where cgroup v2 and bpffs are mounted.
+//! Where cgroup v2 and bpffs are mounted.
 //!
 //! Nothing here is hard-coded to one distribution's layout: mounts are read from
 //! `/proc/self/mountinfo`, so a hybrid hierarchy (cgroup2 at `/sys/fs/cgroup/unified`)

@@ -23,12 +23,16 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
-use super::{
-    enrich::{Enricher, GenerationNames},
-    record::{Gap, Kind, Record, SEVERITY_HIGH},
-    store::Store,
+use super::enrich::Enricher;
+use crate::{
+    audit::{
+        record::{Gap, Kind, Record, SEVERITY_HIGH},
+        store::Store,
+    },
+    config::WriteErrorAction,
+    loader::{EventReader, PinnedMaps},
+    policy::names::GenerationNames,
 };
-use crate::loader::{EventReader, PinnedMaps};
 
 /// Most events turned into one batch.
 const BATCH_MAX: usize = 8192;
@@ -37,17 +41,6 @@ const RETRY: Duration = Duration::from_secs(1);
 /// How often the consumer looks at the kernel's loss counter and the fsync timer when no
 /// events arrive.
 const TICK: Duration = Duration::from_millis(100);
-
-/// What to do while the store cannot be written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum WriteErrorAction {
-    /// Keep enforcing the policy; events wait in the ring, and those that could not be
-    /// stored are written as a gap when the store works again.
-    KeepEnforcing,
-    /// Deny every new flow except failsafe access until the store works again.
-    FailClosed,
-}
 
 /// Counts the metrics endpoint shows.
 #[derive(Debug, Default)]

@@ -5,66 +5,23 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use enforcer_common::{
-    event::{FlowEvent, Hook, Reason, Verdict, family},
-    maps::SEGMENT_UNCLASSIFIED,
+use enforcer_common::event::{FlowEvent, Hook, Reason, Verdict, family};
+
+use crate::{
+    audit::record::{
+        ACTION_ALLOWED, ACTION_DENIED, ACTIVITY_OPEN, ACTIVITY_REFUSE, Actor, CATEGORY_NETWORK,
+        CLASS_NETWORK_ACTIVITY, ConnectionInfo, DISPOSITION_ALLOWED, DISPOSITION_BLOCKED,
+        DISPOSITION_DETECTED, Endpoint, FirewallRule, FlowDetails, Kind, Process, Record,
+        SEVERITY_INFO, SEVERITY_LOW, SEVERITY_MEDIUM,
+    },
+    host,
+    policy::names::{GENERATIONS_KEPT, GenerationNames},
 };
-use serde::{Deserialize, Serialize};
-
-use super::record::{
-    ACTION_ALLOWED, ACTION_DENIED, ACTIVITY_OPEN, ACTIVITY_REFUSE, Actor, CATEGORY_NETWORK,
-    CLASS_NETWORK_ACTIVITY, ConnectionInfo, DISPOSITION_ALLOWED, DISPOSITION_BLOCKED,
-    DISPOSITION_DETECTED, Endpoint, FirewallRule, FlowDetails, Kind, Process, Record,
-    SEVERITY_INFO, SEVERITY_LOW, SEVERITY_MEDIUM,
-};
-
-/// The names one policy generation gives its numeric ids.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GenerationNames {
-    /// The generation number.
-    pub generation: u32,
-    /// SHA-256 of its policy files.
-    pub source_sha256: String,
-    /// Segment names by id.
-    pub segments: Vec<String>,
-    /// Rule ids by numeric id minus one.
-    pub rules: Vec<String>,
-    /// Failsafe names by number minus one.
-    pub failsafes: Vec<String>,
-}
-
-impl GenerationNames {
-    /// The rule, failsafe or nothing an event's `rule_id` names under its reason.
-    fn rule(&self, reason: Reason, id: u32) -> Option<String> {
-        let index = usize::try_from(id).ok()?.checked_sub(1)?;
-        match reason {
-            Reason::Rule => self.rules.get(index).cloned(),
-            Reason::Failsafe => self.failsafes.get(index).cloned(),
-            _ => None,
-        }
-    }
-
-    fn segment(&self, id: u32) -> String {
-        if id == SEGMENT_UNCLASSIFIED {
-            return "unclassified".to_owned();
-        }
-        usize::try_from(id)
-            .ok()
-            .and_then(|index| self.segments.get(index))
-            .cloned()
-            .unwrap_or_else(|| format!("segment#{id}"))
-    }
-}
-
-/// How many generations' names are kept: events of a replaced generation may still be
-/// in the ring when the next one is applied.
-pub const GENERATIONS_KEPT: usize = 4;
 
 /// cgroup ids to paths, rescanned at most once a second when an unknown id shows up.
 struct CgroupPaths {
@@ -86,29 +43,9 @@ impl CgroupPaths {
             .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
         {
             self.scanned = Some(Instant::now());
-            self.paths.clear();
-            scan(&self.root, &self.root, &mut self.paths, 0);
+            self.paths = host::cgroups::paths_by_id(&self.root);
         }
         self.paths.get(&id).cloned().unwrap_or_default()
-    }
-}
-
-/// Every cgroup below `dir` (a cgroup2 directory's inode number is its cgroup id).
-fn scan(root: &Path, dir: &Path, paths: &mut HashMap<u64, String>, depth: usize) {
-    if depth > 16 {
-        return;
-    }
-    if let Ok(meta) = std::fs::metadata(dir) {
-        let relative = dir.strip_prefix(root).unwrap_or(dir);
-        paths.insert(meta.ino(), format!("/{}", relative.display()));
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            scan(root, &entry.path(), paths, depth + 1);
-        }
     }
 }
 
@@ -278,17 +215,7 @@ impl Enricher {
         self.interfaces
             .entry(index)
             .or_insert_with(|| {
-                let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
-                // SAFETY: `name` has room for IF_NAMESIZE bytes, as the call requires.
-                let found = unsafe { libc::if_indextoname(index, name.as_mut_ptr()) };
-                if found.is_null() {
-                    format!("if#{index}")
-                } else {
-                    // SAFETY: on success the buffer holds a NUL-terminated name.
-                    unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
-                        .to_string_lossy()
-                        .into_owned()
-                }
+                host::interfaces::name(index).unwrap_or_else(|| format!("if#{index}"))
             })
             .clone()
     }
@@ -329,19 +256,6 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 /// wall-clock time.
 fn clock_offset_ns() -> i128 {
     clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME)
-}
-
-/// The host's name.
-pub fn hostname() -> String {
-    let mut name = [0 as libc::c_char; 256];
-    // SAFETY: `name` is writable for its whole length, which is passed.
-    if unsafe { libc::gethostname(name.as_mut_ptr(), name.len() - 1) } != 0 {
-        return "localhost".to_owned();
-    }
-    // SAFETY: gethostname wrote a NUL-terminated name (the last byte stays 0).
-    unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 #[cfg(test)]
