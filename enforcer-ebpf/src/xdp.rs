@@ -1,6 +1,11 @@
 //! XDP ingress: parse Ethernet (with up to two VLAN tags), IPv4 or IPv6 (extension
 //! headers skipped up to a bound) and TCP or UDP, and decide new inbound flows.
 //!
+//! Every read past the IP header is bounded by the datagram's own length (IPv4 total
+//! length, IPv6 payload length), never by the frame: bytes after the datagram (Ethernet
+//! padding, or anything a sender appends) are not part of the packet the kernel delivers,
+//! and a header read from them is a header the kernel never sees.
+//!
 //! Fixed verdicts (documented in docs/datapath.md):
 //! - not IP (ARP, LLDP, ...): pass;
 //! - IP but neither TCP nor UDP (ICMP, ...): pass;
@@ -8,9 +13,13 @@
 //! - TCP that is not a new connection (no SYN, or SYN+ACK): pass; it belongs to a flow
 //!   decided at its SYN, or answers one of ours;
 //! - UDP to a port no segment listens on: pass (replies to our own queries);
-//! - truncated headers, an IPv4 header length below 20, a wrong IP version, or an IPv6
-//!   extension-header chain longer than [`MAX_IPV6_EXT_HEADERS`]: drop, as malformed
-//!   (counted and recorded with reason `malformed`, never as allowed by a rule).
+//! - drop, as malformed (counted and recorded with reason `malformed`, never as allowed
+//!   by a rule): truncated headers; a datagram longer than its frame; an IPv4 header
+//!   length below 20 or past the total length; a wrong IP version; an IPv6 payload length
+//!   of 0 (jumbograms are not accepted); an IPv6 extension-header chain longer than
+//!   [`MAX_IPV6_EXT_HEADERS`]; a first fragment (or unfragmented datagram) that ends
+//!   before the whole extension-header chain and TCP or UDP header; more VLAN tags than
+//!   [`MAX_VLAN_TAGS`] (the kernel strips any number, so "not IP" would be a lie).
 //!
 //! Everything else is a new flow: failsafe access passes; otherwise the source segment
 //! (longest CIDR, else `world`), the destination segment (the listener port's segment,
@@ -32,6 +41,9 @@ use crate::{
 
 /// How many IPv6 extension headers are skipped before a packet counts as malformed.
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+/// How many VLAN tags (802.1Q or 802.1ad, priority tags with VID 0 included) are skipped
+/// before a frame counts as malformed.
+pub const MAX_VLAN_TAGS: usize = 2;
 
 const ETH_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -59,18 +71,55 @@ fn bytes<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Mal
     Ok(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
 }
 
+/// Reads `N` bytes at `offset` of a datagram that ends at `end` (an offset from the
+/// frame's start): fails if the read reaches past the datagram, even where the frame
+/// goes on (padding).
+#[inline(always)]
+fn datagram_bytes<const N: usize>(
+    ctx: &XdpContext,
+    offset: usize,
+    end: usize,
+) -> Result<[u8; N], Malformed> {
+    if offset + N > end {
+        return Err(Malformed);
+    }
+    bytes(ctx, offset)
+}
+
+/// Where a datagram of `len` bytes starting at `offset` ends; fails when the frame is
+/// shorter (the kernel would discard it, so no decision on it may be recorded).
+///
+/// Verifier note: the frame's length is the difference of the two packet pointers
+/// (allowed to a loader with CAP_PERFMON, and an unbounded scalar to the verifier); it is
+/// only compared, never added back to a packet pointer. `data_end` is loaded here with a
+/// volatile read: with a plain one, LLVM saw that `offset + N <= end <= frame_len`
+/// implies `data + offset + N <= data_end` and dropped the pointer comparison in
+/// [`bytes`], which is the only one the verifier accepts as a bounds check.
+#[inline(always)]
+fn datagram_end(ctx: &XdpContext, offset: usize, len: usize) -> Result<usize, Malformed> {
+    // SAFETY: `ctx.ctx` is the program's context, valid for the whole run.
+    let data_end = unsafe { core::ptr::read_volatile(&raw const (*ctx.ctx).data_end) };
+    let frame_len = (data_end as usize).wrapping_sub(ctx.data());
+    let end = offset + len;
+    if end > frame_len {
+        return Err(Malformed);
+    }
+    Ok(end)
+}
+
 /// Reads the transport header of a new flow into `flow`: `false` when the packet is not
 /// one (not TCP or UDP, or TCP other than a bare SYN).
 #[inline(always)]
 fn transport(
     ctx: &XdpContext,
     offset: usize,
+    end: usize,
     proto: u8,
     flow: &mut Flow,
 ) -> Result<bool, Malformed> {
     let ports = match proto {
         PROTO_TCP => {
-            let header: [u8; 20] = bytes(ctx, offset)?;
+            let header: [u8; 20] = datagram_bytes(ctx, offset, end)?;
             let flags = header[13];
             if flags & TCP_SYN == 0 || flags & TCP_ACK != 0 {
                 return Ok(false);
@@ -78,7 +127,7 @@ fn transport(
             [header[0], header[1], header[2], header[3]]
         }
         PROTO_UDP => {
-            let header: [u8; 8] = bytes(ctx, offset)?;
+            let header: [u8; 8] = datagram_bytes(ctx, offset, end)?;
             [header[0], header[1], header[2], header[3]]
         }
         _ => return Ok(false),
@@ -87,6 +136,12 @@ fn transport(
     flow.src_port = u16::from_be_bytes([ports[0], ports[1]]);
     flow.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
     Ok(true)
+}
+
+/// Whether `ether_type` is a VLAN tag's TPID.
+#[inline(always)]
+fn is_vlan(ether_type: u16) -> bool {
+    ether_type == ETHERTYPE_VLAN || ether_type == ETHERTYPE_QINQ
 }
 
 /// Parses a frame and decides it under generation slot `B`.
@@ -105,20 +160,25 @@ pub fn ingress<const B: bool>(
     let mut ether_type = u16::from_be_bytes([eth[12], eth[13]]);
     let mut offset = ETH_LEN;
     let mut tags = 0;
-    while tags < 2 && (ether_type == ETHERTYPE_VLAN || ether_type == ETHERTYPE_QINQ) {
+    while tags < MAX_VLAN_TAGS && is_vlan(ether_type) {
         let tag: [u8; 4] = bytes(ctx, offset)?;
         ether_type = u16::from_be_bytes([tag[2], tag[3]]);
         offset += 4;
         tags += 1;
+    }
+    if is_vlan(ether_type) {
+        return Err(Malformed);
     }
     let mut flow = Flow::EMPTY;
     let new_flow = match ether_type {
         ETHERTYPE_IPV4 => {
             let ip: [u8; 20] = bytes(ctx, offset)?;
             let header_len = usize::from(ip[0] & 0x0f) * 4;
-            if ip[0] >> 4 != 4 || header_len < 20 {
+            let total_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            if ip[0] >> 4 != 4 || header_len < 20 || total_len < header_len {
                 return Err(Malformed);
             }
+            let end = datagram_end(ctx, offset, total_len)?;
             let fragment_offset = u16::from_be_bytes([ip[6] & 0x1f, ip[7]]);
             if fragment_offset != 0 {
                 return Ok(xdp_action::XDP_PASS);
@@ -126,13 +186,15 @@ pub fn ingress<const B: bool>(
             flow.family = family::INET;
             flow.src_addr[..4].copy_from_slice(&ip[12..16]);
             flow.dst_addr[..4].copy_from_slice(&ip[16..20]);
-            transport(ctx, offset + header_len, ip[9], &mut flow)?
+            transport(ctx, offset + header_len, end, ip[9], &mut flow)?
         }
         ETHERTYPE_IPV6 => {
             let ip: [u8; 40] = bytes(ctx, offset)?;
-            if ip[0] >> 4 != 6 {
+            let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            if ip[0] >> 4 != 6 || payload_len == 0 {
                 return Err(Malformed);
             }
+            let end = datagram_end(ctx, offset, 40 + payload_len)?;
             flow.family = family::INET6;
             flow.src_addr.copy_from_slice(&ip[8..24]);
             flow.dst_addr.copy_from_slice(&ip[24..40]);
@@ -143,19 +205,19 @@ pub fn ingress<const B: bool>(
                 match next {
                     // Hop-by-hop, routing, destination options: length in 8-byte units.
                     0 | 43 | 60 => {
-                        let ext: [u8; 2] = bytes(ctx, offset)?;
+                        let ext: [u8; 2] = datagram_bytes(ctx, offset, end)?;
                         next = ext[0];
                         offset += (usize::from(ext[1]) + 1) * 8;
                     }
                     // Authentication header: length in 4-byte units, minus 2.
                     51 => {
-                        let ext: [u8; 2] = bytes(ctx, offset)?;
+                        let ext: [u8; 2] = datagram_bytes(ctx, offset, end)?;
                         next = ext[0];
                         offset += (usize::from(ext[1]) + 2) * 4;
                     }
                     // Fragment header: only the first fragment carries the transport header.
                     44 => {
-                        let ext: [u8; 8] = bytes(ctx, offset)?;
+                        let ext: [u8; 8] = datagram_bytes(ctx, offset, end)?;
                         if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 {
                             return Ok(xdp_action::XDP_PASS);
                         }
@@ -169,7 +231,11 @@ pub fn ingress<const B: bool>(
                     return Err(Malformed);
                 }
             }
-            transport(ctx, offset, next, &mut flow)?
+            // A chain that claims to run past the datagram cannot be finished.
+            if offset > end {
+                return Err(Malformed);
+            }
+            transport(ctx, offset, end, next, &mut flow)?
         }
         _ => return Ok(xdp_action::XDP_PASS),
     };

@@ -208,3 +208,130 @@ fn every_truncation_of_every_header_is_dropped() {
     let rule = counters.rules[0];
     assert_eq!((rule.allow, rule.deny), (frames.len() as u64, 0));
 }
+
+/// The first `keep` bytes of `frame`'s IP datagram (which starts after `l2` bytes), the
+/// IP length field rewritten to say so, then `padding` bytes after it in the frame:
+/// what a sender puts on the wire to make a short fragment look longer.
+fn cut_datagram(frame: &[u8], l2: usize, keep: usize, padding: &[u8]) -> Vec<u8> {
+    let mut out = frame[..l2 + keep].to_vec();
+    if out[l2] >> 4 == 4 {
+        out[l2 + 2..l2 + 4].copy_from_slice(&u16::try_from(keep).unwrap().to_be_bytes());
+    } else {
+        out[l2 + 4..l2 + 6].copy_from_slice(&u16::try_from(keep - 40).unwrap().to_be_bytes());
+    }
+    out.extend_from_slice(padding);
+    out
+}
+
+#[test]
+fn a_first_fragment_without_the_whole_tcp_header_is_malformed_whatever_the_padding() {
+    let loader = loaded();
+    // A denied SYN cut after 12 bytes of TCP header, marked "more fragments": the SYN
+    // flag is in the part a later fragment brings. Ethernet padding (zeros, or bytes of
+    // the sender's choosing) after the datagram must not be read as the missing header.
+    let mut first = tcp4(CLIENT, 8081, SYN);
+    first[14 + 6] = 0x20;
+    for padding in [&[0u8; 18][..], &[0x10; 18][..], &[][..]] {
+        let frame = cut_datagram(&first, 14, 20 + 12, padding);
+        assert_eq!(
+            run(&loader, &frame),
+            XDP_DROP,
+            "first fragment of 12 TCP bytes, padding {padding:?}"
+        );
+    }
+    // The same cut without "more fragments" is a datagram too short for its header.
+    let whole = tcp4(CLIENT, 8081, SYN);
+    assert_eq!(
+        run(&loader, &cut_datagram(&whole, 14, 20 + 12, &[0; 18])),
+        XDP_DROP
+    );
+    // A UDP first fragment with 4 bytes of header.
+    let mut udp = udp4(CLIENT, 5353);
+    udp[14 + 6] = 0x20;
+    assert_eq!(
+        run(&loader, &cut_datagram(&udp, 14, 20 + 4, &[0; 22])),
+        XDP_DROP
+    );
+    // Padding after a whole datagram is fine: the decision is the datagram's.
+    let mut padded = tcp4(CLIENT, 8080, SYN);
+    padded.extend_from_slice(&[0x10; 6]);
+    assert_eq!(run(&loader, &padded), XDP_PASS, "allowed SYN, padded");
+    let mut padded = tcp4(CLIENT, 8081, SYN);
+    padded.extend_from_slice(&[0; 6]);
+    assert_eq!(run(&loader, &padded), XDP_DROP, "denied SYN, padded");
+    // A datagram that claims more bytes than the frame holds.
+    let mut long = tcp4(CLIENT, 8080, SYN);
+    long[14 + 2..14 + 4].copy_from_slice(&200u16.to_be_bytes());
+    assert_eq!(run(&loader, &long), XDP_DROP, "total length past the frame");
+}
+
+#[test]
+fn an_ipv6_first_fragment_that_ends_inside_the_header_chain_is_malformed() {
+    let loader = loaded();
+    // Fragment header, then a destination-options header and the TCP header, cut so the
+    // first fragment ends inside the options header (or right after it).
+    let frame = ipv6_with(CLIENT6, &[44, 60], 6, &tcp_header(8081, SYN));
+    for keep in [40 + 8 + 4, 40 + 8 + 8, 40 + 8 + 8 + 12] {
+        for padding in [&[0u8; 24][..], &[0x10; 24][..]] {
+            assert_eq!(
+                run(&loader, &cut_datagram(&frame, 14, keep, padding)),
+                XDP_DROP,
+                "cut at {keep} of the datagram, padding {padding:?}"
+            );
+        }
+    }
+    // An options header whose length runs past the datagram, followed by "no next
+    // header": a chain that cannot be finished.
+    let mut frame = ipv6_with(CLIENT6, &[44, 60], 59, &[]);
+    frame[14 + 40 + 8 + 1] = 4;
+    assert_eq!(run(&loader, &frame), XDP_DROP, "options past the end");
+    // A payload length of zero (a jumbogram claim).
+    let mut frame = tcp6(CLIENT6, 8080, SYN);
+    frame[14 + 4..14 + 6].copy_from_slice(&[0, 0]);
+    assert_eq!(run(&loader, &frame), XDP_DROP, "payload length 0");
+}
+
+#[test]
+fn more_vlan_tags_than_the_bound_are_malformed_not_other_traffic() {
+    let loader = loaded();
+    // Three tags (priority tags with VID 0, 802.1Q and 802.1ad): the kernel strips them
+    // all and delivers the SYN, so XDP may not wave it through as "not IP".
+    for tags in [
+        vec![(0x8100, 0), (0x8100, 0), (0x8100, 0)],
+        vec![(0x88a8, 100), (0x8100, 7), (0x8100, 0)],
+    ] {
+        for port in [8080, 8081] {
+            assert_eq!(
+                run(&loader, &with_vlans(&tcp4(CLIENT, port, SYN), &tags)),
+                XDP_DROP,
+                "{tags:?} port {port}"
+            );
+        }
+    }
+    // Two priority tags are within the bound and decided like untagged frames.
+    let tags = [(0x8100, 0), (0x8100, 0)];
+    assert_eq!(
+        run(&loader, &with_vlans(&tcp4(CLIENT, 8080, SYN), &tags)),
+        XDP_PASS
+    );
+}
+
+#[test]
+fn the_transport_header_is_found_through_the_ipv4_header_length() {
+    let loader = loaded();
+    // IHL 6: four bytes of options hold what a parser ignoring the header length would
+    // take for ports 40000 -> 8080 (allowed), and the real header's acknowledgement
+    // number holds a SYN flag at the place that parser would read flags from. The real
+    // TCP header is a SYN to 8081: denied.
+    let mut tcp = tcp_header(8081, SYN);
+    tcp[9] = SYN;
+    let mut frame = ipv4_with(CLIENT, 6, &tcp, 6, 0);
+    frame[14 + 20..14 + 24].copy_from_slice(&[0x9c, 0x40, 0x1f, 0x90]);
+    assert_eq!(run(&loader, &frame), XDP_DROP);
+    // The same frame with the real header aimed at 8080 passes.
+    let mut tcp = tcp_header(8080, SYN);
+    tcp[9] = SYN;
+    let mut frame = ipv4_with(CLIENT, 6, &tcp, 6, 0);
+    frame[14 + 20..14 + 24].copy_from_slice(&[0x9c, 0x40, 0x1f, 0x91]);
+    assert_eq!(run(&loader, &frame), XDP_PASS);
+}
