@@ -2,7 +2,7 @@
 //!
 //! Decided: new inbound flows at XDP ingress, outbound `connect()` and unconnected
 //! `sendmsg()` from local processes (IPv4 and IPv6), by the two ends' segments and the
-//! rules of the active generation; raw and packet sockets at `socket()`. `post_bind`
+//! rules of the active generation; raw, packet and ping sockets at `socket()`. `post_bind`
 //! learns which segment listens on a port. Every decision is counted and recorded
 //! (module `record`). Before the first policy is applied (generation 0) every hook lets
 //! everything through: the agent applies a policy before it attaches anything.
@@ -41,10 +41,20 @@ const CGROUP_ALLOW: i32 = 1;
 /// ... and 0 to refuse it: the caller sees EPERM.
 const CGROUP_DENY: i32 = 0;
 
+/// `SOCK_DGRAM` from the socket(2) types.
+const SOCK_DGRAM: u32 = 2;
 /// `SOCK_RAW` from the socket(2) types.
 const SOCK_RAW: u32 = 3;
+/// `AF_INET`.
+const AF_INET: u32 = 2;
+/// `AF_INET6`.
+const AF_INET6: u32 = 10;
 /// `AF_PACKET`: link-layer sockets.
 const AF_PACKET: u32 = 17;
+/// `IPPROTO_ICMP`.
+const IPPROTO_ICMP: u32 = 1;
+/// `IPPROTO_ICMPV6`.
+const IPPROTO_ICMPV6: u32 = 58;
 
 /// XDP ingress on the host's interfaces.
 #[xdp]
@@ -211,16 +221,22 @@ fn sock_addr_in_slot<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow
     verdict_to_return(decision.verdict)
 }
 
-/// `socket()` creation: raw and packet sockets are refused to processes of a segment
-/// unless the segment is granted `raw_sockets` (audit mode lets them through, recorded).
-/// Processes in no segment are not governed.
+/// `socket()` creation: raw, packet and ICMP ping sockets are refused to processes of a
+/// segment unless the segment is granted `raw_sockets` (audit mode lets them through,
+/// recorded). None of them passes the connect/sendmsg hooks: a ping socket's `sendto()`
+/// without `connect()` reaches any address (the kernel lets every group open one where
+/// `net.ipv4.ping_group_range` says so, systemd's default). Processes in no segment are
+/// not governed.
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
     // SAFETY: the context pointer is valid for the whole run; these fields are readable
     // at socket creation, with 4-byte loads.
     let (address_family, kind, protocol) =
         unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
-    if kind != SOCK_RAW && address_family != AF_PACKET {
+    let ping = kind == SOCK_DGRAM
+        && ((address_family == AF_INET && protocol == IPPROTO_ICMP)
+            || (address_family == AF_INET6 && protocol == IPPROTO_ICMPV6));
+    if kind != SOCK_RAW && address_family != AF_PACKET && !ping {
         return CGROUP_ALLOW;
     }
     let mut flow = Flow::EMPTY;

@@ -152,6 +152,12 @@ impl Spawn {
         ])
     }
 
+    /// A process that sends one ICMP echo request to `addr`'s address from a ping
+    /// socket (`sendto`, never `connect`) and waits up to a second for the reply.
+    pub fn ping(addr: SocketAddr) -> Self {
+        Self::probe(&["ping".into(), addr.to_string(), "1000".into()])
+    }
+
     /// A process that opens a raw ICMP socket of `addr`'s family and reports whether
     /// `socket()` succeeded.
     pub fn raw_socket(addr: SocketAddr) -> Self {

@@ -1,14 +1,16 @@
 //! `socket()` at the cgroup sock_create hook: a process of a segment cannot open a raw
-//! socket (which would bypass the connect hooks) unless its segment is granted
-//! `raw_sockets`; audit mode lets it through and records `audit`; processes in no segment
-//! are not governed.
+//! socket or an ICMP ping socket (neither passes the connect and sendmsg hooks) unless
+//! its segment is granted `raw_sockets`; audit mode lets it through and records `audit`;
+//! processes in no segment are not governed.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use enforcer_common::event::{Hook, Verdict};
 use enforcer_tests::{
     cgroup::TestCgroup,
+    cmd::run,
     events::{decided_by, drain, segment_id},
+    netns::{Netns, Veth},
     policy::loaded_with,
     probe::{Outcome, Spawn},
 };
@@ -88,4 +90,81 @@ mode = "audit"
             .iter()
             .all(|e| decided_by(&image, e) == "raw-socket")
     );
+}
+
+#[test]
+fn ping_sockets_are_refused_to_segments_without_the_grant() {
+    // The segment's processes live in a namespace whose ping_group_range lets every
+    // group open ping sockets (systemd's default), so without the refusal an echo
+    // request sent with `sendto` (no `connect`, so no connect hook) reaches a host the
+    // policy denies, and the reply comes back.
+    let protected = Netns::new();
+    let veth = Veth::new(&protected);
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            protected.name(),
+            "sh",
+            "-c",
+            "echo 0 2147483647 > /proc/sys/net/ipv4/ping_group_range",
+        ],
+    );
+    let parent = TestCgroup::new();
+    let locked = parent.child("locked.service");
+    let tools = parent.child("tools.service");
+    let unsegmented = parent.child("other.service");
+    let image = enforcer_tests::policy::image(&format!(
+        r#"
+[segments.locked]
+cgroups = ["{}"]
+
+[segments.tools]
+cgroups = ["{}"]
+raw_sockets = true
+"#,
+        locked.relative_path(),
+        tools.relative_path(),
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach");
+
+    let ping = |cgroup: &TestCgroup, to: IpAddr| {
+        Spawn::ping(SocketAddr::new(to, 0))
+            .netns(&protected)
+            .cgroup(cgroup)
+            .run()
+    };
+    for to in [IpAddr::from(veth.host_v4), IpAddr::from(veth.host_v6)] {
+        // The path works: a process in no segment gets its reply.
+        assert_eq!(ping(&unsegmented, to), Outcome::Ok, "no segment, to {to}");
+        let refused = ping(&locked, to);
+        assert!(
+            refused.is_eperm(),
+            "a ping socket in `locked` (to {to}) should get EPERM, got {refused:?}"
+        );
+        assert_eq!(ping(&tools, to), Outcome::Ok, "granted, to {to}");
+    }
+
+    let recorded: Vec<_> = drain(&mut events)
+        .into_iter()
+        .filter(|e| e.hook == Hook::SockCreate as u8)
+        .collect();
+    let locked_id = segment_id(&image, "locked");
+    let denied: Vec<_> = recorded
+        .iter()
+        .filter(|e| e.src_segment == locked_id)
+        .collect();
+    assert_eq!(denied.len(), 2, "{recorded:#?}");
+    assert!(
+        denied
+            .iter()
+            .all(|e| e.verdict == Verdict::Deny as u8 && decided_by(&image, e) == "raw-socket")
+    );
+    // The record says which protocol the refused socket was for.
+    let mut protocols: Vec<u8> = denied.iter().map(|e| e.protocol).collect();
+    protocols.sort_unstable();
+    assert_eq!(protocols, [1, 58]);
 }

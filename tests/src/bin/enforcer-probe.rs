@@ -9,7 +9,9 @@
 //! with a pause of [`PACE`] between attempts, and `tcp-denied-paced` expects every attempt
 //! to fail with EPERM (a success or another error is its failure); `tcp-denied-burst` is
 //! the same without pauses. `raw-socket` opens a raw ICMP socket of
-//! ADDR's family (nothing is sent) and reports whether `socket()` succeeded.
+//! ADDR's family (nothing is sent) and reports whether `socket()` succeeded. `ping`
+//! sends one ICMP echo request to ADDR's address from an unprivileged ping socket
+//! (`SOCK_DGRAM`, never connected: `sendto` only) and waits for the reply.
 //!
 //! `http-serve` is an HTTP/1.1 server (hyper) that answers every request with
 //! `200 OK` and the cgroup it runs in, so a client sees which service answered;
@@ -33,7 +35,7 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 
 const USAGE: &str = "usage: enforcer-probe tcp-serve|udp-serve|http-serve|raw-socket ADDR:PORT\n       \
-                     enforcer-probe tcp-connect|udp-send|http-get ADDR:PORT TIMEOUT_MS\n       \
+                     enforcer-probe tcp-connect|udp-send|http-get|ping ADDR:PORT TIMEOUT_MS\n       \
                      enforcer-probe tcp-connect-repeat|tcp-connect-paced|tcp-denied-paced|tcp-denied-burst ADDR:PORT TIMEOUT_MS COUNT";
 
 /// The pause between attempts of the paced modes.
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         "tcp-denied-paced" => tcp_denied_repeat(addr, timeout, count, PACE),
         "tcp-denied-burst" => tcp_denied_repeat(addr, timeout, count, Duration::ZERO),
         "raw-socket" => raw_socket(addr),
+        "ping" => ping(addr, timeout),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -247,6 +250,106 @@ fn raw_socket(addr: SocketAddr) -> io::Result<()> {
     }
     // SAFETY: `fd` is a descriptor this function just opened and owns.
     unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// One echo request from a ping socket to `addr`'s address, sent with `sendto` and no
+/// `connect`, and its reply awaited.
+fn ping(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+    let (family, protocol, request, reply) = if addr.is_ipv4() {
+        (libc::AF_INET, libc::IPPROTO_ICMP, 8u8, 0u8)
+    } else {
+        (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128, 129)
+    };
+    // SAFETY: socket() takes no pointers.
+    let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM, protocol) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros().min(999_999) as i32),
+    };
+    // SAFETY: `tv` is a valid timeval of the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Type, code, checksum and identifier are filled in by the kernel for ping sockets
+    // but the type; sequence 1 and a payload follow.
+    let mut message = [0u8; 16];
+    message[0] = request;
+    message[7] = 1;
+    message[8..].copy_from_slice(b"enforcer");
+    let sent = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: the buffer and address are valid for the lengths passed.
+            unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    message.as_ptr().cast(),
+                    message.len(),
+                    0,
+                    (&raw const sin).cast(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: 0,
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: the buffer and address are valid for the lengths passed.
+            unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    message.as_ptr().cast(),
+                    message.len(),
+                    0,
+                    (&raw const sin6).cast(),
+                    size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = [0u8; 64];
+    // SAFETY: `buf` is writable for its whole length.
+    let got = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if got < 1 || buf[0] != reply {
+        return Err(io::Error::other("an answer that is not an echo reply"));
+    }
     Ok(())
 }
 
