@@ -1,4 +1,4 @@
-//! The enforcer kernel programs: one per hook named in DESIGN.md.
+//! The enforcer kernel programs: one per hook described in `docs/datapath.md`.
 //!
 //! Decided: new inbound flows at XDP ingress, outbound `connect()` and unconnected
 //! `sendmsg()` from local processes (IPv4 and IPv6), by the two ends' segments and the
