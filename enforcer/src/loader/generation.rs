@@ -10,8 +10,7 @@ use aya::maps::{
 };
 use enforcer_common::maps::{
     ACTIVE, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6, FailsafeKey4, FailsafeKey6,
-    LISTEN, ListenKey, POLICY, PolicyConfig, RULES, RuleCounters, RuleKey, RuleValue, SEGMENTS,
-    slot_of,
+    LISTEN, ListenKey, POLICY, PolicyConfig, RULES, RuleKey, RuleValue, SEGMENTS, slot_of,
 };
 
 use super::{
@@ -36,10 +35,6 @@ pub struct Applied {
     ///
     /// [`Loader::refresh_cgroups`]: super::Loader::refresh_cgroups
     pub cgroups: CgroupTable,
-    /// The final per-rule counters of the generation this one replaced (element `i` is
-    /// rule id `i + 1` of that generation), read after its last decisions and before its
-    /// slot was cleared; empty for the first generation.
-    pub retired_rule_counters: Vec<RuleCounters>,
 }
 
 fn fill_trie<K: Pod, V: Pod>(
@@ -171,17 +166,12 @@ pub fn apply(
     let mut flip: Array<&mut MapData, u32> =
         Array::try_from(ebpf.map_mut(ACTIVE)?).map_err(map_error(ACTIVE))?;
     flip.set(0, &next, 0).map_err(map_error(ACTIVE))?;
-    let mut retired_rule_counters = Vec::new();
     if current != 0 {
         std::thread::sleep(GRACE);
-        let old = slot_of(current);
-        let rule_count = slot_config(ebpf, old)?.rule_count;
-        retired_rule_counters = counters::rules(ebpf, old, rule_count)?;
-        clear_slot(ebpf, old)?;
+        clear_slot(ebpf, slot_of(current))?;
     }
     Ok(Applied {
         generation: next,
         cgroups,
-        retired_rule_counters,
     })
 }
