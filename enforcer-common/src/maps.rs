@@ -458,6 +458,51 @@ pub struct LearntListener {
 
 const _: () = assert!(size_of::<LearntListener>() == 8 * CGROUP_LEVELS);
 
+/// The maps of host state, one of each, kept across generations.
+const HOST_MAPS: [&str; 7] = [
+    ACTIVE,
+    EVENTS,
+    REASON_COUNTS,
+    EVENT_STATS,
+    RECENT_FLOWS,
+    HOST_SETTINGS,
+    LEARNT_LISTENERS,
+];
+
+/// The per-generation maps, each as its names by slot.
+const SLOT_MAPS: [[&str; 2]; 10] = [
+    CIDRS_V4,
+    CIDRS_V6,
+    CGROUPS,
+    RULES,
+    SEGMENTS,
+    POLICY,
+    LISTEN,
+    FAILSAFES_V4,
+    FAILSAFES_V6,
+    RULE_COUNTERS,
+];
+
+/// The name of every map the kernel object declares: the host maps, then both slots of
+/// every per-generation map. The loader pins exactly these; a test holds them equal to
+/// the maps of the built object.
+pub const MAP_NAMES: [&str; HOST_MAPS.len() + 2 * SLOT_MAPS.len()] = {
+    let mut names = [""; HOST_MAPS.len() + 2 * SLOT_MAPS.len()];
+    let mut i = 0;
+    while i < HOST_MAPS.len() {
+        names[i] = HOST_MAPS[i];
+        i += 1;
+    }
+    let mut map = 0;
+    while map < SLOT_MAPS.len() {
+        names[i] = SLOT_MAPS[map][0];
+        names[i + 1] = SLOT_MAPS[map][1];
+        i += 2;
+        map += 1;
+    }
+    names
+};
+
 // SAFETY (all impls below): each type is `repr(C)`, `Copy`, made of integers and byte
 // arrays only, with its padding explicit (sizes asserted above), so every bit pattern is
 // a valid value.
