@@ -15,11 +15,13 @@ const _: () = assert!(EVENTS_RING_BYTES.is_power_of_two());
 const _: () = assert!(EVENTS_RING_BYTES.is_multiple_of(4096));
 
 /// The array (one `u32`) holding the active policy generation: 0 before the first policy
-/// is applied, then 1, 2, 3, ... Generation `g` lives in map slot `g % 2`
-/// ([`slot_of`]); the agent fills the other slot, then writes the next number here.
+/// is applied, then 1, 2, 3, ... Generation `g` lives in map slot [`slot_of`]`(g)`; the
+/// agent fills the other slot, then writes the next number here.
 pub const ACTIVE: &str = "ACTIVE";
 
 /// The map slot (0 or 1) of a generation; every per-generation map exists once per slot.
+/// The one definition of the slot choice: the kernel programs and the loader both call it.
+#[inline(always)]
 pub const fn slot_of(generation: u32) -> usize {
     (generation % 2) as usize
 }
@@ -534,6 +536,14 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consecutive_generations_alternate_between_the_two_slots() {
+        for generation in 1..8 {
+            assert!(slot_of(generation) < CIDRS_V4.len());
+            assert_ne!(slot_of(generation), slot_of(generation + 1));
+        }
+    }
 
     #[test]
     fn a_guard_classifies_its_own_processes_and_holds_back_unknown_children() {

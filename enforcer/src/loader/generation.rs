@@ -149,6 +149,15 @@ pub fn active(ebpf: &mut impl MapSet) -> Result<u32, LoaderError> {
     active.get(&0, 0).map_err(map_error(ACTIVE))
 }
 
+/// The active generation and the slot its maps are in ([`slot_of`]); `None` before the
+/// first apply. The one place the loader turns a generation it reads into a slot.
+pub fn active_slot(ebpf: &mut impl MapSet) -> Result<Option<(u32, usize)>, LoaderError> {
+    Ok(match active(ebpf)? {
+        0 => None,
+        generation => Some((generation, slot_of(generation))),
+    })
+}
+
 /// Applies `image` as the next generation and returns what was done.
 pub fn apply(
     ebpf: &mut impl MapSet,

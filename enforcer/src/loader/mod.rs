@@ -348,14 +348,9 @@ impl Loader {
         listed: &[(String, u32)],
         cgroup_root: &Path,
     ) -> Result<CgroupTable, LoaderError> {
-        let active = generation::active(&mut self.ebpf)?;
         let table = cgroups::resolve(listed, cgroup_root);
-        if active != 0 {
-            cgroups::write(
-                &mut self.ebpf,
-                enforcer_common::maps::slot_of(active),
-                &table,
-            )?;
+        if let Some((_, slot)) = generation::active_slot(&mut self.ebpf)? {
+            cgroups::write(&mut self.ebpf, slot, &table)?;
         }
         Ok(table)
     }
