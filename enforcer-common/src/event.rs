@@ -1,162 +1,66 @@
 //! The per-flow audit event that kernel programs write into the ring buffer.
 
-/// The kernel hook that produced an event.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    /// XDP ingress on a host interface.
-    XdpIngress = 1,
-    /// cgroup `connect4`.
-    Connect4 = 2,
-    /// cgroup `connect6`.
-    Connect6 = 3,
-    /// cgroup `sendmsg4`.
-    Sendmsg4 = 4,
-    /// cgroup `sendmsg6`.
-    Sendmsg6 = 5,
-    /// cgroup `sock_create`.
-    SockCreate = 6,
-    /// cgroup `post_bind4`.
-    PostBind4 = 7,
-    /// cgroup `post_bind6`.
-    PostBind6 = 8,
-}
+use crate::wire::wire_enum;
 
-impl Hook {
-    /// Every hook, in code order.
-    pub const ALL: [Self; 8] = [
-        Self::XdpIngress,
-        Self::Connect4,
-        Self::Connect6,
-        Self::Sendmsg4,
-        Self::Sendmsg6,
-        Self::SockCreate,
-        Self::PostBind4,
-        Self::PostBind6,
-    ];
-
-    /// Decodes a wire code; `None` for a code no hook has.
-    pub const fn from_code(code: u8) -> Option<Self> {
-        let mut i = 0;
-        while i < Self::ALL.len() {
-            if Self::ALL[i] as u8 == code {
-                return Some(Self::ALL[i]);
-            }
-            i += 1;
-        }
-        None
+wire_enum! {
+    /// The kernel hook that produced an event; its name is the program's.
+    pub enum Hook {
+        /// XDP ingress on a host interface.
+        XdpIngress = 1 => "xdp_ingress",
+        /// cgroup `connect4`.
+        Connect4 = 2 => "connect4",
+        /// cgroup `connect6`.
+        Connect6 = 3 => "connect6",
+        /// cgroup `sendmsg4`.
+        Sendmsg4 = 4 => "sendmsg4",
+        /// cgroup `sendmsg6`.
+        Sendmsg6 = 5 => "sendmsg6",
+        /// cgroup `sock_create`.
+        SockCreate = 6 => "sock_create",
+        /// cgroup `post_bind4`.
+        PostBind4 = 7 => "post_bind4",
+        /// cgroup `post_bind6`.
+        PostBind6 = 8 => "post_bind6",
     }
-
     /// The program's name in the eBPF object, as loaded and pinned.
-    pub const fn program_name(self) -> &'static str {
-        match self {
-            Self::XdpIngress => "xdp_ingress",
-            Self::Connect4 => "connect4",
-            Self::Connect6 => "connect6",
-            Self::Sendmsg4 => "sendmsg4",
-            Self::Sendmsg6 => "sendmsg6",
-            Self::SockCreate => "sock_create",
-            Self::PostBind4 => "post_bind4",
-            Self::PostBind6 => "post_bind6",
-        }
-    }
+    fn program_name;
 }
 
-/// What a hook decided for a flow.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// The flow was let through by policy.
-    Allow = 1,
-    /// The flow was refused.
-    Deny = 2,
-    /// The flow would have been denied but its segment is in audit mode, so it passed.
-    Audit = 3,
-}
-
-impl Verdict {
-    /// Decodes a wire code; `None` for a code no verdict has.
-    pub const fn from_code(code: u8) -> Option<Self> {
-        match code {
-            1 => Some(Self::Allow),
-            2 => Some(Self::Deny),
-            3 => Some(Self::Audit),
-            _ => None,
-        }
+wire_enum! {
+    /// What a hook decided for a flow.
+    pub enum Verdict {
+        /// The flow was let through by policy.
+        Allow = 1 => "allow",
+        /// The flow was refused.
+        Deny = 2 => "deny",
+        /// The flow would have been denied but its segment is in audit mode, so it passed.
+        Audit = 3 => "audit",
     }
-
-    /// Every verdict, in code order.
-    pub const ALL: [Self; 3] = [Self::Allow, Self::Deny, Self::Audit];
-
     /// The word audit records, the CLI and metrics use for the verdict.
-    pub const fn word(self) -> &'static str {
-        match self {
-            Self::Allow => "allow",
-            Self::Deny => "deny",
-            Self::Audit => "audit",
-        }
-    }
+    fn word;
 }
 
-/// Why a verdict was reached, when it was not a rule (then `rule_id` names the rule).
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    /// A policy rule matched; the event's `rule_id` names it.
-    Rule = 1,
-    /// No rule matched between two classified segments.
-    DefaultDeny = 2,
-    /// A side of the flow could not be classified; the configured default applied.
-    Unclassified = 3,
-    /// Failsafe management access matched.
-    Failsafe = 4,
-    /// The packet was malformed or truncated; the documented fixed verdict applied.
-    Malformed = 5,
-    /// A raw or packet socket, decided by the segment's `raw_sockets` grant.
-    RawSocket = 6,
-    /// The agent could not write audit records and is configured to fail closed: the
-    /// flow was denied whatever the policy says.
-    AuditUnavailable = 7,
-}
-
-impl Reason {
-    /// Decodes a wire code; `None` for a code no reason has.
-    pub const fn from_code(code: u8) -> Option<Self> {
-        match code {
-            1 => Some(Self::Rule),
-            2 => Some(Self::DefaultDeny),
-            3 => Some(Self::Unclassified),
-            4 => Some(Self::Failsafe),
-            5 => Some(Self::Malformed),
-            6 => Some(Self::RawSocket),
-            7 => Some(Self::AuditUnavailable),
-            _ => None,
-        }
+wire_enum! {
+    /// Why a verdict was reached, when it was not a rule (then `rule_id` names the rule).
+    pub enum Reason {
+        /// A policy rule matched; the event's `rule_id` names it.
+        Rule = 1 => "rule",
+        /// No rule matched between two classified segments.
+        DefaultDeny = 2 => "default-deny",
+        /// A side of the flow could not be classified; the configured default applied.
+        Unclassified = 3 => "unclassified",
+        /// Failsafe management access matched.
+        Failsafe = 4 => "failsafe",
+        /// The packet was malformed or truncated; the documented fixed verdict applied.
+        Malformed = 5 => "malformed",
+        /// A raw or packet socket, decided by the segment's `raw_sockets` grant.
+        RawSocket = 6 => "raw-socket",
+        /// The agent could not write audit records and is configured to fail closed: the
+        /// flow was denied whatever the policy says.
+        AuditUnavailable = 7 => "audit-unavailable",
     }
-
-    /// Every reason, in code order.
-    pub const ALL: [Self; 7] = [
-        Self::Rule,
-        Self::DefaultDeny,
-        Self::Unclassified,
-        Self::Failsafe,
-        Self::Malformed,
-        Self::RawSocket,
-        Self::AuditUnavailable,
-    ];
-
     /// The word audit records, `status` and metrics use for the reason.
-    pub const fn word(self) -> &'static str {
-        match self {
-            Self::Rule => "rule",
-            Self::DefaultDeny => "default-deny",
-            Self::Unclassified => "unclassified",
-            Self::Failsafe => "failsafe",
-            Self::Malformed => "malformed",
-            Self::RawSocket => "raw-socket",
-            Self::AuditUnavailable => "audit-unavailable",
-        }
-    }
+    fn word;
 }
 
 /// Address family of an event's addresses (the Linux `AF_*` values).

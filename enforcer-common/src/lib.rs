@@ -9,3 +9,4 @@
 pub mod decision;
 pub mod event;
 pub mod maps;
+mod wire;

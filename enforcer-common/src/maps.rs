@@ -15,11 +15,13 @@ const _: () = assert!(EVENTS_RING_BYTES.is_power_of_two());
 const _: () = assert!(EVENTS_RING_BYTES.is_multiple_of(4096));
 
 /// The array (one `u32`) holding the active policy generation: 0 before the first policy
-/// is applied, then 1, 2, 3, ... Generation `g` lives in map slot `g % 2`
-/// ([`slot_of`]); the agent fills the other slot, then writes the next number here.
+/// is applied, then 1, 2, 3, ... Generation `g` lives in map slot [`slot_of`]`(g)`; the
+/// agent fills the other slot, then writes the next number here.
 pub const ACTIVE: &str = "ACTIVE";
 
 /// The map slot (0 or 1) of a generation; every per-generation map exists once per slot.
+/// The one definition of the slot choice: the kernel programs and the loader both call it.
+#[inline(always)]
 pub const fn slot_of(generation: u32) -> usize {
     (generation % 2) as usize
 }
@@ -458,6 +460,51 @@ pub struct LearntListener {
 
 const _: () = assert!(size_of::<LearntListener>() == 8 * CGROUP_LEVELS);
 
+/// The maps of host state, one of each, kept across generations.
+const HOST_MAPS: [&str; 7] = [
+    ACTIVE,
+    EVENTS,
+    REASON_COUNTS,
+    EVENT_STATS,
+    RECENT_FLOWS,
+    HOST_SETTINGS,
+    LEARNT_LISTENERS,
+];
+
+/// The per-generation maps, each as its names by slot.
+const SLOT_MAPS: [[&str; 2]; 10] = [
+    CIDRS_V4,
+    CIDRS_V6,
+    CGROUPS,
+    RULES,
+    SEGMENTS,
+    POLICY,
+    LISTEN,
+    FAILSAFES_V4,
+    FAILSAFES_V6,
+    RULE_COUNTERS,
+];
+
+/// The name of every map the kernel object declares: the host maps, then both slots of
+/// every per-generation map. The loader pins exactly these; a test holds them equal to
+/// the maps of the built object.
+pub const MAP_NAMES: [&str; HOST_MAPS.len() + 2 * SLOT_MAPS.len()] = {
+    let mut names = [""; HOST_MAPS.len() + 2 * SLOT_MAPS.len()];
+    let mut i = 0;
+    while i < HOST_MAPS.len() {
+        names[i] = HOST_MAPS[i];
+        i += 1;
+    }
+    let mut map = 0;
+    while map < SLOT_MAPS.len() {
+        names[i] = SLOT_MAPS[map][0];
+        names[i + 1] = SLOT_MAPS[map][1];
+        i += 2;
+        map += 1;
+    }
+    names
+};
+
 // SAFETY (all impls below): each type is `repr(C)`, `Copy`, made of integers and byte
 // arrays only, with its padding explicit (sizes asserted above), so every bit pattern is
 // a valid value.
@@ -489,6 +536,14 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consecutive_generations_alternate_between_the_two_slots() {
+        for generation in 1..8 {
+            assert!(slot_of(generation) < CIDRS_V4.len());
+            assert_ne!(slot_of(generation), slot_of(generation + 1));
+        }
+    }
 
     #[test]
     fn a_guard_classifies_its_own_processes_and_holds_back_unknown_children() {

@@ -1,4 +1,4 @@
-//! The enforcer kernel programs: one per hook named in DESIGN.md.
+//! The enforcer kernel programs: one per hook described in `docs/datapath.md`.
 //!
 //! Decided: new inbound flows at XDP ingress, outbound `connect()` and unconnected
 //! `sendmsg()` from local processes (IPv4 and IPv6), by the two ends' segments and the
@@ -19,7 +19,7 @@ mod maps;
 mod record;
 mod xdp;
 
-use maps::Slot;
+use maps::{Slot, in_slot};
 use record::{Flow, Origin, Segments, record};
 
 use aya_ebpf::{
@@ -61,8 +61,7 @@ const IPPROTO_ICMPV6: u32 = 58;
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
     match maps::active_generation() {
         0 => xdp_action::XDP_PASS,
-        generation if generation % 2 == 0 => xdp_in_slot(&ctx, &Slot::<false>, generation),
-        generation => xdp_in_slot(&ctx, &Slot::<true>, generation),
+        generation => in_slot!(generation, |slot| xdp_in_slot(&ctx, slot, generation)),
     }
 }
 
@@ -142,11 +141,7 @@ fn sock_addr(ctx: &SockAddrContext, hook: Hook, address_family: u8) -> i32 {
         generation,
         ifindex: 0,
     };
-    if generation.is_multiple_of(2) {
-        sock_addr_in_slot(&Slot::<false>, &origin, &flow)
-    } else {
-        sock_addr_in_slot(&Slot::<true>, &origin, &flow)
-    }
+    in_slot!(generation, |slot| sock_addr_in_slot(slot, &origin, &flow))
 }
 
 /// The destination of a sock_addr call.
@@ -249,8 +244,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     };
     match maps::active_generation() {
         0 => CGROUP_ALLOW,
-        generation if generation % 2 == 0 => raw_socket(&Slot::<false>, generation, &flow),
-        generation => raw_socket(&Slot::<true>, generation, &flow),
+        generation => in_slot!(generation, |slot| raw_socket(slot, generation, &flow)),
     }
 }
 

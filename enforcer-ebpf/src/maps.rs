@@ -87,7 +87,7 @@ per_slot!("IPv4 failsafe access.", FAILSAFE4_A, FAILSAFE4_B, LpmTrie<FailsafeKey
 per_slot!("IPv6 failsafe access.", FAILSAFE6_A, FAILSAFE6_B, LpmTrie<FailsafeKey6, u32>, LpmTrie::with_max_entries(MAX_FAILSAFES, 0));
 
 /// The maps of one generation slot: `Slot<false>` is slot 0 (`_A`), `Slot<true>` slot 1
-/// (`_B`).
+/// (`_B`); [`in_slot!`] picks the slot of a generation.
 ///
 /// Verifier note: the slot is a const generic, so every map access names its map as a
 /// constant. Choosing the map at run time (a pointer in a variable or a struct) lets LLVM
@@ -168,8 +168,33 @@ pub fn host_settings() -> HostSettings {
 }
 
 /// The active generation, read once per run: 0 before any policy was applied. Generation
-/// `g` lives in slot `g % 2`.
+/// `g` lives in slot [`slot_of`]`(g)`; [`in_slot!`] picks it.
+///
+/// [`slot_of`]: enforcer_common::maps::slot_of
 #[inline(always)]
 pub fn active_generation() -> u32 {
     ACTIVE.get(0).copied().unwrap_or(0)
 }
+
+/// Evaluates `$body` with `$slot` bound to the [`Slot`] generation `$generation` lives in
+/// ([`slot_of`], the slot choice the loader uses too): the one place a hook turns a
+/// generation number into its maps.
+///
+/// Verifier note: a macro rather than a function taking a closure, because each branch
+/// must name its slot as a constant type (see [`Slot`]) and a closure cannot be generic
+/// over it.
+///
+/// [`slot_of`]: enforcer_common::maps::slot_of
+macro_rules! in_slot {
+    ($generation:expr, |$slot:ident| $body:expr) => {
+        if ::enforcer_common::maps::slot_of($generation) == 0 {
+            let $slot = &$crate::maps::Slot::<false>;
+            $body
+        } else {
+            let $slot = &$crate::maps::Slot::<true>;
+            $body
+        }
+    };
+}
+
+pub(crate) use in_slot;

@@ -12,29 +12,19 @@ use aya::{
     maps::{Array, IterableMap, Map, MapData, MapError},
     sys::SyscallError,
 };
+use aya_obj::generated::bpf_cmd;
 
-use super::sys::{bpf, raw};
-
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
-
-/// `bpf_attr.batch`.
-#[repr(C)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
+use super::sys::{bpf, raw, zeroed_attr};
 
 /// Runs one batch command over `count` elements; fails naming `call` unless the kernel
 /// took all of them (it stops at the first element it refuses, e.g. a full map).
-fn run(
-    cmd: libc::c_long,
+///
+/// # Safety
+///
+/// `keys` (and `values`, unless `cmd` is a delete) must point to `count` elements of
+/// `map`'s key (value) size, valid for reads for the whole call.
+unsafe fn run(
+    cmd: bpf_cmd,
     call: &'static str,
     map: &MapData,
     keys: u64,
@@ -48,21 +38,21 @@ fn run(
         call,
         io_error: io::Error::from(io::ErrorKind::InvalidInput),
     })?;
-    let mut attr = BatchAttr {
-        in_batch: 0,
-        out_batch: 0,
-        keys,
-        values,
-        count: wanted,
-        map_fd: raw(map.fd().as_fd()),
-        elem_flags: 0,
-        flags: 0,
-    };
-    bpf(cmd, &mut attr).map_err(|io_error| SyscallError { call, io_error })?;
-    if attr.count != wanted {
+    let mut attr = zeroed_attr();
+    attr.batch.keys = keys;
+    attr.batch.values = values;
+    attr.batch.count = wanted;
+    attr.batch.map_fd = raw(map.fd().as_fd());
+    // SAFETY: a batch write or delete reads `count` keys (and values) at `keys`
+    // (`values`), which the caller vouches for, and writes back only `count`.
+    unsafe { bpf(cmd, &mut attr) }.map_err(|io_error| SyscallError { call, io_error })?;
+    // SAFETY: the `batch` member is the one filled in above and written by the kernel;
+    // every bit pattern is a valid integer.
+    let took = unsafe { attr.batch.count };
+    if took != wanted {
         return Err(SyscallError {
             call,
-            io_error: io::Error::other(format!("took {} of {wanted} elements", attr.count)),
+            io_error: io::Error::other(format!("took {took} of {wanted} elements")),
         }
         .into());
     }
@@ -79,14 +69,18 @@ pub(super) fn update<K: Pod, V: Pod>(
     values: &[V],
 ) -> Result<(), MapError> {
     assert_eq!(keys.len(), values.len(), "one value per key");
-    run(
-        BPF_MAP_UPDATE_BATCH,
-        "bpf_map_update_batch",
-        map.map(),
-        keys.as_ptr() as u64,
-        values.as_ptr() as u64,
-        keys.len(),
-    )
+    // SAFETY: `keys` and `values` hold `keys.len()` elements each, of the map's key and
+    // value sizes (aya checked `K` and `V` against the map when it made `map`).
+    unsafe {
+        run(
+            bpf_cmd::BPF_MAP_UPDATE_BATCH,
+            "bpf_map_update_batch",
+            map.map(),
+            keys.as_ptr() as u64,
+            values.as_ptr() as u64,
+            keys.len(),
+        )
+    }
 }
 
 /// Deletes every key of `keys` (each must be present) from `map`, in one call.
@@ -94,14 +88,18 @@ pub(super) fn delete<K: Pod, V: Pod>(
     map: &impl IterableMap<K, V>,
     keys: &[K],
 ) -> Result<(), MapError> {
-    run(
-        BPF_MAP_DELETE_BATCH,
-        "bpf_map_delete_batch",
-        map.map(),
-        keys.as_ptr() as u64,
-        0,
-        keys.len(),
-    )
+    // SAFETY: `keys` holds `keys.len()` elements of the map's key size (checked by aya
+    // as above); a delete reads no values.
+    unsafe {
+        run(
+            bpf_cmd::BPF_MAP_DELETE_BATCH,
+            "bpf_map_delete_batch",
+            map.map(),
+            keys.as_ptr() as u64,
+            0,
+            keys.len(),
+        )
+    }
 }
 
 /// Writes `values[i]` at index `i` of the array `map`, in one call.
@@ -113,12 +111,16 @@ pub(super) fn set_array<V: Pod>(map: &Map, values: &[V]) -> Result<(), MapError>
         unreachable!("the conversion accepted only an array");
     };
     let indices: Vec<u32> = (0..).take(values.len()).collect();
-    run(
-        BPF_MAP_UPDATE_BATCH,
-        "bpf_map_update_batch",
-        data,
-        indices.as_ptr() as u64,
-        values.as_ptr() as u64,
-        values.len(),
-    )
+    // SAFETY: `indices` and `values` hold `values.len()` elements each, of an array's key
+    // size (`u32`) and of its value size (checked by the conversion above).
+    unsafe {
+        run(
+            bpf_cmd::BPF_MAP_UPDATE_BATCH,
+            "bpf_map_update_batch",
+            data,
+            indices.as_ptr() as u64,
+            values.as_ptr() as u64,
+            values.len(),
+        )
+    }
 }

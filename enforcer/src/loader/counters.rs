@@ -6,7 +6,7 @@ use enforcer_common::{
     event::{Reason, Verdict},
     maps::{
         EVENT_STATS, EVENTS_EMITTED, EVENTS_LOST, EVENTS_SUPPRESSED, EVENTS_UNSTORED, MAX_RULES,
-        REASON_COUNTS, RULE_COUNTERS, RuleCounters, reason_counter_index, slot_of,
+        REASON_COUNTS, RULE_COUNTERS, RuleCounters, reason_counter_index,
     },
 };
 
@@ -51,13 +51,12 @@ pub struct Counters {
 
 /// Every counter in `maps`; the rule counters are the active generation's.
 pub(super) fn all(maps: &mut impl MapSet) -> Result<Counters, LoaderError> {
-    let generation = super::generation::active(maps)?;
-    let rules = if generation == 0 {
-        Vec::new()
-    } else {
-        let slot = slot_of(generation);
-        let count = super::generation::slot_config(maps, slot)?.rule_count;
-        rules(maps, slot, count)?
+    let (generation, rules) = match super::generation::active_slot(maps)? {
+        None => (0, Vec::new()),
+        Some((generation, slot)) => {
+            let count = super::generation::slot_config(maps, slot)?.rule_count;
+            (generation, rules(maps, slot, count)?)
+        }
     };
     let (by_reason, events) = host(maps)?;
     Ok(Counters {
@@ -81,7 +80,7 @@ fn in_map(count: u32) -> u32 {
 }
 
 /// The counters of rule ids `1..=count` in generation slot `slot`.
-pub(super) fn rules(
+fn rules(
     ebpf: &mut impl MapSet,
     slot: usize,
     count: u32,

@@ -10,7 +10,7 @@ use enforcer_common::maps::{
     CGROUP_TABLE_CAPACITY, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6, FailsafeKey4,
     FailsafeKey6, LEARNT_LISTENERS, LEARNT_LISTENERS_CAPACITY, LISTEN, LearntListener, ListenKey,
     MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, RECENT_FLOWS,
-    RECENT_FLOWS_CAPACITY, RULES, RecentFlowKey, RuleKey, RuleValue, slot_of,
+    RECENT_FLOWS_CAPACITY, RULES, RecentFlowKey, RuleKey, RuleValue,
 };
 use serde::Serialize;
 
@@ -55,10 +55,8 @@ fn hash<K: Pod, V: Pod>(maps: &mut impl MapSet, name: &'static str) -> Result<u3
 /// The fill of every bounded map (the policy maps of the active generation, empty
 /// before the first apply).
 pub(super) fn map_fill(maps: &mut impl MapSet) -> Result<Vec<MapFill>, LoaderError> {
-    let active = generation::active(maps)?;
     let mut fill = Vec::new();
-    if active != 0 {
-        let slot = slot_of(active);
+    if let Some((_, slot)) = generation::active_slot(maps)? {
         let policy = [
             (
                 "cidrs_v4",

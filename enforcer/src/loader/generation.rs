@@ -10,8 +10,7 @@ use aya::maps::{
 };
 use enforcer_common::maps::{
     ACTIVE, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6, FailsafeKey4, FailsafeKey6,
-    LISTEN, ListenKey, POLICY, PolicyConfig, RULES, RuleCounters, RuleKey, RuleValue, SEGMENTS,
-    slot_of,
+    LISTEN, ListenKey, POLICY, PolicyConfig, RULES, RuleKey, RuleValue, SEGMENTS, slot_of,
 };
 
 use super::{
@@ -36,10 +35,6 @@ pub struct Applied {
     ///
     /// [`Loader::refresh_cgroups`]: super::Loader::refresh_cgroups
     pub cgroups: CgroupTable,
-    /// The final per-rule counters of the generation this one replaced (element `i` is
-    /// rule id `i + 1` of that generation), read after its last decisions and before its
-    /// slot was cleared; empty for the first generation.
-    pub retired_rule_counters: Vec<RuleCounters>,
 }
 
 fn fill_trie<K: Pod, V: Pod>(
@@ -154,6 +149,15 @@ pub fn active(ebpf: &mut impl MapSet) -> Result<u32, LoaderError> {
     active.get(&0, 0).map_err(map_error(ACTIVE))
 }
 
+/// The active generation and the slot its maps are in ([`slot_of`]); `None` before the
+/// first apply. The one place the loader turns a generation it reads into a slot.
+pub fn active_slot(ebpf: &mut impl MapSet) -> Result<Option<(u32, usize)>, LoaderError> {
+    Ok(match active(ebpf)? {
+        0 => None,
+        generation => Some((generation, slot_of(generation))),
+    })
+}
+
 /// Applies `image` as the next generation and returns what was done.
 pub fn apply(
     ebpf: &mut impl MapSet,
@@ -171,17 +175,12 @@ pub fn apply(
     let mut flip: Array<&mut MapData, u32> =
         Array::try_from(ebpf.map_mut(ACTIVE)?).map_err(map_error(ACTIVE))?;
     flip.set(0, &next, 0).map_err(map_error(ACTIVE))?;
-    let mut retired_rule_counters = Vec::new();
     if current != 0 {
         std::thread::sleep(GRACE);
-        let old = slot_of(current);
-        let rule_count = slot_config(ebpf, old)?.rule_count;
-        retired_rule_counters = counters::rules(ebpf, old, rule_count)?;
-        clear_slot(ebpf, old)?;
+        clear_slot(ebpf, slot_of(current))?;
     }
     Ok(Applied {
         generation: next,
         cgroups,
-        retired_rule_counters,
     })
 }

@@ -97,9 +97,9 @@ impl PinnedMaps {
     /// [`enforcer_common::maps::CGROUP_GUARD`] on guards); `None` when the table does not
     /// know it or no generation is active.
     pub fn active_cgroup(&mut self, id: u64) -> Result<Option<u32>, LoaderError> {
-        match generation::active(self)? {
-            0 => Ok(None),
-            active => cgroups::lookup(self, enforcer_common::maps::slot_of(active), id),
+        match generation::active_slot(self)? {
+            None => Ok(None),
+            Some((_, slot)) => cgroups::lookup(self, slot, id),
         }
     }
 }

@@ -44,7 +44,7 @@ use aya::{
 };
 use enforcer_common::{
     event::Hook,
-    maps::{DEFAULT_DEDUP_WINDOW_NS, EVENTS, HostSettings},
+    maps::{DEFAULT_DEDUP_WINDOW_NS, EVENTS, HostSettings, MAP_NAMES},
 };
 
 use crate::object;
@@ -113,9 +113,6 @@ pub enum LoaderError {
     /// A ring-buffer record is not a `FlowEvent` (a kernel object from another build).
     #[error("an event record of {0} bytes, expected {size}", size = size_of::<enforcer_common::event::FlowEvent>())]
     EventSize(usize),
-    /// The kernel object could not be parsed for its map names.
-    #[error("cannot parse the kernel object: {0}")]
-    ObjectParse(String),
     /// bpffs could not be found or mounted for the pins.
     #[error(transparent)]
     Host(#[from] crate::host::HostError),
@@ -199,14 +196,8 @@ impl Loader {
     /// the active generation, counters, learnt listeners and unread events survive.
     pub fn load_pinned(layout: &PinLayout) -> Result<Self, LoaderError> {
         layout.create()?;
-        let parsed = aya_obj::Object::parse(object::BYTES)
-            .map_err(|err| LoaderError::ObjectParse(err.to_string()))?;
         let mut loader = EbpfLoader::new();
-        let paths: Vec<(&str, std::path::PathBuf)> = parsed
-            .maps
-            .keys()
-            .map(|name| (name.as_str(), layout.map(name)))
-            .collect();
+        let paths = MAP_NAMES.map(|name| (name, layout.map(name)));
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -357,14 +348,9 @@ impl Loader {
         listed: &[(String, u32)],
         cgroup_root: &Path,
     ) -> Result<CgroupTable, LoaderError> {
-        let active = generation::active(&mut self.ebpf)?;
         let table = cgroups::resolve(listed, cgroup_root);
-        if active != 0 {
-            cgroups::write(
-                &mut self.ebpf,
-                enforcer_common::maps::slot_of(active),
-                &table,
-            )?;
+        if let Some((_, slot)) = generation::active_slot(&mut self.ebpf)? {
+            cgroups::write(&mut self.ebpf, slot, &table)?;
         }
         Ok(table)
     }

@@ -1,7 +1,18 @@
-//! The `bpf()` commands aya 0.16 keeps to itself: replacing a link's program in place
-//! (`BPF_LINK_UPDATE`), which is how a restarted agent adopts its pinned links without a
-//! second attach, reading what a link is attached to (`BPF_OBJ_GET_INFO_BY_FD`), and the
-//! batched map writes of [`super::batch`].
+//! The `bpf()` commands the loader needs and aya 0.16 keeps to itself, issued directly with
+//! the kernel's own `bpf_attr` layout (bindgen'd in `aya_obj::generated`). Each function
+//! here works around one gap; drop it when aya offers the same:
+//!
+//! - **Opening a pinned link's descriptor** (`BPF_OBJ_GET`, [`open_pin`]): aya's
+//!   `PinnedLink::from_pin` opens the pin but keeps the descriptor private, and the two
+//!   commands below need it.
+//! - **Replacing a link's program in place** (`BPF_LINK_UPDATE`, [`link_update`]): aya has
+//!   no public link update, and it is how a restarted agent adopts its pinned links without
+//!   a second attach.
+//! - **What a link is attached to** (`BPF_OBJ_GET_INFO_BY_FD`, [`link_details`]): aya's
+//!   `LinkInfo` gives the link's id, program and type, not its cgroup id or interface
+//!   index.
+//! - **Batched map writes and deletes** (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`,
+//!   in [`super::batch`], through [`bpf`]): aya only writes and deletes one entry per call.
 
 use std::{
     ffi::CString,
@@ -13,18 +24,35 @@ use std::{
     path::Path,
 };
 
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_LINK_UPDATE: libc::c_long = 29;
-const BPF_LINK_TYPE_CGROUP: u32 = 3;
-const BPF_LINK_TYPE_XDP: u32 = 6;
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type};
 
-/// Calls `bpf(cmd, attr, size_of(attr))` and returns what it returned.
-pub(super) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a valid, writable `repr(C)` attribute block of the size passed,
-    // laid out as the kernel's `union bpf_attr` member for `cmd`, with every pointer in
-    // it valid for the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
+/// An all-zero `bpf_attr`, as every command expects its unused fields.
+pub(super) fn zeroed_attr() -> bpf_attr {
+    // SAFETY: `bpf_attr` is a C union of integer fields (and structs and unions of them),
+    // for which all-zero bytes are a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Calls `bpf(cmd, attr, sizeof(bpf_attr))` and returns what it returned.
+///
+/// # Safety
+///
+/// The member of `attr` that `cmd` reads must be filled in as the kernel documents for
+/// `cmd` (the other bytes zero), and every user pointer in it must be valid, for the whole
+/// call, for what the kernel does through it: reads of NUL-terminated strings, and reads
+/// or writes of as many bytes as the sizes and counts next to it (and, for map batches,
+/// the map's key and value sizes) say.
+pub(super) unsafe fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a valid, writable `bpf_attr` of the size passed; the caller
+    // vouches for the pointers in it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            std::ptr::from_mut(attr),
+            size_of::<bpf_attr>(),
+        )
+    };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -32,24 +60,15 @@ pub(super) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long
     }
 }
 
-/// `bpf_attr` for `BPF_OBJ_GET`.
-#[repr(C)]
-struct ObjGetAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-}
-
 /// Opens the object pinned at `path` (aya's `PinnedLink` keeps its descriptor private).
 pub fn open_pin(path: &Path) -> io::Result<OwnedFd> {
     let path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let mut attr = ObjGetAttr {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-    };
-    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    // SAFETY: `BPF_OBJ_GET` reads `pathname`, a NUL-terminated string that `path` keeps
+    // alive across the call.
+    let fd = unsafe { bpf(bpf_cmd::BPF_OBJ_GET, &mut attr) }?;
     let fd = i32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -60,44 +79,14 @@ pub(super) fn raw(fd: BorrowedFd<'_>) -> u32 {
     u32::try_from(fd.as_raw_fd()).expect("open descriptors are not negative")
 }
 
-/// `bpf_attr.link_update`.
-#[repr(C)]
-struct LinkUpdateAttr {
-    link_fd: u32,
-    new_prog_fd: u32,
-    flags: u32,
-    old_prog_fd: u32,
-}
-
 /// Makes the link run `program` instead of its current program, atomically: the hook is
 /// never without a program.
 pub fn link_update(link: impl AsFd, program: impl AsFd) -> io::Result<()> {
-    let mut attr = LinkUpdateAttr {
-        link_fd: raw(link.as_fd()),
-        new_prog_fd: raw(program.as_fd()),
-        flags: 0,
-        old_prog_fd: 0,
-    };
-    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
-}
-
-/// `bpf_attr.info`.
-#[repr(C)]
-struct InfoAttr {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
-}
-
-/// `struct bpf_link_info`: the common head, then the per-type union (at offset 16, as
-/// the union holds 64-bit members), with room to spare.
-#[repr(C, align(8))]
-struct RawLinkInfo {
-    link_type: u32,
-    id: u32,
-    prog_id: u32,
-    _pad: u32,
-    target: [u8; 64],
+    let mut attr = zeroed_attr();
+    attr.link_update.link_fd = raw(link.as_fd());
+    attr.link_update.__bindgen_anon_1.new_prog_fd = raw(program.as_fd());
+    // SAFETY: `BPF_LINK_UPDATE` reads two descriptors and no pointer.
+    unsafe { bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr) }.map(drop)
 }
 
 /// What a link is attached to.
@@ -124,26 +113,25 @@ pub struct LinkDetails {
 
 /// Reads the kernel's view of `link`.
 pub fn link_details(link: impl AsFd) -> io::Result<LinkDetails> {
-    let mut info = RawLinkInfo {
-        link_type: 0,
-        id: 0,
-        prog_id: 0,
-        _pad: 0,
-        target: [0; 64],
-    };
-    let mut attr = InfoAttr {
-        bpf_fd: raw(link.as_fd()),
-        info_len: u32::try_from(size_of::<RawLinkInfo>()).expect("small struct"),
-        info: std::ptr::from_mut(&mut info) as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    // The union's first member: `__u64 cgroup_id` for cgroup links, `__u32 ifindex`
-    // for XDP links, in host byte order.
-    let [a, b, c, d, e, f, g, h, ..] = info.target;
-    let target = match info.link_type {
-        BPF_LINK_TYPE_CGROUP => LinkTarget::Cgroup(u64::from_ne_bytes([a, b, c, d, e, f, g, h])),
-        BPF_LINK_TYPE_XDP => LinkTarget::Xdp(u32::from_ne_bytes([a, b, c, d])),
-        _ => LinkTarget::Other,
+    // SAFETY: `bpf_link_info` is a C struct of integers and a union of structs of
+    // integers, for which all-zero bytes are a valid value.
+    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = raw(link.as_fd());
+    attr.info.info_len = u32::try_from(size_of::<bpf_link_info>()).expect("small struct");
+    attr.info.info = std::ptr::from_mut(&mut info) as u64;
+    // SAFETY: `BPF_OBJ_GET_INFO_BY_FD` writes at most `info_len` bytes at `info`, which
+    // points to a `bpf_link_info` of that size living across the call.
+    unsafe { bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    let target = if info.type_ == bpf_link_type::BPF_LINK_TYPE_CGROUP as u32 {
+        // SAFETY: the kernel fills the union's `cgroup` member for cgroup links; every
+        // bit pattern is a valid integer.
+        LinkTarget::Cgroup(unsafe { info.__bindgen_anon_1.cgroup.cgroup_id })
+    } else if info.type_ == bpf_link_type::BPF_LINK_TYPE_XDP as u32 {
+        // SAFETY: as above, the `xdp` member for XDP links.
+        LinkTarget::Xdp(unsafe { info.__bindgen_anon_1.xdp.ifindex })
+    } else {
+        LinkTarget::Other
     };
     Ok(LinkDetails {
         id: info.id,
