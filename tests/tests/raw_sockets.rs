@@ -26,8 +26,21 @@ fn raw_socket(cgroup: &TestCgroup, v6: bool) -> Outcome {
     Spawn::raw_socket(addr).cgroup(cgroup).run()
 }
 
-#[test]
-fn raw_sockets_are_refused_to_segments_without_the_grant() {
+/// Three segments under one attached parent cgroup: `locked` (no grant), `tools`
+/// (`raw_sockets = true`), `trial` (audit mode), and a cgroup in no segment.
+struct Fixture {
+    // Field order is drop order: the loader (and its links) goes before the cgroups.
+    _loader: enforcer::loader::Loader,
+    events: enforcer::loader::EventReader,
+    image: enforcer::policy::image::MapImage,
+    locked: TestCgroup,
+    tools: TestCgroup,
+    trial: TestCgroup,
+    unsegmented: TestCgroup,
+    _parent: TestCgroup,
+}
+
+fn fixture() -> Fixture {
     let parent = TestCgroup::new();
     let locked = parent.child("locked.service");
     let tools = parent.child("tools.service");
@@ -51,26 +64,44 @@ mode = "audit"
         trial.relative_path()
     ));
     let mut loader = loaded_with(&image);
-    let mut events = loader.take_events().expect("events");
+    let events = loader.take_events().expect("events");
     loader.attach_cgroup(parent.path()).expect("attach");
+    Fixture {
+        _loader: loader,
+        events,
+        image,
+        locked,
+        tools,
+        trial,
+        unsegmented,
+        _parent: parent,
+    }
+}
 
+#[test]
+fn raw_sockets_are_refused_to_segments_without_the_grant() {
+    let mut fx = fixture();
     for v6 in [false, true] {
-        let refused = raw_socket(&locked, v6);
+        let refused = raw_socket(&fx.locked, v6);
         assert!(
             matches!(refused, Outcome::Error { errno, .. } if errno == EPERM),
             "a raw socket in `locked` (v6: {v6}) should get EPERM, got {refused:?}"
         );
-        assert_eq!(raw_socket(&tools, v6), Outcome::Ok, "granted (v6: {v6})");
-        assert_eq!(raw_socket(&trial, v6), Outcome::Ok, "audit mode (v6: {v6})");
-        assert_eq!(raw_socket(&unsegmented, v6), Outcome::Ok, "no segment");
+        assert_eq!(raw_socket(&fx.tools, v6), Outcome::Ok, "granted (v6: {v6})");
+        assert_eq!(
+            raw_socket(&fx.trial, v6),
+            Outcome::Ok,
+            "audit mode (v6: {v6})"
+        );
+        assert_eq!(raw_socket(&fx.unsegmented, v6), Outcome::Ok, "no segment");
     }
 
-    let recorded: Vec<_> = drain(&mut events)
+    let recorded: Vec<_> = drain(&mut fx.events)
         .into_iter()
         .filter(|e| e.hook == Hook::SockCreate as u8)
         .collect();
     let verdicts = |segment: &str| -> Vec<u8> {
-        let id = segment_id(&image, segment);
+        let id = segment_id(&fx.image, segment);
         recorded
             .iter()
             .filter(|e| e.src_segment == id)
@@ -88,7 +119,7 @@ mode = "audit"
     assert!(
         recorded
             .iter()
-            .all(|e| decided_by(&image, e) == "raw-socket")
+            .all(|e| decided_by(&fx.image, e) == "raw-socket")
     );
 }
 
@@ -111,25 +142,7 @@ fn ping_sockets_are_refused_to_segments_without_the_grant() {
             "echo 0 2147483647 > /proc/sys/net/ipv4/ping_group_range",
         ],
     );
-    let parent = TestCgroup::new();
-    let locked = parent.child("locked.service");
-    let tools = parent.child("tools.service");
-    let unsegmented = parent.child("other.service");
-    let image = enforcer_tests::policy::image(&format!(
-        r#"
-[segments.locked]
-cgroups = ["{}"]
-
-[segments.tools]
-cgroups = ["{}"]
-raw_sockets = true
-"#,
-        locked.relative_path(),
-        tools.relative_path(),
-    ));
-    let mut loader = loaded_with(&image);
-    let mut events = loader.take_events().expect("events");
-    loader.attach_cgroup(parent.path()).expect("attach");
+    let mut fx = fixture();
 
     let ping = |cgroup: &TestCgroup, to: IpAddr| {
         Spawn::ping(SocketAddr::new(to, 0))
@@ -139,20 +152,25 @@ raw_sockets = true
     };
     for to in [IpAddr::from(veth.host_v4), IpAddr::from(veth.host_v6)] {
         // The path works: a process in no segment gets its reply.
-        assert_eq!(ping(&unsegmented, to), Outcome::Ok, "no segment, to {to}");
-        let refused = ping(&locked, to);
+        assert_eq!(
+            ping(&fx.unsegmented, to),
+            Outcome::Ok,
+            "no segment, to {to}"
+        );
+        let refused = ping(&fx.locked, to);
         assert!(
             refused.is_eperm(),
             "a ping socket in `locked` (to {to}) should get EPERM, got {refused:?}"
         );
-        assert_eq!(ping(&tools, to), Outcome::Ok, "granted, to {to}");
+        assert_eq!(ping(&fx.tools, to), Outcome::Ok, "granted, to {to}");
+        assert_eq!(ping(&fx.trial, to), Outcome::Ok, "audit mode, to {to}");
     }
 
-    let recorded: Vec<_> = drain(&mut events)
+    let recorded: Vec<_> = drain(&mut fx.events)
         .into_iter()
         .filter(|e| e.hook == Hook::SockCreate as u8)
         .collect();
-    let locked_id = segment_id(&image, "locked");
+    let locked_id = segment_id(&fx.image, "locked");
     let denied: Vec<_> = recorded
         .iter()
         .filter(|e| e.src_segment == locked_id)
@@ -161,10 +179,19 @@ raw_sockets = true
     assert!(
         denied
             .iter()
-            .all(|e| e.verdict == Verdict::Deny as u8 && decided_by(&image, e) == "raw-socket")
+            .all(|e| e.verdict == Verdict::Deny as u8 && decided_by(&fx.image, e) == "raw-socket")
     );
     // The record says which protocol the refused socket was for.
     let mut protocols: Vec<u8> = denied.iter().map(|e| e.protocol).collect();
     protocols.sort_unstable();
     assert_eq!(protocols, [1, 58]);
+    let trial_id = segment_id(&fx.image, "trial");
+    assert_eq!(
+        recorded
+            .iter()
+            .filter(|e| e.src_segment == trial_id && e.verdict == Verdict::Audit as u8)
+            .count(),
+        2,
+        "{recorded:#?}"
+    );
 }

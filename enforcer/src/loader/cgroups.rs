@@ -15,7 +15,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -23,6 +22,7 @@ use aya::maps::{HashMap, MapData};
 use enforcer_common::maps::{CGROUP_GUARD, CGROUPS, SEGMENT_HOST};
 
 use super::{LoaderError, MapSet, map_error};
+use crate::host::cgroups::id as cgroup_id;
 
 /// A generation's cgroup table as resolved on this host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,14 +34,6 @@ pub struct CgroupTable {
     pub missing: Vec<String>,
     /// The existing guard directories, to watch for children coming and going.
     pub guards: Vec<PathBuf>,
-}
-
-/// The cgroup id of `dir`, if it exists.
-fn cgroup_id(dir: &Path) -> Option<u64> {
-    fs::metadata(dir)
-        .ok()
-        .filter(fs::Metadata::is_dir)
-        .map(|meta| meta.ino())
 }
 
 /// The segment of `path` (relative): that of its nearest listed ancestor-or-self.
