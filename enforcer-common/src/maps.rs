@@ -460,8 +460,28 @@ pub struct LearntListener {
 
 const _: () = assert!(size_of::<LearntListener>() == 8 * CGROUP_LEVELS);
 
+/// Every address of every interface of the agent's network namespace (kept current by the
+/// agent), as [`local_address_key`]s: a destination there is this host, decided against
+/// the listener's segment like loopback, never by the address tries. Host state.
+pub const LOCAL_ADDRESSES: &str = "LOCAL_ADDRESSES";
+/// Capacity of [`LOCAL_ADDRESSES`].
+pub const LOCAL_ADDRESSES_CAPACITY: u32 = 4096;
+
+/// The [`LOCAL_ADDRESSES`] key of an address: IPv6 as it is, IPv4 (`v4`, in the first
+/// four bytes) as its IPv4-mapped IPv6 form, so an IPv4-mapped destination finds it too.
+#[inline(always)]
+pub const fn local_address_key(addr: &[u8; 16], v4: bool) -> [u8; 16] {
+    if v4 {
+        [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+        ]
+    } else {
+        *addr
+    }
+}
+
 /// The maps of host state, one of each, kept across generations.
-const HOST_MAPS: [&str; 7] = [
+const HOST_MAPS: [&str; 8] = [
     ACTIVE,
     EVENTS,
     REASON_COUNTS,
@@ -469,6 +489,7 @@ const HOST_MAPS: [&str; 7] = [
     RECENT_FLOWS,
     HOST_SETTINGS,
     LEARNT_LISTENERS,
+    LOCAL_ADDRESSES,
 ];
 
 /// The per-generation maps, each as its names by slot.

@@ -9,10 +9,11 @@ use enforcer_common::{
     maps::{
         ACTION_ALLOW, CGROUP_LEVELS, ListenKey, MAX_CGROUP_DEPTH, RULE_KEY_FIXED_BITS, RuleKey,
         SEGMENT_ANY, SEGMENT_HOST, SEGMENT_UNCLASSIFIED, SEGMENT_WORLD, cgroup_segment,
+        local_address_key,
     },
 };
 
-use crate::maps::{self, LEARNT_LISTENERS, Slot};
+use crate::maps::{self, LEARNT_LISTENERS, LOCAL_ADDRESSES, Slot};
 
 /// The segment of the calling task: that of the deepest of its cgroup and that cgroup's
 /// ancestors the generation's cgroup table knows, else `host`; unclassified when that is a
@@ -156,16 +157,23 @@ pub fn listener_segment<const B: bool>(slot: &Slot<B>, port: u16, proto: u8) -> 
     NO_LISTENER
 }
 
-/// Whether an address (IPv4 in the first four bytes when `v4`) is a loopback address, a
-/// destination on this host whatever the address tries say. An IPv4-mapped IPv6 address
-/// is judged as its IPv4 address.
+/// Whether an address (IPv4 in the first four bytes when `v4`) is this host, whatever
+/// the address tries say: loopback (`127.0.0.0/8`, `::1`), the unspecified address
+/// (`0.0.0.0`, `::`; a connect to it reaches this host), or an address of one of the
+/// host's interfaces ([`LOCAL_ADDRESSES`]). An IPv4-mapped IPv6 address is judged as its
+/// IPv4 address.
 #[inline(always)]
-pub fn is_loopback(addr: &[u8; 16], v4: bool) -> bool {
-    if v4 {
-        addr[0] == 127
-    } else if addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff {
-        addr[12] == 127
+pub fn is_local(addr: &[u8; 16], v4: bool) -> bool {
+    let mapped = !v4 && addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
+    let loopback_or_unspecified = if v4 {
+        addr[0] == 127 || addr[..4] == [0; 4]
+    } else if mapped {
+        addr[12] == 127 || addr[12..] == [0; 4]
     } else {
-        addr[..15] == [0; 15] && addr[15] == 1
-    }
+        addr[..15] == [0; 15] && (addr[15] == 1 || addr[15] == 0)
+    };
+    loopback_or_unspecified
+        || LOCAL_ADDRESSES
+            .get_ptr(&local_address_key(addr, v4))
+            .is_some()
 }

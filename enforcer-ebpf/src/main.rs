@@ -177,9 +177,9 @@ fn destination(ctx: &SockAddrContext, address_family: u8) -> Flow {
     flow
 }
 
-/// Decides an outbound flow: the task's segment to the destination's (a loopback
-/// destination is the segment listening on its port, else `host`; an IPv4-mapped IPv6
-/// address is decided as IPv4).
+/// Decides an outbound flow: the task's segment to the destination's (a destination on
+/// this host, [`decide::is_local`], is the segment listening on its port, else `host`;
+/// an IPv4-mapped IPv6 address is decided as IPv4).
 ///
 /// A datagram a UDP server sends from its listener port is a reply, not a new flow: it
 /// passes, unrecorded, when the policy allows the reverse flow (the destination reaching
@@ -187,7 +187,7 @@ fn destination(ctx: &SockAddrContext, address_family: u8) -> Flow {
 #[inline(always)]
 fn sock_addr_in_slot<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow) -> i32 {
     let v4 = flow.family == family::INET;
-    let dst = if decide::is_loopback(&flow.dst_addr, v4) {
+    let dst = if decide::is_local(&flow.dst_addr, v4) {
         match decide::listener_segment(slot, flow.dst_port, flow.protocol) {
             decide::NO_LISTENER => SEGMENT_HOST,
             segment => segment,

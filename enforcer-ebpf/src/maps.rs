@@ -9,10 +9,10 @@ use aya_ebpf::{
 };
 use enforcer_common::maps::{
     CGROUP_TABLE_CAPACITY, EVENT_STAT_SLOTS, EVENTS_RING_BYTES, FailsafeKey4, FailsafeKey6,
-    HostSettings, LEARNT_LISTENERS_CAPACITY, LearntListener, ListenKey, MAX_CIDRS_V4, MAX_CIDRS_V6,
-    MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, MAX_RULES, MAX_SEGMENTS, PolicyConfig,
-    REASON_COUNTER_SLOTS, RECENT_FLOWS_CAPACITY, RecentFlowKey, RuleCounters, RuleKey, RuleValue,
-    SegmentInfo,
+    HostSettings, LEARNT_LISTENERS_CAPACITY, LOCAL_ADDRESSES_CAPACITY, LearntListener, ListenKey,
+    MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, MAX_RULES,
+    MAX_SEGMENTS, PolicyConfig, REASON_COUNTER_SLOTS, RECENT_FLOWS_CAPACITY, RecentFlowKey,
+    RuleCounters, RuleKey, RuleValue, SegmentInfo,
 };
 
 /// Per-flow audit records ([`enforcer_common::event::FlowEvent`]) for the agent.
@@ -40,6 +40,11 @@ pub static HOST_SETTINGS: Array<HostSettings> = Array::with_max_entries(1, 0);
 #[map]
 pub static LEARNT_LISTENERS: LruHashMap<ListenKey, LearntListener> =
     LruHashMap::with_max_entries(LEARNT_LISTENERS_CAPACITY, 0);
+
+/// Every address of the host's interfaces, as `local_address_key`s (the value is unused).
+#[map]
+pub static LOCAL_ADDRESSES: HashMap<[u8; 16], u8> =
+    HashMap::with_max_entries(LOCAL_ADDRESSES_CAPACITY, 0);
 
 /// The active generation number (0: no policy applied yet).
 #[map]

@@ -122,8 +122,9 @@ impl Enricher {
         let dst_segment = names.segment(event.dst_segment);
         let v4 = event.family == family::INET;
         let inbound = hook == Some(Hook::XdpIngress);
-        let src_ip = address(&event.src_addr, event.family);
-        let dst_ip = address(&event.dst_addr, event.family);
+        let src_ip = address(&event.src_addr, event.family, false);
+        // A destination of `0.0.0.0` or `::` is real: a connect there reaches this host.
+        let dst_ip = address(&event.dst_addr, event.family, true);
         let protocol_name = match event.protocol {
             6 => "tcp".to_owned(),
             17 => "udp".to_owned(),
@@ -221,8 +222,10 @@ impl Enricher {
     }
 }
 
-/// An event's address as text; empty where the hook does not know it (all zero).
-fn address(bytes: &[u8; 16], address_family: u8) -> String {
+/// An event's address as text; empty for an event without addresses, and for an
+/// unspecified (all-zero) one unless `unspecified_is_real` (a source address the cgroup
+/// hooks do not know is zero).
+fn address(bytes: &[u8; 16], address_family: u8, unspecified_is_real: bool) -> String {
     let ip = if address_family == family::INET {
         IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
     } else if address_family == family::INET6 {
@@ -230,7 +233,7 @@ fn address(bytes: &[u8; 16], address_family: u8) -> String {
     } else {
         return String::new();
     };
-    if ip.is_unspecified() {
+    if ip.is_unspecified() && !unspecified_is_real {
         String::new()
     } else {
         ip.to_string()
@@ -318,5 +321,11 @@ mod tests {
         assert_eq!(record.activity_id, ACTIVITY_REFUSE);
         assert_eq!(record.firewall_rule.as_ref().unwrap().uid, "default-deny");
         assert_eq!(record.flow().unwrap().rule, None);
+
+        // A connect to `0.0.0.0` names that address; the unknown source stays empty.
+        event.dst_addr = [0; 16];
+        let record = enricher.record(&event);
+        assert_eq!(record.dst_endpoint.as_ref().unwrap().ip, "0.0.0.0");
+        assert_eq!(record.src_endpoint.as_ref().unwrap().ip, "");
     }
 }

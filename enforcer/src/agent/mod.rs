@@ -7,6 +7,7 @@ mod audit;
 pub mod consumer;
 pub mod enrich;
 mod metrics;
+mod netlink;
 pub mod policy;
 pub mod state;
 mod watch;
@@ -69,6 +70,10 @@ struct Agent {
     cgroup_watch: watch::CgroupWatch,
     /// Where the watch reports changes (taken by [`Agent::serve`]).
     cgroup_changes: Option<mpsc::UnboundedReceiver<()>>,
+    /// The rtnetlink watch on this host's addresses.
+    _address_watch: netlink::AddressWatch,
+    /// Where it reports changes (taken by [`Agent::serve`]).
+    address_changes: Option<mpsc::UnboundedReceiver<()>>,
 }
 
 fn xdp_mode(mode: config::XdpMode) -> XdpMode {
@@ -144,7 +149,19 @@ impl Agent {
         let (cgroup_tx, cgroup_changes) = mpsc::unbounded_channel();
         let cgroup_watch =
             watch::CgroupWatch::new(cgroup_tx).context("watching the cgroup tree")?;
+        // The watch starts before the first read, so no change falls between the two.
+        let (address_tx, address_changes) = mpsc::unbounded_channel();
+        let address_watch = netlink::watch_addresses(address_tx)
+            .context("watching this host's addresses (rtnetlink)")?;
+        let local = host::interfaces::addresses().context("reading this host's addresses")?;
+        let count = loader.set_local_addresses(&local)?;
+        tracing::info!(
+            count,
+            "this host's addresses are decided as local destinations"
+        );
         let mut agent = Self {
+            _address_watch: address_watch,
+            address_changes: Some(address_changes),
             listed_cgroups: None,
             cgroup_watch,
             cgroup_changes: Some(cgroup_changes),
@@ -321,6 +338,18 @@ impl Agent {
         }
     }
 
+    /// Reads this host's addresses again into the kernel's table after rtnetlink
+    /// reported a change. A failure is logged and the table keeps what it had.
+    fn refresh_local_addresses(&mut self) {
+        let refreshed = host::interfaces::addresses()
+            .map_err(anyhow::Error::from)
+            .and_then(|local| Ok(self.loader.set_local_addresses(&local)?));
+        match refreshed {
+            Ok(count) => tracing::info!(count, "this host's addresses changed"),
+            Err(err) => tracing::error!(error = %err, "cannot update this host's addresses"),
+        }
+    }
+
     fn write_state(&self) {
         if let Err(err) = self.state_dir.write(&self.state) {
             tracing::warn!(error = %err, dir = %self.state_dir.dir().display(), "cannot write the agent state");
@@ -375,6 +404,10 @@ impl Agent {
             .cgroup_changes
             .take()
             .context("the cgroup watch is served once")?;
+        let mut address_changes = self
+            .address_changes
+            .take()
+            .context("the address watch is served once")?;
         tracing::info!(pid = self.state.pid, "enforcing");
         loop {
             tokio::select! {
@@ -390,6 +423,11 @@ impl Agent {
                     // unclassified. Changes already queued are covered by this pass.
                     while cgroup_changes.try_recv().is_ok() {}
                     self.refresh_cgroups();
+                }
+                Some(()) = address_changes.recv() => {
+                    // Changes already queued are covered by this pass.
+                    while address_changes.try_recv().is_ok() {}
+                    self.refresh_local_addresses();
                 }
                 Some(()) = changes.recv() => {
                     // Let a burst of changes settle into one reload.

@@ -1,6 +1,11 @@
-//! Network interfaces by name and by index.
+//! Network interfaces by name and by index, and the addresses they hold.
 
-use std::ffi::{CStr, CString};
+use std::{
+    collections::BTreeSet,
+    ffi::{CStr, CString},
+    io,
+    net::IpAddr,
+};
 
 /// The index of interface `name`, or `None` when the host has none by that name.
 pub fn index(name: &str) -> Option<u32> {
@@ -24,6 +29,22 @@ pub fn name(index: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// Every address of every interface of this network namespace (loopback included).
+pub fn addresses() -> io::Result<BTreeSet<IpAddr>> {
+    let mut found = BTreeSet::new();
+    for interface in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
+        let Some(address) = interface.address else {
+            continue;
+        };
+        if let Some(v4) = address.as_sockaddr_in() {
+            found.insert(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = address.as_sockaddr_in6() {
+            found.insert(IpAddr::V6(v6.ip()));
+        }
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,5 +56,11 @@ mod tests {
         assert_eq!(index("no-such-if0"), None);
         assert_eq!(index("bad\0name"), None);
         assert_eq!(name(0), None);
+    }
+
+    #[test]
+    fn the_loopback_address_is_one_of_the_hosts() {
+        let found = addresses().unwrap();
+        assert!(found.contains(&IpAddr::from([127, 0, 0, 1])), "{found:?}");
     }
 }

@@ -13,6 +13,7 @@ mod counters;
 mod events;
 mod fill;
 mod generation;
+mod local;
 mod map_set;
 mod pins;
 mod settings;
@@ -537,6 +538,16 @@ impl Loader {
             }
         }
         Ok(detached)
+    }
+
+    /// Makes the kernel's table of this host's addresses hold exactly `addresses` (every
+    /// address of every interface); returns how many it holds. A connect or send to one
+    /// of them is decided against the listening segment, like loopback.
+    pub fn set_local_addresses(
+        &mut self,
+        addresses: &std::collections::BTreeSet<std::net::IpAddr>,
+    ) -> Result<usize, LoaderError> {
+        local::sync(&mut self.ebpf, addresses)
     }
 
     /// How full the active generation's maps and the host maps are.

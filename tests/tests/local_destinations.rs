@@ -1,0 +1,193 @@
+//! A destination on this host is decided against the segment that listens there, however
+//! the address names this host: loopback, the unspecified address (`0.0.0.0`, `::`,
+//! `::ffff:0.0.0.0`, where a connect lands on this host), an IPv4-mapped form, or an
+//! address of one of the host's own interfaces, also one added while the agent runs. A
+//! segment allowed out to `world` on a port must not reach a local service on that port
+//! that the policy denies it.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use enforcer_common::event::{Hook, Verdict};
+use enforcer_tests::{
+    agent::AgentHost,
+    cgroup::TestCgroup,
+    cmd::run,
+    events::{decided_by, drain, segment_id},
+    netns::{Netns, Veth},
+    policy::loaded_with,
+    probe::{Outcome, Server, Spawn},
+};
+
+const PORT: u16 = 18_443;
+
+/// `client` may reach `world` on [`PORT`]; `gateway` may reach `payments`, which serves
+/// [`PORT`]; all three under one parent cgroup.
+struct Site {
+    client: TestCgroup,
+    gateway: TestCgroup,
+    payments: TestCgroup,
+    parent: TestCgroup,
+    policy: String,
+}
+
+impl Site {
+    fn new() -> Self {
+        let parent = TestCgroup::new();
+        let client = parent.child("client.service");
+        let gateway = parent.child("gateway.service");
+        let payments = parent.child("payments.service");
+        let policy = format!(
+            r#"
+[segments.client]
+cgroups = ["{}"]
+
+[segments.gateway]
+cgroups = ["{}"]
+
+[segments.payments]
+cgroups = ["{}"]
+ports = ["{PORT}/tcp"]
+
+[[allow]]
+id = "client-out"
+from = ["client"]
+to = ["world"]
+ports = ["{PORT}/tcp"]
+
+[[allow]]
+id = "gateway-to-payments"
+from = ["gateway"]
+to = ["payments"]
+ports = ["{PORT}/tcp"]
+"#,
+            client.relative_path(),
+            gateway.relative_path(),
+            payments.relative_path()
+        );
+        Self {
+            client,
+            gateway,
+            payments,
+            parent,
+            policy,
+        }
+    }
+
+    /// The payments service, listening on every address of both families (IPv4 clients
+    /// reach it through IPv4-mapped addresses).
+    fn serve(&self) -> Server {
+        Spawn::tcp_server(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), PORT))
+            .cgroup(&self.payments)
+            .serve()
+    }
+}
+
+#[test]
+fn every_address_of_this_host_is_decided_as_the_listening_segment() {
+    // The veth gives this host an address of its own besides loopback.
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let site = Site::new();
+    let image = enforcer_tests::policy::image(&site.policy);
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    let local = enforcer::host::interfaces::addresses().expect("this host's addresses");
+    assert!(local.contains(&IpAddr::from(veth.host_v4)), "{local:?}");
+    loader
+        .set_local_addresses(&local)
+        .expect("local addresses into the kernel");
+    loader.attach_cgroup(site.parent.path()).expect("attach");
+    let _server = site.serve();
+
+    let mapped = |v4: Ipv4Addr| IpAddr::V6(v4.to_ipv6_mapped());
+    let destinations = [
+        IpAddr::from(Ipv4Addr::LOCALHOST),
+        IpAddr::from(Ipv4Addr::UNSPECIFIED),
+        IpAddr::from(Ipv6Addr::LOCALHOST),
+        IpAddr::from(Ipv6Addr::UNSPECIFIED),
+        mapped(Ipv4Addr::UNSPECIFIED),
+        mapped(Ipv4Addr::LOCALHOST),
+        IpAddr::from(veth.host_v4),
+        IpAddr::from(veth.host_v6),
+        mapped(veth.host_v4),
+    ];
+    for to in destinations {
+        let at = SocketAddr::new(to, PORT);
+        // The allowed segment connects: the destination is `payments`, not `world`
+        // (gateway has no rule to `world`).
+        assert_eq!(
+            Spawn::tcp_client(at).cgroup(&site.gateway).run(),
+            Outcome::Ok,
+            "gateway to {at}"
+        );
+        // The segment allowed only to `world` on this port is refused.
+        let refused = Spawn::tcp_client(at).cgroup(&site.client).run();
+        assert!(refused.is_eperm(), "client to {at}: {refused:?}");
+    }
+
+    // One record per refused attempt, naming the local service's segment.
+    let client_id = segment_id(&image, "client");
+    let payments_id = segment_id(&image, "payments");
+    let refused: Vec<_> = drain(&mut events)
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                Hook::from_code(e.hook),
+                Some(Hook::Connect4 | Hook::Connect6)
+            ) && e.src_segment == client_id
+        })
+        .collect();
+    assert_eq!(refused.len(), destinations.len(), "{refused:#?}");
+    for event in &refused {
+        assert_eq!(event.verdict, Verdict::Deny as u8, "{event:?}");
+        assert_eq!(event.dst_segment, payments_id, "{event:?}");
+        assert_eq!(decided_by(&image, event), "default-deny");
+    }
+}
+
+#[test]
+fn an_address_added_while_the_agent_runs_is_a_local_destination_within_moments() {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let site = Site::new();
+    let mut agent = AgentHost::new(&site.parent, &site.policy, "127.0.0.1:19631", "");
+    agent.start();
+    let _server = site.serve();
+
+    // A new address on this host's end of the veth, unique to this test process.
+    let octet = u8::try_from(std::process::id() % 200).expect("below 200") + 1;
+    let added = Ipv4Addr::new(198, 19, 251, octet);
+    run(
+        "ip",
+        &["addr", "add", &format!("{added}/32"), "dev", veth.host_if()],
+    );
+    let since = Instant::now();
+    let at = SocketAddr::new(added.into(), PORT);
+    // Until the agent has the address, `client` reaches it as `world`; then never again.
+    loop {
+        let outcome = Spawn::tcp_client(at).cgroup(&site.client).run();
+        if outcome.is_eperm() {
+            break;
+        }
+        assert_eq!(outcome, Outcome::Ok, "client to {at}");
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "{at} still reached as `world` 5 s after it was added"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("the added address was local after {:?}", since.elapsed());
+    assert_eq!(
+        Spawn::tcp_client(at).cgroup(&site.gateway).run(),
+        Outcome::Ok,
+        "gateway to {at}"
+    );
+    assert!(
+        agent.log(1).contains("this host's addresses changed"),
+        "{}",
+        agent.log(1)
+    );
+}
