@@ -56,6 +56,42 @@ pub enum WriteErrorAction {
     FailClosed,
 }
 
+/// Which interfaces get XDP ingress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interfaces {
+    /// Every interface of the agent's network namespace but loopback and `exclude`,
+    /// including those that appear while it runs (the default).
+    All {
+        /// Interfaces never to attach to.
+        exclude: Vec<String>,
+        /// How to attach.
+        xdp_mode: XdpMode,
+    },
+    /// Exactly these (an empty list: outbound enforcement only).
+    Listed(Vec<Interface>),
+}
+
+impl Interfaces {
+    /// How to attach to `name` when it is selected; `None` when it is not (loopback,
+    /// excluded, or not listed).
+    pub fn selects(&self, name: &str) -> Option<XdpMode> {
+        match self {
+            Self::All { exclude, xdp_mode } => {
+                (name != LOOPBACK && !exclude.iter().any(|x| x == name)).then_some(*xdp_mode)
+            }
+            Self::Listed(list) => list
+                .iter()
+                .find(|interface| interface.name == name)
+                .map(|interface| interface.xdp_mode),
+        }
+    }
+}
+
+/// The loopback interface, never attached by `interfaces = "all"`: a local flow is
+/// decided by the cgroup hooks, and XDP would see every local SYN as coming from `world`.
+pub const LOOPBACK: &str = "lo";
+
 /// One interface to attach XDP ingress to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Interface {
@@ -137,8 +173,8 @@ fn as_millis<S: serde::Serializer>(window: &Duration, out: S) -> Result<S::Ok, S
 /// The whole, checked configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
-    /// Interfaces for XDP ingress (none: outbound enforcement only).
-    pub interfaces: Vec<Interface>,
+    /// Interfaces for XDP ingress.
+    pub interfaces: Interfaces,
     /// The cgroup the cgroup hooks attach to, relative to the cgroup2 root (`""`: the
     /// root, so every process on the host).
     pub cgroup: String,
@@ -191,6 +227,40 @@ fn list(problems: &[Problem]) -> String {
         .map(|p| format!("  {p}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `interfaces`: the word `"all"` or a list of `[[interfaces]]` tables.
+enum RawInterfaces {
+    All,
+    Listed(Vec<RawInterface>),
+}
+
+impl<'de> Deserialize<'de> for RawInterfaces {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Expect;
+        impl<'de> serde::de::Visitor<'de> for Expect {
+            type Value = RawInterfaces;
+            fn expecting(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                out.write_str("\"all\" or a list of [[interfaces]] tables")
+            }
+            fn visit_str<E: serde::de::Error>(self, word: &str) -> Result<Self::Value, E> {
+                if word == "all" {
+                    Ok(RawInterfaces::All)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(word), &self))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                // The list's own deserializer, so each name keeps its place for problems.
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(RawInterfaces::Listed)
+            }
+        }
+        deserializer.deserialize_any(Expect)
+    }
 }
 
 #[derive(Deserialize)]
@@ -255,8 +325,10 @@ struct RawMetrics {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    interfaces: Option<RawInterfaces>,
     #[serde(default)]
-    interfaces: Vec<RawInterface>,
+    interfaces_exclude: Vec<Spanned<String>>,
+    xdp_mode: Option<Spanned<XdpMode>>,
     cgroup: Option<Spanned<String>>,
     policy: RawPolicy,
     pin_dir: Option<Spanned<String>>,
@@ -295,6 +367,71 @@ impl Checker {
                 default
             }
             Some(value) => *value.get_ref(),
+        }
+    }
+
+    /// The interface selection: `"all"` (the default) with its exclusions and mode, or
+    /// the listed interfaces; names checked, and the settings that only go with `"all"`
+    /// refused beside a list.
+    fn interfaces(&mut self, raw: &RawConfig) -> Interfaces {
+        let mut names = Vec::new();
+        let mut interface_name = |checker: &mut Self, name: &Spanned<String>, field: String| {
+            let text = name.get_ref();
+            if text.is_empty() || text.len() > MAX_IFNAME || text.contains(['/', ' ', '\0']) {
+                checker.problem(
+                    name,
+                    field,
+                    format!("`{text}` is not an interface name (1 to {MAX_IFNAME} bytes, no `/` or spaces)"),
+                );
+            } else if names.contains(text) {
+                checker.problem(name, field, format!("`{text}` is listed twice"));
+            }
+            names.push(text.clone());
+        };
+        match &raw.interfaces {
+            None | Some(RawInterfaces::All) => {
+                for (i, name) in raw.interfaces_exclude.iter().enumerate() {
+                    interface_name(self, name, format!("interfaces_exclude[{i}]"));
+                }
+                Interfaces::All {
+                    exclude: raw
+                        .interfaces_exclude
+                        .iter()
+                        .map(|name| name.get_ref().clone())
+                        .collect(),
+                    xdp_mode: raw
+                        .xdp_mode
+                        .as_ref()
+                        .map_or(XdpMode::Auto, |m| *m.get_ref()),
+                }
+            }
+            Some(RawInterfaces::Listed(list)) => {
+                for (i, interface) in list.iter().enumerate() {
+                    interface_name(self, &interface.name, format!("interfaces[{i}].name"));
+                }
+                if let Some(first) = raw.interfaces_exclude.first() {
+                    self.problem(
+                        first,
+                        "interfaces_exclude".to_owned(),
+                        "only goes with `interfaces = \"all\"`; leave the interface out of the list instead",
+                    );
+                }
+                if let Some(mode) = &raw.xdp_mode {
+                    self.problem(
+                        mode,
+                        "xdp_mode".to_owned(),
+                        "only goes with `interfaces = \"all\"`; set `xdp_mode` in each [[interfaces]] table instead",
+                    );
+                }
+                Interfaces::Listed(
+                    list.iter()
+                        .map(|interface| Interface {
+                            name: interface.name.get_ref().clone(),
+                            xdp_mode: interface.xdp_mode,
+                        })
+                        .collect(),
+                )
+            }
         }
     }
 
@@ -349,28 +486,7 @@ impl Config {
             }
         };
 
-        let mut interfaces = Vec::new();
-        for (i, raw_interface) in raw.interfaces.iter().enumerate() {
-            let name = raw_interface.name.get_ref();
-            let field = format!("interfaces[{i}].name");
-            if name.is_empty() || name.len() > MAX_IFNAME || name.contains(['/', ' ', '\0']) {
-                checker.problem(
-                    &raw_interface.name,
-                    field,
-                    format!("`{name}` is not an interface name (1 to {MAX_IFNAME} bytes, no `/` or spaces)"),
-                );
-            } else if interfaces.iter().any(|seen: &Interface| seen.name == *name) {
-                checker.problem(
-                    &raw_interface.name,
-                    field,
-                    format!("`{name}` is listed twice"),
-                );
-            }
-            interfaces.push(Interface {
-                name: name.clone(),
-                xdp_mode: raw_interface.xdp_mode,
-            });
-        }
+        let interfaces = checker.interfaces(&raw);
 
         let cgroup = match &raw.cgroup {
             Some(value) => {
@@ -535,7 +651,13 @@ mod tests {
             "[policy]\npath = \"/etc/enforcer/policy\"\n",
         )
         .expect("minimal config");
-        assert!(config.interfaces.is_empty());
+        assert_eq!(
+            config.interfaces,
+            Interfaces::All {
+                exclude: vec![],
+                xdp_mode: XdpMode::Auto
+            }
+        );
         assert_eq!(config.cgroup, "");
         assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
         assert_eq!(config.audit.dedup_window, Duration::from_secs(1));
@@ -578,6 +700,43 @@ listen = "localhost"
                 "enforcer.toml:3:11: `pin_dir`: must be an absolute path",
                 "enforcer.toml:20:10: `metrics.listen`: `localhost` is not an address:port",
             ]
+        );
+    }
+
+    #[test]
+    fn interfaces_are_all_but_loopback_and_the_excluded_or_exactly_a_list() {
+        let all = Config::parse(
+            "enforcer.toml",
+            "interfaces = \"all\"\ninterfaces_exclude = [\"docker0\"]\nxdp_mode = \"skb\"\n[policy]\npath = \"/p\"\n",
+        )
+        .expect("all with exclusions");
+        assert_eq!(all.interfaces.selects("eth0"), Some(XdpMode::Skb));
+        assert_eq!(all.interfaces.selects("docker0"), None);
+        assert_eq!(all.interfaces.selects(LOOPBACK), None);
+        let none = Config::parse(
+            "enforcer.toml",
+            "interfaces = []\n[policy]\npath = \"/p\"\n",
+        )
+        .expect("an empty list");
+        assert_eq!(none.interfaces, Interfaces::Listed(vec![]));
+        assert_eq!(none.interfaces.selects("eth0"), None);
+
+        let mixed = problems(
+            "interfaces_exclude = [\"eth1\"]\nxdp_mode = \"native\"\n[policy]\npath = \"/p\"\n[[interfaces]]\nname = \"eth0\"\n",
+        );
+        assert_eq!(
+            mixed,
+            [
+                "enforcer.toml:1:23: `interfaces_exclude`: only goes with `interfaces = \"all\"`; leave the interface out of the list instead",
+                "enforcer.toml:2:12: `xdp_mode`: only goes with `interfaces = \"all\"`; set `xdp_mode` in each [[interfaces]] table instead",
+            ]
+        );
+        let word = problems("interfaces = \"every\"\n[policy]\npath = \"/p\"\n");
+        assert!(
+            word[0].starts_with(
+                "enforcer.toml:1:14: invalid value: string \"every\", expected \"all\" or a list"
+            ),
+            "{word:?}"
         );
     }
 

@@ -46,6 +46,9 @@ pub struct AgentHost {
     starts: u32,
 }
 
+/// The first line of a config that lists no interface.
+const NO_INTERFACES: &str = "interfaces = []\n";
+
 impl AgentHost {
     /// Writes a config for an agent attached to `cgroup`, with the policy `policy` (one
     /// file, `policy/policy.toml`) and metrics on `metrics` (a loopback address);
@@ -82,8 +85,15 @@ impl AgentHost {
             process: None,
             starts: 0,
         };
+        // Without a list, no interface gets XDP: the agent's default, every interface,
+        // would reach this machine's own when the agent runs in its namespace.
+        let interfaces = if extra.contains("[[interfaces]]") {
+            ""
+        } else {
+            NO_INTERFACES
+        };
         let config = format!(
-            r#"cgroup = "{cgroup}"
+            r#"{interfaces}cgroup = "{cgroup}"
 pin_dir = "{pins}"
 state_dir = "{state}"
 
@@ -104,6 +114,19 @@ listen = "{metrics}"
         );
         fs::write(host.config(), config).expect("write the config");
         host
+    }
+
+    /// Replaces the config's `interfaces = []` (written when `extra` lists none) with
+    /// `settings` (top-level lines such as `interfaces = "all"`); for an agent that runs
+    /// in its own namespace.
+    pub fn set_interfaces(&self, settings: &str) {
+        let config = fs::read_to_string(self.config()).expect("read the config");
+        assert!(
+            config.starts_with(NO_INTERFACES),
+            "the config lists interfaces"
+        );
+        let config = config.replacen(NO_INTERFACES, &format!("{settings}\n"), 1);
+        fs::write(self.config(), config).expect("write the config");
     }
 
     /// Runs the agent inside `netns` (its interfaces are the ones XDP attaches to, its
@@ -261,14 +284,19 @@ listen = "{metrics}"
             .success()
     }
 
-    /// Runs `enforcer ARGS --config <ours>`.
+    /// Runs `enforcer ARGS --config <ours>`, in the agent's namespace when it has one
+    /// (so `status` lists that host's interfaces).
     pub fn command(&self, args: &[&str]) -> Output {
-        Command::new(enforcer_bin())
-            .args(args)
-            .arg("--config")
-            .arg(self.config())
-            .output()
-            .expect("run enforcer")
+        let mut command = Command::new(enforcer_bin());
+        command.args(args).arg("--config").arg(self.config());
+        if let Some(netns) = &self.netns {
+            let netns = fs::File::open(netns)
+                .unwrap_or_else(|err| panic!("cannot open {}: {err}", netns.display()));
+            // SAFETY: the closure only calls setns, which is async-signal-safe, on a
+            // descriptor opened before the fork.
+            unsafe { command.pre_exec(move || setns_net(&netns)) };
+        }
+        command.output().expect("run enforcer")
     }
 
     /// Every flow and gap record in the store, through `enforcer audit query --json`.

@@ -29,8 +29,6 @@ pub struct MetricsSource {
     pub maps: Mutex<PinnedMaps>,
     /// The pins, for the health check.
     pub pins: PinLayout,
-    /// Interfaces that should carry XDP.
-    pub interfaces: Vec<String>,
     /// The agent's reload state and rule names.
     pub shared: Arc<Mutex<Shared>>,
     /// The audit consumer's counts.
@@ -181,6 +179,18 @@ impl MetricsSource {
                 .get_or_create(&vec![("outcome", outcome.word().to_owned())])
                 .inc_by(*count);
         }
+        let xdp = gauge_family(
+            &mut registry,
+            "interface_xdp",
+            "1 while XDP ingress is attached to the interface, 0 when attaching failed",
+        );
+        for (name, state) in &shared.interfaces {
+            xdp.get_or_create(&vec![
+                ("interface", name.clone()),
+                ("mode", state.mode.clone()),
+            ])
+            .set(i64::from(state.error.is_none()));
+        }
         drop(shared);
 
         let entries = gauge_family(&mut registry, "map_entries", "Entries in a bounded map");
@@ -213,10 +223,16 @@ impl MetricsSource {
             .filter(|name| !attached(name))
             .map(str::to_owned)
             .collect();
-        for interface in &self.interfaces {
+        let interfaces = self
+            .shared
+            .lock()
+            .expect("the shared lock is not poisoned")
+            .interfaces
+            .clone();
+        for (interface, state) in &interfaces {
             let pin = self.pins.xdp_link(interface);
             let name = pin.file_name().map(|n| n.to_string_lossy().into_owned());
-            if !name.as_deref().is_some_and(attached) {
+            if state.error.is_some() || !name.as_deref().is_some_and(attached) {
                 missing.push(format!("xdp on {interface}"));
             }
         }

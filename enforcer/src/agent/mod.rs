@@ -6,6 +6,7 @@
 mod audit;
 pub mod consumer;
 pub mod enrich;
+pub mod interfaces;
 mod metrics;
 mod netlink;
 pub mod policy;
@@ -21,19 +22,19 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::programs::XdpMode;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
 };
 
 use crate::{
-    config::{self, Config},
+    config::Config,
     host,
     loader::{Loader, PinLayout, PinnedMaps},
     policy::names::{GENERATIONS_KEPT, GenerationNames},
 };
 use audit::AuditThread;
+use interfaces::{InterfaceSet, InterfaceXdp};
 use policy::{Candidate, CandidateError};
 use state::{ActivePolicy, AgentLock, AgentState, Reload, ReloadOutcome, StateDir};
 
@@ -48,6 +49,8 @@ pub struct Shared {
     pub rule_names: Vec<String>,
     /// Reloads by outcome.
     pub reloads: BTreeMap<ReloadOutcome, u64>,
+    /// Each interface's XDP (attached, or why not), by name.
+    pub interfaces: BTreeMap<String, InterfaceXdp>,
 }
 
 /// The running agent.
@@ -70,18 +73,12 @@ struct Agent {
     cgroup_watch: watch::CgroupWatch,
     /// Where the watch reports changes (taken by [`Agent::serve`]).
     cgroup_changes: Option<mpsc::UnboundedReceiver<()>>,
-    /// The rtnetlink watch on this host's addresses.
-    _address_watch: netlink::AddressWatch,
+    /// The interfaces with XDP ingress.
+    interfaces: InterfaceSet,
+    /// The rtnetlink watch on this host's interfaces and addresses.
+    _host_watch: netlink::HostWatch,
     /// Where it reports changes (taken by [`Agent::serve`]).
-    address_changes: Option<mpsc::UnboundedReceiver<()>>,
-}
-
-fn xdp_mode(mode: config::XdpMode) -> XdpMode {
-    match mode {
-        config::XdpMode::Auto => XdpMode::Default,
-        config::XdpMode::Native => XdpMode::Driver,
-        config::XdpMode::Skb => XdpMode::Skb,
-    }
+    host_changes: Option<mpsc::UnboundedReceiver<()>>,
 }
 
 /// Runs the agent in the foreground until SIGTERM or SIGINT.
@@ -114,16 +111,6 @@ impl Agent {
         if !cgroup.is_dir() {
             bail!("cgroup: no cgroup {} on this host", cgroup.display());
         }
-        let mut interfaces = Vec::new();
-        for (i, interface) in config.interfaces.iter().enumerate() {
-            let index = host::interfaces::index(&interface.name).with_context(|| {
-                format!(
-                    "interfaces[{i}].name: no interface `{}` on this host",
-                    interface.name
-                )
-            })?;
-            interfaces.push((interface.name.clone(), index, xdp_mode(interface.xdp_mode)));
-        }
 
         let previous = state_dir.read().unwrap_or_default();
         let pins = PinLayout::new(&config.pin_dir);
@@ -150,9 +137,9 @@ impl Agent {
         let cgroup_watch =
             watch::CgroupWatch::new(cgroup_tx).context("watching the cgroup tree")?;
         // The watch starts before the first read, so no change falls between the two.
-        let (address_tx, address_changes) = mpsc::unbounded_channel();
-        let address_watch = netlink::watch_addresses(address_tx)
-            .context("watching this host's addresses (rtnetlink)")?;
+        let (host_tx, host_changes) = mpsc::unbounded_channel();
+        let host_watch = netlink::watch_host(host_tx)
+            .context("watching this host's interfaces and addresses (rtnetlink)")?;
         let local = host::interfaces::addresses().context("reading this host's addresses")?;
         let count = loader.set_local_addresses(&local)?;
         tracing::info!(
@@ -160,8 +147,9 @@ impl Agent {
             "this host's addresses are decided as local destinations"
         );
         let mut agent = Self {
-            _address_watch: address_watch,
-            address_changes: Some(address_changes),
+            interfaces: InterfaceSet::new(config.interfaces.clone()),
+            _host_watch: host_watch,
+            host_changes: Some(host_changes),
             listed_cgroups: None,
             cgroup_watch,
             cgroup_changes: Some(cgroup_changes),
@@ -171,6 +159,7 @@ impl Agent {
                 active: previous.active.clone(),
                 last_reload: None,
                 accepted_bundle_version: previous.accepted_bundle_version,
+                interfaces: BTreeMap::new(),
             },
             shared: Arc::new(Mutex::new(Shared {
                 rule_names: generations
@@ -178,6 +167,7 @@ impl Agent {
                     .map(|names| names.rules.clone())
                     .unwrap_or_default(),
                 reloads: BTreeMap::new(),
+                interfaces: BTreeMap::new(),
             })),
             generations,
             audit,
@@ -200,14 +190,8 @@ impl Agent {
 
         let outcome = agent.loader.attach_cgroup(&cgroup)?;
         tracing::info!(cgroup = %cgroup.display(), ?outcome, "cgroup hooks in force");
-        for (name, index, mode) in &interfaces {
-            let outcome = agent.loader.attach_xdp(name, *index, *mode)?;
-            tracing::info!(interface = %name, ?outcome, "XDP ingress in force");
-        }
-        let keep: Vec<&str> = interfaces.iter().map(|(name, ..)| name.as_str()).collect();
-        for gone in agent.loader.detach_other_interfaces(&keep)? {
-            tracing::info!(interface = %gone, "XDP detached: the interface is no longer configured");
-        }
+        agent.interfaces.start(&mut agent.loader)?;
+        agent.publish_interfaces();
         agent.write_state();
         Ok(agent)
     }
@@ -338,6 +322,30 @@ impl Agent {
         }
     }
 
+    /// After rtnetlink reported a change: XDP onto interfaces that appeared (or were
+    /// re-created), off those that went, and this host's addresses read again.
+    fn host_changed(&mut self) {
+        if let Err(err) = self.interfaces.sync(&mut self.loader) {
+            tracing::error!(
+                error = format!("{err:#}"),
+                "cannot bring XDP up to date with this host's interfaces"
+            );
+        }
+        self.publish_interfaces();
+        self.write_state();
+        self.refresh_local_addresses();
+    }
+
+    /// Shows the interfaces' XDP to metrics and status.
+    fn publish_interfaces(&mut self) {
+        let known = self.interfaces.known().clone();
+        self.state.interfaces = known.clone();
+        self.shared
+            .lock()
+            .expect("the shared lock is not poisoned")
+            .interfaces = known;
+    }
+
     /// Reads this host's addresses again into the kernel's table after rtnetlink
     /// reported a change. A failure is logged and the table keeps what it had.
     fn refresh_local_addresses(&mut self) {
@@ -383,12 +391,6 @@ impl Agent {
                 &PinLayout::new(&self.config.pin_dir).maps_dir(),
             )?),
             pins: PinLayout::new(&self.config.pin_dir),
-            interfaces: self
-                .config
-                .interfaces
-                .iter()
-                .map(|i| i.name.clone())
-                .collect(),
             shared: Arc::clone(&self.shared),
             audit: Arc::clone(&self.audit.stats),
             forward: self.audit.forward_stats.clone(),
@@ -404,10 +406,10 @@ impl Agent {
             .cgroup_changes
             .take()
             .context("the cgroup watch is served once")?;
-        let mut address_changes = self
-            .address_changes
+        let mut host_changes = self
+            .host_changes
             .take()
-            .context("the address watch is served once")?;
+            .context("the host watch is served once")?;
         tracing::info!(pid = self.state.pid, "enforcing");
         loop {
             tokio::select! {
@@ -424,10 +426,10 @@ impl Agent {
                     while cgroup_changes.try_recv().is_ok() {}
                     self.refresh_cgroups();
                 }
-                Some(()) = address_changes.recv() => {
+                Some(()) = host_changes.recv() => {
                     // Changes already queued are covered by this pass.
-                    while address_changes.try_recv().is_ok() {}
-                    self.refresh_local_addresses();
+                    while host_changes.try_recv().is_ok() {}
+                    self.host_changed();
                 }
                 Some(()) = changes.recv() => {
                     // Let a burst of changes settle into one reload.

@@ -1,33 +1,34 @@
-//! Notices changes to the host's addresses through rtnetlink: the kernel's multicast
-//! groups for IPv4 and IPv6 address changes. What changed is not parsed; any message (or
-//! a lost one: a full socket buffer) means "read the addresses again", so nothing is
-//! missed however a change arrives.
+//! Notices changes to the host's interfaces and addresses through rtnetlink: the
+//! kernel's multicast groups for links and for IPv4 and IPv6 addresses. What changed is
+//! not parsed; any message (or a lost one: a full socket buffer) means "read the
+//! interfaces and addresses again", so nothing is missed however a change arrives.
 
 use std::io;
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::{io::unix::AsyncFd, sync::mpsc, task::JoinHandle};
 
-/// The rtnetlink groups of address changes.
-const ADDRESS_GROUPS: u32 = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+/// The rtnetlink groups of link and address changes.
+const GROUPS: u32 =
+    (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
 
 /// A running watch; dropping it stops watching.
-pub struct AddressWatch {
+pub struct HostWatch {
     task: JoinHandle<()>,
 }
 
-impl Drop for AddressWatch {
+impl Drop for HostWatch {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
 /// Starts watching (on the current tokio runtime) and sends `()` on `changes` after
-/// every address change. Changes made from now on are seen: read the addresses after
-/// this returns, not before.
-pub fn watch_addresses(changes: mpsc::UnboundedSender<()>) -> io::Result<AddressWatch> {
+/// every interface or address change. Changes made from now on are seen: read the
+/// interfaces and addresses after this returns, not before.
+pub fn watch_host(changes: mpsc::UnboundedSender<()>) -> io::Result<HostWatch> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind(&SocketAddr::new(0, ADDRESS_GROUPS))?;
+    socket.bind(&SocketAddr::new(0, GROUPS))?;
     socket.set_non_blocking(true)?;
     // SAFETY: the descriptor belongs to the socket the `AsyncFd` owns: it stays open and
     // the same until the `AsyncFd` is dropped.
@@ -46,7 +47,7 @@ pub fn watch_addresses(changes: mpsc::UnboundedSender<()>) -> io::Result<Address
                     // Messages were dropped: read everything again.
                     Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => changed = true,
                     Err(err) => {
-                        tracing::warn!(error = %err, "reading rtnetlink address changes");
+                        tracing::warn!(error = %err, "reading rtnetlink changes");
                         changed = true;
                         break;
                     }
@@ -59,5 +60,5 @@ pub fn watch_addresses(changes: mpsc::UnboundedSender<()>) -> io::Result<Address
             }
         }
     });
-    Ok(AddressWatch { task })
+    Ok(HostWatch { task })
 }

@@ -4,6 +4,7 @@
 //! generations (`generations.json`) in the state directory.
 
 use std::{
+    collections::BTreeMap,
     fs::{self, File, OpenOptions, TryLockError},
     io,
     path::{Path, PathBuf},
@@ -12,6 +13,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use super::interfaces::InterfaceXdp;
 use crate::{durable, policy::names::GenerationNames};
 
 /// The lock file a running agent holds.
@@ -85,6 +87,9 @@ pub struct AgentState {
     pub last_reload: Option<Reload>,
     /// The highest bundle version accepted so far (older bundles are refused).
     pub accepted_bundle_version: u64,
+    /// Each interface's XDP ingress (attached, or why not), by name.
+    #[serde(default)]
+    pub interfaces: BTreeMap<String, InterfaceXdp>,
 }
 
 /// Seconds since the epoch.

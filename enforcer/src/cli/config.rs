@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use crate::{
     audit::store::Fsync,
-    config::{Config, WriteErrorAction, XdpMode},
+    config::{Config, Interfaces, WriteErrorAction, XdpMode},
 };
 
 /// `enforcer config` subcommands.
@@ -57,22 +57,29 @@ pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
 }
 
 fn print_settings(config: &Config) {
-    let interfaces = if config.interfaces.is_empty() {
-        "none (outbound enforcement only)".to_owned()
-    } else {
-        config
-            .interfaces
+    let mode = |mode: XdpMode| match mode {
+        XdpMode::Auto => "auto",
+        XdpMode::Native => "native",
+        XdpMode::Skb => "skb",
+    };
+    let interfaces = match &config.interfaces {
+        Interfaces::All { exclude, xdp_mode } if exclude.is_empty() => format!(
+            "all but loopback, also those that appear later ({})",
+            mode(*xdp_mode)
+        ),
+        Interfaces::All { exclude, xdp_mode } => format!(
+            "all but loopback and {}, also those that appear later ({})",
+            exclude.join(", "),
+            mode(*xdp_mode)
+        ),
+        Interfaces::Listed(list) if list.is_empty() => {
+            "none (outbound enforcement only)".to_owned()
+        }
+        Interfaces::Listed(list) => list
             .iter()
-            .map(|i| {
-                let mode = match i.xdp_mode {
-                    XdpMode::Auto => "auto",
-                    XdpMode::Native => "native",
-                    XdpMode::Skb => "skb",
-                };
-                format!("{} ({mode})", i.name)
-            })
+            .map(|i| format!("{} ({})", i.name, mode(i.xdp_mode)))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
     };
     let cgroup = if config.cgroup.is_empty() {
         "the cgroup2 root (every process)".to_owned()

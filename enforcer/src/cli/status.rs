@@ -40,6 +40,7 @@ struct Status {
     policy: Option<ActivePolicy>,
     last_reload: Option<Reload>,
     attachments: Vec<Attachment>,
+    interfaces: Vec<InterfaceStatus>,
     maps: Vec<MapFill>,
     rules: Vec<RuleStatus>,
     reasons: Vec<ReasonStatus>,
@@ -53,6 +54,56 @@ struct Attachment {
     program_id: Option<u32>,
     target: String,
     error: Option<String>,
+}
+
+/// One interface of this host and its XDP ingress.
+#[derive(Debug, Serialize)]
+struct InterfaceStatus {
+    name: String,
+    index: u32,
+    /// `attached`, `failed` or `none`.
+    xdp: &'static str,
+    /// The mode asked for, while attached or failed.
+    mode: Option<String>,
+    /// Why attaching failed.
+    error: Option<String>,
+}
+
+/// Every interface of this host with what the agent last reported for it and whether
+/// its XDP link is pinned.
+fn interfaces(
+    state: Option<&crate::agent::state::AgentState>,
+    attachments: &[Attachment],
+    pins: &PinLayout,
+) -> anyhow::Result<Vec<InterfaceStatus>> {
+    let reported = state.map(|s| &s.interfaces);
+    let mut found = Vec::new();
+    for (name, index) in host::interfaces::all()? {
+        let known = reported.and_then(|r| r.get(&name));
+        let pin = pins.xdp_link(&name);
+        let pinned = attachments.iter().any(|a| {
+            a.error.is_none()
+                && pin
+                    .file_name()
+                    .is_some_and(|f| f.to_string_lossy() == a.pin)
+        });
+        let (xdp, mode, error) = match known {
+            Some(known) if known.error.is_some() => {
+                ("failed", Some(known.mode.clone()), known.error.clone())
+            }
+            Some(known) if pinned => ("attached", Some(known.mode.clone()), None),
+            _ if pinned => ("attached", None, None),
+            _ => ("none", None, None),
+        };
+        found.push(InterfaceStatus {
+            name,
+            index,
+            xdp,
+            mode,
+            error,
+        });
+    }
+    Ok(found)
 }
 
 #[derive(Debug, Serialize)]
@@ -117,7 +168,7 @@ fn gather(config: &Config) -> anyhow::Result<Status> {
         .ok()
         .map(|root| root.join(&config.cgroup))
         .and_then(|path| host::cgroups::id(&path).map(|id| (path, id)));
-    let attachments = pins
+    let attachments: Vec<Attachment> = pins
         .links()?
         .into_iter()
         .map(|link| match link.details {
@@ -140,6 +191,7 @@ fn gather(config: &Config) -> anyhow::Result<Status> {
             },
         })
         .collect();
+    let interfaces = interfaces(state.as_ref(), &attachments, &pins)?;
     let mut status = Status {
         agent_running,
         agent_pid: state.as_ref().filter(|_| agent_running).map(|s| s.pid),
@@ -149,6 +201,7 @@ fn gather(config: &Config) -> anyhow::Result<Status> {
         policy: state.as_ref().and_then(|s| s.active.clone()),
         last_reload: state.as_ref().and_then(|s| s.last_reload.clone()),
         attachments,
+        interfaces,
         maps: Vec::new(),
         rules: Vec::new(),
         reasons: Vec::new(),
@@ -243,6 +296,20 @@ fn print(status: &Status) {
                 .error
                 .clone()
                 .unwrap_or_else(|| attachment.target.clone()),
+        ]);
+    }
+    table::print_table(&table);
+    println!("interfaces:");
+    let mut table = table::table(&["interface", "index", "xdp", "mode"]);
+    for interface in &status.interfaces {
+        table.add_row(vec![
+            interface.name.clone(),
+            interface.index.to_string(),
+            match &interface.error {
+                Some(error) => format!("failed: {error}"),
+                None => interface.xdp.to_owned(),
+            },
+            interface.mode.clone().unwrap_or_else(|| "-".to_owned()),
         ]);
     }
     table::print_table(&table);

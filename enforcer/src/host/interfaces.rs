@@ -29,6 +29,20 @@ pub fn name(index: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// Every interface of this network namespace, by name, with its index.
+pub fn all() -> io::Result<Vec<(String, u32)>> {
+    Ok(nix::net::if_::if_nameindex()
+        .map_err(io::Error::from)?
+        .iter()
+        .map(|interface| {
+            (
+                interface.name().to_string_lossy().into_owned(),
+                interface.index(),
+            )
+        })
+        .collect())
+}
+
 /// Every address of every interface of this network namespace (loopback included).
 pub fn addresses() -> io::Result<BTreeSet<IpAddr>> {
     let mut found = BTreeSet::new();
@@ -56,6 +70,12 @@ mod tests {
         assert_eq!(index("no-such-if0"), None);
         assert_eq!(index("bad\0name"), None);
         assert_eq!(name(0), None);
+    }
+
+    #[test]
+    fn loopback_is_listed_with_its_index() {
+        let lo = index("lo").unwrap();
+        assert!(all().unwrap().contains(&("lo".to_owned(), lo)));
     }
 
     #[test]

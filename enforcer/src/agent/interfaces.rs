@@ -1,0 +1,135 @@
+//! XDP ingress on the configured interfaces, kept current: with `interfaces = "all"`
+//! every interface of the agent's network namespace but loopback and the excluded ones,
+//! including those that appear while the agent runs (rtnetlink reports them); with a
+//! list, exactly the listed ones, attached again when one is re-created. What each
+//! interface has is shown by `status` and `/metrics`, an attach that failed included.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use aya::programs::XdpMode;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{self, Interfaces},
+    host,
+    loader::Loader,
+};
+
+/// What one interface has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceXdp {
+    /// The interface index it had when last attached to (or tried).
+    pub index: u32,
+    /// The mode asked for (`auto`: native where the driver has it, else generic).
+    pub mode: String,
+    /// Why attaching failed; `None` while XDP is attached.
+    pub error: Option<String>,
+}
+
+/// The interfaces with XDP, and those where attaching failed.
+pub struct InterfaceSet {
+    selection: Interfaces,
+    /// By interface name.
+    known: BTreeMap<String, InterfaceXdp>,
+}
+
+fn aya_mode(mode: config::XdpMode) -> XdpMode {
+    match mode {
+        config::XdpMode::Auto => XdpMode::Default,
+        config::XdpMode::Native => XdpMode::Driver,
+        config::XdpMode::Skb => XdpMode::Skb,
+    }
+}
+
+fn mode_word(mode: config::XdpMode) -> &'static str {
+    match mode {
+        config::XdpMode::Auto => "auto",
+        config::XdpMode::Native => "native",
+        config::XdpMode::Skb => "skb",
+    }
+}
+
+impl InterfaceSet {
+    /// No interface attached yet.
+    pub fn new(selection: Interfaces) -> Self {
+        Self {
+            selection,
+            known: BTreeMap::new(),
+        }
+    }
+
+    /// Each interface's XDP, by name.
+    pub fn known(&self) -> &BTreeMap<String, InterfaceXdp> {
+        &self.known
+    }
+
+    /// The first start: every listed interface must exist (a typo in the config is
+    /// refused, nothing attached to it), then [`InterfaceSet::sync`].
+    pub fn start(&mut self, loader: &mut Loader) -> anyhow::Result<()> {
+        if let Interfaces::Listed(list) = &self.selection {
+            for (i, interface) in list.iter().enumerate() {
+                host::interfaces::index(&interface.name).with_context(|| {
+                    format!(
+                        "interfaces[{i}].name: no interface `{}` on this host",
+                        interface.name
+                    )
+                })?;
+            }
+        }
+        self.sync(loader)
+    }
+
+    /// Attaches XDP to every selected interface of the host that does not have it at its
+    /// current index, and forgets (and unpins) interfaces that are gone or no longer
+    /// selected. An attach that fails is logged and kept as failed (retried at the next
+    /// change); it does not stop the others.
+    pub fn sync(&mut self, loader: &mut Loader) -> anyhow::Result<()> {
+        let present = host::interfaces::all().context("listing this host's interfaces")?;
+        let mut keep = BTreeMap::new();
+        for (name, index) in present {
+            let Some(mode) = self.selection.selects(&name) else {
+                continue;
+            };
+            let current = self
+                .known
+                .remove(&name)
+                .filter(|known| known.index == index && known.error.is_none());
+            let state = match current {
+                Some(attached) => attached,
+                None => {
+                    let error = match loader.attach_xdp(&name, index, aya_mode(mode)) {
+                        Ok(outcome) => {
+                            tracing::info!(interface = %name, index, mode = mode_word(mode), ?outcome, "XDP ingress in force");
+                            None
+                        }
+                        Err(err) => {
+                            tracing::error!(interface = %name, index, mode = mode_word(mode), error = %err, "cannot attach XDP ingress; the interface has none");
+                            Some(err.to_string())
+                        }
+                    };
+                    InterfaceXdp {
+                        index,
+                        mode: mode_word(mode).to_owned(),
+                        error,
+                    }
+                }
+            };
+            keep.insert(name, state);
+        }
+        for gone in self.known.keys() {
+            tracing::info!(interface = %gone, "interface gone or no longer selected");
+        }
+        self.known = keep;
+        let attached: Vec<&str> = self
+            .known
+            .iter()
+            .filter(|(_, state)| state.error.is_none())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        for detached in loader.detach_other_interfaces(&attached)? {
+            tracing::info!(interface = %detached, "XDP detached: the interface is gone or no longer configured");
+        }
+        Ok(())
+    }
+}

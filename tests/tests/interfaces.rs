@@ -1,0 +1,137 @@
+//! XDP ingress on every interface: with `interfaces = "all"` the agent attaches to every
+//! interface of its network namespace but loopback, and to each one that appears while
+//! it runs; `status` shows what each interface has. A remote host behind an interface
+//! added after the start cannot open a connection the policy denies.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Instant,
+};
+
+use enforcer_tests::{
+    LINK_PREFIX,
+    agent::AgentHost,
+    cgroup::TestCgroup,
+    netns::{Netns, add_veth, address_up},
+    next_serial,
+    probe::{Outcome, Spawn},
+};
+
+const DENIED: u16 = 18_081;
+const ALLOWED: u16 = 18_080;
+
+/// A remote host joined to `host` by a new veth pair: this host's end is called
+/// `<prefix><pid>-<serial>h` and gets `198.18.<third>.1/30`, the remote's `.2`.
+struct Remote {
+    netns: Netns,
+    host_if: String,
+    host_addr: Ipv4Addr,
+}
+
+impl Remote {
+    fn new(host: &Netns) -> Self {
+        let serial = next_serial();
+        let pid = std::process::id();
+        let host_if = format!("{LINK_PREFIX}{pid}-{serial}h");
+        let netns = Netns::new();
+        add_veth(Some(host), &host_if, &netns, "eth0");
+        let third = 200 + u8::try_from(serial % 50).expect("below 50");
+        let host_addr = Ipv4Addr::new(198, 18, third, 1);
+        let remote_addr = Ipv4Addr::new(198, 18, third, 2);
+        address_up(Some(host), &host_if, &[(host_addr.into(), 30)]);
+        address_up(Some(&netns), "eth0", &[(remote_addr.into(), 30)]);
+        Self {
+            netns,
+            host_if,
+            host_addr,
+        }
+    }
+
+    /// A TCP connect from the remote host to `port` on this host.
+    fn connect(&self, port: u16) -> Outcome {
+        Spawn::tcp_client(SocketAddr::new(IpAddr::V4(self.host_addr), port))
+            .netns(&self.netns)
+            .run()
+    }
+}
+
+fn xdp_of<'a>(status: &'a serde_json::Value, interface: &str) -> Option<&'a serde_json::Value> {
+    status["interfaces"]
+        .as_array()
+        .expect("interfaces")
+        .iter()
+        .find(|i| i["name"] == interface)
+}
+
+#[test]
+fn every_interface_gets_xdp_also_one_added_while_the_agent_runs() {
+    let host = Netns::new();
+    let first = Remote::new(&host);
+    let parent = TestCgroup::new();
+    let web = parent.child("web.service");
+    let policy = format!(
+        r#"
+[segments.web]
+cgroups = ["{}"]
+ports = ["{ALLOWED}/tcp", "{DENIED}/tcp"]
+
+[[allow]]
+id = "world-to-web"
+from = ["world"]
+to = ["web"]
+ports = ["{ALLOWED}/tcp"]
+"#,
+        web.relative_path()
+    );
+    let mut agent = AgentHost::new(&parent, &policy, "127.0.0.1:19641", "").in_netns(&host);
+    agent.set_interfaces("interfaces = \"all\"\nxdp_mode = \"skb\"");
+    let _servers: Vec<_> = [ALLOWED, DENIED]
+        .map(|port| {
+            Spawn::tcp_server(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
+                .netns(&host)
+                .cgroup(&web)
+                .serve()
+        })
+        .into();
+    agent.start();
+
+    // The interface that existed at the start has XDP; loopback has none.
+    let status = agent.status();
+    let attached = xdp_of(&status, &first.host_if).expect("listed");
+    assert_eq!(attached["xdp"], "attached", "{status:#}");
+    assert_eq!(attached["mode"], "skb", "{status:#}");
+    assert_eq!(xdp_of(&status, "lo").expect("listed")["xdp"], "none");
+    assert_eq!(first.connect(ALLOWED), Outcome::Ok);
+    assert_eq!(first.connect(DENIED), Outcome::Timeout, "dropped at XDP");
+
+    // A new interface, to a new remote host, while the agent runs.
+    let added = Instant::now();
+    let second = Remote::new(&host);
+    let status = agent.wait_for_status("XDP on the added interface", |status| {
+        xdp_of(status, &second.host_if).is_some_and(|i| i["xdp"] == "attached")
+    });
+    eprintln!(
+        "XDP on {} within {:?} of creating it",
+        second.host_if,
+        added.elapsed()
+    );
+    assert_eq!(
+        xdp_of(&status, &second.host_if).expect("listed")["mode"],
+        "skb"
+    );
+    assert_eq!(second.connect(ALLOWED), Outcome::Ok);
+    assert_eq!(second.connect(DENIED), Outcome::Timeout, "dropped at XDP");
+
+    // The refused SYNs are on record, with the interface they came in on.
+    let records: Vec<serde_json::Value> = agent.audit_records();
+    let refused_on = |interface: &str| {
+        records.iter().any(|r| {
+            r["unmapped"]["flow"]["hook"] == "xdp_ingress"
+                && r["unmapped"]["flow"]["verdict"] == "deny"
+                && r["unmapped"]["flow"]["interface"] == interface
+                && r["dst_endpoint"]["port"] == DENIED
+        })
+    };
+    assert!(refused_on(&first.host_if), "{records:#?}");
+    assert!(refused_on(&second.host_if), "{records:#?}");
+}
