@@ -1,7 +1,7 @@
 //! XDP ingress on every interface: with `interfaces = "all"` the agent attaches to every
 //! interface of its network namespace but loopback, and to each one that appears while
 //! it runs; `status` shows what each interface has. A remote host behind an interface
-//! added after the start cannot open a connection the policy denies.
+//! added after the start, or inside a tunnel, cannot open a connection the policy denies.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -26,6 +26,7 @@ struct Remote {
     netns: Netns,
     host_if: String,
     host_addr: Ipv4Addr,
+    remote_addr: Ipv4Addr,
 }
 
 impl Remote {
@@ -44,14 +45,54 @@ impl Remote {
             netns,
             host_if,
             host_addr,
+            remote_addr,
         }
     }
 
     /// A TCP connect from the remote host to `port` on this host.
     fn connect(&self, port: u16) -> Outcome {
-        Spawn::tcp_client(SocketAddr::new(IpAddr::V4(self.host_addr), port))
+        self.connect_to(self.host_addr, port)
+    }
+
+    /// A TCP connect from the remote host to `addr:port`.
+    fn connect_to(&self, addr: Ipv4Addr, port: u16) -> Outcome {
+        Spawn::tcp_client(SocketAddr::new(IpAddr::V4(addr), port))
             .netns(&self.netns)
             .run()
+    }
+
+    /// A VXLAN tunnel `name` between this host and the remote over the pair, with
+    /// `198.19.240.1/30` inside on this host's end and `.2` on the remote's; returns this
+    /// host's inner address.
+    fn tunnel(&self, host: &Netns, name: &str) -> Ipv4Addr {
+        for (netns, local, remote) in [
+            (host, self.host_addr, self.remote_addr),
+            (&self.netns, self.remote_addr, self.host_addr),
+        ] {
+            netns.ip(&[
+                "link",
+                "add",
+                name,
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "local",
+                &local.to_string(),
+                "remote",
+                &remote.to_string(),
+                "dstport",
+                "4789",
+            ]);
+        }
+        let inner_host = Ipv4Addr::new(198, 19, 240, 1);
+        address_up(Some(host), name, &[(inner_host.into(), 30)]);
+        address_up(
+            Some(&self.netns),
+            name,
+            &[(Ipv4Addr::new(198, 19, 240, 2).into(), 30)],
+        );
+        inner_host
     }
 }
 
@@ -122,6 +163,24 @@ ports = ["{ALLOWED}/tcp"]
     assert_eq!(second.connect(ALLOWED), Outcome::Ok);
     assert_eq!(second.connect(DENIED), Outcome::Timeout, "dropped at XDP");
 
+    // A tunnel device is an interface too: the inner SYN, decapsulated, meets the XDP of
+    // the tunnel device, which "all" attached when it appeared.
+    let tunnel = format!("vx{}", next_serial());
+    let inner = first.tunnel(&host, &tunnel);
+    agent.wait_for_status("XDP on the tunnel device", |status| {
+        xdp_of(status, &tunnel).is_some_and(|i| i["xdp"] == "attached")
+    });
+    assert_eq!(
+        first.connect_to(inner, ALLOWED),
+        Outcome::Ok,
+        "through the tunnel"
+    );
+    assert_eq!(
+        first.connect_to(inner, DENIED),
+        Outcome::Timeout,
+        "dropped at the tunnel device's XDP"
+    );
+
     // The refused SYNs are on record, with the interface they came in on.
     let records: Vec<serde_json::Value> = agent.audit_records();
     let refused_on = |interface: &str| {
@@ -134,4 +193,5 @@ ports = ["{ALLOWED}/tcp"]
     };
     assert!(refused_on(&first.host_if), "{records:#?}");
     assert!(refused_on(&second.host_if), "{records:#?}");
+    assert!(refused_on(&tunnel), "{records:#?}");
 }
