@@ -21,6 +21,8 @@ wire_enum! {
         PostBind4 = 7 => "post_bind4",
         /// cgroup `post_bind6`.
         PostBind6 = 8 => "post_bind6",
+        /// cgroup `sock_release`.
+        SockRelease = 9 => "sock_release",
     }
     /// The program's name in the eBPF object, as loaded and pinned.
     fn program_name;

@@ -439,10 +439,16 @@ pub const HOST_SETTINGS: &str = "HOST_SETTINGS";
 /// The de-duplication window the loader sets unless told otherwise: one second.
 pub const DEFAULT_DEDUP_WINDOW_NS: u64 = 1_000_000_000;
 
-/// Listener ports learnt at `bind()` (post_bind4/6): [`ListenKey`] to the binding task's
-/// cgroup ancestry. Host state: the same binding is classified under every generation by
-/// looking its ancestry up in that generation's cgroup table.
+/// Listeners learnt at `bind()` (post_bind4/6): [`BoundKey`] (the bound address, port
+/// and protocol) to the binding task's cgroup ancestry and the socket's cookie; the entry
+/// goes when that socket is released. Host state: the same binding is classified under
+/// every generation by looking its ancestry up in that generation's cgroup table.
 pub const LEARNT_LISTENERS: &str = "LEARNT_LISTENERS";
+/// The [`BoundKey`] each learnt socket made, by socket cookie: a `sock_release` program
+/// cannot read a socket's address or port, so this is how a released socket's binding is
+/// found. Same capacity as [`LEARNT_LISTENERS`].
+pub const BOUND_SOCKETS: &str = "BOUND_SOCKETS";
+
 /// Capacity of [`LEARNT_LISTENERS`] (an LRU: the oldest bindings go first).
 pub const LEARNT_LISTENERS_CAPACITY: u32 = 65_536;
 
@@ -450,15 +456,67 @@ pub const LEARNT_LISTENERS_CAPACITY: u32 = 65_536;
 /// [`MAX_CGROUP_DEPTH`].
 pub const CGROUP_LEVELS: usize = MAX_CGROUP_DEPTH as usize + 1;
 
-/// The cgroup ancestry of the task that bound a learnt listener port.
+/// The cgroup ancestry of the task that bound a learnt listener, and which socket it is.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LearntListener {
     /// cgroup id at each level, root first; 0 below the task's own level.
     pub ancestors: [u64; CGROUP_LEVELS],
+    /// The bound socket's cookie: only its own release forgets the entry (a later
+    /// binding of the same address and port replaced it otherwise).
+    pub cookie: u64,
 }
 
-const _: () = assert!(size_of::<LearntListener>() == 8 * CGROUP_LEVELS);
+const _: () = assert!(size_of::<LearntListener>() == 8 * CGROUP_LEVELS + 8);
+
+/// Key of [`LEARNT_LISTENERS`]: where a socket is bound. The address is a
+/// [`bound_address`]: all zero for the unspecified address of either family (a socket
+/// bound there receives for every local address), else IPv6 as it is and IPv4 in its
+/// IPv4-mapped form.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BoundKey {
+    /// The bound address, as [`bound_address`] gives it.
+    pub addr: [u8; 16],
+    /// The bound port, host byte order.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
+}
+
+const _: () = assert!(size_of::<BoundKey>() == 20);
+
+impl BoundKey {
+    /// The key of a socket bound to `addr` (already a [`bound_address`]), `port`, `proto`.
+    pub const fn new(addr: [u8; 16], port: u16, proto: u8) -> Self {
+        Self {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
+/// The [`BoundKey`] address of `addr` (IPv4 in the first four bytes when `v4`): all zero
+/// for `0.0.0.0`, `::` and `::ffff:0.0.0.0`, else as [`local_address_key`].
+#[inline(always)]
+pub const fn bound_address(addr: &[u8; 16], v4: bool) -> [u8; 16] {
+    let key = local_address_key(addr, v4);
+    // Unspecified: `::`, or `::ffff:0.0.0.0` (where IPv4's `0.0.0.0` is keyed).
+    let mut others_zero = true;
+    let mut i = 0;
+    while i < 16 {
+        if (i < 10 || i >= 12) && key[i] != 0 {
+            others_zero = false;
+        }
+        i += 1;
+    }
+    let marker = (key[10] == 0 && key[11] == 0) || (key[10] == 0xff && key[11] == 0xff);
+    if others_zero && marker { [0; 16] } else { key }
+}
 
 /// Every address of every interface of the agent's network namespace (kept current by the
 /// agent), as [`local_address_key`]s: a destination there is this host, decided against
@@ -481,7 +539,7 @@ pub const fn local_address_key(addr: &[u8; 16], v4: bool) -> [u8; 16] {
 }
 
 /// The maps of host state, one of each, kept across generations.
-const HOST_MAPS: [&str; 8] = [
+const HOST_MAPS: [&str; 9] = [
     ACTIVE,
     EVENTS,
     REASON_COUNTS,
@@ -489,6 +547,7 @@ const HOST_MAPS: [&str; 8] = [
     RECENT_FLOWS,
     HOST_SETTINGS,
     LEARNT_LISTENERS,
+    BOUND_SOCKETS,
     LOCAL_ADDRESSES,
 ];
 
@@ -552,11 +611,35 @@ mod pod {
     unsafe impl aya::Pod for HostSettings {}
     // SAFETY: see above.
     unsafe impl aya::Pod for LearntListener {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for BoundKey {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_unspecified_form_is_the_wildcard_key_and_others_are_mapped() {
+        let v4 = |a: [u8; 4]| {
+            let mut bytes = [0; 16];
+            bytes[..4].copy_from_slice(&a);
+            bytes
+        };
+        let mut mapped_any = [0; 16];
+        mapped_any[10] = 0xff;
+        mapped_any[11] = 0xff;
+        assert_eq!(bound_address(&v4([0; 4]), true), [0; 16]);
+        assert_eq!(bound_address(&[0; 16], false), [0; 16]);
+        assert_eq!(bound_address(&mapped_any, false), [0; 16]);
+        let mut loopback = mapped_any;
+        loopback[12..].copy_from_slice(&[127, 0, 0, 2]);
+        assert_eq!(bound_address(&v4([127, 0, 0, 2]), true), loopback);
+        assert_eq!(bound_address(&loopback, false), loopback);
+        let mut v6_loopback = [0; 16];
+        v6_loopback[15] = 1;
+        assert_eq!(bound_address(&v6_loopback, false), v6_loopback);
+    }
 
     #[test]
     fn consecutive_generations_alternate_between_the_two_slots() {

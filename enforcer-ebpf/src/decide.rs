@@ -7,9 +7,9 @@ use enforcer_common::{
     decision::{Decision, NO_RULE, best_rule, decide, lookup_bit, rule_lookups},
     event::{Reason, Verdict},
     maps::{
-        ACTION_ALLOW, CGROUP_LEVELS, ListenKey, MAX_CGROUP_DEPTH, RULE_KEY_FIXED_BITS, RuleKey,
-        SEGMENT_ANY, SEGMENT_HOST, SEGMENT_UNCLASSIFIED, SEGMENT_WORLD, cgroup_segment,
-        local_address_key,
+        ACTION_ALLOW, BoundKey, CGROUP_LEVELS, ListenKey, MAX_CGROUP_DEPTH, RULE_KEY_FIXED_BITS,
+        RuleKey, SEGMENT_ANY, SEGMENT_HOST, SEGMENT_UNCLASSIFIED, SEGMENT_WORLD, bound_address,
+        cgroup_segment, local_address_key,
     },
 };
 
@@ -118,27 +118,53 @@ pub fn unless_fail_closed(decision: Decision) -> Decision {
     }
 }
 
+/// `127.0.0.1` as a [`bound_address`].
+const LOOPBACK4_MAPPED: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
+/// `::1`.
+const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
 /// What [`listener_segment`] returns for a port no segment serves: the id of `*`, which
 /// never classifies a listener.
 pub const NO_LISTENER: u32 = SEGMENT_ANY;
 
-/// The segment serving local port `port`/`proto`: the policy's declared listener, else the
-/// segment of the task that bound it (learnt at `bind()`), classified under this
-/// generation's cgroup table. [`NO_LISTENER`] when neither names a segment.
+/// The segment serving local port `port`/`proto` at `addr` (IPv4 in the first four bytes
+/// when `v4`): the policy's declared listener for the port, else the segment of the task
+/// whose socket the kernel delivers to (learnt at `bind()`: bound to exactly `addr`, else
+/// to the unspecified address), classified under this generation's cgroup table.
+/// [`NO_LISTENER`] when neither names a segment.
 ///
 /// Verifier notes: the ancestry walk is a constant-bounded loop over the stored levels,
 /// deepest first, like [`task_segment`]. The result is a plain `u32` with a sentinel, not
 /// an `Option`: LLVM filled the undefined payload of `None` from a register a helper call
 /// had clobbered, and the verifier refuses reading it.
 #[inline(always)]
-pub fn listener_segment<const B: bool>(slot: &Slot<B>, port: u16, proto: u8) -> u32 {
-    let key = ListenKey::new(port, proto);
-    if let Some(segment) = slot.listen().get_ptr(&key) {
+pub fn listener_segment<const B: bool>(
+    slot: &Slot<B>,
+    addr: &[u8; 16],
+    v4: bool,
+    port: u16,
+    proto: u8,
+) -> u32 {
+    if let Some(segment) = slot.listen().get_ptr(&ListenKey::new(port, proto)) {
         // SAFETY: the pointer comes from a successful map lookup.
         return unsafe { *segment };
     }
-    let Some(learnt) = LEARNT_LISTENERS.get_ptr(&key) else {
-        return NO_LISTENER;
+    // The socket the kernel delivers to: one bound to exactly this address, else one
+    // bound to the unspecified address. A flow to `0.0.0.0`/`::` lands on loopback.
+    let mut exact = bound_address(addr, v4);
+    if exact == [0; 16] {
+        exact = if v4 || addr[10] == 0xff {
+            LOOPBACK4_MAPPED
+        } else {
+            LOOPBACK6
+        };
+    }
+    let learnt = match LEARNT_LISTENERS.get_ptr(&BoundKey::new(exact, port, proto)) {
+        Some(learnt) => learnt,
+        None => match LEARNT_LISTENERS.get_ptr(&BoundKey::new([0; 16], port, proto)) {
+            Some(learnt) => learnt,
+            None => return NO_LISTENER,
+        },
     };
     let mut level = CGROUP_LEVELS;
     let mut unknown_below = false;

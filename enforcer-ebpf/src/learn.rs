@@ -1,32 +1,74 @@
-//! Listener learning at `bind()`: which task's cgroup serves a local port. The ancestry
-//! is stored, not a segment, so every later generation classifies the binding with its
-//! own cgroup table.
+//! Listener learning at `bind()`: which task's cgroup serves a local address and port,
+//! and forgetting it when that socket is released. The ancestry is stored, not a
+//! segment, so every later generation classifies the binding with its own cgroup table.
+//! The key is the bound address as well as the port: a process that binds another
+//! service's port on a more specific address (`127.0.0.2`) owns only the traffic the
+//! kernel delivers to it there, not the port.
 
-use aya_ebpf::{helpers::bpf_get_current_ancestor_cgroup_id, programs::SockContext};
-use enforcer_common::maps::{CGROUP_LEVELS, LearntListener, ListenKey, PROTO_UDP};
+use aya_ebpf::{
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
+    programs::SockContext,
+};
+use enforcer_common::maps::{BoundKey, CGROUP_LEVELS, LearntListener, PROTO_UDP, bound_address};
 
-use crate::maps::{self, LEARNT_LISTENERS};
+use crate::maps::{self, BOUND_SOCKETS, LEARNT_LISTENERS};
 
-/// Records the port `ctx`'s socket was just bound to, with the calling task's cgroup
-/// ancestry. UDP ports in the host's ephemeral range are skipped: they belong to clients,
-/// whose replies must not be decided as new inbound flows.
+/// Where `ctx`'s socket was just bound, as a [`LEARNT_LISTENERS`] key: an IPv4 socket
+/// when `V4` (`post_bind4`), else an IPv6 one (`post_bind6`); `None` without a port.
 ///
-/// Verifier note: `src_port` and `protocol` are read with 4-byte loads; `src_port` is in
-/// host byte order.
+/// Verifier notes: a `post_bind4` program may read only `src_ip4` of the addresses and a
+/// `post_bind6` program only `src_ip6`, even on a path that never runs, hence the family
+/// as a constant parameter rather than a branch on `family`. Fields are read with 4-byte
+/// loads; `src_port` is in host byte order, the addresses in network byte order.
 #[inline(always)]
-pub fn listener(ctx: &SockContext) {
+fn bound<const V4: bool>(ctx: &SockContext) -> Option<BoundKey> {
     // SAFETY: the context pointer is valid for the whole run of the program.
     let (port, proto) = unsafe { ((*ctx.sock).src_port, (*ctx.sock).protocol) };
     let (port, proto) = (port as u16, proto as u8);
     if port == 0 {
-        return;
+        return None;
     }
+    let mut addr = [0u8; 16];
+    if V4 {
+        // SAFETY: as above.
+        addr[..4].copy_from_slice(&unsafe { (*ctx.sock).src_ip4 }.to_ne_bytes());
+    } else {
+        // SAFETY: as above.
+        let words = unsafe { (*ctx.sock).src_ip6 };
+        let mut i = 0;
+        while i < 4 {
+            let bytes = words[i].to_ne_bytes();
+            addr[i * 4] = bytes[0];
+            addr[i * 4 + 1] = bytes[1];
+            addr[i * 4 + 2] = bytes[2];
+            addr[i * 4 + 3] = bytes[3];
+            i += 1;
+        }
+    }
+    Some(BoundKey::new(bound_address(&addr, V4), port, proto))
+}
+
+/// Records the address and port `ctx`'s socket (IPv4 when `V4`) was just bound to, with
+/// the calling task's cgroup ancestry, and remembers the binding under the socket's
+/// cookie for its release. UDP ports in the host's ephemeral range are skipped: they
+/// belong to clients, whose replies must not be decided as new inbound flows.
+#[inline(always)]
+pub fn listener<const V4: bool>(ctx: &SockContext) {
+    let Some(key) = bound::<V4>(ctx) else {
+        return;
+    };
     let settings = maps::host_settings();
-    if proto == PROTO_UDP && settings.ephemeral_low <= port && port <= settings.ephemeral_high {
+    if key.proto == PROTO_UDP
+        && settings.ephemeral_low <= key.port
+        && key.port <= settings.ephemeral_high
+    {
         return;
     }
+    // SAFETY: the helper reads the socket the context points to, valid for the run.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
     let mut learnt = LearntListener {
         ancestors: [0; CGROUP_LEVELS],
+        cookie,
     };
     let mut level = 0;
     while level < CGROUP_LEVELS {
@@ -36,5 +78,30 @@ pub fn listener(ctx: &SockContext) {
     }
     // A full LRU evicts its least recently used binding; a failed insert leaves the port
     // classified as `host`, as if it had not been learnt.
-    let _ = LEARNT_LISTENERS.insert(&ListenKey::new(port, proto), &learnt, 0);
+    if LEARNT_LISTENERS.insert(&key, &learnt, 0).is_ok() {
+        let _ = BOUND_SOCKETS.insert(&cookie, &key, 0);
+    }
+}
+
+/// Forgets the binding `ctx`'s socket made, if it is still the one learnt for its
+/// address and port (a later binding of the same address and port stays).
+///
+/// Verifier note: a `sock_release` program may not read the socket's port or addresses,
+/// so the binding is found through the socket's cookie ([`BOUND_SOCKETS`]).
+#[inline(always)]
+pub fn released(ctx: &SockContext) {
+    // SAFETY: the helper reads the socket the context points to, valid for the run.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    let Some(key) = BOUND_SOCKETS.get_ptr(&cookie) else {
+        return;
+    };
+    // SAFETY: the pointer comes from a successful map lookup; copied before the delete.
+    let key = unsafe { *key };
+    let _ = BOUND_SOCKETS.remove(&cookie);
+    if let Some(learnt) = LEARNT_LISTENERS.get_ptr(&key)
+        // SAFETY: as above.
+        && unsafe { (*learnt).cookie } == cookie
+    {
+        let _ = LEARNT_LISTENERS.remove(&key);
+    }
 }

@@ -188,7 +188,7 @@ fn destination(ctx: &SockAddrContext, address_family: u8) -> Flow {
 fn sock_addr_in_slot<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow) -> i32 {
     let v4 = flow.family == family::INET;
     let dst = if decide::is_local(&flow.dst_addr, v4) {
-        match decide::listener_segment(slot, flow.dst_port, flow.protocol) {
+        match decide::listener_segment(slot, &flow.dst_addr, v4, flow.dst_port, flow.protocol) {
             decide::NO_LISTENER => SEGMENT_HOST,
             segment => segment,
         }
@@ -206,7 +206,8 @@ fn sock_addr_in_slot<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow
     let src = decide::task_segment(slot);
     if matches!(origin.hook, Hook::Sendmsg4 | Hook::Sendmsg6)
         && flow.src_port != 0
-        && decide::listener_segment(slot, flow.src_port, flow.protocol) == src
+        // The source address is not known here: the socket bound to any address.
+        && decide::listener_segment(slot, &[0; 16], v4, flow.src_port, flow.protocol) == src
         && decide::flow(slot, dst, src, flow.protocol, flow.src_port).verdict != Verdict::Deny
     {
         return CGROUP_ALLOW;
@@ -287,14 +288,22 @@ fn raw_socket<const B: bool>(slot: &Slot<B>, generation: u32, flow: &Flow) -> i3
 /// IPv4 `bind()` completion: the bound port is learnt as a listener of the task's cgroup.
 #[cgroup_sock(post_bind4)]
 pub fn post_bind4(ctx: SockContext) -> i32 {
-    learn::listener(&ctx);
+    learn::listener::<true>(&ctx);
     CGROUP_ALLOW
 }
 
 /// IPv6 `bind()` completion: the bound port is learnt as a listener of the task's cgroup.
 #[cgroup_sock(post_bind6)]
 pub fn post_bind6(ctx: SockContext) -> i32 {
-    learn::listener(&ctx);
+    learn::listener::<false>(&ctx);
+    CGROUP_ALLOW
+}
+
+/// Socket release: a learnt binding goes with the socket that made it, so a port is not
+/// classified as a segment's after its server is gone.
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    learn::released(&ctx);
     CGROUP_ALLOW
 }
 

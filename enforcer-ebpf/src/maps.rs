@@ -8,11 +8,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::maps::{
-    CGROUP_TABLE_CAPACITY, EVENT_STAT_SLOTS, EVENTS_RING_BYTES, FailsafeKey4, FailsafeKey6,
-    HostSettings, LEARNT_LISTENERS_CAPACITY, LOCAL_ADDRESSES_CAPACITY, LearntListener, ListenKey,
-    MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, MAX_RULES,
-    MAX_SEGMENTS, PolicyConfig, REASON_COUNTER_SLOTS, RECENT_FLOWS_CAPACITY, RecentFlowKey,
-    RuleCounters, RuleKey, RuleValue, SegmentInfo,
+    BoundKey, CGROUP_TABLE_CAPACITY, EVENT_STAT_SLOTS, EVENTS_RING_BYTES, FailsafeKey4,
+    FailsafeKey6, HostSettings, LEARNT_LISTENERS_CAPACITY, LOCAL_ADDRESSES_CAPACITY,
+    LearntListener, ListenKey, MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS,
+    MAX_RULE_ENTRIES, MAX_RULES, MAX_SEGMENTS, PolicyConfig, REASON_COUNTER_SLOTS,
+    RECENT_FLOWS_CAPACITY, RecentFlowKey, RuleCounters, RuleKey, RuleValue, SegmentInfo,
 };
 
 /// Per-flow audit records ([`enforcer_common::event::FlowEvent`]) for the agent.
@@ -36,9 +36,15 @@ pub static RECENT_FLOWS: LruHashMap<RecentFlowKey, u64> =
 #[map]
 pub static HOST_SETTINGS: Array<HostSettings> = Array::with_max_entries(1, 0);
 
-/// Listener ports learnt at `bind()`, with the binding task's cgroup ancestry.
+/// Listeners learnt at `bind()` by bound address, port and protocol, with the binding
+/// task's cgroup ancestry; forgotten at the socket's release.
 #[map]
-pub static LEARNT_LISTENERS: LruHashMap<ListenKey, LearntListener> =
+pub static LEARNT_LISTENERS: LruHashMap<BoundKey, LearntListener> =
+    LruHashMap::with_max_entries(LEARNT_LISTENERS_CAPACITY, 0);
+
+/// The binding each learnt socket made, by socket cookie, for its release.
+#[map]
+pub static BOUND_SOCKETS: LruHashMap<u64, BoundKey> =
     LruHashMap::with_max_entries(LEARNT_LISTENERS_CAPACITY, 0);
 
 /// Every address of the host's interfaces, as `local_address_key`s (the value is unused).

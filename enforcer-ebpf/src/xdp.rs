@@ -277,7 +277,7 @@ fn decide_new_flow<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow) 
     } else {
         decide::ipv6_segment(slot, flow.src_addr)
     };
-    let listener = decide::listener_segment(slot, flow.dst_port, flow.protocol);
+    let listener = decide::listener_segment(slot, &flow.dst_addr, v4, flow.dst_port, flow.protocol);
     let dst = match listener {
         decide::NO_LISTENER => SEGMENT_HOST,
         segment => segment,

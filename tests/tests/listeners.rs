@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use aya::programs::XdpMode;
-use enforcer_common::event::Hook;
+use enforcer_common::event::{Hook, Verdict};
 use enforcer_tests::{
     cgroup::TestCgroup,
     events::{drain, segment_id},
@@ -121,5 +121,78 @@ ports = ["18090/tcp"]
     assert!(
         inbound.iter().all(|e| e.dst_segment == web_id),
         "{inbound:#?}"
+    );
+}
+
+#[test]
+fn binding_another_services_port_on_another_address_does_not_take_the_port() {
+    let parent = TestCgroup::new();
+    let inventory = parent.child("inventory.service");
+    let gateway = parent.child("gateway.service");
+    let orders = parent.child("orders.service");
+    let image = enforcer_tests::policy::image(&format!(
+        r#"
+[segments.inventory]
+cgroups = ["{}"]
+
+[segments.gateway]
+cgroups = ["{}"]
+
+[segments.orders]
+cgroups = ["{}"]
+
+[[allow]]
+id = "orders-to-inventory"
+from = ["orders"]
+to = ["inventory"]
+ports = ["18095/tcp"]
+"#,
+        inventory.relative_path(),
+        gateway.relative_path(),
+        orders.relative_path()
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    let at = |last: u8| SocketAddr::new(IpAddr::from(Ipv4Addr::new(127, 0, 0, last)), 18095);
+    let orders_to = |last| Spawn::tcp_client(at(last)).cgroup(&orders).run();
+
+    // The port is not declared: inventory's binding makes it inventory's.
+    let _rightful = Spawn::tcp_server(at(1)).cgroup(&inventory).serve();
+    assert_eq!(orders_to(1), Outcome::Ok, "before");
+    {
+        // A compromised gateway binds the same port on another loopback address.
+        let _hijack = Spawn::tcp_server(at(2)).cgroup(&gateway).serve();
+        assert_eq!(
+            orders_to(1),
+            Outcome::Ok,
+            "the rightful service keeps its clients"
+        );
+        let to_gateway = orders_to(2);
+        assert!(
+            to_gateway.is_eperm(),
+            "a connect the kernel delivers to gateway's socket is gateway's: {to_gateway:?}"
+        );
+    }
+    // The hijacker is gone: nothing of its binding stays.
+    assert_eq!(orders_to(1), Outcome::Ok, "after the hijacker exited");
+
+    let orders_id = segment_id(&image, "orders");
+    let decided: Vec<(u32, u8)> = drain(&mut events)
+        .into_iter()
+        .filter(|e| e.hook == Hook::Connect4 as u8 && e.src_segment == orders_id)
+        .map(|e| (e.dst_segment, e.verdict))
+        .collect();
+    let inventory_id = segment_id(&image, "inventory");
+    let gateway_id = segment_id(&image, "gateway");
+    assert_eq!(
+        decided,
+        [
+            (inventory_id, Verdict::Allow as u8),
+            (inventory_id, Verdict::Allow as u8),
+            (gateway_id, Verdict::Deny as u8),
+            (inventory_id, Verdict::Allow as u8),
+        ],
+        "each connect recorded against the segment whose socket it reached"
     );
 }

@@ -7,11 +7,11 @@ use aya::{
     maps::{HashMap, LpmTrie, MapData},
 };
 use enforcer_common::maps::{
-    CGROUP_TABLE_CAPACITY, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6, FailsafeKey4,
-    FailsafeKey6, LEARNT_LISTENERS, LEARNT_LISTENERS_CAPACITY, LISTEN, LOCAL_ADDRESSES,
-    LOCAL_ADDRESSES_CAPACITY, LearntListener, ListenKey, MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES,
-    MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, RECENT_FLOWS, RECENT_FLOWS_CAPACITY, RULES, RecentFlowKey,
-    RuleKey, RuleValue,
+    BoundKey, CGROUP_TABLE_CAPACITY, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6,
+    FailsafeKey4, FailsafeKey6, LEARNT_LISTENERS, LEARNT_LISTENERS_CAPACITY, LISTEN,
+    LOCAL_ADDRESSES, LOCAL_ADDRESSES_CAPACITY, LearntListener, ListenKey, MAX_CIDRS_V4,
+    MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, RECENT_FLOWS,
+    RECENT_FLOWS_CAPACITY, RULES, RecentFlowKey, RuleKey, RuleValue,
 };
 use serde::Serialize;
 
@@ -103,7 +103,7 @@ pub(super) fn map_fill(maps: &mut impl MapSet) -> Result<Vec<MapFill>, LoaderErr
     }
     fill.push(MapFill {
         map: "learnt_listeners",
-        entries: hash::<ListenKey, LearntListener>(maps, LEARNT_LISTENERS)?,
+        entries: hash::<BoundKey, LearntListener>(maps, LEARNT_LISTENERS)?,
         limit: LEARNT_LISTENERS_CAPACITY,
     });
     fill.push(MapFill {

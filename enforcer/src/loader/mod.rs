@@ -51,7 +51,7 @@ use enforcer_common::{
 use crate::object;
 
 /// The cgroup hooks, attached together to one cgroup.
-pub const CGROUP_HOOKS: [Hook; 7] = [
+pub const CGROUP_HOOKS: [Hook; 8] = [
     Hook::Connect4,
     Hook::Connect6,
     Hook::Sendmsg4,
@@ -59,6 +59,7 @@ pub const CGROUP_HOOKS: [Hook; 7] = [
     Hook::SockCreate,
     Hook::PostBind4,
     Hook::PostBind6,
+    Hook::SockRelease,
 ];
 
 /// What can go wrong while loading or attaching the kernel programs.
@@ -299,7 +300,7 @@ impl Loader {
             .ok_or(LoaderError::MissingProgram(name))?;
         let loaded = match hook {
             Hook::XdpIngress => <&mut Xdp>::try_from(program).and_then(Xdp::load),
-            Hook::SockCreate | Hook::PostBind4 | Hook::PostBind6 => {
+            Hook::SockCreate | Hook::PostBind4 | Hook::PostBind6 | Hook::SockRelease => {
                 <&mut CgroupSock>::try_from(program).and_then(CgroupSock::load)
             }
             Hook::Connect4 | Hook::Connect6 | Hook::Sendmsg4 | Hook::Sendmsg6 => {
@@ -439,7 +440,7 @@ impl Loader {
                 pin.as_deref(),
                 sys::LinkTarget::Cgroup(cgroup_id),
                 |program| match hook {
-                    Hook::SockCreate | Hook::PostBind4 | Hook::PostBind6 => {
+                    Hook::SockCreate | Hook::PostBind4 | Hook::PostBind6 | Hook::SockRelease => {
                         let sock = <&mut CgroupSock>::try_from(program)?;
                         let id = sock.attach(&dir, CgroupAttachMode::Single)?;
                         let link = sock.take_link(id)?;
