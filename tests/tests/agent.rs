@@ -8,6 +8,7 @@ use std::{
 };
 
 use aya::{maps::loaded_maps, programs::loaded_links, programs::loaded_programs};
+use enforcer::loader::CGROUP_HOOKS;
 use enforcer_tests::{
     agent::PeerSite,
     netns::Veth,
@@ -53,7 +54,11 @@ fn sigkill_leaves_enforcement_and_the_restarted_agent_adopts_the_pins() {
     let mut agent = site.agent("127.0.0.1:19611", &xdp_config(veth));
     agent.start();
     let before = attachments(&agent.status());
-    assert_eq!(before.len(), 8, "7 cgroup hooks and XDP: {before:?}");
+    assert_eq!(
+        before.len(),
+        CGROUP_HOOKS.len() + 1,
+        "every cgroup hook and XDP: {before:?}"
+    );
 
     // Clients keep trying, a few milliseconds apart, across the kill and the restart.
     let allowed = Spawn::tcp_client_paced(veth.peer_addr(ALLOWED_PORT), 1500)

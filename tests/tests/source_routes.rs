@@ -231,12 +231,16 @@ fn a_routing_header_socket_option_is_refused_to_segment_processes() {
             fx.app.id()
         )
     );
+    // Audit mode records the option where it was set and the datagram where it left,
+    // for its real first hop, B.
     let audited = fx.of_segment(&records, "trial");
-    assert_eq!(audited.len(), 1, "{records:#?}");
-    assert_eq!(audited[0].verdict, Verdict::Audit as u8);
+    let hooks: Vec<_> = audited.iter().map(|e| hook_of(e)).collect();
+    assert_eq!(hooks, ["setsockopt", "skb_egress"], "{records:#?}");
+    assert!(audited.iter().all(|e| e.verdict == Verdict::Audit as u8));
+    assert_eq!(audited[1].dst_addr, fx.denied.peer_v6.octets());
     assert_eq!(
         records.len(),
-        2,
+        3,
         "nothing recorded for `host`: {records:#?}"
     );
 }
