@@ -23,6 +23,10 @@ wire_enum! {
         PostBind6 = 8 => "post_bind6",
         /// cgroup `sock_release`.
         SockRelease = 9 => "sock_release",
+        /// cgroup `setsockopt`: source-route and routing-header socket options.
+        Setsockopt = 10 => "setsockopt",
+        /// cgroup skb egress: packets of segment sockets carrying a source route.
+        SkbEgress = 11 => "skb_egress",
     }
     /// The program's name in the eBPF object, as loaded and pinned.
     fn program_name;
@@ -60,6 +64,9 @@ wire_enum! {
         /// The agent could not write audit records and is configured to fail closed: the
         /// flow was denied whatever the policy says.
         AuditUnavailable = 7 => "audit-unavailable",
+        /// A source route or routing header from a process of a segment (a socket option,
+        /// or a packet carrying one): refused, whatever the destination.
+        SourceRoute = 8 => "source-route",
     }
     /// The word audit records, `status` and metrics use for the reason.
     fn word;
@@ -120,7 +127,8 @@ pub struct FlowEvent {
     pub reason: u8,
     /// Address family, one of [`family`].
     pub family: u8,
-    /// IP protocol number (6 TCP, 17 UDP).
+    /// IP protocol number (6 TCP, 17 UDP); for [`Reason::SourceRoute`] what was refused
+    /// (see `docs/datapath.md`).
     pub protocol: u8,
     /// Explicit tail padding; always zero.
     pub _pad: [u8; 3],
@@ -169,7 +177,7 @@ mod tests {
             assert_eq!(Hook::from_code(hook as u8), Some(hook));
         }
         assert_eq!(Hook::from_code(0), None);
-        assert_eq!(Hook::from_code(9), None);
+        assert_eq!(Hook::from_code(Hook::ALL.len() as u8 + 1), None);
     }
 
     #[test]

@@ -350,7 +350,7 @@ pub const fn reason_counter_index(
 
 const _: () = assert!(
     reason_counter_index(
-        crate::event::Reason::AuditUnavailable,
+        crate::event::Reason::ALL[crate::event::Reason::ALL.len() - 1],
         crate::event::Verdict::Audit
     ) < REASON_COUNTER_SLOTS
 );

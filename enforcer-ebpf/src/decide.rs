@@ -2,14 +2,18 @@
 //! segment of an address, and the rule decision (the pure part lives in
 //! `enforcer_common::decision`, where the compiler's tests run it too).
 
-use aya_ebpf::{helpers::bpf_get_current_ancestor_cgroup_id, maps::lpm_trie::Key};
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_skb_ancestor_cgroup_id},
+    maps::lpm_trie::Key,
+};
 use enforcer_common::{
     decision::{Decision, NO_RULE, best_rule, decide, lookup_bit, rule_lookups},
     event::{Reason, Verdict},
     maps::{
         ACTION_ALLOW, BoundKey, CGROUP_LEVELS, ListenKey, MAX_CGROUP_DEPTH, RULE_KEY_FIXED_BITS,
-        RuleKey, SEGMENT_ANY, SEGMENT_HOST, SEGMENT_UNCLASSIFIED, SEGMENT_WORLD, bound_address,
-        cgroup_segment, local_address_key,
+        RuleKey, SEGMENT_ANY, SEGMENT_FLAG_AUDIT, SEGMENT_HOST, SEGMENT_UNCLASSIFIED,
+        SEGMENT_WORLD, bound_address, cgroup_segment, local_address_key,
     },
 };
 
@@ -18,16 +22,41 @@ use crate::maps::{self, LEARNT_LISTENERS, LOCAL_ADDRESSES, Slot};
 /// The segment of the calling task: that of the deepest of its cgroup and that cgroup's
 /// ancestors the generation's cgroup table knows, else `host`; unclassified when that is a
 /// guard whose child on the way down is not known yet ([`cgroup_segment`]).
-///
-/// Verifier note: the walk is a constant-bounded loop (`MAX_CGROUP_DEPTH` + 1 levels);
-/// levels deeper than the task's cgroup return id 0 and are skipped.
 #[inline(always)]
 pub fn task_segment<const B: bool>(slot: &Slot<B>) -> u32 {
+    // SAFETY: a helper without memory arguments; allowed in the cgroup hooks that call
+    // this, which run in the calling task's context.
+    ancestry_segment(slot, |level| unsafe {
+        bpf_get_current_ancestor_cgroup_id(level)
+    })
+}
+
+/// The segment of the socket that sent `skb`, classified like [`task_segment`] from the
+/// cgroup the socket was created in. The egress hook runs this rather than asking the
+/// current task, which in softirq context (a retransmission, a queued send) is whatever
+/// task the CPU happened to interrupt.
+#[inline(always)]
+pub fn socket_segment<const B: bool>(slot: &Slot<B>, skb: *mut __sk_buff) -> u32 {
+    // SAFETY: `skb` is the program's context; the helper returns 0 for a packet without a
+    // full socket or a level deeper than the socket's cgroup.
+    ancestry_segment(slot, |level| unsafe {
+        bpf_skb_ancestor_cgroup_id(skb, level)
+    })
+}
+
+/// The segment of a cgroup ancestry whose id at each level `ancestor` returns (0 for a
+/// level deeper than the cgroup): that of the deepest level the generation's cgroup table
+/// knows, else `host`; unclassified when that is a guard whose child on the way down is
+/// not known yet ([`cgroup_segment`]).
+///
+/// Verifier note: the walk is a constant-bounded loop (`MAX_CGROUP_DEPTH` + 1 levels);
+/// levels deeper than the cgroup return id 0 and are skipped.
+#[inline(always)]
+fn ancestry_segment<const B: bool>(slot: &Slot<B>, ancestor: impl Fn(i32) -> u64) -> u32 {
     let mut level = MAX_CGROUP_DEPTH;
     let mut unknown_below = false;
     while level >= 0 {
-        // SAFETY: a helper without memory arguments; allowed in cgroup sock/sock_addr hooks.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        let id = ancestor(level);
         if id != 0 {
             if let Some(value) = slot.cgroups().get_ptr(&id) {
                 // SAFETY: the pointer comes from a successful map lookup.
@@ -98,6 +127,36 @@ pub fn unclassified<const B: bool>(slot: &Slot<B>) -> Decision {
     unless_fail_closed(Decision {
         verdict: if allow { Verdict::Allow } else { Verdict::Deny },
         reason: Reason::Unclassified,
+        rule_id: 0,
+    })
+}
+
+/// The decision on something a process of segment `src` may do only with a grant, or
+/// never: allowed when the segment has the `grant` flag (`SEGMENT_FLAG_*`; 0 for what no
+/// grant allows), `audit` when it is in audit mode, else denied for `reason`. An
+/// unclassified process gets the policy's unclassified verdict. Processes in no segment
+/// (`host`) are not governed: callers let them through without asking.
+#[inline(always)]
+pub fn containment<const B: bool>(
+    slot: &Slot<B>,
+    src: u32,
+    reason: Reason,
+    grant: u32,
+) -> Decision {
+    if src == SEGMENT_UNCLASSIFIED {
+        return unclassified(slot);
+    }
+    let flags = slot.segments().get(src).map_or(0, |info| info.flags);
+    let verdict = if flags & grant != 0 {
+        Verdict::Allow
+    } else if flags & SEGMENT_FLAG_AUDIT != 0 {
+        Verdict::Audit
+    } else {
+        Verdict::Deny
+    };
+    unless_fail_closed(Decision {
+        verdict,
+        reason,
         rule_id: 0,
     })
 }

@@ -53,6 +53,23 @@ pub struct Origin {
     pub generation: u32,
     /// The receiving interface (XDP), else 0.
     pub ifindex: u32,
+    /// Who the flow comes from, as far as the hook knows.
+    pub sender: Sender,
+}
+
+/// Who a decided flow comes from, for the record's cgroup, process and command name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// A remote host (XDP ingress): no local cgroup or process.
+    Remote,
+    /// The calling task: the hook runs in its context.
+    Task,
+    /// A local socket, created in the cgroup with this id; the hook may run in another
+    /// task's context (softirq), so no process is named.
+    Socket {
+        /// The socket's cgroup id.
+        cgroup_id: u64,
+    },
 }
 
 /// The segments on either side of a decided flow.
@@ -104,19 +121,14 @@ pub fn record<const B: bool>(
         return;
     }
 
-    let from_task = origin.hook != Hook::XdpIngress;
-    // SAFETY: helpers without memory arguments; the task ones are only called from the
-    // cgroup hooks, which run in the calling task's context.
-    let (cgroup_id, pid_tgid, now) = unsafe {
-        if from_task {
-            (
-                bpf_get_current_cgroup_id(),
-                bpf_get_current_pid_tgid(),
-                bpf_ktime_get_boot_ns(),
-            )
-        } else {
-            (0, 0, bpf_ktime_get_boot_ns())
-        }
+    // SAFETY: helpers without memory arguments; the task ones are only called for
+    // hooks that run in the calling task's context.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let (cgroup_id, pid_tgid) = match origin.sender {
+        Sender::Remote => (0, 0),
+        // SAFETY: as above.
+        Sender::Task => unsafe { (bpf_get_current_cgroup_id(), bpf_get_current_pid_tgid()) },
+        Sender::Socket { cgroup_id } => (cgroup_id, 0),
     };
     let key = RecentFlowKey {
         cgroup_id,
@@ -145,7 +157,7 @@ pub fn record<const B: bool>(
         bump(&EVENT_STATS, EVENTS_LOST);
         return;
     };
-    let comm = if from_task {
+    let comm = if origin.sender == Sender::Task {
         bpf_get_current_comm().unwrap_or_default()
     } else {
         [0; 16]

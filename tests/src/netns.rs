@@ -51,6 +51,46 @@ impl Netns {
             .unwrap_or_else(|err| panic!("cannot open netns {}: {err}", self.name))
     }
 
+    /// How many IPv4 datagrams the namespace has received (`Ip: InReceives` of its
+    /// `/proc/net/snmp`), whatever became of them afterwards.
+    pub fn ipv4_received(&self) -> u64 {
+        let snmp = run(
+            "ip",
+            &["netns", "exec", &self.name, "cat", "/proc/net/snmp"],
+        );
+        let mut ip_lines = snmp.lines().filter(|line| line.starts_with("Ip:"));
+        let (names, values) = (ip_lines.next(), ip_lines.next());
+        let (Some(names), Some(values)) = (names, values) else {
+            panic!("no Ip lines in /proc/net/snmp of {}: {snmp}", self.name);
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(name, _)| *name == "InReceives")
+            .and_then(|(_, value)| value.parse().ok())
+            .unwrap_or_else(|| panic!("no InReceives in /proc/net/snmp of {}", self.name))
+    }
+
+    /// How many UDP datagrams over IPv6 reached the namespace's UDP layer (delivered,
+    /// discarded for a bad checksum or for want of a socket: `Udp6InDatagrams`,
+    /// `Udp6InErrors` and `Udp6NoPorts` of its `/proc/net/snmp6`).
+    pub fn udp6_received(&self) -> u64 {
+        let snmp6 = run(
+            "ip",
+            &["netns", "exec", &self.name, "cat", "/proc/net/snmp6"],
+        );
+        snmp6
+            .lines()
+            .filter_map(|line| line.split_once(char::is_whitespace))
+            .filter(|(name, _)| ["Udp6InDatagrams", "Udp6InErrors", "Udp6NoPorts"].contains(name))
+            .map(|(name, value)| {
+                value.trim().parse::<u64>().unwrap_or_else(|err| {
+                    panic!("{name} in /proc/net/snmp6 of {}: {err}", self.name)
+                })
+            })
+            .sum()
+    }
+
     /// Runs `ip args...` inside the namespace.
     pub fn ip(&self, args: &[&str]) -> String {
         let mut full = vec!["-n", self.name.as_str()];

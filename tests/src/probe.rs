@@ -3,7 +3,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::{BufRead as _, BufReader},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -45,6 +45,75 @@ impl Outcome {
     /// Whether the call was refused with EPERM (a cgroup hook's denial).
     pub fn is_eperm(&self) -> bool {
         matches!(self, Self::Error { errno, .. } if *errno == libc::EPERM)
+    }
+}
+
+/// How a source-routed client hands its route to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteBy {
+    /// `setsockopt` (`IPV6_RTHDR`, `IP_OPTIONS`), then a plain `sendto`.
+    SocketOption,
+    /// Ancillary data of `sendmsg` (`IPV6_RTHDR`, `IP_RETOPTS`).
+    AncillaryData,
+    /// No route: the socket option is cleared (set empty), then a plain `sendto`.
+    Cleared,
+}
+
+impl RouteBy {
+    fn argument(self) -> &'static str {
+        match self {
+            Self::SocketOption => "sockopt",
+            Self::AncillaryData => "cmsg",
+            Self::Cleared => "none",
+        }
+    }
+}
+
+/// A directory through which a test holds a gated client between two steps (see
+/// [`Spawn::udp_source_routed_gated`]); removed on drop.
+#[derive(Debug)]
+pub struct Gate {
+    dir: PathBuf,
+}
+
+impl Gate {
+    /// Creates an empty gate directory with a unique name.
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(crate::unique_name());
+        std::fs::create_dir(&dir)
+            .unwrap_or_else(|err| panic!("cannot create {}: {err}", dir.display()));
+        Self { dir }
+    }
+
+    /// Waits (at most [`CLIENT_TIMEOUT_MS`], in 10 ms steps) until the client reached the
+    /// gate; panics if it does not.
+    pub fn wait_until_reached(&self) {
+        let ready = self.dir.join("ready");
+        for _ in 0..CLIENT_TIMEOUT_MS / 10 {
+            if ready.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the client did not reach the gate {}", self.dir.display());
+    }
+
+    /// Lets the client go on.
+    pub fn open(&self) {
+        let go = self.dir.join("go");
+        File::create(&go).unwrap_or_else(|err| panic!("cannot create {}: {err}", go.display()));
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -162,6 +231,33 @@ impl Spawn {
     /// `socket()` succeeded.
     pub fn raw_socket(addr: SocketAddr) -> Self {
         Self::probe(&["raw-socket".into(), addr.to_string()])
+    }
+
+    /// A UDP client like [`Spawn::udp_client`] whose datagram carries a source route
+    /// through `via` (an IPv6 segment routing header, or an IPv4 loose source route),
+    /// handed to the kernel as `by` says.
+    pub fn udp_source_routed(addr: SocketAddr, via: IpAddr, by: RouteBy) -> Self {
+        Self::probe(&[
+            "udp-send-route".into(),
+            addr.to_string(),
+            via.to_string(),
+            CLIENT_TIMEOUT_MS.to_string(),
+            by.argument().into(),
+        ])
+    }
+
+    /// Like [`Spawn::udp_source_routed`] with the route set as a socket option, and a
+    /// pause between setting it and sending: the client creates `gate/ready` once the
+    /// option is set, then waits for `gate/go` (see [`Gate`]).
+    pub fn udp_source_routed_gated(addr: SocketAddr, via: IpAddr, gate: &Gate) -> Self {
+        Self::probe(&[
+            "udp-send-route".into(),
+            addr.to_string(),
+            via.to_string(),
+            CLIENT_TIMEOUT_MS.to_string(),
+            RouteBy::SocketOption.argument().into(),
+            gate.dir.display().to_string(),
+        ])
     }
 
     /// Runs the process inside `netns`.

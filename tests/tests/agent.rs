@@ -8,6 +8,7 @@ use std::{
 };
 
 use aya::{maps::loaded_maps, programs::loaded_links, programs::loaded_programs};
+use enforcer::loader::CGROUP_HOOKS;
 use enforcer_tests::{
     agent::PeerSite,
     netns::Veth,
@@ -55,7 +56,7 @@ fn sigkill_leaves_enforcement_and_the_restarted_agent_adopts_the_pins() {
     let before = attachments(&agent.status());
     assert_eq!(
         before.len(),
-        enforcer::loader::CGROUP_HOOKS.len() + 1,
+        CGROUP_HOOKS.len() + 1,
         "every cgroup hook and XDP: {before:?}"
     );
 
@@ -112,7 +113,7 @@ fn sigkill_leaves_enforcement_and_the_restarted_agent_adopts_the_pins() {
     );
     assert_eq!(
         links_running(&new),
-        enforcer::loader::CGROUP_HOOKS.len() + 1,
+        CGROUP_HOOKS.len() + 1,
         "one kernel link per hook runs the new programs"
     );
     assert_eq!(links_running(&old), 0, "a link still runs an old program");

@@ -1,5 +1,5 @@
 //! Loads the embedded kernel object, gets every program past the verifier and attaches
-//! programs to interfaces (XDP) and cgroups (sock and sock_addr hooks).
+//! programs to interfaces (XDP) and cgroups (sock, sock_addr, sockopt and skb hooks).
 //!
 //! A [`Loader`] owns the kernel objects it created: dropping it detaches and unloads
 //! everything that is not pinned. [`Loader::load_pinned`] pins every map and program and
@@ -22,7 +22,7 @@ pub mod sys;
 use std::{
     fs::{self, File},
     io,
-    os::unix::fs::MetadataExt as _,
+    os::{fd::OwnedFd, unix::fs::MetadataExt as _},
     path::Path,
     time::Duration,
 };
@@ -39,10 +39,13 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{MapError, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, ProgramError, TestRun as _,
-        TestRunOptions, Xdp, XdpMode, links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+        CgroupSockopt, Program, ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        links::FdLink,
     },
+    sys::SyscallError,
 };
+use aya_obj::generated::bpf_attach_type;
 use enforcer_common::{
     event::Hook,
     maps::{DEFAULT_DEDUP_WINDOW_NS, EVENTS, HostSettings, MAP_NAMES},
@@ -51,7 +54,7 @@ use enforcer_common::{
 use crate::object;
 
 /// The cgroup hooks, attached together to one cgroup.
-pub const CGROUP_HOOKS: [Hook; 8] = [
+pub const CGROUP_HOOKS: [Hook; 10] = [
     Hook::Connect4,
     Hook::Connect6,
     Hook::Sendmsg4,
@@ -60,6 +63,8 @@ pub const CGROUP_HOOKS: [Hook; 8] = [
     Hook::PostBind4,
     Hook::PostBind6,
     Hook::SockRelease,
+    Hook::Setsockopt,
+    Hook::SkbEgress,
 ];
 
 /// What can go wrong while loading or attaching the kernel programs.
@@ -179,7 +184,26 @@ pub struct Loader {
     /// this loader.
     pins: Option<PinLayout>,
     /// Links of an unpinned loader, detached when it is dropped.
-    links: Vec<FdLink>,
+    links: Vec<NewLink>,
+}
+
+/// A link an attach just made: through aya, or with `BPF_LINK_CREATE` directly for the
+/// setsockopt hook, whose aya 0.16 link cannot be turned into an [`FdLink`].
+enum NewLink {
+    /// Made through aya.
+    Aya(FdLink),
+    /// Made with [`sys::link_create`].
+    Created(OwnedFd),
+}
+
+impl NewLink {
+    /// Pins the link at `path`: it stays attached until the pin is removed.
+    fn pin(self, path: &Path) -> Result<(), String> {
+        match self {
+            Self::Aya(link) => link.pin(path).map(drop).map_err(|err| err.to_string()),
+            Self::Created(fd) => sys::pin(&fd, path).map_err(|err| err.to_string()),
+        }
+    }
 }
 
 impl Loader {
@@ -306,6 +330,10 @@ impl Loader {
             Hook::Connect4 | Hook::Connect6 | Hook::Sendmsg4 | Hook::Sendmsg6 => {
                 <&mut CgroupSockAddr>::try_from(program).and_then(CgroupSockAddr::load)
             }
+            Hook::Setsockopt => {
+                <&mut CgroupSockopt>::try_from(program).and_then(CgroupSockopt::load)
+            }
+            Hook::SkbEgress => <&mut CgroupSkb>::try_from(program).and_then(CgroupSkb::load),
         };
         loaded.map_err(program_error(name, "load"))
     }
@@ -412,7 +440,9 @@ impl Loader {
                 let xdp = <&mut Xdp>::try_from(program)?;
                 let id = xdp.attach(ifindex, mode)?;
                 let link = xdp.take_link(id)?;
-                FdLink::try_from(link).map_err(ProgramError::from)
+                FdLink::try_from(link)
+                    .map(NewLink::Aya)
+                    .map_err(ProgramError::from)
             },
         )
     }
@@ -439,20 +469,7 @@ impl Loader {
                 hook,
                 pin.as_deref(),
                 sys::LinkTarget::Cgroup(cgroup_id),
-                |program| match hook {
-                    Hook::SockCreate | Hook::PostBind4 | Hook::PostBind6 | Hook::SockRelease => {
-                        let sock = <&mut CgroupSock>::try_from(program)?;
-                        let id = sock.attach(&dir, CgroupAttachMode::Single)?;
-                        let link = sock.take_link(id)?;
-                        FdLink::try_from(link).map_err(ProgramError::from)
-                    }
-                    _ => {
-                        let addr = <&mut CgroupSockAddr>::try_from(program)?;
-                        let id = addr.attach(&dir, CgroupAttachMode::Single)?;
-                        let link = addr.take_link(id)?;
-                        FdLink::try_from(link).map_err(ProgramError::from)
-                    }
-                },
+                |program| attach_to_cgroup(hook, program, &dir),
             )?;
             // Report the strongest change over all hooks.
             outcome = match (outcome, attached) {
@@ -473,7 +490,7 @@ impl Loader {
         hook: Hook,
         pin: Option<&Path>,
         target: sys::LinkTarget,
-        attach: impl FnOnce(&mut Program) -> Result<FdLink, ProgramError>,
+        attach: impl FnOnce(&mut Program) -> Result<NewLink, ProgramError>,
     ) -> Result<Attachment, LoaderError> {
         let name = hook.program_name();
         let link_error = |what: &str, reason: String| LoaderError::Link {
@@ -507,8 +524,7 @@ impl Loader {
                         source,
                     })?;
                 }
-                link.pin(pin)
-                    .map_err(|err| link_error("pin", err.to_string()))?;
+                link.pin(pin).map_err(|err| link_error("pin", err))?;
             }
             None => self.links.push(link),
         }
@@ -555,6 +571,44 @@ impl Loader {
     pub fn map_fill(&mut self) -> Result<Vec<MapFill>, LoaderError> {
         fill::map_fill(&mut self.ebpf)
     }
+}
+
+/// Attaches the program of cgroup hook `hook` to the cgroup `dir` as a new link.
+fn attach_to_cgroup(
+    hook: Hook,
+    program: &mut Program,
+    dir: &File,
+) -> Result<NewLink, ProgramError> {
+    let mode = CgroupAttachMode::Single;
+    let link = match hook {
+        Hook::SockCreate | Hook::PostBind4 | Hook::PostBind6 | Hook::SockRelease => {
+            let sock = <&mut CgroupSock>::try_from(program)?;
+            let id = sock.attach(dir, mode)?;
+            FdLink::try_from(sock.take_link(id)?)?
+        }
+        Hook::Connect4 | Hook::Connect6 | Hook::Sendmsg4 | Hook::Sendmsg6 => {
+            let addr = <&mut CgroupSockAddr>::try_from(program)?;
+            let id = addr.attach(dir, mode)?;
+            FdLink::try_from(addr.take_link(id)?)?
+        }
+        Hook::SkbEgress => {
+            let skb = <&mut CgroupSkb>::try_from(program)?;
+            let id = skb.attach(dir, CgroupSkbAttachType::Egress, mode)?;
+            FdLink::try_from(skb.take_link(id)?)?
+        }
+        Hook::Setsockopt => {
+            let sockopt = <&mut CgroupSockopt>::try_from(program)?;
+            let created =
+                sys::link_create(sockopt.fd()?, dir, bpf_attach_type::BPF_CGROUP_SETSOCKOPT)
+                    .map_err(|io_error| SyscallError {
+                        call: "bpf_link_create",
+                        io_error,
+                    })?;
+            return Ok(NewLink::Created(created));
+        }
+        Hook::XdpIngress => return Err(ProgramError::UnexpectedProgramType),
+    };
+    Ok(NewLink::Aya(link))
 }
 
 /// Where the kernel publishes the ephemeral port range.

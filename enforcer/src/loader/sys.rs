@@ -11,6 +11,9 @@
 //! - **What a link is attached to** (`BPF_OBJ_GET_INFO_BY_FD`, [`link_details`]): aya's
 //!   `LinkInfo` gives the link's id, program and type, not its cgroup id or interface
 //!   index.
+//! - **A cgroup sockopt link's descriptor** (`BPF_LINK_CREATE`, [`link_create`], and
+//!   `BPF_OBJ_PIN`, [`pin`]): aya 0.16 attaches the setsockopt program through a link it
+//!   cannot turn into an `FdLink`, so that link could be neither pinned nor kept.
 //! - **Batched map writes and deletes** (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`,
 //!   in [`super::batch`], through [`bpf`]): aya only writes and deletes one entry per call.
 
@@ -24,7 +27,7 @@ use std::{
     path::Path,
 };
 
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type};
+use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type};
 
 /// An all-zero `bpf_attr`, as every command expects its unused fields.
 pub(super) fn zeroed_attr() -> bpf_attr {
@@ -72,6 +75,38 @@ pub fn open_pin(path: &Path) -> io::Result<OwnedFd> {
     let fd = i32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Attaches `program` to `target` (a cgroup directory for the cgroup attach types) as
+/// `attach_type` through a new link, and returns the link: it stays attached while the
+/// descriptor or a pin of it lives.
+pub fn link_create(
+    program: impl AsFd,
+    target: impl AsFd,
+    attach_type: bpf_attach_type,
+) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    attr.link_create.__bindgen_anon_1.prog_fd = raw(program.as_fd());
+    attr.link_create.__bindgen_anon_2.target_fd = raw(target.as_fd());
+    attr.link_create.attach_type = attach_type as u32;
+    // SAFETY: `BPF_LINK_CREATE` with a cgroup attach type reads two descriptors, the
+    // attach type and the flags (zero), and no pointer.
+    let fd = unsafe { bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr) }?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Pins the object behind `fd` (a link) at `path` on bpffs.
+pub fn pin(fd: impl AsFd, path: &Path) -> io::Result<()> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    attr.__bindgen_anon_4.bpf_fd = raw(fd.as_fd());
+    // SAFETY: `BPF_OBJ_PIN` reads a descriptor and `pathname`, a NUL-terminated string
+    // that `path` keeps alive across the call.
+    unsafe { bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr) }.map(drop)
 }
 
 /// The descriptor number, as `bpf_attr` fields hold it.

@@ -13,6 +13,15 @@
 //! sends one ICMP echo request to ADDR's address from an unprivileged ping socket
 //! (`SOCK_DGRAM`, never connected: `sendto` only) and waits for the reply.
 //!
+//! `udp-send-route ADDR VIA TIMEOUT_MS sockopt|cmsg|none [GATE_DIR]` is `udp-send` with a
+//! source route through VIA: an IPv6 segment routing header (type 4) listing VIA for an
+//! IPv6 ADDR, an IPv4 loose source route option (LSRR) through VIA for an IPv4 one. With
+//! `sockopt` the route is set on the socket (`IPV6_RTHDR`, `IP_OPTIONS`), with `cmsg` it
+//! is passed as ancillary data to `sendmsg` (`IPV6_RTHDR`, `IP_RETOPTS`), and `none`
+//! clears the socket's route (an empty option) and sends plainly. With GATE_DIR the probe
+//! creates `GATE_DIR/ready` once the socket option is set and waits up to TIMEOUT_MS for
+//! `GATE_DIR/go` before it sends. After `ok` it prints who answered the echo.
+//!
 //! `http-serve` is an HTTP/1.1 server (hyper) that answers every request with
 //! `200 OK` and the cgroup it runs in, so a client sees which service answered;
 //! `http-get` sends `GET /` (ureq) and reports `ok` for a `200`, like the other clients,
@@ -20,7 +29,8 @@
 
 use std::{
     io::{self, BufRead as _, BufReader, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
 };
@@ -36,13 +46,26 @@ use hyper_util::rt::TokioIo;
 
 const USAGE: &str = "usage: enforcer-probe tcp-serve|udp-serve|http-serve|raw-socket ADDR:PORT\n       \
                      enforcer-probe tcp-connect|udp-send|http-get|ping ADDR:PORT TIMEOUT_MS\n       \
-                     enforcer-probe tcp-connect-repeat|tcp-connect-paced|tcp-denied-paced|tcp-denied-burst ADDR:PORT TIMEOUT_MS COUNT";
+                     enforcer-probe tcp-connect-repeat|tcp-connect-paced|tcp-denied-paced|tcp-denied-burst ADDR:PORT TIMEOUT_MS COUNT\n       \
+                     enforcer-probe udp-send-route ADDR:PORT VIA TIMEOUT_MS sockopt|cmsg|none [GATE_DIR]";
 
 /// The pause between attempts of the paced modes.
 const PACE: Duration = Duration::from_millis(2);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|mode| mode == "udp-send-route") {
+        return match source_route_request(&args[1..]) {
+            Some(request) => match udp_send_route(&request) {
+                Ok(answered_by) => report(Ok(()), &format!("{answered_by}\n")),
+                Err(err) => report(Err(err), ""),
+            },
+            None => {
+                eprintln!("{USAGE}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let parsed = match args.as_slice() {
         [mode, addr] => addr.parse().ok().map(|addr| (mode.as_str(), addr, 0, 1)),
         [mode, addr, timeout] => addr
@@ -82,6 +105,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    report(result, &answer)
+}
+
+/// Prints the one-line outcome (and the answer after `ok`) and returns the exit code.
+fn report(result: io::Result<()>, answer: &str) -> ExitCode {
     match result {
         Ok(()) => {
             println!("ok");
@@ -376,5 +404,234 @@ fn expect_echo(reply: &[u8]) -> io::Result<()> {
             io::ErrorKind::InvalidData,
             format!("unexpected reply {:?}", String::from_utf8_lossy(reply)),
         ))
+    }
+}
+
+/// How `udp-send-route` hands its source route to the kernel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RouteBy {
+    /// A socket option (`IPV6_RTHDR`, `IP_OPTIONS`), then a plain `sendto`.
+    Sockopt,
+    /// Ancillary data of the `sendmsg` call (`IPV6_RTHDR`, `IP_RETOPTS`).
+    Cmsg,
+    /// No route: the socket option is cleared (set empty), then a plain `sendto`.
+    Cleared,
+}
+
+/// The arguments of `udp-send-route`.
+struct SourceRouteRequest {
+    addr: SocketAddr,
+    via: IpAddr,
+    timeout: Duration,
+    by: RouteBy,
+    gate: Option<PathBuf>,
+}
+
+/// Parses `ADDR VIA TIMEOUT_MS sockopt|cmsg|none [GATE_DIR]`; `None` for anything else,
+/// VIA of another family than ADDR included.
+fn source_route_request(args: &[String]) -> Option<SourceRouteRequest> {
+    let (addr, via, timeout, by, gate) = match args {
+        [addr, via, timeout, by] => (addr, via, timeout, by, None),
+        [addr, via, timeout, by, gate] => (addr, via, timeout, by, Some(PathBuf::from(gate))),
+        _ => return None,
+    };
+    let addr: SocketAddr = addr.parse().ok()?;
+    let via: IpAddr = via.parse().ok()?;
+    let by = match by.as_str() {
+        "sockopt" => RouteBy::Sockopt,
+        "cmsg" => RouteBy::Cmsg,
+        "none" => RouteBy::Cleared,
+        _ => return None,
+    };
+    (addr.is_ipv4() == via.is_ipv4()).then_some(SourceRouteRequest {
+        addr,
+        via,
+        timeout: Duration::from_millis(timeout.parse().ok()?),
+        by,
+        gate,
+    })
+}
+
+/// `IP_RETOPTS`: IPv4 options as ancillary data of `sendmsg`.
+const IP_RETOPTS: libc::c_int = 7;
+/// IPv4 option type of a loose source and record route.
+const IPOPT_LSRR: u8 = 0x83;
+/// IPv6 routing header type 4: a segment routing header (RFC 8754).
+const IPV6_SRCRT_TYPE_4: u8 = 4;
+
+/// The source route through `via`, as the kernel takes it from a socket option or
+/// ancillary data: for IPv6 a segment routing header whose only segment is `via` with
+/// no segment left (the kernel sends the datagram to `via` and puts the destination in
+/// the header), for IPv4 an LSRR option whose first hop is `via` (the kernel appends
+/// the destination), padded with end-of-options to a multiple of four bytes.
+fn source_route(via: IpAddr) -> Vec<u8> {
+    match via {
+        IpAddr::V6(via) => {
+            // Next header (filled by the kernel), length in 8-byte units after the first
+            // 8, type, segments left, last entry, flags, tag (2 bytes), the segment.
+            let mut header = vec![0, 2, IPV6_SRCRT_TYPE_4, 0, 0, 0, 0, 0];
+            header.extend_from_slice(&via.octets());
+            header
+        }
+        IpAddr::V4(via) => {
+            // Type, length, pointer, the first hop, end of options.
+            let mut option = vec![IPOPT_LSRR, 7, 4];
+            option.extend_from_slice(&via.octets());
+            option.push(0);
+            option
+        }
+    }
+}
+
+/// The `sockaddr` of `addr`, with its length.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero bytes are a valid `sockaddr_storage`.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: `sockaddr_storage` is larger than and aligned for `sockaddr_in`.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: `sockaddr_storage` is larger than and aligned for `sockaddr_in6`.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// Sends `ping\n` to the request's address with a source route through VIA, handed to
+/// the kernel as the request says, waits for the echo and returns who answered.
+fn udp_send_route(request: &SourceRouteRequest) -> io::Result<SocketAddr> {
+    use std::os::fd::AsRawFd as _;
+
+    let v4 = request.addr.is_ipv4();
+    let local: SocketAddr = if v4 {
+        "0.0.0.0:0".parse().expect("valid")
+    } else {
+        "[::]:0".parse().expect("valid")
+    };
+    let socket = UdpSocket::bind(local)?;
+    socket.set_read_timeout(Some(request.timeout))?;
+    let fd = socket.as_raw_fd();
+    let route = source_route(request.via);
+    let (level, option, cmsg_type) = if v4 {
+        (libc::IPPROTO_IP, libc::IP_OPTIONS, IP_RETOPTS)
+    } else {
+        (libc::IPPROTO_IPV6, libc::IPV6_RTHDR, libc::IPV6_RTHDR)
+    };
+    match request.by {
+        RouteBy::Sockopt => set_option(fd, level, option, &route)?,
+        RouteBy::Cleared => set_option(fd, level, option, &[])?,
+        RouteBy::Cmsg => {}
+    }
+    if let Some(gate) = &request.gate {
+        wait_at_gate(gate, request.timeout)?;
+    }
+    let message = b"ping\n";
+    if request.by == RouteBy::Cmsg {
+        send_with_cmsg(fd, request.addr, message, (level, cmsg_type, &route))?;
+    } else {
+        socket.send_to(message, request.addr)?;
+    }
+    let mut buf = [0u8; 64];
+    let (len, from) = socket.recv_from(&mut buf)?;
+    expect_echo(&buf[..len]).map(|()| from)
+}
+
+/// `setsockopt(fd, level, option, value)`.
+fn set_option(fd: i32, level: i32, option: i32, value: &[u8]) -> io::Result<()> {
+    // SAFETY: `value` is readable for the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            option,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Creates `gate/ready`, then waits (in steps of 10 ms, at most `timeout`) for
+/// `gate/go` to appear.
+fn wait_at_gate(gate: &Path, timeout: Duration) -> io::Result<()> {
+    const STEP: Duration = Duration::from_millis(10);
+    std::fs::File::create(gate.join("ready"))?;
+    let steps = timeout.as_millis() / STEP.as_millis();
+    for _ in 0..=steps {
+        if gate.join("go").exists() {
+            return Ok(());
+        }
+        std::thread::sleep(STEP);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the gate did not open",
+    ))
+}
+
+/// `sendmsg` of `message` to `addr` with one control message `(level, type, data)`.
+fn send_with_cmsg(
+    fd: i32,
+    addr: SocketAddr,
+    message: &[u8],
+    (level, kind, data): (i32, i32, &[u8]),
+) -> io::Result<()> {
+    let (mut name, name_len) = sockaddr(addr);
+    let mut iov = libc::iovec {
+        iov_base: message.as_ptr().cast_mut().cast(),
+        iov_len: message.len(),
+    };
+    // u64 words keep the control buffer aligned for `cmsghdr`.
+    let mut control = [0u64; 16];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(data.len() as u32) } as usize;
+    assert!(space <= size_of_val(&control), "control message too large");
+    // SAFETY: all-zero bytes are a valid `msghdr`; every pointer set below outlives the
+    // `sendmsg` call, and the control buffer holds the one message written into it.
+    let sent = unsafe {
+        let mut header: libc::msghdr = std::mem::zeroed();
+        header.msg_name = (&raw mut name).cast();
+        header.msg_namelen = name_len;
+        header.msg_iov = &raw mut iov;
+        header.msg_iovlen = 1;
+        header.msg_control = control.as_mut_ptr().cast();
+        header.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const header);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(data.len() as u32) as usize;
+        std::ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(cmsg), data.len());
+        libc::sendmsg(fd, &raw const header, 0)
+    };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }

@@ -1,0 +1,150 @@
+//! Source routes in packets leaving a local socket, as the cgroup skb egress hook sees
+//! them (the data starts at the IP header): an IPv6 routing header anywhere in the
+//! extension-header chain, or an IPv4 loose or strict source route option.
+//!
+//! The common packet pays one or two reads: an IPv4 header without options (IHL 5) or an
+//! IPv6 header whose next header is not an extension header is done after one byte.
+//!
+//! The result is a `u8` with a sentinel ([`NONE`]) rather than an `Option`, for the
+//! reason `decide::listener_segment` gives.
+
+use aya_ebpf::programs::SkBuffContext;
+
+use crate::xdp::MAX_IPV6_EXT_HEADERS;
+
+/// No source route.
+pub const NONE: u8 = 0;
+/// An IPv6 routing header (`IPPROTO_ROUTING`, the next-header value that announces it).
+pub const IPV6_ROUTING_HEADER: u8 = 43;
+/// IPv4 option type of a loose source and record route.
+pub const IPOPT_LSRR: u8 = 0x83;
+/// IPv4 option type of a strict source and record route.
+pub const IPOPT_SSRR: u8 = 0x89;
+/// A header chain the walk could not finish: longer than [`MAX_IPV6_EXT_HEADERS`], or
+/// cut short by the end of the packet. It may hide a routing header.
+pub const UNREADABLE: u8 = 255;
+
+/// `ETH_P_IP`, the EtherType of IPv4.
+const ETH_P_IP: u16 = 0x0800;
+/// `ETH_P_IPV6`, the EtherType of IPv6.
+const ETH_P_IPV6: u16 = 0x86dd;
+/// The length of an IPv4 header without options.
+const IPV4_HEADER_LEN: usize = 20;
+/// The largest IPv4 options area (IHL 15): also the most options it can hold.
+const MAX_IPV4_OPTIONS_LEN: usize = 40;
+/// The length of the fixed IPv6 header.
+const IPV6_HEADER_LEN: usize = 40;
+
+/// What source route the outgoing packet carries: [`NONE`], [`IPV6_ROUTING_HEADER`],
+/// [`IPOPT_LSRR`], [`IPOPT_SSRR`] or [`UNREADABLE`]. Packets that are neither IPv4 nor
+/// IPv6 carry none.
+#[inline(always)]
+pub fn source_route(ctx: &SkBuffContext) -> u8 {
+    match network_protocol(ctx) {
+        ETH_P_IP => ipv4_source_route(ctx),
+        ETH_P_IPV6 => ipv6_routing_header(ctx),
+        _ => NONE,
+    }
+}
+
+/// Whether the packet is IPv4.
+#[inline(always)]
+pub fn is_ipv4(ctx: &SkBuffContext) -> bool {
+    network_protocol(ctx) == ETH_P_IP
+}
+
+/// The packet's EtherType (`skb->protocol`, in host byte order).
+#[inline(always)]
+fn network_protocol(ctx: &SkBuffContext) -> u16 {
+    u16::from_be(ctx.skb.protocol() as u16)
+}
+
+/// The first LSRR or SSRR option of an IPv4 header, walked option by option within the
+/// header length.
+///
+/// Verifier note: the loop runs at most [`MAX_IPV4_OPTIONS_LEN`] times (every option
+/// takes at least one byte); the variable offsets go to `bpf_skb_load_bytes`, which
+/// checks them against the packet itself.
+#[inline(always)]
+fn ipv4_source_route(ctx: &SkBuffContext) -> u8 {
+    let Ok(version_and_length) = ctx.load::<u8>(0) else {
+        return UNREADABLE;
+    };
+    let header_len = usize::from(version_and_length & 0x0f) * 4;
+    let mut offset = IPV4_HEADER_LEN;
+    let mut walked = 0;
+    while walked < MAX_IPV4_OPTIONS_LEN && offset < header_len {
+        let Ok(kind) = ctx.load::<u8>(offset) else {
+            return UNREADABLE;
+        };
+        match kind {
+            // End of options.
+            0 => return NONE,
+            // No operation: one byte.
+            1 => offset += 1,
+            IPOPT_LSRR | IPOPT_SSRR => return kind,
+            // Type, length, data.
+            _ => {
+                let Ok(len) = ctx.load::<u8>(offset + 1) else {
+                    return UNREADABLE;
+                };
+                if len < 2 {
+                    return UNREADABLE;
+                }
+                offset += usize::from(len);
+            }
+        }
+        walked += 1;
+    }
+    NONE
+}
+
+/// Whether the IPv6 extension-header chain holds a routing header, walked through
+/// hop-by-hop options, destination options, authentication and fragment headers (as at
+/// XDP ingress); any other next header ends the chain. A later fragment carries no
+/// headers of its own and ends it too.
+///
+/// Verifier note: a constant-bounded loop, as in [`ipv4_source_route`].
+#[inline(always)]
+fn ipv6_routing_header(ctx: &SkBuffContext) -> u8 {
+    let Ok(mut next) = ctx.load::<u8>(6) else {
+        return UNREADABLE;
+    };
+    let mut offset = IPV6_HEADER_LEN;
+    let mut walked = 0;
+    while walked <= MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPV6_ROUTING_HEADER => return IPV6_ROUTING_HEADER,
+            // Hop-by-hop, destination options: length in 8-byte units after the first 8.
+            0 | 60 => {
+                let Ok(header) = ctx.load::<[u8; 2]>(offset) else {
+                    return UNREADABLE;
+                };
+                next = header[0];
+                offset += (usize::from(header[1]) + 1) * 8;
+            }
+            // Authentication header: length in 4-byte units, minus 2.
+            51 => {
+                let Ok(header) = ctx.load::<[u8; 2]>(offset) else {
+                    return UNREADABLE;
+                };
+                next = header[0];
+                offset += (usize::from(header[1]) + 2) * 4;
+            }
+            // Fragment header: 8 bytes; only the first fragment goes on to headers.
+            44 => {
+                let Ok(header) = ctx.load::<[u8; 4]>(offset) else {
+                    return UNREADABLE;
+                };
+                if u16::from_be_bytes([header[2], header[3]]) >> 3 != 0 {
+                    return NONE;
+                }
+                next = header[0];
+                offset += 8;
+            }
+            _ => return NONE,
+        }
+        walked += 1;
+    }
+    UNREADABLE
+}
