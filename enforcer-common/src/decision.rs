@@ -3,18 +3,21 @@
 
 use crate::{
     event::{Reason, Verdict},
-    maps::{ACTION_DENY, RuleValue, SEGMENT_ANY, SEGMENT_FLAG_AUDIT},
+    maps::{ACTION_DENY, RuleValue, SEGMENT_ANY, SEGMENT_FLAG_AUDIT, only_named},
 };
 
 /// The four rule-trie lookups for a flow from segment `src` to `dst`: exact, any
 /// destination, any source, any to any. Their number is fixed, so the cost of a decision
-/// does not depend on how many rules the policy has.
+/// does not depend on how many rules the policy has. For a destination a `*` does not
+/// cover ([`only_named`]: broadcast, multicast) the two any-destination lookups repeat
+/// the named ones instead.
 pub const fn rule_lookups(src: u32, dst: u32) -> [(u32, u32); 4] {
+    let any_dst = if only_named(dst) { dst } else { SEGMENT_ANY };
     [
         (src, dst),
-        (src, SEGMENT_ANY),
+        (src, any_dst),
         (SEGMENT_ANY, dst),
-        (SEGMENT_ANY, SEGMENT_ANY),
+        (SEGMENT_ANY, any_dst),
     ]
 }
 

@@ -55,8 +55,21 @@ pub const SEGMENT_ANY: u32 = 0;
 pub const SEGMENT_HOST: u32 = 1;
 /// The implicit segment of addresses in no segment.
 pub const SEGMENT_WORLD: u32 = 2;
+/// The implicit segment of broadcast destinations: `255.255.255.255` and the broadcast
+/// address of every IPv4 network this host is on. Only a rule naming it allows it.
+pub const SEGMENT_BROADCAST: u32 = 3;
+/// The implicit segment of multicast destinations: `224.0.0.0/4` and `ff00::/8`. Only a
+/// rule naming it allows it.
+pub const SEGMENT_MULTICAST: u32 = 4;
 /// The id of the first named segment; named segments are numbered from here.
-pub const FIRST_NAMED_SEGMENT: u32 = 3;
+pub const FIRST_NAMED_SEGMENT: u32 = 5;
+
+/// Whether a destination segment is one a `*` in a rule does not cover: a datagram to a
+/// broadcast or multicast address reaches every host listening, whatever segment each
+/// is in, so only a rule that names the class allows it.
+pub const fn only_named(segment: u32) -> bool {
+    segment == SEGMENT_BROADCAST || segment == SEGMENT_MULTICAST
+}
 /// Not a segment: what classification returns for a local process (or a listener it
 /// bound) in a cgroup that appeared under a guarded directory and that the agent has not
 /// resolved yet. Flows from or to it get the policy's `unclassified` verdict.
@@ -520,8 +533,15 @@ pub const fn bound_address(addr: &[u8; 16], v4: bool) -> [u8; 16] {
 
 /// Every address of every interface of the agent's network namespace (kept current by the
 /// agent), as [`local_address_key`]s: a destination there is this host, decided against
-/// the listener's segment like loopback, never by the address tries. Host state.
+/// the listener's segment like loopback, never by the address tries. The value is
+/// [`ADDRESS_LOCAL`], or [`ADDRESS_BROADCAST`] for the broadcast address of a network an
+/// interface is on (a destination in [`SEGMENT_BROADCAST`]). Host state.
 pub const LOCAL_ADDRESSES: &str = "LOCAL_ADDRESSES";
+/// A [`LOCAL_ADDRESSES`] value: an address of this host.
+pub const ADDRESS_LOCAL: u8 = 1;
+/// A [`LOCAL_ADDRESSES`] value: the broadcast address of a network this host is on.
+pub const ADDRESS_BROADCAST: u8 = 2;
+
 /// Capacity of [`LOCAL_ADDRESSES`].
 pub const LOCAL_ADDRESSES_CAPACITY: u32 = 4096;
 

@@ -11,9 +11,10 @@ use enforcer_common::{
     decision::{Decision, NO_RULE, best_rule, decide, lookup_bit, rule_lookups},
     event::{Reason, Verdict},
     maps::{
-        ACTION_ALLOW, BoundKey, CGROUP_LEVELS, ListenKey, MAX_CGROUP_DEPTH, RULE_KEY_FIXED_BITS,
-        RuleKey, SEGMENT_ANY, SEGMENT_FLAG_AUDIT, SEGMENT_HOST, SEGMENT_UNCLASSIFIED,
-        SEGMENT_WORLD, bound_address, cgroup_segment, local_address_key,
+        ACTION_ALLOW, ADDRESS_BROADCAST, ADDRESS_LOCAL, BoundKey, CGROUP_LEVELS, ListenKey,
+        MAX_CGROUP_DEPTH, RULE_KEY_FIXED_BITS, RuleKey, SEGMENT_ANY, SEGMENT_BROADCAST,
+        SEGMENT_FLAG_AUDIT, SEGMENT_HOST, SEGMENT_MULTICAST, SEGMENT_UNCLASSIFIED, SEGMENT_WORLD,
+        bound_address, cgroup_segment, local_address_key,
     },
 };
 
@@ -257,8 +258,42 @@ pub fn is_local(addr: &[u8; 16], v4: bool) -> bool {
     } else {
         addr[..15] == [0; 15] && (addr[15] == 1 || addr[15] == 0)
     };
-    loopback_or_unspecified
-        || LOCAL_ADDRESSES
-            .get_ptr(&local_address_key(addr, v4))
-            .is_some()
+    loopback_or_unspecified || local_address(addr, v4) == ADDRESS_LOCAL
+}
+
+/// What [`LOCAL_ADDRESSES`] says of an address: [`ADDRESS_LOCAL`], [`ADDRESS_BROADCAST`],
+/// or 0 when it does not hold it.
+#[inline(always)]
+fn local_address(addr: &[u8; 16], v4: bool) -> u8 {
+    match LOCAL_ADDRESSES.get_ptr(&local_address_key(addr, v4)) {
+        // SAFETY: the pointer comes from a successful map lookup.
+        Some(kind) => unsafe { *kind },
+        None => 0,
+    }
+}
+
+/// The class of a destination that reaches many hosts at once: [`SEGMENT_BROADCAST`] for
+/// `255.255.255.255` and the broadcast address of a network this host is on,
+/// [`SEGMENT_MULTICAST`] for `224.0.0.0/4` and `ff00::/8` (IPv4-mapped forms judged as
+/// IPv4); `None` for any other destination.
+#[inline(always)]
+pub fn group_destination(addr: &[u8; 16], v4: bool) -> Option<u32> {
+    let mapped = !v4 && addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
+    let first = if mapped { addr[12] } else { addr[0] };
+    if v4 || mapped {
+        let ip4 = if mapped {
+            [addr[12], addr[13], addr[14], addr[15]]
+        } else {
+            [addr[0], addr[1], addr[2], addr[3]]
+        };
+        if ip4 == [255; 4] || local_address(addr, v4) == ADDRESS_BROADCAST {
+            return Some(SEGMENT_BROADCAST);
+        }
+        if first & 0xf0 == 0xe0 {
+            return Some(SEGMENT_MULTICAST);
+        }
+    } else if first == 0xff {
+        return Some(SEGMENT_MULTICAST);
+    }
+    None
 }

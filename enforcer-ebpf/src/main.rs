@@ -217,7 +217,8 @@ fn destination(ctx: &SockAddrContext, address_family: u8) -> Flow {
 
 /// Decides an outbound flow: the task's segment to the destination's (a destination on
 /// this host, [`decide::is_local`], is the segment listening on its port, else `host`;
-/// an IPv4-mapped IPv6 address is decided as IPv4).
+/// a broadcast or multicast destination is its class, [`decide::group_destination`],
+/// which only a rule naming it allows; an IPv4-mapped IPv6 address is decided as IPv4).
 ///
 /// A datagram a UDP server sends from its listener port is a reply, not a new flow: it
 /// passes, unrecorded, when the policy allows the reverse flow (the destination reaching
@@ -230,6 +231,8 @@ fn sock_addr_in_slot<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow
             decide::NO_LISTENER => SEGMENT_HOST,
             segment => segment,
         }
+    } else if let Some(group) = decide::group_destination(&flow.dst_addr, v4) {
+        group
     } else if v4 {
         let addr = [
             flow.dst_addr[0],

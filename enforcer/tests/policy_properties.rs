@@ -60,6 +60,11 @@ const ADDRS: &[&str] = &[
     "2001:db8:1::9",
     "2001:db8:1:2::3",
     "2001:db9::1",
+    // Classified without a CIDR: offline values only, nothing is sent.
+    "255.255.255.255",
+    "::ffff:255.255.255.255",
+    "224.0.0.251",
+    "ff02::fb",
     "::ffff:198.18.1.130",
     "::ffff:198.18.3.65",
 ];
@@ -125,7 +130,13 @@ fn random_policy(segments_seed: u64, rules_seed: u64) -> (String, usize) {
     let mut g = Gen::new(rules_seed);
     let names: Vec<String> = (0..count)
         .map(|i| format!("s{i}"))
-        .chain(["host".into(), "world".into(), "*".into()])
+        .chain([
+            "host".into(),
+            "world".into(),
+            "broadcast".into(),
+            "multicast".into(),
+            "*".into(),
+        ])
         .collect();
     for r in 0..g.below(10) {
         let action = if g.chance(35) { "deny" } else { "allow" };
@@ -175,7 +186,12 @@ fn random_endpoint(g: &mut Gen, segments: usize) -> (Endpoint, String) {
         0 => {
             let names: Vec<String> = (0..segments)
                 .map(|i| format!("s{i}"))
-                .chain(["host".into(), "world".into()])
+                .chain([
+                    "host".into(),
+                    "world".into(),
+                    "broadcast".into(),
+                    "multicast".into(),
+                ])
                 .collect();
             let name = g.pick(&names).clone();
             (Endpoint::Segment(name.clone()), name)
@@ -226,7 +242,7 @@ proptest! {
         let (new_text, _) = random_policy(segments_seed, new_rules);
         let (old, new) = (compile(&old_text), compile(&new_text));
         let changes = diff((&old.policy, &old.image), (&new.policy, &new.image));
-        let names: Vec<String> = (0..segments).map(|i| format!("s{i}")).chain(["host".into(), "world".into()]).collect();
+        let names: Vec<String> = (0..segments).map(|i| format!("s{i}")).chain(["host".into(), "world".into(), "broadcast".into(), "multicast".into()]).collect();
         let mut g = Gen::new(flows_seed);
         for _ in 0..300 {
             let from = g.pick(&names).clone();

@@ -178,6 +178,16 @@ impl Spawn {
         ])
     }
 
+    /// A UDP client like [`Spawn::udp_client`] whose socket may send to a broadcast
+    /// address (`SO_BROADCAST`).
+    pub fn udp_broadcast_client(addr: SocketAddr) -> Self {
+        Self::probe(&[
+            "udp-broadcast".into(),
+            addr.to_string(),
+            CLIENT_TIMEOUT_MS.to_string(),
+        ])
+    }
+
     /// A TCP client that makes `count` connections to `addr` one after the other, each
     /// expecting its echo, and reports the first failure.
     pub fn tcp_client_repeated(addr: SocketAddr, count: u32) -> Self {

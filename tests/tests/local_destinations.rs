@@ -95,7 +95,10 @@ fn every_address_of_this_host_is_decided_as_the_listening_segment() {
     let mut loader = loaded_with(&image);
     let mut events = loader.take_events().expect("events");
     let local = enforcer::host::interfaces::addresses().expect("this host's addresses");
-    assert!(local.contains(&IpAddr::from(veth.host_v4)), "{local:?}");
+    assert!(
+        local.local.contains(&IpAddr::from(veth.host_v4)),
+        "{local:?}"
+    );
     loader
         .set_local_addresses(&local)
         .expect("local addresses into the kernel");

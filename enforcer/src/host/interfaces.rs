@@ -4,8 +4,10 @@ use std::{
     collections::BTreeSet,
     ffi::{CStr, CString},
     io,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
 };
+
+use nix::sys::socket::SockaddrStorage;
 
 /// The index of interface `name`, or `None` when the host has none by that name.
 pub fn index(name: &str) -> Option<u32> {
@@ -43,17 +45,43 @@ pub fn all() -> io::Result<Vec<(String, u32)>> {
         .collect())
 }
 
-/// Every address of every interface of this network namespace (loopback included).
-pub fn addresses() -> io::Result<BTreeSet<IpAddr>> {
-    let mut found = BTreeSet::new();
+/// The addresses of this network namespace's interfaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addresses {
+    /// Every address of every interface (loopback included).
+    pub local: BTreeSet<IpAddr>,
+    /// The broadcast address of every IPv4 network an interface is on.
+    pub broadcast: BTreeSet<IpAddr>,
+}
+
+/// Every address of every interface of this network namespace, and their networks'
+/// broadcast addresses.
+pub fn addresses() -> io::Result<Addresses> {
+    let mut found = Addresses::default();
+    let v4 = |address: Option<&SockaddrStorage>| {
+        address.and_then(|a| a.as_sockaddr_in()).map(|a| a.ip())
+    };
     for interface in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
-        let Some(address) = interface.address else {
-            continue;
-        };
-        if let Some(v4) = address.as_sockaddr_in() {
-            found.insert(IpAddr::V4(v4.ip()));
-        } else if let Some(v6) = address.as_sockaddr_in6() {
-            found.insert(IpAddr::V6(v6.ip()));
+        if let Some(v6) = interface.address.as_ref().and_then(|a| a.as_sockaddr_in6()) {
+            found.local.insert(IpAddr::V6(v6.ip()));
+        }
+        if let Some(address) = v4(interface.address.as_ref()) {
+            found.local.insert(IpAddr::V4(address));
+            // The network's broadcast address, whether or not one was configured (the
+            // kernel routes it as broadcast either way); none for /31 and /32.
+            if let Some(mask) = v4(interface.netmask.as_ref())
+                && mask.to_bits().count_ones() < 31
+            {
+                let directed = address.to_bits() | !mask.to_bits();
+                found
+                    .broadcast
+                    .insert(IpAddr::V4(Ipv4Addr::from_bits(directed)));
+            }
+        }
+        if let Some(configured) = v4(interface.broadcast.as_ref())
+            && !configured.is_unspecified()
+        {
+            found.broadcast.insert(IpAddr::V4(configured));
         }
     }
     Ok(found)
@@ -79,8 +107,17 @@ mod tests {
     }
 
     #[test]
-    fn the_loopback_address_is_one_of_the_hosts() {
+    fn the_loopback_address_is_one_of_the_hosts_and_its_network_broadcasts() {
         let found = addresses().unwrap();
-        assert!(found.contains(&IpAddr::from([127, 0, 0, 1])), "{found:?}");
+        assert!(
+            found.local.contains(&IpAddr::from([127, 0, 0, 1])),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .broadcast
+                .contains(&IpAddr::from([127, 255, 255, 255])),
+            "{found:?}"
+        );
     }
 }

@@ -1,13 +1,15 @@
 //! The host's own addresses in [`LOCAL_ADDRESSES`]: a destination there is this host, so
-//! the cgroup hooks decide it against the listening segment, as for loopback. Host state,
-//! kept current by the agent; the kernel never learns addresses by itself.
+//! the cgroup hooks decide it against the listening segment, as for loopback; and the
+//! broadcast addresses of its networks, destinations of the `broadcast` class. Host
+//! state, kept current by the agent; the kernel never learns addresses by itself.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::maps::{HashMap, MapData};
-use enforcer_common::maps::{LOCAL_ADDRESSES, local_address_key};
+use enforcer_common::maps::{ADDRESS_BROADCAST, ADDRESS_LOCAL, LOCAL_ADDRESSES, local_address_key};
 
 use super::{LoaderError, MapSet, map_error};
+use crate::host::interfaces::Addresses;
 
 /// The map key of `address` (IPv4 as its IPv4-mapped form).
 fn key(address: IpAddr) -> [u8; 16] {
@@ -21,24 +23,34 @@ fn key(address: IpAddr) -> [u8; 16] {
     }
 }
 
-/// Makes the map hold exactly `addresses`: new ones are added before stale ones go, so
-/// an address that stays is never missing. Returns how many entries it holds.
-pub(super) fn sync(
-    maps: &mut impl MapSet,
-    addresses: &BTreeSet<IpAddr>,
-) -> Result<usize, LoaderError> {
+/// Makes the map hold exactly `addresses` (an address that is both a local and a
+/// broadcast address counts as local): new and changed entries are written before stale
+/// ones go, so an address that stays is never missing. Returns how many entries it holds.
+pub(super) fn sync(maps: &mut impl MapSet, addresses: &Addresses) -> Result<usize, LoaderError> {
     let mut map: HashMap<&mut MapData, [u8; 16], u8> =
         HashMap::try_from(maps.map_mut(LOCAL_ADDRESSES)?).map_err(map_error(LOCAL_ADDRESSES))?;
-    let wanted: BTreeSet<[u8; 16]> = addresses.iter().copied().map(key).collect();
-    let present: BTreeSet<[u8; 16]> = map
-        .keys()
+    let mut wanted: BTreeMap<[u8; 16], u8> = addresses
+        .broadcast
+        .iter()
+        .map(|address| (key(*address), ADDRESS_BROADCAST))
+        .collect();
+    wanted.extend(
+        addresses
+            .local
+            .iter()
+            .map(|address| (key(*address), ADDRESS_LOCAL)),
+    );
+    let present: BTreeMap<[u8; 16], u8> = map
+        .iter()
         .collect::<Result<_, _>>()
         .map_err(map_error(LOCAL_ADDRESSES))?;
-    for added in wanted.difference(&present) {
-        map.insert(added, &1, 0)
-            .map_err(map_error(LOCAL_ADDRESSES))?;
+    for (address, kind) in &wanted {
+        if present.get(address) != Some(kind) {
+            map.insert(address, kind, 0)
+                .map_err(map_error(LOCAL_ADDRESSES))?;
+        }
     }
-    for stale in present.difference(&wanted) {
+    for stale in present.keys().filter(|key| !wanted.contains_key(*key)) {
         map.remove(stale).map_err(map_error(LOCAL_ADDRESSES))?;
     }
     Ok(wanted.len())

@@ -558,11 +558,13 @@ impl Loader {
     }
 
     /// Makes the kernel's table of this host's addresses hold exactly `addresses` (every
-    /// address of every interface); returns how many it holds. A connect or send to one
-    /// of them is decided against the listening segment, like loopback.
+    /// address of every interface, and the broadcast addresses of their networks);
+    /// returns how many it holds. A connect or send to a local address is decided
+    /// against the listening segment, like loopback; one to a broadcast address is in the
+    /// `broadcast` class.
     pub fn set_local_addresses(
         &mut self,
-        addresses: &std::collections::BTreeSet<std::net::IpAddr>,
+        addresses: &crate::host::interfaces::Addresses,
     ) -> Result<usize, LoaderError> {
         local::sync(&mut self.ebpf, addresses)
     }

@@ -10,8 +10,9 @@ use enforcer_common::{
         ACTION_ALLOW, ACTION_DENY, AUDIT_ALL, AUDIT_DENY, FAILSAFE_KEY_FIXED_BITS,
         FIRST_NAMED_SEGMENT, FailsafeKey, ListenKey, MAX_CGROUPS, MAX_CIDRS_V4, MAX_CIDRS_V6,
         MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, MAX_RULES, MAX_SEGMENTS, PolicyConfig,
-        RULE_KEY_FIXED_BITS, RuleKey, RuleValue, SEGMENT_ANY, SEGMENT_FLAG_AUDIT,
-        SEGMENT_FLAG_RAW_SOCKETS, SEGMENT_HOST, SEGMENT_WORLD, SegmentInfo,
+        RULE_KEY_FIXED_BITS, RuleKey, RuleValue, SEGMENT_ANY, SEGMENT_BROADCAST,
+        SEGMENT_FLAG_AUDIT, SEGMENT_FLAG_RAW_SOCKETS, SEGMENT_HOST, SEGMENT_MULTICAST,
+        SEGMENT_WORLD, SegmentInfo,
     },
 };
 use ipnet::IpNet;
@@ -20,7 +21,9 @@ use rustc_hash::FxHashMap as HashMap;
 use super::{
     diagnostic::Diagnostic,
     image::{LpmEntry, MapImage},
-    model::{Action, AuditLevel, HOST, Mode, Policy, SegmentRef, WORLD},
+    model::{
+        Action, AuditLevel, BROADCAST, HOST, IMPLICIT, MULTICAST, Mode, Policy, SegmentRef, WORLD,
+    },
 };
 
 /// Splits the inclusive port range `first..=last` into aligned power-of-two blocks, each
@@ -103,11 +106,14 @@ fn capacity(found: &mut Vec<Diagnostic>, map: &str, needed: usize, limit: u32) {
 
 /// Compiles a valid policy. The only errors are capacity errors, all reported at once.
 pub fn compile(policy: &Policy) -> Result<MapImage, Vec<Diagnostic>> {
-    let mut segment_names = vec!["*".to_owned(), HOST.to_owned(), WORLD.to_owned()];
+    let mut segment_names = vec!["*".to_owned()];
+    segment_names.extend(IMPLICIT.map(str::to_owned));
     let mut segment_infos = vec![SegmentInfo::default(); FIRST_NAMED_SEGMENT as usize];
     let mut ids: HashMap<&str, u32> = HashMap::default();
     ids.insert(HOST, SEGMENT_HOST);
     ids.insert(WORLD, SEGMENT_WORLD);
+    ids.insert(BROADCAST, SEGMENT_BROADCAST);
+    ids.insert(MULTICAST, SEGMENT_MULTICAST);
     for (offset, segment) in policy.segments.iter().enumerate() {
         let id = FIRST_NAMED_SEGMENT + offset as u32;
         ids.insert(&segment.name, id);

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{
     image::MapImage,
     lookup::ImageIndex,
-    model::{HOST, Policy, Proto, Rule, WORLD},
+    model::{IMPLICIT, Policy, Proto, Rule},
 };
 
 /// A run of ports between two segments whose verdict changes.
@@ -147,7 +147,7 @@ fn rule_meaning(rule: &Rule) -> impl PartialEq + '_ {
 /// Compares two compiled policies.
 pub fn diff(old: (&Policy, &MapImage), new: (&Policy, &MapImage)) -> PolicyDiff {
     let (old_index, new_index) = (ImageIndex::new(old.1), ImageIndex::new(new.1));
-    let mut names: BTreeSet<&str> = BTreeSet::from([HOST, WORLD]);
+    let mut names: BTreeSet<&str> = IMPLICIT.into_iter().collect();
     names.extend(old.0.segments.iter().map(|s| s.name.as_str()));
     names.extend(new.0.segments.iter().map(|s| s.name.as_str()));
     let mut verdicts = Vec::new();

@@ -12,7 +12,7 @@ use enforcer_common::{
     decision::{Decision, NO_RULE, best_rule, decide, lookup_bit, rule_lookups},
     maps::{
         FAILSAFE_KEY_FIXED_BITS, FailsafeKey, ListenKey, RULE_KEY_FIXED_BITS, RuleKey, RuleValue,
-        SEGMENT_HOST, SEGMENT_WORLD,
+        SEGMENT_BROADCAST, SEGMENT_HOST, SEGMENT_MULTICAST, SEGMENT_WORLD,
     },
 };
 
@@ -113,6 +113,18 @@ pub fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
+/// The class of an address that reaches many hosts, as the kernel decides it:
+/// `255.255.255.255` is `broadcast`, `224.0.0.0/4` and `ff00::/8` are `multicast`. (The
+/// kernel also knows the broadcast addresses of the host's own networks, which are host
+/// state and not in a policy.)
+pub fn group_class(addr: IpAddr) -> Option<u32> {
+    match canonical(addr) {
+        IpAddr::V4(v4) if v4.is_broadcast() => Some(SEGMENT_BROADCAST),
+        addr if addr.is_multicast() => Some(SEGMENT_MULTICAST),
+        _ => None,
+    }
+}
+
 impl<'a> ImageIndex<'a> {
     /// Indexes every map of `image`.
     pub fn new(image: &'a MapImage) -> Self {
@@ -162,8 +174,15 @@ impl<'a> ImageIndex<'a> {
         self.image
     }
 
-    /// The segment of a remote address: longest matching prefix, else `world`.
+    /// The segment of a remote address: its class for a broadcast or multicast address
+    /// ([`group_class`]), else the longest matching prefix, else `world`.
     pub fn classify_addr(&self, addr: IpAddr) -> AddrClass {
+        if let Some(segment) = group_class(addr) {
+            return AddrClass {
+                segment,
+                prefix_len: None,
+            };
+        }
         let found = match canonical(addr) {
             IpAddr::V4(v4) => self.cidrs_v4.lookup(&v4.octets()),
             IpAddr::V6(v6) => self.cidrs_v6.lookup(&v6.octets()),

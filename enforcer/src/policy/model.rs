@@ -214,6 +214,16 @@ impl SegmentRef {
             Self::Named(own) => own == name,
         }
     }
+
+    /// Whether the reference covers destination segment `name`: as [`SegmentRef::covers`],
+    /// except that `*` does not cover `broadcast` and `multicast` (a datagram there
+    /// reaches every listening host, so only a rule naming the class allows it).
+    pub fn covers_destination(&self, name: &str) -> bool {
+        match self {
+            Self::Any => !matches!(name, BROADCAST | MULTICAST),
+            Self::Named(_) => self.covers(name),
+        }
+    }
 }
 
 impl fmt::Display for SegmentRef {
@@ -246,7 +256,7 @@ impl Rule {
     /// Whether the rule matches a flow between two segments on `port`/`proto`.
     pub fn matches(&self, from: &str, to: &str, proto: Proto, port: u16) -> bool {
         self.from.iter().any(|r| r.covers(from))
-            && self.to.iter().any(|r| r.covers(to))
+            && self.to.iter().any(|r| r.covers_destination(to))
             && self.ports.iter().any(|p| p.contains(proto, port))
     }
 }
@@ -255,6 +265,12 @@ impl Rule {
 pub const HOST: &str = "host";
 /// The implicit segment of addresses in no segment.
 pub const WORLD: &str = "world";
+/// The implicit segment of broadcast destinations; `*` does not cover it.
+pub const BROADCAST: &str = "broadcast";
+/// The implicit segment of multicast destinations; `*` does not cover it.
+pub const MULTICAST: &str = "multicast";
+/// Every implicit segment, in id order after `*`.
+pub const IMPLICIT: [&str; 4] = [HOST, WORLD, BROADCAST, MULTICAST];
 
 /// A valid policy.
 #[derive(Debug, Clone, PartialEq, Eq)]

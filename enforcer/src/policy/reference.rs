@@ -3,8 +3,10 @@
 //! kernel's lookup procedure are tested against it.
 //!
 //! Semantics:
-//! 1. A remote address belongs to the segment with the longest matching CIDR, else
+//! 1. `255.255.255.255` is `broadcast` and a multicast address `multicast`; any other
+//!    remote address belongs to the segment with the longest matching CIDR, else
 //!    `world`; an IPv4-mapped IPv6 address is treated as the IPv4 address.
+//!    A `*` in a rule covers every segment but `broadcast` and `multicast`.
 //! 2. A local cgroup belongs to the segment listing its nearest ancestor (itself
 //!    included), else `host`.
 //! 3. Traffic to `host` on a port a segment declares is traffic to that segment.
@@ -20,7 +22,7 @@ use ipnet::IpNet;
 
 use super::{
     lookup::canonical,
-    model::{Action, HOST, Mode, Policy, Proto, WORLD},
+    model::{Action, BROADCAST, HOST, MULTICAST, Mode, Policy, Proto, WORLD},
 };
 
 /// One end of a flow, as an admin names it.
@@ -54,6 +56,14 @@ pub struct Outcome {
 /// The segment of an address (rule 1).
 pub fn segment_of_addr(policy: &Policy, addr: IpAddr) -> String {
     let addr = canonical(addr);
+    if let IpAddr::V4(v4) = addr
+        && v4.is_broadcast()
+    {
+        return BROADCAST.to_owned();
+    }
+    if addr.is_multicast() {
+        return MULTICAST.to_owned();
+    }
     policy
         .segments
         .iter()

@@ -15,8 +15,8 @@ use super::{
     chunk,
     diagnostic::{self, Diagnostic},
     model::{
-        Action, AuditLevel, Defaults, Failsafe, HOST, Mode, Policy, PortRange, Rule, Segment,
-        SegmentRef, WORLD,
+        Action, AuditLevel, Defaults, Failsafe, IMPLICIT, Mode, Policy, PortRange, Rule, Segment,
+        SegmentRef,
     },
     source::{SourceSet, Span},
     syntax::{RawFile, RawRule, RawSegment},
@@ -356,7 +356,7 @@ impl Validator<'_> {
     fn segment(&mut self, loc: Loc, name: Spanned<String>, raw: Spanned<RawSegment>) {
         let here = span(loc, &name);
         let text = name.get_ref().as_str();
-        if matches!(text, HOST | WORLD) {
+        if IMPLICIT.contains(&text) {
             self.error(
                 "reserved-segment",
                 here,
@@ -493,7 +493,7 @@ impl Validator<'_> {
         if name == "*" {
             return Some(SegmentRef::Any);
         }
-        if matches!(name, HOST | WORLD) || self.segments.contains_key(name) {
+        if IMPLICIT.contains(&name) || self.segments.contains_key(name) {
             return Some(SegmentRef::Named(name.to_owned()));
         }
         let known: Vec<&str> = self.segments.keys().map(String::as_str).collect();

@@ -13,6 +13,7 @@
 //! sends one ICMP echo request to ADDR's address from an unprivileged ping socket
 //! (`SOCK_DGRAM`, never connected: `sendto` only) and waits for the reply.
 //!
+//! `udp-broadcast` is `udp-send` from a socket with `SO_BROADCAST` set.
 //! `udp-send-route ADDR VIA TIMEOUT_MS sockopt|cmsg|none [GATE_DIR]` is `udp-send` with a
 //! source route through VIA: an IPv6 segment routing header (type 4) listing VIA for an
 //! IPv6 ADDR, an IPv4 loose source route option (LSRR) through VIA for an IPv4 one. With
@@ -45,7 +46,7 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 
 const USAGE: &str = "usage: enforcer-probe tcp-serve|udp-serve|http-serve|raw-socket ADDR:PORT\n       \
-                     enforcer-probe tcp-connect|udp-send|http-get|ping ADDR:PORT TIMEOUT_MS\n       \
+                     enforcer-probe tcp-connect|udp-send|udp-broadcast|http-get|ping ADDR:PORT TIMEOUT_MS\n       \
                      enforcer-probe tcp-connect-repeat|tcp-connect-paced|tcp-denied-paced|tcp-denied-burst ADDR:PORT TIMEOUT_MS COUNT\n       \
                      enforcer-probe udp-send-route ADDR:PORT VIA TIMEOUT_MS sockopt|cmsg|none [GATE_DIR]";
 
@@ -93,7 +94,8 @@ fn main() -> ExitCode {
         "http-serve" => http_serve(addr),
         "http-get" => http_get(addr, timeout).map(|body| answer = body),
         "tcp-connect" => tcp_connect(addr, timeout),
-        "udp-send" => udp_send(addr, timeout),
+        "udp-send" => udp_send(addr, timeout, false),
+        "udp-broadcast" => udp_send(addr, timeout, true),
         "tcp-connect-repeat" => tcp_connect_repeat(addr, timeout, count, Duration::ZERO),
         "tcp-connect-paced" => tcp_connect_repeat(addr, timeout, count, PACE),
         "tcp-denied-paced" => tcp_denied_repeat(addr, timeout, count, PACE),
@@ -381,7 +383,9 @@ fn ping(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
     Ok(())
 }
 
-fn udp_send(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
+/// One datagram to `addr` from an unconnected socket (with `SO_BROADCAST` when
+/// `broadcast`), and its echo awaited.
+fn udp_send(addr: SocketAddr, timeout: Duration, broadcast: bool) -> io::Result<()> {
     let local: SocketAddr = if addr.is_ipv4() {
         "0.0.0.0:0".parse().expect("valid")
     } else {
@@ -389,6 +393,7 @@ fn udp_send(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
     };
     // Unconnected on purpose: `sendto` on an unconnected socket is what sendmsg4/6 see.
     let socket = UdpSocket::bind(local)?;
+    socket.set_broadcast(broadcast)?;
     socket.set_read_timeout(Some(timeout))?;
     socket.send_to(b"ping\n", addr)?;
     let mut buf = [0u8; 64];

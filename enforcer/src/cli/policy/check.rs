@@ -13,7 +13,7 @@ use crate::cli::table::{print_table, table};
 use crate::policy::{
     Compiled, PolicyError, compile_sources,
     diagnostic::DiagnosticJson,
-    model::{Action, Mode},
+    model::{Action, BROADCAST, MULTICAST, Mode, SegmentRef},
     source::SourceSet,
 };
 
@@ -97,6 +97,28 @@ fn print_summary(compiled: &Compiled) {
             println!("  {line}");
         }
     }
+    for class in [BROADCAST, MULTICAST] {
+        let allowed: Vec<&str> = policy
+            .rules
+            .iter()
+            .filter(|r| r.action == Action::Allow)
+            .filter(|r| {
+                r.to.iter()
+                    .any(|to| matches!(to, SegmentRef::Named(n) if n == class))
+            })
+            .map(|r| r.id.as_str())
+            .collect();
+        if allowed.is_empty() {
+            println!(
+                "{class} destinations: denied (no allow rule names `{class}`; `*` does not cover it)"
+            );
+        } else {
+            println!(
+                "{class} destinations: allowed only by {}",
+                allowed.join(", ")
+            );
+        }
+    }
     println!();
     let mut segments = table(&[
         "segment",
@@ -131,7 +153,7 @@ fn print_summary(compiled: &Compiled) {
     println!();
     let mut rules = table(&["#", "rule", "action", "from", "to", "ports"]);
     for (i, r) in policy.rules.iter().enumerate() {
-        let list = |refs: &[crate::policy::model::SegmentRef]| {
+        let list = |refs: &[SegmentRef]| {
             refs.iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
