@@ -270,6 +270,20 @@ impl Spawn {
         ])
     }
 
+    /// `tests/scripts/attack.py` (Python, stdlib only) with `args`: the attack helpers of
+    /// `tests/tests/attacks.rs`. Its clients print the same one-line outcome as the probe,
+    /// its servers the same `listening <addr>` banner.
+    pub fn attack_script(args: &[&str]) -> Self {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/attack.py");
+        let mut command = Command::new("python3");
+        command.arg(script).args(args);
+        Self {
+            command,
+            netns: None,
+            cgroup_procs: None,
+        }
+    }
+
     /// Runs the process inside `netns`.
     pub fn netns(mut self, netns: &Netns) -> Self {
         self.netns = Some(netns.open());
