@@ -16,6 +16,10 @@ Modes:
                                         AF_PACKET socket; send one UDP datagram as a raw
                                         Ethernet frame, wait for the echo on a UDP socket
                                         bound to SRC:SPORT
+  stream-connect mptcp|tfo DST DPORT TIMEOUT_MS
+                                        an MPTCP connect, or a TCP Fast Open sendto
+                                        (MSG_FASTOPEN, no connect); expects the echo
+  udplite-send DST DPORT                a UDP-Lite datagram (sendto), no answer awaited
   frames IFNAME HEX...                  send each hex frame from an AF_PACKET socket
 """
 import errno
@@ -154,6 +158,32 @@ def frames(ifname, *hexframes):
         fail(err)
 
 
+def stream_connect(kind, dst, dport, timeout_ms):
+    try:
+        if kind == "mptcp":
+            s = socket.socket(family_of(dst), socket.SOCK_STREAM, 262)
+            s.settimeout(int(timeout_ms) / 1000)
+            s.connect((dst, int(dport)))
+            s.sendall(b"ping\n")
+        else:
+            s = socket.socket(family_of(dst), socket.SOCK_STREAM)
+            s.settimeout(int(timeout_ms) / 1000)
+            s.sendto(b"ping\n", 0x20000000, (dst, int(dport)))
+        data = s.recv(64)
+        out("ok" if data == b"ping\n" else "error 0 unexpected reply %r" % data)
+    except OSError as err:
+        fail(err)
+
+
+def udplite_send(dst, dport):
+    try:
+        s = socket.socket(family_of(dst), socket.SOCK_DGRAM, 136)
+        s.sendto(b"ping\n", (dst, int(dport)))
+        out("ok")
+    except OSError as err:
+        fail(err)
+
+
 def main():
     args = sys.argv[1:]
     if not args:
@@ -172,6 +202,10 @@ def main():
         bind_close(plain[0], plain[1], plain[2], flag("v6only"))
     elif mode == "packet-udp":
         packet_udp(*plain[:7])
+    elif mode == "stream-connect":
+        stream_connect(*plain[:4])
+    elif mode == "udplite-send":
+        udplite_send(*plain[:2])
     elif mode == "frames":
         frames(*plain)
     else:

@@ -3,9 +3,25 @@
 //!
 //! Attack helpers that need no compiled probe mode live in `tests/scripts/attack.py`
 //! (Python, stdlib only), started through [`Spawn::attack_script`].
+//!
+//! Findings (one test each):
+//! - sendmsg4/6 let every datagram sent from a segment's UDP listener port through as a
+//!   "reply", to any address and port the reverse rule admits, unrecorded
+//!   (`a_udp_listener_port_is_not_a_licence_to_send_anywhere`), and in audit mode for any
+//!   port a process binds itself (`audit_mode_records_udp_sent_from_a_bound_port`);
+//! - inbound UDP to a segment's server that XDP never decides: a port in the ephemeral
+//!   range (`a_udp_service_on_a_high_port_is_decided_at_xdp`), a server bound before the
+//!   hooks (`a_udp_listener_bound_before_the_agent_started_is_decided`), a learnt
+//!   listener erased by another process's `[::]` V6ONLY bind and close
+//!   (`another_processs_v6only_bind_does_not_erase_a_learnt_listener`), which also makes
+//!   refused SYNs name `host` (`a_refused_syn_names_the_segment_that_serves_the_port`);
+//! - packet sockets are never seen by `sock_create`
+//!   (`packet_sockets_are_refused_to_segments_without_the_grant`);
+//! - a directed broadcast reaches local listeners as `world`
+//!   (`a_directed_broadcast_does_not_reach_a_local_service_the_policy_denies`).
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -13,13 +29,9 @@ use std::{
 use aya::programs::XdpMode;
 use enforcer_common::event::{FlowEvent, Hook, Verdict};
 use enforcer_tests::{
-    LINK_PREFIX,
-    agent::AgentHost,
     cgroup::TestCgroup,
-    cmd::run,
-    events::{decided_by, drain, segment_id},
-    netns::{Netns, Veth, add_veth, address_up},
-    next_serial,
+    events::{drain, segment_id},
+    netns::{Netns, Veth},
     policy::{image, loaded_with},
     probe::{Outcome, Spawn},
     unique_name,
@@ -346,7 +358,6 @@ fn a_udp_service_on_a_high_port_is_decided_at_xdp() {
     let _high = site.sink(40_123, &high_log);
     let high = site.udp_from_clients(40_123, &high_log);
     let recorded = drain(&mut events);
-    let recorded_brief = brief(&recorded);
     let decided: Vec<_> = recorded
         .iter()
         .filter(|e| e.hook == Hook::XdpIngress as u8 && e.dst_port == 40_123)
@@ -558,7 +569,6 @@ ports = ["18097/udp"]
     );
     let received = log.sources(Duration::from_millis(1000));
     let recorded = drain(&mut events);
-    let recorded_brief = brief(&recorded);
     assert!(
         sent.is_eperm() && received.is_empty(),
         "client's datagram to {broadcast}:18097 ({sent:?}) reached payments' local socket \
