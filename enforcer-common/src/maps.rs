@@ -204,7 +204,7 @@ impl RuleValue {
 
 /// Segment flag: the segment is in audit mode (would-be denials pass and are recorded).
 pub const SEGMENT_FLAG_AUDIT: u32 = 1;
-/// Segment flag: the segment's processes may open raw and packet sockets.
+/// Segment flag: the segment's processes may open raw and ICMP ping sockets.
 pub const SEGMENT_FLAG_RAW_SOCKETS: u32 = 2;
 
 /// Per-segment settings, indexed by segment id.
@@ -483,13 +483,14 @@ pub struct LearntListener {
 const _: () = assert!(size_of::<LearntListener>() == 8 * CGROUP_LEVELS + 8);
 
 /// Key of [`LEARNT_LISTENERS`]: where a socket is bound. The address is a
-/// [`bound_address`]: all zero for the unspecified address of either family (a socket
-/// bound there receives for every local address), else IPv6 as it is and IPv4 in its
-/// IPv4-mapped form.
+/// [`local_address_key`]: IPv6 as it is and IPv4 in its IPv4-mapped form, so the
+/// unspecified addresses of the two families stay apart (`::ffff:0.0.0.0` for an IPv4
+/// socket on `0.0.0.0`, `::` for an IPv6 socket on `::`) as the kernel keeps them apart:
+/// an IPv6-only socket on `::` beside an IPv4 one on `0.0.0.0` is a different binding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BoundKey {
-    /// The bound address, as [`bound_address`] gives it.
+    /// The bound address, as [`local_address_key`] gives it.
     pub addr: [u8; 16],
     /// The bound port, host byte order.
     pub port: u16,
@@ -502,7 +503,8 @@ pub struct BoundKey {
 const _: () = assert!(size_of::<BoundKey>() == 20);
 
 impl BoundKey {
-    /// The key of a socket bound to `addr` (already a [`bound_address`]), `port`, `proto`.
+    /// The key of a socket bound to `addr` (already a [`local_address_key`]), `port`,
+    /// `proto`.
     pub const fn new(addr: [u8; 16], port: u16, proto: u8) -> Self {
         Self {
             addr,
@@ -511,24 +513,6 @@ impl BoundKey {
             _pad: 0,
         }
     }
-}
-
-/// The [`BoundKey`] address of `addr` (IPv4 in the first four bytes when `v4`): all zero
-/// for `0.0.0.0`, `::` and `::ffff:0.0.0.0`, else as [`local_address_key`].
-#[inline(always)]
-pub const fn bound_address(addr: &[u8; 16], v4: bool) -> [u8; 16] {
-    let key = local_address_key(addr, v4);
-    // Unspecified: `::`, or `::ffff:0.0.0.0` (where IPv4's `0.0.0.0` is keyed).
-    let mut others_zero = true;
-    let mut i = 0;
-    while i < 16 {
-        if (i < 10 || i >= 12) && key[i] != 0 {
-            others_zero = false;
-        }
-        i += 1;
-    }
-    let marker = (key[10] == 0 && key[11] == 0) || (key[10] == 0xff && key[11] == 0xff);
-    if others_zero && marker { [0; 16] } else { key }
 }
 
 /// Every address of every interface of the agent's network namespace (kept current by the
@@ -638,28 +622,6 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_unspecified_form_is_the_wildcard_key_and_others_are_mapped() {
-        let v4 = |a: [u8; 4]| {
-            let mut bytes = [0; 16];
-            bytes[..4].copy_from_slice(&a);
-            bytes
-        };
-        let mut mapped_any = [0; 16];
-        mapped_any[10] = 0xff;
-        mapped_any[11] = 0xff;
-        assert_eq!(bound_address(&v4([0; 4]), true), [0; 16]);
-        assert_eq!(bound_address(&[0; 16], false), [0; 16]);
-        assert_eq!(bound_address(&mapped_any, false), [0; 16]);
-        let mut loopback = mapped_any;
-        loopback[12..].copy_from_slice(&[127, 0, 0, 2]);
-        assert_eq!(bound_address(&v4([127, 0, 0, 2]), true), loopback);
-        assert_eq!(bound_address(&loopback, false), loopback);
-        let mut v6_loopback = [0; 16];
-        v6_loopback[15] = 1;
-        assert_eq!(bound_address(&v6_loopback, false), v6_loopback);
-    }
 
     #[test]
     fn consecutive_generations_alternate_between_the_two_slots() {

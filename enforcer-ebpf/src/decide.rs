@@ -14,7 +14,7 @@ use enforcer_common::{
         ACTION_ALLOW, ADDRESS_BROADCAST, ADDRESS_LOCAL, BoundKey, CGROUP_LEVELS, ListenKey,
         MAX_CGROUP_DEPTH, RULE_KEY_FIXED_BITS, RuleKey, SEGMENT_ANY, SEGMENT_BROADCAST,
         SEGMENT_FLAG_AUDIT, SEGMENT_HOST, SEGMENT_MULTICAST, SEGMENT_UNCLASSIFIED, SEGMENT_WORLD,
-        bound_address, cgroup_segment, local_address_key,
+        cgroup_segment, local_address_key,
     },
 };
 
@@ -178,7 +178,11 @@ pub fn unless_fail_closed(decision: Decision) -> Decision {
     }
 }
 
-/// `127.0.0.1` as a [`bound_address`].
+/// `0.0.0.0` as a [`local_address_key`].
+const ANY4: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+/// `::`.
+const ANY6: [u8; 16] = [0; 16];
+/// `127.0.0.1` as a [`local_address_key`].
 const LOOPBACK4_MAPPED: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
 /// `::1`.
 const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
@@ -209,20 +213,25 @@ pub fn listener_segment<const B: bool>(
         // SAFETY: the pointer comes from a successful map lookup.
         return unsafe { *segment };
     }
-    // The socket the kernel delivers to: one bound to exactly this address, else one
-    // bound to the unspecified address. A flow to `0.0.0.0`/`::` lands on loopback.
-    let mut exact = bound_address(addr, v4);
-    if exact == [0; 16] {
-        exact = if v4 || addr[10] == 0xff {
-            LOOPBACK4_MAPPED
-        } else {
-            LOOPBACK6
-        };
+    // The socket the kernel delivers to: one bound to exactly this address, else one on
+    // its family's unspecified address, else (IPv4) a dual-stack one on `::`. A flow to
+    // `0.0.0.0`/`::` lands on loopback.
+    let mut exact = local_address_key(addr, v4);
+    let ipv4 = exact[..12] == ANY4[..12];
+    if exact == ANY4 {
+        exact = LOOPBACK4_MAPPED;
+    } else if exact == ANY6 {
+        exact = LOOPBACK6;
     }
+    let any = if ipv4 { ANY4 } else { ANY6 };
     let learnt = match LEARNT_LISTENERS.get_ptr(&BoundKey::new(exact, port, proto)) {
         Some(learnt) => learnt,
-        None => match LEARNT_LISTENERS.get_ptr(&BoundKey::new([0; 16], port, proto)) {
+        None => match LEARNT_LISTENERS.get_ptr(&BoundKey::new(any, port, proto)) {
             Some(learnt) => learnt,
+            None if ipv4 => match LEARNT_LISTENERS.get_ptr(&BoundKey::new(ANY6, port, proto)) {
+                Some(learnt) => learnt,
+                None => return NO_LISTENER,
+            },
             None => return NO_LISTENER,
         },
     };

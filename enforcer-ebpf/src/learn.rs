@@ -9,7 +9,9 @@ use aya_ebpf::{
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
     programs::SockContext,
 };
-use enforcer_common::maps::{BoundKey, CGROUP_LEVELS, LearntListener, PROTO_UDP, bound_address};
+use enforcer_common::maps::{
+    BoundKey, CGROUP_LEVELS, LearntListener, PROTO_UDP, local_address_key,
+};
 
 use crate::maps::{self, BOUND_SOCKETS, LEARNT_LISTENERS};
 
@@ -45,7 +47,7 @@ fn bound<const V4: bool>(ctx: &SockContext) -> Option<BoundKey> {
             i += 1;
         }
     }
-    Some(BoundKey::new(bound_address(&addr, V4), port, proto))
+    Some(BoundKey::new(local_address_key(&addr, V4), port, proto))
 }
 
 /// Records the address and port `ctx`'s socket (IPv4 when `V4`) was just bound to, with

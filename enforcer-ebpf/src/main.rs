@@ -50,8 +50,6 @@ const SOCK_RAW: u32 = 3;
 const AF_INET: u32 = 2;
 /// `AF_INET6`.
 const AF_INET6: u32 = 10;
-/// `AF_PACKET`: link-layer sockets.
-const AF_PACKET: u32 = 17;
 /// `IPPROTO_ICMP`.
 const IPPROTO_ICMP: u32 = 1;
 /// `IPPROTO_ICMPV6`.
@@ -258,12 +256,14 @@ fn sock_addr_in_slot<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow
     verdict_to_return(decision.verdict)
 }
 
-/// `socket()` creation: raw, packet and ICMP ping sockets are refused to processes of a
-/// segment unless the segment is granted `raw_sockets` (audit mode lets them through,
-/// recorded). None of them passes the connect/sendmsg hooks: a ping socket's `sendto()`
-/// without `connect()` reaches any address (the kernel lets every group open one where
+/// `socket()` creation: raw and ICMP ping sockets are refused to processes of a segment
+/// unless the segment is granted `raw_sockets` (audit mode lets them through, recorded).
+/// Neither passes the connect/sendmsg hooks: a ping socket's `sendto()` without
+/// `connect()` reaches any address (the kernel lets every group open one where
 /// `net.ipv4.ping_group_range` says so, systemd's default). Processes in no segment are
-/// not governed.
+/// not governed. The kernel runs this hook for IPv4 and IPv6 sockets only: packet
+/// (`AF_PACKET`) and XDP sockets never reach it (docs/threat-model.md says how the host
+/// closes that).
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
     // SAFETY: the context pointer is valid for the whole run; these fields are readable
@@ -273,17 +273,12 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     let ping = kind == SOCK_DGRAM
         && ((address_family == AF_INET && protocol == IPPROTO_ICMP)
             || (address_family == AF_INET6 && protocol == IPPROTO_ICMPV6));
-    if kind != SOCK_RAW && address_family != AF_PACKET && !ping {
+    if kind != SOCK_RAW && !ping {
         return CGROUP_ALLOW;
     }
     let mut flow = Flow::EMPTY;
     flow.family = address_family as u8;
-    // A packet socket's protocol is an EtherType, not an IP protocol number.
-    flow.protocol = if address_family == AF_PACKET {
-        0
-    } else {
-        protocol as u8
-    };
+    flow.protocol = protocol as u8;
     match maps::active_generation() {
         0 => CGROUP_ALLOW,
         generation => in_slot!(generation, |slot| contain(

@@ -191,7 +191,7 @@ pub struct Segment {
     pub ports: Vec<PortRange>,
     /// Enforce or audit.
     pub mode: Mode,
-    /// Whether its processes may open raw and packet sockets.
+    /// Whether its processes may open raw and ICMP ping sockets.
     pub raw_sockets: bool,
     /// Where it is declared.
     pub span: Span,
