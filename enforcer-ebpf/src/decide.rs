@@ -178,15 +178,6 @@ pub fn unless_fail_closed(decision: Decision) -> Decision {
     }
 }
 
-/// `0.0.0.0` as a [`local_address_key`].
-const ANY4: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
-/// `::`.
-const ANY6: [u8; 16] = [0; 16];
-/// `127.0.0.1` as a [`local_address_key`].
-const LOOPBACK4_MAPPED: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
-/// `::1`.
-const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-
 /// What [`listener_segment`] returns for a port no segment serves: the id of `*`, which
 /// never classifies a listener.
 pub const NO_LISTENER: u32 = SEGMENT_ANY;
@@ -216,19 +207,29 @@ pub fn listener_segment<const B: bool>(
     // The socket the kernel delivers to: one bound to exactly this address, else one on
     // its family's unspecified address, else (IPv4) a dual-stack one on `::`. A flow to
     // `0.0.0.0`/`::` lands on loopback.
+    //
+    // Verifier note: the keys are built byte by byte, not compared with or copied from
+    // 16-byte constants: LLVM put such constants in a `.rodata.cst16` section, which the
+    // loader would have to create as a map of its own.
     let mut exact = local_address_key(addr, v4);
-    let ipv4 = exact[..12] == ANY4[..12];
-    if exact == ANY4 {
-        exact = LOOPBACK4_MAPPED;
-    } else if exact == ANY6 {
-        exact = LOOPBACK6;
+    let ipv4 = exact[..10] == [0; 10] && exact[10] == 0xff && exact[11] == 0xff;
+    if exact[12..] == [0; 4] && (ipv4 || exact[..12] == [0; 12]) {
+        // `0.0.0.0` is reached as `127.0.0.1`, `::` as `::1`.
+        if ipv4 {
+            exact[12] = 127;
+        }
+        exact[15] = 1;
     }
-    let any = if ipv4 { ANY4 } else { ANY6 };
+    let mut any = [0u8; 16];
+    if ipv4 {
+        any[10] = 0xff;
+        any[11] = 0xff;
+    }
     let learnt = match LEARNT_LISTENERS.get_ptr(&BoundKey::new(exact, port, proto)) {
         Some(learnt) => learnt,
         None => match LEARNT_LISTENERS.get_ptr(&BoundKey::new(any, port, proto)) {
             Some(learnt) => learnt,
-            None if ipv4 => match LEARNT_LISTENERS.get_ptr(&BoundKey::new(ANY6, port, proto)) {
+            None if ipv4 => match LEARNT_LISTENERS.get_ptr(&BoundKey::new([0; 16], port, proto)) {
                 Some(learnt) => learnt,
                 None => return NO_LISTENER,
             },
