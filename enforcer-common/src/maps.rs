@@ -542,8 +542,51 @@ pub const fn local_address_key(addr: &[u8; 16], v4: bool) -> [u8; 16] {
     }
 }
 
+/// Remote UDP peers whose inbound flow to a segment's listener was allowed (or audited) at
+/// XDP: [`ReplyKey`] to the boot-clock time (ns) until which the listener may answer that
+/// exact peer. A datagram a segment's process sends from its listener port passes as a
+/// reply only to a peer here. Host state.
+pub const REPLY_PEERS: &str = "REPLY_PEERS";
+/// Capacity of [`REPLY_PEERS`] (an LRU: the least recently used peers go first).
+pub const REPLY_PEERS_CAPACITY: u32 = 65_536;
+/// How long after its last allowed inbound datagram a peer may be answered.
+pub const REPLY_WINDOW_NS: u64 = 120_000_000_000;
+
+/// Key of [`REPLY_PEERS`]: a remote peer (address as a [`local_address_key`], port) and
+/// the local listener port and protocol it reached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplyKey {
+    /// The peer's address.
+    pub peer_addr: [u8; 16],
+    /// The peer's port, host byte order.
+    pub peer_port: u16,
+    /// The local listener port it reached, host byte order.
+    pub local_port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(size_of::<ReplyKey>() == 24);
+
+impl ReplyKey {
+    /// The key of a peer at `peer_addr` (already a [`local_address_key`]):`peer_port`
+    /// that reached local port `local_port` over `proto`.
+    pub const fn new(peer_addr: [u8; 16], peer_port: u16, local_port: u16, proto: u8) -> Self {
+        Self {
+            peer_addr,
+            peer_port,
+            local_port,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// The maps of host state, one of each, kept across generations.
-const HOST_MAPS: [&str; 9] = [
+const HOST_MAPS: [&str; 10] = [
     ACTIVE,
     EVENTS,
     REASON_COUNTS,
@@ -553,6 +596,7 @@ const HOST_MAPS: [&str; 9] = [
     LEARNT_LISTENERS,
     BOUND_SOCKETS,
     LOCAL_ADDRESSES,
+    REPLY_PEERS,
 ];
 
 /// The per-generation maps, each as its names by slot.
@@ -617,6 +661,8 @@ mod pod {
     unsafe impl aya::Pod for LearntListener {}
     // SAFETY: see above.
     unsafe impl aya::Pod for BoundKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for ReplyKey {}
 }
 
 #[cfg(test)]

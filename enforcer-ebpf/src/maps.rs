@@ -12,7 +12,8 @@ use enforcer_common::maps::{
     FailsafeKey6, HostSettings, LEARNT_LISTENERS_CAPACITY, LOCAL_ADDRESSES_CAPACITY,
     LearntListener, ListenKey, MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS,
     MAX_RULE_ENTRIES, MAX_RULES, MAX_SEGMENTS, PolicyConfig, REASON_COUNTER_SLOTS,
-    RECENT_FLOWS_CAPACITY, RecentFlowKey, RuleCounters, RuleKey, RuleValue, SegmentInfo,
+    RECENT_FLOWS_CAPACITY, REPLY_PEERS_CAPACITY, RecentFlowKey, ReplyKey, RuleCounters, RuleKey,
+    RuleValue, SegmentInfo,
 };
 
 /// Per-flow audit records ([`enforcer_common::event::FlowEvent`]) for the agent.
@@ -51,6 +52,11 @@ pub static BOUND_SOCKETS: LruHashMap<u64, BoundKey> =
 #[map]
 pub static LOCAL_ADDRESSES: HashMap<[u8; 16], u8> =
     HashMap::with_max_entries(LOCAL_ADDRESSES_CAPACITY, 0);
+
+/// Remote UDP peers a segment's listener may answer, until the time stored.
+#[map]
+pub static REPLY_PEERS: LruHashMap<ReplyKey, u64> =
+    LruHashMap::with_max_entries(REPLY_PEERS_CAPACITY, 0);
 
 /// The active generation number (0: no policy applied yet).
 #[map]

@@ -37,6 +37,7 @@ use crate::{
     decide,
     maps::Slot,
     record::{Flow, Origin, Segments, record},
+    reply,
 };
 
 /// How many IPv6 extension headers are skipped before a packet counts as malformed.
@@ -301,6 +302,12 @@ fn decide_new_flow<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow) 
     record(slot, origin, flow, &Segments { src, dst }, &decision);
     match decision.verdict {
         Verdict::Deny => xdp_action::XDP_DROP,
-        Verdict::Allow | Verdict::Audit => xdp_action::XDP_PASS,
+        Verdict::Allow | Verdict::Audit => {
+            if flow.protocol == PROTO_UDP {
+                // The listener may answer this peer, and only this peer.
+                reply::allow(&flow.src_addr, v4, flow.src_port, flow.dst_port, PROTO_UDP);
+            }
+            xdp_action::XDP_PASS
+        }
     }
 }

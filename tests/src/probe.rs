@@ -178,6 +178,16 @@ impl Spawn {
         ])
     }
 
+    /// A UDP client like [`Spawn::udp_client`] sending from local port `port`.
+    pub fn udp_client_from(addr: SocketAddr, port: u16) -> Self {
+        Self::probe(&[
+            "udp-send-from".into(),
+            addr.to_string(),
+            CLIENT_TIMEOUT_MS.to_string(),
+            port.to_string(),
+        ])
+    }
+
     /// A UDP client like [`Spawn::udp_client`] whose socket may send to a broadcast
     /// address (`SO_BROADCAST`).
     pub fn udp_broadcast_client(addr: SocketAddr) -> Self {

@@ -11,7 +11,8 @@ use enforcer_common::maps::{
     FailsafeKey4, FailsafeKey6, LEARNT_LISTENERS, LEARNT_LISTENERS_CAPACITY, LISTEN,
     LOCAL_ADDRESSES, LOCAL_ADDRESSES_CAPACITY, LearntListener, ListenKey, MAX_CIDRS_V4,
     MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, RECENT_FLOWS,
-    RECENT_FLOWS_CAPACITY, RULES, RecentFlowKey, RuleKey, RuleValue,
+    RECENT_FLOWS_CAPACITY, REPLY_PEERS, REPLY_PEERS_CAPACITY, RULES, RecentFlowKey, ReplyKey,
+    RuleKey, RuleValue,
 };
 use serde::Serialize;
 
@@ -110,6 +111,11 @@ pub(super) fn map_fill(maps: &mut impl MapSet) -> Result<Vec<MapFill>, LoaderErr
         map: "local_addresses",
         entries: hash::<[u8; 16], u8>(maps, LOCAL_ADDRESSES)?,
         limit: LOCAL_ADDRESSES_CAPACITY,
+    });
+    fill.push(MapFill {
+        map: "reply_peers",
+        entries: hash::<ReplyKey, u64>(maps, REPLY_PEERS)?,
+        limit: REPLY_PEERS_CAPACITY,
     });
     fill.push(MapFill {
         map: "recent_flows",

@@ -13,6 +13,7 @@
 //! sends one ICMP echo request to ADDR's address from an unprivileged ping socket
 //! (`SOCK_DGRAM`, never connected: `sendto` only) and waits for the reply.
 //!
+//! `udp-send-from` is `udp-send` from a socket bound to the given local port.
 //! `udp-broadcast` is `udp-send` from a socket with `SO_BROADCAST` set.
 //! `udp-send-route ADDR VIA TIMEOUT_MS sockopt|cmsg|none [GATE_DIR]` is `udp-send` with a
 //! source route through VIA: an IPv6 segment routing header (type 4) listing VIA for an
@@ -48,6 +49,7 @@ use hyper_util::rt::TokioIo;
 const USAGE: &str = "usage: enforcer-probe tcp-serve|udp-serve|http-serve|raw-socket ADDR:PORT\n       \
                      enforcer-probe tcp-connect|udp-send|udp-broadcast|http-get|ping ADDR:PORT TIMEOUT_MS\n       \
                      enforcer-probe tcp-connect-repeat|tcp-connect-paced|tcp-denied-paced|tcp-denied-burst ADDR:PORT TIMEOUT_MS COUNT\n       \
+                     enforcer-probe udp-send-from ADDR:PORT TIMEOUT_MS LOCAL_PORT\n       \
                      enforcer-probe udp-send-route ADDR:PORT VIA TIMEOUT_MS sockopt|cmsg|none [GATE_DIR]";
 
 /// The pause between attempts of the paced modes.
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
         "tcp-connect" => tcp_connect(addr, timeout),
         "udp-send" => udp_send(addr, timeout, false),
         "udp-broadcast" => udp_send(addr, timeout, true),
+        "udp-send-from" => udp_send_from(addr, timeout, count),
         "tcp-connect-repeat" => tcp_connect_repeat(addr, timeout, count, Duration::ZERO),
         "tcp-connect-paced" => tcp_connect_repeat(addr, timeout, count, PACE),
         "tcp-denied-paced" => tcp_denied_repeat(addr, timeout, count, PACE),
@@ -381,6 +384,23 @@ fn ping(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
         return Err(io::Error::other("an answer that is not an echo reply"));
     }
     Ok(())
+}
+
+/// One datagram to `addr` from an unconnected socket bound to local port `port` (on every
+/// address), and its echo awaited.
+fn udp_send_from(addr: SocketAddr, timeout: Duration, port: u32) -> io::Result<()> {
+    let port = u16::try_from(port).map_err(|_| io::Error::other("not a port"))?;
+    let local: SocketAddr = if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], port))
+    } else {
+        SocketAddr::from(([0u16; 8], port))
+    };
+    let socket = UdpSocket::bind(local)?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send_to(b"ping\n", addr)?;
+    let mut buf = [0u8; 64];
+    let (len, _) = socket.recv_from(&mut buf)?;
+    expect_echo(&buf[..len])
 }
 
 /// One datagram to `addr` from an unconnected socket (with `SO_BROADCAST` when
