@@ -27,6 +27,10 @@ wire_enum! {
         Setsockopt = 10 => "setsockopt",
         /// cgroup skb egress: packets of segment sockets carrying a source route.
         SkbEgress = 11 => "skb_egress",
+        /// cgroup `bind4`: notes which sockets asked for a port of their own.
+        Bind4 = 12 => "bind4",
+        /// cgroup `bind6`: as `bind4`, for IPv6 sockets.
+        Bind6 = 13 => "bind6",
     }
     /// The program's name in the eBPF object, as loaded and pinned.
     fn program_name;

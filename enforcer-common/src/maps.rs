@@ -462,6 +462,13 @@ pub const LEARNT_LISTENERS: &str = "LEARNT_LISTENERS";
 /// found. Same capacity as [`LEARNT_LISTENERS`].
 pub const BOUND_SOCKETS: &str = "BOUND_SOCKETS";
 
+/// Sockets whose `bind()` asked for a port of their own (not 0), by socket cookie, from
+/// the `bind4/6` hooks until `post_bind4/6` reads it: a UDP port in the ephemeral range is
+/// learnt as a listener only when it was asked for (a client's `bind(0)` lands there too,
+/// and its replies must not be decided as new inbound flows). Same capacity as
+/// [`LEARNT_LISTENERS`].
+pub const EXPLICIT_BINDS: &str = "EXPLICIT_BINDS";
+
 /// Capacity of [`LEARNT_LISTENERS`] (an LRU: the oldest bindings go first).
 pub const LEARNT_LISTENERS_CAPACITY: u32 = 65_536;
 
@@ -586,7 +593,7 @@ impl ReplyKey {
 }
 
 /// The maps of host state, one of each, kept across generations.
-const HOST_MAPS: [&str; 10] = [
+const HOST_MAPS: [&str; 11] = [
     ACTIVE,
     EVENTS,
     REASON_COUNTS,
@@ -595,6 +602,7 @@ const HOST_MAPS: [&str; 10] = [
     HOST_SETTINGS,
     LEARNT_LISTENERS,
     BOUND_SOCKETS,
+    EXPLICIT_BINDS,
     LOCAL_ADDRESSES,
     REPLY_PEERS,
 ];

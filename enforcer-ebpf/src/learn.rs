@@ -13,7 +13,7 @@ use enforcer_common::maps::{
     BoundKey, CGROUP_LEVELS, LearntListener, PROTO_UDP, local_address_key,
 };
 
-use crate::maps::{self, BOUND_SOCKETS, LEARNT_LISTENERS};
+use crate::maps::{self, BOUND_SOCKETS, EXPLICIT_BINDS, LEARNT_LISTENERS};
 
 /// Where `ctx`'s socket was just bound, as a [`LEARNT_LISTENERS`] key: an IPv4 socket
 /// when `V4` (`post_bind4`), else an IPv6 one (`post_bind6`); `None` without a port.
@@ -50,24 +50,41 @@ fn bound<const V4: bool>(ctx: &SockContext) -> Option<BoundKey> {
     Some(BoundKey::new(local_address_key(&addr, V4), port, proto))
 }
 
+/// Notes that the socket of a `bind()` asked for port `requested` (host byte order) of its
+/// own, for [`listener`]. Called from the `bind4/6` hooks, before the kernel binds.
+#[inline(always)]
+pub fn bind_requested(cookie: u64, requested: u16) {
+    if requested != 0 {
+        // A full LRU forgets the oldest: such a binding in the ephemeral range is then not
+        // learnt, as if it had asked for port 0.
+        let _ = EXPLICIT_BINDS.insert(&cookie, &1, 0);
+    }
+}
+
 /// Records the address and port `ctx`'s socket (IPv4 when `V4`) was just bound to, with
 /// the calling task's cgroup ancestry, and remembers the binding under the socket's
-/// cookie for its release. UDP ports in the host's ephemeral range are skipped: they
-/// belong to clients, whose replies must not be decided as new inbound flows.
+/// cookie for its release. A UDP port in the host's ephemeral range is learnt only when
+/// the `bind()` asked for it: a client's `bind(0)` lands there too, and its replies must
+/// not be decided as new inbound flows.
 #[inline(always)]
 pub fn listener<const V4: bool>(ctx: &SockContext) {
     let Some(key) = bound::<V4>(ctx) else {
         return;
     };
+    // SAFETY: the helper reads the socket the context points to, valid for the run.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    let asked = EXPLICIT_BINDS.get_ptr(&cookie).is_some();
+    if asked {
+        let _ = EXPLICIT_BINDS.remove(&cookie);
+    }
     let settings = maps::host_settings();
     if key.proto == PROTO_UDP
         && settings.ephemeral_low <= key.port
         && key.port <= settings.ephemeral_high
+        && !asked
     {
         return;
     }
-    // SAFETY: the helper reads the socket the context points to, valid for the run.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
     let mut learnt = LearntListener {
         ancestors: [0; CGROUP_LEVELS],
         cookie,

@@ -131,6 +131,34 @@ fn xdp_in_slot<const B: bool>(ctx: &XdpContext, slot: &Slot<B>, generation: u32)
     }
 }
 
+/// IPv4 `bind()`, before the kernel binds: notes a socket that asks for a port of its own
+/// ([`learn::bind_requested`]). Never refuses.
+#[cgroup_sock_addr(bind4)]
+pub fn bind4(ctx: SockAddrContext) -> i32 {
+    bind_requested(&ctx);
+    CGROUP_ALLOW
+}
+
+/// IPv6 `bind()`: as [`bind4`].
+#[cgroup_sock_addr(bind6)]
+pub fn bind6(ctx: SockAddrContext) -> i32 {
+    bind_requested(&ctx);
+    CGROUP_ALLOW
+}
+
+/// The port a `bind()` asks for, for [`learn::bind_requested`].
+///
+/// Verifier note: `user_port` is read with a 4-byte load (network byte order in the low
+/// 16 bits), as for connect.
+#[inline(always)]
+fn bind_requested(ctx: &SockAddrContext) {
+    // SAFETY: the context pointer is valid for the whole run of the program.
+    let port = unsafe { (*ctx.sock_addr).user_port };
+    // SAFETY: the helper reads the socket behind the context, valid for the run.
+    let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    learn::bind_requested(cookie, u16::from_be(port as u16));
+}
+
 /// Outbound IPv4 `connect()` from a process in the attached cgroup subtree.
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {

@@ -43,6 +43,11 @@ pub static HOST_SETTINGS: Array<HostSettings> = Array::with_max_entries(1, 0);
 pub static LEARNT_LISTENERS: LruHashMap<BoundKey, LearntListener> =
     LruHashMap::with_max_entries(LEARNT_LISTENERS_CAPACITY, 0);
 
+/// Sockets whose `bind()` asked for a port of their own, by cookie, until `post_bind`.
+#[map]
+pub static EXPLICIT_BINDS: LruHashMap<u64, u8> =
+    LruHashMap::with_max_entries(LEARNT_LISTENERS_CAPACITY, 0);
+
 /// The binding each learnt socket made, by socket cookie, for its release.
 #[map]
 pub static BOUND_SOCKETS: LruHashMap<u64, BoundKey> =

@@ -196,3 +196,56 @@ ports = ["18095/tcp"]
         "each connect recorded against the segment whose socket it reached"
     );
 }
+
+#[test]
+fn a_udp_service_on_a_port_of_the_ephemeral_range_is_learnt_when_it_asked_for_it() {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let parent = TestCgroup::new();
+    let web = parent.child("web.service");
+    let image = enforcer_tests::policy::image(&format!(
+        r#"
+[segments.clients]
+cidrs = ["{}/32"]
+
+[segments.web]
+cgroups = ["{}"]
+"#,
+        veth.peer_v4,
+        web.relative_path()
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    loader
+        .attach_xdp(veth.host_if(), veth.host_ifindex(), XdpMode::Skb)
+        .expect("attach XDP");
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .expect("the ephemeral port range");
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|low| low.parse().ok())
+        .expect("a port");
+    let port = low + 1234;
+    // A service that asked for a port inside the ephemeral range (as RTP or QUIC servers
+    // do) is the segment's: a remote host no rule admits is refused at XDP.
+    let _server = Spawn::udp_server(SocketAddr::new(veth.host_v4.into(), port))
+        .cgroup(&web)
+        .serve();
+    let sent = Spawn::udp_client(SocketAddr::new(veth.host_v4.into(), port))
+        .netns(&netns)
+        .run();
+    assert_eq!(sent, Outcome::Timeout, "the datagram is dropped at XDP");
+    let web_id = segment_id(&image, "web");
+    let refused = drain(&mut events)
+        .into_iter()
+        .filter(|e| {
+            e.hook == Hook::XdpIngress as u8
+                && e.dst_port == port
+                && e.dst_segment == web_id
+                && e.verdict == Verdict::Deny as u8
+        })
+        .count();
+    assert_eq!(refused, 1, "one record of the refused datagram");
+}

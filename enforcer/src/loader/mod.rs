@@ -54,7 +54,7 @@ use enforcer_common::{
 use crate::object;
 
 /// The cgroup hooks, attached together to one cgroup.
-pub const CGROUP_HOOKS: [Hook; 10] = [
+pub const CGROUP_HOOKS: [Hook; 12] = [
     Hook::Connect4,
     Hook::Connect6,
     Hook::Sendmsg4,
@@ -65,6 +65,8 @@ pub const CGROUP_HOOKS: [Hook; 10] = [
     Hook::SockRelease,
     Hook::Setsockopt,
     Hook::SkbEgress,
+    Hook::Bind4,
+    Hook::Bind6,
 ];
 
 /// What can go wrong while loading or attaching the kernel programs.
@@ -327,7 +329,12 @@ impl Loader {
             Hook::SockCreate | Hook::PostBind4 | Hook::PostBind6 | Hook::SockRelease => {
                 <&mut CgroupSock>::try_from(program).and_then(CgroupSock::load)
             }
-            Hook::Connect4 | Hook::Connect6 | Hook::Sendmsg4 | Hook::Sendmsg6 => {
+            Hook::Connect4
+            | Hook::Connect6
+            | Hook::Sendmsg4
+            | Hook::Sendmsg6
+            | Hook::Bind4
+            | Hook::Bind6 => {
                 <&mut CgroupSockAddr>::try_from(program).and_then(CgroupSockAddr::load)
             }
             Hook::Setsockopt => {
@@ -588,7 +595,12 @@ fn attach_to_cgroup(
             let id = sock.attach(dir, mode)?;
             FdLink::try_from(sock.take_link(id)?)?
         }
-        Hook::Connect4 | Hook::Connect6 | Hook::Sendmsg4 | Hook::Sendmsg6 => {
+        Hook::Connect4
+        | Hook::Connect6
+        | Hook::Sendmsg4
+        | Hook::Sendmsg6
+        | Hook::Bind4
+        | Hook::Bind6 => {
             let addr = <&mut CgroupSockAddr>::try_from(program)?;
             let id = addr.attach(dir, mode)?;
             FdLink::try_from(addr.take_link(id)?)?
