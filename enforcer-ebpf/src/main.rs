@@ -2,9 +2,10 @@
 //!
 //! Decided: new inbound flows at XDP ingress, outbound `connect()` and unconnected
 //! `sendmsg()` from local processes (IPv4 and IPv6), by the two ends' segments and the
-//! rules of the active generation; raw, packet and ping sockets at `socket()`; source
-//! routes and routing headers, at `setsockopt()` and on packets leaving segment sockets.
-//! `post_bind` learns which segment listens on a port. Every decision is counted and recorded
+//! rules of the active generation; raw and ping sockets at `socket()`; source routes and
+//! routing headers, at `setsockopt()` and on packets leaving segment sockets. `post_bind`
+//! learns which segment listens on an address and port (`bind` notes the sockets that asked
+//! for their port, `sock_release` forgets the binding). Every decision is counted and recorded
 //! (module `record`). Before the first policy is applied (generation 0) every hook lets
 //! everything through: the agent applies a policy before it attaches anything.
 #![no_std]
@@ -74,7 +75,7 @@ struct Restriction {
     grant: u32,
 }
 
-/// Raw, packet and ping sockets: granted by `raw_sockets`.
+/// Raw and ping sockets: granted by `raw_sockets`.
 const RAW_SOCKETS: Restriction = Restriction {
     reason: Reason::RawSocket,
     grant: SEGMENT_FLAG_RAW_SOCKETS,
