@@ -249,3 +249,55 @@ cgroups = ["{}"]
         .count();
     assert_eq!(refused, 1, "one record of the refused datagram");
 }
+
+#[test]
+fn a_listener_bound_before_the_hooks_is_learnt_from_the_hosts_sockets() {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let parent = TestCgroup::new();
+    let web = parent.child("web.service");
+    let image = enforcer_tests::policy::image(&format!(
+        r#"
+[segments.clients]
+cidrs = ["{}/32"]
+
+[segments.web]
+cgroups = ["{}"]
+"#,
+        veth.peer_v4,
+        web.relative_path()
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader
+        .attach_xdp(veth.host_if(), veth.host_ifindex(), XdpMode::Skb)
+        .expect("attach XDP");
+    // A service started before the agent: its bind() ran before any hook.
+    let _server = Spawn::udp_server(SocketAddr::new(veth.host_v4.into(), 18_096))
+        .cgroup(&web)
+        .serve();
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    let sockets = enforcer::host::sockets::listeners().expect("the host's sockets");
+    let root = enforcer::host::cgroup2_mount().expect("cgroup2");
+    let learnt = loader
+        .learn_existing_listeners(&sockets, &root)
+        .expect("learn them");
+    assert!(learnt >= 1, "learnt {learnt} of {sockets:?}");
+
+    // The port is web's: a remote host no rule admits is refused at XDP.
+    let sent = Spawn::udp_client(SocketAddr::new(veth.host_v4.into(), 18_096))
+        .netns(&netns)
+        .run();
+    assert_eq!(sent, Outcome::Timeout, "the datagram is dropped at XDP");
+    let web_id = segment_id(&image, "web");
+    let refused = drain(&mut events)
+        .into_iter()
+        .filter(|e| {
+            e.hook == Hook::XdpIngress as u8
+                && e.dst_port == 18_096
+                && e.dst_segment == web_id
+                && e.verdict == Verdict::Deny as u8
+        })
+        .count();
+    assert_eq!(refused, 1, "one record of the refused datagram");
+}

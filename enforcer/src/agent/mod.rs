@@ -190,6 +190,8 @@ impl Agent {
 
         let outcome = agent.loader.attach_cgroup(&cgroup)?;
         tracing::info!(cgroup = %cgroup.display(), ?outcome, "cgroup hooks in force");
+        // Bindings made from now on are learnt by the kernel; those made before, here.
+        agent.learn_existing_listeners();
         agent.interfaces.start(&mut agent.loader)?;
         agent.publish_interfaces();
         agent.write_state();
@@ -334,6 +336,25 @@ impl Agent {
         self.publish_interfaces();
         self.write_state();
         self.refresh_local_addresses();
+    }
+
+    /// Learns the listening sockets that were bound before the cgroup hooks were attached
+    /// (services started before the agent). A failure is logged: those sockets' ports are
+    /// then `host`'s until they are bound again or declared in the policy.
+    fn learn_existing_listeners(&mut self) {
+        let learnt = host::sockets::listeners()
+            .map_err(anyhow::Error::from)
+            .and_then(|listeners| {
+                Ok(self
+                    .loader
+                    .learn_existing_listeners(&listeners, &self.cgroup_root)?)
+            });
+        match learnt {
+            Ok(count) => tracing::info!(count, "listeners bound before the hooks learnt"),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot learn the listeners bound before the hooks")
+            }
+        }
     }
 
     /// Shows the interfaces' XDP to metrics and status.

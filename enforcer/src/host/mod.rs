@@ -1,11 +1,13 @@
 //! Facts about the host the agent runs on, read from the kernel each time they are
 //! needed: where cgroup v2 and bpffs are mounted ([`mounts`]), cgroup ids and paths
-//! ([`cgroups`]), network interfaces ([`interfaces`]) and the host's name ([`hostname`]).
+//! ([`cgroups`]), network interfaces ([`interfaces`]), the sockets that receive flows
+//! ([`sockets`]) and the host's name ([`hostname`]).
 //! Nothing here knows about policies, the kernel programs or the audit trail.
 
 pub mod cgroups;
 pub mod interfaces;
 pub mod mounts;
+pub mod sockets;
 
 pub use mounts::{
     DEFAULT_BPFFS, HostError, Mount, cgroup2_mount, ensure_bpffs, is_bpffs, on_bpffs,

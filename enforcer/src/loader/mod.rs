@@ -13,6 +13,7 @@ mod counters;
 mod events;
 mod fill;
 mod generation;
+mod learnt;
 mod local;
 mod map_set;
 mod pins;
@@ -574,6 +575,17 @@ impl Loader {
         addresses: &crate::host::interfaces::Addresses,
     ) -> Result<usize, LoaderError> {
         local::sync(&mut self.ebpf, addresses)
+    }
+
+    /// Learns the listeners in `listeners` (the host's sockets, [`crate::host::sockets`])
+    /// that the kernel has not learnt itself at `bind()`, because they were bound before
+    /// the hooks were attached; `root` is the cgroup2 mount. Returns how many it learnt.
+    pub fn learn_existing_listeners(
+        &mut self,
+        listeners: &[crate::host::sockets::Listener],
+        root: &Path,
+    ) -> Result<usize, LoaderError> {
+        learnt::seed(&mut self.ebpf, listeners, root)
     }
 
     /// How full the active generation's maps and the host maps are.
