@@ -61,6 +61,11 @@ const ADDRS: &[&str] = &[
     "2001:db8:1:2::3",
     "2001:db9::1",
     // Classified without a CIDR: offline values only, nothing is sent.
+    "127.0.0.1",
+    "0.0.0.0",
+    "::1",
+    "::",
+    "::ffff:127.0.0.1",
     "255.255.255.255",
     "::ffff:255.255.255.255",
     "224.0.0.251",

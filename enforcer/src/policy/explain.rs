@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{
     image::MapImage,
-    lookup::{ImageIndex, canonical},
+    lookup::{ImageIndex, canonical, is_this_host},
     model::Proto,
     reference::Endpoint,
 };
@@ -74,12 +74,26 @@ pub struct Explanation {
     pub failsafe: Option<String>,
 }
 
-fn classify(index: &ImageIndex<'_>, endpoint: &Endpoint, given: &str) -> (u32, Classified) {
+/// Classifies one end of a flow; `destination` for the end being reached, where an
+/// address of this host ([`is_this_host`]) is `host` (then the port's listener decides).
+fn classify(
+    index: &ImageIndex<'_>,
+    endpoint: &Endpoint,
+    given: &str,
+    destination: bool,
+) -> (u32, Classified) {
     let image = index.image();
     let (id, because) = match endpoint {
         Endpoint::Segment(name) => (
             image.segment_id(name).unwrap_or(SEGMENT_HOST),
             "named directly".to_owned(),
+        ),
+        Endpoint::Addr(addr) if destination && is_this_host(*addr) => (
+            SEGMENT_HOST,
+            format!(
+                "address {} is this host (loopback or unspecified): the segment serving the port, else host",
+                canonical(*addr)
+            ),
         ),
         Endpoint::Addr(addr) => {
             let class = index.classify_addr(*addr);
@@ -130,8 +144,8 @@ pub fn explain(
     port: u16,
 ) -> Explanation {
     let image = index.image();
-    let (src, from_class) = classify(index, from, from_text);
-    let (mut dst, mut to_class) = classify(index, to, to_text);
+    let (src, from_class) = classify(index, from, from_text, false);
+    let (mut dst, mut to_class) = classify(index, to, to_text, true);
     if dst == SEGMENT_HOST
         && let Some(owner) = index.listener(proto.number(), port)
     {

@@ -113,6 +113,15 @@ pub fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
+/// Whether a destination address is this host whatever the policy says, as the kernel
+/// decides it: loopback or the unspecified address, in either family or IPv4-mapped.
+/// (The kernel also knows the addresses of the host's interfaces, which are host state
+/// and not in a policy.) Such a destination is the segment serving the port, else `host`.
+pub fn is_this_host(addr: IpAddr) -> bool {
+    let addr = canonical(addr);
+    addr.is_loopback() || addr.is_unspecified()
+}
+
 /// The class of an address that reaches many hosts, as the kernel decides it:
 /// `255.255.255.255` is `broadcast`, `224.0.0.0/4` and `ff00::/8` are `multicast`. (The
 /// kernel also knows the broadcast addresses of the host's own networks, which are host

@@ -9,7 +9,8 @@
 //!    A `*` in a rule covers every segment but `broadcast` and `multicast`.
 //! 2. A local cgroup belongs to the segment listing its nearest ancestor (itself
 //!    included), else `host`.
-//! 3. Traffic to `host` on a port a segment declares is traffic to that segment.
+//! 3. A destination address that is this host (loopback, unspecified) is `host`; traffic
+//!    to `host` on a port a segment declares is traffic to that segment.
 //! 4. A source address covered by a failsafe on the flow's port is allowed (`failsafe`).
 //! 5. Otherwise the first matching deny rule denies; else the first matching allow rule
 //!    allows; else the flow is denied by default (`default-deny`).
@@ -103,7 +104,15 @@ pub fn evaluate(
     port: u16,
 ) -> Outcome {
     let from_segment = segment_of(policy, from);
-    let mut to_segment = segment_of(policy, to);
+    // Loopback and the unspecified address are this host, whatever the CIDRs say.
+    let mut to_segment = match to {
+        Endpoint::Addr(addr)
+            if canonical(*addr).is_loopback() || canonical(*addr).is_unspecified() =>
+        {
+            HOST.to_owned()
+        }
+        _ => segment_of(policy, to),
+    };
     if to_segment == HOST
         && let Some(owner) = policy
             .segments
