@@ -20,6 +20,13 @@ pub fn allow(peer_addr: &[u8; 16], v4: bool, peer_port: u16, local_port: u16, pr
     );
     // SAFETY: a helper without arguments.
     let until = unsafe { bpf_ktime_get_boot_ns() } + REPLY_WINDOW_NS;
+    // Every datagram of a stream comes here: a known peer's deadline is moved in place,
+    // which costs a lookup, not the element allocation of an insert.
+    if let Some(deadline) = REPLY_PEERS.get_ptr_mut(&key) {
+        // SAFETY: the pointer comes from a successful map lookup.
+        unsafe { *deadline = until };
+        return;
+    }
     // A full LRU evicts its least recently used peer, whose replies are then decided as
     // new flows (fail closed).
     let _ = REPLY_PEERS.insert(&key, &until, 0);

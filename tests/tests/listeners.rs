@@ -12,7 +12,7 @@ use enforcer_tests::{
     events::{drain, segment_id},
     netns::{Netns, Veth},
     policy::loaded_with,
-    probe::{Outcome, Spawn},
+    probe::{Outcome, Server, Spawn},
 };
 
 const EPERM: i32 = 1;
@@ -197,29 +197,87 @@ ports = ["18095/tcp"]
     );
 }
 
-#[test]
-fn a_udp_service_on_a_port_of_the_ephemeral_range_is_learnt_when_it_asked_for_it() {
-    let netns = Netns::new();
-    let veth = Veth::new(&netns);
-    let parent = TestCgroup::new();
-    let web = parent.child("web.service");
-    let image = enforcer_tests::policy::image(&format!(
-        r#"
+/// A remote host (`clients`, by its address) with no rule to `web` (a cgroup), XDP on the
+/// link; the cgroup hooks are attached by the test, when it wants them.
+struct Unadmitted {
+    // Field order is drop order: the loader (and its links) first, the veth before its
+    // namespace, the child cgroup before its parent.
+    loader: enforcer::loader::Loader,
+    events: enforcer::loader::EventReader,
+    image: enforcer::policy::image::MapImage,
+    veth: Veth,
+    netns: Netns,
+    web: TestCgroup,
+    parent: TestCgroup,
+}
+
+impl Unadmitted {
+    fn new() -> Self {
+        let netns = Netns::new();
+        let veth = Veth::new(&netns);
+        let parent = TestCgroup::new();
+        let web = parent.child("web.service");
+        let image = enforcer_tests::policy::image(&format!(
+            r#"
 [segments.clients]
 cidrs = ["{}/32"]
 
 [segments.web]
 cgroups = ["{}"]
 "#,
-        veth.peer_v4,
-        web.relative_path()
-    ));
-    let mut loader = loaded_with(&image);
-    let mut events = loader.take_events().expect("events");
-    loader.attach_cgroup(parent.path()).expect("attach cgroup");
-    loader
-        .attach_xdp(veth.host_if(), veth.host_ifindex(), XdpMode::Skb)
-        .expect("attach XDP");
+            veth.peer_v4,
+            web.relative_path()
+        ));
+        let mut loader = loaded_with(&image);
+        let events = loader.take_events().expect("events");
+        loader
+            .attach_xdp(veth.host_if(), veth.host_ifindex(), XdpMode::Skb)
+            .expect("attach XDP");
+        Self {
+            loader,
+            events,
+            image,
+            veth,
+            netns,
+            web,
+            parent,
+        }
+    }
+
+    /// A UDP server of `web` on this host's end of the link, at `port`.
+    fn serve(&self, port: u16) -> Server {
+        Spawn::udp_server(SocketAddr::new(self.veth.host_v4.into(), port))
+            .cgroup(&self.web)
+            .serve()
+    }
+
+    /// Asserts that a datagram from the remote host to `port` is dropped at XDP, with one
+    /// record naming `web`: the port is known as `web`'s.
+    fn assert_refused_at_xdp(&mut self, port: u16) {
+        let sent = Spawn::udp_client(SocketAddr::new(self.veth.host_v4.into(), port))
+            .netns(&self.netns)
+            .run();
+        assert_eq!(sent, Outcome::Timeout, "the datagram is dropped at XDP");
+        let web_id = segment_id(&self.image, "web");
+        let refused = drain(&mut self.events)
+            .into_iter()
+            .filter(|e| {
+                e.hook == Hook::XdpIngress as u8
+                    && e.dst_port == port
+                    && e.dst_segment == web_id
+                    && e.verdict == Verdict::Deny as u8
+            })
+            .count();
+        assert_eq!(refused, 1, "one record of the refused datagram");
+    }
+}
+
+#[test]
+fn a_udp_service_on_a_port_of_the_ephemeral_range_is_learnt_when_it_asked_for_it() {
+    let mut site = Unadmitted::new();
+    site.loader
+        .attach_cgroup(site.parent.path())
+        .expect("attach cgroup");
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .expect("the ephemeral port range");
     let low: u16 = range
@@ -230,74 +288,25 @@ cgroups = ["{}"]
     let port = low + 1234;
     // A service that asked for a port inside the ephemeral range (as RTP or QUIC servers
     // do) is the segment's: a remote host no rule admits is refused at XDP.
-    let _server = Spawn::udp_server(SocketAddr::new(veth.host_v4.into(), port))
-        .cgroup(&web)
-        .serve();
-    let sent = Spawn::udp_client(SocketAddr::new(veth.host_v4.into(), port))
-        .netns(&netns)
-        .run();
-    assert_eq!(sent, Outcome::Timeout, "the datagram is dropped at XDP");
-    let web_id = segment_id(&image, "web");
-    let refused = drain(&mut events)
-        .into_iter()
-        .filter(|e| {
-            e.hook == Hook::XdpIngress as u8
-                && e.dst_port == port
-                && e.dst_segment == web_id
-                && e.verdict == Verdict::Deny as u8
-        })
-        .count();
-    assert_eq!(refused, 1, "one record of the refused datagram");
+    let _server = site.serve(port);
+    site.assert_refused_at_xdp(port);
 }
 
 #[test]
 fn a_listener_bound_before_the_hooks_is_learnt_from_the_hosts_sockets() {
-    let netns = Netns::new();
-    let veth = Veth::new(&netns);
-    let parent = TestCgroup::new();
-    let web = parent.child("web.service");
-    let image = enforcer_tests::policy::image(&format!(
-        r#"
-[segments.clients]
-cidrs = ["{}/32"]
-
-[segments.web]
-cgroups = ["{}"]
-"#,
-        veth.peer_v4,
-        web.relative_path()
-    ));
-    let mut loader = loaded_with(&image);
-    let mut events = loader.take_events().expect("events");
-    loader
-        .attach_xdp(veth.host_if(), veth.host_ifindex(), XdpMode::Skb)
-        .expect("attach XDP");
+    let mut site = Unadmitted::new();
     // A service started before the agent: its bind() ran before any hook.
-    let _server = Spawn::udp_server(SocketAddr::new(veth.host_v4.into(), 18_096))
-        .cgroup(&web)
-        .serve();
-    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    let _server = site.serve(18_096);
+    site.loader
+        .attach_cgroup(site.parent.path())
+        .expect("attach cgroup");
     let sockets = enforcer::host::sockets::listeners().expect("the host's sockets");
     let root = enforcer::host::cgroup2_mount().expect("cgroup2");
-    let learnt = loader
+    let learnt = site
+        .loader
         .learn_existing_listeners(&sockets, &root)
         .expect("learn them");
     assert!(learnt >= 1, "learnt {learnt} of {sockets:?}");
-
     // The port is web's: a remote host no rule admits is refused at XDP.
-    let sent = Spawn::udp_client(SocketAddr::new(veth.host_v4.into(), 18_096))
-        .netns(&netns)
-        .run();
-    assert_eq!(sent, Outcome::Timeout, "the datagram is dropped at XDP");
-    let web_id = segment_id(&image, "web");
-    let refused = drain(&mut events)
-        .into_iter()
-        .filter(|e| {
-            e.hook == Hook::XdpIngress as u8
-                && e.dst_port == 18_096
-                && e.dst_segment == web_id
-                && e.verdict == Verdict::Deny as u8
-        })
-        .count();
-    assert_eq!(refused, 1, "one record of the refused datagram");
+    site.assert_refused_at_xdp(18_096);
 }
