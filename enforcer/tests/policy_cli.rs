@@ -115,6 +115,60 @@ fn explain_names_the_rule_and_the_classification() {
     assert_eq!(answer["rule"], "nobody-to-payments-admin");
 }
 
+/// XDP classifies every source address by prefix (`decide.rs`, `ipv4_segment`): a frame
+/// from `255.255.255.255` or a multicast address comes from the segment whose CIDR holds
+/// it. Broadcast and multicast are destination classes only. (Found by the differential
+/// test: explain used to call such a source `broadcast`/`multicast`, so it answered
+/// `default-deny` where the kernel applied the source segment's rules.)
+#[test]
+fn explain_classifies_a_broadcast_or_multicast_source_by_its_cidr() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[segments.everyone]\ncidrs = [\"0.0.0.0/0\", \"::/0\"]\n\
+         [segments.web]\nports = [\"80/tcp\"]\n\
+         [[allow]]\nid = \"everyone-to-web\"\nfrom = [\"everyone\"]\nto = [\"web\"]\nports = [\"80/tcp\"]\n",
+    )
+    .expect("write");
+    let explain = |from: &str, to: &str| -> serde_json::Value {
+        let out = enforcer(&[
+            "policy",
+            "explain",
+            policy.to_str().expect("utf-8"),
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            "80/tcp",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    for source in [
+        "255.255.255.255",
+        "224.0.0.251",
+        "::ffff:239.1.2.3",
+        "ff02::fb",
+    ] {
+        let answer = explain(source, "web");
+        assert_eq!(answer["from"]["segment"], "everyone", "{source}: {answer}");
+        assert_eq!(answer["verdict"], "allow", "{source}: {answer}");
+        assert_eq!(answer["rule"], "everyone-to-web", "{source}: {answer}");
+    }
+    // As a destination the same addresses stay classes of their own.
+    assert_eq!(
+        explain("everyone", "255.255.255.255")["to"]["segment"],
+        "broadcast"
+    );
+    assert_eq!(
+        explain("everyone", "ff02::fb")["to"]["segment"],
+        "multicast"
+    );
+}
+
 #[test]
 fn diff_lists_verdict_changes_and_rule_changes() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -96,7 +96,11 @@ fn classify(
             ),
         ),
         Endpoint::Addr(addr) => {
-            let class = index.classify_addr(*addr);
+            let class = if destination {
+                index.classify_destination(*addr)
+            } else {
+                index.classify_addr(*addr)
+            };
             let shown = canonical(*addr);
             let matched = class
                 .prefix_len

@@ -178,20 +178,27 @@ impl<'a> ImageIndex<'a> {
         }
     }
 
+    /// The segment of a remote address as a flow's destination: its class for a
+    /// broadcast or multicast address ([`group_class`]), else as [`Self::classify_addr`].
+    pub fn classify_destination(&self, addr: IpAddr) -> AddrClass {
+        match group_class(addr) {
+            Some(segment) => AddrClass {
+                segment,
+                prefix_len: None,
+            },
+            None => self.classify_addr(addr),
+        }
+    }
+
     /// The image this index reads.
     pub fn image(&self) -> &'a MapImage {
         self.image
     }
 
-    /// The segment of a remote address: its class for a broadcast or multicast address
-    /// ([`group_class`]), else the longest matching prefix, else `world`.
+    /// The segment of a remote address as a flow's source: the longest matching prefix,
+    /// else `world`. Broadcast and multicast are destination classes, never a source's:
+    /// XDP classifies every source address by prefix alone.
     pub fn classify_addr(&self, addr: IpAddr) -> AddrClass {
-        if let Some(segment) = group_class(addr) {
-            return AddrClass {
-                segment,
-                prefix_len: None,
-            };
-        }
         let found = match canonical(addr) {
             IpAddr::V4(v4) => self.cidrs_v4.lookup(&v4.octets()),
             IpAddr::V6(v6) => self.cidrs_v6.lookup(&v6.octets()),

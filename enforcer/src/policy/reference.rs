@@ -3,9 +3,10 @@
 //! kernel's lookup procedure are tested against it.
 //!
 //! Semantics:
-//! 1. `255.255.255.255` is `broadcast` and a multicast address `multicast`; any other
-//!    remote address belongs to the segment with the longest matching CIDR, else
-//!    `world`; an IPv4-mapped IPv6 address is treated as the IPv4 address.
+//! 1. A destination `255.255.255.255` is `broadcast` and a multicast destination
+//!    `multicast`; any other remote address, and every source address, belongs to the
+//!    segment with the longest matching CIDR, else `world`; an IPv4-mapped IPv6 address
+//!    is treated as the IPv4 address.
 //!    A `*` in a rule covers every segment but `broadcast` and `multicast`.
 //! 2. A local cgroup belongs to the segment listing its nearest ancestor (itself
 //!    included), else `host`.
@@ -54,17 +55,10 @@ pub struct Outcome {
     pub failsafe: Option<String>,
 }
 
-/// The segment of an address (rule 1).
+/// The segment of a source address (rule 1): the longest matching CIDR, else `world`.
+/// Broadcast and multicast are destination classes, never a source's.
 pub fn segment_of_addr(policy: &Policy, addr: IpAddr) -> String {
     let addr = canonical(addr);
-    if let IpAddr::V4(v4) = addr
-        && v4.is_broadcast()
-    {
-        return BROADCAST.to_owned();
-    }
-    if addr.is_multicast() {
-        return MULTICAST.to_owned();
-    }
     policy
         .segments
         .iter()
@@ -72,6 +66,16 @@ pub fn segment_of_addr(policy: &Policy, addr: IpAddr) -> String {
         .filter(|(net, _)| net.contains(&addr))
         .max_by_key(|(net, _)| net.prefix_len())
         .map_or_else(|| WORLD.to_owned(), |(_, name)| name.clone())
+}
+
+/// The segment of a destination address (rule 1): `broadcast` or `multicast` for a
+/// group address, else as a source.
+pub fn segment_of_destination(policy: &Policy, addr: IpAddr) -> String {
+    match canonical(addr) {
+        IpAddr::V4(v4) if v4.is_broadcast() => BROADCAST.to_owned(),
+        addr if addr.is_multicast() => MULTICAST.to_owned(),
+        _ => segment_of_addr(policy, addr),
+    }
 }
 
 /// The segment of a cgroup path (rule 2).
@@ -86,7 +90,7 @@ pub fn segment_of_cgroup(policy: &Policy, path: &str) -> String {
         .map_or_else(|| HOST.to_owned(), |(_, name)| name.clone())
 }
 
-/// The segment of an endpoint.
+/// The segment of an endpoint as a flow's source.
 pub fn segment_of(policy: &Policy, endpoint: &Endpoint) -> String {
     match endpoint {
         Endpoint::Segment(name) => name.clone(),
@@ -111,6 +115,7 @@ pub fn evaluate(
         {
             HOST.to_owned()
         }
+        Endpoint::Addr(addr) => segment_of_destination(policy, *addr),
         _ => segment_of(policy, to),
     };
     if to_segment == HOST
