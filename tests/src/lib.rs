@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod cmd;
+pub mod differential;
 pub mod events;
 pub mod leftovers;
 pub mod netns;
