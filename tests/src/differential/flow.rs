@@ -198,6 +198,8 @@ impl Probe {
 pub struct Targets {
     nets: Vec<Net>,
     ports: Vec<(Proto, u16)>,
+    listeners: Vec<(Proto, u16)>,
+    failsafes: Vec<(Vec<Net>, Proto, u16, u16)>,
 }
 
 impl Targets {
@@ -228,9 +230,22 @@ impl Targets {
                 edges(p.proto, p.first, p.last);
             }
         }
+        let listeners = spec
+            .segments
+            .iter()
+            .flat_map(|s| &s.ports)
+            .flat_map(|p| (p.first..=p.last).map(move |port| (p.proto, port)))
+            .collect();
+        let failsafes = spec
+            .failsafes
+            .iter()
+            .map(|f| (f.from.clone(), f.port.proto, f.port.first, f.port.last))
+            .collect();
         Self {
             nets: all_nets(spec),
             ports,
+            listeners,
+            failsafes,
         }
     }
 
@@ -298,8 +313,25 @@ impl Targets {
     /// A random probe: mostly well-formed new flows, some that are not new, a few
     /// malformed.
     pub fn probe(&self, rng: &mut Rng) -> Probe {
-        let src = self.source(rng);
-        let (proto, dport) = if rng.chance(85) {
+        let mut src = self.source(rng);
+        let roll = rng.below(100);
+        let (proto, dport) = if roll < 12 && !self.failsafes.is_empty() {
+            // At a failsafe: near one of its prefixes, on or next to its ports.
+            let (nets, proto, first, last) = rng.pick(&self.failsafes);
+            let net = rng.pick(nets);
+            src = self.near_net(rng, net);
+            if src.family == Family::V4 && rng.chance(25) {
+                src = Addr::mapped(src.bits as u32);
+            }
+            let port = match rng.below(4) {
+                0 => first.saturating_sub(1),
+                1 => last.saturating_add(1),
+                _ => first + rng.below(usize::from(last - first) + 1) as u16,
+            };
+            (*proto, port)
+        } else if roll < 40 && !self.listeners.is_empty() {
+            *rng.pick(&self.listeners)
+        } else if roll < 88 {
             let (proto, port) = *rng.pick(&self.ports);
             let proto = if rng.chance(80) {
                 proto
