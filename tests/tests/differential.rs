@@ -525,7 +525,7 @@ fn the_xdp_program_decides_random_flows_as_the_documented_semantics_say() {
             let (frame, _) = probe.frame();
             let (action, _) = loader
                 .test_run_xdp(&frame, 1)
-                .unwrap_or_else(|err| panic!("test run: {err}"));
+                .unwrap_or_else(|err| panic!("seed {seed}, policy {index}: test run: {err}"));
             let events = drain(&mut reader);
             let expected = expect(&spec, &probe);
             tally.count(&probe, &expected, events.len());
@@ -581,8 +581,10 @@ fn the_xdp_program_decides_random_flows_as_the_documented_semantics_say() {
     if only.is_none() {
         assert!(
             flows >= want_flows,
-            "only {flows} flows in {MAX_POLICIES} policies"
+            "seed {seed}: only {flows} flows in {MAX_POLICIES} policies"
         );
+    }
+    if only.is_none() && want_flows >= DEFAULT_FLOWS {
         // A run that never reached an outcome would prove nothing about it.
         for (what, count) in [
             ("rule denials", tally.denied_by_rule),
