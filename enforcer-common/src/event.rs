@@ -31,6 +31,9 @@ wire_enum! {
         Bind4 = 12 => "bind4",
         /// cgroup `bind6`: as `bind4`, for IPv6 sockets.
         Bind6 = 13 => "bind6",
+        /// cgroup skb ingress: new inbound flows to a local socket, decided against the
+        /// socket's segment (the per-socket layer).
+        SkbIngress = 14 => "skb_ingress",
     }
     /// The program's name in the eBPF object, as loaded and pinned.
     fn program_name;

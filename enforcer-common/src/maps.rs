@@ -549,48 +549,66 @@ pub const fn local_address_key(addr: &[u8; 16], v4: bool) -> [u8; 16] {
     }
 }
 
-/// Remote UDP peers whose inbound flow to a segment's listener was allowed (or audited) at
-/// XDP: [`ReplyKey`] to the boot-clock time (ns) until which the listener may answer that
-/// exact peer. A datagram a segment's process sends from its listener port passes as a
-/// reply only to a peer here. Host state.
-pub const REPLY_PEERS: &str = "REPLY_PEERS";
-/// Capacity of [`REPLY_PEERS`] (an LRU: the least recently used peers go first).
-pub const REPLY_PEERS_CAPACITY: u32 = 65_536;
-/// How long after its last allowed inbound datagram a peer may be answered.
+/// The UDP peers of each socket: [`PeerKey`] (a socket and one peer) to [`PeerState`].
+/// The cgroup skb ingress hook and the `sendmsg` hooks keep it, so a datagram that
+/// answers one the socket exchanged with that exact peer passes as a reply, and a peer
+/// already allowed in under the active generation costs one lookup. Host state.
+pub const SOCKET_PEERS: &str = "SOCKET_PEERS";
+/// Capacity of [`SOCKET_PEERS`] (an LRU: the least recently used peers go first, and
+/// their next datagram is decided again).
+pub const SOCKET_PEERS_CAPACITY: u32 = 65_536;
+/// How long after the last datagram of an exchange the other side may answer.
 pub const REPLY_WINDOW_NS: u64 = 120_000_000_000;
 
-/// Key of [`REPLY_PEERS`]: a remote peer (address as a [`local_address_key`], port) and
-/// the local listener port and protocol it reached.
+/// Key of [`SOCKET_PEERS`]: a local socket (its cookie) and one UDP peer (address as a
+/// [`local_address_key`], port).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReplyKey {
+pub struct PeerKey {
+    /// The local socket's cookie.
+    pub cookie: u64,
     /// The peer's address.
     pub peer_addr: [u8; 16],
     /// The peer's port, host byte order.
     pub peer_port: u16,
-    /// The local listener port it reached, host byte order.
-    pub local_port: u16,
-    /// IP protocol number.
-    pub proto: u8,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 6],
 }
 
-const _: () = assert!(size_of::<ReplyKey>() == 24);
+const _: () = assert!(size_of::<PeerKey>() == 32);
 
-impl ReplyKey {
-    /// The key of a peer at `peer_addr` (already a [`local_address_key`]):`peer_port`
-    /// that reached local port `local_port` over `proto`.
-    pub const fn new(peer_addr: [u8; 16], peer_port: u16, local_port: u16, proto: u8) -> Self {
+impl PeerKey {
+    /// The key of socket `cookie`'s peer at `peer_addr` (already a
+    /// [`local_address_key`]):`peer_port`.
+    pub const fn new(cookie: u64, peer_addr: [u8; 16], peer_port: u16) -> Self {
         Self {
+            cookie,
             peer_addr,
             peer_port,
-            local_port,
-            proto,
-            _pad: [0; 3],
+            _pad: [0; 6],
         }
     }
 }
+
+/// What a socket and one UDP peer have exchanged ([`SOCKET_PEERS`]); times are on the
+/// boot clock, in ns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerState {
+    /// Until when the socket may answer the peer: its last datagram to the socket was let
+    /// in [`REPLY_WINDOW_NS`] before.
+    pub heard_until: u64,
+    /// Until when the peer's datagrams are answers: the socket's last datagram to it was
+    /// allowed [`REPLY_WINDOW_NS`] before.
+    pub sent_until: u64,
+    /// The generation under which the peer's datagrams to the socket were last allowed
+    /// (or audited) by a rule or failsafe; 0 when never.
+    pub allowed_generation: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<PeerState>() == 24);
 
 /// The maps of host state, one of each, kept across generations.
 const HOST_MAPS: [&str; 11] = [
@@ -604,7 +622,7 @@ const HOST_MAPS: [&str; 11] = [
     BOUND_SOCKETS,
     EXPLICIT_BINDS,
     LOCAL_ADDRESSES,
-    REPLY_PEERS,
+    SOCKET_PEERS,
 ];
 
 /// The per-generation maps, each as its names by slot.
@@ -670,7 +688,9 @@ mod pod {
     // SAFETY: see above.
     unsafe impl aya::Pod for BoundKey {}
     // SAFETY: see above.
-    unsafe impl aya::Pod for ReplyKey {}
+    unsafe impl aya::Pod for PeerKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for PeerState {}
 }
 
 #[cfg(test)]

@@ -9,16 +9,19 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     decision::{Decision, NO_RULE, best_rule, decide, lookup_bit, rule_lookups},
-    event::{Reason, Verdict},
+    event::{Reason, Verdict, family},
     maps::{
-        ACTION_ALLOW, ADDRESS_BROADCAST, ADDRESS_LOCAL, BoundKey, CGROUP_LEVELS, ListenKey,
-        MAX_CGROUP_DEPTH, RULE_KEY_FIXED_BITS, RuleKey, SEGMENT_ANY, SEGMENT_BROADCAST,
-        SEGMENT_FLAG_AUDIT, SEGMENT_HOST, SEGMENT_MULTICAST, SEGMENT_UNCLASSIFIED, SEGMENT_WORLD,
-        cgroup_segment, local_address_key,
+        ACTION_ALLOW, ADDRESS_BROADCAST, ADDRESS_LOCAL, BoundKey, CGROUP_LEVELS,
+        FAILSAFE_KEY_FIXED_BITS, FailsafeKey, ListenKey, MAX_CGROUP_DEPTH, RULE_KEY_FIXED_BITS,
+        RuleKey, SEGMENT_ANY, SEGMENT_BROADCAST, SEGMENT_FLAG_AUDIT, SEGMENT_HOST,
+        SEGMENT_MULTICAST, SEGMENT_UNCLASSIFIED, SEGMENT_WORLD, cgroup_segment, local_address_key,
     },
 };
 
-use crate::maps::{self, LEARNT_LISTENERS, LOCAL_ADDRESSES, Slot};
+use crate::{
+    maps::{self, LEARNT_LISTENERS, LOCAL_ADDRESSES, Slot},
+    record::Flow,
+};
 
 /// The segment of the calling task: that of the deepest of its cgroup and that cgroup's
 /// ancestors the generation's cgroup table knows, else `host`; unclassified when that is a
@@ -89,6 +92,56 @@ pub fn ipv6_segment<const B: bool>(slot: &Slot<B>, addr: [u8; 16]) -> u32 {
         .get(&Key::new(128, addr))
         .copied()
         .unwrap_or(SEGMENT_WORLD)
+}
+
+/// The segment of a remote address (IPv4 in the first four bytes when `v4`).
+#[inline(always)]
+pub fn address_segment<const B: bool>(slot: &Slot<B>, addr: &[u8; 16], v4: bool) -> u32 {
+    if v4 {
+        ipv4_segment(slot, [addr[0], addr[1], addr[2], addr[3]])
+    } else {
+        ipv6_segment(slot, *addr)
+    }
+}
+
+/// The decision on a new inbound flow from a remote source of segment `src` to the local
+/// segment `dst`, the one both ingress layers (XDP and the per-socket layer) make: a
+/// source a failsafe covers on that port and protocol is allowed for reason `failsafe`
+/// (fail closed does not close it), else the rules decide ([`flow`]). An IPv4-mapped
+/// source is looked up among the IPv4 failsafes, as [`ipv6_segment`] classifies it.
+///
+/// Failsafe numbers start at 1, so 0 means "no failsafe matched" (a sentinel rather than
+/// an `Option`, for the reason given at [`listener_segment`]).
+#[inline(always)]
+pub fn inbound<const B: bool>(slot: &Slot<B>, new_flow: &Flow, src: u32, dst: u32) -> Decision {
+    let addr = &new_flow.src_addr;
+    let mapped = new_flow.family != family::INET
+        && addr[..10] == [0; 10]
+        && addr[10] == 0xff
+        && addr[11] == 0xff;
+    let failsafe = if new_flow.family == family::INET || mapped {
+        let at = if mapped { 12 } else { 0 };
+        let ip4 = [addr[at], addr[at + 1], addr[at + 2], addr[at + 3]];
+        let key = Key::new(
+            FAILSAFE_KEY_FIXED_BITS + 32,
+            FailsafeKey::new(new_flow.protocol, new_flow.dst_port, ip4),
+        );
+        slot.failsafes_v4().get(&key).copied().unwrap_or(0)
+    } else {
+        let key = Key::new(
+            FAILSAFE_KEY_FIXED_BITS + 128,
+            FailsafeKey::new(new_flow.protocol, new_flow.dst_port, *addr),
+        );
+        slot.failsafes_v6().get(&key).copied().unwrap_or(0)
+    };
+    if failsafe != 0 {
+        return Decision {
+            verdict: Verdict::Allow,
+            reason: Reason::Failsafe,
+            rule_id: failsafe,
+        };
+    }
+    flow(slot, src, dst, new_flow.protocol, new_flow.dst_port)
 }
 
 /// The decision for a flow between two segments: at most four rule-trie lookups, whatever
@@ -200,9 +253,9 @@ pub fn listener_segment<const B: bool>(
     port: u16,
     proto: u8,
 ) -> u32 {
-    if let Some(segment) = slot.listen().get_ptr(&ListenKey::new(port, proto)) {
-        // SAFETY: the pointer comes from a successful map lookup.
-        return unsafe { *segment };
+    let declared = declared_listener(slot, port, proto);
+    if declared != NO_LISTENER {
+        return declared;
     }
     // The socket the kernel delivers to: one bound to exactly this address, else one on
     // its family's unspecified address, else (IPv4) a dual-stack one on `::`. A flow to
@@ -251,6 +304,37 @@ pub fn listener_segment<const B: bool>(
         }
     }
     NO_LISTENER
+}
+
+/// The segment the policy declares as serving local port `port`/`proto`, else
+/// [`NO_LISTENER`].
+#[inline(always)]
+pub fn declared_listener<const B: bool>(slot: &Slot<B>, port: u16, proto: u8) -> u32 {
+    match slot.listen().get_ptr(&ListenKey::new(port, proto)) {
+        // SAFETY: the pointer comes from a successful map lookup.
+        Some(segment) => unsafe { *segment },
+        None => NO_LISTENER,
+    }
+}
+
+/// The segment of the socket that receives `skb` (the per-socket ingress layer): its
+/// cgroup's ([`socket_segment`]); for a socket of no segment, the segment the policy
+/// declares for the port (a service the cgroup table does not name, identified by its
+/// port as everywhere else), else `host`.
+#[inline(always)]
+pub fn receiver_segment<const B: bool>(
+    slot: &Slot<B>,
+    skb: *mut __sk_buff,
+    port: u16,
+    proto: u8,
+) -> u32 {
+    match socket_segment(slot, skb) {
+        SEGMENT_HOST => match declared_listener(slot, port, proto) {
+            NO_LISTENER => SEGMENT_HOST,
+            declared => declared,
+        },
+        own => own,
+    }
 }
 
 /// Whether an address (IPv4 in the first four bytes when `v4`) is this host, whatever

@@ -1,6 +1,7 @@
 //! The enforcer kernel programs: one per hook described in `docs/datapath.md`.
 //!
-//! Decided: new inbound flows at XDP ingress, outbound `connect()` and unconnected
+//! Decided: new inbound flows at XDP ingress and again, against the receiving socket, at
+//! cgroup skb ingress (the per-socket layer), outbound `connect()` and unconnected
 //! `sendmsg()` from local processes (IPv4 and IPv6), by the two ends' segments and the
 //! rules of the active generation; raw and ping sockets at `socket()`; source routes and
 //! routing headers, at `setsockopt()` and on packets leaving segment sockets. `post_bind`
@@ -16,11 +17,13 @@
 )]
 
 mod decide;
+mod headers;
 mod learn;
 mod maps;
+mod peers;
 mod record;
-mod reply;
 mod route;
+mod socket;
 mod xdp;
 
 use maps::{Slot, in_slot};
@@ -36,7 +39,7 @@ use aya_ebpf::{
 use enforcer_common::{
     decision::Decision,
     event::{Hook, Reason, Verdict, family},
-    maps::{SEGMENT_ANY, SEGMENT_FLAG_RAW_SOCKETS, SEGMENT_HOST},
+    maps::{PROTO_UDP, SEGMENT_ANY, SEGMENT_FLAG_RAW_SOCKETS, SEGMENT_HOST},
 };
 
 /// cgroup sock and sock_addr programs return 1 to let the call proceed.
@@ -203,10 +206,13 @@ fn sock_addr(ctx: &SockAddrContext, hook: Hook, address_family: u8) -> i32 {
     // SAFETY: the context pointer is valid for the whole run, and `sk` always points to
     // the calling socket (a full socket: `src_port` is readable, in host byte order).
     flow.src_port = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).src_port } as u16;
+    // SAFETY: the helper reads the calling socket behind the context, valid for the run.
+    let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     in_slot!(generation, |slot| sock_addr_in_slot(
         slot,
         &task_origin(hook, generation),
-        &flow
+        &flow,
+        cookie
     ))
 }
 
@@ -248,53 +254,48 @@ fn destination(ctx: &SockAddrContext, address_family: u8) -> Flow {
 /// a broadcast or multicast destination is its class, [`decide::group_destination`],
 /// which only a rule naming it allows; an IPv4-mapped IPv6 address is decided as IPv4).
 ///
-/// A datagram a UDP server sends from its port to a remote peer is a reply, not a new
-/// flow, only when XDP let that exact peer's datagram to that port in within the reply
-/// window ([`reply`]); then it passes unrecorded (the inbound datagram was recorded). To a
-/// local destination, it is a reply when the policy allows the reverse flow.
+/// A UDP datagram sent (unconnected) to a peer whose datagram the per-socket ingress layer
+/// let in to this socket (`cookie`) within the reply window is the answer, not a new flow:
+/// it passes, unrecorded (the inbound datagram is on record). An allowed one opens the
+/// window for the peer's answers ([`peers`]); for a broadcast or multicast destination,
+/// for answers from any host's port the datagram went to.
 #[inline(always)]
-fn sock_addr_in_slot<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow) -> i32 {
+fn sock_addr_in_slot<const B: bool>(
+    slot: &Slot<B>,
+    origin: &Origin,
+    flow: &Flow,
+    cookie: u64,
+) -> i32 {
     let v4 = flow.family == family::INET;
-    let local = decide::is_local(&flow.dst_addr, v4);
-    let dst = if local {
+    let sendmsg = matches!(origin.hook, Hook::Sendmsg4 | Hook::Sendmsg6);
+    let peer = peers::key(cookie, &flow.dst_addr, v4, flow.dst_port);
+    let now = peers::now();
+    if sendmsg && flow.protocol == PROTO_UDP && peers::answers_peer(&peer, now) {
+        return CGROUP_ALLOW;
+    }
+    let mut group = false;
+    let dst = if decide::is_local(&flow.dst_addr, v4) {
         match decide::listener_segment(slot, &flow.dst_addr, v4, flow.dst_port, flow.protocol) {
             decide::NO_LISTENER => SEGMENT_HOST,
             segment => segment,
         }
-    } else if let Some(group) = decide::group_destination(&flow.dst_addr, v4) {
-        group
-    } else if v4 {
-        let addr = [
-            flow.dst_addr[0],
-            flow.dst_addr[1],
-            flow.dst_addr[2],
-            flow.dst_addr[3],
-        ];
-        decide::ipv4_segment(slot, addr)
+    } else if let Some(class) = decide::group_destination(&flow.dst_addr, v4) {
+        group = true;
+        class
     } else {
-        decide::ipv6_segment(slot, flow.dst_addr)
+        decide::address_segment(slot, &flow.dst_addr, v4)
     };
     let src = decide::task_segment(slot);
-    if matches!(origin.hook, Hook::Sendmsg4 | Hook::Sendmsg6) && flow.src_port != 0 {
-        let remote_reply = reply::answers(
-            &flow.dst_addr,
-            v4,
-            flow.dst_port,
-            flow.src_port,
-            flow.protocol,
-        );
-        // A local client's datagram never passed XDP, so its server's answer is judged by
-        // the rule the other way instead (an open item: docs/threat-model.md). The source
-        // address is not known here: the socket bound to any address.
-        let local_reply = local
-            && decide::listener_segment(slot, &[0; 16], v4, flow.src_port, flow.protocol) == src
-            && decide::flow(slot, dst, src, flow.protocol, flow.src_port).verdict != Verdict::Deny;
-        if remote_reply || local_reply {
-            return CGROUP_ALLOW;
-        }
-    }
     let decision = decide::flow(slot, src, dst, flow.protocol, flow.dst_port);
     record(slot, origin, flow, &Segments { src, dst }, &decision);
+    if sendmsg && flow.protocol == PROTO_UDP && decision.verdict != Verdict::Deny {
+        let answered_by = if group {
+            peers::group_key(cookie, flow.dst_port)
+        } else {
+            peer
+        };
+        peers::sent(&answered_by, now);
+    }
     verdict_to_return(decision.verdict)
 }
 
@@ -383,6 +384,16 @@ pub fn setsockopt(ctx: SockoptContext) -> i32 {
             &SOURCE_ROUTES,
         )),
     }
+}
+
+/// Packets about to be queued on a socket in the attached cgroup subtree: the per-socket
+/// ingress layer ([`socket`]) decides every new inbound flow against the receiving
+/// socket's segment, whatever interface or tunnel it came through.
+///
+/// Not `pub`, for the reason given at [`skb_egress`].
+#[cgroup_skb(ingress)]
+fn skb_ingress(ctx: SkBuffContext) -> i32 {
+    socket::ingress(&ctx)
 }
 
 /// Packets leaving a socket in the attached cgroup subtree: one that carries a source

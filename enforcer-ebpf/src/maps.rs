@@ -11,9 +11,9 @@ use enforcer_common::maps::{
     BoundKey, CGROUP_TABLE_CAPACITY, EVENT_STAT_SLOTS, EVENTS_RING_BYTES, FailsafeKey4,
     FailsafeKey6, HostSettings, LEARNT_LISTENERS_CAPACITY, LOCAL_ADDRESSES_CAPACITY,
     LearntListener, ListenKey, MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS,
-    MAX_RULE_ENTRIES, MAX_RULES, MAX_SEGMENTS, PolicyConfig, REASON_COUNTER_SLOTS,
-    RECENT_FLOWS_CAPACITY, REPLY_PEERS_CAPACITY, RecentFlowKey, ReplyKey, RuleCounters, RuleKey,
-    RuleValue, SegmentInfo,
+    MAX_RULE_ENTRIES, MAX_RULES, MAX_SEGMENTS, PeerKey, PeerState, PolicyConfig,
+    REASON_COUNTER_SLOTS, RECENT_FLOWS_CAPACITY, RecentFlowKey, RuleCounters, RuleKey, RuleValue,
+    SOCKET_PEERS_CAPACITY, SegmentInfo,
 };
 
 /// Per-flow audit records ([`enforcer_common::event::FlowEvent`]) for the agent.
@@ -58,10 +58,11 @@ pub static BOUND_SOCKETS: LruHashMap<u64, BoundKey> =
 pub static LOCAL_ADDRESSES: HashMap<[u8; 16], u8> =
     HashMap::with_max_entries(LOCAL_ADDRESSES_CAPACITY, 0);
 
-/// Remote UDP peers a segment's listener may answer, until the time stored.
+/// What each UDP socket and each of its peers have exchanged: replies both ways, and the
+/// peers allowed in under a generation.
 #[map]
-pub static REPLY_PEERS: LruHashMap<ReplyKey, u64> =
-    LruHashMap::with_max_entries(REPLY_PEERS_CAPACITY, 0);
+pub static SOCKET_PEERS: LruHashMap<PeerKey, PeerState> =
+    LruHashMap::with_max_entries(SOCKET_PEERS_CAPACITY, 0);
 
 /// The active generation number (0: no policy applied yet).
 #[map]

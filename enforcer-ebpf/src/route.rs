@@ -10,7 +10,7 @@
 
 use aya_ebpf::programs::SkBuffContext;
 
-use crate::xdp::MAX_IPV6_EXT_HEADERS;
+use crate::headers::{self, Chain, ETH_P_IP, ETH_P_IPV6, network_protocol};
 
 /// No source route.
 pub const NONE: u8 = 0;
@@ -20,20 +20,15 @@ pub const IPV6_ROUTING_HEADER: u8 = 43;
 pub const IPOPT_LSRR: u8 = 0x83;
 /// IPv4 option type of a strict source and record route.
 pub const IPOPT_SSRR: u8 = 0x89;
-/// A header chain the walk could not finish: longer than [`MAX_IPV6_EXT_HEADERS`], or
-/// cut short by the end of the packet. It may hide a routing header.
+/// A header chain the walk could not finish: longer than
+/// [`crate::xdp::MAX_IPV6_EXT_HEADERS`], or cut short by the end of the packet. It may
+/// hide a routing header.
 pub const UNREADABLE: u8 = 255;
 
-/// `ETH_P_IP`, the EtherType of IPv4.
-const ETH_P_IP: u16 = 0x0800;
-/// `ETH_P_IPV6`, the EtherType of IPv6.
-const ETH_P_IPV6: u16 = 0x86dd;
 /// The length of an IPv4 header without options.
 const IPV4_HEADER_LEN: usize = 20;
 /// The largest IPv4 options area (IHL 15): also the most options it can hold.
 const MAX_IPV4_OPTIONS_LEN: usize = 40;
-/// The length of the fixed IPv6 header.
-const IPV6_HEADER_LEN: usize = 40;
 
 /// What source route the outgoing packet carries: [`NONE`], [`IPV6_ROUTING_HEADER`],
 /// [`IPOPT_LSRR`], [`IPOPT_SSRR`] or [`UNREADABLE`]. Packets that are neither IPv4 nor
@@ -51,12 +46,6 @@ pub fn source_route(ctx: &SkBuffContext) -> u8 {
 #[inline(always)]
 pub fn is_ipv4(ctx: &SkBuffContext) -> bool {
     network_protocol(ctx) == ETH_P_IP
-}
-
-/// The packet's EtherType (`skb->protocol`, in host byte order).
-#[inline(always)]
-fn network_protocol(ctx: &SkBuffContext) -> u16 {
-    u16::from_be(ctx.skb.protocol() as u16)
 }
 
 /// The first LSRR or SSRR option of an IPv4 header, walked option by option within the
@@ -99,52 +88,17 @@ fn ipv4_source_route(ctx: &SkBuffContext) -> u8 {
     NONE
 }
 
-/// Whether the IPv6 extension-header chain holds a routing header, walked through
-/// hop-by-hop options, destination options, authentication and fragment headers (as at
-/// XDP ingress); any other next header ends the chain. A later fragment carries no
-/// headers of its own and ends it too.
-///
-/// Verifier note: a constant-bounded loop, as in [`ipv4_source_route`].
+/// Whether the IPv6 extension-header chain holds a routing header, walked as
+/// [`headers::ipv6_chain`] walks it (as at XDP ingress).
 #[inline(always)]
 fn ipv6_routing_header(ctx: &SkBuffContext) -> u8 {
-    let Ok(mut next) = ctx.load::<u8>(6) else {
-        return UNREADABLE;
-    };
-    let mut offset = IPV6_HEADER_LEN;
-    let mut walked = 0;
-    while walked <= MAX_IPV6_EXT_HEADERS {
-        match next {
-            IPV6_ROUTING_HEADER => return IPV6_ROUTING_HEADER,
-            // Hop-by-hop, destination options: length in 8-byte units after the first 8.
-            0 | 60 => {
-                let Ok(header) = ctx.load::<[u8; 2]>(offset) else {
-                    return UNREADABLE;
-                };
-                next = header[0];
-                offset += (usize::from(header[1]) + 1) * 8;
-            }
-            // Authentication header: length in 4-byte units, minus 2.
-            51 => {
-                let Ok(header) = ctx.load::<[u8; 2]>(offset) else {
-                    return UNREADABLE;
-                };
-                next = header[0];
-                offset += (usize::from(header[1]) + 2) * 4;
-            }
-            // Fragment header: 8 bytes; only the first fragment goes on to headers.
-            44 => {
-                let Ok(header) = ctx.load::<[u8; 4]>(offset) else {
-                    return UNREADABLE;
-                };
-                if u16::from_be_bytes([header[2], header[3]]) >> 3 != 0 {
-                    return NONE;
-                }
-                next = header[0];
-                offset += 8;
-            }
-            _ => return NONE,
-        }
-        walked += 1;
+    let mut chain = Chain::new();
+    let readable = headers::ipv6_chain(ctx, &mut chain);
+    if chain.routing {
+        IPV6_ROUTING_HEADER
+    } else if readable {
+        NONE
+    } else {
+        UNREADABLE
     }
-    UNREADABLE
 }

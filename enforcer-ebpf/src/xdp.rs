@@ -12,7 +12,7 @@
 //! - a non-first fragment (no transport header): pass; the first fragment was decided;
 //! - TCP that is not a new connection (no SYN, or SYN+ACK): pass; it belongs to a flow
 //!   decided at its SYN, or answers one of ours;
-//! - UDP to a port no segment listens on: pass (replies to our own queries);
+//! - UDP to a port no segment listens on: pass (the per-socket layer decides it);
 //! - drop, as malformed (counted and recorded with reason `malformed`, never as allowed
 //!   by a rule): truncated headers; a datagram longer than its frame; an IPv4 header
 //!   length below 20 or past the total length; a wrong IP version; an IPv6 payload length
@@ -23,21 +23,20 @@
 //!
 //! Everything else is a new flow: failsafe access passes; otherwise the source segment
 //! (longest CIDR, else `world`), the destination segment (the listener port's segment,
-//! declared or learnt, else `host`) and the rules decide; a denial drops the packet.
-//! Every decision is counted and recorded.
+//! declared or learnt, else `host`) and the rules decide; a denial drops the packet and is
+//! counted and recorded. What passes is decided again, counted and recorded by the
+//! per-socket layer where a socket receives it (`socket`).
 
-use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use enforcer_common::{
-    decision::Decision,
-    event::{Reason, Verdict, family},
-    maps::{FAILSAFE_KEY_FIXED_BITS, FailsafeKey, PROTO_TCP, PROTO_UDP, SEGMENT_HOST},
+    event::{Verdict, family},
+    maps::{PROTO_TCP, PROTO_UDP, SEGMENT_HOST},
 };
 
 use crate::{
     decide,
     maps::Slot,
     record::{Flow, Origin, Segments, record},
-    reply,
 };
 
 /// How many IPv6 extension headers are skipped before a packet counts as malformed.
@@ -246,68 +245,30 @@ pub fn ingress<const B: bool>(
     Ok(decide_new_flow(slot, origin, &flow))
 }
 
-/// The XDP action for a new inbound flow: failsafe access passes; otherwise the source
-/// address's segment, the listener's segment (else `host`) and the rules decide. Every
-/// decision is recorded.
+/// The XDP action for a new inbound flow: the source address's segment, the listener's
+/// segment (else `host`), failsafe access and the rules decide ([`decide::inbound`]).
+/// Only a denial is recorded: it is final, the packet goes no further. A flow let through
+/// is recorded where it is delivered, by the per-socket layer (`socket`), which decides
+/// it again against the socket that receives it; a packet the kernel then discards (no
+/// socket, a bad checksum) leaves no record that says it was allowed.
 #[inline(always)]
 fn decide_new_flow<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow) -> u32 {
     let v4 = flow.family == family::INET;
-    let src_v4 = [
-        flow.src_addr[0],
-        flow.src_addr[1],
-        flow.src_addr[2],
-        flow.src_addr[3],
-    ];
-    // Failsafe numbers start at 1, so 0 means "no failsafe matched" (a sentinel rather
-    // than an `Option`, for the reason given at `decide::listener_segment`).
-    let failsafe = if v4 {
-        let key = Key::new(
-            FAILSAFE_KEY_FIXED_BITS + 32,
-            FailsafeKey::new(flow.protocol, flow.dst_port, src_v4),
-        );
-        slot.failsafes_v4().get(&key).copied().unwrap_or(0)
-    } else {
-        let key = Key::new(
-            FAILSAFE_KEY_FIXED_BITS + 128,
-            FailsafeKey::new(flow.protocol, flow.dst_port, flow.src_addr),
-        );
-        slot.failsafes_v6().get(&key).copied().unwrap_or(0)
-    };
-    let src = if v4 {
-        decide::ipv4_segment(slot, src_v4)
-    } else {
-        decide::ipv6_segment(slot, flow.src_addr)
-    };
     let listener = decide::listener_segment(slot, &flow.dst_addr, v4, flow.dst_port, flow.protocol);
+    // UDP to no listener of a segment: the per-socket layer decides it, if any socket
+    // receives it (a client's answer, or a port bound before the agent started).
+    if listener == decide::NO_LISTENER && flow.protocol == PROTO_UDP {
+        return xdp_action::XDP_PASS;
+    }
     let dst = match listener {
         decide::NO_LISTENER => SEGMENT_HOST,
         segment => segment,
     };
-    if failsafe != 0 {
-        // Recorded with the segment serving the port, so the audit trail says whom the
-        // failsafe access reached.
-        let decision = Decision {
-            verdict: Verdict::Allow,
-            reason: Reason::Failsafe,
-            rule_id: failsafe,
-        };
-        record(slot, origin, flow, &Segments { src, dst }, &decision);
+    let src = decide::address_segment(slot, &flow.src_addr, v4);
+    let decision = decide::inbound(slot, flow, src, dst);
+    if decision.verdict != Verdict::Deny {
         return xdp_action::XDP_PASS;
     }
-    // UDP to no listener of a segment is not a new flow the policy governs.
-    if listener == decide::NO_LISTENER && flow.protocol == PROTO_UDP {
-        return xdp_action::XDP_PASS;
-    }
-    let decision = decide::flow(slot, src, dst, flow.protocol, flow.dst_port);
     record(slot, origin, flow, &Segments { src, dst }, &decision);
-    match decision.verdict {
-        Verdict::Deny => xdp_action::XDP_DROP,
-        Verdict::Allow | Verdict::Audit => {
-            if flow.protocol == PROTO_UDP {
-                // The listener may answer this peer, and only this peer.
-                reply::allow(&flow.src_addr, v4, flow.src_port, flow.dst_port, PROTO_UDP);
-            }
-            xdp_action::XDP_PASS
-        }
-    }
+    xdp_action::XDP_DROP
 }

@@ -5,9 +5,12 @@ Clients print exactly one line first: `ok`, `timeout`, or `error <errno> <messag
 like enforcer-probe. Servers print `listening <addr>` once bound.
 
 Modes:
-  udp-sink ADDR PORT FILE [v6only]      bind, announce, append "<src-ip> <src-port>" to
+  udp-sink ADDR PORT FILE [v6only] [udplite]
+                                        bind, announce, append "<src-ip> <src-port>" to
                                         FILE for every datagram, echo it back (best effort)
-  udp-fire DST DPORT [broadcast]        sendto from an ephemeral port, no answer awaited
+  udp-fire DST DPORT [broadcast] [udplite]
+                                        sendto from an ephemeral port, no answer awaited
+  (udplite: a UDP-Lite socket, IPPROTO_UDPLITE, instead of UDP)
   bind-close tcp|udp ADDR PORT [v6only] bind and close (nothing else)
 """
 import socket
@@ -31,8 +34,15 @@ def family_of(addr):
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
-def udp_sink(addr, port, path, v6only=False):
-    s = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+IPPROTO_UDPLITE = 136
+
+
+def datagram_socket(family, udplite):
+    return socket.socket(family, socket.SOCK_DGRAM, IPPROTO_UDPLITE if udplite else 0)
+
+
+def udp_sink(addr, port, path, v6only=False, udplite=False):
+    s = datagram_socket(family_of(addr), udplite)
     if v6only:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     s.bind((addr, int(port)))
@@ -48,9 +58,9 @@ def udp_sink(addr, port, path, v6only=False):
             pass
 
 
-def udp_fire(dst, dport, broadcast=False):
+def udp_fire(dst, dport, broadcast=False, udplite=False):
     try:
-        s = socket.socket(family_of(dst), socket.SOCK_DGRAM)
+        s = datagram_socket(family_of(dst), udplite)
         if broadcast:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         s.sendto(b"ping\n", (dst, int(dport)))
@@ -79,11 +89,11 @@ def main():
         sys.exit(2)
     mode, rest = args[0], args[1:]
     flag = lambda name: name in rest
-    plain = [a for a in rest if a not in ("v6only", "broadcast")]
+    plain = [a for a in rest if a not in ("v6only", "broadcast", "udplite")]
     if mode == "udp-sink":
-        udp_sink(plain[0], plain[1], plain[2], flag("v6only"))
+        udp_sink(plain[0], plain[1], plain[2], flag("v6only"), flag("udplite"))
     elif mode == "udp-fire":
-        udp_fire(*plain[:2], broadcast=flag("broadcast"))
+        udp_fire(*plain[:2], broadcast=flag("broadcast"), udplite=flag("udplite"))
     elif mode == "bind-close":
         bind_close(plain[0], plain[1], plain[2], flag("v6only"))
     else:

@@ -271,9 +271,9 @@ pub fn address_up(netns: Option<&Netns>, dev: &str, addresses: &[(IpAddr, u8)]) 
     ip_in(netns, &["link", "set", dev, "up"]);
 }
 
-/// Joins the calling thread to the namespace behind `fd`. Async-signal-safe, for
-/// `pre_exec`.
-pub(crate) fn setns_net(fd: &File) -> std::io::Result<()> {
+/// Joins the calling thread to the namespace behind `fd` (from [`Netns::open`]); the
+/// sockets it creates afterwards live there. Async-signal-safe, for `pre_exec`.
+pub fn setns_net(fd: &File) -> std::io::Result<()> {
     // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
     let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc == 0 {

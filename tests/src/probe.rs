@@ -141,6 +141,12 @@ impl Spawn {
         Self::probe(&["tcp-serve".into(), addr.to_string()])
     }
 
+    /// A TCP server on `addr` that reads each connection to its end and answers with the
+    /// number of bytes read (port 0 picks one).
+    pub fn tcp_sink(addr: SocketAddr) -> Self {
+        Self::probe(&["tcp-sink".into(), addr.to_string()])
+    }
+
     /// A UDP echo server on `addr` (port 0 picks one).
     pub fn udp_server(addr: SocketAddr) -> Self {
         Self::probe(&["udp-serve".into(), addr.to_string()])

@@ -1,7 +1,9 @@
 //! Inbound enforcement at XDP on a real veth: a test host's allowed connections succeed,
 //! its denied SYNs and datagrams are dropped before the server sees them, and replies to
 //! this host's own outbound connections keep flowing. Decisions are counted per rule and
-//! recorded once per flow: retransmitted SYNs are suppressed and counted.
+//! recorded once per flow, by the layer that made it final (XDP for a drop, the
+//! per-socket layer for what a socket received): retransmitted SYNs are suppressed and
+//! counted.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -11,6 +13,7 @@ use std::{
 use aya::programs::XdpMode;
 use enforcer_common::event::{Hook, Verdict, family};
 use enforcer_tests::{
+    cgroup::TestCgroup,
     events::{decided_by, drain, rule_counters, segment_id},
     netns::{Netns, Veth},
     policy::loaded_with,
@@ -107,6 +110,8 @@ fn inbound_decisions_are_counted_and_recorded_once_per_flow() {
     let netns = Netns::new();
     let veth = Veth::new(&netns);
     let image = policy(&veth);
+    let parent = TestCgroup::new();
+    let service = parent.child("web.service");
     let mut loader = loaded_with(&image);
     let mut events = loader.take_events().expect("events");
     // Longer than the first SYN retransmission timeout (1 s), so the retransmit of the
@@ -114,12 +119,17 @@ fn inbound_decisions_are_counted_and_recorded_once_per_flow() {
     loader
         .set_dedup_window(Duration::from_secs(30))
         .expect("set window");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
     loader
         .attach_xdp(veth.host_if(), veth.host_ifindex(), XdpMode::Skb)
         .expect("attach XDP");
     let host = IpAddr::from(veth.host_v4);
-    let allowed = Spawn::tcp_server(SocketAddr::new(host, 18080)).serve();
-    let denied = Spawn::tcp_server(SocketAddr::new(host, 18081)).serve();
+    let allowed = Spawn::tcp_server(SocketAddr::new(host, 18080))
+        .cgroup(&service)
+        .serve();
+    let denied = Spawn::tcp_server(SocketAddr::new(host, 18081))
+        .cgroup(&service)
+        .serve();
 
     assert_eq!(
         Spawn::tcp_client(allowed.addr).netns(&netns).run(),
@@ -133,14 +143,18 @@ fn inbound_decisions_are_counted_and_recorded_once_per_flow() {
     let to_port = |port: u16| -> Vec<_> {
         recorded
             .iter()
-            .filter(|e| e.hook == Hook::XdpIngress as u8 && e.dst_port == port)
+            .filter(|e| e.dst_port == port)
             .copied()
             .collect()
     };
 
+    // Allowed at XDP, which records only what it drops; decided again and recorded by the
+    // per-socket layer that delivered it, against the receiving socket: a process in no
+    // segment's cgroup, so the segment the policy declares for the port.
     let passed = to_port(18080);
     assert_eq!(passed.len(), 1, "{passed:#?}");
     let passed = passed[0];
+    assert_eq!(passed.hook, Hook::SkbIngress as u8);
     assert_eq!(passed.verdict, Verdict::Allow as u8);
     assert_eq!(decided_by(&image, &passed), "clients-to-web");
     assert_eq!(passed.src_segment, segment_id(&image, "clients"));
@@ -150,12 +164,17 @@ fn inbound_decisions_are_counted_and_recorded_once_per_flow() {
     assert_eq!(passed.dst_addr[..4], veth.host_v4.octets());
     assert_ne!(passed.src_port, 0);
     assert_eq!(passed.ifindex, veth.host_ifindex());
-    assert_eq!((passed.cgroup_id, passed.pid_tgid), (0, 0));
+    assert_eq!(
+        (passed.cgroup_id, passed.pid_tgid),
+        (service.id(), 0),
+        "the receiving socket's cgroup, no process"
+    );
 
     // The client sent its SYN and at least one retransmission: every one was dropped and
     // counted by the rule, one event stands for them all, the rest are counted suppressed.
     let dropped = to_port(18081);
     assert_eq!(dropped.len(), 1, "{dropped:#?}");
+    assert_eq!(dropped[0].hook, Hook::XdpIngress as u8);
     assert_eq!(dropped[0].verdict, Verdict::Deny as u8);
     assert_eq!(decided_by(&image, &dropped[0]), "clients-not-web-admin");
     let rule = rule_counters(&mut loader, &image, "clients-not-web-admin");

@@ -181,6 +181,21 @@ ports = ["{ALLOWED}/tcp"]
         "dropped at the tunnel device's XDP"
     );
 
+    // A TUN device carries bare IP packets, which XDP's parser does not read: "all" leaves
+    // it to the per-socket layer. A veth added after it shows the agent has seen both.
+    let tun = format!("{LINK_PREFIX}t{}", next_serial());
+    host.ip(&["tuntap", "add", &tun, "mode", "tun"]);
+    let third = Remote::new(&host);
+    agent.wait_for_status("XDP on the veth added after the TUN device", |status| {
+        xdp_of(status, &third.host_if).is_some_and(|i| i["xdp"] == "attached")
+    });
+    let status = agent.status();
+    assert_eq!(
+        xdp_of(&status, &tun).expect("listed")["xdp"],
+        "none",
+        "{status:#}"
+    );
+
     // The refused SYNs are on record, with the interface they came in on.
     let records: Vec<serde_json::Value> = agent.audit_records();
     let refused_on = |interface: &str| {

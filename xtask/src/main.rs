@@ -63,6 +63,9 @@ enum BenchCommand {
     /// Audit events per second from the kernel to the store, event-to-store latency, and
     /// `audit query` over 10M records (root required).
     Audit,
+    /// What the cgroup hooks (the per-socket ingress layer) cost an established TCP
+    /// stream and a UDP request/response loop over a veth pair (root required).
+    Socket,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +87,9 @@ fn main() -> ExitCode {
         Command::Bench {
             which: BenchCommand::Audit,
         } => setup::run().and_then(|tools| bench::audit(&tools)),
+        Command::Bench {
+            which: BenchCommand::Socket,
+        } => setup::run().and_then(|tools| bench::socket(&tools)),
         Command::Fuzz { seconds } => setup::run().and_then(|tools| fuzz::run(&tools, seconds)),
     };
     match outcome {

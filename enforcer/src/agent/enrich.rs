@@ -121,7 +121,9 @@ impl Enricher {
         let src_segment = names.segment(event.src_segment);
         let dst_segment = names.segment(event.dst_segment);
         let v4 = event.family == family::INET;
-        let inbound = hook == Some(Hook::XdpIngress);
+        // Decided on the way in: at XDP, or at the receiving socket (whose cgroup the
+        // record names; no process is known there).
+        let inbound = matches!(hook, Some(Hook::XdpIngress | Hook::SkbIngress));
         let src_ip = address(&event.src_addr, event.family, false);
         // A destination of `0.0.0.0` or `::` is real: a connect there reaches this host.
         let dst_ip = address(&event.dst_addr, event.family, true);

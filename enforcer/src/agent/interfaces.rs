@@ -1,6 +1,8 @@
 //! XDP ingress on the configured interfaces, kept current: with `interfaces = "all"`
-//! every interface of the agent's network namespace but loopback and the excluded ones,
-//! including those that appear while the agent runs (rtnetlink reports them); with a
+//! every Ethernet interface of the agent's network namespace but loopback and the
+//! excluded ones, including those that appear while the agent runs (rtnetlink reports
+//! them; L3 devices such as IPIP, GRE, WireGuard and TUN carry bare IP packets, which
+//! XDP's parser does not read, and are left to the per-socket layer); with a
 //! list, exactly the listed ones, attached again when one is re-created. What each
 //! interface has is shown by `status` and `/metrics`, an attach that failed included.
 
@@ -32,6 +34,8 @@ pub struct InterfaceSet {
     selection: Interfaces,
     /// By interface name.
     known: BTreeMap<String, InterfaceXdp>,
+    /// Interfaces `"all"` passed over because they are not Ethernet (logged once each).
+    skipped: Vec<String>,
 }
 
 fn aya_mode(mode: config::XdpMode) -> XdpMode {
@@ -56,6 +60,7 @@ impl InterfaceSet {
         Self {
             selection,
             known: BTreeMap::new(),
+            skipped: Vec::new(),
         }
     }
 
@@ -86,11 +91,41 @@ impl InterfaceSet {
     /// change); it does not stop the others.
     pub fn sync(&mut self, loader: &mut Loader) -> anyhow::Result<()> {
         let present = host::interfaces::all().context("listing this host's interfaces")?;
+        let link_types = host::interfaces::link_types().context("reading link types")?;
         let mut keep = BTreeMap::new();
+        let mut skipped = Vec::new();
         for (name, index) in present {
             let Some(mode) = self.selection.selects(&name) else {
                 continue;
             };
+            let link_type = link_types
+                .iter()
+                .find(|(link, _)| *link == name)
+                .map(|(_, link_type)| *link_type);
+            // No link-layer address at all (TUN, WireGuard) is not Ethernet either.
+            if link_type != Some(host::interfaces::LINK_TYPE_ETHERNET) {
+                // XDP's parser reads Ethernet frames; an L3 device hands it bare IP
+                // packets. The per-socket layer decides what arrives there.
+                if matches!(self.selection, Interfaces::All { .. }) {
+                    if !self.skipped.contains(&name) {
+                        tracing::info!(interface = %name, ?link_type, "not an Ethernet interface: no XDP; the per-socket layer decides its traffic");
+                    }
+                    skipped.push(name);
+                    continue;
+                }
+                keep.insert(
+                    name,
+                    InterfaceXdp {
+                        index,
+                        mode: mode_word(mode).to_owned(),
+                        error: Some(format!(
+                            "not an Ethernet interface (link type {}): XDP cannot parse its packets; the per-socket layer decides its traffic",
+                            link_type.map_or_else(|| "none".to_owned(), |t| t.to_string())
+                        )),
+                    },
+                );
+                continue;
+            }
             let current = self
                 .known
                 .remove(&name)
@@ -121,6 +156,7 @@ impl InterfaceSet {
             tracing::info!(interface = %gone, "interface gone or no longer selected");
         }
         self.known = keep;
+        self.skipped = skipped;
         let attached: Vec<&str> = self
             .known
             .iter()

@@ -45,6 +45,25 @@ pub fn all() -> io::Result<Vec<(String, u32)>> {
         .collect())
 }
 
+/// `ARPHRD_ETHER`: the link type of Ethernet-framed interfaces (physical NICs, veth,
+/// bridges, bonds, VLANs, VXLAN, GRE-over-Ethernet taps).
+pub const LINK_TYPE_ETHERNET: u16 = 1;
+
+/// The link type (`ARPHRD_*`) of every interface of this network namespace that has a
+/// link-layer address, by name: [`LINK_TYPE_ETHERNET`] for Ethernet framing. L3 tunnels
+/// (IPIP, SIT, GRE, ip6tnl) have other types; WireGuard and TUN devices have no
+/// link-layer address and are not listed. An interface created after the call is not
+/// listed either: list the interfaces first, then their types.
+pub fn link_types() -> io::Result<Vec<(String, u16)>> {
+    Ok(nix::ifaddrs::getifaddrs()
+        .map_err(io::Error::from)?
+        .filter_map(|interface| {
+            let link = interface.address.as_ref()?.as_link_addr()?.hatype();
+            Some((interface.interface_name, link))
+        })
+        .collect())
+}
+
 /// The addresses of this network namespace's interfaces.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Addresses {

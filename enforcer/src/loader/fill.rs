@@ -10,9 +10,9 @@ use enforcer_common::maps::{
     BoundKey, CGROUP_TABLE_CAPACITY, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6,
     FailsafeKey4, FailsafeKey6, LEARNT_LISTENERS, LEARNT_LISTENERS_CAPACITY, LISTEN,
     LOCAL_ADDRESSES, LOCAL_ADDRESSES_CAPACITY, LearntListener, ListenKey, MAX_CIDRS_V4,
-    MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, RECENT_FLOWS,
-    RECENT_FLOWS_CAPACITY, REPLY_PEERS, REPLY_PEERS_CAPACITY, RULES, RecentFlowKey, ReplyKey,
-    RuleKey, RuleValue,
+    MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, PeerKey, PeerState,
+    RECENT_FLOWS, RECENT_FLOWS_CAPACITY, RULES, RecentFlowKey, RuleKey, RuleValue, SOCKET_PEERS,
+    SOCKET_PEERS_CAPACITY,
 };
 use serde::Serialize;
 
@@ -113,9 +113,9 @@ pub(super) fn map_fill(maps: &mut impl MapSet) -> Result<Vec<MapFill>, LoaderErr
         limit: LOCAL_ADDRESSES_CAPACITY,
     });
     fill.push(MapFill {
-        map: "reply_peers",
-        entries: hash::<ReplyKey, u64>(maps, REPLY_PEERS)?,
-        limit: REPLY_PEERS_CAPACITY,
+        map: "socket_peers",
+        entries: hash::<PeerKey, PeerState>(maps, SOCKET_PEERS)?,
+        limit: SOCKET_PEERS_CAPACITY,
     });
     fill.push(MapFill {
         map: "recent_flows",

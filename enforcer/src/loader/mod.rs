@@ -55,7 +55,7 @@ use enforcer_common::{
 use crate::object;
 
 /// The cgroup hooks, attached together to one cgroup.
-pub const CGROUP_HOOKS: [Hook; 12] = [
+pub const CGROUP_HOOKS: [Hook; 13] = [
     Hook::Connect4,
     Hook::Connect6,
     Hook::Sendmsg4,
@@ -68,6 +68,7 @@ pub const CGROUP_HOOKS: [Hook; 12] = [
     Hook::SkbEgress,
     Hook::Bind4,
     Hook::Bind6,
+    Hook::SkbIngress,
 ];
 
 /// What can go wrong while loading or attaching the kernel programs.
@@ -341,7 +342,9 @@ impl Loader {
             Hook::Setsockopt => {
                 <&mut CgroupSockopt>::try_from(program).and_then(CgroupSockopt::load)
             }
-            Hook::SkbEgress => <&mut CgroupSkb>::try_from(program).and_then(CgroupSkb::load),
+            Hook::SkbEgress | Hook::SkbIngress => {
+                <&mut CgroupSkb>::try_from(program).and_then(CgroupSkb::load)
+            }
         };
         loaded.map_err(program_error(name, "load"))
     }
@@ -617,9 +620,14 @@ fn attach_to_cgroup(
             let id = addr.attach(dir, mode)?;
             FdLink::try_from(addr.take_link(id)?)?
         }
-        Hook::SkbEgress => {
+        Hook::SkbEgress | Hook::SkbIngress => {
+            let direction = if hook == Hook::SkbEgress {
+                CgroupSkbAttachType::Egress
+            } else {
+                CgroupSkbAttachType::Ingress
+            };
             let skb = <&mut CgroupSkb>::try_from(program)?;
-            let id = skb.attach(dir, CgroupSkbAttachType::Egress, mode)?;
+            let id = skb.attach(dir, direction, mode)?;
             FdLink::try_from(skb.take_link(id)?)?
         }
         Hook::Setsockopt => {

@@ -24,6 +24,9 @@
 //! creates `GATE_DIR/ready` once the socket option is set and waits up to TIMEOUT_MS for
 //! `GATE_DIR/go` before it sends. After `ok` it prints who answered the echo.
 //!
+//! `tcp-sink` is a server that reads each connection to its end and answers with the
+//! number of bytes it read, as one decimal line (the benchmarks' stream receiver).
+//!
 //! `http-serve` is an HTTP/1.1 server (hyper) that answers every request with
 //! `200 OK` and the cgroup it runs in, so a client sees which service answered;
 //! `http-get` sends `GET /` (ureq) and reports `ok` for a `200`, like the other clients,
@@ -46,7 +49,7 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 
-const USAGE: &str = "usage: enforcer-probe tcp-serve|udp-serve|http-serve|raw-socket ADDR:PORT\n       \
+const USAGE: &str = "usage: enforcer-probe tcp-serve|tcp-sink|udp-serve|http-serve|raw-socket ADDR:PORT\n       \
                      enforcer-probe tcp-connect|udp-send|udp-broadcast|http-get|ping ADDR:PORT TIMEOUT_MS\n       \
                      enforcer-probe tcp-connect-repeat|tcp-connect-paced|tcp-denied-paced|tcp-denied-burst ADDR:PORT TIMEOUT_MS COUNT\n       \
                      enforcer-probe udp-send-from ADDR:PORT TIMEOUT_MS LOCAL_PORT\n       \
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
     let mut answer = String::new();
     let result = match mode {
         "tcp-serve" => tcp_serve(addr),
+        "tcp-sink" => tcp_sink(addr),
         "udp-serve" => udp_serve(addr),
         "http-serve" => http_serve(addr),
         "http-get" => http_get(addr, timeout).map(|body| answer = body),
@@ -153,6 +157,21 @@ fn tcp_serve(addr: SocketAddr) -> io::Result<()> {
             let mut line = String::new();
             if reader.read_line(&mut line).is_ok() {
                 let _ = (&stream).write_all(line.as_bytes());
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Reads every connection to `addr` to its end and answers with the byte count read.
+fn tcp_sink(addr: SocketAddr) -> io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    announce(listener.local_addr()?)?;
+    for stream in listener.incoming() {
+        let mut stream = stream?;
+        std::thread::spawn(move || {
+            if let Ok(read) = io::copy(&mut stream, &mut io::sink()) {
+                let _ = writeln!(stream, "{read}");
             }
         });
     }

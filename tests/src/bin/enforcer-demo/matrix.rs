@@ -304,7 +304,9 @@ impl Tried {
         let dst = endpoint(&record.dst_endpoint);
         match (self.remote_src, self.target) {
             (Some(src), Some(target)) => {
-                details.hook == "xdp_ingress"
+                // Refused at XDP, or decided at the receiving socket (what XDP lets
+                // through is recorded there).
+                matches!(details.hook.as_str(), "xdp_ingress" | "skb_ingress")
                     && src_ip == Some(src.to_string())
                     && dst == Some((target.ip().to_string(), target.port()))
             }

@@ -1,0 +1,229 @@
+//! `enforcer-bench-socket ROUNDS SECONDS EXCHANGES`: what the per-socket layer costs an
+//! established TCP stream and a UDP request/response loop, with and without the cgroup
+//! hooks, in one run.
+//!
+//! A veth pair joins this host to a remote namespace. Two identical sets of servers run on
+//! this host's end: one in a cgroup the enforcer's cgroup hooks (the per-socket ingress
+//! layer, `skb_egress` and the rest) are attached to, as a segment the remote may reach;
+//! one in a cgroup without them. The clients run in the remote namespace, in no governed
+//! cgroup, so only the servers' side pays for the hooks. Each round measures both sets,
+//! one after the other, alternating which goes first:
+//! - `tcp`: one connection writes 128 KiB buffers for SECONDS to a `tcp-sink` server, which
+//!   reads it to its end and answers with the byte count; Gbit/s of what the server read.
+//! - `udp`: EXCHANGES datagrams, each sent from an unconnected socket and its echo awaited
+//!   before the next; the round's p50 and p99 round-trip time.
+//!
+//! Prints one line per figure, `NAME with|without VALUE`: `tcp-gbps` (median over the
+//! rounds), `udp-p50-us` and `udp-p99-us` (medians over the rounds). Run by
+//! `./x bench socket`, which writes the table.
+
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{IpAddr, Shutdown, SocketAddr, TcpStream, UdpSocket},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use enforcer_tests::{
+    cgroup::TestCgroup,
+    netns::{Netns, Veth, setns_net},
+    policy::{image, loaded_with},
+    probe::{Server, Spawn},
+};
+
+/// The TCP port of the stream servers.
+const STREAM_PORT: u16 = 18_090;
+/// The UDP port of the echo servers (the ungoverned set uses the next port of each).
+const ECHO_PORT: u16 = 18_091;
+/// How long a client waits for one answer before the benchmark fails.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let parsed = match args.as_slice() {
+        [rounds, seconds, exchanges] => rounds
+            .parse::<usize>()
+            .ok()
+            .zip(seconds.parse::<f64>().ok())
+            .zip(exchanges.parse::<usize>().ok()),
+        _ => None,
+    };
+    let Some(((rounds, seconds), exchanges)) = parsed else {
+        eprintln!("usage: enforcer-bench-socket ROUNDS SECONDS EXCHANGES");
+        return ExitCode::from(2);
+    };
+    match bench(rounds.max(1), seconds, exchanges.max(1)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("enforcer-bench-socket: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One set of servers on this host's end of the pair.
+struct Servers {
+    stream: Server,
+    echo: Server,
+}
+
+impl Servers {
+    fn start(host: IpAddr, port_offset: u16, cgroup: &TestCgroup) -> Self {
+        Self {
+            stream: Spawn::tcp_sink(SocketAddr::new(host, STREAM_PORT + 2 * port_offset))
+                .cgroup(cgroup)
+                .serve(),
+            echo: Spawn::udp_server(SocketAddr::new(host, ECHO_PORT + 2 * port_offset))
+                .cgroup(cgroup)
+                .serve(),
+        }
+    }
+}
+
+/// Figures of one round for one set of servers.
+struct Round {
+    gbps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn bench(rounds: usize, seconds: f64, exchanges: usize) -> Result<(), String> {
+    let remote = Netns::new();
+    let veth = Veth::new(&remote);
+    let parent = TestCgroup::new();
+    let governed = parent.child("bench.service");
+    let ungoverned = TestCgroup::new();
+    let policy = image(&format!(
+        r#"
+[segments.bench]
+cgroups = ["{}"]
+ports = ["{STREAM_PORT}/tcp", "{ECHO_PORT}/udp"]
+
+[segments.clients]
+cidrs = ["{}/32"]
+
+[[allow]]
+id = "clients-to-bench"
+from = ["clients"]
+to = ["bench"]
+ports = ["{STREAM_PORT}/tcp", "{ECHO_PORT}/udp"]
+"#,
+        governed.relative_path(),
+        veth.peer_v4
+    ));
+    let mut loader = loaded_with(&policy);
+    loader
+        .attach_cgroup(parent.path())
+        .map_err(|e| e.to_string())?;
+    let host = IpAddr::from(veth.host_v4);
+    let with = Servers::start(host, 0, &governed);
+    let without = Servers::start(host, 1, &ungoverned);
+    let netns = remote.open();
+
+    let mut figures: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for set in order {
+            let servers = if set == 0 { &with } else { &without };
+            let stream = servers.stream.addr;
+            let echo = servers.echo.addr;
+            let netns = netns.try_clone().map_err(|e| e.to_string())?;
+            let measured =
+                std::thread::spawn(move || measure(&netns, stream, echo, seconds, exchanges))
+                    .join()
+                    .map_err(|_| "the client thread panicked".to_owned())??;
+            figures[set].push(measured);
+        }
+    }
+    // Every exchange with the governed servers went through the hooks: their counters say
+    // the stream's SYN and the first datagram were decided, and nothing was refused.
+    let counters = loader.counters().map_err(|e| e.to_string())?;
+    let decided: u64 = counters.by_reason.iter().map(|c| c.count).sum();
+    if decided < 2 {
+        return Err(format!(
+            "the hooks decided {decided} flows; expected the stream and the echo"
+        ));
+    }
+    for (label, set) in [("with", &figures[0]), ("without", &figures[1])] {
+        println!("tcp-gbps {label} {:.3}", median(set.iter().map(|r| r.gbps)));
+        println!(
+            "udp-p50-us {label} {:.2}",
+            median(set.iter().map(|r| r.p50_us))
+        );
+        println!(
+            "udp-p99-us {label} {:.2}",
+            median(set.iter().map(|r| r.p99_us))
+        );
+    }
+    Ok(())
+}
+
+/// One round against one set of servers, from the remote namespace (`netns`, joined by
+/// this thread only).
+fn measure(
+    netns: &File,
+    stream: SocketAddr,
+    echo: SocketAddr,
+    seconds: f64,
+    exchanges: usize,
+) -> Result<Round, String> {
+    setns_net(netns).map_err(|e| format!("setns: {e}"))?;
+    let gbps = stream_gbps(stream, seconds).map_err(|e| format!("stream to {stream}: {e}"))?;
+    let (p50_us, p99_us) =
+        echo_latency(echo, exchanges).map_err(|e| format!("echo with {echo}: {e}"))?;
+    Ok(Round {
+        gbps,
+        p50_us,
+        p99_us,
+    })
+}
+
+/// Writes to `addr` for `seconds` and returns the Gbit/s the server read.
+fn stream_gbps(addr: SocketAddr, seconds: f64) -> std::io::Result<f64> {
+    let mut stream = TcpStream::connect_timeout(&addr, ANSWER_TIMEOUT)?;
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    let buffer = vec![0x5a_u8; 128 * 1024];
+    let started = Instant::now();
+    let deadline = Duration::from_secs_f64(seconds);
+    while started.elapsed() < deadline {
+        stream.write_all(&buffer)?;
+    }
+    stream.shutdown(Shutdown::Write)?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let read: f64 = line
+        .trim()
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("the sink answered {line:?}")))?;
+    Ok(read * 8.0 / elapsed / 1e9)
+}
+
+/// `exchanges` request/response round trips with the echo server at `addr`; p50 and p99
+/// in microseconds.
+fn echo_latency(addr: SocketAddr, exchanges: usize) -> std::io::Result<(f64, f64)> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    let mut answer = [0u8; 64];
+    let mut times = Vec::with_capacity(exchanges);
+    for _ in 0..exchanges {
+        let started = Instant::now();
+        socket.send_to(b"ping\n", addr)?;
+        let (len, _) = socket.recv_from(&mut answer)?;
+        times.push(started.elapsed().as_secs_f64() * 1e6);
+        if &answer[..len] != b"ping\n" {
+            return Err(std::io::Error::other("a wrong echo"));
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.5), at(0.99)))
+}
+
+/// The median of `values`.
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}

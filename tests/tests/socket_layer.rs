@@ -1,0 +1,535 @@
+//! The per-socket ingress layer (cgroup skb ingress) on real sockets: a flow that reaches a
+//! segment's socket without meeting an XDP program (inside a tunnel device that has none,
+//! to a UDP port the segment bound without declaring it) is refused at the socket and
+//! recorded there; an allowed connection leaves one record, from the layer that delivered
+//! it, and a packet to a port nobody serves leaves none that says it was allowed. UDP
+//! replies are exact both ways, for local clients as for remote ones.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use aya::programs::XdpMode;
+use enforcer_common::event::{FlowEvent, Hook, Verdict, family};
+use enforcer_tests::{
+    LINK_PREFIX,
+    cgroup::TestCgroup,
+    events::{decided_by, drain, segment_id},
+    netns::{Netns, Veth, address_up},
+    next_serial,
+    policy::loaded_with,
+    probe::{Outcome, Spawn},
+};
+
+const ALLOWED: u16 = 18_080;
+const DENIED: u16 = 18_081;
+const ALLOWED_UDP: u16 = 18_053;
+const DENIED_UDP: u16 = 18_054;
+
+/// The records one hook wrote about flows to local port `port`.
+fn to_port(records: &[FlowEvent], hook: Hook, port: u16) -> Vec<FlowEvent> {
+    records
+        .iter()
+        .filter(|e| e.hook == hook as u8 && e.dst_port == port)
+        .copied()
+        .collect()
+}
+
+/// The interface index of `name` in the test's own namespace.
+fn ifindex(name: &str) -> u32 {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .expect("read ifindex")
+        .trim()
+        .parse()
+        .expect("ifindex is a number")
+}
+
+/// A VXLAN tunnel over a veth pair, with inner addresses on both ends; the host end is
+/// deleted on drop (the remote end goes with its namespace).
+struct Tunnel {
+    name: String,
+    host_v4: Ipv4Addr,
+    remote_v4: Ipv4Addr,
+    host_v6: Ipv6Addr,
+    remote_v6: Ipv6Addr,
+}
+
+impl Tunnel {
+    /// A tunnel between this namespace and `remote` over `veth`, its inner addresses
+    /// spread by pid and serial like the veth's.
+    fn new(veth: &Veth, remote: &Netns) -> Self {
+        let serial = next_serial();
+        let pid = std::process::id();
+        let name = format!("{LINK_PREFIX}x{}-{serial}", pid % 10_000);
+        let third = u8::try_from(pid % 250).expect("below 250");
+        let fourth = u8::try_from(serial % 64 * 4).expect("below 256");
+        let vni = (1000 + pid % 100_000 * 64 + serial).to_string();
+        let create = |netns: Option<&Netns>, local: Ipv4Addr, peer: Ipv4Addr| {
+            let args = [
+                "link",
+                "add",
+                &name,
+                "type",
+                "vxlan",
+                "id",
+                &vni,
+                "local",
+                &local.to_string(),
+                "remote",
+                &peer.to_string(),
+                "dstport",
+                "4789",
+            ];
+            match netns {
+                Some(netns) => {
+                    netns.ip(&args);
+                }
+                None => {
+                    let status = std::process::Command::new("ip")
+                        .args(args)
+                        .status()
+                        .expect("run ip");
+                    assert!(status.success(), "ip {args:?}");
+                }
+            }
+        };
+        create(None, veth.host_v4, veth.peer_v4);
+        create(Some(remote), veth.peer_v4, veth.host_v4);
+        let tunnel = Self {
+            name: name.clone(),
+            host_v4: Ipv4Addr::new(198, 19, third, fourth + 1),
+            remote_v4: Ipv4Addr::new(198, 19, third, fourth + 2),
+            host_v6: Ipv6Addr::new(0x2001, 0xdb8, 0xf000 | u16::from(third), 0, 0, 0, 0, 1),
+            remote_v6: Ipv6Addr::new(0x2001, 0xdb8, 0xf000 | u16::from(third), 0, 0, 0, 0, 2),
+        };
+        address_up(
+            None,
+            &tunnel.name,
+            &[(tunnel.host_v4.into(), 30), (tunnel.host_v6.into(), 64)],
+        );
+        address_up(
+            Some(remote),
+            &tunnel.name,
+            &[(tunnel.remote_v4.into(), 30), (tunnel.remote_v6.into(), 64)],
+        );
+        tunnel
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn a_tunnel_without_xdp_is_decided_at_the_receiving_socket() {
+    let remote = Netns::new();
+    let veth = Veth::new(&remote);
+    let tunnel = Tunnel::new(&veth, &remote);
+    let parent = TestCgroup::new();
+    let web = parent.child("web.service");
+    let image = enforcer_tests::policy::image(&format!(
+        r#"
+[segments.web]
+cgroups = ["{}"]
+ports = ["{ALLOWED}/tcp", "{DENIED}/tcp", "{ALLOWED_UDP}/udp", "{DENIED_UDP}/udp"]
+
+[segments.tunnelled]
+cidrs = ["{}/32", "{}/128"]
+
+[[allow]]
+id = "tunnelled-to-web"
+from = ["tunnelled"]
+to = ["web"]
+ports = ["{ALLOWED}/tcp", "{ALLOWED_UDP}/udp"]
+"#,
+        web.relative_path(),
+        tunnel.remote_v4,
+        tunnel.remote_v6,
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    // Longer than the client's SYN retransmissions, so a refused attempt is one record.
+    loader
+        .set_dedup_window(Duration::from_secs(30))
+        .expect("set window");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    // XDP on the outer interface only: the tunnel device has none, as an interface the
+    // operator excluded or one XDP cannot parse (an L3 tunnel) would not.
+    loader
+        .attach_xdp(veth.host_if(), veth.host_ifindex(), XdpMode::Skb)
+        .expect("attach XDP");
+
+    for (host, peer) in [
+        (IpAddr::from(tunnel.host_v4), IpAddr::from(tunnel.remote_v4)),
+        (IpAddr::from(tunnel.host_v6), IpAddr::from(tunnel.remote_v6)),
+    ] {
+        let servers: Vec<_> = [
+            Spawn::tcp_server(SocketAddr::new(host, ALLOWED)),
+            Spawn::tcp_server(SocketAddr::new(host, DENIED)),
+            Spawn::udp_server(SocketAddr::new(host, ALLOWED_UDP)),
+            Spawn::udp_server(SocketAddr::new(host, DENIED_UDP)),
+        ]
+        .into_iter()
+        .map(|server| server.cgroup(&web).serve())
+        .collect();
+        let outcome = |spawn: Spawn| spawn.netns(&remote).run();
+        assert_eq!(
+            outcome(Spawn::tcp_client(servers[0].addr)),
+            Outcome::Ok,
+            "{host}:{ALLOWED} through the tunnel"
+        );
+        assert_eq!(
+            outcome(Spawn::udp_client(servers[2].addr)),
+            Outcome::Ok,
+            "{host}:{ALLOWED_UDP} through the tunnel"
+        );
+        // Refused at the socket: no handshake, no echo.
+        assert_eq!(
+            outcome(Spawn::tcp_client(servers[1].addr)),
+            Outcome::Timeout,
+            "{host}:{DENIED} through the tunnel"
+        );
+        assert_eq!(
+            outcome(Spawn::udp_client(servers[3].addr)),
+            Outcome::Timeout,
+            "{host}:{DENIED_UDP} through the tunnel"
+        );
+
+        let records = drain(&mut events);
+        assert!(
+            records.iter().all(|e| e.hook == Hook::SkbIngress as u8),
+            "the outer packets are no new flow at XDP: {records:#?}"
+        );
+        let v4 = host.is_ipv4();
+        let expected = [
+            (ALLOWED, Verdict::Allow, "tunnelled-to-web"),
+            (ALLOWED_UDP, Verdict::Allow, "tunnelled-to-web"),
+            (DENIED, Verdict::Deny, "default-deny"),
+            (DENIED_UDP, Verdict::Deny, "default-deny"),
+        ];
+        for (port, verdict, rule) in expected {
+            let decided = to_port(&records, Hook::SkbIngress, port);
+            // A refused SYN is retransmitted: each retransmission is decided again, and
+            // de-duplication keeps one record for them.
+            assert_eq!(decided.len(), 1, "{host}:{port}: {records:#?}");
+            let record = decided[0];
+            assert_eq!(record.verdict, verdict as u8, "{host}:{port}");
+            assert_eq!(decided_by(&image, &record), rule, "{host}:{port}");
+            assert_eq!(record.src_segment, segment_id(&image, "tunnelled"));
+            assert_eq!(record.dst_segment, segment_id(&image, "web"));
+            assert_eq!(record.ifindex, ifindex(&tunnel.name), "{host}:{port}");
+            assert_eq!(record.cgroup_id, web.id(), "the receiving socket's cgroup");
+            let (family, len) = if v4 {
+                (family::INET, 4)
+            } else {
+                (family::INET6, 16)
+            };
+            assert_eq!(record.family, family);
+            let octets = |addr: IpAddr| match addr {
+                IpAddr::V4(a) => a.octets().to_vec(),
+                IpAddr::V6(a) => a.octets().to_vec(),
+            };
+            assert_eq!(record.src_addr[..len], octets(peer)[..]);
+            assert_eq!(record.dst_addr[..len], octets(host)[..]);
+        }
+    }
+}
+
+#[test]
+fn one_record_per_delivered_flow_and_none_for_a_port_nobody_serves() {
+    let remote = Netns::new();
+    let veth = Veth::new(&remote);
+    let parent = TestCgroup::new();
+    let web = parent.child("web.service");
+    let image = enforcer_tests::policy::image(&format!(
+        r#"
+[segments.web]
+cgroups = ["{}"]
+ports = ["{ALLOWED}/tcp", "{DENIED}/tcp", "{ALLOWED_UDP}/udp"]
+
+[segments.clients]
+cidrs = ["{}/32", "{}/128"]
+
+[[allow]]
+id = "clients-to-web"
+from = ["clients"]
+to = ["web"]
+ports = ["{ALLOWED}/tcp", "{ALLOWED_UDP}/udp"]
+"#,
+        web.relative_path(),
+        veth.peer_v4,
+        veth.peer_v6,
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    loader
+        .attach_xdp(veth.host_if(), veth.host_ifindex(), XdpMode::Skb)
+        .expect("attach XDP");
+    let host = IpAddr::from(veth.host_v4);
+    loader
+        .set_dedup_window(Duration::from_secs(30))
+        .expect("set window");
+
+    // Allowed at XDP, delivered, and recorded once, by the socket layer that delivered it.
+    let server = Spawn::tcp_server(SocketAddr::new(host, ALLOWED))
+        .cgroup(&web)
+        .serve();
+    assert_eq!(
+        Spawn::tcp_client(server.addr).netns(&remote).run(),
+        Outcome::Ok
+    );
+    drop(server);
+    // The same flow with nobody serving the port: the kernel answers with a reset, and
+    // nothing says the flow was allowed.
+    let refused = Spawn::tcp_client(SocketAddr::new(host, ALLOWED))
+        .netns(&remote)
+        .run();
+    assert!(
+        matches!(refused, Outcome::Error { errno, .. } if errno == libc::ECONNREFUSED),
+        "{refused:?}"
+    );
+    assert_eq!(
+        Spawn::udp_client(SocketAddr::new(host, ALLOWED_UDP))
+            .netns(&remote)
+            .run(),
+        Outcome::Timeout,
+        "nobody serves the UDP port"
+    );
+    // Denied at XDP: the one record is XDP's, and no socket saw the flow.
+    let denied = Spawn::tcp_server(SocketAddr::new(host, DENIED))
+        .cgroup(&web)
+        .serve();
+    assert_eq!(
+        Spawn::tcp_client(denied.addr).netns(&remote).run(),
+        Outcome::Timeout
+    );
+
+    let records = drain(&mut events);
+    let allowed: Vec<_> = records.iter().filter(|e| e.dst_port == ALLOWED).collect();
+    assert_eq!(allowed.len(), 1, "{records:#?}");
+    assert_eq!(allowed[0].hook, Hook::SkbIngress as u8);
+    assert_eq!(allowed[0].verdict, Verdict::Allow as u8);
+    assert_eq!(decided_by(&image, allowed[0]), "clients-to-web");
+    assert_eq!(allowed[0].dst_segment, segment_id(&image, "web"));
+    assert!(
+        records.iter().all(|e| e.dst_port != ALLOWED_UDP),
+        "{records:#?}"
+    );
+    let refused: Vec<_> = records.iter().filter(|e| e.dst_port == DENIED).collect();
+    assert_eq!(refused.len(), 1, "{records:#?}");
+    assert_eq!(refused[0].hook, Hook::XdpIngress as u8);
+    assert_eq!(refused[0].verdict, Verdict::Deny as u8);
+}
+
+#[test]
+fn udp_to_a_port_the_segment_never_declared_is_decided_at_the_socket() {
+    let remote = Netns::new();
+    let veth = Veth::new(&remote);
+    let parent = TestCgroup::new();
+    let web = parent.child("web.service");
+    let image = enforcer_tests::policy::image(&format!(
+        r#"
+[segments.web]
+cgroups = ["{}"]
+ports = ["{ALLOWED_UDP}/udp"]
+
+[segments.clients]
+cidrs = ["{}/32", "{}/128"]
+
+[[allow]]
+id = "clients-to-web"
+from = ["clients"]
+to = ["web"]
+ports = ["{ALLOWED_UDP}/udp"]
+
+[[allow]]
+id = "web-queries-clients"
+from = ["web"]
+to = ["clients"]
+ports = ["{DENIED_UDP}/udp"]
+"#,
+        web.relative_path(),
+        veth.peer_v4,
+        veth.peer_v6,
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    loader
+        .attach_xdp(veth.host_if(), veth.host_ifindex(), XdpMode::Skb)
+        .expect("attach XDP");
+
+    for (host, peer) in [
+        (IpAddr::from(veth.host_v4), IpAddr::from(veth.peer_v4)),
+        (IpAddr::from(veth.host_v6), IpAddr::from(veth.peer_v6)),
+    ] {
+        // A server of `web` on a port the kernel picked (bind to port 0): in the
+        // ephemeral range, never learnt, so XDP lets its datagrams through as answers.
+        let unlearnt = Spawn::udp_server(SocketAddr::new(host, 0))
+            .cgroup(&web)
+            .serve();
+        assert_eq!(
+            Spawn::udp_client(unlearnt.addr).netns(&remote).run(),
+            Outcome::Timeout,
+            "{}: refused at the socket",
+            unlearnt.addr
+        );
+        // `web` queries a client-side server it may reach, from an unconnected socket on
+        // an ephemeral port: the answer comes back to that port and passes.
+        let queried = Spawn::udp_server(SocketAddr::new(peer, DENIED_UDP))
+            .netns(&remote)
+            .serve();
+        assert_eq!(
+            Spawn::udp_client(queried.addr).cgroup(&web).run(),
+            Outcome::Ok,
+            "{}: the answer to web's own query",
+            queried.addr
+        );
+
+        let records = drain(&mut events);
+        let refused = to_port(&records, Hook::SkbIngress, unlearnt.addr.port());
+        assert_eq!(refused.len(), 1, "{records:#?}");
+        assert_eq!(refused[0].verdict, Verdict::Deny as u8);
+        assert_eq!(refused[0].src_segment, segment_id(&image, "clients"));
+        assert_eq!(refused[0].dst_segment, segment_id(&image, "web"));
+        assert_eq!(decided_by(&image, &refused[0]), "default-deny");
+        // The query is on record (sendmsg); its answer is not a flow of its own.
+        let queries: Vec<_> = records
+            .iter()
+            .filter(|e| e.dst_port == DENIED_UDP && e.verdict == Verdict::Allow as u8)
+            .collect();
+        assert_eq!(queries.len(), 1, "{records:#?}");
+        assert!(
+            records
+                .iter()
+                .all(|e| e.hook != Hook::SkbIngress as u8 || e.dst_port == unlearnt.addr.port()),
+            "{records:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_local_udp_server_answers_exactly_its_local_client() {
+    let parent = TestCgroup::new();
+    let dns = parent.child("dns.service");
+    let app = parent.child("app.service");
+    let image = enforcer_tests::policy::image(&format!(
+        r#"
+[segments.dns]
+cgroups = ["{}"]
+ports = ["{ALLOWED_UDP}/udp"]
+
+[segments.app]
+cgroups = ["{}"]
+ports = ["{DENIED_UDP}/udp"]
+
+[[allow]]
+id = "app-to-dns"
+from = ["app"]
+to = ["dns"]
+ports = ["{ALLOWED_UDP}/udp"]
+"#,
+        dns.relative_path(),
+        app.relative_path(),
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    let loopback = IpAddr::from(Ipv4Addr::LOCALHOST);
+    let _app_server = Spawn::udp_server(SocketAddr::new(loopback, DENIED_UDP))
+        .cgroup(&app)
+        .serve();
+
+    {
+        let _dns_server = Spawn::udp_server(SocketAddr::new(loopback, ALLOWED_UDP))
+            .cgroup(&dns)
+            .serve();
+        assert_eq!(
+            Spawn::udp_client(SocketAddr::new(loopback, ALLOWED_UDP))
+                .cgroup(&app)
+                .run(),
+            Outcome::Ok,
+            "app's query is answered"
+        );
+    }
+    // From its listener port, `dns` sends to another port of `app` that never asked it
+    // anything: a new flow, which no rule allows. Before, a local "reply" passed whenever
+    // `app` could reach `dns`.
+    let unasked = Spawn::udp_client_from(SocketAddr::new(loopback, DENIED_UDP), ALLOWED_UDP)
+        .cgroup(&dns)
+        .run();
+    assert!(unasked.is_eperm(), "{unasked:?}");
+
+    let records = drain(&mut events);
+    let from_dns: Vec<_> = records
+        .iter()
+        .filter(|e| e.src_port == ALLOWED_UDP && e.hook == Hook::Sendmsg4 as u8)
+        .collect();
+    assert_eq!(from_dns.len(), 1, "only the unasked send: {records:#?}");
+    assert_eq!(from_dns[0].dst_port, DENIED_UDP);
+    assert_eq!(from_dns[0].verdict, Verdict::Deny as u8);
+    assert_eq!(from_dns[0].dst_segment, segment_id(&image, "app"));
+}
+
+#[test]
+fn udp_lite_to_a_segment_socket_is_decided_not_waved_through() {
+    let remote = Netns::new();
+    let veth = Veth::new(&remote);
+    let parent = TestCgroup::new();
+    let web = parent.child("web.service");
+    // The rule opens the port for UDP; UDP-Lite is another protocol, which no rule names.
+    let image = enforcer_tests::policy::image(&format!(
+        r#"
+[segments.web]
+cgroups = ["{}"]
+ports = ["{ALLOWED_UDP}/udp"]
+
+[segments.clients]
+cidrs = ["{}/32"]
+
+[[allow]]
+id = "clients-to-web"
+from = ["clients"]
+to = ["web"]
+ports = ["{ALLOWED_UDP}/udp"]
+"#,
+        web.relative_path(),
+        veth.peer_v4,
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    loader
+        .attach_xdp(veth.host_if(), veth.host_ifindex(), XdpMode::Skb)
+        .expect("attach XDP");
+    let received = std::env::temp_dir().join(enforcer_tests::unique_name());
+    std::fs::write(&received, "").expect("create the receipt file");
+    let port = ALLOWED_UDP.to_string();
+    let host = veth.host_v4.to_string();
+    let received_path = received.to_string_lossy().into_owned();
+    let _sink = Spawn::attack_script(&["udp-sink", &host, &port, &received_path, "udplite"])
+        .cgroup(&web)
+        .serve();
+    let fired = Spawn::attack_script(&["udp-fire", &host, &port, "udplite"])
+        .netns(&remote)
+        .run();
+    assert_eq!(fired, Outcome::Ok, "sent");
+    // The datagram would be queued at once; give the sink time to write it down if it did.
+    std::thread::sleep(Duration::from_millis(300));
+    let receipts = std::fs::read_to_string(&received).expect("read the receipt file");
+    let _ = std::fs::remove_file(&received);
+    assert_eq!(receipts, "", "the UDP-Lite server received the datagram");
+
+    let records = drain(&mut events);
+    let refused = to_port(&records, Hook::SkbIngress, ALLOWED_UDP);
+    assert_eq!(refused.len(), 1, "{records:#?}");
+    assert_eq!(refused[0].verdict, Verdict::Deny as u8);
+    assert_eq!(refused[0].protocol, 136);
+    assert_eq!(decided_by(&image, &refused[0]), "default-deny");
+}
