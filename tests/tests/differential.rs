@@ -6,10 +6,10 @@
 //! answers with) are held against the same reference on the same flows.
 //!
 //! What is compared: the action (pass or drop) of every frame; for a drop, its one
-//! record in full (verdict, reason, rule, segments, addresses, ports); for a pass, no
-//! record, or one that agrees with the reference (XDP is moving to record denials only,
-//! and `audit = "deny"` skips allowed flows, so a pass need not be recorded). The
-//! de-duplication window is off, so each frame's record is its own.
+//! record in full (verdict, reason, rule, segments, addresses, ports); for a pass, that
+//! XDP recorded nothing (it records only what it drops: what passes is recorded by the
+//! per-socket layer, which `BPF_PROG_TEST_RUN` does not reach). The de-duplication window
+//! is off, so each frame's record is its own.
 //!
 //! Reproduce: the seed is printed at the start and with every failure;
 //! `ENFORCER_DIFF_SEED=<seed>` replays the run, `ENFORCER_DIFF_POLICY=<n>` only its policy
@@ -86,23 +86,6 @@ fn expect(spec: &Spec, probe: &Probe) -> Expect {
             None => Expect::Unrecorded,
         },
     }
-}
-
-/// KNOWN KERNEL DIVERGENCE, tolerated until the XDP rewrite lands (issue #22, item 1):
-/// XDP looks up the failsafe of an IPv4-mapped IPv6 source in the IPv6 failsafe trie as
-/// it is (`enforcer-ebpf/src/xdp.rs`, `decide_new_flow`), where the documented semantics
-/// take it as its IPv4 address. For exactly those frames (a new flow from a mapped source
-/// whose failsafe grant differs between the two readings) the kernel may answer as the
-/// raw reading says. Delete this function and its one call in `check_kernel` once XDP
-/// maps the source.
-fn known_xdp_mapped_failsafe(spec: &Spec, probe: &Probe) -> Option<Expect> {
-    if probe.kind() != Kind::New || !probe.src.is_mapped() {
-        return None;
-    }
-    let (proto, port) = (probe.proto, probe.dport);
-    let raw = reference::decide_with_failsafe_addr(spec, probe.src, probe.src, proto, port);
-    let documented = reference::decide(spec, probe.src, proto, port);
-    (documented != raw).then_some(raw.map_or(Expect::Unrecorded, Expect::Decided))
 }
 
 fn word<T: Copy>(code: u8, from: fn(u8) -> Option<T>, word: fn(T) -> &'static str) -> String {
@@ -226,6 +209,10 @@ fn check_decided(
     match events {
         [] if want.passes() => Ok(()),
         [] => Err(format!("a drop without a record, want {want:?}")),
+        [event] if want.passes() => Err(format!(
+            "XDP recorded a pass ({:?}); the per-socket layer records what passes",
+            check_event(image, generation, probe, want, event)
+        )),
         [event] => check_event(image, generation, probe, want, event),
         more => Err(format!("{} records for one frame", more.len())),
     }
@@ -271,8 +258,7 @@ fn check_expected(
     }
 }
 
-/// Compares the kernel's answer for one frame with the reference, allowing the one known
-/// kernel divergence ([`known_xdp_mapped_failsafe`]) and counting it in `tolerated`.
+/// Compares the kernel's answer for one frame with the reference.
 fn check_kernel(
     spec: &Spec,
     image: &MapImage,
@@ -280,24 +266,15 @@ fn check_kernel(
     probe: &Probe,
     action: u32,
     events: &[FlowEvent],
-    tolerated: &mut usize,
 ) -> Result<(), String> {
-    let result = check_expected(
+    check_expected(
         &expect(spec, probe),
         image,
         generation,
         probe,
         action,
         events,
-    );
-    if result.is_err()
-        && let Some(known) = known_xdp_mapped_failsafe(spec, probe)
-        && check_expected(&known, image, generation, probe, action, events).is_ok()
-    {
-        *tolerated += 1;
-        return Ok(());
-    }
-    result
+    )
 }
 
 /// Holds `explain` and the userspace reference against the reference, for a new flow the
@@ -471,7 +448,6 @@ fn the_xdp_program_decides_random_flows_as_the_documented_semantics_say() {
     let started = Instant::now();
     let mut flows = 0usize;
     let mut tally = Tally::default();
-    let mut tolerated = 0usize;
     let (first, last) = match only {
         Some(index) => (index, index + 1),
         None => (0, MAX_POLICIES),
@@ -537,7 +513,6 @@ fn the_xdp_program_decides_random_flows_as_the_documented_semantics_say() {
                 &probe,
                 action,
                 &events,
-                &mut tolerated,
             );
             let userspace = match &expected {
                 Expect::Decided(want) if probe.kind() == Kind::New => {
@@ -576,7 +551,7 @@ fn the_xdp_program_decides_random_flows_as_the_documented_semantics_say() {
     let elapsed = started.elapsed();
     eprintln!(
         "differential: seed {seed}: {flows} flows over {policies} policies in {elapsed:.1?}; \
-         {tolerated} tolerated as the known mapped-failsafe divergence; {tally:?}"
+         {tally:?}"
     );
     if only.is_none() {
         assert!(
