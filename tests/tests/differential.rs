@@ -52,7 +52,7 @@ use enforcer_tests::{
 
 /// Flows a run needs at least.
 const DEFAULT_FLOWS: usize = 100_000;
-/// The time bound of a run: far above what it takes (under 20 s here), so only a
+/// The time bound of a run: far above what it takes (under 30 s here), so only a
 /// hang or a machine many times slower reaches it.
 const DEFAULT_BUDGET: Duration = Duration::from_secs(900);
 /// Flows per small policy.
