@@ -236,10 +236,16 @@ pub fn unless_fail_closed(decision: Decision) -> Decision {
 pub const NO_LISTENER: u32 = SEGMENT_ANY;
 
 /// The segment serving local port `port`/`proto` at `addr` (IPv4 in the first four bytes
-/// when `v4`): the policy's declared listener for the port, else the segment of the task
-/// whose socket the kernel delivers to (learnt at `bind()`: bound to exactly `addr`, else
-/// to the unspecified address), classified under this generation's cgroup table.
-/// [`NO_LISTENER`] when neither names a segment.
+/// when `v4`): the segment of the task whose socket the kernel delivers to (learnt at
+/// `bind()`: bound to exactly `addr`, else to the unspecified address), classified under
+/// this generation's cgroup table, when that is a segment; else the policy's declared
+/// listener for the port; else `host` when a process of no segment holds the port;
+/// [`NO_LISTENER`] when nothing names a segment. The socket decides before the
+/// declaration: a process of another segment that binds a declared port (while its
+/// service is down, or on a more specific address) is that other segment, with its own
+/// rights, never the declaring segment's. A socket of a process the cgroup table cannot
+/// classify yet (a service restarting into a new cgroup) leaves the port to its
+/// declaration.
 ///
 /// Verifier notes: the ancestry walk is a constant-bounded loop over the stored levels,
 /// deepest first, like [`task_segment`]. The result is a plain `u32` with a sentinel, not
@@ -253,10 +259,27 @@ pub fn listener_segment<const B: bool>(
     port: u16,
     proto: u8,
 ) -> u32 {
-    let declared = declared_listener(slot, port, proto);
-    if declared != NO_LISTENER {
-        return declared;
+    let learnt = learnt_listener(slot, addr, v4, port, proto);
+    if learnt != NO_LISTENER && learnt != SEGMENT_HOST && learnt != SEGMENT_UNCLASSIFIED {
+        return learnt;
     }
+    match declared_listener(slot, port, proto) {
+        NO_LISTENER => learnt,
+        declared => declared,
+    }
+}
+
+/// The segment of the socket the kernel delivers a flow to `addr`:`port`/`proto` to, as
+/// learnt at `bind()` ([`listener_segment`] says which); [`NO_LISTENER`] when no binding
+/// was learnt.
+#[inline(always)]
+fn learnt_listener<const B: bool>(
+    slot: &Slot<B>,
+    addr: &[u8; 16],
+    v4: bool,
+    port: u16,
+    proto: u8,
+) -> u32 {
     // The socket the kernel delivers to: one bound to exactly this address, else one on
     // its family's unspecified address, else (IPv4) a dual-stack one on `::`. A flow to
     // `0.0.0.0`/`::` lands on loopback.

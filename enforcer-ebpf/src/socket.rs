@@ -92,6 +92,11 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
         PROTO_UDP | PROTO_UDPLITE if state != TCP_ESTABLISHED => Receiver::Datagram,
         _ => return PASS,
     };
+    // A handshake from a local client: its `connect()` was decided.
+    // SAFETY: `skb` is the program's context.
+    if receiver == Receiver::Listener && unsafe { (*skb).ifindex } == LOOPBACK_IFINDEX {
+        return PASS;
+    }
     match maps::active_generation() {
         0 => PASS,
         generation => in_slot!(generation, |slot| new_flow(ctx, slot, generation, receiver)),
@@ -109,16 +114,6 @@ fn new_flow<const B: bool>(
     let skb = ctx.as_ptr().cast::<__sk_buff>();
     let mut flow = Flow::EMPTY;
     let mut flags = 0;
-    let origin = Origin {
-        hook: Hook::SkbIngress,
-        generation,
-        // SAFETY: `skb` is the program's context.
-        ifindex: unsafe { (*skb).ifindex },
-        sender: Sender::Socket {
-            // SAFETY: as above; the receiving socket's cgroup.
-            cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
-        },
-    };
     if !parse(ctx, &mut flow, &mut flags) {
         let decision = Decision {
             verdict: Verdict::Deny,
@@ -129,17 +124,17 @@ fn new_flow<const B: bool>(
             src: SEGMENT_ANY,
             dst: decide::socket_segment(slot, skb),
         };
-        record(slot, &origin, &flow, &segments, &decision);
+        record(slot, &origin(skb, generation), &flow, &segments, &decision);
         return DROP;
     }
     let v4 = flow.family == family::INET;
-    let from_loopback = origin.ifindex == LOOPBACK_IFINDEX;
     // SAFETY: `skb` is the program's context; the cookie is the receiving socket's.
     let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
     let peer = peers::key(cookie, &flow.src_addr, v4, flow.src_port);
     let now = peers::now();
     if receiver == Receiver::Datagram {
-        if from_loopback {
+        // SAFETY: `skb` is the program's context.
+        if unsafe { (*skb).ifindex } == LOOPBACK_IFINDEX {
             peers::heard(&peer, now, 0);
             return PASS;
         }
@@ -148,8 +143,6 @@ fn new_flow<const B: bool>(
         {
             return PASS;
         }
-    } else if from_loopback {
-        return PASS;
     }
     let segments = Segments {
         src: decide::address_segment(slot, &flow.src_addr, v4),
@@ -158,7 +151,7 @@ fn new_flow<const B: bool>(
     let decision = decide::inbound(slot, &flow, segments.src, segments.dst);
     let syn = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
     if receiver == Receiver::Datagram || syn || decision.verdict == Verdict::Deny {
-        record(slot, &origin, &flow, &segments, &decision);
+        record(slot, &origin(skb, generation), &flow, &segments, &decision);
     }
     if decision.verdict == Verdict::Deny {
         return DROP;
@@ -167,6 +160,22 @@ fn new_flow<const B: bool>(
         peers::heard(&peer, now, generation);
     }
     PASS
+}
+
+/// Where this layer decides: the interface the packet came in on (the tunnel device for
+/// decapsulated traffic) and the receiving socket's cgroup; no process is known here.
+#[inline(always)]
+fn origin(skb: *mut __sk_buff, generation: u32) -> Origin {
+    Origin {
+        hook: Hook::SkbIngress,
+        generation,
+        // SAFETY: `skb` is the program's context.
+        ifindex: unsafe { (*skb).ifindex },
+        sender: Sender::Socket {
+            // SAFETY: as above; the receiving socket's cgroup.
+            cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
+        },
+    }
 }
 
 /// Reads the addresses, protocol and ports of the packet into `flow`, and the TCP flags

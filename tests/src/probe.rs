@@ -147,6 +147,22 @@ impl Spawn {
         Self::probe(&["tcp-sink".into(), addr.to_string()])
     }
 
+    /// A TCP server on `addr` that accepts connections and closes them at once.
+    pub fn tcp_accept(addr: SocketAddr) -> Self {
+        Self::probe(&["tcp-accept".into(), addr.to_string()])
+    }
+
+    /// A client that makes `count` connections to `addr` one after the other; its
+    /// answer is the p50 and p99 duration of `connect()` in ns.
+    pub fn tcp_connect_timed(addr: SocketAddr, count: u32) -> Self {
+        Self::probe(&[
+            "tcp-connect-timed".into(),
+            addr.to_string(),
+            CLIENT_TIMEOUT_MS.to_string(),
+            count.to_string(),
+        ])
+    }
+
     /// A UDP echo server on `addr` (port 0 picks one).
     pub fn udp_server(addr: SocketAddr) -> Self {
         Self::probe(&["udp-serve".into(), addr.to_string()])

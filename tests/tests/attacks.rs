@@ -9,6 +9,10 @@
 //!   (`another_processs_v6only_bind_does_not_erase_a_learnt_listener`) and made refused
 //!   SYNs name `host` (`a_refused_syn_names_the_segment_that_serves_the_port`): IPv4 and
 //!   IPv6 unspecified bindings are now different keys.
+//! - A process of one segment that binds another segment's declared port while that
+//!   service is down got the declaring segment's inbound rights on loopback
+//!   (`a_process_on_another_segments_declared_port_is_its_own_segment`): the socket
+//!   decides before the declaration now.
 //! - A directed broadcast reached local listeners as `world`
 //!   (`a_directed_broadcast_does_not_reach_a_local_service_the_policy_denies`): it is the
 //!   `broadcast` class now.
@@ -334,4 +338,63 @@ ports = ["18097/udp"]
          (from {received:?}); records: {:#?}",
         brief(sendmsg_events(&recorded))
     );
+}
+
+#[test]
+fn a_process_on_another_segments_declared_port_is_its_own_segment() {
+    let parent = TestCgroup::new();
+    let payments = parent.child("payments.service");
+    let intruder = parent.child("intruder.service");
+    let orders = parent.child("orders.service");
+    const PORT: u16 = 18_443;
+    let policy = image(&format!(
+        r#"
+[segments.payments]
+cgroups = ["{}"]
+ports = ["{PORT}/tcp"]
+
+[segments.intruder]
+cgroups = ["{}"]
+
+[segments.orders]
+cgroups = ["{}"]
+
+[[allow]]
+id = "orders-to-payments"
+from = ["orders"]
+to = ["payments"]
+ports = ["{PORT}/tcp"]
+"#,
+        payments.relative_path(),
+        intruder.relative_path(),
+        orders.relative_path()
+    ));
+    let mut loader = loaded_with(&policy);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, PORT));
+
+    // The payments service is down; a process of `intruder` takes its port.
+    let impostor = Spawn::tcp_server(loopback).cgroup(&intruder).serve();
+    let fooled = outcome(Spawn::tcp_client(loopback).cgroup(&orders));
+    assert!(
+        fooled.is_eperm(),
+        "orders reached intruder's socket on payments' port: {fooled:?}"
+    );
+    drop(impostor);
+    // The real service is reached as before.
+    let _payments = Spawn::tcp_server(loopback).cgroup(&payments).serve();
+    assert_eq!(
+        outcome(Spawn::tcp_client(loopback).cgroup(&orders)),
+        Outcome::Ok
+    );
+
+    let recorded = drain(&mut events);
+    let connects: Vec<_> = recorded
+        .iter()
+        .filter(|e| e.hook == Hook::Connect4 as u8 && e.dst_port == PORT)
+        .collect();
+    assert_eq!(connects.len(), 2, "{:#?}", brief(recorded.iter()));
+    assert_eq!(connects[0].dst_segment, segment_id(&policy, "intruder"));
+    assert_eq!(connects[1].dst_segment, segment_id(&policy, "payments"));
 }

@@ -482,6 +482,8 @@ const SOCKET_ROUNDS: usize = 7;
 const SOCKET_STREAM_SECONDS: f64 = 3.0;
 /// UDP request/response exchanges per round and set.
 const SOCKET_EXCHANGES: usize = 20_000;
+/// Loopback connections per round and set: 1e5 per set over the rounds.
+const SOCKET_CONNECTS: usize = 100_000 / SOCKET_ROUNDS;
 
 /// TCP stream throughput and UDP request/response latency to servers with and without
 /// the cgroup hooks (the per-socket ingress layer), measured in one run.
@@ -494,6 +496,7 @@ pub fn socket(tools: &Tools) -> anyhow::Result<()> {
             SOCKET_ROUNDS.to_string().as_ref(),
             SOCKET_STREAM_SECONDS.to_string().as_ref(),
             SOCKET_EXCHANGES.to_string().as_ref(),
+            SOCKET_CONNECTS.to_string().as_ref(),
         ],
     )?;
     let figure = |name: &str, with: bool| -> anyhow::Result<f64> {
@@ -518,6 +521,8 @@ pub fn socket(tools: &Tools) -> anyhow::Result<()> {
         ("tcp-gbps", "TCP stream throughput", "Gbit/s"),
         ("udp-p50-us", "UDP request/response p50", "µs"),
         ("udp-p99-us", "UDP request/response p99", "µs"),
+        ("connect-p50-us", "loopback `connect()` p50", "µs"),
+        ("connect-p99-us", "loopback `connect()` p99", "µs"),
     ] {
         let (without, with) = (figure(name, false)?, figure(name, true)?);
         println!("socket bench: {what}: {without:.2} without, {with:.2} with ({unit})");
@@ -528,7 +533,8 @@ pub fn socket(tools: &Tools) -> anyhow::Result<()> {
         )?;
     }
     let body = format!(
-        "## Per-socket ingress layer\n\nA veth pair to a remote namespace; two identical sets of servers on this host's end, one in a cgroup with every cgroup hook attached (the per-socket ingress layer `skb_ingress`, `skb_egress` and the socket hooks) as a segment the remote may reach, one in a cgroup without them. Clients in the remote namespace, ungoverned, so only the servers' side pays. {SOCKET_ROUNDS} rounds, each measuring both sets in alternating order; medians over the rounds. TCP: one connection writing 128 KiB buffers for {SOCKET_STREAM_SECONDS} s to a server that reads it to its end (the established path: one socket-state check per packet, the source-route check on each ACK). UDP: {SOCKET_EXCHANGES} sequential exchanges with an echo server from an unconnected client socket (the server's unconnected socket: one peer lookup per datagram at ingress, one at the answer's `sendmsg()`). Machine: {}.\n\nReproduce: `./x bench socket` (as root)\n\n{table}\nTargets: at most 3% throughput loss, at most 5% added p50 latency. Veth throughput on two cores moves by several percent between rounds; the alternation and the medians are there to keep that out of the comparison.\n\n",
+        "## Per-socket ingress layer\n\nA veth pair to a remote namespace; two identical sets of servers on this host's end, one in a cgroup with every cgroup hook attached (the per-socket ingress layer `skb_ingress`, `skb_egress` and the socket hooks) as a segment the remote may reach, one in a cgroup without them. Clients in the remote namespace, ungoverned, so only the servers' side pays. {SOCKET_ROUNDS} rounds, each measuring both sets in alternating order; medians over the rounds. TCP: one connection writing 128 KiB buffers for {SOCKET_STREAM_SECONDS} s to a server that reads it to its end (the established path: one socket-state check per packet, the source-route check on each ACK). UDP: {SOCKET_EXCHANGES} sequential exchanges with an echo server from an unconnected client socket (the server's unconnected socket: one peer lookup per datagram at ingress, one at the answer's `sendmsg()`). Connect: {SOCKET_CONNECTS} blocking loopback `connect()`s per round and set from a client in the set's cgroup to a server that accepts and closes, each connection closed with a reset ({} per set over the run; the governed client's `connect()` is decided by `connect4`, its SYN passes `skb_egress` and meets the listener's `skb_ingress`). Machine: {}.\n\nReproduce: `./x bench socket` (as root)\n\n{table}\nTargets: at most 3% throughput loss, at most 5% added p50 latency (UDP request/response and `connect()`). Veth throughput on two cores moves by several percent between rounds; the alternation and the medians are there to keep that out of the comparison.\n\n",
+        SOCKET_CONNECTS * SOCKET_ROUNDS,
         machine(),
     );
     let path = write_section(&tools.root, "socket-layer", &body)?;

@@ -1,6 +1,6 @@
-//! `enforcer-bench-socket ROUNDS SECONDS EXCHANGES`: what the per-socket layer costs an
-//! established TCP stream and a UDP request/response loop, with and without the cgroup
-//! hooks, in one run.
+//! `enforcer-bench-socket ROUNDS SECONDS EXCHANGES CONNECTS`: what the cgroup hooks (the
+//! per-socket layer among them) cost an established TCP stream, a UDP request/response
+//! loop and loopback `connect()`, with and without them, in one run.
 //!
 //! A veth pair joins this host to a remote namespace. Two identical sets of servers run on
 //! this host's end: one in a cgroup the enforcer's cgroup hooks (the per-socket ingress
@@ -12,10 +12,14 @@
 //!   reads it to its end and answers with the byte count; Gbit/s of what the server read.
 //! - `udp`: EXCHANGES datagrams, each sent from an unconnected socket and its echo awaited
 //!   before the next; the round's p50 and p99 round-trip time.
+//! - `connect`: CONNECTS loopback connections, one after the other, from a client in the
+//!   set's cgroup to a server of the set that accepts and closes (the governed client's
+//!   `connect()` is decided by the `connect4` hook); the round's p50 and p99 duration of
+//!   `connect()`.
 //!
 //! Prints one line per figure, `NAME with|without VALUE`: `tcp-gbps` (median over the
-//! rounds), `udp-p50-us` and `udp-p99-us` (medians over the rounds). Run by
-//! `./x bench socket`, which writes the table.
+//! rounds), `udp-p50-us`, `udp-p99-us`, `connect-p50-us` and `connect-p99-us` (medians
+//! over the rounds). Run by `./x bench socket`, which writes the table.
 
 use std::{
     fs::File,
@@ -36,24 +40,32 @@ use enforcer_tests::{
 const STREAM_PORT: u16 = 18_090;
 /// The UDP port of the echo servers (the ungoverned set uses the next port of each).
 const ECHO_PORT: u16 = 18_091;
+/// The loopback TCP port of the accepting servers (the ungoverned set uses the next).
+const CONNECT_PORT: u16 = 18_094;
 /// How long a client waits for one answer before the benchmark fails.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let parsed = match args.as_slice() {
-        [rounds, seconds, exchanges] => rounds
+        [rounds, seconds, exchanges, connects] => rounds
             .parse::<usize>()
             .ok()
             .zip(seconds.parse::<f64>().ok())
-            .zip(exchanges.parse::<usize>().ok()),
+            .zip(exchanges.parse::<usize>().ok())
+            .zip(connects.parse::<u32>().ok()),
         _ => None,
     };
-    let Some(((rounds, seconds), exchanges)) = parsed else {
-        eprintln!("usage: enforcer-bench-socket ROUNDS SECONDS EXCHANGES");
+    let Some((((rounds, seconds), exchanges), connects)) = parsed else {
+        eprintln!("usage: enforcer-bench-socket ROUNDS SECONDS EXCHANGES CONNECTS");
         return ExitCode::from(2);
     };
-    match bench(rounds.max(1), seconds, exchanges.max(1)) {
+    let load = Load {
+        seconds,
+        exchanges: exchanges.max(1),
+        connects: connects.max(1),
+    };
+    match bench(rounds.max(1), &load) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("enforcer-bench-socket: {err}");
@@ -62,15 +74,33 @@ fn main() -> ExitCode {
     }
 }
 
-/// One set of servers on this host's end of the pair.
-struct Servers {
-    stream: Server,
-    echo: Server,
+/// What each round asks of each set.
+struct Load {
+    /// Seconds of streaming.
+    seconds: f64,
+    /// UDP request/response exchanges.
+    exchanges: usize,
+    /// Loopback connections.
+    connects: u32,
 }
 
-impl Servers {
-    fn start(host: IpAddr, port_offset: u16, cgroup: &TestCgroup) -> Self {
+/// One set of servers on this host's end of the pair, and the cgroup its loopback
+/// client runs in.
+struct Servers<'a> {
+    cgroup: &'a TestCgroup,
+    stream: Server,
+    echo: Server,
+    accept: Server,
+}
+
+impl<'a> Servers<'a> {
+    fn start(host: IpAddr, port_offset: u16, cgroup: &'a TestCgroup) -> Self {
+        let loopback = IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
         Self {
+            cgroup,
+            accept: Spawn::tcp_accept(SocketAddr::new(loopback, CONNECT_PORT + port_offset))
+                .cgroup(cgroup)
+                .serve(),
             stream: Spawn::tcp_sink(SocketAddr::new(host, STREAM_PORT + 2 * port_offset))
                 .cgroup(cgroup)
                 .serve(),
@@ -86,9 +116,11 @@ struct Round {
     gbps: f64,
     p50_us: f64,
     p99_us: f64,
+    connect_p50_us: f64,
+    connect_p99_us: f64,
 }
 
-fn bench(rounds: usize, seconds: f64, exchanges: usize) -> Result<(), String> {
+fn bench(rounds: usize, load: &Load) -> Result<(), String> {
     let remote = Netns::new();
     let veth = Veth::new(&remote);
     let parent = TestCgroup::new();
@@ -98,7 +130,7 @@ fn bench(rounds: usize, seconds: f64, exchanges: usize) -> Result<(), String> {
         r#"
 [segments.bench]
 cgroups = ["{}"]
-ports = ["{STREAM_PORT}/tcp", "{ECHO_PORT}/udp"]
+ports = ["{STREAM_PORT}/tcp", "{ECHO_PORT}/udp", "{CONNECT_PORT}/tcp"]
 
 [segments.clients]
 cidrs = ["{}/32"]
@@ -108,6 +140,12 @@ id = "clients-to-bench"
 from = ["clients"]
 to = ["bench"]
 ports = ["{STREAM_PORT}/tcp", "{ECHO_PORT}/udp"]
+
+[[allow]]
+id = "bench-to-itself"
+from = ["bench"]
+to = ["bench"]
+ports = ["{CONNECT_PORT}/tcp"]
 "#,
         governed.relative_path(),
         veth.peer_v4
@@ -126,18 +164,23 @@ ports = ["{STREAM_PORT}/tcp", "{ECHO_PORT}/udp"]
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for set in order {
             let servers = if set == 0 { &with } else { &without };
-            let stream = servers.stream.addr;
-            let echo = servers.echo.addr;
-            let netns = netns.try_clone().map_err(|e| e.to_string())?;
-            let measured =
-                std::thread::spawn(move || measure(&netns, stream, echo, seconds, exchanges))
-                    .join()
-                    .map_err(|_| "the client thread panicked".to_owned())??;
-            figures[set].push(measured);
+            let round_figures = measure(servers, &netns, load)?;
+            // Each round's figures, for a reader of the raw output; the table uses the
+            // medians below.
+            println!(
+                "round {round} {}: {:.3} Gbit/s, udp {:.2}/{:.2} us, connect {:.2}/{:.2} us",
+                if set == 0 { "with" } else { "without" },
+                round_figures.gbps,
+                round_figures.p50_us,
+                round_figures.p99_us,
+                round_figures.connect_p50_us,
+                round_figures.connect_p99_us,
+            );
+            figures[set].push(round_figures);
         }
     }
-    // Every exchange with the governed servers went through the hooks: their counters say
-    // the stream's SYN and the first datagram were decided, and nothing was refused.
+    // The governed set went through the hooks: the stream's SYN, the first datagram and
+    // the connections were decided (the connections' records folded by de-duplication).
     let counters = loader.counters().map_err(|e| e.to_string())?;
     let decided: u64 = counters.by_reason.iter().map(|c| c.count).sum();
     if decided < 2 {
@@ -155,27 +198,55 @@ ports = ["{STREAM_PORT}/tcp", "{ECHO_PORT}/udp"]
             "udp-p99-us {label} {:.2}",
             median(set.iter().map(|r| r.p99_us))
         );
+        println!(
+            "connect-p50-us {label} {:.2}",
+            median(set.iter().map(|r| r.connect_p50_us))
+        );
+        println!(
+            "connect-p99-us {label} {:.2}",
+            median(set.iter().map(|r| r.connect_p99_us))
+        );
     }
     Ok(())
 }
 
-/// One round against one set of servers, from the remote namespace (`netns`, joined by
-/// this thread only).
-fn measure(
-    netns: &File,
-    stream: SocketAddr,
-    echo: SocketAddr,
-    seconds: f64,
-    exchanges: usize,
-) -> Result<Round, String> {
-    setns_net(netns).map_err(|e| format!("setns: {e}"))?;
-    let gbps = stream_gbps(stream, seconds).map_err(|e| format!("stream to {stream}: {e}"))?;
-    let (p50_us, p99_us) =
-        echo_latency(echo, exchanges).map_err(|e| format!("echo with {echo}: {e}"))?;
+/// One round against one set of servers: the stream and the exchanges from the remote
+/// namespace (`netns`), the connections over loopback from the set's cgroup.
+fn measure(servers: &Servers, netns: &File, load: &Load) -> Result<Round, String> {
+    let (stream, echo) = (servers.stream.addr, servers.echo.addr);
+    let netns = netns.try_clone().map_err(|e| e.to_string())?;
+    let (seconds, exchanges) = (load.seconds, load.exchanges);
+    // A thread of its own joins the remote namespace; the rest of the process stays.
+    let remote = std::thread::spawn(move || -> Result<(f64, (f64, f64)), String> {
+        setns_net(&netns).map_err(|e| format!("setns: {e}"))?;
+        let gbps = stream_gbps(stream, seconds).map_err(|e| format!("stream to {stream}: {e}"))?;
+        let latency =
+            echo_latency(echo, exchanges).map_err(|e| format!("echo with {echo}: {e}"))?;
+        Ok((gbps, latency))
+    })
+    .join()
+    .map_err(|_| "the client thread panicked".to_owned())??;
+    let (gbps, (p50_us, p99_us)) = remote;
+    let (outcome, answer) = Spawn::tcp_connect_timed(servers.accept.addr, load.connects)
+        .cgroup(servers.cgroup)
+        .run_in_background()
+        .outcome_and_answer();
+    if outcome != enforcer_tests::probe::Outcome::Ok {
+        return Err(format!("connects to {}: {outcome:?}", servers.accept.addr));
+    }
+    let times: Vec<f64> = answer
+        .split_whitespace()
+        .filter_map(|ns| ns.parse::<f64>().ok())
+        .collect();
+    let [connect_p50, connect_p99] = times[..] else {
+        return Err(format!("the connect client answered {answer:?}"));
+    };
     Ok(Round {
         gbps,
         p50_us,
         p99_us,
+        connect_p50_us: connect_p50 / 1e3,
+        connect_p99_us: connect_p99 / 1e3,
     })
 }
 

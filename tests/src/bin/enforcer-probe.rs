@@ -26,6 +26,9 @@
 //!
 //! `tcp-sink` is a server that reads each connection to its end and answers with the
 //! number of bytes it read, as one decimal line (the benchmarks' stream receiver).
+//! `tcp-accept` accepts connections and closes them at once. `tcp-connect-timed` makes
+//! COUNT connections one after the other, each closed with a reset (no `TIME_WAIT` left),
+//! and after `ok` prints the p50 and p99 duration of `connect()` in ns.
 //!
 //! `http-serve` is an HTTP/1.1 server (hyper) that answers every request with
 //! `200 OK` and the cgroup it runs in, so a client sees which service answered;
@@ -49,9 +52,9 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 
-const USAGE: &str = "usage: enforcer-probe tcp-serve|tcp-sink|udp-serve|http-serve|raw-socket ADDR:PORT\n       \
+const USAGE: &str = "usage: enforcer-probe tcp-serve|tcp-sink|tcp-accept|udp-serve|http-serve|raw-socket ADDR:PORT\n       \
                      enforcer-probe tcp-connect|udp-send|udp-broadcast|http-get|ping ADDR:PORT TIMEOUT_MS\n       \
-                     enforcer-probe tcp-connect-repeat|tcp-connect-paced|tcp-denied-paced|tcp-denied-burst ADDR:PORT TIMEOUT_MS COUNT\n       \
+                     enforcer-probe tcp-connect-timed|tcp-connect-repeat|tcp-connect-paced|tcp-denied-paced|tcp-denied-burst ADDR:PORT TIMEOUT_MS COUNT\n       \
                      enforcer-probe udp-send-from ADDR:PORT TIMEOUT_MS LOCAL_PORT\n       \
                      enforcer-probe udp-send-route ADDR:PORT VIA TIMEOUT_MS sockopt|cmsg|none [GATE_DIR]";
 
@@ -96,6 +99,8 @@ fn main() -> ExitCode {
     let result = match mode {
         "tcp-serve" => tcp_serve(addr),
         "tcp-sink" => tcp_sink(addr),
+        "tcp-accept" => tcp_accept(addr),
+        "tcp-connect-timed" => tcp_connect_timed(addr, count).map(|times| answer = times),
         "udp-serve" => udp_serve(addr),
         "http-serve" => http_serve(addr),
         "http-get" => http_get(addr, timeout).map(|body| answer = body),
@@ -176,6 +181,46 @@ fn tcp_sink(addr: SocketAddr) -> io::Result<()> {
         });
     }
     Ok(())
+}
+
+/// Accepts every connection to `addr` and closes it at once.
+fn tcp_accept(addr: SocketAddr) -> io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    announce(listener.local_addr()?)?;
+    loop {
+        drop(listener.accept()?);
+    }
+}
+
+/// `count` blocking connections to `addr`, each closed with a reset; the p50 and p99
+/// duration of `connect()` in ns, as one line.
+fn tcp_connect_timed(addr: SocketAddr, count: u32) -> io::Result<String> {
+    let mut times = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let started = std::time::Instant::now();
+        let stream = TcpStream::connect(addr)?;
+        times.push(started.elapsed().as_nanos());
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket and a `linger` of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&stream),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    times.sort_unstable();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    Ok(format!("{} {}\n", at(0.5), at(0.99)))
 }
 
 /// Serves HTTP/1.1 on `addr`, answering every request with `200 OK` and the server's
