@@ -5,7 +5,9 @@
 use enforcer::policy::{compile_sources, source::SourceSet};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let mut sources = SourceSet::default();
     sources.add("fuzz.toml", text);
     match compile_sources(sources) {

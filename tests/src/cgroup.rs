@@ -3,10 +3,27 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError, Weak},
     time::{Duration, Instant},
 };
 
 use crate::{require_root, unique_name};
+
+/// The cgroup of the processes this test process starts without a cgroup of their own
+/// (servers and clients in the host's or a test namespace), so that a killed run's
+/// processes are found by name (`<PREFIX><pid>-<serial>-procs`) and ended by the sweep.
+/// Every holder keeps it; it is removed when the last one drops, and the next call makes
+/// a new one.
+pub fn run_cgroup() -> Arc<TestCgroup> {
+    static RUN: Mutex<Weak<TestCgroup>> = Mutex::new(Weak::new());
+    let mut run = RUN.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(cgroup) = run.upgrade() {
+        return cgroup;
+    }
+    let cgroup = Arc::new(TestCgroup::named(&format!("{}-procs", unique_name())));
+    *run = Arc::downgrade(&cgroup);
+    cgroup
+}
 
 /// A cgroup v2 directory under the discovered cgroup2 mount, removed (with every process
 /// still in it killed) on drop.

@@ -1,10 +1,13 @@
 //! What an interrupted test run or demo left on this host, found by name and removed.
 //!
 //! A test process or demo that is killed outright runs none of its guards' drops: its
-//! namespaces, veth pairs, cgroups, pin directories and files stay, and so do the agents
-//! it started (they are not in its cgroups). Every such object carries a known prefix, so
-//! [`find`] lists them and [`sweep`] removes them; `./x test` sweeps before it starts and
-//! the demo before each run, and the `leftovers` test asserts that a run left nothing.
+//! namespaces, veth pairs, cgroups, pin directories, files and mounts (a tmpfs on an audit
+//! directory) stay, and so do the processes it started. Every such object carries a known
+//! prefix: processes run in a named cgroup (a test's, or the run's own, see
+//! [`crate::cgroup::run_cgroup`]), in a named namespace, or name the run's files on their
+//! command line (agents, rsyslogd). So [`find`] lists them and [`sweep`] removes them;
+//! `./x test` sweeps before it starts and the demo before each run, and the `leftovers`
+//! test asserts that a run left nothing.
 
 use std::{
     fmt, fs,
@@ -13,6 +16,9 @@ use std::{
 };
 
 use crate::{DEMO_PREFIX, LINK_PREFIX, PREFIX, cgroup, cmd::run_quietly};
+
+/// Where this process's mounts are listed.
+const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 /// The names one family of objects carries.
 #[derive(Clone, Copy, Debug)]
@@ -38,7 +44,8 @@ pub const DEMO: Names = Names {
 /// One object left on the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Leftover {
-    /// A process whose command line names one of the temporary files (an agent).
+    /// A process in one of the cgroups, or whose command line names one of the temporary
+    /// files (an agent).
     Process {
         /// Its pid.
         pid: libc::pid_t,
@@ -53,6 +60,8 @@ pub enum Leftover {
     Cgroup(PathBuf),
     /// A directory on bpffs (with whatever is pinned in it).
     Pins(PathBuf),
+    /// A file system mounted on or below one of the temporary files.
+    Mount(PathBuf),
     /// A temporary file or directory.
     Files(PathBuf),
 }
@@ -65,6 +74,7 @@ impl fmt::Display for Leftover {
             Self::Link(name) => write!(f, "interface {name}"),
             Self::Cgroup(path) => write!(f, "cgroup {}", path.display()),
             Self::Pins(path) => write!(f, "pin directory {}", path.display()),
+            Self::Mount(path) => write!(f, "mount {}", path.display()),
             Self::Files(path) => write!(f, "files {}", path.display()),
         }
     }
@@ -75,7 +85,15 @@ impl fmt::Display for Leftover {
 pub fn find(names: Names) -> Vec<Leftover> {
     let ours = |name: &str| name.starts_with(names.objects);
     let temp = std::env::temp_dir();
-    let mut found = processes_naming(&temp.join(names.objects));
+    let cgroups: Vec<PathBuf> = enforcer::host::cgroup2_mount()
+        .map(|root| entries(&root, ours).collect())
+        .unwrap_or_default();
+    let mut found = processes_in(&cgroups);
+    for process in processes_naming(&temp.join(names.objects)) {
+        if !found.contains(&process) {
+            found.push(process);
+        }
+    }
     found.extend(
         entries(Path::new("/run/netns"), ours)
             .map(name_of)
@@ -88,12 +106,83 @@ pub fn find(names: Names) -> Vec<Leftover> {
                 .map(Leftover::Link),
         );
     }
-    if let Ok(root) = enforcer::host::cgroup2_mount() {
-        found.extend(entries(&root, ours).map(Leftover::Cgroup));
-    }
+    found.extend(cgroups.into_iter().map(Leftover::Cgroup));
     found.extend(entries(Path::new(enforcer::host::DEFAULT_BPFFS), ours).map(Leftover::Pins));
-    found.extend(entries(&temp, ours).map(Leftover::Files));
+    let files: Vec<PathBuf> = entries(&temp, ours).collect();
+    let mounts = fs::read_to_string(MOUNTINFO).unwrap_or_default();
+    for path in &files {
+        found.extend(mounts_below(&mounts, path).map(Leftover::Mount));
+    }
+    found.extend(files.into_iter().map(Leftover::Files));
     found
+}
+
+/// The mount points in `mountinfo` (the text of a `/proc/<pid>/mountinfo`) that are `path`
+/// or below it, deepest first, so each can be unmounted in turn.
+pub fn mounts_below(mountinfo: &str, path: &Path) -> impl Iterator<Item = PathBuf> {
+    let mut found: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|point| PathBuf::from(unescape_mount_point(point)))
+        .filter(|point| point.starts_with(path))
+        .collect();
+    found.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+    found.dedup();
+    found.into_iter()
+}
+
+/// A mount point as the kernel writes it in mountinfo: space, tab, newline and backslash
+/// as a backslash and three octal digits (`\040`).
+fn unescape_mount_point(escaped: &str) -> String {
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let octal = bytes
+            .get(at + 1..at + 4)
+            .filter(|digits| bytes[at] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)))
+            .and_then(|digits| u8::from_str_radix(std::str::from_utf8(digits).ok()?, 8).ok());
+        match octal {
+            Some(byte) => {
+                out.push(byte);
+                at += 4;
+            }
+            None => {
+                out.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The live processes in the cgroups `dirs` and below them.
+fn processes_in(dirs: &[PathBuf]) -> Vec<Leftover> {
+    let mut found = Vec::new();
+    let mut pending = dirs.to_vec();
+    while let Some(dir) = pending.pop() {
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|line| line.trim().parse().ok()) {
+            if alive(pid) {
+                found.push(Leftover::Process {
+                    pid,
+                    command: command_line(pid).join(" "),
+                });
+            }
+        }
+        pending.extend(entries(&dir, |_| true).filter(|path| path.is_dir()));
+    }
+    found
+}
+
+/// The arguments of process `pid` (empty once it has gone).
+fn command_line(pid: libc::pid_t) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|byte| *byte == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
 }
 
 /// Removes every object named like `names`: kills the processes (also those inside its
@@ -130,6 +219,23 @@ fn remove(leftover: &Leftover) {
         }
         Leftover::Cgroup(path) => cgroup::remove_tree(path)
             .unwrap_or_else(|err| panic!("cannot remove {leftover}: {err}")),
+        Leftover::Mount(path) => {
+            let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+                .unwrap_or_else(|err| panic!("cannot unmount {leftover}: {err}"));
+            // Mounts stacked on one point come off one at a time.
+            while fs::read_to_string(MOUNTINFO)
+                .is_ok_and(|mounts| mounts_below(&mounts, path).any(|point| point == *path))
+            {
+                // SAFETY: umount2 reads the NUL-terminated path, which outlives the call.
+                let rc = unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
+                assert_eq!(
+                    rc,
+                    0,
+                    "cannot unmount {leftover}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
         Leftover::Pins(path) | Leftover::Files(path) => {
             let removed = if path.is_dir() {
                 fs::remove_dir_all(path)
@@ -168,13 +274,8 @@ fn processes_naming(prefix: &Path) -> Vec<Leftover> {
         name.parse::<u32>().is_ok_and(|pid| pid != own)
     })
     .filter_map(|dir| {
-        let pid = name_of(dir.clone()).parse().ok()?;
-        let cmdline = fs::read(dir.join("cmdline")).ok()?;
-        let args: Vec<String> = cmdline
-            .split(|byte| *byte == 0)
-            .filter(|arg| !arg.is_empty())
-            .map(|arg| String::from_utf8_lossy(arg).into_owned())
-            .collect();
+        let pid = name_of(dir).parse().ok()?;
+        let args = command_line(pid);
         (alive(pid) && args.iter().any(|arg| arg.contains(&prefix))).then(|| Leftover::Process {
             pid,
             command: args.join(" "),
@@ -219,5 +320,31 @@ fn wait_until(done: impl Fn() -> bool, failure: &str) {
     while !done() {
         assert!(Instant::now() < deadline, "{failure} (waited 5 s)");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_below_a_path_are_listed_deepest_first_and_unescaped() {
+        let mountinfo = "\
+22 1 0:21 / /tmp rw,relatime shared:2 - tmpfs tmpfs rw
+40 22 0:40 / /tmp/enforcer-test-1-0/audit rw - tmpfs tmpfs rw,size=1024k
+41 40 0:41 / /tmp/enforcer-test-1-0/audit rw - tmpfs tmpfs rw,size=1024k
+42 22 0:42 / /tmp/enforcer-test-1-0/a\\040b/c rw - tmpfs tmpfs rw
+43 22 0:43 / /tmp/enforcer-test-1-01 rw - tmpfs tmpfs rw
+";
+        let found: Vec<PathBuf> =
+            mounts_below(mountinfo, Path::new("/tmp/enforcer-test-1-0")).collect();
+        assert_eq!(
+            found,
+            [
+                PathBuf::from("/tmp/enforcer-test-1-0/a b/c"),
+                PathBuf::from("/tmp/enforcer-test-1-0/audit"),
+            ]
+        );
+        assert_eq!(unescape_mount_point("a\\134b\\011c\\0"), "a\\b\tc\\0");
     }
 }

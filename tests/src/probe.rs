@@ -7,6 +7,7 @@ use std::{
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Arc,
 };
 
 use crate::{cgroup::TestCgroup, netns::Netns};
@@ -117,7 +118,11 @@ impl Drop for Gate {
     }
 }
 
-/// A probe process about to start, with the namespace and cgroup it will run in.
+/// A probe process about to start, with the namespace and cgroup it will run in. A
+/// process given no cgroup runs in this test process's [`run_cgroup`], so that it is
+/// found and ended if the run is killed.
+///
+/// [`run_cgroup`]: crate::cgroup::run_cgroup
 #[derive(Debug)]
 pub struct Spawn {
     command: Command,
@@ -324,27 +329,29 @@ impl Spawn {
 
     /// Runs the process inside `cgroup` from its first instruction.
     pub fn cgroup(mut self, cgroup: &TestCgroup) -> Self {
-        let procs = OpenOptions::new()
-            .write(true)
-            .open(cgroup.procs_file())
-            .unwrap_or_else(|err| panic!("cannot open {}: {err}", cgroup.procs_file().display()));
-        self.cgroup_procs = Some(procs);
+        self.cgroup_procs = Some(open_procs(cgroup));
         self
     }
 
-    fn start(mut self, stdout: Stdio) -> Child {
+    /// Starts the process; returns it with the run cgroup it was put in, if it was given
+    /// no cgroup, which its guard holds while it runs.
+    fn start(mut self, stdout: Stdio) -> (Child, Option<Arc<TestCgroup>>) {
         let netns = self.netns.take();
-        let procs = self.cgroup_procs.take();
+        let (procs, run_cgroup) = match self.cgroup_procs.take() {
+            Some(procs) => (procs, None),
+            None => {
+                let run = crate::cgroup::run_cgroup();
+                (open_procs(&run), Some(run))
+            }
+        };
         // SAFETY: the closure only makes async-signal-safe system calls (write, setns) on
         // file descriptors opened before the fork.
         unsafe {
             self.command.pre_exec(move || {
-                if let Some(procs) = &procs {
-                    // "0" moves the writing process: the child, before it execs.
-                    let rc = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
-                    if rc != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                // "0" moves the writing process: the child, before it execs.
+                let rc = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                if rc != 1 {
+                    return Err(std::io::Error::last_os_error());
                 }
                 if let Some(netns) = &netns {
                     crate::netns::setns_net(netns)?;
@@ -352,16 +359,18 @@ impl Spawn {
                 Ok(())
             });
         }
-        self.command
+        let child = self
+            .command
             .stdout(stdout)
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {:?}: {err}", self.command))
+            .unwrap_or_else(|err| panic!("cannot start {:?}: {err}", self.command));
+        (child, run_cgroup)
     }
 
     /// Starts a server and waits until it is bound.
     pub fn serve(self) -> Server {
-        let mut child = self.start(Stdio::piped());
+        let (mut child, run_cgroup) = self.start(Stdio::piped());
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
         BufReader::new(stdout)
@@ -371,6 +380,7 @@ impl Spawn {
         let mut server = Server {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             child,
+            _run_cgroup: run_cgroup,
         };
         server.addr = line
             .trim()
@@ -387,16 +397,28 @@ impl Spawn {
 
     /// Starts a client; [`Client::outcome`] waits for what it observed.
     pub fn run_in_background(self) -> Client {
+        let (child, run_cgroup) = self.start(Stdio::piped());
         Client {
-            child: Some(self.start(Stdio::piped())),
+            child: Some(child),
+            _run_cgroup: run_cgroup,
         }
     }
+}
+
+/// Opens `cgroup`'s `cgroup.procs` for writing.
+fn open_procs(cgroup: &TestCgroup) -> File {
+    OpenOptions::new()
+        .write(true)
+        .open(cgroup.procs_file())
+        .unwrap_or_else(|err| panic!("cannot open {}: {err}", cgroup.procs_file().display()))
 }
 
 /// A client process running in the background, killed on drop unless waited for.
 #[derive(Debug)]
 pub struct Client {
     child: Option<Child>,
+    /// Dropped after the process is ended.
+    _run_cgroup: Option<Arc<TestCgroup>>,
 }
 
 impl Client {
@@ -455,6 +477,8 @@ pub struct Server {
     /// The address it is bound to.
     pub addr: SocketAddr,
     child: Child,
+    /// Dropped after the process is ended.
+    _run_cgroup: Option<Arc<TestCgroup>>,
 }
 
 impl Server {

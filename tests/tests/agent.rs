@@ -39,10 +39,57 @@ fn attachments(status: &serde_json::Value) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
+/// Whether `err` says the object it was about has gone (ENOENT): it was freed between
+/// the kernel listing its id and the lookup of that id.
+fn gone(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error() == Some(libc::ENOENT);
+        }
+        cause = err.source();
+    }
+    false
+}
+
+/// Every object of one kind the kernel lists; panics if it cannot list them, so a failed
+/// enumeration never passes for "nothing left". Objects that go while they are listed
+/// (other tests run on this host) are skipped.
+fn listed<T, E: std::error::Error + 'static>(
+    objects: impl Iterator<Item = Result<T, E>>,
+    what: &str,
+) -> Vec<T> {
+    objects
+        .filter_map(|object| match object {
+            Ok(object) => Some(object),
+            Err(err) if gone(&err) => None,
+            Err(err) => panic!("cannot list the kernel's {what}: {err}"),
+        })
+        .collect()
+}
+
+/// The ids of every BPF link, program and map the kernel has now.
+fn kernel_objects() -> [BTreeSet<u64>; 3] {
+    [
+        listed(loaded_links(), "links")
+            .iter()
+            .map(|link| u64::from(link.id()))
+            .collect(),
+        listed(loaded_programs(), "programs")
+            .iter()
+            .map(|program| u64::from(program.id()))
+            .collect(),
+        listed(loaded_maps(), "maps")
+            .iter()
+            .map(|map| u64::from(map.id()))
+            .collect(),
+    ]
+}
+
 /// How many kernel links run one of `programs`.
 fn links_running(programs: &BTreeSet<u64>) -> usize {
-    loaded_links()
-        .filter_map(Result::ok)
+    listed(loaded_links(), "links")
+        .iter()
         .filter(|link| programs.contains(&u64::from(link.program_id())))
         .count()
 }
@@ -182,13 +229,15 @@ fn an_invalid_policy_is_refused_and_the_active_one_stays_in_force() {
     });
 }
 
-fn ids_of_pinned_maps(dir: &Path) -> BTreeSet<u32> {
+fn ids_of_pinned_maps(dir: &Path) -> BTreeSet<u64> {
     std::fs::read_dir(dir)
         .expect("maps pin directory")
         .map(|entry| {
-            aya::maps::MapInfo::from_pin(entry.expect("entry").path())
-                .expect("map info")
-                .id()
+            u64::from(
+                aya::maps::MapInfo::from_pin(entry.expect("entry").path())
+                    .expect("map info")
+                    .id(),
+            )
         })
         .collect()
 }
@@ -217,6 +266,20 @@ fn sigterm_keeps_enforcement_and_uninstall_leaves_nothing_of_ours_in_the_kernel(
         "enforcement ended with the agent: {outcome:?}"
     );
 
+    // What the kernel lists holds every object of ours now, so an empty answer after the
+    // uninstall means they went, not that the listing failed.
+    let ours = [&links, &programs, &maps];
+    for (kind, (listed, ours)) in ["links", "programs", "maps"]
+        .iter()
+        .zip(kernel_objects().iter().zip(ours))
+    {
+        assert!(
+            ours.is_subset(listed),
+            "the kernel does not list the agent's {kind} {:?}",
+            ours.difference(listed).collect::<Vec<_>>()
+        );
+    }
+
     let output = agent.command(&["uninstall"]);
     assert!(
         output.status.success(),
@@ -234,21 +297,10 @@ fn sigterm_keeps_enforcement_and_uninstall_leaves_nothing_of_ours_in_the_kernel(
     // The kernel frees objects shortly after their last reference goes.
     let started = Instant::now();
     loop {
-        let left_links: Vec<u32> = loaded_links()
-            .filter_map(Result::ok)
-            .map(|link| link.id())
-            .filter(|id| links.contains(&u64::from(*id)))
-            .collect();
-        let left_programs: Vec<u32> = loaded_programs()
-            .filter_map(Result::ok)
-            .map(|program| program.id())
-            .filter(|id| programs.contains(&u64::from(*id)))
-            .collect();
-        let left_maps: Vec<u32> = loaded_maps()
-            .filter_map(Result::ok)
-            .map(|map| map.id())
-            .filter(|id| maps.contains(id))
-            .collect();
+        let [all_links, all_programs, all_maps] = kernel_objects();
+        let left_links: Vec<&u64> = all_links.intersection(&links).collect();
+        let left_programs: Vec<&u64> = all_programs.intersection(&programs).collect();
+        let left_maps: Vec<&u64> = all_maps.intersection(&maps).collect();
         if left_links.is_empty() && left_programs.is_empty() && left_maps.is_empty() {
             break;
         }

@@ -346,10 +346,20 @@ impl Client<'_> {
     }
 }
 
-/// A full disk under `on_write_error = action`: `check` runs once a write has failed;
-/// then the agent is killed and restarted while the disk is still full, space returns,
-/// and writing must resume by itself, with every event stored or counted in a gap.
-fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &Client)) {
+/// Where a full-disk test stands when it runs its check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DiskFull {
+    /// The agent's writes fail; the log of this start says so.
+    Failing(u32),
+    /// The agent was killed while its writes failed and has not been restarted.
+    AgentDown,
+}
+
+/// A full disk under `on_write_error = action`: `check` runs once a write has failed,
+/// again after the agent is killed (before it restarts), and again once the restarted
+/// agent has failed a write on the still full disk; then space returns, and writing must
+/// resume by itself, with every event stored or counted in a gap.
+fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &Client, DiskFull)) {
     let site = PeerSite::new(&[ALLOWED_PORT]);
     let client = Client {
         site: &site,
@@ -375,7 +385,7 @@ fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &Client)) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    check(&agent, &client);
+    check(&agent, &client, DiskFull::Failing(1));
     assert!(
         agent.is_running(),
         "the agent survived the full disk:\n{}",
@@ -384,6 +394,7 @@ fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &Client)) {
 
     // A crash and a restart on the full disk: the agent starts and enforces.
     agent.kill();
+    check(&agent, &client, DiskFull::AgentDown);
     let second = agent.start();
     assert!(client.connect(DENIED_PORT).is_eperm());
     let started = Instant::now();
@@ -395,6 +406,7 @@ fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &Client)) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    check(&agent, &client, DiskFull::Failing(second));
 
     // Space returns: writing resumes by itself, and every attempt is a record or counted
     // in a gap record.
@@ -435,28 +447,39 @@ fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &Client)) {
 
 #[test]
 fn a_full_disk_keeps_enforcing_and_recovers_with_a_gap_record() {
-    full_disk("keep-enforcing", "127.0.0.1:19623", |_, client| {
+    full_disk("keep-enforcing", "127.0.0.1:19623", |_, client, when| {
         assert_eq!(
             client.connect(ALLOWED_PORT),
             Outcome::Ok,
-            "allowed flows pass while audit records cannot be written"
+            "allowed flows pass while audit records cannot be written ({when:?})"
         );
-        assert!(client.connect(DENIED_PORT).is_eperm());
+        assert!(client.connect(DENIED_PORT).is_eperm(), "{when:?}");
     });
 }
 
 #[test]
 fn a_full_disk_fails_closed_when_configured_and_recovers() {
-    full_disk("fail-closed", "127.0.0.1:19624", |agent, client| {
+    // The switch is a pinned flag: it holds while the agent is dead, and the restarted
+    // agent, which clears it, sets it again once its own write fails.
+    full_disk("fail-closed", "127.0.0.1:19624", |agent, client, when| {
+        if let DiskFull::Failing(start) = when {
+            // The agent logs the switch right after the failed write it follows.
+            let started = Instant::now();
+            while !agent.log(start).contains("fail-closed: every new flow") {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "the agent says it fails closed:\n{}",
+                    agent.log(start)
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let outcome = client.connect(ALLOWED_PORT);
         assert!(
-            agent.log(1).contains("fail-closed"),
-            "the agent says it fails closed:\n{}",
-            agent.log(1)
+            outcome.is_eperm(),
+            "an allowed flow is denied while audit records cannot be written ({when:?}): {outcome:?}"
         );
-        assert!(
-            client.connect(ALLOWED_PORT).is_eperm(),
-            "an allowed flow is denied while audit records cannot be written"
-        );
+        assert!(client.connect(DENIED_PORT).is_eperm(), "{when:?}");
     });
 }
 

@@ -123,9 +123,22 @@ fn segment_egress_is_allowed_or_refused_with_eperm() {
             "host to {ip}:5432 should get EPERM, got {denied:?}"
         );
     }
-    // IPv4-mapped IPv6 destinations are decided as IPv4.
+    // IPv4-mapped IPv6 destinations are decided as IPv4: the peer's mapped address is db,
+    // so what the rules allow to db passes (a wrong class, `world`, would be refused) and
+    // what they do not is refused.
     let mapped: IpAddr = veth.peer_v4.to_ipv6_mapped().into();
+    assert_eq!(
+        tcp(&api, mapped, 5432),
+        Outcome::Ok,
+        "allowed TCP to {mapped}"
+    );
+    assert_eq!(
+        udp(&api, mapped, 5353),
+        Outcome::Ok,
+        "allowed UDP to {mapped}"
+    );
     assert!(tcp(&api, mapped, 5433).is_eperm());
+    assert!(udp(&api, mapped, 5354).is_eperm());
 }
 
 #[test]
@@ -296,6 +309,26 @@ fn every_egress_decision_is_recorded_with_the_rule_that_made_it() {
     assert_eq!((allow_rule.allow, allow_rule.deny), (2, 0));
     let deny_rule = rule_counters(&mut loader, &image, "api-not-db-admin");
     assert_eq!((deny_rule.allow, deny_rule.deny), (0, 2));
+
+    // An IPv4-mapped destination is db's address, so db's rule decides it and the record
+    // names db, not `world` and `default-deny`.
+    let mapped = veth.peer_v4.to_ipv6_mapped();
+    assert!(tcp(&api, IpAddr::from(mapped), 5434).is_eperm());
+    let recorded = drain(&mut events);
+    let denied_mapped = the_event(&recorded, Hook::Connect6, 5434);
+    assert_eq!(
+        (
+            denied_mapped.verdict,
+            decided_by(&image, &denied_mapped).as_str()
+        ),
+        (Verdict::Deny as u8, "api-not-db-admin")
+    );
+    assert_eq!(denied_mapped.dst_segment, segment_id(&image, "db"));
+    assert_eq!(
+        denied_mapped.dst_addr,
+        mapped.octets(),
+        "the record names the address connected to"
+    );
 
     // Audit mode: the would-be denial passes and is recorded as `audit`, by the same rule.
     let root = enforcer::host::cgroup2_mount().expect("cgroup2");

@@ -31,7 +31,8 @@ enum Command {
     Check,
     /// Setup, checks, then every test tier: unit and property tests, then (after removing
     /// what an interrupted earlier run left) the privileged kernel tests (root required;
-    /// nothing is skipped), then the leftovers check.
+    /// nothing is skipped), then the leftovers check, then a bounded run of every fuzz
+    /// target.
     Test,
     /// Setup, build, and run the demo enclave: sandboxed hosts and services, the real
     /// agent with `policies/demo/`, a traffic matrix, the audit trail; then clean up.
@@ -42,11 +43,14 @@ enum Command {
         #[command(subcommand)]
         which: BenchCommand,
     },
-    /// Fuzz the policy parser with cargo-fuzz for a bounded time.
+    /// Fuzz with cargo-fuzz for a bounded time: the policy, config, bundle, audit record
+    /// and audit verify targets, each seeded with its corpus under `fuzz/corpus/`.
     Fuzz {
-        /// How long to fuzz.
+        /// How long to fuzz each target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// The targets to fuzz (default: every one).
+        targets: Vec<String>,
     },
 }
 
@@ -90,7 +94,9 @@ fn main() -> ExitCode {
         Command::Bench {
             which: BenchCommand::Socket,
         } => setup::run().and_then(|tools| bench::socket(&tools)),
-        Command::Fuzz { seconds } => setup::run().and_then(|tools| fuzz::run(&tools, seconds)),
+        Command::Fuzz { seconds, targets } => {
+            setup::run().and_then(|tools| fuzz::run(&tools, &targets, seconds))
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

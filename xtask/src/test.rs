@@ -2,8 +2,9 @@
 //!
 //! Tier 1 (host unit and property tests) runs unprivileged; tier 2 and 3 (kernel program
 //! tests through `BPF_PROG_TEST_RUN`, and namespaces/cgroups/real processes) live in the
-//! `enforcer-tests` package and need root. Nothing is skipped: without root the run fails,
-//! and an ignored test fails the run under `CI=true`.
+//! `enforcer-tests` package and need root. Last, every fuzz target runs for
+//! [`fuzz::TEST_SECONDS_PER_TARGET`] from its corpus. Nothing is skipped: without root the
+//! run fails, and an ignored test fails the run under `CI=true`.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -13,7 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    check,
+    check, fuzz,
     run::{Tools, describe},
 };
 
@@ -148,6 +149,10 @@ pub fn run(tools: &Tools) -> anyhow::Result<()> {
             failed_tiers.push(name);
         }
         total.add(counts);
+    }
+    if let Err(err) = fuzz::run(tools, &[], fuzz::TEST_SECONDS_PER_TARGET) {
+        eprintln!("tier fuzz: {err:#}");
+        failed_tiers.push("fuzz");
     }
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     if ci && total.ignored > 0 {

@@ -23,7 +23,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject as _};
@@ -223,7 +223,9 @@ pub fn frame(line: &str, record: &Record, pid: u32) -> Vec<u8> {
         (Kind::Flow, Some("audit")) => 5,
         _ => 6,
     };
-    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(record.time).unwrap_or(0));
+    // A time RFC 3339 cannot write (a corrupt or forged record's) is sent as the NILVALUE
+    // rather than formatted, which would panic.
+    let timestamp = super::record::rfc3339(record.time).unwrap_or_else(|| "-".to_owned());
     let hostname: String = record
         .device
         .hostname
@@ -234,7 +236,7 @@ pub fn frame(line: &str, record: &Record, pid: u32) -> Vec<u8> {
     let message = format!(
         "<{}>1 {} {} enforcer {pid} {} - {line}",
         FACILITY_AUDIT * 8 + severity,
-        humantime::format_rfc3339_millis(time),
+        timestamp,
         if hostname.is_empty() { "-" } else { &hostname },
         match record.unmapped.kind {
             Kind::Flow => "flow",
@@ -460,5 +462,23 @@ mod tests {
             "{message}"
         );
         assert!(message.ends_with(&line));
+    }
+
+    #[test]
+    fn a_time_rfc3339_cannot_write_is_framed_as_the_nilvalue() {
+        // Found by the audit_record fuzz target: formatting year 10000 panicked.
+        for time in [i64::MAX, 253_402_300_800_000, -1] {
+            let record = Record::new(Kind::Gap, time, "host-a", "3 lost".into());
+            let line = serde_json::to_string(&record).unwrap();
+            let framed = String::from_utf8(frame(&line, &record, 42)).unwrap();
+            assert!(
+                framed.contains("<107>1 - host-a enforcer 42 gap - {"),
+                "{framed}"
+            );
+        }
+        let record = Record::new(Kind::Gap, 253_402_300_799_999, "host-a", "3 lost".into());
+        let line = serde_json::to_string(&record).unwrap();
+        let framed = String::from_utf8(frame(&line, &record, 42)).unwrap();
+        assert!(framed.contains(" 9999-12-31T23:59:59.999Z "), "{framed}");
     }
 }

@@ -286,6 +286,19 @@ pub struct RemovedFile {
     pub seal_hash: String,
 }
 
+/// The last instant RFC 3339 can write (four-digit years), 9999-12-31T23:59:59.999Z, in
+/// ms since the epoch.
+const LAST_RFC3339_MS: u64 = 253_402_300_799_999;
+
+/// A record time (ms since the epoch) as RFC 3339 with milliseconds (UTC), or `None` for
+/// a time RFC 3339 cannot write (before the epoch, or after the year 9999: only a corrupt
+/// or forged record has one).
+pub fn rfc3339(ms: i64) -> Option<String> {
+    let ms = u64::try_from(ms).ok().filter(|ms| *ms <= LAST_RFC3339_MS)?;
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    Some(humantime::format_rfc3339_millis(time).to_string())
+}
+
 impl Record {
     /// A record of `kind` with the common fields filled in; the store sets the sequence
     /// number and the chain.

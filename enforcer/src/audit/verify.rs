@@ -1,8 +1,9 @@
 //! `enforcer audit verify`: walks a store's chain from its first file to `HEAD` and names
 //! the first record that does not fit: an edited record (its hash), a deleted, inserted
 //! or reordered one (sequence numbers and `prev` links), a truncated file (no seal, or
-//! fewer records than its seal or `HEAD` say) and a removed file (numbering, or a first
-//! file no retention record accounts for).
+//! fewer records than its seal or `HEAD` say), a removed file (numbering, or a first
+//! file no retention record accounts for) and a chain rewritten up to its end (the record
+//! `HEAD` names has another hash or is in another file than `HEAD` says).
 
 use std::{
     collections::BTreeMap,
@@ -73,6 +74,11 @@ struct Walk {
     last: Option<(u64, Hash)>,
     /// Retention records seen: removed file number → (last sequence, seal hash).
     removed: BTreeMap<u64, (u64, String)>,
+    /// The sequence number `HEAD` names, if there is a `HEAD`.
+    head_sequence: Option<u64>,
+    /// Where the record `HEAD` names was found: its file's number and path, its line and
+    /// its hash.
+    head_record: Option<(u64, PathBuf, usize, Hash)>,
 }
 
 /// Verifies the store in `dir`.
@@ -83,6 +89,8 @@ pub fn verify(dir: &Path) -> Result<Outcome, std::io::Error> {
         summary: Summary::default(),
         last: None,
         removed: BTreeMap::new(),
+        head_sequence: head.as_ref().map(|head| head.sequence),
+        head_record: None,
     };
     let Some(first) = segments.first() else {
         return Ok(match head {
@@ -156,8 +164,56 @@ pub fn verify(dir: &Path) -> Result<Outcome, std::io::Error> {
                 ),
             }));
         }
+        if let Err(broken) = check_head(&head, &walk, &first.path, first_sequence) {
+            return Ok(Err(broken));
+        }
     }
     Ok(Ok(walk.summary))
+}
+
+/// The record `HEAD` names (the chain's end when the writer last updated `HEAD`, at most
+/// a few records before the store's end) must be in the file `HEAD` says, with the hash
+/// `HEAD` says: a chain rewritten from some record to its end, every hash and link
+/// recomputed, still ends in another hash.
+fn check_head(
+    head: &files::HeadRecord,
+    walk: &Walk,
+    first_path: &Path,
+    first_sequence: u64,
+) -> Result<(), Break> {
+    let Some((file, path, line, hash)) = &walk.head_record else {
+        return Err(Break {
+            file: first_path.to_owned(),
+            line: 1,
+            sequence: Some(first_sequence),
+            why: format!(
+                "HEAD names record {} but the store starts at record {first_sequence}",
+                head.sequence
+            ),
+        });
+    };
+    let broken = |why: String| Break {
+        file: path.clone(),
+        line: *line,
+        sequence: Some(head.sequence),
+        why,
+    };
+    if hex::encode(hash) != head.hash {
+        return Err(broken(format!(
+            "record {} is not the one HEAD names: its hash is {} but HEAD says {}: the chain was rewritten",
+            head.sequence,
+            hex::encode(hash),
+            head.hash
+        )));
+    }
+    if *file != head.file {
+        return Err(broken(format!(
+            "HEAD says record {} is in {}: files were renumbered",
+            head.sequence,
+            files::segment_name(head.file)
+        )));
+    }
+    Ok(())
 }
 
 fn walk_file(
@@ -195,6 +251,14 @@ fn walk_file(
                 number,
                 Some(sequence),
                 "the record was altered: its content does not match its hash".to_owned(),
+            ));
+        }
+        if walk.head_sequence == Some(sequence) {
+            walk.head_record = Some((
+                segment.number,
+                segment.path.clone(),
+                number,
+                checked.claimed,
             ));
         }
         match walk.last {
@@ -443,6 +507,117 @@ mod tests {
             broken.why.contains("deleted") || broken.why.contains("reordered"),
             "{broken}"
         );
+    }
+
+    /// Rewrites line `index` of `content` with `edit` applied to its record, hashed anew
+    /// and linked to `prev`, as a forger who can recompute SHA-256 would; returns the new
+    /// hash.
+    fn rewrite(
+        content: &mut [String],
+        index: usize,
+        prev: Hash,
+        edit: impl Fn(&mut Record),
+    ) -> Hash {
+        let mut record = chain::check(&content[index]).unwrap().record;
+        edit(&mut record);
+        let mut head = chain::Head {
+            sequence: record.sequence() - 1,
+            hash: prev,
+        };
+        let mut out = Vec::new();
+        chain::append(&mut record, &mut head, &mut out);
+        content[index] = String::from_utf8(out).unwrap().trim_end().to_owned();
+        head.hash
+    }
+
+    fn claimed(line: &str) -> Hash {
+        chain::claimed_hash(line).unwrap()
+    }
+
+    fn lost_plus_one(record: &mut Record) {
+        record.unmapped.gap.as_mut().unwrap().lost += 1;
+    }
+
+    #[test]
+    fn an_edited_record_with_a_recomputed_hash_breaks_the_next_link() {
+        let dir = tempfile::tempdir().unwrap();
+        store(dir.path());
+        let path = second_file(dir.path());
+        let mut content = lines(&path);
+        let prev = claimed(&content[1]);
+        let sequence = chain::check(&content[2]).unwrap().record.sequence();
+        rewrite(&mut content, 2, prev, lost_plus_one);
+        write_lines(&path, &content);
+        let broken = first_break(dir.path());
+        assert_eq!((broken.file.clone(), broken.line), (path, 4));
+        assert_eq!(broken.sequence, Some(sequence + 1));
+        assert!(
+            broken
+                .why
+                .contains(&format!("does not follow record {sequence}")),
+            "{broken}"
+        );
+    }
+
+    #[test]
+    fn a_record_relinked_to_another_record_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        store(dir.path());
+        let path = second_file(dir.path());
+        let mut content = lines(&path);
+        // Record on line 4 now claims to follow the one on line 2, and its own hash is
+        // valid: only its `prev` link gives it away.
+        let sequence = chain::check(&content[3]).unwrap().record.sequence();
+        let wrong_prev = claimed(&content[1]);
+        rewrite(&mut content, 3, wrong_prev, |_| {});
+        write_lines(&path, &content);
+        let broken = first_break(dir.path());
+        assert_eq!((broken.file.clone(), broken.line), (path, 4));
+        assert_eq!(broken.sequence, Some(sequence));
+        assert!(
+            broken.why.contains(&format!(
+                "record {sequence} does not follow record {}",
+                sequence - 1
+            )),
+            "{broken}"
+        );
+    }
+
+    #[test]
+    fn a_chain_rewritten_to_its_end_is_caught_by_the_head_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        store(dir.path());
+        let newest = files::segments(dir.path()).unwrap().pop().unwrap().path;
+        let mut content = lines(&newest);
+        // Every record from the second-to-last one on rewritten, every link recomputed:
+        // the chain itself holds; only HEAD remembers the last hash.
+        let from = content.len() - 2;
+        let mut prev = claimed(&content[from - 1]);
+        for index in from..content.len() {
+            prev = rewrite(&mut content, index, prev, lost_plus_one);
+        }
+        write_lines(&newest, &content);
+        let head = files::read_head(dir.path()).unwrap().unwrap();
+        let broken = first_break(dir.path());
+        assert_eq!((broken.file.clone(), broken.line), (newest, content.len()));
+        assert_eq!(broken.sequence, Some(head.sequence));
+        assert!(broken.why.contains("rewritten"), "{broken}");
+    }
+
+    #[test]
+    fn a_head_naming_another_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        store(dir.path());
+        let mut head = files::read_head(dir.path()).unwrap().unwrap();
+        head.file -= 1;
+        fs::write(
+            dir.path().join(files::HEAD_FILE),
+            serde_json::to_vec(&head).unwrap(),
+        )
+        .unwrap();
+        let broken = first_break(dir.path());
+        assert_eq!(broken.sequence, Some(head.sequence));
+        assert!(broken.why.contains("HEAD says record"), "{broken}");
     }
 
     #[test]
