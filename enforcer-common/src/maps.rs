@@ -118,6 +118,10 @@ pub const MAX_FAILSAFES: u32 = 1024;
 pub const PROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.
 pub const PROTO_UDP: u8 = 17;
+/// `IPPROTO_ICMP`: a rule's "port" is the ICMP message type.
+pub const PROTO_ICMP: u8 = 1;
+/// `IPPROTO_ICMPV6`: a rule's "port" is the ICMPv6 message type.
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// Rule action: let the flow through.
 pub const ACTION_ALLOW: u8 = 1;

@@ -94,6 +94,31 @@ pub fn ipv6_segment<const B: bool>(slot: &Slot<B>, addr: [u8; 16]) -> u32 {
         .unwrap_or(SEGMENT_WORLD)
 }
 
+/// The segment of an outbound flow's destination `addr` (IPv4 in the first four bytes
+/// when `v4`) on `port`/`proto`: a destination on this host ([`is_local`]) is the segment
+/// serving the port ([`listener_segment`]), else `host`; a broadcast or multicast
+/// destination is its class ([`group_destination`]), which only a rule naming it allows;
+/// any other is its address's segment (an IPv4-mapped address decided as IPv4).
+#[inline(always)]
+pub fn destination_segment<const B: bool>(
+    slot: &Slot<B>,
+    addr: &[u8; 16],
+    v4: bool,
+    port: u16,
+    proto: u8,
+) -> u32 {
+    if is_local(addr, v4) {
+        match listener_segment(slot, addr, v4, port, proto) {
+            NO_LISTENER => SEGMENT_HOST,
+            segment => segment,
+        }
+    } else if let Some(class) = group_destination(addr, v4) {
+        class
+    } else {
+        address_segment(slot, addr, v4)
+    }
+}
+
 /// The segment of a remote address (IPv4 in the first four bytes when `v4`).
 #[inline(always)]
 pub fn address_segment<const B: bool>(slot: &Slot<B>, addr: &[u8; 16], v4: bool) -> u32 {

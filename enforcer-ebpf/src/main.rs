@@ -18,6 +18,7 @@
 
 mod decide;
 mod headers;
+mod icmp;
 mod learn;
 mod maps;
 mod peers;
@@ -39,7 +40,10 @@ use aya_ebpf::{
 use enforcer_common::{
     decision::Decision,
     event::{Hook, Reason, Verdict, family},
-    maps::{PROTO_UDP, SEGMENT_ANY, SEGMENT_FLAG_RAW_SOCKETS, SEGMENT_HOST},
+    maps::{
+        PROTO_ICMP, PROTO_ICMPV6, PROTO_UDP, SEGMENT_ANY, SEGMENT_BROADCAST,
+        SEGMENT_FLAG_RAW_SOCKETS, SEGMENT_HOST, SEGMENT_MULTICAST,
+    },
 };
 
 /// cgroup sock and sock_addr programs return 1 to let the call proceed.
@@ -47,18 +51,8 @@ const CGROUP_ALLOW: i32 = 1;
 /// ... and 0 to refuse it: the caller sees EPERM.
 const CGROUP_DENY: i32 = 0;
 
-/// `SOCK_DGRAM` from the socket(2) types.
-const SOCK_DGRAM: u32 = 2;
 /// `SOCK_RAW` from the socket(2) types.
 const SOCK_RAW: u32 = 3;
-/// `AF_INET`.
-const AF_INET: u32 = 2;
-/// `AF_INET6`.
-const AF_INET6: u32 = 10;
-/// `IPPROTO_ICMP`.
-const IPPROTO_ICMP: u32 = 1;
-/// `IPPROTO_ICMPV6`.
-const IPPROTO_ICMPV6: u32 = 58;
 /// `SOL_IP`: socket options of the IPv4 layer.
 const SOL_IP: i32 = 0;
 /// `SOL_IPV6`: socket options of the IPv6 layer.
@@ -78,7 +72,7 @@ struct Restriction {
     grant: u32,
 }
 
-/// Raw and ping sockets: granted by `raw_sockets`.
+/// Raw sockets: granted by `raw_sockets`.
 const RAW_SOCKETS: Restriction = Restriction {
     reason: Reason::RawSocket,
     grant: SEGMENT_FLAG_RAW_SOCKETS,
@@ -273,23 +267,12 @@ fn sock_addr_in_slot<const B: bool>(
     if sendmsg && flow.protocol == PROTO_UDP && peers::answers_peer(&peer, now) {
         return CGROUP_ALLOW;
     }
-    let mut group = false;
-    let dst = if decide::is_local(&flow.dst_addr, v4) {
-        match decide::listener_segment(slot, &flow.dst_addr, v4, flow.dst_port, flow.protocol) {
-            decide::NO_LISTENER => SEGMENT_HOST,
-            segment => segment,
-        }
-    } else if let Some(class) = decide::group_destination(&flow.dst_addr, v4) {
-        group = true;
-        class
-    } else {
-        decide::address_segment(slot, &flow.dst_addr, v4)
-    };
+    let dst = decide::destination_segment(slot, &flow.dst_addr, v4, flow.dst_port, flow.protocol);
     let src = decide::task_segment(slot);
     let decision = decide::flow(slot, src, dst, flow.protocol, flow.dst_port);
     record(slot, origin, flow, &Segments { src, dst }, &decision);
     if sendmsg && flow.protocol == PROTO_UDP && decision.verdict != Verdict::Deny {
-        let answered_by = if group {
+        let answered_by = if dst == SEGMENT_BROADCAST || dst == SEGMENT_MULTICAST {
             peers::group_key(cookie, flow.dst_port)
         } else {
             peer
@@ -299,24 +282,20 @@ fn sock_addr_in_slot<const B: bool>(
     verdict_to_return(decision.verdict)
 }
 
-/// `socket()` creation: raw and ICMP ping sockets are refused to processes of a segment
-/// unless the segment is granted `raw_sockets` (audit mode lets them through, recorded).
-/// Neither passes the connect/sendmsg hooks: a ping socket's `sendto()` without
-/// `connect()` reaches any address (the kernel lets every group open one where
-/// `net.ipv4.ping_group_range` says so, systemd's default). Processes in no segment are
-/// not governed. The kernel runs this hook for IPv4 and IPv6 sockets only: packet
-/// (`AF_PACKET`) and XDP sockets never reach it (docs/threat-model.md says how the host
-/// closes that).
+/// `socket()` creation: raw sockets are refused to processes of a segment unless the
+/// segment is granted `raw_sockets` (audit mode lets them through, recorded): a raw socket
+/// builds whole packets, past the connect and sendmsg hooks. ICMP ping sockets are not
+/// refused: every request one sends is decided by the rules at `skb_egress`. Processes in
+/// no segment are not governed. The kernel runs this hook for IPv4 and IPv6 sockets only:
+/// packet (`AF_PACKET`) and XDP sockets never reach it (docs/threat-model.md says how the
+/// host closes that).
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
     // SAFETY: the context pointer is valid for the whole run; these fields are readable
     // at socket creation, with 4-byte loads.
     let (address_family, kind, protocol) =
         unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
-    let ping = kind == SOCK_DGRAM
-        && ((address_family == AF_INET && protocol == IPPROTO_ICMP)
-            || (address_family == AF_INET6 && protocol == IPPROTO_ICMPV6));
-    if kind != SOCK_RAW && !ping {
+    if kind != SOCK_RAW {
         return CGROUP_ALLOW;
     }
     let mut flow = Flow::EMPTY;
@@ -415,15 +394,96 @@ fn skb_ingress(ctx: SkBuffContext) -> i32 {
 #[cgroup_skb(egress)]
 fn skb_egress(ctx: SkBuffContext) -> i32 {
     let found = route::source_route(&ctx);
-    if found == route::NONE {
+    if found != route::NONE {
+        return match maps::active_generation() {
+            0 => CGROUP_ALLOW,
+            generation => in_slot!(generation, |slot| source_routed_packet(
+                &ctx, slot, generation, found
+            )),
+        };
+    }
+    let request = icmp::outgoing_request(&ctx);
+    if request == icmp::NO_REQUEST {
         return CGROUP_ALLOW;
     }
     match maps::active_generation() {
         0 => CGROUP_ALLOW,
-        generation => in_slot!(generation, |slot| source_routed_packet(
-            &ctx, slot, generation, found
+        generation => in_slot!(generation, |slot| icmp_request(
+            &ctx, slot, generation, request
         )),
     }
+}
+
+/// Decides an ICMP request of type `kind` leaving a segment's socket (a ping socket, or a
+/// raw socket the segment was granted): the socket's segment to the destination's, by the
+/// rules, the type in place of the port, like a `connect()`. Refused, the packet is
+/// dropped and the sender's `sendto()` fails with EPERM. Sockets of no segment are not
+/// governed.
+#[inline(always)]
+fn icmp_request<const B: bool>(
+    ctx: &SkBuffContext,
+    slot: &Slot<B>,
+    generation: u32,
+    kind: u16,
+) -> i32 {
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
+    let src = decide::socket_segment(slot, skb);
+    if src == SEGMENT_HOST {
+        return CGROUP_ALLOW;
+    }
+    let mut flow = addresses(ctx);
+    flow.dst_port = kind;
+    flow.protocol = if flow.family == family::INET {
+        PROTO_ICMP
+    } else {
+        PROTO_ICMPV6
+    };
+    let v4 = flow.family == family::INET;
+    let dst = decide::destination_segment(slot, &flow.dst_addr, v4, kind, flow.protocol);
+    let decision = decide::flow(slot, src, dst, flow.protocol, kind);
+    record(
+        slot,
+        &socket_origin(skb, generation),
+        &flow,
+        &Segments { src, dst },
+        &decision,
+    );
+    verdict_to_return(decision.verdict)
+}
+
+/// Where a hook that sees a socket's packet decides: the socket's cgroup, no process
+/// (egress may run in softirq context).
+#[inline(always)]
+fn socket_origin(skb: *mut __sk_buff, generation: u32) -> Origin {
+    Origin {
+        hook: Hook::SkbEgress,
+        generation,
+        ifindex: 0,
+        sender: Sender::Socket {
+            // SAFETY: `skb` is the program's context.
+            cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
+        },
+    }
+}
+
+/// The family and addresses of an outgoing packet (its IP header).
+#[inline(always)]
+fn addresses(ctx: &SkBuffContext) -> Flow {
+    let mut flow = Flow::EMPTY;
+    if route::is_ipv4(ctx) {
+        flow.family = family::INET;
+        if let Ok(addresses) = ctx.load::<[u8; 8]>(12) {
+            flow.src_addr[..4].copy_from_slice(&addresses[..4]);
+            flow.dst_addr[..4].copy_from_slice(&addresses[4..]);
+        }
+    } else {
+        flow.family = family::INET6;
+        if let Ok(addresses) = ctx.load::<[u8; 32]>(8) {
+            flow.src_addr.copy_from_slice(&addresses[..16]);
+            flow.dst_addr.copy_from_slice(&addresses[16..]);
+        }
+    }
+    flow
 }
 
 /// Decides and records a packet that carries source route `found` (a [`route`] code).
@@ -435,43 +495,13 @@ fn source_routed_packet<const B: bool>(
     found: u8,
 ) -> i32 {
     let skb = ctx.as_ptr().cast::<__sk_buff>();
-    let mut flow = Flow::EMPTY;
+    let mut flow = addresses(ctx);
     flow.protocol = found;
-    let dst = if route::is_ipv4(ctx) {
-        flow.family = family::INET;
-        if let Ok(addresses) = ctx.load::<[u8; 8]>(12) {
-            flow.src_addr[..4].copy_from_slice(&addresses[..4]);
-            flow.dst_addr[..4].copy_from_slice(&addresses[4..]);
-        }
-        decide::ipv4_segment(
-            slot,
-            [
-                flow.dst_addr[0],
-                flow.dst_addr[1],
-                flow.dst_addr[2],
-                flow.dst_addr[3],
-            ],
-        )
-    } else {
-        flow.family = family::INET6;
-        if let Ok(addresses) = ctx.load::<[u8; 32]>(8) {
-            flow.src_addr.copy_from_slice(&addresses[..16]);
-            flow.dst_addr.copy_from_slice(&addresses[16..]);
-        }
-        decide::ipv6_segment(slot, flow.dst_addr)
-    };
-    let origin = Origin {
-        hook: Hook::SkbEgress,
-        generation,
-        ifindex: 0,
-        sender: Sender::Socket {
-            // SAFETY: `skb` is the program's context.
-            cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
-        },
-    };
+    let v4 = flow.family == family::INET;
+    let origin = socket_origin(skb, generation);
     let segments = Segments {
         src: decide::socket_segment(slot, skb),
-        dst,
+        dst: decide::address_segment(slot, &flow.dst_addr, v4),
     };
     let restriction = if found == route::UNREADABLE {
         &UNREADABLE_HEADERS

@@ -8,7 +8,10 @@
 //!
 //! Fixed verdicts (documented in docs/datapath.md):
 //! - not IP (ARP, LLDP, ...): pass;
-//! - IP but neither TCP nor UDP (ICMP, ...): pass;
+//! - IP but neither TCP, UDP nor ICMP: pass;
+//! - ICMP and ICMPv6 other than a request (replies, errors, neighbour discovery): pass
+//!   ([`icmp`]); a request is a new flow, its type in place of the port, decided and
+//!   recorded whatever the verdict (the kernel answers it, no socket layer sees it);
 //! - a non-first fragment (no transport header): pass; the first fragment was decided;
 //! - TCP that is not a new connection (no SYN, or SYN+ACK): pass; it belongs to a flow
 //!   decided at its SYN, or answers one of ours;
@@ -30,11 +33,11 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use enforcer_common::{
     event::{Verdict, family},
-    maps::{PROTO_TCP, PROTO_UDP, SEGMENT_HOST},
+    maps::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SEGMENT_HOST},
 };
 
 use crate::{
-    decide,
+    decide, icmp,
     maps::Slot,
     record::{Flow, Origin, Segments, record},
 };
@@ -108,7 +111,7 @@ fn datagram_end(ctx: &XdpContext, offset: usize, len: usize) -> Result<usize, Ma
 }
 
 /// Reads the transport header of a new flow into `flow`: `false` when the packet is not
-/// one (not TCP or UDP, or TCP other than a bare SYN).
+/// one (not TCP, UDP or an ICMP request, or TCP other than a bare SYN).
 #[inline(always)]
 fn transport(
     ctx: &XdpContext,
@@ -129,6 +132,15 @@ fn transport(
         PROTO_UDP => {
             let header: [u8; 8] = datagram_bytes(ctx, offset, end)?;
             [header[0], header[1], header[2], header[3]]
+        }
+        // An ICMP request is decided with its type in place of the destination port;
+        // replies, errors and neighbour discovery pass. The header is 8 bytes.
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let header: [u8; 8] = datagram_bytes(ctx, offset, end)?;
+            if !icmp::is_request(proto == PROTO_ICMP, header[0]) {
+                return Ok(false);
+            }
+            [0, 0, 0, header[0]]
         }
         _ => return Ok(false),
     };
@@ -266,9 +278,15 @@ fn decide_new_flow<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow) 
     };
     let src = decide::address_segment(slot, &flow.src_addr, v4);
     let decision = decide::inbound(slot, flow, src, dst);
-    if decision.verdict != Verdict::Deny {
+    // The kernel answers an ICMP request itself, with no socket: XDP's decision is the
+    // only one, allow or deny, and is recorded either way.
+    let icmp = flow.protocol == PROTO_ICMP || flow.protocol == PROTO_ICMPV6;
+    if decision.verdict != Verdict::Deny && !icmp {
         return xdp_action::XDP_PASS;
     }
     record(slot, origin, flow, &Segments { src, dst }, &decision);
-    xdp_action::XDP_DROP
+    match decision.verdict {
+        Verdict::Deny => xdp_action::XDP_DROP,
+        Verdict::Allow | Verdict::Audit => xdp_action::XDP_PASS,
+    }
 }

@@ -1,7 +1,8 @@
 //! `socket()` at the cgroup sock_create hook: a process of a segment cannot open a raw
-//! socket or an ICMP ping socket (neither passes the connect and sendmsg hooks) unless
-//! its segment is granted `raw_sockets`; audit mode lets it through and records `audit`;
-//! processes in no segment are not governed.
+//! socket (it passes neither the connect nor the sendmsg hook) unless its segment is
+//! granted `raw_sockets`; audit mode lets it through and records `audit`; processes in no
+//! segment are not governed. ICMP ping sockets may be opened, and every echo request one
+//! sends is decided by the rules (`echo/icmp`, `echo/icmpv6`) as it leaves.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -58,6 +59,12 @@ raw_sockets = true
 [segments.trial]
 cgroups = ["{}"]
 mode = "audit"
+
+[[allow]]
+id = "tools-ping"
+from = ["tools"]
+to = ["*"]
+ports = ["echo/icmp", "echo/icmpv6"]
 "#,
         locked.relative_path(),
         tools.relative_path(),
@@ -124,11 +131,11 @@ fn raw_sockets_are_refused_to_segments_without_the_grant() {
 }
 
 #[test]
-fn ping_sockets_are_refused_to_segments_without_the_grant() {
+fn every_echo_request_from_a_ping_socket_is_decided_by_the_rules() {
     // The segment's processes live in a namespace whose ping_group_range lets every
-    // group open ping sockets (systemd's default), so without the refusal an echo
-    // request sent with `sendto` (no `connect`, so no connect hook) reaches a host the
-    // policy denies, and the reply comes back.
+    // group open ping sockets (systemd's default). An echo request sent with `sendto`
+    // (no `connect`, so no connect hook) reached any host, the reply came back; now each
+    // one is decided as it leaves.
     let protected = Netns::new();
     let veth = Veth::new(&protected);
     run(
@@ -157,41 +164,67 @@ fn ping_sockets_are_refused_to_segments_without_the_grant() {
             Outcome::Ok,
             "no segment, to {to}"
         );
+        // Dropped as it leaves: IPv4's ping `sendto()` reports it with EPERM; IPv6's
+        // ignores the error, and no reply ever comes.
         let refused = ping(&fx.locked, to);
-        assert!(
-            refused.is_eperm(),
-            "a ping socket in `locked` (to {to}) should get EPERM, got {refused:?}"
+        if to.is_ipv4() {
+            assert!(
+                refused.is_eperm(),
+                "an echo request from `locked` (to {to}) should get EPERM, got {refused:?}"
+            );
+        } else {
+            assert_eq!(refused, Outcome::Timeout, "from `locked` to {to}");
+        }
+        assert_eq!(
+            ping(&fx.tools, to),
+            Outcome::Ok,
+            "a rule allows it, to {to}"
         );
-        assert_eq!(ping(&fx.tools, to), Outcome::Ok, "granted, to {to}");
         assert_eq!(ping(&fx.trial, to), Outcome::Ok, "audit mode, to {to}");
     }
 
-    let recorded: Vec<_> = drain(&mut fx.events)
-        .into_iter()
-        .filter(|e| e.hook == Hook::SockCreate as u8)
-        .collect();
-    let locked_id = segment_id(&fx.image, "locked");
-    let denied: Vec<_> = recorded
-        .iter()
-        .filter(|e| e.src_segment == locked_id)
-        .collect();
-    assert_eq!(denied.len(), 2, "{recorded:#?}");
+    let recorded = drain(&mut fx.events);
     assert!(
-        denied
-            .iter()
-            .all(|e| e.verdict == Verdict::Deny as u8 && decided_by(&fx.image, e) == "raw-socket")
+        recorded.iter().all(|e| e.hook == Hook::SkbEgress as u8),
+        "a ping socket is not refused at socket(): {recorded:#?}"
     );
-    // The record says which protocol the refused socket was for.
-    let mut protocols: Vec<u8> = denied.iter().map(|e| e.protocol).collect();
-    protocols.sort_unstable();
-    assert_eq!(protocols, [1, 58]);
-    let trial_id = segment_id(&fx.image, "trial");
+    let by_segment = |segment: &str| -> Vec<(u8, u16, u8, String)> {
+        let id = segment_id(&fx.image, segment);
+        let mut found: Vec<_> = recorded
+            .iter()
+            .filter(|e| e.src_segment == id)
+            .map(|e| (e.protocol, e.dst_port, e.verdict, decided_by(&fx.image, e)))
+            .collect();
+        found.sort_unstable();
+        found
+    };
+    // Each record carries the protocol and the request's type in place of the port.
+    let (deny, allow, audit) = (
+        Verdict::Deny as u8,
+        Verdict::Allow as u8,
+        Verdict::Audit as u8,
+    );
+    let rule = |name: &str| name.to_owned();
     assert_eq!(
-        recorded
-            .iter()
-            .filter(|e| e.src_segment == trial_id && e.verdict == Verdict::Audit as u8)
-            .count(),
-        2,
-        "{recorded:#?}"
+        by_segment("locked"),
+        [
+            (1, 8, deny, rule("default-deny")),
+            (58, 128, deny, rule("default-deny"))
+        ]
     );
+    assert_eq!(
+        by_segment("tools"),
+        [
+            (1, 8, allow, rule("tools-ping")),
+            (58, 128, allow, rule("tools-ping"))
+        ]
+    );
+    assert_eq!(
+        by_segment("trial"),
+        [
+            (1, 8, audit, rule("default-deny")),
+            (58, 128, audit, rule("default-deny"))
+        ]
+    );
+    assert_eq!(recorded.len(), 6, "nothing for `host`: {recorded:#?}");
 }

@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use enforcer::loader::Loader;
 use enforcer_common::event::{Reason, Verdict};
 use enforcer_tests::{
+    events::{decided_by, drain},
     packet::{
         ACK, SYN, XDP_DROP, XDP_PASS, arp, ipv4_with, ipv6_with, tcp_header, tcp4, tcp6, udp4,
         with_vlans,
@@ -335,4 +336,77 @@ fn the_transport_header_is_found_through_the_ipv4_header_length() {
     let mut frame = ipv4_with(CLIENT, 6, &tcp, 6, 0);
     frame[14 + 20..14 + 24].copy_from_slice(&[0x9c, 0x40, 0x1f, 0x91]);
     assert_eq!(run(&loader, &frame), XDP_PASS);
+}
+
+#[test]
+fn icmp_requests_are_decided_by_the_rules_and_the_rest_passes() {
+    let image = image(&format!(
+        "{POLICY}
+[[allow]]
+id = \"clients-ping-host\"
+from = [\"clients\"]
+to = [\"host\"]
+ports = [\"echo/icmp\", \"echo/icmpv6\"]
+"
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    // Type, code, checksum, identifier, sequence: the checksum is not checked at XDP.
+    let icmp = |kind: u8| vec![kind, 0, 0, 0, 0, 1, 0, 1];
+    let icmp4 = |src: Ipv4Addr, kind: u8| ipv4_with(src, 1, &icmp(kind), 5, 0);
+    let icmp6 = |src: Ipv6Addr, kind: u8| ipv6_with(src, &[], 58, &icmp(kind));
+    let stranger6 = Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 1);
+    let cases: [(&str, Vec<u8>, u32); 11] = [
+        ("echo request from clients", icmp4(CLIENT, 8), XDP_PASS),
+        ("echo request from world", icmp4(STRANGER, 8), XDP_DROP),
+        (
+            "timestamp request from clients (no rule)",
+            icmp4(CLIENT, 13),
+            XDP_DROP,
+        ),
+        ("echo reply (to our ping)", icmp4(STRANGER, 0), XDP_PASS),
+        ("destination unreachable", icmp4(STRANGER, 3), XDP_PASS),
+        ("time exceeded", icmp4(STRANGER, 11), XDP_PASS),
+        (
+            "IPv6 echo request from clients",
+            icmp6(CLIENT6, 128),
+            XDP_PASS,
+        ),
+        (
+            "IPv6 echo request from world",
+            icmp6(stranger6, 128),
+            XDP_DROP,
+        ),
+        ("neighbour solicitation", icmp6(stranger6, 135), XDP_PASS),
+        ("packet too big", icmp6(stranger6, 2), XDP_PASS),
+        (
+            "an ICMP header cut short",
+            ipv4_with(STRANGER, 1, &[8, 0, 0, 0], 5, 0),
+            XDP_DROP,
+        ),
+    ];
+    for (what, frame, want) in &cases {
+        assert_eq!(run(&loader, frame), *want, "{what}");
+    }
+
+    // Every request is on record, allowed or not (the kernel answers it; no socket
+    // layer sees it), with its type as the port; replies and errors are not.
+    let recorded = drain(&mut events);
+    let requests: Vec<_> = recorded
+        .iter()
+        .filter(|e| e.reason != Reason::Malformed as u8)
+        .map(|e| (e.protocol, e.dst_port, e.verdict, decided_by(&image, e)))
+        .collect();
+    let (allow, deny) = (Verdict::Allow as u8, Verdict::Deny as u8);
+    assert_eq!(
+        requests,
+        [
+            (1, 8, allow, "clients-ping-host".to_owned()),
+            (1, 8, deny, "default-deny".to_owned()),
+            (1, 13, deny, "default-deny".to_owned()),
+            (58, 128, allow, "clients-ping-host".to_owned()),
+            (58, 128, deny, "default-deny".to_owned()),
+        ],
+        "{recorded:#?}"
+    );
 }

@@ -128,8 +128,10 @@ impl Enricher {
         // A destination of `0.0.0.0` or `::` is real: a connect there reaches this host.
         let dst_ip = address(&event.dst_addr, event.family, true);
         let protocol_name = match event.protocol {
+            1 => "icmp".to_owned(),
             6 => "tcp".to_owned(),
             17 => "udp".to_owned(),
+            58 => "icmpv6".to_owned(),
             other => other.to_string(),
         };
         let pid = u32::try_from(event.pid_tgid >> 32).unwrap_or(0);

@@ -93,6 +93,8 @@ impl<'a> Simulator<'a> {
         let proto = match info.protocol_name.as_str() {
             "tcp" => Proto::Tcp,
             "udp" => Proto::Udp,
+            "icmp" => Proto::Icmp,
+            "icmpv6" => Proto::Icmpv6,
             _ => {
                 self.replay.skipped += 1;
                 return;

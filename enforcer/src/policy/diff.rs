@@ -74,7 +74,10 @@ impl PolicyDiff {
 
 /// Port boundaries per protocol: every rule range start and end+1, in both policies.
 fn boundaries(policies: [&Policy; 2], proto: Proto) -> Vec<u32> {
-    let mut points = BTreeSet::from([1u32, 65_536]);
+    let mut points = BTreeSet::from([
+        u32::from(proto.first_port()),
+        u32::from(proto.last_port()) + 1,
+    ]);
     for policy in policies {
         for range in policy
             .rules

@@ -3,13 +3,14 @@
 
 use std::{fmt, str::FromStr};
 
-use enforcer_common::maps::{PROTO_TCP, PROTO_UDP};
+use enforcer_common::maps::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use ipnet::IpNet;
 use serde::Serialize;
 
 use super::source::Span;
 
-/// Transport protocol of a port set.
+/// Protocol of a port set: a transport protocol with ports, or ICMP with message types
+/// in place of ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
@@ -17,17 +18,52 @@ pub enum Proto {
     Tcp,
     /// UDP.
     Udp,
+    /// ICMP for IPv4; the "ports" are message types.
+    Icmp,
+    /// ICMPv6; the "ports" are message types.
+    Icmpv6,
 }
 
+/// `echo`: the ICMP echo request's type, the one a rule names most.
+const ICMP_ECHO_REQUEST: u16 = 8;
+/// `echo`: the ICMPv6 echo request's type.
+const ICMPV6_ECHO_REQUEST: u16 = 128;
+
 impl Proto {
-    /// Both protocols.
-    pub const ALL: [Self; 2] = [Self::Tcp, Self::Udp];
+    /// Every protocol.
+    pub const ALL: [Self; 4] = [Self::Tcp, Self::Udp, Self::Icmp, Self::Icmpv6];
 
     /// The IP protocol number.
     pub const fn number(self) -> u8 {
         match self {
             Self::Tcp => PROTO_TCP,
             Self::Udp => PROTO_UDP,
+            Self::Icmp => PROTO_ICMP,
+            Self::Icmpv6 => PROTO_ICMPV6,
+        }
+    }
+
+    /// Whether the "ports" are ICMP message types.
+    pub const fn is_icmp(self) -> bool {
+        matches!(self, Self::Icmp | Self::Icmpv6)
+    }
+
+    /// The lowest port (1) or ICMP type (0).
+    pub const fn first_port(self) -> u16 {
+        if self.is_icmp() { 0 } else { 1 }
+    }
+
+    /// The highest port (65535) or ICMP type (255).
+    pub const fn last_port(self) -> u16 {
+        if self.is_icmp() { 255 } else { u16::MAX }
+    }
+
+    /// The type `echo` names: the echo request.
+    const fn echo(self) -> Option<u16> {
+        match self {
+            Self::Icmp => Some(ICMP_ECHO_REQUEST),
+            Self::Icmpv6 => Some(ICMPV6_ECHO_REQUEST),
+            Self::Tcp | Self::Udp => None,
         }
     }
 }
@@ -37,11 +73,14 @@ impl fmt::Display for Proto {
         f.write_str(match self {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
+            Self::Icmp => "icmp",
+            Self::Icmpv6 => "icmpv6",
         })
     }
 }
 
-/// A protocol and an inclusive port range (`8443/tcp`, `9000-9100/tcp`, `*/udp`).
+/// A protocol and an inclusive port range (`8443/tcp`, `9000-9100/tcp`, `*/udp`), or ICMP
+/// message types (`echo/icmp`, `13/icmp`, `*/icmpv6`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct PortRange {
     /// The protocol.
@@ -61,8 +100,12 @@ impl PortRange {
 
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let all = (self.proto.first_port(), self.proto.last_port());
         match (self.first, self.last) {
-            (1, u16::MAX) => write!(f, "*/{}", self.proto),
+            range if range == all => write!(f, "*/{}", self.proto),
+            (first, last) if first == last && self.proto.echo() == Some(first) => {
+                write!(f, "echo/{}", self.proto)
+            }
             (first, last) if first == last => write!(f, "{first}/{}", self.proto),
             (first, last) => write!(f, "{first}-{last}/{}", self.proto),
         }
@@ -72,15 +115,20 @@ impl fmt::Display for PortRange {
 /// Why a port specification was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PortError {
-    /// No `/tcp` or `/udp` suffix.
-    #[error("expected PORT/PROTO, PORT-PORT/PROTO or */PROTO with PROTO tcp or udp")]
+    /// No `/tcp`, `/udp`, `/icmp` or `/icmpv6` suffix.
+    #[error(
+        "expected PORT/PROTO, PORT-PORT/PROTO or */PROTO with PROTO tcp or udp, or TYPE/icmp, TYPE/icmpv6 with TYPE echo, a number or *"
+    )]
     Shape,
     /// An unknown protocol.
-    #[error("unknown protocol `{0}` (expected tcp or udp)")]
+    #[error("unknown protocol `{0}` (expected tcp, udp, icmp or icmpv6)")]
     Proto(String),
     /// A port that is not a number in 1..=65535.
     #[error("`{0}` is not a port number (1-65535)")]
     Number(String),
+    /// An ICMP type that is not `echo` or a number in 0..=255.
+    #[error("`{0}` is not an ICMP type (echo, or 0-255)")]
+    IcmpType(String),
     /// A range whose start is after its end.
     #[error("range {0}-{1} runs backwards")]
     Backwards(u16, u16),
@@ -94,16 +142,28 @@ impl FromStr for PortRange {
         let proto = match proto {
             "tcp" => Proto::Tcp,
             "udp" => Proto::Udp,
+            "icmp" => Proto::Icmp,
+            "icmpv6" => Proto::Icmpv6,
             other => return Err(PortError::Proto(other.to_owned())),
         };
         let number = |text: &str| -> Result<u16, PortError> {
+            if proto.is_icmp() {
+                return match (text, proto.echo()) {
+                    ("echo", Some(echo)) => Ok(echo),
+                    _ => text
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|kind| *kind <= proto.last_port())
+                        .ok_or_else(|| PortError::IcmpType(text.to_owned())),
+                };
+            }
             text.parse::<u16>()
                 .ok()
                 .filter(|port| *port != 0)
                 .ok_or_else(|| PortError::Number(text.to_owned()))
         };
         let (first, last) = match ports.split_once('-') {
-            _ if ports == "*" => (1, u16::MAX),
+            _ if ports == "*" => (proto.first_port(), proto.last_port()),
             Some((first, last)) => (number(first)?, number(last)?),
             None => {
                 let port = number(ports)?;
@@ -313,6 +373,11 @@ mod tests {
             "*/udp",
             "53/udp",
             "1-65535/tcp",
+            "echo/icmp",
+            "echo/icmpv6",
+            "13/icmp",
+            "0-255/icmpv6",
+            "*/icmp",
         ] {
             let range: PortRange = spec.parse().unwrap();
             let printed = range.to_string();
@@ -324,11 +389,29 @@ mod tests {
         }
         let all: PortRange = "*/tcp".parse().unwrap();
         assert_eq!((all.first, all.last), (1, 65535));
+        let echo: PortRange = "echo/icmpv6".parse().unwrap();
+        assert_eq!(
+            (echo.proto, echo.first, echo.last),
+            (Proto::Icmpv6, 128, 128)
+        );
+        let ping: PortRange = "8/icmp".parse().unwrap();
+        assert_eq!(ping.to_string(), "echo/icmp");
+        let every: PortRange = "*/icmp".parse().unwrap();
+        assert_eq!((every.first, every.last), (0, 255));
+        assert_eq!(every.proto.number(), 1);
     }
 
     #[test]
     fn bad_port_specs_say_why() {
         assert_eq!("8443".parse::<PortRange>(), Err(PortError::Shape));
+        assert_eq!(
+            "256/icmp".parse::<PortRange>(),
+            Err(PortError::IcmpType("256".into()))
+        );
+        assert_eq!(
+            "echo/tcp".parse::<PortRange>(),
+            Err(PortError::Number("echo".into()))
+        );
         assert_eq!(
             "0/tcp".parse::<PortRange>(),
             Err(PortError::Number("0".into()))

@@ -277,6 +277,29 @@ impl Validator<'_> {
         }
     }
 
+    /// A TCP or UDP port range: what a failsafe opens and what a segment listens on. ICMP
+    /// types are for rules only.
+    fn transport_port(
+        &mut self,
+        loc: Loc,
+        text: &Spanned<String>,
+        what: &str,
+    ) -> Option<PortRange> {
+        let range = self.port(loc, text)?;
+        if range.proto.is_icmp() {
+            self.error(
+                "icmp-not-a-port",
+                span(loc, text),
+                format!(
+                    "{what} takes TCP or UDP ports; `{}` names ICMP message types, which only rules take",
+                    text.get_ref()
+                ),
+            );
+            return None;
+        }
+        Some(range)
+    }
+
     fn failsafe(
         &mut self,
         loc: Loc,
@@ -306,7 +329,7 @@ impl Validator<'_> {
             .iter()
             .filter_map(|c| self.cidr(loc, c))
             .collect();
-        let Some(ports) = self.port(loc, &raw.port) else {
+        let Some(ports) = self.transport_port(loc, &raw.port, "a failsafe") else {
             return;
         };
         self.failsafes.insert(
@@ -407,7 +430,7 @@ impl Validator<'_> {
         }
         let mut ports = Vec::new();
         for text in &raw.ports {
-            if let Some(range) = self.port(loc, text) {
+            if let Some(range) = self.transport_port(loc, text, "a segment's `ports`") {
                 self.port_members
                     .push((range, name.get_ref().clone(), span(loc, text)));
                 ports.push(range);
