@@ -3,8 +3,9 @@
 //! Decided: new inbound flows at XDP ingress and again, against the receiving socket, at
 //! cgroup skb ingress (the per-socket layer), outbound `connect()` and unconnected
 //! `sendmsg()` from local processes (IPv4 and IPv6), by the two ends' segments and the
-//! rules of the active generation; raw and ping sockets at `socket()`; source routes and
-//! routing headers, at `setsockopt()` and on packets leaving segment sockets. `post_bind`
+//! rules of the active generation; ICMP requests inbound at XDP and outbound as they leave
+//! a segment's socket; raw sockets at `socket()`; source routes and routing headers, at
+//! `setsockopt()` and on packets leaving segment sockets. `post_bind`
 //! learns which segment listens on an address and port (`bind` notes the sockets that asked
 //! for their port, `sock_release` forgets the binding). Every decision is counted and recorded
 //! (module `record`). Before the first policy is applied (generation 0) every hook lets
