@@ -20,6 +20,8 @@ Modes:
   reuseport-serve ADDR PORT NAME WAIT_MS [noreuse]
         TCP listener with SO_REUSEPORT (without it: noreuse); answers each connection
         with NAME and closes
+  udp-hold ADDR PORT WAIT_MS
+        bind a UDP socket and hold it (nothing else)
   connect-names ADDR PORT TRIES
         TCP connects TRIES times (fresh ephemeral port each time) and prints `ok` then
         the names read, one per line (or the first error)
@@ -172,6 +174,7 @@ def icmp_inject(server, sport, peer, payload):
 
 def reuseport_serve(addr, port, name, wait_ms, noreuse=None):
     s = socket.socket(fam(addr), socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of earlier runs
     if noreuse != "noreuse":
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     s.bind((addr, int(port)))
@@ -188,6 +191,13 @@ def reuseport_serve(addr, port, name, wait_ms, noreuse=None):
             c.sendall(name.encode() + b"\n")
         finally:
             c.close()
+
+
+def udp_hold(addr, port, wait_ms):
+    s = socket.socket(fam(addr), socket.SOCK_DGRAM)
+    s.bind((addr, int(port)))
+    out("listening %s" % show(s.getsockname()))
+    time.sleep(int(wait_ms) / 1000.0)
 
 
 def connect_names(addr, port, tries):
@@ -218,6 +228,7 @@ def main():
             "icmp-inject": icmp_inject,
             "reuseport-serve": reuseport_serve,
             "connect-names": connect_names,
+            "udp-hold": udp_hold,
         }[mode](*rest)
     except OSError as err:
         fail(err)

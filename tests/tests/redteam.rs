@@ -1,6 +1,24 @@
 //! Red-team attacks on the inbound direction and on UDP exchanges. Each test asserts what
 //! the enforcer SHOULD do, so a test that fails is an attack that worked.
 //!
+//! Every test here failed against 864e8d2 (each is a working bypass):
+//! - `a_discovery_query_does_not_open_its_socket_to_a_denied_host`: after one allowed
+//!   multicast/broadcast datagram to port P, any host (one an explicit deny names
+//!   included) gets unicast datagrams from source port P into that socket for 120 s,
+//!   with no record.
+//! - `icmp_errors_do_not_carry_a_denied_hosts_bytes_into_a_segment_socket`: an ICMP or
+//!   ICMPv6 error quoting a datagram "from" a segment's UDP port carries the sender's
+//!   bytes into the error queue of a socket with `IP_RECVERR`/`IPV6_RECVERR`, unrecorded.
+//! - `every_local_address_form_is_decided_as_the_serving_segment`: IPv6 subnet-router
+//!   anycast (a forwarding host) and AnyIP local routes are local but not interface
+//!   addresses: a local flow to them is decided (and recorded) as `world`.
+//! - `a_reuseport_partner_does_not_get_another_segments_connections`: a same-uid
+//!   `SO_REUSEPORT` partner takes over the learnt listener; its segment's connects to the
+//!   port are decided as to itself and land on the other segment's socket.
+//! - `a_binding_in_another_network_namespace_does_not_take_a_local_port`: learnt
+//!   listeners have no network namespace in their key; a binding in a namespace of one's
+//!   own (`unshare -U -r -n`) replaces another segment's, TCP and UDP.
+//!
 //! Objects these tests create themselves are named `rt...`; the host side of the
 //! loader-driven tests is this process's namespace (addresses in 198.19.250.0/30 and
 //! 2001:db8:5eed::/64, which the harness's `Veth` never uses).
@@ -52,7 +70,10 @@ fn script(args: &[&str]) -> Script {
 fn script_in_new_netns(args: &[&str]) -> Script {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rt_attack.py");
     let mut command = Command::new("unshare");
-    command.args(["-U", "-r", "-n", "python3"]).arg(path).args(args);
+    command
+        .args(["-U", "-r", "-n", "python3"])
+        .arg(path)
+        .args(args);
     Script {
         command,
         netns: None,
@@ -165,6 +186,15 @@ impl Drop for Log {
     }
 }
 
+/// A directory of our own, removed on drop.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A veth pair of our own: `rt<pid><tag>h` here, `rt<pid><tag>p` in `peer`.
 struct RtVeth {
     host_if: String,
@@ -187,20 +217,31 @@ impl RtVeth {
             host_if,
             host_ifindex: 0,
         };
-        address_up(None, &veth.host_if, &[(HOST4.into(), 30), (HOST6.into(), 64)]);
-        address_up(Some(peer), &peer_if, &[(PEER4.into(), 30), (PEER6.into(), 64)]);
-        veth.host_ifindex = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", veth.host_if))
-            .expect("ifindex")
-            .trim()
-            .parse()
-            .expect("number");
+        address_up(
+            None,
+            &veth.host_if,
+            &[(HOST4.into(), 30), (HOST6.into(), 64)],
+        );
+        address_up(
+            Some(peer),
+            &peer_if,
+            &[(PEER4.into(), 30), (PEER6.into(), 64)],
+        );
+        veth.host_ifindex =
+            std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", veth.host_if))
+                .expect("ifindex")
+                .trim()
+                .parse()
+                .expect("number");
         veth
     }
 }
 
 impl Drop for RtVeth {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
     }
 }
 
@@ -215,7 +256,12 @@ fn rt_cgroup(tag: &str) -> TestCgroup {
 fn ingress_records(events: &[FlowEvent]) -> Vec<FlowEvent> {
     events
         .iter()
-        .filter(|e| matches!(Hook::from_code(e.hook), Some(Hook::SkbIngress | Hook::XdpIngress)))
+        .filter(|e| {
+            matches!(
+                Hook::from_code(e.hook),
+                Some(Hook::SkbIngress | Hook::XdpIngress)
+            )
+        })
         .copied()
         .collect()
 }
@@ -277,13 +323,23 @@ ports = ["1-65535/udp"]
     ])
     .cgroup(&app)
     .serve();
-    assert!(log.text().starts_with("sent"), "the query is allowed: {}", log.text());
+    assert!(
+        log.text().starts_with("sent"),
+        "the query is allowed: {}",
+        log.text()
+    );
     let port = bound.port().to_string();
 
     // Control: from any other source port the peer is denied (and recorded).
-    let sent = script(&["fire-from", "5354", &HOST4.to_string(), &port, "control-5354"])
-        .netns(&peer)
-        .run();
+    let sent = script(&[
+        "fire-from",
+        "5354",
+        &HOST4.to_string(),
+        &port,
+        "control-5354",
+    ])
+    .netns(&peer)
+    .run();
     assert!(sent.starts_with("ok"), "{sent}");
     // The attack: the same peer, from the group's port.
     let sent = script(&["fire-from", "5353", &HOST4.to_string(), &port, "evil-5353"])
@@ -306,7 +362,11 @@ ports = ["1-65535/udp"]
         !received.contains("evil-5353"),
         "BYPASS: a host of `evil` (explicitly denied) delivered a datagram to `app`'s \
          socket from source port 5353, {} ",
-        if recorded_5353 { "recorded" } else { "with no record at all" }
+        if recorded_5353 {
+            "recorded"
+        } else {
+            "with no record at all"
+        }
     );
 }
 
@@ -345,33 +405,66 @@ cidrs = ["{PEER4}/32", "{PEER6}/128"]
 
     let log4 = Log::new("icmp4");
     let log6 = Log::new("icmp6");
-    let (_s4, _) = script(&["recverr-serve", &HOST4.to_string(), "18053", "6000", log4.path()])
-        .cgroup(&app)
-        .serve();
-    let (_s6, _) = script(&["recverr-serve", &HOST6.to_string(), "18054", "6000", log6.path()])
-        .cgroup(&app)
-        .serve();
+    let (_s4, _) = script(&[
+        "recverr-serve",
+        &HOST4.to_string(),
+        "18053",
+        "6000",
+        log4.path(),
+    ])
+    .cgroup(&app)
+    .serve();
+    let (_s6, _) = script(&[
+        "recverr-serve",
+        &HOST6.to_string(),
+        "18054",
+        "6000",
+        log6.path(),
+    ])
+    .cgroup(&app)
+    .serve();
 
     // Control: a plain datagram from the peer is dropped.
-    let sent = script(&["fire-from", "40000", &HOST4.to_string(), "18053", "control-udp"])
-        .netns(&peer)
-        .run();
+    let sent = script(&[
+        "fire-from",
+        "40000",
+        &HOST4.to_string(),
+        "18053",
+        "control-udp",
+    ])
+    .netns(&peer)
+    .run();
     assert!(sent.starts_with("ok"), "{sent}");
     // The attack, both families.
-    let sent = script(&["icmp-inject", &HOST4.to_string(), "18053", &PEER4.to_string(), "evil-cmd-v4"])
-        .netns(&peer)
-        .run();
+    let sent = script(&[
+        "icmp-inject",
+        &HOST4.to_string(),
+        "18053",
+        &PEER4.to_string(),
+        "evil-cmd-v4",
+    ])
+    .netns(&peer)
+    .run();
     assert!(sent.starts_with("ok"), "{sent}");
-    let sent = script(&["icmp-inject", &HOST6.to_string(), "18054", &PEER6.to_string(), "evil-cmd-v6"])
-        .netns(&peer)
-        .run();
+    let sent = script(&[
+        "icmp-inject",
+        &HOST6.to_string(),
+        "18054",
+        &PEER6.to_string(),
+        "evil-cmd-v6",
+    ])
+    .netns(&peer)
+    .run();
     assert!(sent.starts_with("ok"), "{sent}");
 
     let got4 = log4.wait_for("evil-cmd-v4", Duration::from_millis(1500));
     let got6 = log6.wait_for("evil-cmd-v6", Duration::from_millis(1500));
     let recorded = ingress_records(&drain(&mut events));
     eprintln!("v4 socket got:\n{got4}\nv6 socket got:\n{got6}\nrecords: {recorded:#?}");
-    assert!(!got4.contains("control-udp"), "control: the datagram is dropped");
+    assert!(
+        !got4.contains("control-udp"),
+        "control: the datagram is dropped"
+    );
     assert!(
         !got4.contains("evil-cmd-v4") && !got6.contains("evil-cmd-v6"),
         "BYPASS: a denied host's bytes reached `app`'s socket in an ICMP error \
@@ -402,10 +495,28 @@ fn every_local_address_form_is_decided_as_the_serving_segment() {
     add_veth(Some(&host), &link, &peer, "eth0");
     let prefix6 = Ipv6Addr::new(0x2001, 0xdb8, 0x5eee, 0, 0, 0, 0, 0);
     let host6 = Ipv6Addr::new(0x2001, 0xdb8, 0x5eee, 0, 0, 0, 0, 1);
-    address_up(Some(&host), &link, &[(Ipv4Addr::new(198, 19, 252, 1).into(), 24), (host6.into(), 64)]);
-    address_up(Some(&peer), "eth0", &[(Ipv4Addr::new(198, 19, 252, 2).into(), 24)]);
+    address_up(
+        Some(&host),
+        &link,
+        &[
+            (Ipv4Addr::new(198, 19, 252, 1).into(), 24),
+            (host6.into(), 64),
+        ],
+    );
+    address_up(
+        Some(&peer),
+        "eth0",
+        &[(Ipv4Addr::new(198, 19, 252, 2).into(), 24)],
+    );
     let sysctl = Command::new("ip")
-        .args(["netns", "exec", host.name(), "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+        .args([
+            "netns",
+            "exec",
+            host.name(),
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.forwarding=1",
+        ])
         .status()
         .expect("sysctl");
     assert!(sysctl.success());
@@ -431,14 +542,13 @@ ports = ["{ANY_PORT}/udp", "{ANY_PORT}/tcp"]
         client.relative_path(),
         server.relative_path()
     );
+    let policy_dir =
+        RemoveDir(std::env::temp_dir().join(format!("rt-{}-agent-policy", std::process::id())));
+    std::fs::create_dir_all(&policy_dir.0).expect("policy dir");
     let mut agent = AgentHost::configured(
         &format!("rt-{}-agent", std::process::id()),
         &parent,
-        &{
-            let dir = std::env::temp_dir().join(format!("rt-{}-agent-policy", std::process::id()));
-            std::fs::create_dir_all(&dir).expect("policy dir");
-            dir
-        },
+        &policy_dir.0,
         "127.0.0.1:19791",
         "",
     )
@@ -542,12 +652,16 @@ ports = ["{REUSE_PORT}/tcp"]
         .cgroup(&b)
         .serve();
     // Control: c cannot reach b's port while b alone serves it.
-    let control = script(&["connect-names", "127.0.0.1", &port, "4"]).cgroup(&c).run();
+    let control = script(&["connect-names", "127.0.0.1", &port, "4"])
+        .cgroup(&c)
+        .run();
     assert!(!control.contains("\nB"), "control: {control}");
     let (_c, _) = script(&["reuseport-serve", "0.0.0.0", &port, "C", "20000"])
         .cgroup(&c)
         .serve();
-    let answered = script(&["connect-names", "127.0.0.1", &port, "24"]).cgroup(&c).run();
+    let answered = script(&["connect-names", "127.0.0.1", &port, "24"])
+        .cgroup(&c)
+        .run();
     let records: Vec<FlowEvent> = drain(&mut events)
         .into_iter()
         .filter(|e| e.dst_port == REUSE_PORT && Hook::from_code(e.hook) == Some(Hook::Connect4))
@@ -574,7 +688,7 @@ ports = ["{REUSE_PORT}/tcp"]
 // ---------------------------------------------------------------------------------------
 // 5. Learnt listeners are keyed without the network namespace.
 
-const NETNS_PORT: u16 = 47_124;
+const NETNS_PORT: u16 = 47_125;
 
 /// `b` serves a TCP port on `0.0.0.0` in this host's namespace (no `SO_REUSEPORT`, no
 /// shared uid needed). `c` may talk to its own services. A process of `c` creates a
@@ -599,7 +713,7 @@ cgroups = ["{}"]
 id = "c-internal"
 from = ["c"]
 to = ["c"]
-ports = ["{NETNS_PORT}/tcp"]
+ports = ["{NETNS_PORT}/tcp", "{NETNS_PORT}/udp"]
 "#,
         b.relative_path(),
         c.relative_path()
@@ -611,14 +725,18 @@ ports = ["{NETNS_PORT}/tcp"]
     let (_b, _) = script(&["reuseport-serve", "0.0.0.0", &port, "B", "20000", "noreuse"])
         .cgroup(&b)
         .serve();
-    let control = script(&["connect-names", "127.0.0.1", &port, "2"]).cgroup(&c).run();
+    let control = script(&["connect-names", "127.0.0.1", &port, "2"])
+        .cgroup(&c)
+        .run();
     assert!(!control.contains("\nB"), "control: {control}");
     // c's process in a namespace of its own binds the port there.
     let (_shadow, _) =
         script_in_new_netns(&["reuseport-serve", "0.0.0.0", &port, "C", "20000", "noreuse"])
             .cgroup(&c)
             .serve();
-    let answered = script(&["connect-names", "127.0.0.1", &port, "4"]).cgroup(&c).run();
+    let answered = script(&["connect-names", "127.0.0.1", &port, "4"])
+        .cgroup(&c)
+        .run();
     let records: Vec<FlowEvent> = drain(&mut events)
         .into_iter()
         .filter(|e| e.dst_port == NETNS_PORT && Hook::from_code(e.hook) == Some(Hook::Connect4))
@@ -631,7 +749,27 @@ ports = ["{NETNS_PORT}/tcp"]
             .map(|e| (e.verdict, e.src_segment, e.dst_segment, e.rule_id))
             .collect::<Vec<_>>()
     );
+    // The same for UDP: b's echo server answers c's datagrams (b's socket takes a
+    // datagram that came over loopback as decided, and may answer its sender).
+    let _b_udp = Spawn::udp_server(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), NETNS_PORT))
+        .cgroup(&b)
+        .serve();
+    let udp_control = Spawn::udp_client(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), NETNS_PORT))
+        .cgroup(&c)
+        .run();
+    let (_shadow_udp, _) = script_in_new_netns(&["udp-hold", "0.0.0.0", &port, "20000"])
+        .cgroup(&c)
+        .serve();
+    let udp_exchange = Spawn::udp_client(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), NETNS_PORT))
+        .cgroup(&c)
+        .run();
+    eprintln!("udp control: {udp_control:?}; udp after the shadow bind: {udp_exchange:?}");
+    assert!(udp_control.is_eperm(), "udp control: {udp_control:?}");
     let b_answers = answered.lines().filter(|l| *l == "B").count();
+    assert!(
+        udp_exchange != Outcome::Ok,
+        "BYPASS (udp): c exchanged datagrams with b's server (tcp: {b_answers} of 4 reached b)"
+    );
     let as_c = records
         .iter()
         .any(|e| e.verdict == Verdict::Allow as u8 && e.dst_segment == c_id);
