@@ -20,6 +20,11 @@ Modes:
   reuseport-serve ADDR PORT NAME WAIT_MS [noreuse]
         TCP listener with SO_REUSEPORT (without it: noreuse); answers each connection
         with NAME and closes
+  answer-later BIND PORT GATE FILE
+        UDP server: answers the first datagram, then once GATE exists sends one more
+        datagram to the same peer; appends what happened to FILE
+  query-and-listen DST DPORT SPORT WAIT_MS FILE
+        sends one query from SPORT, announces, appends what it receives to FILE
   udp-hold ADDR PORT WAIT_MS
         bind a UDP socket and hold it (nothing else)
   connect-names ADDR PORT TRIES
@@ -200,6 +205,40 @@ def udp_hold(addr, port, wait_ms):
     time.sleep(int(wait_ms) / 1000.0)
 
 
+def answer_later(bind, port, gate, path):
+    s = socket.socket(fam(bind), socket.SOCK_DGRAM)
+    s.bind((bind, int(port)))
+    out("listening %s" % show(s.getsockname()))
+    s.settimeout(10)
+    data, src = s.recvfrom(2048)
+    s.sendto(b"answer", src)
+    append(path, "answered %s %d" % src[:2])
+    deadline = time.time() + 10
+    while not os.path.exists(gate) and time.time() < deadline:
+        time.sleep(0.02)
+    try:
+        s.sendto(b"late-answer", src)
+        append(path, "late sent")
+    except OSError as err:
+        append(path, "late send-error %d" % err.errno)
+    time.sleep(10)
+
+
+def query_and_listen(dst, dport, sport, wait_ms, path):
+    s = socket.socket(fam(dst), socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(sport)))
+    s.sendto(b"query", (dst, int(dport)))
+    out("listening %s" % show(s.getsockname()))
+    deadline = time.time() + int(wait_ms) / 1000.0
+    while time.time() < deadline:
+        r, _, _ = select.select([s], [], [], max(0.0, deadline - time.time()))
+        if not r:
+            break
+        data, src = s.recvfrom(2048)
+        append(path, "%s %d %s" % (src[0], src[1], data.decode(errors="replace")))
+
+
 def connect_names(addr, port, tries):
     names = []
     for _ in range(int(tries)):
@@ -229,6 +268,8 @@ def main():
             "reuseport-serve": reuseport_serve,
             "connect-names": connect_names,
             "udp-hold": udp_hold,
+            "answer-later": answer_later,
+            "query-and-listen": query_and_listen,
         }[mode](*rest)
     except OSError as err:
         fail(err)

@@ -18,6 +18,8 @@
 //! - `a_binding_in_another_network_namespace_does_not_take_a_local_port`: learnt
 //!   listeners have no network namespace in their key; a binding in a namespace of one's
 //!   own (`unshare -U -r -n`) replaces another segment's, TCP and UDP.
+//! - `a_reload_that_denies_a_peer_ends_the_servers_answers_to_it`: the UDP reply window
+//!   outlives a reload that denies the peer (up to 120 s), unrecorded.
 //!
 //! Objects these tests create themselves are named `rt...`; the host side of the
 //! loader-driven tests is this process's namespace (addresses in 198.19.250.0/30 and
@@ -776,5 +778,91 @@ ports = ["{NETNS_PORT}/tcp", "{NETNS_PORT}/udp"]
     assert_eq!(
         b_answers, 0,
         "BYPASS: c reached b's server {b_answers} times (recorded as allowed c -> c: {as_c})"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. A policy reload and the UDP reply window.
+
+/// Under generation 1 the peer may query `app`'s UDP service, and gets its answer. The
+/// operator then applies a policy that denies the peer (an explicit deny: an incident).
+/// The server sends to the peer again after the reload, without a new query: the
+/// reply window (`heard_until`, 120 s after the last query) is not tied to the
+/// generation that allowed the query, so the datagram passes, unrecorded.
+#[test]
+fn a_reload_that_denies_a_peer_ends_the_servers_answers_to_it() {
+    let peer = rt_netns("l");
+    let veth = RtVeth::new(&peer, "l");
+    let parent = rt_cgroup("l");
+    let app = parent.child("app.service");
+    let base = format!(
+        r#"
+[segments.app]
+cgroups = ["{}"]
+ports = ["18060/udp"]
+
+[segments.evil]
+cidrs = ["{PEER4}/32"]
+"#,
+        app.relative_path()
+    );
+    let first = image(&format!(
+        "{base}\n[[allow]]\nid = \"evil-to-app\"\nfrom = [\"evil\"]\nto = [\"app\"]\nports = [\"18060/udp\"]\n"
+    ));
+    let second = image(&format!(
+        "{base}\n[[deny]]\nid = \"incident\"\nfrom = [\"evil\"]\nto = [\"app\"]\nports = [\"1-65535/udp\"]\n\n[[deny]]\nid = \"incident-out\"\nfrom = [\"app\"]\nto = [\"evil\"]\nports = [\"1-65535/udp\"]\n"
+    ));
+    let mut loader = loaded_with(&first);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    loader
+        .attach_xdp(&veth.host_if, veth.host_ifindex, XdpMode::Skb)
+        .expect("attach XDP");
+
+    let server_log = Log::new("late-server");
+    let peer_log = Log::new("late-peer");
+    let gate = Log::new("late-gate");
+    let (_server, _) = script(&[
+        "answer-later",
+        &HOST4.to_string(),
+        "18060",
+        gate.path(),
+        server_log.path(),
+    ])
+    .cgroup(&app)
+    .serve();
+    let (_peer, _) = script(&[
+        "query-and-listen",
+        &HOST4.to_string(),
+        "18060",
+        "45000",
+        "6000",
+        peer_log.path(),
+    ])
+    .netns(&peer)
+    .serve();
+    let answered = peer_log.wait_for("answer", Duration::from_millis(2000));
+    assert!(
+        answered.contains("answer"),
+        "generation 1 allows the exchange: {answered}"
+    );
+
+    let root = enforcer::host::cgroup2_mount().expect("cgroup2");
+    let applied = loader.apply(&second, &root).expect("apply generation 2");
+    assert_eq!(applied.generation, 2);
+    drain(&mut events);
+    std::fs::write(&gate.0, b"go").expect("open the gate");
+    let server = server_log.wait_for("late", Duration::from_millis(2000));
+    let got = peer_log.wait_for("late-answer", Duration::from_millis(1500));
+    let sends: Vec<FlowEvent> = drain(&mut events)
+        .into_iter()
+        .filter(|e| Hook::from_code(e.hook) == Some(Hook::Sendmsg4))
+        .collect();
+    eprintln!("server: {server}\npeer got: {got}\nsendmsg records after the reload: {sends:#?}");
+    assert!(
+        !got.contains("late-answer"),
+        "BYPASS: after the reload denied the peer, the server still sent it a datagram \
+         ({} sendmsg records)",
+        sends.len()
     );
 }
