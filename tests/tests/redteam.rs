@@ -1,0 +1,868 @@
+//! Red-team attacks on the inbound direction and on UDP exchanges. Each test asserts what
+//! the enforcer SHOULD do, so a test that fails is an attack that worked.
+//!
+//! Every test here failed against 864e8d2 (each is a working bypass):
+//! - `a_discovery_query_does_not_open_its_socket_to_a_denied_host`: after one allowed
+//!   multicast/broadcast datagram to port P, any host (one an explicit deny names
+//!   included) gets unicast datagrams from source port P into that socket for 120 s,
+//!   with no record.
+//! - `icmp_errors_do_not_carry_a_denied_hosts_bytes_into_a_segment_socket`: an ICMP or
+//!   ICMPv6 error quoting a datagram "from" a segment's UDP port carries the sender's
+//!   bytes into the error queue of a socket with `IP_RECVERR`/`IPV6_RECVERR`, unrecorded.
+//! - `every_local_address_form_is_decided_as_the_serving_segment`: IPv6 subnet-router
+//!   anycast (a forwarding host) and AnyIP local routes are local but not interface
+//!   addresses: a local flow to them is decided (and recorded) as `world`.
+//! - `a_reuseport_partner_does_not_get_another_segments_connections`: a same-uid
+//!   `SO_REUSEPORT` partner takes over the learnt listener; its segment's connects to the
+//!   port are decided as to itself and land on the other segment's socket.
+//! - `a_binding_in_another_network_namespace_does_not_take_a_local_port`: learnt
+//!   listeners have no network namespace in their key; a binding in a namespace of one's
+//!   own (`unshare -U -r -n`) replaces another segment's, TCP and UDP.
+//! - `a_reload_that_denies_a_peer_ends_the_servers_answers_to_it`: the UDP reply window
+//!   outlives a reload that denies the peer (up to 120 s), unrecorded.
+//!
+//! Objects these tests create themselves are named `rt...`; the host side of the
+//! loader-driven tests is this process's namespace (addresses in 198.19.250.0/30 and
+//! 2001:db8:5eed::/64, which the harness's `Veth` never uses).
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{BufRead as _, BufReader},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use aya::programs::XdpMode;
+use enforcer_common::event::{FlowEvent, Hook, Verdict};
+use enforcer_tests::{
+    agent::AgentHost,
+    cgroup::TestCgroup,
+    events::{drain, segment_id},
+    netns::{Netns, add_veth, address_up, setns_net},
+    policy::{image, loaded_with},
+    probe::{Outcome, Spawn},
+};
+
+// ---------------------------------------------------------------------------------------
+// Harness of our own: a Python helper started in a netns and/or cgroup.
+
+struct Script {
+    command: Command,
+    netns: Option<File>,
+    procs: Option<File>,
+}
+
+fn script(args: &[&str]) -> Script {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rt_attack.py");
+    let mut command = Command::new("python3");
+    command.arg(path).args(args);
+    Script {
+        command,
+        netns: None,
+        procs: None,
+    }
+}
+
+/// [`script`] run by `unshare -U -r -n`: in a fresh user and network namespace, which
+/// any process may create where unprivileged user namespaces are enabled (the default of
+/// most distributions), or with `CAP_SYS_ADMIN`.
+fn script_in_new_netns(args: &[&str]) -> Script {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rt_attack.py");
+    let mut command = Command::new("unshare");
+    command
+        .args(["-U", "-r", "-n", "python3"])
+        .arg(path)
+        .args(args);
+    Script {
+        command,
+        netns: None,
+        procs: None,
+    }
+}
+
+impl Script {
+    fn netns(mut self, netns: &Netns) -> Self {
+        self.netns = Some(netns.open());
+        self
+    }
+
+    fn cgroup(mut self, cgroup: &TestCgroup) -> Self {
+        self.procs = Some(
+            OpenOptions::new()
+                .write(true)
+                .open(cgroup.procs_file())
+                .expect("open cgroup.procs"),
+        );
+        self
+    }
+
+    fn spawn(mut self) -> Child {
+        let netns = self.netns.take();
+        let procs = self.procs.take();
+        // SAFETY: write and setns on descriptors opened before the fork.
+        unsafe {
+            self.command.pre_exec(move || {
+                if let Some(procs) = &procs {
+                    let rc = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                    if rc != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if let Some(netns) = &netns {
+                    setns_net(netns)?;
+                }
+                Ok(())
+            });
+        }
+        self.command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn python3")
+    }
+
+    /// Starts a server; returns it and the address of its banner.
+    fn serve(self) -> (Guard, SocketAddr) {
+        let mut child = self.spawn();
+        let stdout = child.stdout.take().expect("stdout");
+        let guard = Guard(child);
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("banner");
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("server did not start: {line:?}"));
+        (guard, addr)
+    }
+
+    /// Runs a client; returns everything it printed.
+    fn run(self) -> String {
+        let child = self.spawn();
+        let output = child.wait_with_output().expect("wait");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A file a helper appends to; removed on drop.
+struct Log(PathBuf);
+
+impl Log {
+    fn new(tag: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("rt-{}-{tag}", std::process::id())))
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8")
+    }
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.0).unwrap_or_default()
+    }
+    /// Waits up to `wait` for `needle`; returns the text either way.
+    fn wait_for(&self, needle: &str, wait: Duration) -> String {
+        let since = Instant::now();
+        loop {
+            let text = self.text();
+            if text.contains(needle) || since.elapsed() > wait {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A directory of our own, removed on drop.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A veth pair of our own: `rt<pid><tag>h` here, `rt<pid><tag>p` in `peer`.
+struct RtVeth {
+    host_if: String,
+    host_ifindex: u32,
+}
+
+const HOST4: Ipv4Addr = Ipv4Addr::new(198, 19, 250, 1);
+const PEER4: Ipv4Addr = Ipv4Addr::new(198, 19, 250, 2);
+const HOST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x5eed, 0, 0, 0, 0, 1);
+const PEER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x5eed, 0, 0, 0, 0, 2);
+
+impl RtVeth {
+    /// Host side in this process's namespace, peer side in `peer`.
+    fn new(peer: &Netns, tag: &str) -> Self {
+        let pid = std::process::id() % 100_000;
+        let host_if = format!("rt{pid}{tag}h");
+        let peer_if = format!("rt{pid}{tag}p");
+        add_veth(None, &host_if, peer, &peer_if);
+        let mut veth = Self {
+            host_if,
+            host_ifindex: 0,
+        };
+        address_up(
+            None,
+            &veth.host_if,
+            &[(HOST4.into(), 30), (HOST6.into(), 64)],
+        );
+        address_up(
+            Some(peer),
+            &peer_if,
+            &[(PEER4.into(), 30), (PEER6.into(), 64)],
+        );
+        veth.host_ifindex =
+            std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", veth.host_if))
+                .expect("ifindex")
+                .trim()
+                .parse()
+                .expect("number");
+        veth
+    }
+}
+
+impl Drop for RtVeth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+    }
+}
+
+fn rt_netns(tag: &str) -> Netns {
+    Netns::named(&format!("rt-{}-{tag}", std::process::id()))
+}
+
+fn rt_cgroup(tag: &str) -> TestCgroup {
+    TestCgroup::named(&format!("rt-{}-{tag}", std::process::id()))
+}
+
+fn ingress_records(events: &[FlowEvent]) -> Vec<FlowEvent> {
+    events
+        .iter()
+        .filter(|e| {
+            matches!(
+                Hook::from_code(e.hook),
+                Some(Hook::SkbIngress | Hook::XdpIngress)
+            )
+        })
+        .copied()
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. A discovery datagram opens the socket to any host that uses the group's port.
+
+/// `app` may send mDNS-style discovery to a multicast group; `evil` (the peer) is
+/// explicitly denied every UDP port of `app`. After one allowed discovery datagram, the
+/// peer (which is on the link, so it sees the query and its source port) sends a unicast
+/// datagram from source port 5353 to the discovery socket: it must be decided (and
+/// denied, and recorded) like any other datagram from `evil`.
+#[test]
+fn a_discovery_query_does_not_open_its_socket_to_a_denied_host() {
+    let peer = rt_netns("g");
+    let veth = RtVeth::new(&peer, "g");
+    let parent = rt_cgroup("g");
+    let app = parent.child("app.service");
+    let image = image(&format!(
+        r#"
+[segments.app]
+cgroups = ["{}"]
+
+[segments.evil]
+cidrs = ["{PEER4}/32", "{PEER6}/128"]
+
+[[allow]]
+id = "app-discovery"
+from = ["app"]
+to = ["multicast"]
+ports = ["5353/udp"]
+
+[[deny]]
+id = "evil-to-app"
+from = ["evil"]
+to = ["app"]
+ports = ["1-65535/udp"]
+"#,
+        app.relative_path()
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    loader
+        .attach_xdp(&veth.host_if, veth.host_ifindex, XdpMode::Skb)
+        .expect("attach XDP");
+
+    let log = Log::new("group");
+    // The discovery client: an ephemeral port, one query to 224.0.0.251:5353.
+    let (_client, bound) = script(&[
+        "group-then-listen",
+        "0.0.0.0",
+        "0",
+        "224.0.0.251",
+        "5353",
+        &HOST4.to_string(),
+        "4000",
+        log.path(),
+    ])
+    .cgroup(&app)
+    .serve();
+    assert!(
+        log.text().starts_with("sent"),
+        "the query is allowed: {}",
+        log.text()
+    );
+    let port = bound.port().to_string();
+
+    // Control: from any other source port the peer is denied (and recorded).
+    let sent = script(&[
+        "fire-from",
+        "5354",
+        &HOST4.to_string(),
+        &port,
+        "control-5354",
+    ])
+    .netns(&peer)
+    .run();
+    assert!(sent.starts_with("ok"), "{sent}");
+    // The attack: the same peer, from the group's port.
+    let sent = script(&["fire-from", "5353", &HOST4.to_string(), &port, "evil-5353"])
+        .netns(&peer)
+        .run();
+    assert!(sent.starts_with("ok"), "{sent}");
+    let received = log.wait_for("evil-5353", Duration::from_millis(1500));
+    let recorded = ingress_records(&drain(&mut events));
+    eprintln!("received by the app socket:\n{received}");
+    eprintln!("ingress records: {recorded:#?}");
+    assert!(
+        !received.contains("control-5354"),
+        "control: the deny holds for other ports"
+    );
+    let evil = segment_id(&image, "evil");
+    let recorded_5353 = recorded
+        .iter()
+        .any(|e| e.src_port == 5353 && e.src_segment == evil);
+    assert!(
+        !received.contains("evil-5353"),
+        "BYPASS: a host of `evil` (explicitly denied) delivered a datagram to `app`'s \
+         socket from source port 5353, {} ",
+        if recorded_5353 {
+            "recorded"
+        } else {
+            "with no record at all"
+        }
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. ICMP errors carry a denied host's bytes into a segment's UDP socket.
+
+/// `app` serves UDP with `IP_RECVERR`/`IPV6_RECVERR` (resolvers, QUIC stacks, or a
+/// compromised service that wants a command channel). No rule lets the peer in: its
+/// datagrams are dropped. An ICMP port-unreachable from the peer that quotes a datagram
+/// "from" the server's port carries any bytes the peer chooses into the socket's error
+/// queue, past XDP (ICMP is passed) and past the per-socket layer (the error never goes
+/// through the socket's filter), with no record.
+#[test]
+fn icmp_errors_do_not_carry_a_denied_hosts_bytes_into_a_segment_socket() {
+    let peer = rt_netns("i");
+    let veth = RtVeth::new(&peer, "i");
+    let parent = rt_cgroup("i");
+    let app = parent.child("app.service");
+    let image = image(&format!(
+        r#"
+[segments.app]
+cgroups = ["{}"]
+ports = ["18053/udp", "18054/udp"]
+
+[segments.evil]
+cidrs = ["{PEER4}/32", "{PEER6}/128"]
+"#,
+        app.relative_path()
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    loader
+        .attach_xdp(&veth.host_if, veth.host_ifindex, XdpMode::Skb)
+        .expect("attach XDP");
+
+    let log4 = Log::new("icmp4");
+    let log6 = Log::new("icmp6");
+    let (_s4, _) = script(&[
+        "recverr-serve",
+        &HOST4.to_string(),
+        "18053",
+        "6000",
+        log4.path(),
+    ])
+    .cgroup(&app)
+    .serve();
+    let (_s6, _) = script(&[
+        "recverr-serve",
+        &HOST6.to_string(),
+        "18054",
+        "6000",
+        log6.path(),
+    ])
+    .cgroup(&app)
+    .serve();
+
+    // Control: a plain datagram from the peer is dropped.
+    let sent = script(&[
+        "fire-from",
+        "40000",
+        &HOST4.to_string(),
+        "18053",
+        "control-udp",
+    ])
+    .netns(&peer)
+    .run();
+    assert!(sent.starts_with("ok"), "{sent}");
+    // The attack, both families.
+    let sent = script(&[
+        "icmp-inject",
+        &HOST4.to_string(),
+        "18053",
+        &PEER4.to_string(),
+        "evil-cmd-v4",
+    ])
+    .netns(&peer)
+    .run();
+    assert!(sent.starts_with("ok"), "{sent}");
+    let sent = script(&[
+        "icmp-inject",
+        &HOST6.to_string(),
+        "18054",
+        &PEER6.to_string(),
+        "evil-cmd-v6",
+    ])
+    .netns(&peer)
+    .run();
+    assert!(sent.starts_with("ok"), "{sent}");
+
+    let got4 = log4.wait_for("evil-cmd-v4", Duration::from_millis(1500));
+    let got6 = log6.wait_for("evil-cmd-v6", Duration::from_millis(1500));
+    let recorded = ingress_records(&drain(&mut events));
+    eprintln!("v4 socket got:\n{got4}\nv6 socket got:\n{got6}\nrecords: {recorded:#?}");
+    assert!(
+        !got4.contains("control-udp"),
+        "control: the datagram is dropped"
+    );
+    assert!(
+        !got4.contains("evil-cmd-v4") && !got6.contains("evil-cmd-v6"),
+        "BYPASS: a denied host's bytes reached `app`'s socket in an ICMP error \
+         (v4: {}, v6: {}); records from the peer: {}",
+        got4.contains("evil-cmd-v4"),
+        got6.contains("evil-cmd-v6"),
+        recorded.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Local addresses that are not interface addresses.
+
+const ANY_PORT: u16 = 18_055;
+
+/// `client` may send to `world` on a port that `server`, a local segment, serves; a
+/// flow to any local address is decided against the serving segment (denied). The host
+/// forwards IPv6 (a router, a container host), so the kernel also accepts its subnets'
+/// router anycast addresses (`prefix::`) as local; and a process with `CAP_NET_ADMIN`
+/// can make a whole range local (`ip route add local ... dev lo`, "AnyIP"). Neither is an
+/// interface address, so neither is in the enforcer's table of local addresses.
+#[test]
+fn every_local_address_form_is_decided_as_the_serving_segment() {
+    let host = rt_netns("ah");
+    let peer = rt_netns("ap");
+    let pid = std::process::id() % 100_000;
+    let link = format!("rt{pid}a");
+    add_veth(Some(&host), &link, &peer, "eth0");
+    let prefix6 = Ipv6Addr::new(0x2001, 0xdb8, 0x5eee, 0, 0, 0, 0, 0);
+    let host6 = Ipv6Addr::new(0x2001, 0xdb8, 0x5eee, 0, 0, 0, 0, 1);
+    address_up(
+        Some(&host),
+        &link,
+        &[
+            (Ipv4Addr::new(198, 19, 252, 1).into(), 24),
+            (host6.into(), 64),
+        ],
+    );
+    address_up(
+        Some(&peer),
+        "eth0",
+        &[(Ipv4Addr::new(198, 19, 252, 2).into(), 24)],
+    );
+    let sysctl = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            host.name(),
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.forwarding=1",
+        ])
+        .status()
+        .expect("sysctl");
+    assert!(sysctl.success());
+
+    let parent = rt_cgroup("a");
+    let client = parent.child("client.service");
+    let server = parent.child("server.service");
+    let policy = format!(
+        r#"
+[segments.client]
+cgroups = ["{}"]
+
+[segments.server]
+cgroups = ["{}"]
+ports = ["{ANY_PORT}/udp", "{ANY_PORT}/tcp"]
+
+[[allow]]
+id = "client-out"
+from = ["client"]
+to = ["world"]
+ports = ["{ANY_PORT}/udp", "{ANY_PORT}/tcp"]
+"#,
+        client.relative_path(),
+        server.relative_path()
+    );
+    let policy_dir =
+        RemoveDir(std::env::temp_dir().join(format!("rt-{}-agent-policy", std::process::id())));
+    std::fs::create_dir_all(&policy_dir.0).expect("policy dir");
+    let mut agent = AgentHost::configured(
+        &format!("rt-{}-agent", std::process::id()),
+        &parent,
+        &policy_dir.0,
+        "127.0.0.1:19791",
+        "",
+    )
+    .in_netns(&host);
+    agent.write_policy(&policy);
+    agent.start();
+
+    let _udp = Spawn::udp_server(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), ANY_PORT))
+        .netns(&host)
+        .cgroup(&server)
+        .serve();
+    let _tcp = Spawn::tcp_server(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), ANY_PORT))
+        .netns(&host)
+        .cgroup(&server)
+        .serve();
+    let udp = |to: IpAddr| {
+        Spawn::udp_client(SocketAddr::new(to, ANY_PORT))
+            .netns(&host)
+            .cgroup(&client)
+            .run()
+    };
+    let tcp = |to: IpAddr| {
+        Spawn::tcp_client(SocketAddr::new(to, ANY_PORT))
+            .netns(&host)
+            .cgroup(&client)
+            .run()
+    };
+
+    // Control: the interface address is local, so the server's segment decides.
+    let control = udp(host6.into());
+    assert!(control.is_eperm(), "control: {control:?}");
+
+    // AnyIP: the attacker (root with CAP_NET_ADMIN in `client`) makes a range local.
+    host.ip(&["route", "add", "local", "198.19.253.0/24", "dev", "lo"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let anyip = IpAddr::from(Ipv4Addr::new(198, 19, 253, 7));
+    let anycast = IpAddr::from(prefix6);
+    let results = [
+        ("udp subnet-router anycast", anycast, udp(anycast)),
+        ("tcp subnet-router anycast", anycast, tcp(anycast)),
+        ("udp AnyIP local route", anyip, udp(anyip)),
+        ("tcp AnyIP local route", anyip, tcp(anyip)),
+    ];
+    let records: Vec<serde_json::Value> = agent.audit_records();
+    for (what, to, outcome) in &results {
+        let record = records
+            .iter()
+            .filter(|r| r["dst_endpoint"]["ip"] == to.to_string())
+            .map(|r| r["unmapped"]["flow"].to_string())
+            .collect::<Vec<_>>();
+        eprintln!("{what} {to}: {outcome:?}; records: {record:?}");
+    }
+    let reached: Vec<_> = results
+        .iter()
+        .filter(|(_, _, outcome)| *outcome == Outcome::Ok)
+        .map(|(what, to, _)| format!("{what} ({to})"))
+        .collect();
+    assert!(
+        reached.is_empty(),
+        "BYPASS: `client` reached `server`'s sockets through {reached:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. SO_REUSEPORT: one port, two segments' sockets, one learnt listener.
+
+const REUSE_PORT: u16 = 47_123;
+
+/// `b` serves a TCP port with `SO_REUSEPORT` (nginx, envoy, most Go servers); its
+/// processes run as root, like `c`'s. `c` may talk to its own services. `c` binds the
+/// same port with `SO_REUSEPORT` (same uid: allowed), which overwrites the learnt
+/// listener, then connects to it: the connect is decided as `c` to `c`, while the kernel
+/// spreads the connections over both sockets of the group, `b`'s included.
+#[test]
+fn a_reuseport_partner_does_not_get_another_segments_connections() {
+    let parent = rt_cgroup("r");
+    let b = parent.child("b.service");
+    let c = parent.child("c.service");
+    let image = image(&format!(
+        r#"
+[segments.b]
+cgroups = ["{}"]
+
+[segments.c]
+cgroups = ["{}"]
+
+[[allow]]
+id = "c-internal"
+from = ["c"]
+to = ["c"]
+ports = ["{REUSE_PORT}/tcp"]
+"#,
+        b.relative_path(),
+        c.relative_path()
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    let port = REUSE_PORT.to_string();
+    let (_b, _) = script(&["reuseport-serve", "0.0.0.0", &port, "B", "20000"])
+        .cgroup(&b)
+        .serve();
+    // Control: c cannot reach b's port while b alone serves it.
+    let control = script(&["connect-names", "127.0.0.1", &port, "4"])
+        .cgroup(&c)
+        .run();
+    assert!(!control.contains("\nB"), "control: {control}");
+    let (_c, _) = script(&["reuseport-serve", "0.0.0.0", &port, "C", "20000"])
+        .cgroup(&c)
+        .serve();
+    let answered = script(&["connect-names", "127.0.0.1", &port, "24"])
+        .cgroup(&c)
+        .run();
+    let records: Vec<FlowEvent> = drain(&mut events)
+        .into_iter()
+        .filter(|e| e.dst_port == REUSE_PORT && Hook::from_code(e.hook) == Some(Hook::Connect4))
+        .collect();
+    let b_id = segment_id(&image, "b");
+    let c_id = segment_id(&image, "c");
+    let allowed_as_c = records
+        .iter()
+        .filter(|e| e.verdict == Verdict::Allow as u8 && e.dst_segment == c_id)
+        .count();
+    let b_answers = answered.lines().filter(|l| *l == "B").count();
+    eprintln!(
+        "control: {control:?}\nanswers: {answered:?}\nconnect records: {} (allowed as c->c: {allowed_as_c}, \
+         naming b: {})",
+        records.len(),
+        records.iter().filter(|e| e.dst_segment == b_id).count()
+    );
+    assert_eq!(
+        b_answers, 0,
+        "BYPASS: {b_answers} of c's connections reached b's server, recorded as c -> c"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Learnt listeners are keyed without the network namespace.
+
+const NETNS_PORT: u16 = 47_125;
+
+/// `b` serves a TCP port on `0.0.0.0` in this host's namespace (no `SO_REUSEPORT`, no
+/// shared uid needed). `c` may talk to its own services. A process of `c` creates a
+/// network namespace of its own (`unshare -U -r -n`) and binds the same port there: no
+/// conflict, different namespace, but the learnt-listener key is address+port+protocol
+/// only, so the binding replaces `b`'s. `c`'s client in the host namespace then connects
+/// to `127.0.0.1`: decided (and recorded) as `c` to `c`, delivered to `b`.
+#[test]
+fn a_binding_in_another_network_namespace_does_not_take_a_local_port() {
+    let parent = rt_cgroup("n");
+    let b = parent.child("b.service");
+    let c = parent.child("c.service");
+    let image = image(&format!(
+        r#"
+[segments.b]
+cgroups = ["{}"]
+
+[segments.c]
+cgroups = ["{}"]
+
+[[allow]]
+id = "c-internal"
+from = ["c"]
+to = ["c"]
+ports = ["{NETNS_PORT}/tcp", "{NETNS_PORT}/udp"]
+"#,
+        b.relative_path(),
+        c.relative_path()
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    let port = NETNS_PORT.to_string();
+    let (_b, _) = script(&["reuseport-serve", "0.0.0.0", &port, "B", "20000", "noreuse"])
+        .cgroup(&b)
+        .serve();
+    let control = script(&["connect-names", "127.0.0.1", &port, "2"])
+        .cgroup(&c)
+        .run();
+    assert!(!control.contains("\nB"), "control: {control}");
+    // c's process in a namespace of its own binds the port there.
+    let (_shadow, _) =
+        script_in_new_netns(&["reuseport-serve", "0.0.0.0", &port, "C", "20000", "noreuse"])
+            .cgroup(&c)
+            .serve();
+    let answered = script(&["connect-names", "127.0.0.1", &port, "4"])
+        .cgroup(&c)
+        .run();
+    let records: Vec<FlowEvent> = drain(&mut events)
+        .into_iter()
+        .filter(|e| e.dst_port == NETNS_PORT && Hook::from_code(e.hook) == Some(Hook::Connect4))
+        .collect();
+    let c_id = segment_id(&image, "c");
+    eprintln!(
+        "control: {control:?}\nanswers: {answered:?}\nconnect records: {:?}",
+        records
+            .iter()
+            .map(|e| (e.verdict, e.src_segment, e.dst_segment, e.rule_id))
+            .collect::<Vec<_>>()
+    );
+    // The same for UDP: b's echo server answers c's datagrams (b's socket takes a
+    // datagram that came over loopback as decided, and may answer its sender).
+    let _b_udp = Spawn::udp_server(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), NETNS_PORT))
+        .cgroup(&b)
+        .serve();
+    let udp_control = Spawn::udp_client(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), NETNS_PORT))
+        .cgroup(&c)
+        .run();
+    let (_shadow_udp, _) = script_in_new_netns(&["udp-hold", "0.0.0.0", &port, "20000"])
+        .cgroup(&c)
+        .serve();
+    let udp_exchange = Spawn::udp_client(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), NETNS_PORT))
+        .cgroup(&c)
+        .run();
+    eprintln!("udp control: {udp_control:?}; udp after the shadow bind: {udp_exchange:?}");
+    assert!(udp_control.is_eperm(), "udp control: {udp_control:?}");
+    let b_answers = answered.lines().filter(|l| *l == "B").count();
+    assert!(
+        udp_exchange != Outcome::Ok,
+        "BYPASS (udp): c exchanged datagrams with b's server (tcp: {b_answers} of 4 reached b)"
+    );
+    let as_c = records
+        .iter()
+        .any(|e| e.verdict == Verdict::Allow as u8 && e.dst_segment == c_id);
+    assert_eq!(
+        b_answers, 0,
+        "BYPASS: c reached b's server {b_answers} times (recorded as allowed c -> c: {as_c})"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. A policy reload and the UDP reply window.
+
+/// Under generation 1 the peer may query `app`'s UDP service, and gets its answer. The
+/// operator then applies a policy that denies the peer (an explicit deny: an incident).
+/// The server sends to the peer again after the reload, without a new query: the
+/// reply window (`heard_until`, 120 s after the last query) is not tied to the
+/// generation that allowed the query, so the datagram passes, unrecorded.
+#[test]
+fn a_reload_that_denies_a_peer_ends_the_servers_answers_to_it() {
+    let peer = rt_netns("l");
+    let veth = RtVeth::new(&peer, "l");
+    let parent = rt_cgroup("l");
+    let app = parent.child("app.service");
+    let base = format!(
+        r#"
+[segments.app]
+cgroups = ["{}"]
+ports = ["18060/udp"]
+
+[segments.evil]
+cidrs = ["{PEER4}/32"]
+"#,
+        app.relative_path()
+    );
+    let first = image(&format!(
+        "{base}\n[[allow]]\nid = \"evil-to-app\"\nfrom = [\"evil\"]\nto = [\"app\"]\nports = [\"18060/udp\"]\n"
+    ));
+    let second = image(&format!(
+        "{base}\n[[deny]]\nid = \"incident\"\nfrom = [\"evil\"]\nto = [\"app\"]\nports = [\"1-65535/udp\"]\n\n[[deny]]\nid = \"incident-out\"\nfrom = [\"app\"]\nto = [\"evil\"]\nports = [\"1-65535/udp\"]\n"
+    ));
+    let mut loader = loaded_with(&first);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    loader
+        .attach_xdp(&veth.host_if, veth.host_ifindex, XdpMode::Skb)
+        .expect("attach XDP");
+
+    let server_log = Log::new("late-server");
+    let peer_log = Log::new("late-peer");
+    let gate = Log::new("late-gate");
+    let (_server, _) = script(&[
+        "answer-later",
+        &HOST4.to_string(),
+        "18060",
+        gate.path(),
+        server_log.path(),
+    ])
+    .cgroup(&app)
+    .serve();
+    let (_peer, _) = script(&[
+        "query-and-listen",
+        &HOST4.to_string(),
+        "18060",
+        "45000",
+        "6000",
+        peer_log.path(),
+    ])
+    .netns(&peer)
+    .serve();
+    let answered = peer_log.wait_for("answer", Duration::from_millis(2000));
+    assert!(
+        answered.contains("answer"),
+        "generation 1 allows the exchange: {answered}"
+    );
+
+    let root = enforcer::host::cgroup2_mount().expect("cgroup2");
+    let applied = loader.apply(&second, &root).expect("apply generation 2");
+    assert_eq!(applied.generation, 2);
+    drain(&mut events);
+    std::fs::write(&gate.0, b"go").expect("open the gate");
+    let server = server_log.wait_for("late", Duration::from_millis(2000));
+    let got = peer_log.wait_for("late-answer", Duration::from_millis(1500));
+    let sends: Vec<FlowEvent> = drain(&mut events)
+        .into_iter()
+        .filter(|e| Hook::from_code(e.hook) == Some(Hook::Sendmsg4))
+        .collect();
+    eprintln!("server: {server}\npeer got: {got}\nsendmsg records after the reload: {sends:#?}");
+    assert!(
+        !got.contains("late-answer"),
+        "BYPASS: after the reload denied the peer, the server still sent it a datagram \
+         ({} sendmsg records)",
+        sends.len()
+    );
+}
