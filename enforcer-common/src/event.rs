@@ -74,6 +74,10 @@ wire_enum! {
         /// A source route or routing header from a process of a segment (a socket option,
         /// or a packet carrying one): refused, whatever the destination.
         SourceRoute = 8 => "source-route",
+        /// A process joined a socket group (`SO_REUSEPORT`) on an address and port that a
+        /// process of another segment holds: refused, so it cannot take a share of that
+        /// segment's connections.
+        ListenerTaken = 9 => "listener-taken",
     }
     /// The word audit records, `status` and metrics use for the reason.
     fn word;

@@ -435,6 +435,10 @@ pub struct HostSettings {
     /// Events for the same flow within this many nanoseconds of the last one written are
     /// suppressed (and counted); 0 writes every event.
     pub dedup_window_ns: u64,
+    /// The cookie of the agent's network namespace (0: unknown). Only bindings made there
+    /// are learnt as listeners: a process that binds a port in a namespace of its own does
+    /// not receive this host's flows to that port.
+    pub netns_cookie: u64,
     /// Lowest port of the host's ephemeral range (`net.ipv4.ip_local_port_range`).
     pub ephemeral_low: u16,
     /// Highest port of the host's ephemeral range. A UDP port in this range is not learnt
@@ -448,7 +452,7 @@ pub struct HostSettings {
     pub _pad: [u8; 3],
 }
 
-const _: () = assert!(size_of::<HostSettings>() == 16);
+const _: () = assert!(size_of::<HostSettings>() == 24);
 
 /// The array holding the [`HostSettings`].
 pub const HOST_SETTINGS: &str = "HOST_SETTINGS";
@@ -595,7 +599,8 @@ impl PeerKey {
 }
 
 /// What a socket and one UDP peer have exchanged ([`SOCKET_PEERS`]); times are on the
-/// boot clock, in ns.
+/// boot clock, in ns. Each window holds only under the generation that opened it: a new
+/// policy decides the next datagram anew.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerState {
@@ -608,11 +613,15 @@ pub struct PeerState {
     /// The generation under which the peer's datagrams to the socket were last allowed
     /// (or audited) by a rule or failsafe; 0 when never.
     pub allowed_generation: u32,
+    /// The generation under which `heard_until` was set.
+    pub heard_generation: u32,
+    /// The generation under which `sent_until` was set.
+    pub sent_generation: u32,
     /// Explicit padding; always zero.
     pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<PeerState>() == 24);
+const _: () = assert!(size_of::<PeerState>() == 32);
 
 /// The maps of host state, one of each, kept across generations.
 const HOST_MAPS: [&str; 11] = [

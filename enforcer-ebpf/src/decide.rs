@@ -12,9 +12,10 @@ use enforcer_common::{
     event::{Reason, Verdict, family},
     maps::{
         ACTION_ALLOW, ADDRESS_BROADCAST, ADDRESS_LOCAL, BoundKey, CGROUP_LEVELS,
-        FAILSAFE_KEY_FIXED_BITS, FailsafeKey, ListenKey, MAX_CGROUP_DEPTH, RULE_KEY_FIXED_BITS,
-        RuleKey, SEGMENT_ANY, SEGMENT_BROADCAST, SEGMENT_FLAG_AUDIT, SEGMENT_HOST,
-        SEGMENT_MULTICAST, SEGMENT_UNCLASSIFIED, SEGMENT_WORLD, cgroup_segment, local_address_key,
+        FAILSAFE_KEY_FIXED_BITS, FailsafeKey, LearntListener, ListenKey, MAX_CGROUP_DEPTH,
+        RULE_KEY_FIXED_BITS, RuleKey, SEGMENT_ANY, SEGMENT_BROADCAST, SEGMENT_FLAG_AUDIT,
+        SEGMENT_HOST, SEGMENT_MULTICAST, SEGMENT_UNCLASSIFIED, SEGMENT_WORLD, cgroup_segment,
+        local_address_key,
     },
 };
 
@@ -337,15 +338,27 @@ fn learnt_listener<const B: bool>(
             None => return NO_LISTENER,
         },
     };
+    learnt_segment(slot, learnt)
+}
+
+/// The segment of the task that made the learnt binding `learnt` points to, classified
+/// under this generation's cgroup table; [`NO_LISTENER`] when no level of its ancestry is
+/// known.
+///
+/// Verifier note: a constant-bounded loop over the stored levels, deepest first, like
+/// [`task_segment`].
+#[inline(always)]
+pub fn learnt_segment<const B: bool>(slot: &Slot<B>, learnt: *const LearntListener) -> u32 {
     let mut level = CGROUP_LEVELS;
     let mut unknown_below = false;
     while level > 0 {
         level -= 1;
-        // SAFETY: as above; `level` is below the array's length.
+        // SAFETY: `learnt` comes from a successful map lookup; `level` is below the
+        // array's length.
         let id = unsafe { (*learnt).ancestors[level] };
         if id != 0 {
             if let Some(value) = slot.cgroups().get_ptr(&id) {
-                // SAFETY: as above.
+                // SAFETY: the pointer comes from a successful map lookup.
                 return cgroup_segment(unsafe { *value }, unknown_below);
             }
             unknown_below = true;

@@ -6,7 +6,7 @@
 //! kernel delivers to it there, not the port.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockContext,
 };
 use enforcer_common::maps::{
@@ -23,7 +23,7 @@ use crate::maps::{self, BOUND_SOCKETS, EXPLICIT_BINDS, LEARNT_LISTENERS};
 /// as a constant parameter rather than a branch on `family`. Fields are read with 4-byte
 /// loads; `src_port` is in host byte order, the addresses in network byte order.
 #[inline(always)]
-fn bound<const V4: bool>(ctx: &SockContext) -> Option<BoundKey> {
+pub fn bound<const V4: bool>(ctx: &SockContext) -> Option<BoundKey> {
     // SAFETY: the context pointer is valid for the whole run of the program.
     let (port, proto) = unsafe { ((*ctx.sock).src_port, (*ctx.sock).protocol) };
     let (port, proto) = (port as u16, proto as u8);
@@ -50,6 +50,30 @@ fn bound<const V4: bool>(ctx: &SockContext) -> Option<BoundKey> {
     Some(BoundKey::new(local_address_key(&addr, V4), port, proto))
 }
 
+/// Whether `ctx`'s socket lives in the agent's network namespace (or the namespace is not
+/// known). A binding in another namespace (a container, `unshare -n`) receives none of
+/// this host's flows: it is neither learnt nor weighed against the host's bindings.
+#[inline(always)]
+pub fn in_host_netns(ctx: &SockContext) -> bool {
+    let expected = maps::host_settings().netns_cookie;
+    // SAFETY: the helper reads the socket the context points to, valid for the run.
+    expected == 0 || unsafe { bpf_get_netns_cookie(ctx.sock.cast()) } == expected
+}
+
+/// The learnt binding `ctx`'s socket (IPv4 when `V4`) now shares: another socket, not yet
+/// released, bound to exactly the same address, port and protocol (an `SO_REUSEPORT`
+/// group, or UDP `SO_REUSEADDR`); the kernel spreads the flows to that address over both.
+#[inline(always)]
+pub fn sharer<const V4: bool>(ctx: &SockContext) -> Option<*const LearntListener> {
+    let key = bound::<V4>(ctx)?;
+    let learnt = LEARNT_LISTENERS.get_ptr(&key)?;
+    // SAFETY: the helper reads the socket the context points to, valid for the run.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    // SAFETY: the pointer comes from a successful map lookup.
+    let holder = unsafe { (*learnt).cookie };
+    (holder != cookie && BOUND_SOCKETS.get_ptr(&holder).is_some()).then_some(learnt)
+}
+
 /// Notes that the socket of a `bind()` asked for port `requested` (host byte order) of its
 /// own, for [`listener`]. Called from the `bind4/6` hooks, before the kernel binds.
 #[inline(always)]
@@ -67,7 +91,8 @@ pub fn bind_requested(cookie: u64, requested: u16) {
 
 /// Records the address and port `ctx`'s socket (IPv4 when `V4`) was just bound to, with
 /// the calling task's cgroup ancestry, and remembers the binding under the socket's
-/// cookie for its release. A UDP port in the host's ephemeral range is learnt only when
+/// cookie for its release. Callers learn only bindings in the agent's network namespace
+/// ([`in_host_netns`]). A UDP port in the host's ephemeral range is learnt only when
 /// the `bind()` asked for it: a client's `bind(0)` lands there too, and its replies must
 /// not be decided as new inbound flows.
 #[inline(always)]

@@ -265,7 +265,7 @@ fn sock_addr_in_slot<const B: bool>(
     let sendmsg = matches!(origin.hook, Hook::Sendmsg4 | Hook::Sendmsg6);
     let peer = peers::key(cookie, &flow.dst_addr, v4, flow.dst_port);
     let now = peers::now();
-    if sendmsg && flow.protocol == PROTO_UDP && peers::answers_peer(&peer, now) {
+    if sendmsg && flow.protocol == PROTO_UDP && peers::answers_peer(&peer, now, origin.generation) {
         return CGROUP_ALLOW;
     }
     let dst = decide::destination_segment(slot, &flow.dst_addr, v4, flow.dst_port, flow.protocol);
@@ -278,7 +278,7 @@ fn sock_addr_in_slot<const B: bool>(
         } else {
             peer
         };
-        peers::sent(&answered_by, now);
+        peers::sent(&answered_by, now, origin.generation);
     }
     verdict_to_return(decision.verdict)
 }
@@ -542,18 +542,85 @@ fn contain<const B: bool>(
     verdict_to_return(decision.verdict)
 }
 
-/// IPv4 `bind()` completion: the bound port is learnt as a listener of the task's cgroup.
+/// IPv4 `bind()` completion: the bound port is learnt as a listener of the task's cgroup
+/// ([`bind_completed`]).
 #[cgroup_sock(post_bind4)]
 pub fn post_bind4(ctx: SockContext) -> i32 {
-    learn::listener::<true>(&ctx);
+    bind_completed::<true>(&ctx)
+}
+
+/// IPv6 `bind()` completion: as [`post_bind4`].
+#[cgroup_sock(post_bind6)]
+pub fn post_bind6(ctx: SockContext) -> i32 {
+    bind_completed::<false>(&ctx)
+}
+
+/// Learns the binding `ctx`'s socket (IPv4 when `V4`) just made in the agent's network
+/// namespace (bindings elsewhere are not this host's listeners), unless it joins a socket
+/// group on an address and port a process of another segment holds: that `bind()` is
+/// refused (EPERM; the kernel releases the port), recorded with reason `listener-taken`
+/// (audit mode lets it through), because the kernel would hand the joiner a share of the
+/// other segment's connections, decided as the other segment's.
+#[inline(always)]
+fn bind_completed<const V4: bool>(ctx: &SockContext) -> i32 {
+    if !learn::in_host_netns(ctx) {
+        return CGROUP_ALLOW;
+    }
+    if let Some(sharer) = learn::sharer::<V4>(ctx) {
+        let verdict = match maps::active_generation() {
+            0 => CGROUP_ALLOW,
+            generation => in_slot!(generation, |slot| join_group::<V4, _>(
+                ctx, slot, generation, sharer
+            )),
+        };
+        if verdict == CGROUP_DENY {
+            return CGROUP_DENY;
+        }
+    }
+    learn::listener::<V4>(ctx);
     CGROUP_ALLOW
 }
 
-/// IPv6 `bind()` completion: the bound port is learnt as a listener of the task's cgroup.
-#[cgroup_sock(post_bind6)]
-pub fn post_bind6(ctx: SockContext) -> i32 {
-    learn::listener::<false>(&ctx);
-    CGROUP_ALLOW
+/// Decides a socket joining the group of the learnt binding `sharer` points to: allowed
+/// when the joiner's segment is the holder's (a service's own workers, a reload handing
+/// over), else refused and recorded.
+#[inline(always)]
+fn join_group<const V4: bool, const B: bool>(
+    ctx: &SockContext,
+    slot: &Slot<B>,
+    generation: u32,
+    sharer: *const enforcer_common::maps::LearntListener,
+) -> i32 {
+    let src = decide::task_segment(slot);
+    let owner = match decide::learnt_segment(slot, sharer) {
+        decide::NO_LISTENER => SEGMENT_HOST,
+        segment => segment,
+    };
+    if owner == src {
+        return CGROUP_ALLOW;
+    }
+    let mut flow = Flow::EMPTY;
+    if let Some(key) = learn::bound::<V4>(ctx) {
+        flow.dst_port = key.port;
+        flow.protocol = key.proto;
+        if V4 {
+            flow.family = family::INET;
+            flow.dst_addr[..4].copy_from_slice(&key.addr[12..]);
+        } else {
+            flow.family = family::INET6;
+            flow.dst_addr = key.addr;
+        }
+    }
+    let hook = if V4 { Hook::PostBind4 } else { Hook::PostBind6 };
+    let decision = decide::containment(slot, src, Reason::ListenerTaken, 0);
+    record(
+        slot,
+        &task_origin(hook, generation),
+        &flow,
+        &Segments { src, dst: owner },
+        &decision,
+    );
+    verdict_to_return(decision.verdict)
 }
 
 /// Socket release: a learnt binding goes with the socket that made it, so a port is not

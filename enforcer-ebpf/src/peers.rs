@@ -9,8 +9,9 @@
 //!   allowed) is the answer to it, and passes at ingress, unrecorded; after an allowed
 //!   datagram to a broadcast or multicast destination, so is one from any host's port
 //!   that the datagram went to ([`group_key`]).
-//! - A peer allowed in under the active generation passes at ingress after one lookup;
-//!   a new generation decides it again.
+//! - A peer allowed in under the active generation passes at ingress after one lookup.
+//! - Every window holds only under the generation that opened it: after a new policy is
+//!   applied, the next datagram either way is decided anew.
 
 use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
 use enforcer_common::maps::{PeerKey, PeerState, REPLY_WINDOW_NS, local_address_key};
@@ -55,46 +56,55 @@ fn update(key: &PeerKey, change: impl Fn(&mut PeerState)) {
     let _ = SOCKET_PEERS.insert(key, &state, 0);
 }
 
-/// Notes that the peer's datagram to the socket was let in at `now`: the socket may
-/// answer it until [`REPLY_WINDOW_NS`] later. `allowed_generation` is the generation
-/// whose rules (or failsafes) allowed it, 0 when no rule was asked (a local sender,
-/// decided at its own `sendmsg()`).
+/// Notes that the peer's datagram to the socket was let in at `now` under `generation`:
+/// the socket may answer it until [`REPLY_WINDOW_NS`] later, under that generation.
+/// `by_rule` when the generation's rules (or failsafes) allowed it, not when no rule was
+/// asked (a local sender, decided at its own `sendmsg()`).
 #[inline(always)]
-pub fn heard(key: &PeerKey, now: u64, allowed_generation: u32) {
+pub fn heard(key: &PeerKey, now: u64, generation: u32, by_rule: bool) {
     update(key, |state| {
         state.heard_until = now + REPLY_WINDOW_NS;
-        if allowed_generation != 0 {
-            state.allowed_generation = allowed_generation;
+        state.heard_generation = generation;
+        if by_rule {
+            state.allowed_generation = generation;
         }
     });
 }
 
-/// Notes that the socket's datagram to the peer was allowed at `now`: the peer's
-/// datagrams are answers until [`REPLY_WINDOW_NS`] later.
+/// Notes that the socket's datagram to the peer was allowed at `now` under `generation`:
+/// the peer's datagrams are answers until [`REPLY_WINDOW_NS`] later, under that
+/// generation.
 #[inline(always)]
-pub fn sent(key: &PeerKey, now: u64) {
-    update(key, |state| state.sent_until = now + REPLY_WINDOW_NS);
+pub fn sent(key: &PeerKey, now: u64, generation: u32) {
+    update(key, |state| {
+        state.sent_until = now + REPLY_WINDOW_NS;
+        state.sent_generation = generation;
+    });
 }
 
 /// Whether the socket's own datagram to the peer `key` names (or, for a [`group_key`],
-/// to a group on that port) was allowed within the window: a datagram from there answers
-/// it.
+/// to a group on that port) was allowed within the window, under `generation`: a
+/// datagram from there answers it.
 #[inline(always)]
-pub fn answers_socket(key: &PeerKey, now: u64) -> bool {
+pub fn answers_socket(key: &PeerKey, now: u64, generation: u32) -> bool {
     match SOCKET_PEERS.get_ptr(key) {
         // SAFETY: the pointer comes from a successful map lookup.
-        Some(state) => (unsafe { (*state).sent_until }) >= now,
+        Some(state) => unsafe {
+            (*state).sent_until >= now && (*state).sent_generation == generation
+        },
         None => false,
     }
 }
 
 /// Whether a datagram from the socket to the peer answers one the ingress layer let in
-/// within the window.
+/// within the window, under `generation`.
 #[inline(always)]
-pub fn answers_peer(key: &PeerKey, now: u64) -> bool {
+pub fn answers_peer(key: &PeerKey, now: u64, generation: u32) -> bool {
     match SOCKET_PEERS.get_ptr(key) {
         // SAFETY: the pointer comes from a successful map lookup.
-        Some(state) => (unsafe { (*state).heard_until }) >= now,
+        Some(state) => unsafe {
+            (*state).heard_until >= now && (*state).heard_generation == generation
+        },
         None => false,
     }
 }
@@ -117,11 +127,12 @@ pub fn inbound(key: &PeerKey, now: u64, generation: u32) -> Known {
     };
     // SAFETY: the pointer comes from a successful map lookup.
     let state = unsafe { &mut *state };
-    if state.sent_until >= now {
+    if state.sent_until >= now && state.sent_generation == generation {
         return Known::Pass;
     }
     if state.allowed_generation == generation {
         state.heard_until = now + REPLY_WINDOW_NS;
+        state.heard_generation = generation;
         return Known::Pass;
     }
     Known::Decide

@@ -132,23 +132,31 @@ fn new_flow<const B: bool>(
     let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
     let peer = peers::key(cookie, &flow.src_addr, v4, flow.src_port);
     let now = peers::now();
+    let mut group_answer = false;
     if receiver == Receiver::Datagram {
         // SAFETY: `skb` is the program's context.
         if unsafe { (*skb).ifindex } == LOOPBACK_IFINDEX {
-            peers::heard(&peer, now, 0);
+            peers::heard(&peer, now, generation, false);
             return PASS;
         }
-        if peers::inbound(&peer, now, generation) == Known::Pass
-            || peers::answers_socket(&peers::group_key(cookie, flow.src_port), now)
-        {
+        if peers::inbound(&peer, now, generation) == Known::Pass {
             return PASS;
         }
+        group_answer =
+            peers::answers_socket(&peers::group_key(cookie, flow.src_port), now, generation);
     }
     let segments = Segments {
         src: decide::address_segment(slot, &flow.src_addr, v4),
         dst: decide::receiver_segment(slot, skb, flow.dst_port, flow.protocol),
     };
     let decision = decide::inbound(slot, &flow, segments.src, segments.dst);
+    // An answer to the socket's broadcast or multicast query, from whichever host heard
+    // it, passes unrecorded (the query is on record), unless a deny rule names its sender:
+    // a query opens the socket to the hosts that answer, not to those the policy refuses.
+    let explicit_deny = decision.reason == Reason::Rule && decision.verdict != Verdict::Allow;
+    if group_answer && !explicit_deny {
+        return PASS;
+    }
     let syn = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
     if receiver == Receiver::Datagram || syn || decision.verdict == Verdict::Deny {
         record(slot, &origin(skb, generation), &flow, &segments, &decision);
@@ -157,7 +165,7 @@ fn new_flow<const B: bool>(
         return DROP;
     }
     if receiver == Receiver::Datagram {
-        peers::heard(&peer, now, generation);
+        peers::heard(&peer, now, generation, true);
     }
     PASS
 }

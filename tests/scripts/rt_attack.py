@@ -11,12 +11,6 @@ Modes:
         to FILE for every datagram received within WAIT_MS
   fire-from SPORT DST DPORT PAYLOAD
         sendto DST:DPORT from a socket bound to SPORT, no answer awaited
-  recverr-serve ADDR PORT WAIT_MS FILE
-        UDP server with IP_RECVERR/IPV6_RECVERR; appends "data <src> <payload>" for
-        datagrams and "err <offender> <payload>" for error-queue messages to FILE
-  icmp-inject SERVER SPORT PEER PAYLOAD
-        raw ICMP(v6) destination-unreachable/port-unreachable to SERVER quoting a UDP
-        datagram SERVER:SPORT -> PEER:9 that carries PAYLOAD
   reuseport-serve ADDR PORT NAME WAIT_MS [noreuse]
         TCP listener with SO_REUSEPORT (without it: noreuse); answers each connection
         with NAME and closes
@@ -34,13 +28,8 @@ Modes:
 import os
 import select
 import socket
-import struct
 import sys
 import time
-
-IP_RECVERR = 11
-IPV6_RECVERR = 25
-MSG_ERRQUEUE = 0x2000
 
 
 def out(line):
@@ -97,81 +86,6 @@ def fire_from(sport, dst, dport, payload):
     s.bind(("::" if fam(dst) == socket.AF_INET6 else "0.0.0.0", int(sport)))
     try:
         s.sendto(payload.encode(), (dst, int(dport)))
-    except OSError as err:
-        fail(err)
-    out("ok")
-
-
-def recverr_serve(addr, port, wait_ms, path):
-    f = fam(addr)
-    s = socket.socket(f, socket.SOCK_DGRAM)
-    if f == socket.AF_INET:
-        s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-    else:
-        s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
-    s.bind((addr, int(port)))
-    out("listening %s" % show(s.getsockname()))
-    deadline = time.time() + int(wait_ms) / 1000.0
-    p = select.poll()
-    p.register(s, select.POLLIN | select.POLLERR)
-    while time.time() < deadline:
-        events = p.poll(max(1, int((deadline - time.time()) * 1000)))
-        if not events:
-            break
-        try:
-            data, anc, _flags, src = s.recvmsg(2048, 1024, MSG_ERRQUEUE | socket.MSG_DONTWAIT)
-            offender = "?"
-            for level, ctype, cdata in anc:
-                # struct sock_extended_err (16 bytes), then the offender's sockaddr
-                if len(cdata) >= 16 + 8:
-                    sa = cdata[16:]
-                    family = struct.unpack("=H", sa[:2])[0]
-                    if family == socket.AF_INET:
-                        offender = socket.inet_ntop(socket.AF_INET, sa[4:8])
-                    elif family == socket.AF_INET6 and len(sa) >= 24:
-                        offender = socket.inet_ntop(socket.AF_INET6, sa[8:24])
-            append(path, "err %s %s" % (offender, data.decode(errors="replace")))
-            continue
-        except BlockingIOError:
-            pass
-        try:
-            data, src = s.recvfrom(2048, socket.MSG_DONTWAIT)
-            append(path, "data %s %s" % (src[0], data.decode(errors="replace")))
-        except BlockingIOError:
-            time.sleep(0.01)
-
-
-def checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return (~total) & 0xFFFF
-
-
-def icmp_inject(server, sport, peer, payload):
-    payload = payload.encode()
-    udp = struct.pack("!HHHH", int(sport), 9, 8 + len(payload), 0) + payload
-    if fam(server) == socket.AF_INET:
-        inner = struct.pack(
-            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
-            socket.inet_aton(server), socket.inet_aton(peer),
-        )
-        inner = inner[:10] + struct.pack("!H", checksum(inner)) + inner[12:]
-        body = struct.pack("!BBHI", 3, 3, 0, 0) + inner + udp
-        body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
-        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        dest = (server, 0)
-    else:
-        inner = struct.pack("!IHBB16s16s", 6 << 28, len(udp), 17, 64,
-                            socket.inet_pton(socket.AF_INET6, server),
-                            socket.inet_pton(socket.AF_INET6, peer))
-        body = struct.pack("!BBHI", 1, 4, 0, 0) + inner + udp  # ICMPv6 port unreachable
-        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-        dest = (server, 0)
-    try:
-        s.sendto(body, dest)
     except OSError as err:
         fail(err)
     out("ok")
@@ -263,8 +177,6 @@ def main():
         {
             "group-then-listen": group_then_listen,
             "fire-from": fire_from,
-            "recverr-serve": recverr_serve,
-            "icmp-inject": icmp_inject,
             "reuseport-serve": reuseport_serve,
             "connect-names": connect_names,
             "udp-hold": udp_hold,

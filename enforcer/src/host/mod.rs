@@ -1,7 +1,8 @@
 //! Facts about the host the agent runs on, read from the kernel each time they are
 //! needed: where cgroup v2 and bpffs are mounted ([`mounts`]), cgroup ids and paths
 //! ([`cgroups`]), network interfaces ([`interfaces`]), the sockets that receive flows
-//! ([`sockets`]) and the host's name ([`hostname`]).
+//! ([`sockets`]), the host's name ([`hostname`]) and its network namespace
+//! ([`netns_cookie`]).
 //! Nothing here knows about policies, the kernel programs or the audit trail.
 
 pub mod cgroups;
@@ -25,4 +26,26 @@ pub fn hostname() -> String {
     unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
         .to_string_lossy()
         .into_owned()
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, kernel 5.14),
+/// the value the kernel programs' `bpf_get_netns_cookie` returns for sockets there.
+pub fn netns_cookie() -> std::io::Result<u64> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket, and `cookie`/`len` describe a writable u64.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }

@@ -253,6 +253,9 @@ impl Loader {
             &mut loader.ebpf,
             HostSettings {
                 dedup_window_ns: DEFAULT_DEDUP_WINDOW_NS,
+                // Unknown on a kernel without SO_NETNS_COOKIE: then bindings are learnt in
+                // every namespace, as before.
+                netns_cookie: crate::host::netns_cookie().unwrap_or(0),
                 ephemeral_low,
                 ephemeral_high,
                 fail_closed: 0,
