@@ -418,8 +418,8 @@ fn skb_egress(ctx: SkBuffContext) -> i32 {
 /// Decides an ICMP request of type `kind` leaving a segment's socket (a ping socket, or a
 /// raw socket the segment was granted): the socket's segment to the destination's, by the
 /// rules, the type in place of the port, like a `connect()`. Refused, the packet is
-/// dropped and the sender's `sendto()` fails with EPERM. Sockets of no segment are not
-/// governed.
+/// dropped: an IPv4 ping socket's `sendto()` fails with EPERM, an IPv6 one ignores the
+/// error (no reply comes). Sockets of no segment are not governed.
 #[inline(always)]
 fn icmp_request<const B: bool>(
     ctx: &SkBuffContext,
