@@ -168,6 +168,56 @@ fn bad_ihl_and_non_first_fragments_get_their_fixed_verdicts() {
 }
 
 #[test]
+fn lying_lengths_and_wrong_versions_are_malformed() {
+    let loader = loaded();
+    // Every frame below is an allowed SYN but for one field, so a parser that skipped
+    // that check would pass it.
+    let v4 = tcp4(CLIENT, 8080, SYN);
+    let v6 = tcp6(CLIENT6, 8080, SYN);
+    assert_eq!(run(&loader, &v4), XDP_PASS, "the unaltered IPv4 SYN");
+    assert_eq!(run(&loader, &v6), XDP_PASS, "the unaltered IPv6 SYN");
+    // Ethernet is 14 bytes: the IPv4 version and header length are at 14, its total
+    // length at 16; the IPv6 version at 14, its payload length at 18.
+    let with = |frame: &[u8], at: usize, bytes: &[u8]| {
+        let mut changed = frame.to_vec();
+        changed[at..at + bytes.len()].copy_from_slice(bytes);
+        changed
+    };
+    let ip4_len = u16::try_from(v4.len() - 14).expect("small");
+    let ip6_payload = u16::try_from(v6.len() - 14 - 40).expect("small");
+    let cases: [(&str, Vec<u8>); 7] = [
+        (
+            "IPv4 total length below the header length",
+            with(&v4, 16, &16u16.to_be_bytes()),
+        ),
+        (
+            "IPv4 header length (60) past the total length",
+            with(&with(&v4, 14, &[0x4f]), 16, &40u16.to_be_bytes()),
+        ),
+        (
+            "IPv4 datagram longer than its frame",
+            with(&v4, 16, &(ip4_len + 10).to_be_bytes()),
+        ),
+        (
+            "IPv6 payload longer than its frame",
+            with(&v6, 18, &(ip6_payload + 10).to_be_bytes()),
+        ),
+        ("IPv6 payload length 0", with(&v6, 18, &0u16.to_be_bytes())),
+        (
+            "version 6 behind the IPv4 EtherType",
+            with(&v4, 14, &[0x65]),
+        ),
+        (
+            "version 4 behind the IPv6 EtherType",
+            with(&v6, 14, &[0x40]),
+        ),
+    ];
+    for (what, frame) in &cases {
+        assert_eq!(run(&loader, frame), XDP_DROP, "{what}");
+    }
+}
+
+#[test]
 fn every_truncation_of_every_header_is_dropped() {
     let mut loader = loaded();
     let frames = [

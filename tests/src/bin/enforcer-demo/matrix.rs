@@ -231,7 +231,8 @@ impl Flow {
         let spawn = Spawn::http_client(target);
         let (spawn, remote_src) = if is_remote(self.from) {
             let (remote, netns) = enclave.remote(self.from);
-            (spawn.netns(netns), Some(remote.addr(ipv6)))
+            let spawn = spawn.netns(netns).cgroup(enclave.remote_hosts_cgroup());
+            (spawn, Some(remote.addr(ipv6)))
         } else {
             let cgroup = enclave.service(self.from);
             (spawn.netns(enclave.host()).cgroup(cgroup), None)

@@ -129,7 +129,7 @@ impl RemoteSpec {
 
 /// The running sandbox. Fields drop in order: servers, the agent (stopped, its pins
 /// removed with `enforcer uninstall`), the service cgroups, the sandbox cgroup, the remote
-/// namespaces, the host namespace.
+/// hosts' cgroup, the remote namespaces, the host namespace.
 #[derive(Debug)]
 pub struct Enclave {
     servers: Vec<Server>,
@@ -137,6 +137,9 @@ pub struct Enclave {
     pub agent: AgentHost,
     services: Vec<(ServiceSpec, TestCgroup)>,
     sandbox: TestCgroup,
+    /// The remote hosts' servers: outside the sandbox cgroup (no hook governs a remote
+    /// host), named like every demo object so that a killed run's are swept.
+    remote_servers: TestCgroup,
     remotes: Vec<(RemoteSpec, Netns)>,
     host: Netns,
 }
@@ -176,6 +179,7 @@ impl Enclave {
             agent,
             services,
             sandbox,
+            remote_servers: TestCgroup::named(&format!("{NAME}-remotes")),
             remotes,
             host,
         };
@@ -200,10 +204,19 @@ impl Enclave {
         for (remote, netns) in &self.remotes {
             if let Some(port) = remote.serves {
                 let addr = SocketAddr::new(remote.addr(false), port);
-                self.servers
-                    .push(Spawn::http_server(addr).netns(netns).serve());
+                self.servers.push(
+                    Spawn::http_server(addr)
+                        .netns(netns)
+                        .cgroup(&self.remote_servers)
+                        .serve(),
+                );
             }
         }
+    }
+
+    /// The cgroup the remote hosts' processes run in (outside the sandbox cgroup).
+    pub fn remote_hosts_cgroup(&self) -> &TestCgroup {
+        &self.remote_servers
     }
 
     /// The host namespace (where the services and their clients run).
