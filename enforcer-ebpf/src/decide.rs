@@ -295,6 +295,26 @@ pub fn listener_segment<const B: bool>(
     }
 }
 
+/// The segment XDP decides a new inbound flow to local port `port`/`proto` at `addr`
+/// against: the declared listener when the policy declares the port (one lookup, no
+/// binding lookups on the hot path), else [`listener_segment`]. XDP only filters ahead:
+/// what it lets through is decided again by the per-socket layer against the socket that
+/// really receives it, so a process of another segment on a declared port is held to
+/// its own segment's rules there.
+#[inline(always)]
+pub fn xdp_listener_segment<const B: bool>(
+    slot: &Slot<B>,
+    addr: &[u8; 16],
+    v4: bool,
+    port: u16,
+    proto: u8,
+) -> u32 {
+    match declared_listener(slot, port, proto) {
+        NO_LISTENER => listener_segment(slot, addr, v4, port, proto),
+        declared => declared,
+    }
+}
+
 /// The segment of the socket the kernel delivers a flow to `addr`:`port`/`proto` to, as
 /// learnt at `bind()` ([`listener_segment`] says which); [`NO_LISTENER`] when no binding
 /// was learnt.

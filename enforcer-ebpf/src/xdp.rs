@@ -266,7 +266,8 @@ pub fn ingress<const B: bool>(
 #[inline(always)]
 fn decide_new_flow<const B: bool>(slot: &Slot<B>, origin: &Origin, flow: &Flow) -> u32 {
     let v4 = flow.family == family::INET;
-    let listener = decide::listener_segment(slot, &flow.dst_addr, v4, flow.dst_port, flow.protocol);
+    let listener =
+        decide::xdp_listener_segment(slot, &flow.dst_addr, v4, flow.dst_port, flow.protocol);
     // UDP to no listener of a segment: the per-socket layer decides it, if any socket
     // receives it (a client's answer, or a port bound before the agent started).
     if listener == decide::NO_LISTENER && flow.protocol == PROTO_UDP {
