@@ -41,9 +41,9 @@ use crate::{
 };
 
 /// cgroup skb programs return 1 to let the packet through ...
-pub const PASS: i32 = 1;
+const PASS: i32 = 1;
 /// ... and 0 to drop it.
-pub const DROP: i32 = 0;
+const DROP: i32 = 0;
 
 /// `IPPROTO_UDPLITE`: datagram sockets like UDP's (same header layout), which no rule
 /// names, so a new flow to one is denied by default rather than waved through.
