@@ -259,6 +259,25 @@ impl Validator<'_> {
                 );
                 None
             }
+            Some(IpNet::V6(net))
+                if net.prefix_len() >= 96 && net.addr().to_ipv4_mapped().is_some() =>
+            {
+                let v4 = net.addr().to_ipv4_mapped().map(|addr| {
+                    ipnet::Ipv4Net::new(addr, net.prefix_len() - 96).map(|v4| v4.trunc())
+                });
+                let mut warning = Diagnostic::warning(
+                    "mapped-prefix",
+                    span(loc, text),
+                    format!(
+                        "`{raw}` is an IPv4-mapped IPv6 prefix: such addresses are decided as their IPv4 address, so it matches nothing"
+                    ),
+                );
+                if let Some(Ok(v4)) = v4 {
+                    warning = warning.with_note(format!("did you mean {v4}?"));
+                }
+                self.diagnostics.push(warning);
+                Some(IpNet::V6(net))
+            }
             Some(net) => Some(net),
         }
     }
