@@ -9,11 +9,13 @@
 //!   cookies included); the SYN is recorded, a later handshake packet only when denied.
 //!   Sockets of established connections are never asked: their connection was decided at
 //!   its SYN (or at the local `connect()`), so their packets cost two loads and a helper.
-//! - an unconnected UDP (or UDP-Lite) socket: each datagram, by its peer ([`peers`]): an answer to the
-//!   socket's own datagram, or a peer allowed in under the active generation, passes
-//!   after one lookup; anything else is a new flow. A connected UDP socket receives only
-//!   from the peer its `connect()` was allowed to reach, and is not asked.
-//! - other sockets (raw, ping; segments hold them only with `raw_sockets`): not asked.
+//! - an unconnected UDP (or UDP-Lite) socket: each datagram, by its peer ([`peers`]): an
+//!   answer to the socket's own datagram, or a peer allowed in under the active
+//!   generation, passes after one lookup; anything else is a new flow. A connected UDP
+//!   socket receives only from the peer its `connect()` was allowed to reach, and is not
+//!   asked.
+//! - other sockets (raw and ping sockets: ICMP requests are decided at XDP and as they
+//!   leave, at `skb_egress`): not asked.
 //!
 //! A packet that arrived on loopback comes from a local socket whose `connect()` or
 //! `sendmsg()` was decided against this socket's segment already (the sender is no longer
