@@ -34,7 +34,6 @@ use record::{Flow, Origin, Segments, Sender, record};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, xdp_action},
-    helpers::bpf_skb_cgroup_id,
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, xdp},
     programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext, XdpContext},
 };
@@ -444,27 +443,12 @@ fn icmp_request<const B: bool>(
     let decision = decide::flow(slot, src, dst, flow.protocol, kind);
     record(
         slot,
-        &socket_origin(skb, generation),
+        &Origin::of_socket(Hook::SkbEgress, generation, skb, 0),
         &flow,
         &Segments { src, dst },
         &decision,
     );
     verdict_to_return(decision.verdict)
-}
-
-/// Where a hook that sees a socket's packet decides: the socket's cgroup, no process
-/// (egress may run in softirq context).
-#[inline(always)]
-fn socket_origin(skb: *mut __sk_buff, generation: u32) -> Origin {
-    Origin {
-        hook: Hook::SkbEgress,
-        generation,
-        ifindex: 0,
-        sender: Sender::Socket {
-            // SAFETY: `skb` is the program's context.
-            cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
-        },
-    }
 }
 
 /// The family and addresses of an outgoing packet (its IP header).
@@ -499,7 +483,7 @@ fn source_routed_packet<const B: bool>(
     let mut flow = addresses(ctx);
     flow.protocol = found;
     let v4 = flow.family == family::INET;
-    let origin = socket_origin(skb, generation);
+    let origin = Origin::of_socket(Hook::SkbEgress, generation, skb, 0);
     let segments = Segments {
         src: decide::socket_segment(slot, skb),
         dst: decide::address_segment(slot, &flow.dst_addr, v4),

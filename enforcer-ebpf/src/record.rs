@@ -2,9 +2,12 @@
 //! [`FlowEvent`] in the ring buffer unless the audit level skips it or the same flow was
 //! recorded within the de-duplication window. A full ring is counted, never silent.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_ktime_get_boot_ns,
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_boot_ns, bpf_skb_cgroup_id,
+    },
 };
 use enforcer_common::{
     decision::Decision,
@@ -55,6 +58,24 @@ pub struct Origin {
     pub ifindex: u32,
     /// Who the flow comes from, as far as the hook knows.
     pub sender: Sender,
+}
+
+impl Origin {
+    /// Where a cgroup skb hook decides a packet of the socket `skb` belongs to: that
+    /// socket's cgroup, no process (the hook may run in softirq context), interface
+    /// `ifindex` (0 for a packet leaving).
+    #[inline(always)]
+    pub fn of_socket(hook: Hook, generation: u32, skb: *mut __sk_buff, ifindex: u32) -> Self {
+        Self {
+            hook,
+            generation,
+            ifindex,
+            sender: Sender::Socket {
+                // SAFETY: `skb` is the program's context.
+                cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
+            },
+        }
+    }
 }
 
 /// Who a decided flow comes from, for the record's cgroup, process and command name.

@@ -25,7 +25,7 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::__sk_buff,
-    helpers::{bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_cgroup_id},
+    helpers::{bpf_get_socket_cookie, bpf_sk_fullsock},
     programs::SkBuffContext,
 };
 use enforcer_common::{
@@ -39,7 +39,7 @@ use crate::{
     headers::{self, Chain, ETH_P_IP, ETH_P_IPV6},
     maps::{self, Slot, in_slot},
     peers::{self, Known},
-    record::{Flow, Origin, Segments, Sender, record},
+    record::{Flow, Origin, Segments, record},
 };
 
 /// cgroup skb programs return 1 to let the packet through ...
@@ -176,16 +176,9 @@ fn new_flow<const B: bool>(
 /// decapsulated traffic) and the receiving socket's cgroup; no process is known here.
 #[inline(always)]
 fn origin(skb: *mut __sk_buff, generation: u32) -> Origin {
-    Origin {
-        hook: Hook::SkbIngress,
-        generation,
-        // SAFETY: `skb` is the program's context.
-        ifindex: unsafe { (*skb).ifindex },
-        sender: Sender::Socket {
-            // SAFETY: as above; the receiving socket's cgroup.
-            cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
-        },
-    }
+    // SAFETY: `skb` is the program's context.
+    let ifindex = unsafe { (*skb).ifindex };
+    Origin::of_socket(Hook::SkbIngress, generation, skb, ifindex)
 }
 
 /// Reads the addresses, protocol and ports of the packet into `flow`, and the TCP flags
