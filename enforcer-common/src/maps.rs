@@ -530,11 +530,13 @@ impl BoundKey {
     }
 }
 
-/// Every address of every interface of the agent's network namespace (kept current by the
-/// agent), as [`local_address_key`]s: a destination there is this host, decided against
-/// the listener's segment like loopback, never by the address tries. The value is
-/// [`ADDRESS_LOCAL`], or [`ADDRESS_BROADCAST`] for the broadcast address of a network an
-/// interface is on (a destination in [`SEGMENT_BROADCAST`]). Host state.
+/// Every address of this host in the agent's network namespace (kept current by the
+/// agent): the addresses of its interfaces and every single address the kernel's `local`
+/// routing table delivers here (IPv6 anycast included), as [`local_address_key`]s. A
+/// destination there is this host, decided against the listener's segment like loopback,
+/// never by the address tries. The value is [`ADDRESS_LOCAL`], or [`ADDRESS_BROADCAST`]
+/// for the broadcast address of a network an interface is on (a destination in
+/// [`SEGMENT_BROADCAST`]). Wider `local` routes are in [`LOCAL_PREFIXES`]. Host state.
 pub const LOCAL_ADDRESSES: &str = "LOCAL_ADDRESSES";
 /// A [`LOCAL_ADDRESSES`] value: an address of this host.
 pub const ADDRESS_LOCAL: u8 = 1;
@@ -543,6 +545,15 @@ pub const ADDRESS_BROADCAST: u8 = 2;
 
 /// Capacity of [`LOCAL_ADDRESSES`].
 pub const LOCAL_ADDRESSES_CAPACITY: u32 = 4096;
+
+/// The prefixes the kernel's `local` routing table delivers to this host beyond single
+/// addresses (AnyIP: `ip route add local 198.19.253.0/24 dev lo`), as prefixes of
+/// [`local_address_key`]s (an IPv4 prefix of length `n` is stored with length `96 + n`).
+/// Loopback is not among them: [`LOCAL_ADDRESSES`]' users judge `127.0.0.0/8` themselves.
+/// The value is [`ADDRESS_LOCAL`]. Host state, kept current by the agent.
+pub const LOCAL_PREFIXES: &str = "LOCAL_PREFIXES";
+/// Capacity of [`LOCAL_PREFIXES`].
+pub const LOCAL_PREFIXES_CAPACITY: u32 = 1024;
 
 /// The [`LOCAL_ADDRESSES`] key of an address: IPv6 as it is, IPv4 (`v4`, in the first
 /// four bytes) as its IPv4-mapped IPv6 form, so an IPv4-mapped destination finds it too.
@@ -624,7 +635,7 @@ pub struct PeerState {
 const _: () = assert!(size_of::<PeerState>() == 32);
 
 /// The maps of host state, one of each, kept across generations.
-const HOST_MAPS: [&str; 11] = [
+const HOST_MAPS: [&str; 12] = [
     ACTIVE,
     EVENTS,
     REASON_COUNTS,
@@ -635,6 +646,7 @@ const HOST_MAPS: [&str; 11] = [
     BOUND_SOCKETS,
     EXPLICIT_BINDS,
     LOCAL_ADDRESSES,
+    LOCAL_PREFIXES,
     SOCKET_PEERS,
 ];
 

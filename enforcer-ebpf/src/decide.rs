@@ -20,7 +20,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    maps::{self, LEARNT_LISTENERS, LOCAL_ADDRESSES, Slot},
+    maps::{self, LEARNT_LISTENERS, LOCAL_ADDRESSES, LOCAL_PREFIXES, Slot},
     record::Flow,
 };
 
@@ -420,9 +420,10 @@ pub fn receiver_segment<const B: bool>(
 
 /// Whether an address (IPv4 in the first four bytes when `v4`) is this host, whatever
 /// the address tries say: loopback (`127.0.0.0/8`, `::1`), the unspecified address
-/// (`0.0.0.0`, `::`; a connect to it reaches this host), or an address of one of the
-/// host's interfaces ([`LOCAL_ADDRESSES`]). An IPv4-mapped IPv6 address is judged as its
-/// IPv4 address.
+/// (`0.0.0.0`, `::`; a connect to it reaches this host), an address of this host
+/// ([`LOCAL_ADDRESSES`]), or one a wider `local` route delivers here ([`LOCAL_PREFIXES`],
+/// looked up only when the first table does not know the address; an empty trie answers
+/// at once). An IPv4-mapped IPv6 address is judged as its IPv4 address.
 #[inline(always)]
 pub fn is_local(addr: &[u8; 16], v4: bool) -> bool {
     let mapped = !v4 && addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
@@ -433,7 +434,14 @@ pub fn is_local(addr: &[u8; 16], v4: bool) -> bool {
     } else {
         addr[..15] == [0; 15] && (addr[15] == 1 || addr[15] == 0)
     };
-    loopback_or_unspecified || local_address(addr, v4) == ADDRESS_LOCAL
+    loopback_or_unspecified
+        || match local_address(addr, v4) {
+            ADDRESS_LOCAL => true,
+            0 => LOCAL_PREFIXES
+                .get(&Key::new(128, local_address_key(addr, v4)))
+                .is_some(),
+            _ => false,
+        }
 }
 
 /// What [`LOCAL_ADDRESSES`] says of an address: [`ADDRESS_LOCAL`], [`ADDRESS_BROADCAST`],

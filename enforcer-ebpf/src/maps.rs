@@ -10,8 +10,8 @@ use aya_ebpf::{
 use enforcer_common::maps::{
     BoundKey, CGROUP_TABLE_CAPACITY, EVENT_STAT_SLOTS, EVENTS_RING_BYTES, FailsafeKey4,
     FailsafeKey6, HostSettings, LEARNT_LISTENERS_CAPACITY, LOCAL_ADDRESSES_CAPACITY,
-    LearntListener, ListenKey, MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS,
-    MAX_RULE_ENTRIES, MAX_RULES, MAX_SEGMENTS, PeerKey, PeerState, PolicyConfig,
+    LOCAL_PREFIXES_CAPACITY, LearntListener, ListenKey, MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES,
+    MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, MAX_RULES, MAX_SEGMENTS, PeerKey, PeerState, PolicyConfig,
     REASON_COUNTER_SLOTS, RECENT_FLOWS_CAPACITY, RecentFlowKey, RuleCounters, RuleKey, RuleValue,
     SOCKET_PEERS_CAPACITY, SegmentInfo,
 };
@@ -53,10 +53,17 @@ pub static EXPLICIT_BINDS: LruHashMap<u64, u8> =
 pub static BOUND_SOCKETS: LruHashMap<u64, BoundKey> =
     LruHashMap::with_max_entries(LEARNT_LISTENERS_CAPACITY, 0);
 
-/// Every address of the host's interfaces, as `local_address_key`s (the value is unused).
+/// Every address of this host and the broadcast addresses of its networks, as
+/// `local_address_key`s (see `enforcer_common::maps::LOCAL_ADDRESSES`).
 #[map]
 pub static LOCAL_ADDRESSES: HashMap<[u8; 16], u8> =
     HashMap::with_max_entries(LOCAL_ADDRESSES_CAPACITY, 0);
+
+/// The prefixes the kernel's `local` routing table delivers to this host, as prefixes of
+/// `local_address_key`s (see `enforcer_common::maps::LOCAL_PREFIXES`).
+#[map]
+pub static LOCAL_PREFIXES: LpmTrie<[u8; 16], u8> =
+    LpmTrie::with_max_entries(LOCAL_PREFIXES_CAPACITY, 0);
 
 /// What each UDP socket and each of its peers have exchanged: replies both ways, and the
 /// peers allowed in under a generation.

@@ -151,8 +151,117 @@ fn every_address_of_this_host_is_decided_as_the_listening_segment() {
     }
 }
 
+/// A `local` route on loopback (AnyIP: every address in the prefix is this host's),
+/// removed when dropped. The prefix is unique to this test process.
+struct AnyIpRoute {
+    prefix: String,
+}
+
+impl AnyIpRoute {
+    fn add(prefix: String) -> Self {
+        run("ip", &["route", "add", "local", &prefix, "dev", "lo"]);
+        Self { prefix }
+    }
+}
+
+impl Drop for AnyIpRoute {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["route", "del", "local", &self.prefix, "dev", "lo"])
+            .status();
+    }
+}
+
+/// This process's AnyIP prefixes: an IPv4 /28 and an IPv6 /64, with one address in each.
+fn anyip_prefixes() -> [(String, IpAddr); 2] {
+    let pid = std::process::id();
+    let v4 = Ipv4Addr::new(
+        198,
+        19,
+        252,
+        u8::try_from(pid % 16 * 16).expect("below 256"),
+    );
+    let v6 = Ipv6Addr::new(0x2001, 0xdb8, 0xfd, (pid % 65_536) as u16, 0, 0, 0, 0);
+    [
+        (
+            format!("{v4}/28"),
+            IpAddr::from(Ipv4Addr::from_bits(v4.to_bits() + 5)),
+        ),
+        (
+            format!("{v6}/64"),
+            IpAddr::from(Ipv6Addr::from_bits(v6.to_bits() + 5)),
+        ),
+    ]
+}
+
 #[test]
-fn an_address_added_while_the_agent_runs_is_a_local_destination_within_moments() {
+fn addresses_the_local_routing_table_delivers_here_are_the_listening_segment() {
+    // Attack: an address no interface holds, that the kernel still delivers to this
+    // host (an AnyIP `local` route, the subnet-router anycast address of a forwarding
+    // interface), was decided as `world` and reached a local service the policy denies.
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let routes = anyip_prefixes().map(|(prefix, _)| AnyIpRoute::add(prefix));
+    // Forwarding on the host's veth end makes its /64's subnet-router anycast address
+    // (the prefix with an all-zero interface id) an address of this host.
+    run(
+        "sysctl",
+        &[
+            "-q",
+            "-w",
+            &format!("net.ipv6.conf.{}.forwarding=1", veth.host_if()),
+        ],
+    );
+    let anycast = Ipv6Addr::from_bits(veth.host_v6.to_bits() & !0xffff_ffff_ffff_ffff);
+    let site = Site::new();
+    let image = enforcer_tests::policy::image(&site.policy);
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    let local = enforcer::host::interfaces::addresses().expect("this host's addresses");
+    assert!(local.local.contains(&IpAddr::from(anycast)), "{local:?}");
+    loader
+        .set_local_addresses(&local)
+        .expect("local addresses into the kernel");
+    loader.attach_cgroup(site.parent.path()).expect("attach");
+    let _server = site.serve();
+
+    let mut destinations: Vec<IpAddr> = anyip_prefixes().map(|(_, at)| at).to_vec();
+    let IpAddr::V4(anyip_v4) = destinations[0] else {
+        unreachable!("the first prefix is IPv4")
+    };
+    destinations.push(IpAddr::V6(anyip_v4.to_ipv6_mapped()));
+    destinations.push(IpAddr::from(anycast));
+    for to in &destinations {
+        let at = SocketAddr::new(*to, PORT);
+        let refused = Spawn::tcp_client(at).cgroup(&site.client).run();
+        assert!(refused.is_eperm(), "client to {at}: {refused:?}");
+    }
+    // The AnyIP addresses reach the service for the segment allowed to it.
+    for (_, to) in anyip_prefixes() {
+        let at = SocketAddr::new(to, PORT);
+        assert_eq!(
+            Spawn::tcp_client(at).cgroup(&site.gateway).run(),
+            Outcome::Ok,
+            "gateway to {at}"
+        );
+    }
+    drop(routes);
+
+    let client_id = segment_id(&image, "client");
+    let payments_id = segment_id(&image, "payments");
+    let refused: Vec<_> = drain(&mut events)
+        .into_iter()
+        .filter(|e| e.src_segment == client_id)
+        .collect();
+    assert_eq!(refused.len(), destinations.len(), "{refused:#?}");
+    for event in &refused {
+        assert_eq!(event.verdict, Verdict::Deny as u8, "{event:?}");
+        assert_eq!(event.dst_segment, payments_id, "{event:?}");
+    }
+}
+
+#[test]
+fn an_address_or_local_route_added_while_the_agent_runs_is_local_within_moments() {
     let netns = Netns::new();
     let veth = Veth::new(&netns);
     let site = Site::new();
@@ -167,9 +276,23 @@ fn an_address_added_while_the_agent_runs_is_a_local_destination_within_moments()
         "ip",
         &["addr", "add", &format!("{added}/32"), "dev", veth.host_if()],
     );
+    refused_within_moments(&site, SocketAddr::new(added.into(), PORT));
+    // The same for a `local` route added while the agent runs (rtnetlink's route groups).
+    let [(prefix, anyip), _] = anyip_prefixes();
+    let _route = AnyIpRoute::add(prefix);
+    refused_within_moments(&site, SocketAddr::new(anyip, PORT));
+    assert!(
+        agent.log(1).contains("this host's addresses changed"),
+        "{}",
+        agent.log(1)
+    );
+}
+
+/// Waits (5 s at most) until `client`'s connects to `at`, a destination just made this
+/// host's, are refused: until the agent has it, `client` reaches it as `world`; then
+/// never again. `gateway` still reaches the service there.
+fn refused_within_moments(site: &Site, at: SocketAddr) {
     let since = Instant::now();
-    let at = SocketAddr::new(added.into(), PORT);
-    // Until the agent has the address, `client` reaches it as `world`; then never again.
     loop {
         let outcome = Spawn::tcp_client(at).cgroup(&site.client).run();
         if outcome.is_eperm() {
@@ -178,19 +301,14 @@ fn an_address_added_while_the_agent_runs_is_a_local_destination_within_moments()
         assert_eq!(outcome, Outcome::Ok, "client to {at}");
         assert!(
             since.elapsed() < Duration::from_secs(5),
-            "{at} still reached as `world` 5 s after it was added"
+            "{at} still reached as `world` 5 s after it became this host's"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    eprintln!("the added address was local after {:?}", since.elapsed());
+    eprintln!("{at} was local after {:?}", since.elapsed());
     assert_eq!(
         Spawn::tcp_client(at).cgroup(&site.gateway).run(),
         Outcome::Ok,
         "gateway to {at}"
-    );
-    assert!(
-        agent.log(1).contains("this host's addresses changed"),
-        "{}",
-        agent.log(1)
     );
 }

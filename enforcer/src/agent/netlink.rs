@@ -1,5 +1,6 @@
-//! Notices changes to the host's interfaces and addresses through rtnetlink: the
-//! kernel's multicast groups for links and for IPv4 and IPv6 addresses. What changed is
+//! Notices changes to the host's interfaces, addresses and routes through rtnetlink: the
+//! kernel's multicast groups for links, for IPv4 and IPv6 addresses, and for IPv4 and
+//! IPv6 routes (a `local` route added with `ip route add local`, an IPv6 anycast address). What changed is
 //! not parsed; any message (or a lost one: a full socket buffer) means "read the
 //! interfaces and addresses again", so nothing is missed however a change arrives.
 
@@ -8,9 +9,12 @@ use std::io;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::{io::unix::AsyncFd, sync::mpsc, task::JoinHandle};
 
-/// The rtnetlink groups of link and address changes.
-const GROUPS: u32 =
-    (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+/// The rtnetlink groups of link, address and route changes.
+const GROUPS: u32 = (libc::RTMGRP_LINK
+    | libc::RTMGRP_IPV4_IFADDR
+    | libc::RTMGRP_IPV6_IFADDR
+    | libc::RTMGRP_IPV4_ROUTE
+    | libc::RTMGRP_IPV6_ROUTE) as u32;
 
 /// A running watch; dropping it stops watching.
 pub struct HostWatch {

@@ -7,7 +7,10 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
+use ipnet::{IpNet, Ipv4Net};
 use nix::sys::socket::SockaddrStorage;
+
+use super::routes::{LocalKind, LocalRoute, local_routes};
 
 /// The index of interface `name`, or `None` when the host has none by that name.
 pub fn index(name: &str) -> Option<u32> {
@@ -64,19 +67,49 @@ pub fn link_types() -> io::Result<Vec<(String, u16)>> {
         .collect())
 }
 
-/// The addresses of this network namespace's interfaces.
+/// The destinations this network namespace's kernel delivers to this host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Addresses {
-    /// Every address of every interface (loopback included).
+    /// Every address of every interface (loopback included), and every single address a
+    /// route of the `local` table names (IPv6 anycast addresses among them).
     pub local: BTreeSet<IpAddr>,
-    /// The broadcast address of every IPv4 network an interface is on.
+    /// The broadcast address of every IPv4 network an interface is on, and those the
+    /// `local` table names.
     pub broadcast: BTreeSet<IpAddr>,
+    /// The wider `local` routes (AnyIP prefixes), loopback's `127.0.0.0/8` left out:
+    /// every address in them is this host's.
+    pub prefixes: BTreeSet<IpNet>,
 }
 
-/// Every address of every interface of this network namespace, and their networks'
-/// broadcast addresses.
+impl Addresses {
+    /// Adds what a route of the `local` table makes this host's.
+    fn add_route(&mut self, route: LocalRoute) {
+        let loopback = IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8));
+        let destination = route.destination;
+        match route.kind {
+            LocalKind::Broadcast => {
+                self.broadcast.insert(destination.addr());
+            }
+            LocalKind::Host if destination.prefix_len() == destination.max_prefix_len() => {
+                self.local.insert(destination.addr());
+            }
+            LocalKind::Host if loopback.contains(&destination) => {}
+            LocalKind::Host => {
+                self.prefixes.insert(destination);
+            }
+        }
+    }
+}
+
+/// Every address of every interface of this network namespace, their networks'
+/// broadcast addresses, and what the kernel's `local` routing table adds to them: the
+/// kernel delivers a packet to this host when that table says so, whether or not an
+/// interface holds the address.
 pub fn addresses() -> io::Result<Addresses> {
     let mut found = Addresses::default();
+    for route in local_routes()? {
+        found.add_route(route);
+    }
     let v4 = |address: Option<&SockaddrStorage>| {
         address.and_then(|a| a.as_sockaddr_in()).map(|a| a.ip())
     };
@@ -137,6 +170,31 @@ mod tests {
                 .broadcast
                 .contains(&IpAddr::from([127, 255, 255, 255])),
             "{found:?}"
+        );
+    }
+
+    #[test]
+    fn local_routes_become_addresses_prefixes_and_broadcasts() {
+        let route = |destination: &str, kind| LocalRoute {
+            destination: destination.parse().unwrap(),
+            kind,
+        };
+        let mut found = Addresses::default();
+        found.add_route(route("198.19.253.0/24", LocalKind::Host));
+        found.add_route(route("2001:db8:1::/128", LocalKind::Host));
+        found.add_route(route("127.0.0.0/8", LocalKind::Host));
+        found.add_route(route("198.19.0.255/32", LocalKind::Broadcast));
+        assert_eq!(
+            found.prefixes,
+            BTreeSet::from(["198.19.253.0/24".parse().unwrap()])
+        );
+        assert_eq!(
+            found.local,
+            BTreeSet::from(["2001:db8:1::".parse::<IpAddr>().unwrap()])
+        );
+        assert_eq!(
+            found.broadcast,
+            BTreeSet::from(["198.19.0.255".parse::<IpAddr>().unwrap()])
         );
     }
 }

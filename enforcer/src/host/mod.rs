@@ -1,6 +1,7 @@
 //! Facts about the host the agent runs on, read from the kernel each time they are
 //! needed: where cgroup v2 and bpffs are mounted ([`mounts`]), cgroup ids and paths
-//! ([`cgroups`]), network interfaces ([`interfaces`]), the sockets that receive flows
+//! ([`cgroups`]), network interfaces ([`interfaces`]) and the `local` routing table
+//! ([`routes`]), the sockets that receive flows
 //! ([`sockets`]), the host's name ([`hostname`]) and its network namespace
 //! ([`netns_cookie`]).
 //! Nothing here knows about policies, the kernel programs or the audit trail.
@@ -8,6 +9,7 @@
 pub mod cgroups;
 pub mod interfaces;
 pub mod mounts;
+pub mod routes;
 pub mod sockets;
 
 pub use mounts::{

@@ -9,10 +9,10 @@ use aya::{
 use enforcer_common::maps::{
     BoundKey, CGROUP_TABLE_CAPACITY, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6,
     FailsafeKey4, FailsafeKey6, LEARNT_LISTENERS, LEARNT_LISTENERS_CAPACITY, LISTEN,
-    LOCAL_ADDRESSES, LOCAL_ADDRESSES_CAPACITY, LearntListener, ListenKey, MAX_CIDRS_V4,
-    MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, PeerKey, PeerState,
-    RECENT_FLOWS, RECENT_FLOWS_CAPACITY, RULES, RecentFlowKey, RuleKey, RuleValue, SOCKET_PEERS,
-    SOCKET_PEERS_CAPACITY,
+    LOCAL_ADDRESSES, LOCAL_ADDRESSES_CAPACITY, LOCAL_PREFIXES, LOCAL_PREFIXES_CAPACITY,
+    LearntListener, ListenKey, MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS,
+    MAX_RULE_ENTRIES, PeerKey, PeerState, RECENT_FLOWS, RECENT_FLOWS_CAPACITY, RULES,
+    RecentFlowKey, RuleKey, RuleValue, SOCKET_PEERS, SOCKET_PEERS_CAPACITY,
 };
 use serde::Serialize;
 
@@ -111,6 +111,11 @@ pub(super) fn map_fill(maps: &mut impl MapSet) -> Result<Vec<MapFill>, LoaderErr
         map: "local_addresses",
         entries: hash::<[u8; 16], u8>(maps, LOCAL_ADDRESSES)?,
         limit: LOCAL_ADDRESSES_CAPACITY,
+    });
+    fill.push(MapFill {
+        map: "local_prefixes",
+        entries: trie::<[u8; 16], u8>(maps, LOCAL_PREFIXES)?,
+        limit: LOCAL_PREFIXES_CAPACITY,
     });
     fill.push(MapFill {
         map: "socket_peers",
