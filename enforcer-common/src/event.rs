@@ -78,6 +78,10 @@ wire_enum! {
         /// process of another segment holds: refused, so it cannot take a share of that
         /// segment's connections.
         ListenerTaken = 9 => "listener-taken",
+        /// A process of a segment turned on `IP_RECVERR`/`IPV6_RECVERR`, which queues ICMP
+        /// errors on its socket with the bytes they carry (any host can send one): decided
+        /// by the segment's `icmp_errors` grant.
+        IcmpErrors = 10 => "icmp-errors",
     }
     /// The word audit records, `status` and metrics use for the reason.
     fn word;
@@ -138,7 +142,8 @@ pub struct FlowEvent {
     pub reason: u8,
     /// Address family, one of [`family`].
     pub family: u8,
-    /// IP protocol number (6 TCP, 17 UDP); for [`Reason::SourceRoute`] what was refused
+    /// IP protocol number (6 TCP, 17 UDP); for [`Reason::SourceRoute`] and
+    /// [`Reason::IcmpErrors`] what was refused
     /// (see `docs/datapath.md`).
     pub protocol: u8,
     /// Explicit tail padding; always zero.

@@ -208,8 +208,11 @@ impl RuleValue {
 
 /// Segment flag: the segment is in audit mode (would-be denials pass and are recorded).
 pub const SEGMENT_FLAG_AUDIT: u32 = 1;
-/// Segment flag: the segment's processes may open raw and ICMP ping sockets.
+/// Segment flag: the segment's processes may open raw sockets.
 pub const SEGMENT_FLAG_RAW_SOCKETS: u32 = 2;
+/// Segment flag: the segment's processes may turn on `IP_RECVERR`/`IPV6_RECVERR`, which
+/// queues ICMP errors on their sockets with the bytes they carry.
+pub const SEGMENT_FLAG_ICMP_ERRORS: u32 = 4;
 
 /// Per-segment settings, indexed by segment id.
 #[repr(C)]

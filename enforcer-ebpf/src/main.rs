@@ -42,7 +42,7 @@ use enforcer_common::{
     event::{Hook, Reason, Verdict, family},
     maps::{
         PROTO_ICMP, PROTO_ICMPV6, PROTO_UDP, SEGMENT_ANY, SEGMENT_BROADCAST,
-        SEGMENT_FLAG_RAW_SOCKETS, SEGMENT_HOST, SEGMENT_MULTICAST,
+        SEGMENT_FLAG_ICMP_ERRORS, SEGMENT_FLAG_RAW_SOCKETS, SEGMENT_HOST, SEGMENT_MULTICAST,
     },
 };
 
@@ -63,6 +63,10 @@ const IP_OPTIONS: i32 = 4;
 const IPV6_2292RTHDR: i32 = 5;
 /// `IPV6_RTHDR`: a routing header for every packet the socket sends.
 const IPV6_RTHDR: i32 = 57;
+/// `IP_RECVERR`: queue ICMP errors, with the datagram they quote, on the socket.
+const IP_RECVERR: i32 = 11;
+/// `IPV6_RECVERR`: the IPv6 `IP_RECVERR`.
+const IPV6_RECVERR: i32 = 25;
 
 /// Something segment processes may do only with a grant, or never.
 struct Restriction {
@@ -82,6 +86,13 @@ const RAW_SOCKETS: Restriction = Restriction {
 const SOURCE_ROUTES: Restriction = Restriction {
     reason: Reason::SourceRoute,
     grant: 0,
+};
+
+/// ICMP errors queued with their payload (`IP_RECVERR`, `IPV6_RECVERR`): granted by
+/// `icmp_errors`.
+const ICMP_ERRORS: Restriction = Restriction {
+    reason: Reason::IcmpErrors,
+    grant: SEGMENT_FLAG_ICMP_ERRORS,
 };
 
 /// Outgoing packets whose header chain cannot be walked (it may hide a routing header):
@@ -318,13 +329,20 @@ pub fn sock_create(ctx: SockContext) -> i32 {
 
 /// `setsockopt()`: a source route or routing header (`IP_OPTIONS` with a value,
 /// `IPV6_RTHDR`, `IPV6_2292RTHDR`) is refused to processes of a segment whatever the
-/// policy says (audit mode lets it through, recorded). Clearing one (an empty value)
-/// stays allowed. Processes in no segment are not governed. The record carries the
-/// option's level as its family (`SOL_IP` as IPv4, `SOL_IPV6` as IPv6) and the option's
-/// number as its protocol.
+/// policy says; turning on `IP_RECVERR` or `IPV6_RECVERR` is refused unless the segment is
+/// granted `icmp_errors`: with it, the kernel queues every ICMP error that quotes one of
+/// the socket's datagrams on the socket, the bytes it carries included, without any
+/// socket filter running, so any host could hand the process data the policy denies.
+/// Audit mode lets both through, recorded. Clearing either (an empty value, a zero) stays
+/// allowed. Processes in no segment are not governed. The record carries the option's
+/// level as its family (`SOL_IP` as IPv4, `SOL_IPV6` as IPv6) and the option's number as
+/// its protocol.
 ///
 /// Verifier note: `level`, `optname` and `optlen` are read with 4-byte loads, the width
-/// the kernel accepts for them; `optval` is never read.
+/// the kernel accepts for them; `optval` is read only for the error-queue options, through
+/// the packet-style `optval`/`optval_end` bounds check. The restriction is chosen by
+/// value: a reference to one of two constants would put them in `.rodata`, a map this
+/// object does not declare.
 #[cgroup_sockopt(setsockopt)]
 pub fn setsockopt(ctx: SockoptContext) -> i32 {
     // SAFETY: the context pointer is valid for the whole run of the program.
@@ -335,14 +353,11 @@ pub fn setsockopt(ctx: SockoptContext) -> i32 {
             (*ctx.sockopt).optlen,
         )
     };
-    let source_route = match level {
-        SOL_IP => option == IP_OPTIONS,
-        SOL_IPV6 => option == IPV6_RTHDR || option == IPV6_2292RTHDR,
-        _ => false,
+    let restriction = match (level, option) {
+        (SOL_IP, IP_OPTIONS) | (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR) if len > 0 => SOURCE_ROUTES,
+        (SOL_IP, IP_RECVERR) | (SOL_IPV6, IPV6_RECVERR) if turns_on(&ctx, len) => ICMP_ERRORS,
+        _ => return CGROUP_ALLOW,
     };
-    if !source_route || len <= 0 {
-        return CGROUP_ALLOW;
-    }
     let mut flow = Flow::EMPTY;
     flow.family = if level == SOL_IP {
         family::INET
@@ -360,8 +375,34 @@ pub fn setsockopt(ctx: SockoptContext) -> i32 {
                 src: decide::task_segment(slot),
                 dst: SEGMENT_ANY,
             },
-            &SOURCE_ROUTES,
+            &restriction,
         )),
+    }
+}
+
+/// Whether the value of a boolean socket option of `len` bytes turns it on, read as the
+/// kernel reads it: an `int` when it has four bytes or more, else one byte. A value the
+/// program cannot read counts as on.
+#[inline(always)]
+fn turns_on(ctx: &SockoptContext, len: i32) -> bool {
+    // SAFETY: the context pointer is valid for the whole run of the program; the bounds
+    // are checked before each read.
+    unsafe {
+        let start = (*ctx.sockopt).__bindgen_anon_2.optval as *const u8;
+        let end = (*ctx.sockopt).__bindgen_anon_3.optval_end as *const u8;
+        if len >= 4 {
+            if start.add(4) > end {
+                return true;
+            }
+            core::ptr::read_unaligned(start.cast::<i32>()) != 0
+        } else if len >= 1 {
+            if start.add(1) > end {
+                return true;
+            }
+            *start != 0
+        } else {
+            false
+        }
     }
 }
 

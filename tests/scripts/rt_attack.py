@@ -11,6 +11,14 @@ Modes:
         to FILE for every datagram received within WAIT_MS
   fire-from SPORT DST DPORT PAYLOAD
         sendto DST:DPORT from a socket bound to SPORT, no answer awaited
+  recverr-serve ADDR PORT WAIT_MS FILE
+        UDP server that turns on IP_RECVERR/IPV6_RECVERR and appends "recverr ok" or
+        "recverr error <errno>" to FILE, then the same for turning it off and on again
+        ("recverr-off ..."); then appends "data <src> <payload>" for datagrams and
+        "err <payload>" for error-queue messages received within WAIT_MS
+  icmp-inject SERVER SPORT PEER PAYLOAD
+        raw ICMP(v6) port-unreachable to SERVER quoting a UDP datagram SERVER:SPORT ->
+        PEER:9 that carries PAYLOAD
   reuseport-serve ADDR PORT NAME WAIT_MS [noreuse]
         TCP listener with SO_REUSEPORT (without it: noreuse); answers each connection
         with NAME and closes
@@ -28,8 +36,13 @@ Modes:
 import os
 import select
 import socket
+import struct
 import sys
 import time
+
+IP_RECVERR = 11
+IPV6_RECVERR = 25
+MSG_ERRQUEUE = 0x2000
 
 
 def out(line):
@@ -170,6 +183,74 @@ def connect_names(addr, port, tries):
         out(n)
 
 
+def recverr(s, value):
+    if s.family == socket.AF_INET:
+        s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, value)
+    else:
+        s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, value)
+
+
+def recverr_serve(addr, port, wait_ms, path):
+    s = socket.socket(fam(addr), socket.SOCK_DGRAM)
+    for label, value in (("recverr", 1), ("recverr-off", 0), ("recverr", 1)):
+        try:
+            recverr(s, value)
+            append(path, "%s ok" % label)
+        except OSError as err:
+            append(path, "%s error %d" % (label, err.errno or 0))
+    s.bind((addr, int(port)))
+    out("listening %s" % show(s.getsockname()))
+    deadline = time.time() + int(wait_ms) / 1000.0
+    p = select.poll()
+    p.register(s, select.POLLIN | select.POLLERR)
+    while time.time() < deadline:
+        if not p.poll(max(1, int((deadline - time.time()) * 1000))):
+            break
+        try:
+            data, _anc, _flags, _src = s.recvmsg(2048, 1024, MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+            append(path, "err %s" % data.decode(errors="replace"))
+            continue
+        except BlockingIOError:
+            pass
+        try:
+            data, src = s.recvfrom(2048, socket.MSG_DONTWAIT)
+            append(path, "data %s %s" % (src[0], data.decode(errors="replace")))
+        except BlockingIOError:
+            time.sleep(0.01)
+
+
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return (~total) & 0xFFFF
+
+
+def icmp_inject(server, sport, peer, payload):
+    payload = payload.encode()
+    udp = struct.pack("!HHHH", int(sport), 9, 8 + len(payload), 0) + payload
+    if fam(server) == socket.AF_INET:
+        inner = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+            socket.inet_aton(server), socket.inet_aton(peer),
+        )
+        inner = inner[:10] + struct.pack("!H", checksum(inner)) + inner[12:]
+        body = struct.pack("!BBHI", 3, 3, 0, 0) + inner + udp
+        body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    else:
+        inner = struct.pack("!IHBB16s16s", 6 << 28, len(udp), 17, 64,
+                            socket.inet_pton(socket.AF_INET6, server),
+                            socket.inet_pton(socket.AF_INET6, peer))
+        # ICMPv6 destination unreachable, port unreachable; the kernel fills the checksum.
+        body = struct.pack("!BBHI", 1, 4, 0, 0) + inner + udp
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    s.sendto(body, (server, 0))
+    out("ok")
+
+
 def main():
     args = sys.argv[1:]
     mode, rest = args[0], args[1:]
@@ -177,6 +258,8 @@ def main():
         {
             "group-then-listen": group_then_listen,
             "fire-from": fire_from,
+            "recverr-serve": recverr_serve,
+            "icmp-inject": icmp_inject,
             "reuseport-serve": reuseport_serve,
             "connect-names": connect_names,
             "udp-hold": udp_hold,

@@ -15,9 +15,12 @@
 //! - `a_reload_that_denies_a_peer_ends_the_servers_answers_to_it`: the UDP reply window
 //!   outlives a reload that denies the peer (up to 120 s), unrecorded.
 //!
-//! Two more findings of the same red team are still open and listed in
-//! docs/threat-model.md (ICMP errors into a socket's error queue; local addresses that
-//! are not interface addresses).
+//! - `icmp_errors_do_not_carry_a_denied_hosts_bytes_into_a_segment_socket`: an ICMP
+//!   error from a denied host, quoting a datagram "from" a segment's UDP socket that set
+//!   `IP_RECVERR`, put the host's bytes on that socket's error queue, unrecorded.
+//!
+//! The last finding of the same red team, local addresses that are not interface
+//! addresses, is a test of `local_destinations.rs`.
 //!
 //! Objects these tests create themselves carry the harness's prefixes with `rt` in the
 //! name; the host side of the loader-driven tests is this process's namespace (addresses
@@ -624,4 +627,103 @@ cidrs = ["{PEER4}/32"]
          ({} sendmsg records)",
         sends.len()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. ICMP errors carry a denied host's bytes into a segment's UDP socket.
+
+/// `app` serves UDP with `IP_RECVERR`/`IPV6_RECVERR` (resolvers, QUIC stacks, or a
+/// compromised service that wants a command channel); no rule lets the peer (`evil`) in.
+/// An ICMP port-unreachable from the peer that quotes a datagram "from" the server's port
+/// carries any bytes the peer chooses into the socket's error queue: past XDP, which
+/// passes ICMP errors, and past the per-socket layer, for the kernel queues errors without
+/// running the socket's filter. Turning the option on is refused to a segment without
+/// the `icmp_errors` grant, and recorded; turning it off stays allowed. `quic`, granted,
+/// gets its errors, the injected bytes included: that is what the grant means.
+#[test]
+fn icmp_errors_do_not_carry_a_denied_hosts_bytes_into_a_segment_socket() {
+    let peer = rt_netns("i");
+    let veth = RtVeth::new(&peer, "i");
+    let parent = rt_cgroup("i");
+    let app = parent.child("app.service");
+    let quic = parent.child("quic.service");
+    let image = image(&format!(
+        r#"
+[segments.app]
+cgroups = ["{}"]
+ports = ["18053/udp", "18054/udp"]
+
+[segments.quic]
+cgroups = ["{}"]
+ports = ["18056/udp"]
+icmp_errors = true
+
+[segments.evil]
+cidrs = ["{PEER4}/32", "{PEER6}/128"]
+"#,
+        app.relative_path(),
+        quic.relative_path()
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    loader
+        .attach_xdp(&veth.host_if, veth.host_ifindex, XdpMode::Skb)
+        .expect("attach XDP");
+
+    let serve = |tag: &str, addr: String, port: &str, cgroup: &TestCgroup| {
+        let log = Log::new(tag);
+        let (server, _) = script(&["recverr-serve", &addr, port, "6000", log.path()])
+            .cgroup(cgroup)
+            .serve();
+        (log, server)
+    };
+    let (log4, _s4) = serve("icmp4", HOST4.to_string(), "18053", &app);
+    let (log6, _s6) = serve("icmp6", HOST6.to_string(), "18054", &app);
+    let (granted, _sq) = serve("icmpq", HOST4.to_string(), "18056", &quic);
+    let inject = |server: String, port: &str, peer_addr: String, payload: &str| {
+        let sent = script(&["icmp-inject", &server, port, &peer_addr, payload])
+            .netns(&peer)
+            .run();
+        assert!(sent.starts_with("ok"), "{sent}");
+    };
+    inject(HOST4.to_string(), "18053", PEER4.to_string(), "evil-cmd-v4");
+    inject(HOST6.to_string(), "18054", PEER6.to_string(), "evil-cmd-v6");
+    inject(HOST4.to_string(), "18056", PEER4.to_string(), "granted-v4");
+
+    let got = granted.wait_for("granted-v4", Duration::from_millis(1500));
+    assert!(got.contains("err granted-v4"), "the granted socket: {got}");
+    let got4 = log4.wait_for("evil-cmd-v4", Duration::from_millis(300));
+    let got6 = log6.wait_for("evil-cmd-v6", Duration::from_millis(300));
+    assert!(
+        !got4.contains("evil-cmd-v4") && !got6.contains("evil-cmd-v6"),
+        "BYPASS: a denied host's bytes reached `app`'s socket in an ICMP error\nv4: {got4}\nv6: {got6}"
+    );
+    for got in [&got4, &got6] {
+        assert_eq!(
+            got.lines().take(3).collect::<Vec<_>>(),
+            ["recverr error 1", "recverr-off ok", "recverr error 1"],
+            "turning the option on is refused (EPERM), turning it off is not"
+        );
+    }
+    assert!(
+        got.starts_with("recverr ok\nrecverr-off ok\nrecverr ok\n"),
+        "{got}"
+    );
+
+    // The refusals are recorded, naming the option (the second of each socket within
+    // the de-duplication window is counted, not recorded again); none of the granted
+    // segment.
+    let app_id = segment_id(&image, "app");
+    let refused: Vec<_> = drain(&mut events)
+        .into_iter()
+        .filter(|e| Hook::from_code(e.hook) == Some(Hook::Setsockopt))
+        .filter(|e| e.verdict == Verdict::Deny as u8)
+        .collect();
+    let options: Vec<(u8, u8)> = refused.iter().map(|e| (e.family, e.protocol)).collect();
+    assert_eq!(options, [(2, 11), (10, 25)], "{refused:#?}");
+    for event in &refused {
+        assert_eq!(event.src_segment, app_id, "{event:?}");
+        assert_eq!(event.reason, Reason::IcmpErrors as u8, "{event:?}");
+    }
 }

@@ -11,8 +11,8 @@ use enforcer_common::{
         FIRST_NAMED_SEGMENT, FailsafeKey, ListenKey, MAX_CGROUPS, MAX_CIDRS_V4, MAX_CIDRS_V6,
         MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, MAX_RULES, MAX_SEGMENTS, PolicyConfig,
         RULE_KEY_FIXED_BITS, RuleKey, RuleValue, SEGMENT_ANY, SEGMENT_BROADCAST,
-        SEGMENT_FLAG_AUDIT, SEGMENT_FLAG_RAW_SOCKETS, SEGMENT_HOST, SEGMENT_MULTICAST,
-        SEGMENT_WORLD, SegmentInfo,
+        SEGMENT_FLAG_AUDIT, SEGMENT_FLAG_ICMP_ERRORS, SEGMENT_FLAG_RAW_SOCKETS, SEGMENT_HOST,
+        SEGMENT_MULTICAST, SEGMENT_WORLD, SegmentInfo,
     },
 };
 use ipnet::IpNet;
@@ -124,6 +124,9 @@ pub fn compile(policy: &Policy) -> Result<MapImage, Vec<Diagnostic>> {
         }
         if segment.raw_sockets {
             flags |= SEGMENT_FLAG_RAW_SOCKETS;
+        }
+        if segment.icmp_errors {
+            flags |= SEGMENT_FLAG_ICMP_ERRORS;
         }
         segment_infos.push(SegmentInfo { flags });
     }

@@ -219,13 +219,27 @@ pub fn diff(old: (&Policy, &MapImage), new: (&Policy, &MapImage)) -> PolicyDiff 
             old.0.segments.iter().map(|s| {
                 (
                     s.name.as_str(),
-                    (&s.cgroups, &s.cidrs, &s.ports, s.mode, s.raw_sockets),
+                    (
+                        &s.cgroups,
+                        &s.cidrs,
+                        &s.ports,
+                        s.mode,
+                        s.raw_sockets,
+                        s.icmp_errors,
+                    ),
                 )
             }),
             new.0.segments.iter().map(|s| {
                 (
                     s.name.as_str(),
-                    (&s.cgroups, &s.cidrs, &s.ports, s.mode, s.raw_sockets),
+                    (
+                        &s.cgroups,
+                        &s.cidrs,
+                        &s.ports,
+                        s.mode,
+                        s.raw_sockets,
+                        s.icmp_errors,
+                    ),
                 )
             }),
         ),

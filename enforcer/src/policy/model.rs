@@ -251,8 +251,11 @@ pub struct Segment {
     pub ports: Vec<PortRange>,
     /// Enforce or audit.
     pub mode: Mode,
-    /// Whether its processes may open raw and ICMP ping sockets.
+    /// Whether its processes may open raw sockets.
     pub raw_sockets: bool,
+    /// Whether its processes may have ICMP errors queued on their sockets with the bytes
+    /// they carry (`IP_RECVERR`, `IPV6_RECVERR`).
+    pub icmp_errors: bool,
     /// Where it is declared.
     pub span: Span,
 }

@@ -65,8 +65,10 @@ pub struct RawSegment {
     pub ports: Vec<Spanned<String>>,
     /// `"enforce"` or `"audit"`.
     pub mode: Option<Spanned<String>>,
-    /// Grant raw and packet sockets.
+    /// Grant raw sockets.
     pub raw_sockets: Option<Spanned<bool>>,
+    /// Grant ICMP errors with their payload (`IP_RECVERR`, `IPV6_RECVERR`).
+    pub icmp_errors: Option<Spanned<bool>>,
     /// Free text for readers.
     #[serde(default)]
     pub description: Option<String>,

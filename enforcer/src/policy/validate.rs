@@ -476,6 +476,7 @@ impl Validator<'_> {
                 ports,
                 mode,
                 raw_sockets: raw.raw_sockets.is_some_and(|r| r.into_inner()),
+                icmp_errors: raw.icmp_errors.is_some_and(|r| r.into_inner()),
                 span: here,
             },
         );

@@ -13,7 +13,7 @@ use crate::cli::table::{print_table, table};
 use crate::policy::{
     Compiled, PolicyError, compile_sources,
     diagnostic::DiagnosticJson,
-    model::{Action, BROADCAST, MULTICAST, Mode, SegmentRef},
+    model::{Action, BROADCAST, MULTICAST, Mode, Segment, SegmentRef},
     source::SourceSet,
 };
 
@@ -120,14 +120,7 @@ fn print_summary(compiled: &Compiled) {
         }
     }
     println!();
-    let mut segments = table(&[
-        "segment",
-        "mode",
-        "cgroups",
-        "cidrs",
-        "ports",
-        "raw sockets",
-    ]);
+    let mut segments = table(&["segment", "mode", "cgroups", "cidrs", "ports", "grants"]);
     for s in &policy.segments {
         segments.add_row(vec![
             s.name.clone(),
@@ -142,11 +135,7 @@ fn print_summary(compiled: &Compiled) {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(" "),
-            if s.raw_sockets {
-                "granted".into()
-            } else {
-                "-".into()
-            },
+            grants(s),
         ]);
     }
     print_table(&segments);
@@ -242,5 +231,21 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(EXIT_INVALID))
         }
+    }
+}
+
+/// What `segment` is granted beyond its rules, for the segments table.
+fn grants(segment: &Segment) -> String {
+    let granted: Vec<&str> = [
+        (segment.raw_sockets, "raw_sockets"),
+        (segment.icmp_errors, "icmp_errors"),
+    ]
+    .into_iter()
+    .filter_map(|(granted, name)| granted.then_some(name))
+    .collect();
+    if granted.is_empty() {
+        "-".into()
+    } else {
+        granted.join(", ")
     }
 }
