@@ -4,7 +4,12 @@
 //! Nothing half-installed is ever mistaken for done: bpf-linker is built into a staging
 //! root and moved into place only once it runs and reports the pinned version.
 
-use std::{fs, os::unix::fs::symlink, path::Path, process::Command};
+use std::{
+    fs,
+    os::unix::fs::{PermissionsExt as _, symlink},
+    path::Path,
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -26,7 +31,24 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "rsyslog-gnutls",
     ),
     ("openssl", "openssl"),
+    // The real servers and clients of tests/tests/real_clients.rs.
+    ("curl", "curl"),
+    ("/usr/sbin/nginx", "nginx"),
+    ("psql", "postgresql-client"),
+    // The server programs live in /usr/lib/postgresql/<version>/bin.
+    ("/usr/lib/postgresql/*/bin/initdb", "postgresql"),
+    ("redis-server", "redis-server"),
+    ("redis-cli", "redis-tools"),
 ];
+
+/// The services those packages install, which Debian would start and enable on their
+/// default ports. The tests start instances of their own on ports of their own, so these
+/// are disabled and stopped right after they are installed.
+const DEBIAN_SERVICES: &[&str] = &["nginx", "postgresql", "redis-server"];
+
+/// Debian's hook that `invoke-rc.d` and `deb-systemd-invoke` ask before they start a
+/// service from a package's install script; exit code 101 means "do not".
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// Runs every setup step and returns the located tools.
 pub fn run() -> anyhow::Result<Tools> {
@@ -145,11 +167,71 @@ fn install_debian_packages() -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .context("apt-get update (needs root and the Debian package mirror)")?;
+    let no_starts = NoServiceStarts::during_install()?;
     status(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
-    .with_context(|| format!("installing Debian packages {}", missing.join(" ")))
+    .with_context(|| format!("installing Debian packages {}", missing.join(" ")))?;
+    drop(no_starts);
+    disable_services()
+}
+
+/// A `policy-rc.d` that refuses every service start, present while packages install
+/// (where the machine has none of its own), removed on drop.
+struct NoServiceStarts {
+    written: bool,
+}
+
+impl NoServiceStarts {
+    fn during_install() -> anyhow::Result<Self> {
+        if Path::new(POLICY_RC_D).exists() {
+            return Ok(Self { written: false });
+        }
+        fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# Written by `./x setup` while it installs packages: start no service.\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        fs::set_permissions(POLICY_RC_D, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {POLICY_RC_D} executable"))?;
+        Ok(Self { written: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.written
+            && let Err(err) = fs::remove_file(POLICY_RC_D)
+        {
+            eprintln!("setup: cannot remove {POLICY_RC_D}: {err}");
+        }
+    }
+}
+
+/// Disables the installed packages' services (so no boot starts them) and, where systemd
+/// runs, stops any that started anyway.
+fn disable_services() -> anyhow::Result<()> {
+    if stdout(Command::new("sh").args(["-c", "command -v systemctl"])).is_none() {
+        return Ok(());
+    }
+    let running_systemd = Path::new("/run/systemd/system").is_dir();
+    for service in DEBIAN_SERVICES {
+        let unit = format!("{service}.service");
+        let installed = ["/lib/systemd/system", "/usr/lib/systemd/system"]
+            .iter()
+            .any(|dir| Path::new(dir).join(&unit).exists());
+        if !installed {
+            continue;
+        }
+        status(Command::new("systemctl").args(["disable", "--quiet", &unit]))
+            .with_context(|| format!("disabling {unit}, which the tests must not depend on"))?;
+        if running_systemd {
+            status(Command::new("systemctl").args(["stop", &unit]))
+                .with_context(|| format!("stopping {unit}"))?;
+        }
+    }
+    Ok(())
 }
