@@ -144,8 +144,8 @@ impl Enricher {
             self.wall_ms(event.timestamp_ns),
             &self.hostname,
             format!(
-                "{verdict_word} {src_segment} -> {dst_segment} {dst_ip}:{}/{protocol_name} ({})",
-                event.dst_port,
+                "{verdict_word} {src_segment} -> {dst_segment} {}/{protocol_name} ({})",
+                Endpoint::address_and_port(&dst_ip, event.dst_port),
                 rule.as_deref().unwrap_or(reason_word)
             ),
         );
@@ -331,5 +331,17 @@ mod tests {
         let record = enricher.record(&event);
         assert_eq!(record.dst_endpoint.as_ref().unwrap().ip, "0.0.0.0");
         assert_eq!(record.src_endpoint.as_ref().unwrap().ip, "");
+
+        // An IPv6 destination is bracketed in the message, so its port stays readable.
+        event.family = family::INET6;
+        event.dst_addr = "2001:db8::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let record = enricher.record(&event);
+        assert_eq!(
+            record.message,
+            "deny orders -> payments [2001:db8::1]:8443/tcp (default-deny)"
+        );
     }
 }

@@ -122,6 +122,21 @@ pub struct Endpoint {
     pub name: String,
 }
 
+impl Endpoint {
+    /// The address and port as people write them: `198.18.0.1:443`, `[2001:db8::1]:443`;
+    /// the address alone when the port is unknown, `:port` when the address is; empty
+    /// when neither is known.
+    pub fn address_and_port(ip: &str, port: u16) -> String {
+        match (ip.is_empty(), port) {
+            (true, 0) => String::new(),
+            (true, port) => format!(":{port}"),
+            (false, 0) => ip.to_owned(),
+            (false, port) if ip.contains(':') => format!("[{ip}]:{port}"),
+            (false, port) => format!("{ip}:{port}"),
+        }
+    }
+}
+
 /// OCSF `connection_info`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionInfo {

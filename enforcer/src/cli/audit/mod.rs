@@ -86,12 +86,8 @@ fn format_line(record: &Record) -> String {
             let src = record.src_endpoint.as_ref();
             let dst = record.dst_endpoint.as_ref();
             let endpoint = |end: Option<&crate::audit::record::Endpoint>| {
-                end.map_or_else(String::new, |end| match (end.ip.is_empty(), end.port) {
-                    (true, 0) => String::new(),
-                    (true, port) => format!(":{port}"),
-                    (false, 0) => end.ip.clone(),
-                    (false, port) if end.ip.contains(':') => format!("[{}]:{port}", end.ip),
-                    (false, port) => format!("{}:{port}", end.ip),
+                end.map_or_else(String::new, |end| {
+                    crate::audit::record::Endpoint::address_and_port(&end.ip, end.port)
                 })
             };
             let protocol = record
