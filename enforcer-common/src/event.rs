@@ -146,9 +146,16 @@ pub struct FlowEvent {
     /// [`Reason::IcmpErrors`] what was refused
     /// (see `docs/datapath.md`).
     pub protocol: u8,
+    /// `FLOW_FLAG_*` bits: what the hook found out about the flow beyond its fields.
+    pub flags: u8,
     /// Explicit tail padding; always zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
 }
+
+/// [`FlowEvent::flags`] bit: the destination address is this host (loopback, the
+/// unspecified address, an address of the host or one its `local` routes deliver here),
+/// so the destination segment is the one serving the port, not the address's.
+pub const FLOW_FLAG_LOCAL_DESTINATION: u8 = 1;
 
 const _: () = assert!(size_of::<FlowEvent>() == 104);
 const _: () = assert!(align_of::<FlowEvent>() == 8);
@@ -174,7 +181,8 @@ impl FlowEvent {
         reason: 0,
         family: 0,
         protocol: 0,
-        _pad: [0; 3],
+        flags: 0,
+        _pad: [0; 2],
     };
 }
 
@@ -214,6 +222,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(FlowEvent, src_addr), 48);
         assert_eq!(core::mem::offset_of!(FlowEvent, comm), 80);
         assert_eq!(core::mem::offset_of!(FlowEvent, hook), 96);
-        assert_eq!(core::mem::offset_of!(FlowEvent, _pad), 101);
+        assert_eq!(core::mem::offset_of!(FlowEvent, flags), 101);
+        assert_eq!(core::mem::offset_of!(FlowEvent, _pad), 102);
     }
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     decision::{Decision, NO_RULE, best_rule, decide, lookup_bit, rule_lookups},
-    event::{Reason, Verdict, family},
+    event::{FLOW_FLAG_LOCAL_DESTINATION, Reason, Verdict, family},
     maps::{
         ACTION_ALLOW, ADDRESS_BROADCAST, ADDRESS_LOCAL, BoundKey, CGROUP_LEVELS,
         FAILSAFE_KEY_FIXED_BITS, FailsafeKey, LearntListener, ListenKey, MAX_CGROUP_DEPTH,
@@ -95,24 +95,22 @@ pub fn ipv6_segment<const B: bool>(slot: &Slot<B>, addr: [u8; 16]) -> u32 {
         .unwrap_or(SEGMENT_WORLD)
 }
 
-/// The segment of an outbound flow's destination `addr` (IPv4 in the first four bytes
-/// when `v4`) on `port`/`proto`: a destination on this host ([`is_local`]) is the segment
-/// serving the port ([`listener_segment`]), else `host`; a broadcast or multicast
-/// destination is its class ([`group_destination`]), which only a rule naming it allows;
-/// any other is its address's segment (an IPv4-mapped address decided as IPv4).
+/// The segment of an outbound flow's destination (its address, port and protocol): a
+/// destination on this host ([`is_local`]) is the segment serving the port
+/// ([`listener_segment`]), else `host`, and the flow is flagged
+/// [`FLOW_FLAG_LOCAL_DESTINATION`] for its record; a broadcast or multicast destination
+/// is its class ([`group_destination`]), which only a rule naming it allows; any other is
+/// its address's segment (an IPv4-mapped address decided as IPv4).
 #[inline(always)]
-pub fn destination_segment<const B: bool>(
-    slot: &Slot<B>,
-    addr: &[u8; 16],
-    v4: bool,
-    port: u16,
-    proto: u8,
-) -> u32 {
+pub fn destination_segment<const B: bool>(slot: &Slot<B>, flow: &mut Flow) -> u32 {
+    let (addr, v4) = (&flow.dst_addr, flow.family == family::INET);
     if is_local(addr, v4) {
-        match listener_segment(slot, addr, v4, port, proto) {
+        let segment = match listener_segment(slot, addr, v4, flow.dst_port, flow.protocol) {
             NO_LISTENER => SEGMENT_HOST,
             segment => segment,
-        }
+        };
+        flow.flags |= FLOW_FLAG_LOCAL_DESTINATION;
+        segment
     } else if let Some(class) = group_destination(addr, v4) {
         class
     } else {

@@ -278,10 +278,11 @@ fn sock_addr_in_slot<const B: bool>(
     if sendmsg && flow.protocol == PROTO_UDP && peers::answers_peer(&peer, now, origin.generation) {
         return CGROUP_ALLOW;
     }
-    let dst = decide::destination_segment(slot, &flow.dst_addr, v4, flow.dst_port, flow.protocol);
+    let mut flow = *flow;
+    let dst = decide::destination_segment(slot, &mut flow);
     let src = decide::task_segment(slot);
     let decision = decide::flow(slot, src, dst, flow.protocol, flow.dst_port);
-    record(slot, origin, flow, &Segments { src, dst }, &decision);
+    record(slot, origin, &flow, &Segments { src, dst }, &decision);
     if sendmsg && flow.protocol == PROTO_UDP && decision.verdict != Verdict::Deny {
         let answered_by = if dst == SEGMENT_BROADCAST || dst == SEGMENT_MULTICAST {
             peers::group_key(cookie, flow.dst_port)
@@ -479,8 +480,7 @@ fn icmp_request<const B: bool>(
     } else {
         PROTO_ICMPV6
     };
-    let v4 = flow.family == family::INET;
-    let dst = decide::destination_segment(slot, &flow.dst_addr, v4, kind, flow.protocol);
+    let dst = decide::destination_segment(slot, &mut flow);
     let decision = decide::flow(slot, src, dst, flow.protocol, kind);
     record(
         slot,

@@ -21,6 +21,7 @@ use enforcer_common::{
 use crate::maps::{self, EVENT_STATS, EVENTS, REASON_COUNTS, RECENT_FLOWS, Slot};
 
 /// The addresses and ports of a flow, as far as the hook knows them.
+#[derive(Clone, Copy)]
 pub struct Flow {
     /// Source address (IPv4 in the first four bytes; zero where the hook has none).
     pub src_addr: [u8; 16],
@@ -34,6 +35,8 @@ pub struct Flow {
     pub family: u8,
     /// IP protocol number.
     pub protocol: u8,
+    /// `FLOW_FLAG_*` bits for the record.
+    pub flags: u8,
 }
 
 impl Flow {
@@ -45,6 +48,7 @@ impl Flow {
         dst_port: 0,
         family: 0,
         protocol: 0,
+        flags: 0,
     };
 }
 
@@ -202,7 +206,8 @@ pub fn record<const B: bool>(
         reason: decision.reason as u8,
         family: flow.family,
         protocol: flow.protocol,
-        _pad: [0; 3],
+        flags: flow.flags,
+        _pad: [0; 2],
     });
     entry.submit(0);
     bump(&EVENT_STATS, EVENTS_EMITTED);

@@ -169,6 +169,90 @@ fn explain_classifies_a_broadcast_or_multicast_source_by_its_cidr() {
     );
 }
 
+/// An address the host delivers to itself (an interface address, an AnyIP prefix) is
+/// decided by the kernel against the segment serving the port, whatever the CIDRs say:
+/// explain does the same for the addresses it is told are the host's, and for this
+/// machine's own with `--on-this-host` (its loopback `local` route among them).
+#[test]
+fn explain_decides_the_hosts_own_addresses_as_this_host() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[segments.client]
+cgroups = [\"client.service\"]
+         [segments.payments]
+ports = [\"8443/tcp\"]
+         [[allow]]
+id = \"client-out\"
+from = [\"client\"]
+to = [\"world\"]
+ports = [\"8443/tcp\"]
+",
+    )
+    .expect("write");
+    let explain = |to: &str, host: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "policy",
+            "explain",
+            policy.to_str().expect("utf-8"),
+            "--from",
+            "client.service",
+            "--to",
+            to,
+            "--port",
+            "8443/tcp",
+            "--json",
+        ];
+        args.extend_from_slice(host);
+        let out = enforcer(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    // Offline, an address is its CIDR's: `world`, allowed.
+    let offline = explain("198.19.253.7", &[]);
+    assert_eq!(offline["to"]["segment"], "world", "{offline}");
+    assert_eq!(offline["verdict"], "allow", "{offline}");
+    // Named as the host's (a prefix, an address): the serving segment, denied.
+    for host in [
+        ["--local-address", "198.19.253.0/24"],
+        ["--local-address", "198.19.253.7"],
+    ] {
+        let answer = explain("198.19.253.7", &host);
+        assert_eq!(answer["to"]["segment"], "payments", "{host:?}: {answer}");
+        assert_eq!(answer["verdict"], "deny", "{host:?}: {answer}");
+        assert_eq!(answer["reason"], "default-deny", "{host:?}: {answer}");
+    }
+    let mapped = explain(
+        "::ffff:198.19.253.7",
+        &["--local-address", "198.19.253.0/24"],
+    );
+    assert_eq!(mapped["to"]["segment"], "payments", "{mapped}");
+    // Every address of 127.0.0.0/8 is this host without any flag; with --on-this-host
+    // the machine's own interface addresses are too (loopback's is always there).
+    let here = explain("127.0.0.1", &["--on-this-host"]);
+    assert_eq!(here["to"]["segment"], "payments", "{here}");
+    let bad = enforcer(&[
+        "policy",
+        "explain",
+        policy.to_str().expect("utf-8"),
+        "--from",
+        "client.service",
+        "--to",
+        "198.19.253.7",
+        "--port",
+        "8443/tcp",
+        "--local-address",
+        "not-an-address",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("`not-an-address` is neither an IP address nor a prefix"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
+
 #[test]
 fn diff_lists_verdict_changes_and_rule_changes() {
     let dir = tempfile::tempdir().expect("tempdir");

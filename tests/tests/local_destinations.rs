@@ -10,9 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_common::event::{Hook, Verdict};
+use enforcer_common::event::{FLOW_FLAG_LOCAL_DESTINATION, Hook, Verdict};
 use enforcer_tests::{
-    agent::AgentHost,
+    agent::{AgentHost, enforcer_bin},
     cgroup::TestCgroup,
     cmd::run,
     events::{decided_by, drain, segment_id},
@@ -148,6 +148,11 @@ fn every_address_of_this_host_is_decided_as_the_listening_segment() {
         assert_eq!(event.verdict, Verdict::Deny as u8, "{event:?}");
         assert_eq!(event.dst_segment, payments_id, "{event:?}");
         assert_eq!(decided_by(&image, event), "default-deny");
+        assert_eq!(
+            event.flags & FLOW_FLAG_LOCAL_DESTINATION,
+            FLOW_FLAG_LOCAL_DESTINATION,
+            "the record says the destination was this host: {event:?}"
+        );
     }
 }
 
@@ -286,6 +291,25 @@ fn an_address_or_local_route_added_while_the_agent_runs_is_local_within_moments(
         "{}",
         agent.log(1)
     );
+
+    // The records say which destinations were this host, so replaying the store under
+    // the very policy that wrote it changes nothing: the flows to the new addresses
+    // decided as `world` before the agent had them, and as `payments` after.
+    assert!(agent.terminate(), "the agent stops:\n{}", agent.log(1));
+    let output = std::process::Command::new(enforcer_bin())
+        .args(["policy", "simulate", "--json", "--audit-dir"])
+        .arg(agent.audit_dir())
+        .arg(agent.policy_file())
+        .output()
+        .expect("run enforcer policy simulate");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let replay: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(replay["changes"], serde_json::json!([]), "{replay:#}");
+    assert!(replay["replayed"].as_u64() >= Some(4), "{replay:#}");
 }
 
 /// Waits (5 s at most) until `client`'s connects to `at`, a destination just made this

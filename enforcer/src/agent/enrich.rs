@@ -10,14 +10,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_common::event::{FlowEvent, Hook, Reason, Verdict, family};
+use enforcer_common::event::{
+    FLOW_FLAG_LOCAL_DESTINATION, FlowEvent, Hook, Reason, Verdict, family,
+};
 
 use crate::{
     audit::record::{
-        ACTION_ALLOWED, ACTION_DENIED, ACTIVITY_OPEN, ACTIVITY_REFUSE, Actor, CATEGORY_NETWORK,
-        CLASS_NETWORK_ACTIVITY, ConnectionInfo, DISPOSITION_ALLOWED, DISPOSITION_BLOCKED,
-        DISPOSITION_DETECTED, Endpoint, FirewallRule, FlowDetails, Kind, Process, Record,
-        SEVERITY_INFO, SEVERITY_LOW, SEVERITY_MEDIUM,
+        ACTION_ALLOWED, ACTION_DENIED, ACTIVITY_OPEN, ACTIVITY_REFUSE, Actor, BOUNDARY_LOCALHOST,
+        CATEGORY_NETWORK, CLASS_NETWORK_ACTIVITY, ConnectionInfo, DISPOSITION_ALLOWED,
+        DISPOSITION_BLOCKED, DISPOSITION_DETECTED, Endpoint, FirewallRule, FlowDetails, Kind,
+        Process, Record, SEVERITY_INFO, SEVERITY_LOW, SEVERITY_MEDIUM,
     },
     host,
     policy::names::{GENERATIONS_KEPT, GenerationNames},
@@ -124,6 +126,7 @@ impl Enricher {
         // Decided on the way in: at XDP, or at the receiving socket (whose cgroup the
         // record names; no process is known there).
         let inbound = matches!(hook, Some(Hook::XdpIngress | Hook::SkbIngress));
+        let local = event.flags & FLOW_FLAG_LOCAL_DESTINATION != 0;
         let src_ip = address(&event.src_addr, event.family, false);
         // A destination of `0.0.0.0` or `::` is real: a connect there reaches this host.
         let dst_ip = address(&event.dst_addr, event.family, true);
@@ -191,6 +194,8 @@ impl Enricher {
             protocol_name,
             protocol_ver_id: if v4 { 4 } else { 6 },
             direction_id: if inbound { 1 } else { 2 },
+            boundary_id: local.then_some(BOUNDARY_LOCALHOST),
+            boundary: local.then(|| "Localhost".to_owned()),
         });
         record.actor = (!inbound).then_some(Actor {
             process: Process { pid, name: comm },
@@ -334,10 +339,7 @@ mod tests {
 
         // An IPv6 destination is bracketed in the message, so its port stays readable.
         event.family = family::INET6;
-        event.dst_addr = "2001:db8::1"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets();
+        event.dst_addr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
         let record = enricher.record(&event);
         assert_eq!(
             record.message,

@@ -148,6 +148,24 @@ pub struct ConnectionInfo {
     pub protocol_ver_id: u8,
     /// 1 inbound (XDP), 2 outbound (cgroup hooks).
     pub direction_id: u8,
+    /// [`BOUNDARY_LOCALHOST`] when the destination address was this host (a local
+    /// address in any form, decided against the segment serving the port); absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boundary_id: Option<u8>,
+    /// The caption of `boundary_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boundary: Option<String>,
+}
+
+/// OCSF `connection_info.boundary_id` "Localhost": the flow stays on this host.
+pub const BOUNDARY_LOCALHOST: u8 = 1;
+
+impl ConnectionInfo {
+    /// Whether the destination address was this host.
+    pub fn to_this_host(&self) -> bool {
+        self.boundary_id == Some(BOUNDARY_LOCALHOST)
+    }
 }
 
 /// OCSF `actor`.

@@ -9,7 +9,12 @@ use std::{collections::BTreeMap, collections::HashMap, net::IpAddr};
 use serde::Serialize;
 
 use super::record::Record;
-use crate::policy::{explain::explain, lookup::ImageIndex, model::Proto, reference::Endpoint};
+use crate::policy::{
+    explain::{LocalAddresses, explain},
+    lookup::ImageIndex,
+    model::Proto,
+    reference::Endpoint,
+};
 
 /// A group of flows whose verdict would change the same way.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -43,35 +48,50 @@ pub struct Replay {
     pub changes: BTreeMap<Change, u64>,
 }
 
-/// The recorded ends, port and protocol of a flow: what a decision depends on.
-type FlowKey = (String, String, bool, u16, bool);
+/// How a flow's end is named for the replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Naming {
+    /// By the segment the record names.
+    Segment,
+    /// By its address or cgroup path.
+    Text,
+    /// By its address, which the recording host delivered to itself.
+    LocalAddress,
+}
+
+/// The recorded ends (each with how it is named) and port of a flow: what a decision
+/// depends on.
+type FlowKey = (String, Naming, String, Naming, u16);
 
 /// Replays flows one at a time against a candidate.
 pub struct Simulator<'a> {
     index: ImageIndex<'a>,
+    local: LocalAddresses,
     cache: HashMap<FlowKey, Option<(String, String, String, String)>>,
     /// The result so far.
     pub replay: Replay,
 }
 
-fn endpoint(text: &str, as_segment: bool, index: &ImageIndex<'_>) -> Option<Endpoint> {
-    if as_segment {
-        return index
+fn endpoint(text: &str, naming: Naming, index: &ImageIndex<'_>) -> Option<Endpoint> {
+    match (naming, text.parse::<IpAddr>()) {
+        (Naming::Segment, _) => index
             .image()
             .segment_id(text)
-            .map(|_| Endpoint::Segment(text.to_owned()));
+            .map(|_| Endpoint::Segment(text.to_owned())),
+        (Naming::LocalAddress, Ok(addr)) => Some(Endpoint::LocalAddr(addr)),
+        (_, Ok(addr)) => Some(Endpoint::Addr(addr)),
+        (_, Err(_)) => Some(Endpoint::Cgroup(text.trim_matches('/').to_owned())),
     }
-    if let Ok(addr) = text.parse::<IpAddr>() {
-        return Some(Endpoint::Addr(addr));
-    }
-    Some(Endpoint::Cgroup(text.trim_matches('/').to_owned()))
 }
 
 impl<'a> Simulator<'a> {
-    /// A simulator for the candidate's index.
-    pub fn new(index: ImageIndex<'a>) -> Self {
+    /// A simulator for the candidate's index. A destination the record marks as the
+    /// recording host's own address is decided as this host; `local` names more such
+    /// addresses, for records written before they were marked.
+    pub fn new(index: ImageIndex<'a>, local: LocalAddresses) -> Self {
         Self {
             index,
+            local,
             cache: HashMap::new(),
             replay: Replay::default(),
         }
@@ -110,42 +130,49 @@ impl<'a> Simulator<'a> {
         let inbound = info.direction_id == 1;
         // A local process is its cgroup; an inbound flow's local end is the segment that
         // served the port (learnt from its bind, which a replay cannot redo).
-        let (from_text, from_is_segment) = if inbound || flow.cgroup.is_empty() {
+        let (from_text, from_naming) = if inbound || flow.cgroup.is_empty() {
             if src.ip.is_empty() {
-                (flow.src_segment.clone(), true)
+                (flow.src_segment.clone(), Naming::Segment)
             } else {
-                (src.ip.clone(), false)
+                (src.ip.clone(), Naming::Text)
             }
         } else {
-            (flow.cgroup.clone(), false)
+            (flow.cgroup.clone(), Naming::Text)
         };
-        let (to_text, to_is_segment) = if inbound {
-            (flow.dst_segment.clone(), true)
+        // A destination the kernel decided as this host (the record says so, or the
+        // caller names the address) is decided so again, whatever the candidate's CIDRs.
+        let to_this_host = info.to_this_host()
+            || dst
+                .ip
+                .parse::<IpAddr>()
+                .is_ok_and(|addr| self.local.contains(addr));
+        let (to_text, to_naming) = if inbound {
+            (flow.dst_segment.clone(), Naming::Segment)
+        } else if to_this_host {
+            (dst.ip.clone(), Naming::LocalAddress)
         } else {
-            (dst.ip.clone(), false)
+            (dst.ip.clone(), Naming::Text)
         };
-        let key = (from_text, to_text, from_is_segment, dst.port, to_is_segment);
+        let key = (from_text, from_naming, to_text, to_naming, dst.port);
         let index = &self.index;
         let decided = self
             .cache
             .entry(key)
-            .or_insert_with_key(
-                |(from_text, to_text, from_is_segment, port, to_is_segment)| {
-                    let from = endpoint(from_text, *from_is_segment, index)?;
-                    let to = endpoint(to_text, *to_is_segment, index)?;
-                    let answer = explain(index, (&from, from_text), (&to, to_text), proto, *port);
-                    let by = answer
-                        .rule
-                        .or(answer.failsafe)
-                        .unwrap_or_else(|| answer.reason.to_owned());
-                    Some((
-                        answer.from.segment,
-                        answer.to.segment,
-                        answer.verdict.to_owned(),
-                        by,
-                    ))
-                },
-            )
+            .or_insert_with_key(|(from_text, from_naming, to_text, to_naming, port)| {
+                let from = endpoint(from_text, *from_naming, index)?;
+                let to = endpoint(to_text, *to_naming, index)?;
+                let answer = explain(index, (&from, from_text), (&to, to_text), proto, *port);
+                let by = answer
+                    .rule
+                    .or(answer.failsafe)
+                    .unwrap_or_else(|| answer.reason.to_owned());
+                Some((
+                    answer.from.segment,
+                    answer.to.segment,
+                    answer.verdict.to_owned(),
+                    by,
+                ))
+            })
             .clone();
         let Some((from, to, verdict, by)) = decided else {
             self.replay.skipped += 1;

@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use enforcer_common::{
     event::{Reason, Verdict},
     maps::SEGMENT_HOST,
@@ -40,6 +42,32 @@ pub fn parse_endpoint(text: &str, image: &MapImage) -> Result<Endpoint, UnknownE
         return Ok(Endpoint::Cgroup(text.trim_matches('/').to_owned()));
     }
     Err(UnknownEndpoint(text.to_owned()))
+}
+
+/// The addresses the host in question delivers to itself, beyond loopback and the
+/// unspecified address.
+#[derive(Debug, Clone, Default)]
+pub struct LocalAddresses(Vec<IpNet>);
+
+impl LocalAddresses {
+    /// The addresses and prefixes `nets`.
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        Self(nets)
+    }
+
+    /// Whether `addr` (an IPv4-mapped address as IPv4) is one of them.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let addr = canonical(addr);
+        self.0.iter().any(|net| net.contains(&addr))
+    }
+
+    /// `endpoint`, as [`Endpoint::LocalAddr`] when it is one of these addresses.
+    pub fn mark(&self, endpoint: Endpoint) -> Endpoint {
+        match endpoint {
+            Endpoint::Addr(addr) if self.contains(addr) => Endpoint::LocalAddr(addr),
+            other => other,
+        }
+    }
 }
 
 /// How one end was classified.
@@ -95,7 +123,14 @@ fn classify(
                 canonical(*addr)
             ),
         ),
-        Endpoint::Addr(addr) => {
+        Endpoint::LocalAddr(addr) if destination => (
+            SEGMENT_HOST,
+            format!(
+                "address {} is an address of this host: the segment serving the port, else host",
+                canonical(*addr)
+            ),
+        ),
+        Endpoint::Addr(addr) | Endpoint::LocalAddr(addr) => {
             let class = if destination {
                 index.classify_destination(*addr)
             } else {
@@ -104,7 +139,7 @@ fn classify(
             let shown = canonical(*addr);
             let matched = class
                 .prefix_len
-                .and_then(|len| ipnet::IpNet::new(shown, u8::try_from(len).ok()?).ok())
+                .and_then(|len| IpNet::new(shown, u8::try_from(len).ok()?).ok())
                 .map(|net| net.trunc());
             let because = match matched {
                 Some(net) => format!("address {shown} matches {net}, the longest listed prefix"),
@@ -158,7 +193,7 @@ pub fn explain(
         to_class.segment = image.segment_name(owner).to_owned();
     }
     let port_text = format!("{port}/{proto}");
-    if let Endpoint::Addr(addr) = from
+    if let Endpoint::Addr(addr) | Endpoint::LocalAddr(addr) = from
         && let Some(number) = index.failsafe(*addr, proto.number(), port)
     {
         return Explanation {

@@ -10,8 +10,9 @@
 //!    A `*` in a rule covers every segment but `broadcast` and `multicast`.
 //! 2. A local cgroup belongs to the segment listing its nearest ancestor (itself
 //!    included), else `host`.
-//! 3. A destination address that is this host (loopback, unspecified) is `host`; traffic
-//!    to `host` on a port a segment declares is traffic to that segment.
+//! 3. A destination address that is this host (loopback, unspecified, or an address the
+//!    caller names as the host's, [`Endpoint::LocalAddr`]) is `host`; traffic to `host`
+//!    on a port a segment declares is traffic to that segment.
 //! 4. A source address covered by a failsafe on the flow's port is allowed (`failsafe`).
 //! 5. Otherwise the first matching deny rule denies; else the first matching allow rule
 //!    allows; else the flow is denied by default (`default-deny`).
@@ -34,6 +35,10 @@ pub enum Endpoint {
     Segment(String),
     /// An address.
     Addr(IpAddr),
+    /// An address the host in question delivers to itself other than loopback and the
+    /// unspecified address (one of its interfaces' addresses, or one a `local` route
+    /// delivers there): host state that no policy holds, so the caller says it.
+    LocalAddr(IpAddr),
     /// A local cgroup path, relative to the cgroup2 root.
     Cgroup(String),
 }
@@ -94,7 +99,7 @@ pub fn segment_of_cgroup(policy: &Policy, path: &str) -> String {
 pub fn segment_of(policy: &Policy, endpoint: &Endpoint) -> String {
     match endpoint {
         Endpoint::Segment(name) => name.clone(),
-        Endpoint::Addr(addr) => segment_of_addr(policy, *addr),
+        Endpoint::Addr(addr) | Endpoint::LocalAddr(addr) => segment_of_addr(policy, *addr),
         Endpoint::Cgroup(path) => segment_of_cgroup(policy, path),
     }
 }
@@ -115,6 +120,7 @@ pub fn evaluate(
         {
             HOST.to_owned()
         }
+        Endpoint::LocalAddr(_) => HOST.to_owned(),
         Endpoint::Addr(addr) => segment_of_destination(policy, *addr),
         _ => segment_of(policy, to),
     };
@@ -134,7 +140,7 @@ pub fn evaluate(
         rule: rule.map(str::to_owned),
         failsafe: failsafe.map(str::to_owned),
     };
-    if let Endpoint::Addr(addr) = from {
+    if let Endpoint::Addr(addr) | Endpoint::LocalAddr(addr) = from {
         let addr = canonical(*addr);
         // Longest matching failsafe prefix; the first by name among equals.
         let granted = policy

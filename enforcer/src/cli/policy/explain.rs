@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, bail};
 
-use super::load_or_report;
+use super::{load_or_report, local};
 use crate::policy::{
     explain::{explain, parse_endpoint},
     lookup::ImageIndex,
@@ -28,6 +28,8 @@ pub struct Args {
     /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    host: local::HostArgs,
 }
 
 /// Prints the verdict, the reason and how each side was classified.
@@ -43,8 +45,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if port.first != port.last {
         bail!("--port takes one port, not the range {port}");
     }
-    let from = parse_endpoint(&args.from, &compiled.image).context("--from")?;
-    let to = parse_endpoint(&args.to, &compiled.image).context("--to")?;
+    let local = local::addresses(&args.host)?;
+    let from = local.mark(parse_endpoint(&args.from, &compiled.image).context("--from")?);
+    let to = local.mark(parse_endpoint(&args.to, &compiled.image).context("--to")?);
     let index = ImageIndex::new(&compiled.image);
     let answer = explain(
         &index,

@@ -3,6 +3,7 @@
 mod check;
 mod diff;
 mod explain;
+mod local;
 mod sign;
 mod simulate;
 mod verify;

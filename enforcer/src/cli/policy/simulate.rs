@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::load_or_report;
+use super::{load_or_report, local};
 use crate::cli::{
     table::{print_table, table},
     time,
@@ -32,6 +32,10 @@ pub struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// For records written before records named local destinations: the addresses of
+    /// the host that recorded them.
+    #[command(flatten)]
+    host: local::HostArgs,
 }
 
 /// Replays the store under the candidate.
@@ -40,7 +44,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         Ok(compiled) => compiled,
         Err(code) => return Ok(code),
     };
-    let mut simulator = Simulator::new(ImageIndex::new(&compiled.image));
+    let local = local::addresses(&args.host)?;
+    let mut simulator = Simulator::new(ImageIndex::new(&compiled.image), local);
     let total: u64 = read::segments(&args.audit_dir)?
         .iter()
         .map(|file| std::fs::metadata(&file.path).map_or(0, |m| m.len()))
