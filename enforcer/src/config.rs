@@ -136,6 +136,11 @@ pub struct Audit {
     pub on_write_error: WriteErrorAction,
     /// The syslog collector records are forwarded to, if any.
     pub forward: Option<Forward>,
+    /// The forward-secure sealing key (`enforcer audit setup-keys`), if sealing is on.
+    pub seal_key: Option<PathBuf>,
+    /// How often the chain is sealed under the current key, which then moves forward.
+    #[serde(serialize_with = "as_millis")]
+    pub seal_interval: Duration,
 }
 
 /// Forwarding to a syslog collector.
@@ -296,6 +301,8 @@ struct RawAudit {
     fsync_interval_ms: Option<Spanned<u64>>,
     on_write_error: Option<WriteErrorAction>,
     forward: Option<RawForward>,
+    seal_key: Option<Spanned<String>>,
+    seal_interval_seconds: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -570,6 +577,16 @@ impl Config {
                 .audit
                 .on_write_error
                 .unwrap_or(WriteErrorAction::KeepEnforcing),
+            seal_key: raw
+                .audit
+                .seal_key
+                .as_ref()
+                .map(|value| checker.absolute(value, "audit.seal_key")),
+            seal_interval: Duration::from_secs(checker.positive(
+                raw.audit.seal_interval_seconds.as_ref(),
+                "audit.seal_interval_seconds",
+                900,
+            )),
             forward: raw.audit.forward.as_ref().and_then(|forward| {
                 let text = forward.address.get_ref();
                 let Ok(address) = text.parse::<SocketAddr>() else {

@@ -32,7 +32,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     for (number, part) in (1..).zip(parts) {
         fs::write(dir.join(files::segment_name(number)), part).expect("write a segment");
     }
-    let Ok(outcome) = verify::verify(dir) else {
+    let Ok(outcome) = verify::verify(dir, &verify::Proof::default()) else {
         return;
     };
     match outcome {

@@ -652,3 +652,137 @@ fn forwarding_over_tls_checks_the_collector_certificate() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The epoch the host's sealing key file is at.
+fn key_epoch(key_file: &Path) -> u64 {
+    let key: Value =
+        serde_json::from_slice(&fs::read(key_file).expect("read the key file")).expect("JSON");
+    key["index"].as_u64().expect("an epoch")
+}
+
+/// Waits (10 s at most) until the agent has sealed `seals` more epochs.
+fn wait_for_seals(key_file: &Path, seals: u64) {
+    let target = key_epoch(key_file) + seals;
+    let since = Instant::now();
+    while key_epoch(key_file) < target {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "the agent did not seal {seals} epochs within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `enforcer audit verify` with the verification key and the host's key file.
+fn verify_sealed(dir: &Path, verify_key: &str, key_file: &Path) -> (i32, String) {
+    let output = Command::new(enforcer_bin())
+        .args(["audit", "verify", "--verify-key", verify_key, "--key-file"])
+        .arg(key_file)
+        .arg(dir)
+        .output()
+        .expect("run enforcer audit verify");
+    (
+        output.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[test]
+fn a_sealed_store_is_proven_across_a_crash_and_a_root_rewrite_is_caught() {
+    let site = PeerSite::new(&[ALLOWED_PORT, DENIED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19628", "");
+    let key_file = agent.audit_dir().with_file_name("seal.key");
+    let setup = Command::new(enforcer_bin())
+        .args(["audit", "setup-keys", "--json", "--key-file"])
+        .arg(&key_file)
+        .output()
+        .expect("run enforcer audit setup-keys");
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&setup.stdout).expect("JSON");
+    let verify_key = shown["verify_key"].as_str().expect("the key").to_owned();
+    // The key is never replaced by accident.
+    let again = Command::new(enforcer_bin())
+        .args(["audit", "setup-keys", "--key-file"])
+        .arg(&key_file)
+        .output()
+        .expect("run enforcer audit setup-keys");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force replaces it"));
+
+    agent.audit_options(&format!(
+        "seal_key = \"{}\"\nseal_interval_seconds = 1",
+        key_file.display()
+    ));
+    agent.start();
+    let denied = || {
+        assert!(
+            Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+                .cgroup(api)
+                .run()
+                .is_eperm()
+        );
+    };
+    denied();
+    wait_for_records(&agent, "the denied flow", Duration::from_secs(10), |r| {
+        flows_to(r, DENIED_PORT, "deny") == 1
+    });
+    wait_for_seals(&key_file, 2);
+    // A crash and a restart: the chain and the epochs go on.
+    agent.kill();
+    agent.start();
+    denied();
+    wait_for_seals(&key_file, 2);
+    assert!(agent.terminate(), "the agent stops cleanly");
+    let (code, said) = verify_sealed(&agent.audit_dir(), &verify_key, &key_file);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("proven with the verification key"), "{said}");
+
+    // Root rewrites the first denial as allowed and recomputes every hash, link and
+    // HEAD: the chain alone cannot tell.
+    let dir = agent.audit_dir();
+    let mut head = enforcer::audit::chain::Head::GENESIS;
+    let mut last_file = 0;
+    let mut rewritten = false;
+    for segment in enforcer::audit::files::segments(&dir).expect("the files") {
+        let mut out = Vec::new();
+        for line in fs::read_to_string(&segment.path).expect("read").lines() {
+            let mut record = enforcer::audit::chain::check(line)
+                .expect("a record")
+                .record;
+            if let Some(flow) = &mut record.unmapped.flow
+                && flow.verdict == "deny"
+                && !rewritten
+            {
+                flow.verdict = "allow".to_owned();
+                rewritten = true;
+            }
+            enforcer::audit::chain::append(&mut record, &mut head, &mut out);
+        }
+        fs::write(&segment.path, out).expect("write");
+        last_file = segment.number;
+    }
+    enforcer::audit::files::write_head(&dir, last_file, &head, 0).expect("write HEAD");
+    assert!(rewritten);
+    let (code, said) = verify(&dir);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("NOT proven"), "{said}");
+    // The verification key names the epoch whose seal no longer holds (the first one
+    // written after the denial).
+    let (code, said) = verify_sealed(&dir, &verify_key, &key_file);
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("broken: "), "{said}");
+    assert!(said.contains(": the seal of epoch "), "{said}");
+    assert!(
+        said.contains(" does not prove the chain up to record "),
+        "{said}"
+    );
+}

@@ -23,6 +23,7 @@ use crate::{
     audit::{
         files,
         forward::{ForwardStats, Forwarder, Tls},
+        seal::Sealer,
         store::{Store, StoreSettings},
     },
     config::Config,
@@ -73,6 +74,22 @@ impl AuditThread {
             0
         };
         let host = host::hostname();
+        let sealer = audit.seal_key.as_deref().and_then(|path| {
+            match Sealer::load(path, audit.seal_interval) {
+                Ok(sealer) => Some(sealer),
+                Err(err) => {
+                    tracing::error!(error = %err, "audit records are NOT sealed: the sealing key cannot be read (create it with `enforcer audit setup-keys`)");
+                    None
+                }
+            }
+        });
+        if let Some(sealer) = &sealer {
+            tracing::info!(
+                epoch = sealer.index(),
+                interval_s = audit.seal_interval.as_secs(),
+                "audit records are sealed forward-securely"
+            );
+        }
         let store = Store::open(
             StoreSettings {
                 dir: audit.dir.clone(),
@@ -84,6 +101,7 @@ impl AuditThread {
             },
             &host,
             now_ms,
+            sealer,
         )
         .context("audit.dir")?;
         let stats = Arc::new(AuditStats::default());

@@ -131,7 +131,7 @@ impl Consumer {
         let mut batch = Vec::with_capacity(BATCH_MAX);
         self.stats.store_ok.store(true, Ordering::Relaxed);
         loop {
-            let wait = self.store.tick()?.map_or(TICK, |due| due.min(TICK));
+            let wait = self.store.tick(now_ms())?.map_or(TICK, |due| due.min(TICK));
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,

@@ -244,6 +244,7 @@ pub fn frame(line: &str, record: &Record, pid: u32) -> Vec<u8> {
             Kind::Open => "open",
             Kind::Retention => "retention",
             Kind::Seal => "seal",
+            Kind::Epoch => "epoch",
         },
     );
     format!("{} {message}", message.len()).into_bytes()

@@ -10,5 +10,6 @@ pub mod forward;
 pub mod read;
 pub mod record;
 pub mod replay;
+pub mod seal;
 pub mod store;
 pub mod verify;

@@ -241,6 +241,7 @@ mod tests {
             },
             "host-a",
             0,
+            None,
         )
         .unwrap();
         // Gap records at times 0, 1000, ..., 99_000 ms, across many files.

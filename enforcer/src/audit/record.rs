@@ -209,6 +209,9 @@ pub enum Kind {
     Retention,
     /// The last record of a rotated file.
     Seal,
+    /// A forward-secure seal of the chain's end under one epoch's key
+    /// ([`super::seal`]).
+    Epoch,
 }
 
 /// enforcer's fields that OCSF has no place for, and the hash chain.
@@ -228,11 +231,24 @@ pub struct Unmapped {
     /// Removed files ([`Kind::Retention`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<Vec<RemovedFile>>,
+    /// The seal ([`Kind::Epoch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<EpochSeal>,
     /// Hash of the previous record in the chain (64 zeros for the first record ever).
     pub prev: String,
     /// SHA-256 of this record's line without this key; written by the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+}
+
+/// A forward-secure seal: the epoch whose key made it, and the HMAC of the record before
+/// it (see [`super::seal`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochSeal {
+    /// The epoch.
+    pub index: u64,
+    /// The HMAC, 64 hex digits.
+    pub tag: String,
 }
 
 /// The decision behind a flow record.
@@ -369,6 +385,7 @@ impl Record {
                 gap: None,
                 file: None,
                 removed: None,
+                epoch: None,
                 prev: String::new(),
                 hash: None,
             },

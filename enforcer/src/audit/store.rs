@@ -17,6 +17,7 @@ use super::{
     chain::{self, Head},
     files::{self, SegmentFile},
     record::{FileDetails, Kind, Record, RemovedFile, SEVERITY_HIGH},
+    seal::{KeyFileError, Sealer},
 };
 
 /// When written records are forced to disk (`fsync`).
@@ -58,6 +59,9 @@ pub enum StoreError {
         /// Why.
         source: io::Error,
     },
+    /// The sealing key could not be brought past the store's last seal.
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
     /// A batch could not be written; nothing of it is in the store.
     #[error("writing {}: {source}", .path.display())]
     Write {
@@ -151,6 +155,8 @@ pub struct Store {
     buf: Vec<u8>,
     /// Written into `HEAD` (see [`files::HeadRecord::ring_lost_accounted`]).
     ring_lost_accounted: u64,
+    /// The forward-secure sealer, when a sealing key is set up.
+    sealer: Option<Sealer>,
 }
 
 impl Store {
@@ -158,14 +164,23 @@ impl Store {
     /// already there. The newest file is sealed (a torn last line from a crash is cut
     /// off first, and counted in a gap record) and a new one started. A full disk does
     /// not stop this: the seal and the new file's first records wait for the first write
-    /// that fits.
-    pub fn open(settings: StoreSettings, hostname: &str, now_ms: i64) -> Result<Self, StoreError> {
+    /// that fits. With a `sealer`, its key is moved past the last epoch the store holds a
+    /// seal of, and the chain is sealed every interval, at rotation and at close.
+    pub fn open(
+        settings: StoreSettings,
+        hostname: &str,
+        now_ms: i64,
+        mut sealer: Option<Sealer>,
+    ) -> Result<Self, StoreError> {
         let dir_error = |source| StoreError::Dir {
             dir: settings.dir.clone(),
             source,
         };
         fs::create_dir_all(&settings.dir).map_err(dir_error)?;
         let existing = files::segments(&settings.dir).map_err(dir_error)?;
+        if let Some(sealer) = &mut sealer {
+            sealer.resume_after(last_epoch(&existing).map_err(dir_error)?)?;
+        }
         let mut head = Head::GENESIS;
         let mut pending = Vec::new();
         let mut unsealed = None;
@@ -209,11 +224,12 @@ impl Store {
             unsynced: None,
             buf: Vec::with_capacity(1 << 20),
             ring_lost_accounted: 0,
+            sealer,
         };
         store.pending.push(store.open_record(now_ms, opened));
         store.pending.append(&mut pending);
         // A full disk keeps these pending: they lead the first batch that fits.
-        if let Err(err) = store.commit(&mut [], None) {
+        if let Err(err) = store.commit(&mut [], now_ms, false) {
             tracing::warn!(error = %err, "the audit store could not write its open record yet");
         }
         Ok(store)
@@ -256,12 +272,18 @@ impl Store {
         {
             self.rotate(now_ms)?;
         }
-        self.commit(records, None)
+        self.commit(records, now_ms, false)
     }
 
-    /// Writes the pending records, `records` and, with `seal_at`, the current file's seal
-    /// as one batch, whole or not at all.
-    fn commit(&mut self, records: &mut [Record], seal_at: Option<i64>) -> Result<(), StoreError> {
+    /// Writes the pending records, `records`, an epoch seal when one is due (or the file
+    /// is being sealed) and, with `seal_file`, the current file's seal, as one batch,
+    /// whole or not at all.
+    fn commit(
+        &mut self,
+        records: &mut [Record],
+        now_ms: i64,
+        seal_file: bool,
+    ) -> Result<(), StoreError> {
         self.seal_earlier_file()?;
         let head_before = self.head;
         let stats_before = self.current.stats;
@@ -270,7 +292,16 @@ impl Store {
             chain::append(record, &mut self.head, &mut self.buf);
             self.current.stats.add(record);
         }
-        if let Some(now_ms) = seal_at {
+        let epoch = self
+            .sealer
+            .as_ref()
+            .filter(|sealer| seal_file || sealer.due_in().is_zero())
+            .map(|sealer| sealer.seal(&self.head, now_ms, &self.hostname));
+        if let Some(mut epoch) = epoch.clone() {
+            chain::append(&mut epoch, &mut self.head, &mut self.buf);
+            self.current.stats.add(&epoch);
+        }
+        if seal_file {
             let mut seal = self.seal_record(now_ms);
             chain::append(&mut seal, &mut self.head, &mut self.buf);
         }
@@ -287,8 +318,14 @@ impl Store {
         self.current.len += self.buf.len() as u64;
         self.pending.clear();
         self.unsynced.get_or_insert_with(Instant::now);
-        if self.settings.fsync == Fsync::Batch || seal_at.is_some() {
+        if self.settings.fsync == Fsync::Batch || seal_file || epoch.is_some() {
             self.sync()?;
+        }
+        // The seal is on disk: only now may its key go.
+        if epoch.is_some()
+            && let Some(sealer) = &mut self.sealer
+        {
+            sealer.sealed();
         }
         for doomed in self.doomed.drain(..) {
             if let Err(err) = fs::remove_file(&doomed) {
@@ -323,22 +360,37 @@ impl Store {
         Ok(())
     }
 
-    /// Syncs written records to disk when the fsync interval says so (call it now and
-    /// then); returns when the next sync is due, if one is.
-    pub fn tick(&mut self) -> Result<Option<Duration>, StoreError> {
-        let Fsync::Interval(interval) = self.settings.fsync else {
-            return Ok(None);
+    /// Writes an epoch seal when one is due and syncs written records to disk when the
+    /// fsync interval says so (call it now and then); returns when the next of either is
+    /// due, if one is. A seal that cannot be written is logged and tried again.
+    pub fn tick(&mut self, now_ms: i64) -> Result<Option<Duration>, StoreError> {
+        let seal_due = self.sealer.as_ref().map(Sealer::due_in);
+        let seal_due = match seal_due {
+            Some(due) if due.is_zero() => match self.commit(&mut [], now_ms, false) {
+                Ok(()) => self.sealer.as_ref().map(Sealer::due_in),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot write the audit chain's epoch seal yet");
+                    Some(Duration::from_secs(1))
+                }
+            },
+            other => other,
         };
-        let Some(since) = self.unsynced else {
-            return Ok(None);
+        let sync_due = match (self.settings.fsync, self.unsynced) {
+            (Fsync::Interval(interval), Some(since)) => {
+                let elapsed = since.elapsed();
+                if elapsed >= interval {
+                    self.sync()?;
+                    None
+                } else {
+                    Some(interval - elapsed)
+                }
+            }
+            _ => None,
         };
-        let elapsed = since.elapsed();
-        if elapsed >= interval {
-            self.sync()?;
-            Ok(None)
-        } else {
-            Ok(Some(interval - elapsed))
-        }
+        Ok(match (seal_due, sync_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     /// Forces everything written to disk.
@@ -358,7 +410,7 @@ impl Store {
     /// Seals the current file, starts the next one and applies retention.
     fn rotate(&mut self, now_ms: i64) -> Result<(), StoreError> {
         if !self.current.sealed {
-            self.commit(&mut [], Some(now_ms))?;
+            self.commit(&mut [], now_ms, true)?;
             self.current.sealed = true;
         }
         let number = self.current.number + 1;
@@ -444,7 +496,7 @@ impl Store {
 
     /// Seals the current file (at shutdown); the next start continues in a new file.
     pub fn close(mut self, now_ms: i64) -> Result<(), StoreError> {
-        self.commit(&mut [], Some(now_ms))
+        self.commit(&mut [], now_ms, true)
     }
 }
 
@@ -476,6 +528,23 @@ fn append_to(path: &Path, bytes: &[u8]) -> io::Result<()> {
         return Err(err);
     }
     Ok(())
+}
+
+/// The epoch of the newest forward-secure seal in `files` (searched from the newest
+/// file back), if any.
+fn last_epoch(files: &[SegmentFile]) -> io::Result<Option<u64>> {
+    for file in files.iter().rev() {
+        let text = fs::read_to_string(&file.path)?;
+        let found = text
+            .lines()
+            .rev()
+            .filter(|line| line.contains("\"kind\":\"epoch\""))
+            .find_map(|line| chain::check(line).ok()?.record.unmapped.epoch);
+        if let Some(epoch) = found {
+            return Ok(Some(epoch.index));
+        }
+    }
+    Ok(None)
 }
 
 /// Where an earlier writer left the newest file.

@@ -16,8 +16,41 @@ use serde::Serialize;
 use super::{
     chain::{self, GENESIS, Hash},
     files::{self, SegmentFile},
-    record::{Kind, Record},
+    record::{Kind, Record, rfc3339},
+    seal::{SealingKey, VerifyKey},
 };
+
+/// What proves the seals beyond the chain itself.
+#[derive(Debug, Clone, Default)]
+pub struct Proof {
+    /// The verification key (`enforcer audit setup-keys`): every epoch seal is checked
+    /// under its epoch's key.
+    pub verify_key: Option<VerifyKey>,
+    /// The host's current sealing key: it is never behind the store's last seal, so a
+    /// store whose sealed end was cut off shows.
+    pub host_key: Option<SealingKey>,
+}
+
+/// The forward-secure seals of an intact store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Sealing {
+    /// Epoch seals found.
+    pub seals: u64,
+    /// The first seal's epoch.
+    pub first_epoch: u64,
+    /// The last seal's epoch.
+    pub last_epoch: u64,
+    /// Whether each seal was checked under its epoch's key (a verification key was given).
+    pub proven: bool,
+    /// The last record a seal covers.
+    pub sealed_through: u64,
+    /// The last seal's own sequence number.
+    pub last_seal_sequence: u64,
+    /// When the last seal was written (ms since the epoch).
+    pub last_sealed_at: i64,
+    /// Records after the last seal, which no seal covers yet.
+    pub unsealed_records: u64,
+}
 
 /// The first place the chain breaks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -62,6 +95,8 @@ pub struct Summary {
     pub last_sequence: u64,
     /// Files before the first one that retention removed (as its records say).
     pub removed_by_retention: u64,
+    /// The forward-secure seals, when the store has any.
+    pub sealing: Option<Sealing>,
 }
 
 /// The outcome of a verification.
@@ -79,10 +114,14 @@ struct Walk {
     /// Where the record `HEAD` names was found: its file's number and path, its line and
     /// its hash.
     head_record: Option<(u64, PathBuf, usize, Hash)>,
+    /// The seals so far.
+    sealing: Option<Sealing>,
+    /// The key of the epoch checked last, derived from the verification key.
+    key: Option<SealingKey>,
 }
 
-/// Verifies the store in `dir`.
-pub fn verify(dir: &Path) -> Result<Outcome, std::io::Error> {
+/// Verifies the store in `dir`, its seals with what `proof` holds.
+pub fn verify(dir: &Path, proof: &Proof) -> Result<Outcome, std::io::Error> {
     let segments = files::segments(dir)?;
     let head = files::read_head(dir)?;
     let mut walk = Walk {
@@ -91,10 +130,12 @@ pub fn verify(dir: &Path) -> Result<Outcome, std::io::Error> {
         removed: BTreeMap::new(),
         head_sequence: head.as_ref().map(|head| head.sequence),
         head_record: None,
+        sealing: None,
+        key: proof.verify_key.as_ref().map(VerifyKey::first),
     };
     let Some(first) = segments.first() else {
-        return Ok(match head {
-            Some(head) => Err(Break {
+        return Ok(Err(match head {
+            Some(head) => Break {
                 file: dir.join(files::HEAD_FILE),
                 line: 0,
                 sequence: Some(head.sequence),
@@ -103,9 +144,14 @@ pub fn verify(dir: &Path) -> Result<Outcome, std::io::Error> {
                     head.sequence,
                     files::segment_name(head.file)
                 ),
-            }),
-            None => Ok(Summary::default()),
-        });
+            },
+            None => Break {
+                file: dir.to_owned(),
+                line: 0,
+                sequence: None,
+                why: "the store is empty: no record files and no HEAD (an agent writes a record as it starts, so everything was removed, or this is not a store)".to_owned(),
+            },
+        }));
     };
     let mut first_prev = None;
     for (expected_number, (index, segment)) in (first.number..).zip(segments.iter().enumerate()) {
@@ -167,8 +213,86 @@ pub fn verify(dir: &Path) -> Result<Outcome, std::io::Error> {
         if let Err(broken) = check_head(&head, &walk, &first.path, first_sequence) {
             return Ok(Err(broken));
         }
+    } else {
+        let last_file = segments.last().expect("there are files");
+        return Ok(Err(Break {
+            file: dir.join(files::HEAD_FILE),
+            line: 0,
+            sequence: None,
+            why: format!(
+                "HEAD is missing: the writer keeps it beside the files, so it was removed, and with it the proof of where the store ends (the files end at record {} in {})",
+                walk.summary.last_sequence,
+                files::segment_name(last_file.number)
+            ),
+        }));
     }
+    if let Some(sealing) = &mut walk.sealing {
+        sealing.proven = proof.verify_key.is_some();
+        sealing.unsealed_records = walk.summary.last_sequence - sealing.last_seal_sequence;
+    }
+    if let Some(host_key) = &proof.host_key
+        && let Err(broken) = check_host_key(host_key, proof, &walk, dir)
+    {
+        return Ok(Err(broken));
+    }
+    walk.summary.sealing = walk.sealing;
     Ok(Ok(walk.summary))
+}
+
+/// The host's sealing key is the one after the store's last seal: the agent moves it
+/// forward after every seal and never back. A key further ahead means the seals in
+/// between, and the records they covered, were cut off the store's end; a key the
+/// verification key does not derive was replaced.
+fn check_host_key(
+    host_key: &SealingKey,
+    proof: &Proof,
+    walk: &Walk,
+    dir: &Path,
+) -> Result<(), Break> {
+    let broken = |why: String| Break {
+        file: dir.to_owned(),
+        line: 0,
+        sequence: Some(walk.summary.last_sequence),
+        why,
+    };
+    if let Some(verify_key) = &proof.verify_key {
+        let mut derived = verify_key.first();
+        derived.advance_to(host_key.index());
+        if &derived != host_key {
+            return Err(broken(format!(
+                "the host's sealing key (epoch {}) is not derived from this verification key: it was replaced, or belongs to another store",
+                host_key.index()
+            )));
+        }
+    }
+    let expected = walk.sealing.as_ref().map_or(0, |s| s.last_epoch + 1);
+    let first = walk.sealing.as_ref().map_or(0, |s| s.first_epoch);
+    if host_key.index() > expected && (walk.sealing.is_some() || host_key.index() > first) {
+        let since = walk.sealing.as_ref().map_or_else(
+            || "the store's start".to_owned(),
+            |s| {
+                format!(
+                    "epoch {} sealed at {}",
+                    s.last_epoch,
+                    time_text(s.last_sealed_at)
+                )
+            },
+        );
+        return Err(broken(format!(
+            "the host's sealing key is at epoch {} but the store's last seal is {}: the seals of epochs {expected}..={} and the records they covered were cut off the store's end (after {since})",
+            host_key.index(),
+            walk.sealing
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |s| format!("epoch {}", s.last_epoch)),
+            host_key.index() - 1,
+        )));
+    }
+    Ok(())
+}
+
+/// A record time for people.
+fn time_text(ms: i64) -> String {
+    rfc3339(ms).unwrap_or_else(|| format!("{ms} ms"))
 }
 
 /// The record `HEAD` names (the chain's end when the writer last updated `HEAD`, at most
@@ -213,6 +337,67 @@ fn check_head(
             files::segment_name(head.file)
         )));
     }
+    Ok(())
+}
+
+/// Checks the epoch seal `record` against the one before it (epochs follow one another:
+/// the agent seals every epoch it holds a key for) and, with a verification key, its tag
+/// under its epoch's key over the record before it.
+fn check_epoch(record: &Record, walk: &mut Walk) -> Result<(), String> {
+    let sequence = record.sequence();
+    let Some(epoch) = &record.unmapped.epoch else {
+        return Err("an epoch seal without its epoch and tag".to_owned());
+    };
+    if let Some(before) = &walk.sealing
+        && epoch.index != before.last_epoch + 1
+    {
+        return Err(if epoch.index <= before.last_epoch {
+            format!(
+                "the seal of epoch {} follows the seal of epoch {}: seals were reordered or replayed",
+                epoch.index, before.last_epoch
+            )
+        } else {
+            format!(
+                "the seal of epoch {} follows the seal of epoch {}: the seals of epochs {}..={} are missing, and with them the records written between {} and {}",
+                epoch.index,
+                before.last_epoch,
+                before.last_epoch + 1,
+                epoch.index - 1,
+                time_text(before.last_sealed_at),
+                time_text(record.time)
+            )
+        });
+    }
+    if let Some(key) = &mut walk.key {
+        if key.index() > epoch.index {
+            return Err(format!(
+                "the seal of epoch {} comes after a later epoch's: seals were reordered",
+                epoch.index
+            ));
+        }
+        key.advance_to(epoch.index);
+        let (covered, hash) = walk.last.unwrap_or((0, [0; 32]));
+        if hex::encode(key.tag(covered, &hash, record.time)) != epoch.tag {
+            let since = walk.sealing.as_ref().map_or_else(
+                || "the store's start".to_owned(),
+                |s| time_text(s.last_sealed_at),
+            );
+            return Err(format!(
+                "the seal of epoch {} does not prove the chain up to record {covered}: records written before {} (since {since}, or earlier) were altered, removed or reordered and the chain recomputed, or the seal was forged",
+                epoch.index,
+                time_text(record.time)
+            ));
+        }
+    }
+    let sealing = walk.sealing.get_or_insert(Sealing {
+        first_epoch: epoch.index,
+        ..Sealing::default()
+    });
+    sealing.seals += 1;
+    sealing.last_epoch = epoch.index;
+    sealing.sealed_through = sequence.saturating_sub(1);
+    sealing.last_seal_sequence = sequence;
+    sealing.last_sealed_at = record.time;
     Ok(())
 }
 
@@ -274,14 +459,24 @@ fn walk_file(
                     ));
                 }
                 if sequence > last + 1 {
+                    let expected = last + 1;
+                    let moved = text.lines().enumerate().skip(index + 1).find(|(_, later)| {
+                        chain::check(later).is_ok_and(|c| c.record.sequence() == expected)
+                    });
                     return Err(broken(
                         number,
                         Some(sequence),
-                        format!(
-                            "records {}..={} are missing after record {last}: they were deleted",
-                            last + 1,
-                            sequence - 1
-                        ),
+                        match moved {
+                            Some((at, _)) => format!(
+                                "record {sequence} comes where record {expected} belongs, which is at line {}: records were reordered",
+                                at + 1
+                            ),
+                            None => format!(
+                                "records {}..={} are missing after record {last}: they were deleted",
+                                expected,
+                                sequence - 1
+                            ),
+                        },
                     ));
                 }
                 if record.unmapped.prev != hex::encode(hash) {
@@ -323,6 +518,9 @@ fn walk_file(
                 ));
             }
         }
+        if record.unmapped.kind == Kind::Epoch {
+            check_epoch(&record, walk).map_err(|why| broken(number, Some(sequence), why))?;
+        }
         match record.unmapped.kind {
             Kind::Flow => walk.summary.flows += 1,
             Kind::Gap => {
@@ -336,7 +534,7 @@ fn walk_file(
                     );
                 }
             }
-            Kind::Open | Kind::Seal => {}
+            Kind::Open | Kind::Seal | Kind::Epoch => {}
         }
         if last_record
             .as_ref()
@@ -379,6 +577,7 @@ mod tests {
     use super::*;
     use crate::audit::{
         record::Gap,
+        seal::Sealer,
         store::{Fsync, Store, StoreSettings},
     };
 
@@ -405,7 +604,7 @@ mod tests {
 
     /// A store of three files (two sealed) of 30 gap records written in batches of 3.
     fn store(dir: &Path) {
-        let mut store = Store::open(settings(dir, 2_000), "host-a", 1_000).unwrap();
+        let mut store = Store::open(settings(dir, 2_000), "host-a", 1_000, None).unwrap();
         for batch in 0..10 {
             let mut records: Vec<Record> = (0..3).map(|i| gap(batch * 3 + i + 1)).collect();
             store.write(&mut records, 2_000).unwrap();
@@ -430,7 +629,9 @@ mod tests {
     }
 
     fn first_break(dir: &Path) -> Break {
-        verify(dir).unwrap().expect_err("the tampering is detected")
+        verify(dir, &Proof::default())
+            .unwrap()
+            .expect_err("the tampering is detected")
     }
 
     fn second_file(dir: &Path) -> PathBuf {
@@ -441,13 +642,13 @@ mod tests {
     fn an_untouched_store_verifies_clean_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         store(dir.path());
-        let summary = verify(dir.path()).unwrap().unwrap();
+        let summary = verify(dir.path(), &Proof::default()).unwrap().unwrap();
         assert_eq!(summary.lost, (1..=30).sum::<u64>());
         // A restart seals the newest file and continues the chain in a new one.
-        let mut again = Store::open(settings(dir.path(), 2_000), "host-a", 3_000).unwrap();
+        let mut again = Store::open(settings(dir.path(), 2_000), "host-a", 3_000, None).unwrap();
         again.write(&mut [gap(5)], 3_000).unwrap();
         again.close(3_000).unwrap();
-        let summary = verify(dir.path()).unwrap().unwrap();
+        let summary = verify(dir.path(), &Proof::default()).unwrap().unwrap();
         assert_eq!(summary.lost, (1..=30).sum::<u64>() + 5);
         assert_eq!(summary.first_sequence, 1);
         assert_eq!(summary.last_sequence, summary.records);
@@ -503,10 +704,8 @@ mod tests {
         write_lines(&path, &content);
         let broken = first_break(dir.path());
         assert_eq!(broken.line, 2);
-        assert!(
-            broken.why.contains("deleted") || broken.why.contains("reordered"),
-            "{broken}"
-        );
+        assert!(broken.why.contains("reordered"), "{broken}");
+        assert!(broken.why.contains("at line 3"), "{broken}");
     }
 
     /// Rewrites line `index` of `content` with `edit` applied to its record, hashed anew
@@ -674,7 +873,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = settings(dir.path(), 2_000);
         settings.retain_bytes = 6_000;
-        let mut store = Store::open(settings, "host-a", 1_000).unwrap();
+        let mut store = Store::open(settings, "host-a", 1_000, None).unwrap();
         for batch in 0..40 {
             let mut records: Vec<Record> = (0..3).map(|i| gap(batch * 3 + i + 1)).collect();
             store.write(&mut records, 2_000).unwrap();
@@ -686,7 +885,7 @@ mod tests {
             .map(|s| fs::metadata(&s.path).unwrap().len())
             .sum();
         assert!(total <= 6_000 + 2_500, "total {total}");
-        let summary = verify(dir.path()).unwrap().unwrap();
+        let summary = verify(dir.path(), &Proof::default()).unwrap().unwrap();
         assert_eq!(summary.removed_by_retention, segments[0].number - 1);
     }
 
@@ -699,9 +898,278 @@ mod tests {
         std::io::Write::write_all(&mut file, b"{\"class_uid\":40").unwrap();
         drop(file);
         assert!(first_break(dir.path()).why.contains("incomplete"));
-        let again = Store::open(settings(dir.path(), 2_000), "host-a", 3_000).unwrap();
+        let again = Store::open(settings(dir.path(), 2_000), "host-a", 3_000, None).unwrap();
         again.close(3_000).unwrap();
-        let summary = verify(dir.path()).unwrap().unwrap();
+        let summary = verify(dir.path(), &Proof::default()).unwrap().unwrap();
         assert_eq!(summary.lost, (1..=30).sum::<u64>() + 1);
+    }
+
+    /// A sealed store: three or more files of 30 gap records in batches of 3, an epoch
+    /// seal after every batch (interval zero); returns the verification key and the path
+    /// of the host's sealing key.
+    fn sealed_store(dir: &Path) -> (VerifyKey, PathBuf) {
+        let key_path = dir.with_extension("key");
+        let (verify_key, first) = VerifyKey::generate().unwrap();
+        crate::audit::seal::write_key(&key_path, &first).unwrap();
+        let sealer = Sealer::load(&key_path, Duration::ZERO).unwrap();
+        let mut store = Store::open(settings(dir, 2_000), "host-a", 1_000, Some(sealer)).unwrap();
+        for batch in 0..10 {
+            let mut records: Vec<Record> = (0..3).map(|i| gap(batch * 3 + i + 1)).collect();
+            store.write(&mut records, 2_000 + batch as i64).unwrap();
+        }
+        store.close(3_000).unwrap();
+        assert!(files::segments(dir).unwrap().len() >= 3);
+        (verify_key, key_path)
+    }
+
+    fn proof(verify_key: &VerifyKey, key_path: &Path) -> Proof {
+        Proof {
+            verify_key: Some(verify_key.clone()),
+            host_key: Some(crate::audit::seal::read_key(key_path).unwrap()),
+        }
+    }
+
+    /// An attacker with root and the host's current sealing key: applies `edit` to every
+    /// record (it returns whether the record stays), then writes every file and `HEAD`
+    /// again with every hash and link recomputed, and every seal it can make (those of
+    /// the current epoch and later) made again; older seals keep their tags.
+    fn forge(dir: &Path, key_path: &Path, mut edit: impl FnMut(&mut Record) -> bool) {
+        let key = crate::audit::seal::read_key(key_path).unwrap();
+        let mut head = chain::Head::GENESIS;
+        let mut first = true;
+        let mut last_file = 0;
+        for segment in files::segments(dir).unwrap() {
+            let mut out = Vec::new();
+            let mut in_file = 0;
+            for line in lines(&segment.path) {
+                let mut record = chain::check(&line).unwrap().record;
+                if first {
+                    // Continue from whatever the first record followed.
+                    let mut prev = [0; 32];
+                    hex::decode_to_slice(&record.unmapped.prev, &mut prev).unwrap();
+                    head = chain::Head {
+                        sequence: record.sequence() - 1,
+                        hash: prev,
+                    };
+                    first = false;
+                }
+                if !edit(&mut record) {
+                    continue;
+                }
+                if record.unmapped.kind == Kind::Seal
+                    && let Some(file) = &mut record.unmapped.file
+                {
+                    file.records = Some(in_file);
+                }
+                in_file += 1;
+                if let Some(epoch) = &mut record.unmapped.epoch
+                    && epoch.index >= key.index()
+                {
+                    let mut at = key.clone();
+                    at.advance_to(epoch.index);
+                    epoch.tag = hex::encode(at.tag(head.sequence, &head.hash, record.time));
+                }
+                chain::append(&mut record, &mut head, &mut out);
+            }
+            fs::write(&segment.path, out).unwrap();
+            last_file = segment.number;
+        }
+        files::write_head(dir, last_file, &head, 0).unwrap();
+    }
+
+    #[test]
+    fn a_sealed_store_is_proven_epoch_by_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (verify_key, key_path) = sealed_store(dir.path());
+        let summary = verify(dir.path(), &proof(&verify_key, &key_path))
+            .unwrap()
+            .unwrap();
+        let sealing = summary.sealing.unwrap();
+        assert!(sealing.proven);
+        assert_eq!(sealing.first_epoch, 0);
+        assert!(sealing.seals >= 10, "{sealing:?}");
+        assert_eq!(sealing.seals, sealing.last_epoch + 1);
+        // The file seal written at close is the only record after the last epoch seal.
+        assert_eq!(sealing.unsealed_records, 1, "{sealing:?}");
+        // Another verification key proves nothing.
+        let (other, _) = VerifyKey::generate().unwrap();
+        let broken = verify(
+            dir.path(),
+            &Proof {
+                verify_key: Some(other),
+                host_key: None,
+            },
+        )
+        .unwrap()
+        .unwrap_err();
+        assert!(
+            broken.why.contains("the seal of epoch 0 does not prove"),
+            "{broken}"
+        );
+    }
+
+    #[test]
+    fn a_root_rewrite_with_the_current_key_is_caught_naming_the_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (verify_key, key_path) = sealed_store(dir.path());
+        // The first gap record from record 20 on loses the events it recorded; every
+        // hash, link, HEAD and the seals the attacker's key can make are recomputed.
+        let mut edited = None;
+        forge(dir.path(), &key_path, |record| {
+            if record.sequence() >= 20
+                && edited.is_none()
+                && let Some(gap) = &mut record.unmapped.gap
+            {
+                gap.lost = 0;
+                edited = Some(record.sequence());
+            }
+            true
+        });
+        let edited = edited.expect("a gap record was edited");
+        // The chain alone cannot tell.
+        let unproven = verify(dir.path(), &Proof::default()).unwrap().unwrap();
+        assert!(!unproven.sealing.unwrap().proven);
+        // The verification key names the first epoch whose seal no longer holds.
+        let broken = verify(dir.path(), &proof(&verify_key, &key_path))
+            .unwrap()
+            .unwrap_err();
+        assert!(broken.why.starts_with("the seal of epoch "), "{broken}");
+        assert!(
+            broken.why.contains("does not prove the chain up to record"),
+            "{broken}"
+        );
+        // The first seal after the edit, and no later than the next one.
+        let at = broken.sequence.unwrap();
+        assert!(at > edited && at <= edited + 4, "edited {edited}: {broken}");
+    }
+
+    #[test]
+    fn seals_cut_off_the_end_or_removed_are_caught() {
+        // The newest file removed and HEAD rewritten to the new end: the host's key is
+        // ahead of the last seal.
+        let dir = tempfile::tempdir().unwrap();
+        let (verify_key, key_path) = sealed_store(dir.path());
+        let segments = files::segments(dir.path()).unwrap();
+        let newest = segments.last().unwrap();
+        fs::remove_file(&newest.path).unwrap();
+        let before = &segments[segments.len() - 2];
+        let end = chain::check(lines(&before.path).last().unwrap()).unwrap();
+        files::write_head(
+            dir.path(),
+            before.number,
+            &chain::Head {
+                sequence: end.record.sequence(),
+                hash: end.claimed,
+            },
+            0,
+        )
+        .unwrap();
+        let broken = verify(dir.path(), &proof(&verify_key, &key_path))
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            broken.why.contains("were cut off the store's end"),
+            "{broken}"
+        );
+
+        // HEAD deleted with the newest file truncated.
+        let dir = tempfile::tempdir().unwrap();
+        sealed_store(dir.path());
+        fs::remove_file(dir.path().join(files::HEAD_FILE)).unwrap();
+        let newest = files::segments(dir.path()).unwrap().pop().unwrap().path;
+        let mut content = lines(&newest);
+        content.truncate(content.len() / 2);
+        write_lines(&newest, &content);
+        let broken = verify(dir.path(), &Proof::default()).unwrap().unwrap_err();
+        assert!(broken.why.starts_with("HEAD is missing"), "{broken}");
+
+        // Every epoch seal stripped, the chain recomputed.
+        let dir = tempfile::tempdir().unwrap();
+        let (verify_key, key_path) = sealed_store(dir.path());
+        forge(dir.path(), &key_path, |record| {
+            record.unmapped.kind != Kind::Epoch
+        });
+        let broken = verify(dir.path(), &proof(&verify_key, &key_path))
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            broken.why.contains("the store's last seal is none"),
+            "{broken}"
+        );
+
+        // One seal in the middle dropped.
+        let dir = tempfile::tempdir().unwrap();
+        let (verify_key, key_path) = sealed_store(dir.path());
+        forge(dir.path(), &key_path, |record| {
+            record
+                .unmapped
+                .epoch
+                .as_ref()
+                .is_none_or(|epoch| epoch.index != 4)
+        });
+        let broken = verify(dir.path(), &proof(&verify_key, &key_path))
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            broken.why.contains("the seals of epochs 4..=4 are missing"),
+            "{broken}"
+        );
+    }
+
+    #[test]
+    fn an_empty_store_is_not_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = verify(dir.path(), &Proof::default()).unwrap().unwrap_err();
+        assert!(broken.why.starts_with("the store is empty"), "{broken}");
+    }
+
+    #[test]
+    fn a_legitimate_retention_verifies_and_a_forged_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().with_extension("key");
+        let (verify_key, first) = VerifyKey::generate().unwrap();
+        crate::audit::seal::write_key(&key_path, &first).unwrap();
+        let mut settings = settings(dir.path(), 2_000);
+        settings.retain_bytes = 8_000;
+        let sealer = Sealer::load(&key_path, Duration::ZERO).unwrap();
+        let mut store = Store::open(settings, "host-a", 1_000, Some(sealer)).unwrap();
+        for batch in 0..40 {
+            let mut records: Vec<Record> = (0..3).map(|i| gap(batch * 3 + i + 1)).collect();
+            store.write(&mut records, 2_000).unwrap();
+        }
+        store.close(3_000).unwrap();
+        let summary = verify(dir.path(), &proof(&verify_key, &key_path))
+            .unwrap()
+            .unwrap();
+        assert!(summary.removed_by_retention > 0);
+        assert!(summary.sealing.unwrap().first_epoch > 0);
+
+        // The attacker removes the oldest remaining file too, and writes a retention
+        // record for it into the chain (just after the first one), recomputing the rest.
+        let segments = files::segments(dir.path()).unwrap();
+        let oldest = &segments[0];
+        let seal = lines(&oldest.path).last().cloned().unwrap();
+        let seal = chain::check(&seal).unwrap();
+        fs::remove_file(&oldest.path).unwrap();
+        let mut forged = false;
+        forge(dir.path(), &key_path, |record| {
+            if record.unmapped.kind == Kind::Retention
+                && !forged
+                && let Some(removed) = &mut record.unmapped.removed
+            {
+                removed.push(crate::audit::record::RemovedFile {
+                    number: oldest.number,
+                    last_sequence: seal.record.sequence(),
+                    seal_hash: hex::encode(seal.claimed),
+                });
+                forged = true;
+            }
+            true
+        });
+        assert!(forged);
+        let broken = verify(dir.path(), &proof(&verify_key, &key_path))
+            .unwrap()
+            .unwrap_err();
+        assert!(broken.why.contains("does not prove the chain"), "{broken}");
     }
 }

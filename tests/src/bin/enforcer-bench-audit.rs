@@ -124,7 +124,8 @@ fn pipeline(pins: &Path, store_dir: &Path, duration: Duration) -> Result<(), Str
         failsafes: Vec::new(),
     };
     let host = hostname();
-    let store = Store::open(settings(store_dir), &host, now_ms()).map_err(|e| e.to_string())?;
+    let store =
+        Store::open(settings(store_dir), &host, now_ms(), None).map_err(|e| e.to_string())?;
     let stats = Arc::new(AuditStats::default());
     let consumer = Consumer {
         maps: PinnedMaps::open(&layout.maps_dir()).map_err(|e| e.to_string())?,
@@ -219,7 +220,7 @@ fn generate(dir: &Path, count: u64) -> Result<(), String> {
     };
     let host = hostname();
     let mut enricher = Enricher::new(host.clone(), "/nonexistent".into(), vec![names]);
-    let mut store = Store::open(settings(dir), &host, now_ms()).map_err(|e| e.to_string())?;
+    let mut store = Store::open(settings(dir), &host, now_ms(), None).map_err(|e| e.to_string())?;
     let mut rng = fastrand::Rng::with_seed(7);
     // Ten milliseconds apart, ending now: 10M records span about 28 hours.
     let start_ms = now_ms() - i64::try_from(count * 10).unwrap_or(0);

@@ -2,6 +2,7 @@
 //! per subcommand.
 
 mod query;
+mod setup_keys;
 mod stats;
 mod tail;
 mod verify;
@@ -28,6 +29,8 @@ pub enum Command {
     Verify(verify::Args),
     /// Top talkers, denials by rule, and a segment-to-segment matrix.
     Stats(stats::Args),
+    /// Create the forward-secure sealing key and show its verification key once.
+    SetupKeys(setup_keys::Args),
 }
 
 /// Runs an audit subcommand.
@@ -37,6 +40,7 @@ pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
         Command::Query(args) => query::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Stats(args) => stats::run(args),
+        Command::SetupKeys(args) => setup_keys::run(args),
     }
 }
 
@@ -122,5 +126,6 @@ fn kind_word(kind: Kind) -> &'static str {
         Kind::Open => "open",
         Kind::Retention => "retention",
         Kind::Seal => "seal",
+        Kind::Epoch => "epoch",
     }
 }
