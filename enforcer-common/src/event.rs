@@ -82,6 +82,11 @@ wire_enum! {
         /// errors on its socket with the bytes they carry (any host can send one): decided
         /// by the segment's `icmp_errors` grant.
         IcmpErrors = 10 => "icmp-errors",
+        /// A packet of a segment's socket to an address of this host leaving through
+        /// another interface than loopback (the socket is bound to a device, or named
+        /// the interface for one `sendmsg`): its flow was decided as one to this host, so
+        /// it is dropped, whatever the policy says.
+        LocalElsewhere = 11 => "local-elsewhere",
     }
     /// The word audit records, `status` and metrics use for the reason.
     fn word;
@@ -152,10 +157,12 @@ pub struct FlowEvent {
     pub _pad: [u8; 2],
 }
 
-/// [`FlowEvent::flags`] bit: the destination address is this host (loopback, the
-/// unspecified address, an address of the host or one its `local` routes deliver here),
-/// so the destination segment is the one serving the port, not the address's.
-pub const FLOW_FLAG_LOCAL_DESTINATION: u8 = 1;
+/// [`FlowEvent::flags`] bit: the flow stays on this host. Set by the outbound hooks when
+/// the destination address is this host (loopback, the unspecified address, an address
+/// of the host or one its `local` routes deliver here: the destination segment is the
+/// one serving the port, not the address's), and by the per-socket layer for a packet
+/// from a local process (the source segment is the sender's, not its address's).
+pub const FLOW_FLAG_ON_THIS_HOST: u8 = 1;
 
 const _: () = assert!(size_of::<FlowEvent>() == 104);
 const _: () = assert!(align_of::<FlowEvent>() == 8);

@@ -3,13 +3,15 @@
 //! `enforcer_common::decision`, where the compiler's tests run it too).
 
 use aya_ebpf::{
-    bindings::__sk_buff,
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_skb_ancestor_cgroup_id},
+    bindings::{__sk_buff, bpf_sock},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_sk_ancestor_cgroup_id, bpf_skb_ancestor_cgroup_id,
+    },
     maps::lpm_trie::Key,
 };
 use enforcer_common::{
     decision::{Decision, NO_RULE, best_rule, decide, lookup_bit, rule_lookups},
-    event::{FLOW_FLAG_LOCAL_DESTINATION, Reason, Verdict, family},
+    event::{FLOW_FLAG_ON_THIS_HOST, Reason, Verdict, family},
     maps::{
         ACTION_ALLOW, ADDRESS_BROADCAST, ADDRESS_LOCAL, BoundKey, CGROUP_LEVELS,
         FAILSAFE_KEY_FIXED_BITS, FailsafeKey, LearntListener, ListenKey, MAX_CGROUP_DEPTH,
@@ -46,6 +48,17 @@ pub fn socket_segment<const B: bool>(slot: &Slot<B>, skb: *mut __sk_buff) -> u32
     // full socket or a level deeper than the socket's cgroup.
     ancestry_segment(slot, |level| unsafe {
         bpf_skb_ancestor_cgroup_id(skb, level)
+    })
+}
+
+/// The segment of the local socket `sk` (one a socket lookup returned), classified like
+/// [`task_segment`] from the cgroup the socket was created in.
+#[inline(always)]
+pub fn sock_segment<const B: bool>(slot: &Slot<B>, sk: *mut bpf_sock) -> u32 {
+    // SAFETY: `sk` is a socket the caller holds a reference to; the helper returns 0 for a
+    // level deeper than the socket's cgroup.
+    ancestry_segment(slot, |level| unsafe {
+        bpf_sk_ancestor_cgroup_id(sk.cast(), level)
     })
 }
 
@@ -98,7 +111,7 @@ pub fn ipv6_segment<const B: bool>(slot: &Slot<B>, addr: [u8; 16]) -> u32 {
 /// The segment of an outbound flow's destination (its address, port and protocol): a
 /// destination on this host ([`is_local`]) is the segment serving the port
 /// ([`listener_segment`]), else `host`, and the flow is flagged
-/// [`FLOW_FLAG_LOCAL_DESTINATION`] for its record; a broadcast or multicast destination
+/// [`FLOW_FLAG_ON_THIS_HOST`] for its record; a broadcast or multicast destination
 /// is its class ([`group_destination`]), which only a rule naming it allows; any other is
 /// its address's segment (an IPv4-mapped address decided as IPv4).
 #[inline(always)]
@@ -109,7 +122,7 @@ pub fn destination_segment<const B: bool>(slot: &Slot<B>, flow: &mut Flow) -> u3
             NO_LISTENER => SEGMENT_HOST,
             segment => segment,
         };
-        flow.flags |= FLOW_FLAG_LOCAL_DESTINATION;
+        flow.flags |= FLOW_FLAG_ON_THIS_HOST;
         segment
     } else if let Some(class) = group_destination(addr, v4) {
         class

@@ -67,6 +67,9 @@ const IPV6_RTHDR: i32 = 57;
 const IP_RECVERR: i32 = 11;
 /// `IPV6_RECVERR`: the IPv6 `IP_RECVERR`.
 const IPV6_RECVERR: i32 = 25;
+/// The most option bytes the kernel copies for a cgroup `setsockopt` program and then
+/// uses itself (a page; 4 KiB, the smallest page size Linux has).
+const SOCKOPT_COPIED_BYTES: i32 = 4096;
 
 /// Something segment processes may do only with a grant, or never.
 struct Restriction {
@@ -94,6 +97,15 @@ const ICMP_ERRORS: Restriction = Restriction {
     reason: Reason::IcmpErrors,
     grant: SEGMENT_FLAG_ICMP_ERRORS,
 };
+
+/// Packets to an address of this host leaving through another interface: never granted.
+const LOCAL_ELSEWHERE: Restriction = Restriction {
+    reason: Reason::LocalElsewhere,
+    grant: 0,
+};
+
+/// The index of the loopback interface in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
 
 /// Outgoing packets whose header chain cannot be walked (it may hide a routing header):
 /// never granted.
@@ -383,9 +395,14 @@ pub fn setsockopt(ctx: SockoptContext) -> i32 {
 
 /// Whether the value of a boolean socket option of `len` bytes turns it on, read as the
 /// kernel reads it: an `int` when it has four bytes or more, else one byte. A value the
-/// program cannot read counts as on.
+/// program cannot read counts as on, and so does one longer than a page: the program
+/// then sees a copy of the first page only, and the kernel reads the value again from
+/// the caller's memory, which another thread can change in between.
 #[inline(always)]
 fn turns_on(ctx: &SockoptContext, len: i32) -> bool {
+    if len > SOCKOPT_COPIED_BYTES {
+        return true;
+    }
     // SAFETY: the context pointer is valid for the whole run of the program; the bounds
     // are checked before each read.
     unsafe {
@@ -444,6 +461,19 @@ fn skb_egress(ctx: SkBuffContext) -> i32 {
             )),
         };
     }
+    // SAFETY: the context pointer is valid for the whole run of the program.
+    let ifindex = unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).ifindex };
+    if ifindex != LOOPBACK_IFINDEX {
+        let flow = addresses(&ctx);
+        if decide::is_local(&flow.dst_addr, flow.family == family::INET) {
+            return match maps::active_generation() {
+                0 => CGROUP_ALLOW,
+                generation => in_slot!(generation, |slot| local_elsewhere(
+                    &ctx, slot, generation, &flow
+                )),
+            };
+        }
+    }
     let request = icmp::outgoing_request(&ctx);
     if request == icmp::NO_REQUEST {
         return CGROUP_ALLOW;
@@ -482,6 +512,18 @@ fn icmp_request<const B: bool>(
     };
     let dst = decide::destination_segment(slot, &mut flow);
     let decision = decide::flow(slot, src, dst, flow.protocol, kind);
+    if decision.verdict != Verdict::Deny {
+        // The echo replies of this host may come back to the socket (the per-socket
+        // layer asks for them).
+        // SAFETY: `skb` is the program's context; the cookie is the sending socket's.
+        let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(skb.cast()) };
+        let v4 = flow.family == family::INET;
+        peers::sent(
+            &peers::key(cookie, &flow.dst_addr, v4, 0),
+            peers::now(),
+            generation,
+        );
+    }
     record(
         slot,
         &Origin::of_socket(Hook::SkbEgress, generation, skb, 0),
@@ -510,6 +552,30 @@ fn addresses(ctx: &SkBuffContext) -> Flow {
         }
     }
     flow
+}
+
+/// Decides and records a packet of `flow` (its addresses) to an address of this host that
+/// leaves through another interface than loopback: the connect or sendmsg hook decided
+/// the flow as one to this host, against the segment serving the port, but the socket
+/// was tied to a device (`SO_BINDTODEVICE`, `IP_UNICAST_IF`, the interface of
+/// `IP_PKTINFO`), so the kernel sends the packet to whoever holds the address on that
+/// link. The record names the address's own segment and carries the packet's protocol.
+#[inline(always)]
+fn local_elsewhere<const B: bool>(
+    ctx: &SkBuffContext,
+    slot: &Slot<B>,
+    generation: u32,
+    flow: &Flow,
+) -> i32 {
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
+    let mut flow = *flow;
+    flow.protocol = route::protocol(ctx);
+    let segments = Segments {
+        src: decide::socket_segment(slot, skb),
+        dst: decide::address_segment(slot, &flow.dst_addr, flow.family == family::INET),
+    };
+    let origin = Origin::of_socket(Hook::SkbEgress, generation, skb, 0);
+    contain(slot, &origin, &flow, &segments, &LOCAL_ELSEWHERE)
 }
 
 /// Decides and records a packet that carries source route `found` (a [`route`] code).

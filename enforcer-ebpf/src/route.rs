@@ -48,6 +48,14 @@ pub fn is_ipv4(ctx: &SkBuffContext) -> bool {
     network_protocol(ctx) == ETH_P_IP
 }
 
+/// The protocol number the IP header names (for IPv6, its first next header); 0 when it
+/// cannot be read.
+#[inline(always)]
+pub fn protocol(ctx: &SkBuffContext) -> u8 {
+    let at = if is_ipv4(ctx) { 9 } else { 6 };
+    ctx.load::<u8>(at).unwrap_or(0)
+}
+
 /// The first LSRR or SSRR option of an IPv4 header, walked option by option within the
 /// header length.
 ///

@@ -14,24 +14,43 @@
 //!   generation, passes after one lookup; anything else is a new flow. A connected UDP
 //!   socket receives only from the peer its `connect()` was allowed to reach, and is not
 //!   asked.
-//! - other sockets (raw and ping sockets: ICMP requests are decided at XDP and as they
-//!   leave, at `skb_egress`): not asked.
+//! - a ping socket (ICMP or ICMPv6 `SOCK_DGRAM`): each echo reply, by its sender. The
+//!   kernel hands a ping socket any echo reply that carries its identifier, from any
+//!   host, asked or not; one from a host the socket's own echo request went to within
+//!   the reply window (its request was allowed as it left, at `skb_egress`) passes, any
+//!   other is a new flow the rules decide, the reply's type in place of the port.
+//! - other sockets (raw sockets, which a segment holds only with `raw_sockets`): not
+//!   asked.
 //!
 //! A packet that arrived on loopback comes from a local socket whose `connect()` or
-//! `sendmsg()` was decided against this socket's segment already (the sender is no longer
-//! known here: loopback orphans the packet); it is not decided again, but a UDP socket may
-//! answer it ([`peers::heard`]).
+//! `sendmsg()` was decided against the socket that then listened there. That may not be
+//! this socket: a connected UDP socket keeps sending, and a SYN is retransmitted, after
+//! the socket it was decided against closed and another segment's bound the port. So a
+//! SYN to a listener, and a datagram from a peer the socket has not heard under the
+//! active generation, are decided again here, the sender found by a socket lookup of the
+//! packet's addresses and ports seen from its side ([`loopback_sender`]); a denial is
+//! dropped and recorded, an allowed flow passes unrecorded (its `connect()` or
+//! `sendmsg()` is on record). A datagram whose sender has closed passes: its `sendmsg()`
+//! was decided, and no later one can follow. So does a packet from a process in no
+//! segment, or an unclassified one: it may be outside the attached subtree, ungoverned. A UDP socket may answer what it let in
+//! ([`peers::heard`]).
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::__sk_buff,
-    helpers::{bpf_get_socket_cookie, bpf_sk_fullsock},
+    bindings::{__sk_buff, BPF_F_CURRENT_NETNS},
+    helpers::{
+        bpf_get_socket_cookie, bpf_sk_fullsock, bpf_sk_lookup_tcp, bpf_sk_lookup_udp,
+        bpf_sk_release,
+    },
     programs::SkBuffContext,
 };
 use enforcer_common::{
     decision::Decision,
-    event::{Hook, Reason, Verdict, family},
-    maps::{PROTO_TCP, PROTO_UDP, SEGMENT_ANY},
+    event::{FLOW_FLAG_ON_THIS_HOST, Hook, Reason, Verdict, family},
+    maps::{
+        PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PeerKey, SEGMENT_ANY, SEGMENT_HOST,
+        SEGMENT_UNCLASSIFIED,
+    },
 };
 
 use crate::{
@@ -56,6 +75,8 @@ const TCP_ESTABLISHED: u32 = 1;
 const TCP_LISTEN: u32 = 10;
 /// `LOOPBACK_IFINDEX`: loopback's interface index in every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
+/// `SOCK_DGRAM` in `type`: with an ICMP protocol, a ping socket.
+const SOCK_DGRAM: u32 = 2;
 /// The TCP flags byte's offset in the TCP header.
 const TCP_FLAGS_OFFSET: usize = 13;
 /// `SYN` in the TCP flags.
@@ -70,6 +91,8 @@ enum Receiver {
     Listener,
     /// An unconnected UDP socket.
     Datagram,
+    /// A ping socket.
+    Ping,
 }
 
 /// Decides a packet about to be queued on a socket of the attached cgroup subtree.
@@ -88,15 +111,16 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
         return PASS;
     }
     // SAFETY: `full` is a full socket the helper returned, checked above.
-    let (protocol, state) = unsafe { ((*full).protocol, (*full).state) };
+    let (protocol, state, kind) = unsafe { ((*full).protocol, (*full).state, (*full).type_) };
     let receiver = match protocol as u8 {
         PROTO_TCP if state == TCP_LISTEN => Receiver::Listener,
         PROTO_UDP | PROTO_UDPLITE if state != TCP_ESTABLISHED => Receiver::Datagram,
+        PROTO_ICMP | PROTO_ICMPV6 if kind == SOCK_DGRAM => Receiver::Ping,
         _ => return PASS,
     };
-    // A handshake from a local client: its `connect()` was decided.
+    // An echo reply over loopback: this host answered the request decided as it left.
     // SAFETY: `skb` is the program's context.
-    if receiver == Receiver::Listener && unsafe { (*skb).ifindex } == LOOPBACK_IFINDEX {
+    if receiver == Receiver::Ping && unsafe { (*skb).ifindex } == LOOPBACK_IFINDEX {
         return PASS;
     }
     match maps::active_generation() {
@@ -134,13 +158,16 @@ fn new_flow<const B: bool>(
     let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
     let peer = peers::key(cookie, &flow.src_addr, v4, flow.src_port);
     let now = peers::now();
+    if receiver == Receiver::Ping {
+        return echo_reply(ctx, slot, generation, &flow, &peer, now);
+    }
+    // SAFETY: `skb` is the program's context.
+    if unsafe { (*skb).ifindex } == LOOPBACK_IFINDEX {
+        let syn = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
+        return local_flow(ctx, slot, generation, receiver, &flow, syn, &peer, now);
+    }
     let mut group_answer = false;
     if receiver == Receiver::Datagram {
-        // SAFETY: `skb` is the program's context.
-        if unsafe { (*skb).ifindex } == LOOPBACK_IFINDEX {
-            peers::heard(&peer, now, generation, false);
-            return PASS;
-        }
         if peers::inbound(&peer, now, generation) == Known::Pass {
             return PASS;
         }
@@ -170,6 +197,139 @@ fn new_flow<const B: bool>(
         peers::heard(&peer, now, generation, true);
     }
     PASS
+}
+
+/// Decides a packet `flow` that came over loopback for `receiver` (`syn`: a TCP SYN
+/// without ACK), as the module's documentation says.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn local_flow<const B: bool>(
+    ctx: &SkBuffContext,
+    slot: &Slot<B>,
+    generation: u32,
+    receiver: Receiver,
+    flow: &Flow,
+    syn: bool,
+    peer: &PeerKey,
+    now: u64,
+) -> i32 {
+    match receiver {
+        // The rest of a handshake whose SYN was decided.
+        Receiver::Listener if !syn => return PASS,
+        Receiver::Datagram if peers::inbound(peer, now, generation) == Known::Pass => {
+            return PASS;
+        }
+        _ => {}
+    }
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
+    // A sender gone, or in no segment (perhaps outside the attached subtree, where no
+    // hook decided it and none governs it; there, a cgroup above a listed one reads as
+    // unclassified), is not decided here.
+    let src = match loopback_sender(ctx, slot, flow) {
+        Some(src) if src != SEGMENT_HOST && src != SEGMENT_UNCLASSIFIED => src,
+        _ => {
+            if receiver == Receiver::Datagram {
+                peers::heard(peer, now, generation, false);
+            }
+            return PASS;
+        }
+    };
+    let dst = decide::receiver_segment(slot, skb, flow.dst_port, flow.protocol);
+    let decision = decide::flow(slot, src, dst, flow.protocol, flow.dst_port);
+    if decision.verdict == Verdict::Deny {
+        let mut flow = *flow;
+        flow.flags |= FLOW_FLAG_ON_THIS_HOST;
+        record(
+            slot,
+            &origin(skb, generation),
+            &flow,
+            &Segments { src, dst },
+            &decision,
+        );
+        return DROP;
+    }
+    if receiver == Receiver::Datagram {
+        peers::heard(peer, now, generation, true);
+    }
+    PASS
+}
+
+/// The segment of the local socket that sent `flow` over loopback: the socket whose own
+/// address and port are the packet's source and whose peer (or none, for an unconnected
+/// UDP socket) its destination, looked up as the kernel would deliver the packet back
+/// ([`decide::sock_segment`]); `None` when no socket holds them any more.
+///
+/// Verifier note: the tuple is a fully initialised stack buffer; its size is one of two
+/// constants, one per branch, as the helper's size argument must be.
+#[inline(always)]
+fn loopback_sender<const B: bool>(ctx: &SkBuffContext, slot: &Slot<B>, flow: &Flow) -> Option<u32> {
+    // `bpf_sock_tuple`: the "remote" end first (the sender's peer), then the "local" one
+    // (the sender), ports in network order.
+    let mut tuple = [0u8; 36];
+    let size = if flow.family == family::INET {
+        tuple[..4].copy_from_slice(&flow.dst_addr[..4]);
+        tuple[4..8].copy_from_slice(&flow.src_addr[..4]);
+        tuple[8..10].copy_from_slice(&flow.dst_port.to_be_bytes());
+        tuple[10..12].copy_from_slice(&flow.src_port.to_be_bytes());
+        12
+    } else {
+        tuple[..16].copy_from_slice(&flow.dst_addr);
+        tuple[16..32].copy_from_slice(&flow.src_addr);
+        tuple[32..34].copy_from_slice(&flow.dst_port.to_be_bytes());
+        tuple[34..36].copy_from_slice(&flow.src_port.to_be_bytes());
+        36
+    };
+    let netns = BPF_F_CURRENT_NETNS as u64;
+    // SAFETY: the context is the program's; the tuple is `size` initialised bytes; a
+    // socket returned is released below.
+    let sk = unsafe {
+        if flow.protocol == PROTO_TCP {
+            bpf_sk_lookup_tcp(ctx.as_ptr(), tuple.as_mut_ptr().cast(), size, netns, 0)
+        } else {
+            bpf_sk_lookup_udp(ctx.as_ptr(), tuple.as_mut_ptr().cast(), size, netns, 0)
+        }
+    };
+    if sk.is_null() {
+        return None;
+    }
+    let segment = decide::sock_segment(slot, sk);
+    // SAFETY: `sk` is the reference the lookup took.
+    unsafe { bpf_sk_release(sk.cast()) };
+    Some(segment)
+}
+
+/// Decides an echo reply `flow` (its type in place of the destination port, no source
+/// port) for a ping socket: an answer to the socket's own request to that host within
+/// the window passes unrecorded; any other is decided, recorded, and dropped when denied.
+/// The ping sockets of processes in no segment are not governed (as their requests).
+#[inline(always)]
+fn echo_reply<const B: bool>(
+    ctx: &SkBuffContext,
+    slot: &Slot<B>,
+    generation: u32,
+    flow: &Flow,
+    peer: &PeerKey,
+    now: u64,
+) -> i32 {
+    if peers::answers_socket(peer, now, generation) {
+        return PASS;
+    }
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
+    let dst = decide::socket_segment(slot, skb);
+    if dst == SEGMENT_HOST {
+        return PASS;
+    }
+    let segments = Segments {
+        src: decide::address_segment(slot, &flow.src_addr, flow.family == family::INET),
+        dst,
+    };
+    let decision = decide::inbound(slot, flow, segments.src, segments.dst);
+    record(slot, &origin(skb, generation), flow, &segments, &decision);
+    if decision.verdict == Verdict::Deny {
+        DROP
+    } else {
+        PASS
+    }
 }
 
 /// Where this layer decides: the interface the packet came in on (the tunnel device for
@@ -216,6 +376,11 @@ fn parse(ctx: &SkBuffContext, flow: &mut Flow, flags: &mut u8) -> bool {
     let Ok(ports) = ctx.load::<[u8; 4]>(transport) else {
         return false;
     };
+    if flow.protocol == PROTO_ICMP || flow.protocol == PROTO_ICMPV6 {
+        // The message type takes the port's place, as in the rules.
+        flow.dst_port = u16::from(ports[0]);
+        return true;
+    }
     flow.src_port = u16::from_be_bytes([ports[0], ports[1]]);
     flow.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
     if flow.protocol == PROTO_TCP {

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_common::event::{FLOW_FLAG_LOCAL_DESTINATION, Hook, Verdict};
+use enforcer_common::event::{FLOW_FLAG_ON_THIS_HOST, Hook, Verdict};
 use enforcer_tests::{
     agent::{AgentHost, enforcer_bin},
     cgroup::TestCgroup,
@@ -149,8 +149,8 @@ fn every_address_of_this_host_is_decided_as_the_listening_segment() {
         assert_eq!(event.dst_segment, payments_id, "{event:?}");
         assert_eq!(decided_by(&image, event), "default-deny");
         assert_eq!(
-            event.flags & FLOW_FLAG_LOCAL_DESTINATION,
-            FLOW_FLAG_LOCAL_DESTINATION,
+            event.flags & FLOW_FLAG_ON_THIS_HOST,
+            FLOW_FLAG_ON_THIS_HOST,
             "the record says the destination was this host: {event:?}"
         );
     }
@@ -312,9 +312,11 @@ fn an_address_or_local_route_added_while_the_agent_runs_is_local_within_moments(
     assert!(replay["replayed"].as_u64() >= Some(4), "{replay:#}");
 }
 
-/// Waits (5 s at most) until `client`'s connects to `at`, a destination just made this
-/// host's, are refused: until the agent has it, `client` reaches it as `world`; then
-/// never again. `gateway` still reaches the service there.
+/// Waits (10 s at most) until `client`'s connects to `at`, a destination just made this
+/// host's, are refused at `connect()`. Until the agent has the address, the connect is
+/// decided as one to `world` and allowed, but the service is never reached: the
+/// per-socket layer decides the SYN again where it arrives, against the receiving
+/// socket's segment, and drops it. `gateway` still reaches the service there.
 fn refused_within_moments(site: &Site, at: SocketAddr) {
     let since = Instant::now();
     loop {
@@ -322,10 +324,10 @@ fn refused_within_moments(site: &Site, at: SocketAddr) {
         if outcome.is_eperm() {
             break;
         }
-        assert_eq!(outcome, Outcome::Ok, "client to {at}");
+        assert_eq!(outcome, Outcome::Timeout, "client to {at}");
         assert!(
-            since.elapsed() < Duration::from_secs(5),
-            "{at} still reached as `world` 5 s after it became this host's"
+            since.elapsed() < Duration::from_secs(10),
+            "{at} still decided as `world` at connect 10 s after it became this host's"
         );
         std::thread::sleep(Duration::from_millis(10));
     }

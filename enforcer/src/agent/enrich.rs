@@ -10,9 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_common::event::{
-    FLOW_FLAG_LOCAL_DESTINATION, FlowEvent, Hook, Reason, Verdict, family,
-};
+use enforcer_common::event::{FLOW_FLAG_ON_THIS_HOST, FlowEvent, Hook, Reason, Verdict, family};
 
 use crate::{
     audit::record::{
@@ -126,7 +124,7 @@ impl Enricher {
         // Decided on the way in: at XDP, or at the receiving socket (whose cgroup the
         // record names; no process is known there).
         let inbound = matches!(hook, Some(Hook::XdpIngress | Hook::SkbIngress));
-        let local = event.flags & FLOW_FLAG_LOCAL_DESTINATION != 0;
+        let local = event.flags & FLOW_FLAG_ON_THIS_HOST != 0;
         let src_ip = address(&event.src_addr, event.family, false);
         // A destination of `0.0.0.0` or `::` is real: a connect there reaches this host.
         let dst_ip = address(&event.dst_addr, event.family, true);

@@ -148,9 +148,10 @@ pub struct ConnectionInfo {
     pub protocol_ver_id: u8,
     /// 1 inbound (XDP), 2 outbound (cgroup hooks).
     pub direction_id: u8,
-    /// [`BOUNDARY_LOCALHOST`] when the destination address was this host (a local
-    /// address in any form, decided against the segment serving the port); absent
-    /// otherwise.
+    /// [`BOUNDARY_LOCALHOST`] when the flow stays on this host: an outbound flow whose
+    /// destination address was this host (a local address in any form, decided against
+    /// the segment serving the port), or an inbound one from a local process (decided
+    /// against the sender's segment); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boundary_id: Option<u8>,
     /// The caption of `boundary_id`.

@@ -131,7 +131,8 @@ impl<'a> Simulator<'a> {
         // A local process is its cgroup; an inbound flow's local end is the segment that
         // served the port (learnt from its bind, which a replay cannot redo).
         let (from_text, from_naming) = if inbound || flow.cgroup.is_empty() {
-            if src.ip.is_empty() {
+            // A local sender of an inbound flow is known by its segment, not its address.
+            if src.ip.is_empty() || (inbound && info.to_this_host()) {
                 (flow.src_segment.clone(), Naming::Segment)
             } else {
                 (src.ip.clone(), Naming::Text)

@@ -1,6 +1,7 @@
-//! The kernel's `local` routing table: every destination the kernel delivers to this
-//! host (its interface addresses, `local` routes such as AnyIP prefixes, IPv6 anycast
-//! addresses) and the broadcast addresses it accepts, read with an rtnetlink dump.
+//! The routes that make destinations this host's: every `local` and `anycast` route (the
+//! interface addresses, AnyIP prefixes, IPv6 anycast addresses) and every `broadcast`
+//! route, in any routing table (the kernel's `local` table holds most, but a `local`
+//! route in `main` delivers here too), read with rtnetlink dumps filtered by route type.
 
 use std::{io, net::IpAddr};
 
@@ -14,9 +15,6 @@ use netlink_packet_route::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-/// The number of the kernel's `local` routing table (`RT_TABLE_LOCAL`).
-const LOCAL_TABLE: u32 = 255;
-
 /// What a route of the `local` table makes of its destinations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalKind {
@@ -26,7 +24,7 @@ pub enum LocalKind {
     Broadcast,
 }
 
-/// One route of the `local` table that this host accepts traffic for.
+/// One route that this host accepts traffic for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalRoute {
     /// The destinations it covers.
@@ -35,33 +33,42 @@ pub struct LocalRoute {
     pub kind: LocalKind,
 }
 
-/// Every `local`, `anycast` and `broadcast` route of the `local` table, IPv4 and IPv6.
-/// Other kinds (the IPv6 `multicast ff00::/8` route) are left out: a multicast
-/// destination is its own class whatever the table says.
+/// Every `local`, `anycast` and `broadcast` route of every table, IPv4 and IPv6. Other
+/// kinds (the IPv6 `multicast ff00::/8` route) are left out: a multicast destination is
+/// its own class whatever the tables say.
 pub fn local_routes() -> io::Result<Vec<LocalRoute>> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
-    // With strict checking the kernel dumps only the table the request names.
+    // With strict checking the kernel dumps only the routes of the type the request
+    // names, from every table: a host with a full routing table sends only these.
     socket.set_netlink_get_strict_chk(true)?;
     socket.connect(&SocketAddr::new(0, 0))?;
     let mut routes = Vec::new();
-    for (sequence, family) in [(1, AddressFamily::Inet), (2, AddressFamily::Inet6)] {
-        request(&socket, sequence, family)?;
-        receive(&socket, sequence, &mut routes)?;
+    let mut sequence = 0;
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        for kind in [RouteType::Local, RouteType::Anycast, RouteType::Broadcast] {
+            sequence += 1;
+            request(&socket, sequence, family, kind)?;
+            receive(&socket, sequence, &mut routes)?;
+        }
     }
     Ok(routes)
 }
 
-/// Sends the dump request for `family`'s `local` table.
-fn request(socket: &Socket, sequence: u32, family: AddressFamily) -> io::Result<()> {
+/// Sends the dump request for `family`'s routes of type `kind`, in every table.
+fn request(
+    socket: &Socket,
+    sequence: u32,
+    family: AddressFamily,
+    kind: RouteType,
+) -> io::Result<()> {
     let header = RouteHeader {
         address_family: family,
-        table: LOCAL_TABLE as u8,
+        kind,
         ..RouteHeader::default()
     };
     let mut route = RouteMessage::default();
     route.header = header;
-    route.attributes.push(RouteAttribute::Table(LOCAL_TABLE));
     let mut netlink_header = NetlinkHeader::default();
     netlink_header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     netlink_header.sequence_number = sequence;
@@ -110,25 +117,13 @@ fn receive(socket: &Socket, sequence: u32, routes: &mut Vec<LocalRoute>) -> io::
     }
 }
 
-/// The route `route` as a [`LocalRoute`], when it belongs to the `local` table and makes
-/// destinations this host's.
+/// The route `route` as a [`LocalRoute`], when it makes destinations this host's.
 fn local_route(route: &RouteMessage) -> Option<LocalRoute> {
-    let table = route
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            RouteAttribute::Table(table) => Some(*table),
-            _ => None,
-        })
-        .unwrap_or(u32::from(route.header.table));
     let kind = match route.header.kind {
         RouteType::Local | RouteType::Anycast => LocalKind::Host,
         RouteType::Broadcast => LocalKind::Broadcast,
         _ => return None,
     };
-    if table != LOCAL_TABLE {
-        return None;
-    }
     let address = route
         .attributes
         .iter()
