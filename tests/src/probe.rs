@@ -182,6 +182,16 @@ impl Spawn {
         ])
     }
 
+    /// A TCP client like [`Spawn::tcp_client`] that waits `timeout_ms` for the connection
+    /// and the echo (a refused `connect()`, EPERM, returns at once whatever the wait).
+    pub fn tcp_client_within(addr: SocketAddr, timeout_ms: u64) -> Self {
+        Self::probe(&[
+            "tcp-connect".into(),
+            addr.to_string(),
+            timeout_ms.to_string(),
+        ])
+    }
+
     /// An HTTP/1.1 server on `addr` that answers every request with its cgroup.
     pub fn http_server(addr: SocketAddr) -> Self {
         Self::probe(&["http-serve".into(), addr.to_string()])

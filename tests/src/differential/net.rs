@@ -98,6 +98,15 @@ impl Addr {
         }
     }
 
+    /// An address of the standard library's type, as it is (an IPv4-mapped IPv6 address
+    /// stays IPv6).
+    pub fn from_ip(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self::v4(v4.to_bits()),
+            IpAddr::V6(v6) => Self::v6(v6.to_bits()),
+        }
+    }
+
     /// The address as the standard library's type.
     pub fn to_ip(self) -> IpAddr {
         match self.family {
