@@ -63,9 +63,7 @@ use enforcer::{
         source::SourceSet,
     },
 };
-use enforcer_common::event::{
-    FLOW_FLAG_LOCAL_DESTINATION, FlowEvent, Hook, Reason, Verdict, family,
-};
+use enforcer_common::event::{FLOW_FLAG_ON_THIS_HOST, FlowEvent, Hook, Reason, Verdict, family};
 use enforcer_tests::{
     cgroup::TestCgroup,
     cmd::run,
@@ -406,7 +404,7 @@ fn seen(
         } else {
             IpAddr::from(event.dst_addr)
         };
-        let to_this_host = event.flags & FLOW_FLAG_LOCAL_DESTINATION != 0;
+        let to_this_host = event.flags & FLOW_FLAG_ON_THIS_HOST != 0;
         let fields = [
             (
                 "hook",
