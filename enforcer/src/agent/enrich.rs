@@ -188,7 +188,7 @@ impl Enricher {
             name: dst_segment.clone(),
         });
         record.connection_info = Some(ConnectionInfo {
-            protocol_num: event.protocol,
+            protocol_num: u16::from(event.protocol),
             protocol_name,
             protocol_ver_id: if v4 { 4 } else { 6 },
             direction_id: if inbound { 1 } else { 2 },
@@ -343,5 +343,27 @@ mod tests {
             record.message,
             "deny orders -> payments [2001:db8::1]:8443/tcp (default-deny)"
         );
+
+        // As stored: OCSF captions named from the ids, the profiles declared, the device
+        // typed, and an unknown source address left out rather than written empty.
+        let mut stored = record.clone();
+        let mut head = crate::audit::chain::Head::GENESIS;
+        let mut line = Vec::new();
+        crate::audit::chain::append(&mut stored, &mut head, &mut line);
+        let json: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(json["class_name"], "Network Activity");
+        assert_eq!(json["category_name"], "Network Activity");
+        assert_eq!(json["activity_name"], "Refuse");
+        assert_eq!(json["type_name"], "Network Activity: Refuse");
+        assert_eq!(json["severity"], "Medium");
+        assert_eq!(json["device"]["type_id"], 1);
+        assert_eq!(json["device"]["type"], "Server");
+        assert_eq!(
+            json["metadata"]["profiles"],
+            serde_json::json!(["host", "security_control"])
+        );
+        assert!(json["src_endpoint"].get("ip").is_none(), "{json}");
+        assert!(json["src_endpoint"].get("port").is_some(), "{json}");
+        assert_eq!(json["dst_endpoint"]["ip"], "2001:db8::1");
     }
 }

@@ -39,6 +39,7 @@ const SUFFIX_LEN: usize = HASH_KEY.len() + 64 + 3;
 /// `head`, and advances `head`. The record's sequence number and `prev` are set here.
 pub fn append(record: &mut Record, head: &mut Head, out: &mut Vec<u8>) {
     record.metadata.sequence = head.sequence + 1;
+    record.caption();
     record.unmapped.prev = hex::encode(head.hash);
     record.unmapped.hash = None;
     let start = out.len();

@@ -40,15 +40,30 @@ pub const SEVERITY_HIGH: u32 = 4;
 pub struct Record {
     /// OCSF class: [`CLASS_NETWORK_ACTIVITY`] for flows, 0 (Base Event) otherwise.
     pub class_uid: u32,
+    /// The caption of `class_uid` ([`Record::caption`] fills the captions).
+    #[serde(default)]
+    pub class_name: String,
     /// OCSF category: [`CATEGORY_NETWORK`] for flows, 0 otherwise.
     pub category_uid: u32,
+    /// The caption of `category_uid`.
+    #[serde(default)]
+    pub category_name: String,
     /// OCSF activity: [`ACTIVITY_OPEN`] or [`ACTIVITY_REFUSE`] for flows, 99 (Other)
     /// otherwise.
     pub activity_id: u32,
+    /// The caption of `activity_id`.
+    #[serde(default)]
+    pub activity_name: String,
     /// OCSF `class_uid * 100 + activity_id`.
     pub type_uid: u64,
+    /// The caption of `type_uid`: `<class>: <activity>`.
+    #[serde(default)]
+    pub type_name: String,
     /// OCSF severity.
     pub severity_id: u32,
+    /// The caption of `severity_id`.
+    #[serde(default)]
+    pub severity: String,
     /// When it happened, milliseconds since the Unix epoch.
     pub time: i64,
     /// A one-line description for people.
@@ -87,6 +102,10 @@ pub struct Record {
 pub struct Metadata {
     /// The OCSF schema version ([`OCSF_VERSION`]).
     pub version: String,
+    /// The OCSF profiles whose fields the record uses: `host` (`device`, `actor`) and
+    /// `security_control` (`action_id`, `disposition_id`, `firewall_rule`).
+    #[serde(default)]
+    pub profiles: Vec<String>,
     /// The product that wrote the record.
     pub product: Product,
     /// Position in the store's chain, from 1, without gaps.
@@ -107,19 +126,39 @@ pub struct Product {
 /// OCSF `device`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
+    /// OCSF device type: [`DEVICE_SERVER`].
+    #[serde(default = "server")]
+    pub type_id: u32,
+    /// The caption of `type_id`.
+    #[serde(rename = "type", default)]
+    pub type_name: String,
     /// The host's name.
     pub hostname: String,
+}
+
+/// OCSF `device.type_id`: Server.
+pub const DEVICE_SERVER: u32 = 1;
+
+fn server() -> u32 {
+    DEVICE_SERVER
 }
 
 /// OCSF network endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
-    /// The address (empty where the hook does not know it).
+    /// The address (empty where the hook does not know it, and then left out: a typed IP
+    /// field takes no empty string).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ip: String,
-    /// The port (0 where the hook does not know it).
+    /// The port (0 where the hook does not know it, and then left out).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub port: u16,
     /// The enforcer segment of this side.
     pub name: String,
+}
+
+fn is_zero(port: &u16) -> bool {
+    *port == 0
 }
 
 impl Endpoint {
@@ -140,8 +179,8 @@ impl Endpoint {
 /// OCSF `connection_info`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionInfo {
-    /// IP protocol number.
-    pub protocol_num: u8,
+    /// IP protocol number (262 for MPTCP, which is TCP on the wire).
+    pub protocol_num: u16,
     /// `tcp`, `udp`, or the number.
     pub protocol_name: String,
     /// 4 or 6.
@@ -355,14 +394,20 @@ impl Record {
     pub fn new(kind: Kind, time: i64, hostname: &str, message: String) -> Self {
         Self {
             class_uid: 0,
+            class_name: String::new(),
             category_uid: 0,
+            category_name: String::new(),
             activity_id: 99,
+            activity_name: String::new(),
             type_uid: 99,
+            type_name: String::new(),
             severity_id: SEVERITY_INFO,
+            severity: String::new(),
             time,
             message,
             metadata: Metadata {
                 version: OCSF_VERSION.to_owned(),
+                profiles: vec!["host".to_owned(), "security_control".to_owned()],
                 product: Product {
                     name: "enforcer".to_owned(),
                     vendor_name: "enforcer".to_owned(),
@@ -371,6 +416,8 @@ impl Record {
                 sequence: 0,
             },
             device: Device {
+                type_id: DEVICE_SERVER,
+                type_name: "Server".to_owned(),
                 hostname: hostname.to_owned(),
             },
             action_id: None,
@@ -391,6 +438,32 @@ impl Record {
                 hash: None,
             },
         }
+    }
+
+    /// Sets the OCSF captions from the ids (the store calls it as it writes the record,
+    /// so ids changed after [`Record::new`] are named right).
+    pub fn caption(&mut self) {
+        let (class, category) = match self.class_uid {
+            CLASS_NETWORK_ACTIVITY => ("Network Activity", "Network Activity"),
+            _ => ("Base Event", "Uncategorized"),
+        };
+        let activity = match (self.class_uid, self.activity_id) {
+            (CLASS_NETWORK_ACTIVITY, ACTIVITY_OPEN) => "Open",
+            (CLASS_NETWORK_ACTIVITY, ACTIVITY_REFUSE) => "Refuse",
+            _ => "Other",
+        };
+        self.class_name = class.to_owned();
+        self.category_name = category.to_owned();
+        self.activity_name = activity.to_owned();
+        self.type_name = format!("{class}: {activity}");
+        self.severity = match self.severity_id {
+            SEVERITY_INFO => "Informational",
+            SEVERITY_LOW => "Low",
+            SEVERITY_MEDIUM => "Medium",
+            SEVERITY_HIGH => "High",
+            _ => "Unknown",
+        }
+        .to_owned();
     }
 
     /// The flow details, for flow records.
