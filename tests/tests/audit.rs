@@ -786,3 +786,88 @@ fn a_sealed_store_is_proven_across_a_crash_and_a_root_rewrite_is_caught() {
         "{said}"
     );
 }
+
+/// `enforcer audit query --kind KIND --json`, parsed.
+fn records_of_kind(agent: &AgentHost, kind: &str) -> Vec<Value> {
+    let output = agent.command(&["audit", "query", "--json", "--kind", kind]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect()
+}
+
+#[test]
+fn the_agents_and_the_policies_history_is_in_the_store() {
+    let site = PeerSite::new(&[ALLOWED_PORT]);
+    let mut agent = site.agent("127.0.0.1:19630", "");
+    agent.start();
+    let applied_first = agent.status()["policy"]["source_sha256"]
+        .as_str()
+        .expect("the policy hash")
+        .to_owned();
+    // A policy that names a segment nobody declared is refused, naming the place.
+    let good = fs::read_to_string(agent.policy_file()).expect("read the policy");
+    agent.write_policy(&format!(
+        "{good}\n[[allow]]\nid = \"broken\"\nfrom = [\"nowhere\"]\nto = [\"api\"]\nports = [\"1/tcp\"]\n"
+    ));
+    agent.wait_for_status("the refused policy", |status| {
+        status["last_reload"]["outcome"] == "failed"
+    });
+    // A crash, a restart (the good policy back), a clean stop.
+    agent.write_policy(&good);
+    agent.kill();
+    agent.start();
+    assert!(agent.terminate(), "the agent stops cleanly");
+
+    let policies = records_of_kind(&agent, "policy");
+    let outcomes: Vec<(&str, &str)> = policies
+        .iter()
+        .map(|r| {
+            let policy = &r["unmapped"]["policy"];
+            (
+                policy["outcome"].as_str().unwrap_or_default(),
+                policy["trigger"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [("applied", "start"), ("refused", "file-change"), ("applied", "start")],
+        "{policies:#?}"
+    );
+    let first = &policies[0]["unmapped"]["policy"];
+    assert_eq!(first["source_sha256"], applied_first.as_str());
+    assert_eq!(first["generation"], 1);
+    assert!(first["image_sha256"].as_str().is_some_and(|h| h.len() == 64));
+    let refused = &policies[1]["unmapped"]["policy"];
+    assert_eq!(refused["generation"], 1, "generation 1 stays in force");
+    let error = refused["error"].as_str().expect("why");
+    assert!(error.contains(".toml:") && error.contains("nowhere"), "{error}");
+
+    let lives: Vec<(String, bool)> = records_of_kind(&agent, "agent")
+        .iter()
+        .map(|r| {
+            let event = &r["unmapped"]["agent"];
+            (
+                event["event"].as_str().unwrap_or_default().to_owned(),
+                event["recovered"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lives,
+        [
+            ("started".to_owned(), false),
+            ("started".to_owned(), true),
+            ("stopping".to_owned(), false),
+        ]
+    );
+    // The history is part of the chain like every flow.
+    let (code, said) = verify(&agent.audit_dir());
+    assert_eq!(code, 0, "{said}");
+}

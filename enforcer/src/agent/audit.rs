@@ -9,7 +9,6 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
@@ -23,6 +22,8 @@ use crate::{
     audit::{
         files,
         forward::{ForwardStats, Forwarder, Tls},
+        history,
+        record::{self, Record},
         seal::Sealer,
         store::{Store, StoreSettings},
     },
@@ -35,6 +36,7 @@ use crate::{
 /// The running audit thread (and the forwarder's, when one is configured).
 pub struct AuditThread {
     names: mpsc::UnboundedSender<GenerationNames>,
+    notes: mpsc::UnboundedSender<Record>,
     stop: watch::Sender<bool>,
     ended: Option<oneshot::Receiver<()>>,
     thread: JoinHandle<anyhow::Result<()>>,
@@ -58,13 +60,7 @@ impl AuditThread {
         adopting: bool,
     ) -> anyhow::Result<Self> {
         let audit = &config.audit;
-        let now_ms = i64::try_from(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis(),
-        )
-        .unwrap_or(i64::MAX);
+        let now_ms = record::now_ms();
         let ring_lost_accounted = if adopting {
             files::read_head(&audit.dir)
                 .ok()
@@ -104,6 +100,8 @@ impl AuditThread {
             sealer,
         )
         .context("audit.dir")?;
+        let mut store = store;
+        store.note(history::started(store.recovered(), now_ms, &host));
         let stats = Arc::new(AuditStats::default());
         let consumer = Consumer {
             maps: PinnedMaps::open(&pins.maps_dir())?,
@@ -114,6 +112,7 @@ impl AuditThread {
             stats: Arc::clone(&stats),
         };
         let (names, names_rx) = mpsc::unbounded_channel();
+        let (notes, notes_rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(false);
         let (ended_tx, ended) = oneshot::channel();
         let thread = std::thread::Builder::new()
@@ -123,7 +122,9 @@ impl AuditThread {
                     .enable_all()
                     .build()
                     .context("starting the audit runtime")
-                    .and_then(|runtime| runtime.block_on(consumer.run(events, names_rx, stop_rx)));
+                    .and_then(|runtime| {
+                        runtime.block_on(consumer.run(events, names_rx, notes_rx, stop_rx))
+                    });
                 let _ = ended_tx.send(());
                 outcome
             })
@@ -159,6 +160,7 @@ impl AuditThread {
         };
         Ok(Self {
             names,
+            notes,
             stop,
             ended: Some(ended),
             thread,
@@ -172,6 +174,12 @@ impl AuditThread {
     pub fn learn(&self, names: GenerationNames) {
         // A send fails only when the consumer ended, which `ended` reports.
         let _ = self.names.send(names);
+    }
+
+    /// Hands the consumer a record of the agent's or a policy's history for the store.
+    pub fn note(&self, record: Record) {
+        // A send fails only when the consumer ended, which `ended` reports.
+        let _ = self.notes.send(record);
     }
 
     /// A receiver that resolves when the consumer ends (by itself only on an error);

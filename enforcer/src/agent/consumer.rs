@@ -15,7 +15,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use tokio::{
@@ -26,7 +26,8 @@ use tokio::{
 use super::enrich::Enricher;
 use crate::{
     audit::{
-        record::{Gap, Kind, Record, SEVERITY_HIGH},
+        history,
+        record::{Gap, Kind, Record, SEVERITY_HIGH, now_ms},
         store::Store,
     },
     config::WriteErrorAction,
@@ -83,12 +84,6 @@ struct Owed {
     failing_since: Option<Instant>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 fn gap(enricher: &Enricher, lost: u64, cause: &str, error: Option<String>) -> Record {
     let mut record = Record::new(
         Kind::Gap,
@@ -115,6 +110,7 @@ impl Consumer {
         mut self,
         events: EventReader,
         mut names: mpsc::UnboundedReceiver<GenerationNames>,
+        mut notes: mpsc::UnboundedReceiver<Record>,
         mut stop: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         // SAFETY: the descriptor belongs to the ring map inside the reader, which the
@@ -136,6 +132,7 @@ impl Consumer {
                 biased;
                 _ = stop.changed() => break,
                 Some(generation) = names.recv() => self.enricher.learn(generation),
+                Some(record) = notes.recv() => self.store.note(record),
                 // While the store fails, events stay in the ring (where the kernel
                 // counts any it cannot hold) instead of being drained and dropped.
                 ready = ring.readable_mut(), if owed.failing_since.is_none() => {
@@ -149,6 +146,9 @@ impl Consumer {
             }
             while let Ok(generation) = names.try_recv() {
                 self.enricher.learn(generation);
+            }
+            while let Ok(record) = notes.try_recv() {
+                self.store.note(record);
             }
             self.flush(&mut batch, &mut owed)?;
         }
@@ -169,6 +169,11 @@ impl Consumer {
             );
             return Ok(());
         }
+        while let Ok(record) = notes.try_recv() {
+            self.store.note(record);
+        }
+        self.store
+            .note(history::stopping(now_ms(), self.enricher.hostname()));
         self.store.close(now_ms())?;
         Ok(())
     }
@@ -178,7 +183,12 @@ impl Consumer {
     fn flush(&mut self, batch: &mut Vec<Record>, owed: &mut Owed) -> anyhow::Result<()> {
         let kernel_lost = self.maps.event_counts()?.lost;
         let ring_lost = kernel_lost.saturating_sub(self.ring_lost_accounted);
-        if batch.is_empty() && ring_lost == 0 && owed.unwritten == 0 && owed.undecodable == 0 {
+        if batch.is_empty()
+            && ring_lost == 0
+            && owed.unwritten == 0
+            && owed.undecodable == 0
+            && !self.store.has_pending()
+        {
             return Ok(());
         }
         if owed
@@ -230,6 +240,11 @@ impl Consumer {
                     if self.on_write_error == WriteErrorAction::FailClosed {
                         self.maps.set_fail_closed(false)?;
                         tracing::warn!("fail-closed lifted: flows are decided by the policy again");
+                        self.store.note(history::fail_closed(
+                            false,
+                            now_ms(),
+                            self.enricher.hostname(),
+                        ));
                     }
                 }
                 if owed.unwritten > 0 {
@@ -251,6 +266,11 @@ impl Consumer {
                     tracing::error!(error = %err, action = ?self.on_write_error, "cannot write audit records; events wait in the ring (losses are counted) and writing is retried every second");
                     if self.on_write_error == WriteErrorAction::FailClosed {
                         self.maps.set_fail_closed(true)?;
+                        self.store.note(history::fail_closed(
+                            true,
+                            now_ms(),
+                            self.enricher.hostname(),
+                        ));
                         tracing::error!(
                             "fail-closed: every new flow but failsafe access is denied until audit records can be written"
                         );

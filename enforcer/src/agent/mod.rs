@@ -28,6 +28,7 @@ use tokio::{
 };
 
 use crate::{
+    audit::{history, record},
     config::Config,
     host,
     loader::{Loader, PinLayout, PinnedMaps},
@@ -213,6 +214,13 @@ impl Agent {
                     active_generation = generation,
                     "policy refused, the active generation stays: {err}"
                 );
+                self.audit.note(history::refused(
+                    trigger,
+                    generation,
+                    &err.to_string(),
+                    record::now_ms(),
+                    &host::hostname(),
+                ));
                 Reload {
                     at: state::now(),
                     trigger: trigger.to_owned(),
@@ -280,6 +288,19 @@ impl Agent {
         for warning in &candidate.compiled.warnings {
             tracing::warn!("{}", warning.one_line(&candidate.compiled.sources));
         }
+        self.audit.note(history::applied(
+            &history::Applied {
+                trigger,
+                generation: applied.generation,
+                source_sha256: &candidate.source_sha256,
+                image_sha256: &image_sha256,
+                bundle_version: candidate.bundle_version,
+                segments: image.segment_names.len(),
+                rules: image.rule_names.len(),
+            },
+            record::now_ms(),
+            &host::hostname(),
+        ));
         let names = GenerationNames::of(image, applied.generation, &candidate.source_sha256);
         self.audit.learn(names.clone());
         self.generations.push(names);

@@ -238,14 +238,7 @@ pub fn frame(line: &str, record: &Record, pid: u32) -> Vec<u8> {
         FACILITY_AUDIT * 8 + severity,
         timestamp,
         if hostname.is_empty() { "-" } else { &hostname },
-        match record.unmapped.kind {
-            Kind::Flow => "flow",
-            Kind::Gap => "gap",
-            Kind::Open => "open",
-            Kind::Retention => "retention",
-            Kind::Seal => "seal",
-            Kind::Epoch => "epoch",
-        },
+        record.unmapped.kind.word(),
     );
     format!("{} {message}", message.len()).into_bytes()
 }

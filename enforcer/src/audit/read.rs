@@ -61,8 +61,11 @@ pub struct Filter {
     pub addr: Option<IpAddr>,
     /// Flows to (or from) this port.
     pub port: Option<u16>,
-    /// Also the store's own records (gaps, file open/seal, retention).
+    /// Also the store's own records (gaps, file open/seal, retention, the agent's and the
+    /// policies' history).
     pub store_records: bool,
+    /// Only records of this kind.
+    pub kind: Option<Kind>,
 }
 
 impl Filter {
@@ -91,7 +94,8 @@ impl Filter {
 
     /// Whether `record` matches.
     pub fn matches(&self, record: &Record) -> bool {
-        if !self.in_time(record.time) {
+        if !self.in_time(record.time) || self.kind.is_some_and(|kind| record.unmapped.kind != kind)
+        {
             return false;
         }
         let Some(flow) = record.flow() else {
@@ -217,7 +221,10 @@ fn scan_file(
 /// Whether a record is one a person reading flows wants to see by default: flows and
 /// gaps (loss is never hidden).
 pub fn is_reportable(record: &Record) -> bool {
-    matches!(record.unmapped.kind, Kind::Flow | Kind::Gap)
+    matches!(
+        record.unmapped.kind,
+        Kind::Flow | Kind::Gap | Kind::Agent | Kind::Policy
+    )
 }
 
 #[cfg(test)]

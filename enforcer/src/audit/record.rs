@@ -252,6 +252,48 @@ pub enum Kind {
     /// A forward-secure seal of the chain's end under one epoch's key
     /// ([`super::seal`]).
     Epoch,
+    /// The agent's life: started (after a crash or not), stopping, fail-closed on or off.
+    Agent,
+    /// A policy applied or refused.
+    Policy,
+}
+
+impl Kind {
+    /// The word records and commands use for it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Flow => "flow",
+            Self::Gap => "gap",
+            Self::Open => "open",
+            Self::Retention => "retention",
+            Self::Seal => "seal",
+            Self::Epoch => "epoch",
+            Self::Agent => "agent",
+            Self::Policy => "policy",
+        }
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        [
+            Self::Flow,
+            Self::Gap,
+            Self::Open,
+            Self::Retention,
+            Self::Seal,
+            Self::Epoch,
+            Self::Agent,
+            Self::Policy,
+        ]
+        .into_iter()
+        .find(|kind| kind.word() == text)
+        .ok_or_else(|| {
+            format!("`{text}` is not a record kind (flow, gap, open, retention, seal, epoch, agent, policy)")
+        })
+    }
 }
 
 /// enforcer's fields that OCSF has no place for, and the hash chain.
@@ -274,11 +316,60 @@ pub struct Unmapped {
     /// The seal ([`Kind::Epoch`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<EpochSeal>,
+    /// What happened to the agent ([`Kind::Agent`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentEvent>,
+    /// What happened to a policy ([`Kind::Policy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyEvent>,
     /// Hash of the previous record in the chain (64 zeros for the first record ever).
     pub prev: String,
     /// SHA-256 of this record's line without this key; written by the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+}
+
+/// A moment in the agent's life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentEvent {
+    /// `started`, `stopping`, `fail-closed` or `fail-closed-lifted`.
+    pub event: String,
+    /// The agent's process id.
+    pub pid: u32,
+    /// The agent's version.
+    pub version: String,
+    /// `started`: the previous run ended without sealing the store (a crash, a kill).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovered: bool,
+}
+
+/// A policy applied or refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyEvent {
+    /// `applied` or `refused`.
+    pub outcome: String,
+    /// What made the agent read it: `start`, `sighup`, `file-change`.
+    pub trigger: String,
+    /// The generation it became (`applied`), or the one that stays (`refused`).
+    pub generation: u32,
+    /// SHA-256 of the policy files (`applied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_sha256: Option<String>,
+    /// SHA-256 of the compiled maps (`applied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_sha256: Option<String>,
+    /// The signed bundle's version, for a bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_version: Option<u64>,
+    /// Segments and rules it holds (`applied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<u64>,
+    /// Rules it holds (`applied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<u64>,
+    /// Why it was refused, each error with its file:line:col (`refused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A forward-secure seal: the epoch whose key made it, and the HMAC of the record before
@@ -375,6 +466,13 @@ pub struct RemovedFile {
     pub seal_hash: String,
 }
 
+/// The wall clock now, in ms since the epoch (0 before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// The last instant RFC 3339 can write (four-digit years), 9999-12-31T23:59:59.999Z, in
 /// ms since the epoch.
 const LAST_RFC3339_MS: u64 = 253_402_300_799_999;
@@ -434,6 +532,8 @@ impl Record {
                 file: None,
                 removed: None,
                 epoch: None,
+                agent: None,
+                policy: None,
                 prev: String::new(),
                 hash: None,
             },

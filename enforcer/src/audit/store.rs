@@ -157,6 +157,8 @@ pub struct Store {
     ring_lost_accounted: u64,
     /// The forward-secure sealer, when a sealing key is set up.
     sealer: Option<Sealer>,
+    /// The previous writer ended without sealing its newest file.
+    recovered: bool,
 }
 
 impl Store {
@@ -225,7 +227,9 @@ impl Store {
             buf: Vec::with_capacity(1 << 20),
             ring_lost_accounted: 0,
             sealer,
+            recovered: false,
         };
+        store.recovered = store.unsealed.is_some();
         store.pending.push(store.open_record(now_ms, opened));
         store.pending.append(&mut pending);
         // A full disk keeps these pending: they lead the first batch that fits.
@@ -233,6 +237,22 @@ impl Store {
             tracing::warn!(error = %err, "the audit store could not write its open record yet");
         }
         Ok(store)
+    }
+
+    /// Queues `record` (the agent's or a policy's history) to lead the next batch.
+    pub fn note(&mut self, record: Record) {
+        self.pending.push(record);
+    }
+
+    /// Whether records wait for the next batch.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Whether the previous writer ended without sealing its newest file (a crash, a
+    /// kill): found when the store was opened.
+    pub fn recovered(&self) -> bool {
+        self.recovered
     }
 
     /// Sets the kernel ring-loss count that `HEAD` says the store accounts for, from the

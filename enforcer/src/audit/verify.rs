@@ -534,7 +534,7 @@ fn walk_file(
                     );
                 }
             }
-            Kind::Open | Kind::Seal | Kind::Epoch => {}
+            Kind::Open | Kind::Seal | Kind::Epoch | Kind::Agent | Kind::Policy => {}
         }
         if last_record
             .as_ref()

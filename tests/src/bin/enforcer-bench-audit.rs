@@ -136,13 +136,14 @@ fn pipeline(pins: &Path, store_dir: &Path, duration: Duration) -> Result<(), Str
         stats: Arc::clone(&stats),
     };
     let (_names_tx, names_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (_notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let thread = std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?
-            .block_on(consumer.run(events, names_rx, stop_rx))
+            .block_on(consumer.run(events, names_rx, notes_rx, stop_rx))
             .map_err(|e| e.to_string())
     });
 

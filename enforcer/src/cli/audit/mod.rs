@@ -121,11 +121,7 @@ fn format_line(record: &Record) -> String {
 
 fn kind_word(kind: Kind) -> &'static str {
     match kind {
-        Kind::Flow => "flow",
         Kind::Gap => "GAP",
-        Kind::Open => "open",
-        Kind::Retention => "retention",
-        Kind::Seal => "seal",
-        Kind::Epoch => "epoch",
+        other => other.word(),
     }
 }

@@ -5,7 +5,7 @@ use std::{io::Write as _, net::IpAddr, process::ExitCode};
 use super::{StoreArgs, TimeRange};
 use crate::audit::{
     read::{self, Filter},
-    record::Record,
+    record::{Kind, Record},
 };
 use crate::cli::{
     table::{print_table, table},
@@ -34,6 +34,10 @@ pub struct Args {
     /// Flows to or from this port.
     #[arg(long)]
     port: Option<u16>,
+    /// Only records of this kind: flow, gap, agent (starts, stops, crash recovery,
+    /// fail-closed), policy (applied, refused), open, seal, retention, epoch.
+    #[arg(long, value_parser = parse_kind)]
+    kind: Option<Kind>,
     /// Print at most this many records (the oldest first).
     #[arg(long)]
     limit: Option<usize>,
@@ -54,6 +58,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         addr: args.addr,
         port: args.port,
         store_records: true,
+        kind: args.kind,
     };
     let limit = args.limit.unwrap_or(usize::MAX);
     let mut shown = 0;
@@ -74,7 +79,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         &filter,
         |_| {},
         |record| {
-            if !read::is_reportable(&record) {
+            if args.kind.is_none() && !read::is_reportable(&record) {
                 return true;
             }
             shown += 1;
@@ -103,11 +108,18 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn parse_kind(text: &str) -> Result<Kind, String> {
+    text.parse()
+}
+
 fn row(record: &Record) -> Vec<String> {
     let Some(flow) = record.flow() else {
         return vec![
             time::format(record.time),
-            "GAP".to_owned(),
+            match record.unmapped.kind {
+                Kind::Gap => "GAP".to_owned(),
+                other => other.word().to_owned(),
+            },
             String::new(),
             String::new(),
             String::new(),

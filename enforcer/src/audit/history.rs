@@ -1,0 +1,152 @@
+//! The agent's and the policies' history as records in the store, beside the flows they
+//! explain: when the agent started (and whether after a crash), stopped, or failed
+//! closed; which policy was applied or refused, and why. `audit query --kind agent` and
+//! `--kind policy` find them.
+
+use super::record::{AgentEvent, Kind, PolicyEvent, Record, SEVERITY_HIGH, SEVERITY_LOW};
+
+/// The agent's record of `event` at `now_ms`, described by `message`.
+fn agent(event: &str, now_ms: i64, hostname: &str, message: String) -> Record {
+    let mut record = Record::new(Kind::Agent, now_ms, hostname, message);
+    record.unmapped.agent = Some(AgentEvent {
+        event: event.to_owned(),
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        recovered: false,
+    });
+    record
+}
+
+/// The agent started; `recovered` when the previous run ended without sealing the store.
+pub fn started(recovered: bool, now_ms: i64, hostname: &str) -> Record {
+    let mut record = agent(
+        "started",
+        now_ms,
+        hostname,
+        if recovered {
+            format!(
+                "agent started (pid {}) after a crash: the previous run ended without sealing the store",
+                std::process::id()
+            )
+        } else {
+            format!("agent started (pid {})", std::process::id())
+        },
+    );
+    if recovered {
+        record.severity_id = SEVERITY_HIGH;
+    }
+    if let Some(event) = &mut record.unmapped.agent {
+        event.recovered = recovered;
+    }
+    record
+}
+
+/// The agent is stopping; enforcement stays in place.
+pub fn stopping(now_ms: i64, hostname: &str) -> Record {
+    agent(
+        "stopping",
+        now_ms,
+        hostname,
+        "agent stopping; the kernel programs keep enforcing".to_owned(),
+    )
+}
+
+/// The fail-closed switch turned on (`on`) or off.
+pub fn fail_closed(on: bool, now_ms: i64, hostname: &str) -> Record {
+    let mut record = if on {
+        agent(
+            "fail-closed",
+            now_ms,
+            hostname,
+            "fail-closed: audit records cannot be written; every new flow but failsafe access is denied".to_owned(),
+        )
+    } else {
+        agent(
+            "fail-closed-lifted",
+            now_ms,
+            hostname,
+            "fail-closed lifted: flows are decided by the policy again".to_owned(),
+        )
+    };
+    record.severity_id = SEVERITY_HIGH;
+    record
+}
+
+/// A policy record of `event`, described by `message`.
+fn policy(
+    event: PolicyEvent,
+    severity: u32,
+    now_ms: i64,
+    hostname: &str,
+    message: String,
+) -> Record {
+    let mut record = Record::new(Kind::Policy, now_ms, hostname, message);
+    record.severity_id = severity;
+    record.unmapped.policy = Some(event);
+    record
+}
+
+/// What an applied policy was.
+pub struct Applied<'a> {
+    /// What made the agent read it.
+    pub trigger: &'a str,
+    /// The generation it became.
+    pub generation: u32,
+    /// SHA-256 of its files.
+    pub source_sha256: &'a str,
+    /// SHA-256 of its compiled maps.
+    pub image_sha256: &'a str,
+    /// The bundle's version, for a signed bundle.
+    pub bundle_version: Option<u64>,
+    /// Its segments.
+    pub segments: usize,
+    /// Its rules.
+    pub rules: usize,
+}
+
+/// A policy applied.
+pub fn applied(what: &Applied<'_>, now_ms: i64, hostname: &str) -> Record {
+    policy(
+        PolicyEvent {
+            outcome: "applied".to_owned(),
+            trigger: what.trigger.to_owned(),
+            generation: what.generation,
+            source_sha256: Some(what.source_sha256.to_owned()),
+            image_sha256: Some(what.image_sha256.to_owned()),
+            bundle_version: what.bundle_version,
+            segments: Some(what.segments as u64),
+            rules: Some(what.rules as u64),
+            error: None,
+        },
+        SEVERITY_LOW,
+        now_ms,
+        hostname,
+        format!(
+            "policy applied as generation {} ({}, source {})",
+            what.generation,
+            what.trigger,
+            &what.source_sha256[..what.source_sha256.len().min(12)]
+        ),
+    )
+}
+
+/// A policy refused; generation `active` stays in force.
+pub fn refused(trigger: &str, active: u32, error: &str, now_ms: i64, hostname: &str) -> Record {
+    policy(
+        PolicyEvent {
+            outcome: "refused".to_owned(),
+            trigger: trigger.to_owned(),
+            generation: active,
+            source_sha256: None,
+            image_sha256: None,
+            bundle_version: None,
+            segments: None,
+            rules: None,
+            error: Some(error.to_owned()),
+        },
+        SEVERITY_HIGH,
+        now_ms,
+        hostname,
+        format!("policy refused ({trigger}); generation {active} stays in force: {error}"),
+    )
+}
