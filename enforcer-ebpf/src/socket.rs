@@ -32,8 +32,8 @@
 //! dropped and recorded, an allowed flow passes unrecorded (its `connect()` or
 //! `sendmsg()` is on record). A datagram whose sender has closed passes: its `sendmsg()`
 //! was decided, and no later one can follow. So does a packet from a process in no
-//! segment, or an unclassified one: it may be outside the attached subtree, ungoverned. A UDP socket may answer what it let in
-//! ([`peers::heard`]).
+//! segment, or an unclassified one: it may be outside the attached subtree, ungoverned.
+//! A UDP socket may answer what it let in ([`peers::heard`]).
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -163,8 +163,7 @@ fn new_flow<const B: bool>(
     }
     // SAFETY: `skb` is the program's context.
     if unsafe { (*skb).ifindex } == LOOPBACK_IFINDEX {
-        let syn = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
-        return local_flow(ctx, slot, generation, receiver, &flow, syn, &peer, now);
+        return local_flow(ctx, slot, generation, receiver, &flow, flags, &peer);
     }
     let mut group_answer = false;
     if receiver == Receiver::Datagram {
@@ -199,9 +198,8 @@ fn new_flow<const B: bool>(
     PASS
 }
 
-/// Decides a packet `flow` that came over loopback for `receiver` (`syn`: a TCP SYN
-/// without ACK), as the module's documentation says.
-#[allow(clippy::too_many_arguments)]
+/// Decides a packet `flow` (with TCP flags `flags`) that came over loopback for
+/// `receiver`, from the peer `peer` names, as the module's documentation says.
 #[inline(always)]
 fn local_flow<const B: bool>(
     ctx: &SkBuffContext,
@@ -209,10 +207,11 @@ fn local_flow<const B: bool>(
     generation: u32,
     receiver: Receiver,
     flow: &Flow,
-    syn: bool,
+    flags: u8,
     peer: &PeerKey,
-    now: u64,
 ) -> i32 {
+    let syn = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
+    let now = peers::now();
     match receiver {
         // The rest of a handshake whose SYN was decided.
         Receiver::Listener if !syn => return PASS,

@@ -837,17 +837,28 @@ fn the_agents_and_the_policies_history_is_in_the_store() {
         .collect();
     assert_eq!(
         outcomes,
-        [("applied", "start"), ("refused", "file-change"), ("applied", "start")],
+        [
+            ("applied", "start"),
+            ("refused", "file-change"),
+            ("applied", "start")
+        ],
         "{policies:#?}"
     );
     let first = &policies[0]["unmapped"]["policy"];
     assert_eq!(first["source_sha256"], applied_first.as_str());
     assert_eq!(first["generation"], 1);
-    assert!(first["image_sha256"].as_str().is_some_and(|h| h.len() == 64));
+    assert!(
+        first["image_sha256"]
+            .as_str()
+            .is_some_and(|h| h.len() == 64)
+    );
     let refused = &policies[1]["unmapped"]["policy"];
     assert_eq!(refused["generation"], 1, "generation 1 stays in force");
     let error = refused["error"].as_str().expect("why");
-    assert!(error.contains(".toml:") && error.contains("nowhere"), "{error}");
+    assert!(
+        error.contains(".toml:") && error.contains("nowhere"),
+        "{error}"
+    );
 
     let lives: Vec<(String, bool)> = records_of_kind(&agent, "agent")
         .iter()
