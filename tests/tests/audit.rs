@@ -151,6 +151,13 @@ fn flows_from_real_connects_land_in_the_store_with_their_rule() {
     assert_eq!(denied["unmapped"]["flow"]["reason"], "default-deny");
     assert_eq!(denied["firewall_rule"]["uid"], "default-deny");
 
+    // Stats count the flows of each policy generation.
+    let stats = audit_stats(&agent);
+    let generation = &stats["generations"]["1"];
+    assert_eq!(generation["flows"], 2, "{stats:#}");
+    assert_eq!(generation["denied"], 1, "{stats:#}");
+    assert_eq!(generation["policy_sha256"], source_sha256.as_str());
+
     // The rule filter finds the allowed flow alone.
     let output = agent.command(&["audit", "query", "--json", "--rule", "api-to-peer"]);
     let by_rule: Vec<Value> = String::from_utf8_lossy(&output.stdout)
@@ -862,6 +869,10 @@ fn the_agents_and_the_policies_history_is_in_the_store() {
 
     let lives: Vec<(String, bool)> = records_of_kind(&agent, "agent")
         .iter()
+        .filter(|r| {
+            ["started", "stopping"]
+                .contains(&r["unmapped"]["agent"]["event"].as_str().unwrap_or(""))
+        })
         .map(|r| {
             let event = &r["unmapped"]["agent"];
             (

@@ -209,4 +209,21 @@ ports = ["{ALLOWED}/tcp"]
     assert!(refused_on(&first.host_if), "{records:#?}");
     assert!(refused_on(&second.host_if), "{records:#?}");
     assert!(refused_on(&tunnel), "{records:#?}");
+    // So is every interface XDP went on, in the agent's history.
+    let output = agent.command(&["audit", "query", "--json", "--kind", "agent"]);
+    let history = String::from_utf8_lossy(&output.stdout);
+    let attached: Vec<String> = history
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON"))
+        .filter(|r| r["unmapped"]["agent"]["event"] == "xdp-attached")
+        .filter_map(|r| {
+            r["unmapped"]["agent"]["interface"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    for interface in [&first.host_if, &second.host_if, &tunnel, &third.host_if] {
+        assert!(attached.contains(interface), "{interface}: {attached:?}");
+    }
+    assert!(!attached.contains(&tun), "{attached:?}");
 }

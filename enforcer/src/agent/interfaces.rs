@@ -71,7 +71,7 @@ impl InterfaceSet {
 
     /// The first start: every listed interface must exist (a typo in the config is
     /// refused, nothing attached to it), then [`InterfaceSet::sync`].
-    pub fn start(&mut self, loader: &mut Loader) -> anyhow::Result<()> {
+    pub fn start(&mut self, loader: &mut Loader) -> anyhow::Result<Vec<XdpChange>> {
         if let Interfaces::Listed(list) = &self.selection {
             for (i, interface) in list.iter().enumerate() {
                 host::interfaces::index(&interface.name).with_context(|| {
@@ -88,8 +88,9 @@ impl InterfaceSet {
     /// Attaches XDP to every selected interface of the host that does not have it at its
     /// current index, and forgets (and unpins) interfaces that are gone or no longer
     /// selected. An attach that fails is logged and kept as failed (retried at the next
-    /// change); it does not stop the others.
-    pub fn sync(&mut self, loader: &mut Loader) -> anyhow::Result<()> {
+    /// change); it does not stop the others. Returns what changed, for the audit trail.
+    pub fn sync(&mut self, loader: &mut Loader) -> anyhow::Result<Vec<XdpChange>> {
+        let mut changes = Vec::new();
         let present = host::interfaces::all().context("listing this host's interfaces")?;
         let link_types = host::interfaces::link_types().context("reading link types")?;
         let mut keep = BTreeMap::new();
@@ -143,6 +144,11 @@ impl InterfaceSet {
                             Some(err.to_string())
                         }
                     };
+                    changes.push(XdpChange {
+                        interface: name.clone(),
+                        attached: error.is_none(),
+                        error: error.clone(),
+                    });
                     InterfaceXdp {
                         index,
                         mode: mode_word(mode).to_owned(),
@@ -165,7 +171,23 @@ impl InterfaceSet {
             .collect();
         for detached in loader.detach_other_interfaces(&attached)? {
             tracing::info!(interface = %detached, "XDP detached: the interface is gone or no longer configured");
+            changes.push(XdpChange {
+                interface: detached,
+                attached: false,
+                error: None,
+            });
         }
-        Ok(())
+        Ok(changes)
     }
+}
+
+/// XDP put on or taken off an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpChange {
+    /// The interface.
+    pub interface: String,
+    /// Attached (else detached, or failed to attach when `error` says why).
+    pub attached: bool,
+    /// Why the attach failed.
+    pub error: Option<String>,
 }

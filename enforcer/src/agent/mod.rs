@@ -193,7 +193,8 @@ impl Agent {
         tracing::info!(cgroup = %cgroup.display(), ?outcome, "cgroup hooks in force");
         // Bindings made from now on are learnt by the kernel; those made before, here.
         agent.learn_existing_listeners();
-        agent.interfaces.start(&mut agent.loader)?;
+        let changes = agent.interfaces.start(&mut agent.loader)?;
+        agent.note_xdp_changes(&changes);
         agent.publish_interfaces();
         agent.write_state();
         Ok(agent)
@@ -345,14 +346,29 @@ impl Agent {
         }
     }
 
+    /// Puts XDP attached to, failed on, or detached from interfaces in the audit trail.
+    fn note_xdp_changes(&self, changes: &[interfaces::XdpChange]) {
+        let hostname = host::hostname();
+        for change in changes {
+            self.audit.note(history::xdp(
+                &change.interface,
+                change.attached,
+                change.error.as_deref(),
+                record::now_ms(),
+                &hostname,
+            ));
+        }
+    }
+
     /// After rtnetlink reported a change: XDP onto interfaces that appeared (or were
     /// re-created), off those that went, and this host's addresses read again.
     fn host_changed(&mut self) {
-        if let Err(err) = self.interfaces.sync(&mut self.loader) {
-            tracing::error!(
+        match self.interfaces.sync(&mut self.loader) {
+            Ok(changes) => self.note_xdp_changes(&changes),
+            Err(err) => tracing::error!(
                 error = format!("{err:#}"),
                 "cannot bring XDP up to date with this host's interfaces"
-            );
+            ),
         }
         self.publish_interfaces();
         self.write_state();

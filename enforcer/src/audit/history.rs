@@ -1,6 +1,7 @@
 //! The agent's and the policies' history as records in the store, beside the flows they
 //! explain: when the agent started (and whether after a crash), stopped, or failed
-//! closed; which policy was applied or refused, and why. `audit query --kind agent` and
+//! closed; which interfaces got XDP or lost it; which policy was applied or refused, and
+//! why. `audit query --kind agent` and
 //! `--kind policy` find them.
 
 use super::record::{AgentEvent, Kind, PolicyEvent, Record, SEVERITY_HIGH, SEVERITY_LOW};
@@ -13,7 +14,42 @@ fn agent(event: &str, now_ms: i64, hostname: &str, message: String) -> Record {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         recovered: false,
+        interface: None,
+        error: None,
     });
+    record
+}
+
+/// XDP attached to `interface`, detached from it, or (`error`) failed to attach.
+pub fn xdp(
+    interface: &str,
+    attached: bool,
+    error: Option<&str>,
+    now_ms: i64,
+    hostname: &str,
+) -> Record {
+    let (event, message) = match (attached, error) {
+        (true, _) => (
+            "xdp-attached",
+            format!("XDP ingress in force on {interface}"),
+        ),
+        (false, Some(error)) => (
+            "xdp-attach-failed",
+            format!("cannot attach XDP ingress to {interface}; it has none: {error}"),
+        ),
+        (false, None) => (
+            "xdp-detached",
+            format!("XDP detached from {interface}: it is gone or no longer configured"),
+        ),
+    };
+    let mut record = agent(event, now_ms, hostname, message);
+    if error.is_some() {
+        record.severity_id = SEVERITY_HIGH;
+    }
+    if let Some(details) = &mut record.unmapped.agent {
+        details.interface = Some(interface.to_owned());
+        details.error = error.map(str::to_owned);
+    }
     record
 }
 

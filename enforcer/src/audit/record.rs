@@ -332,7 +332,8 @@ pub struct Unmapped {
 /// A moment in the agent's life.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentEvent {
-    /// `started`, `stopping`, `fail-closed` or `fail-closed-lifted`.
+    /// `started`, `stopping`, `fail-closed`, `fail-closed-lifted`, `xdp-attached`,
+    /// `xdp-attach-failed` or `xdp-detached`.
     pub event: String,
     /// The agent's process id.
     pub pid: u32,
@@ -341,6 +342,12 @@ pub struct AgentEvent {
     /// `started`: the previous run ended without sealing the store (a crash, a kill).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recovered: bool,
+    /// `xdp-attached`, `xdp-attach-failed`, `xdp-detached`: the interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// `xdp-attach-failed`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A policy applied or refused.

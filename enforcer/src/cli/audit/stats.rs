@@ -1,5 +1,6 @@
 //! `enforcer audit stats`: who talked to whom. Top talkers (source to destination, by
-//! flow count), denials by rule or reason, and a segment-to-segment matrix of flows.
+//! flow count), denials by rule or reason, a segment-to-segment matrix of flows, and the
+//! flows each policy generation decided.
 
 use std::{collections::BTreeMap, process::ExitCode};
 
@@ -36,6 +37,17 @@ struct Stats {
     denials: BTreeMap<String, Denials>,
     /// Source segment → destination segment → flows.
     matrix: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Policy generation → the flows it decided.
+    generations: BTreeMap<u32, Generation>,
+}
+
+/// The flows one policy generation decided.
+#[derive(Debug, Default, Serialize)]
+struct Generation {
+    /// SHA-256 of its policy files (empty when the record did not know it).
+    policy_sha256: String,
+    flows: u64,
+    denied: u64,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -101,9 +113,15 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 ..Talker::default()
             });
             talker.flows += 1;
+            let generation = stats.generations.entry(flow.generation).or_default();
+            generation.flows += 1;
+            if generation.policy_sha256.is_empty() {
+                generation.policy_sha256.clone_from(&flow.policy_sha256);
+            }
             let decided_by = flow.rule.clone().unwrap_or_else(|| flow.reason.clone());
             match flow.verdict.as_str() {
                 "deny" => {
+                    generation.denied += 1;
                     talker.denied += 1;
                     stats.denials.entry(decided_by).or_default().deny += 1;
                 }
@@ -190,5 +208,16 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
     println!("\nFlows, segment to segment");
     print_table(&matrix);
+    let mut generations = table(&["generation", "policy (sha256)", "flows", "denied"]);
+    for (number, generation) in &stats.generations {
+        generations.add_row([
+            number.to_string(),
+            generation.policy_sha256.chars().take(12).collect(),
+            generation.flows.to_string(),
+            generation.denied.to_string(),
+        ]);
+    }
+    println!("\nFlows by policy generation");
+    print_table(&generations);
     Ok(ExitCode::SUCCESS)
 }
