@@ -550,10 +550,12 @@ fn append_to(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// The epoch of the newest forward-secure seal in `files` (searched from the newest
-/// file back), if any.
+/// The epoch of the newest forward-secure seal in the newest two of `files`, if any:
+/// while sealing is on, every file seal follows an epoch seal, so the last one is in the
+/// newest file or, when that one was cut short by a crash, in the file before. (A store
+/// sealed for the first time has none, and is not read through to its oldest file.)
 fn last_epoch(files: &[SegmentFile]) -> io::Result<Option<u64>> {
-    for file in files.iter().rev() {
+    for file in files.iter().rev().take(2) {
         let text = fs::read_to_string(&file.path)?;
         let found = text
             .lines()

@@ -266,8 +266,7 @@ fn check_host_key(
         }
     }
     let expected = walk.sealing.as_ref().map_or(0, |s| s.last_epoch + 1);
-    let first = walk.sealing.as_ref().map_or(0, |s| s.first_epoch);
-    if host_key.index() > expected && (walk.sealing.is_some() || host_key.index() > first) {
+    if host_key.index() > expected {
         let since = walk.sealing.as_ref().map_or_else(
             || "the store's start".to_owned(),
             |s| {
