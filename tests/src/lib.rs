@@ -20,6 +20,7 @@ pub mod packet;
 pub mod pins;
 pub mod policy;
 pub mod probe;
+pub mod script;
 pub mod services;
 pub mod syslog;
 

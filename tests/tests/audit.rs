@@ -73,8 +73,15 @@ fn lost(records: &[Value], cause: &str) -> u64 {
 
 /// `enforcer audit verify DIR`: (exit code, stdout + stderr).
 fn verify(dir: &Path) -> (i32, String) {
+    verify_with(dir, &[])
+}
+
+/// `enforcer audit verify` with `args` before the directory: its exit code and everything
+/// it printed.
+fn verify_with(dir: &Path, args: &[&std::ffi::OsStr]) -> (i32, String) {
     let output = Command::new(enforcer_bin())
         .args(["audit", "verify"])
+        .args(args)
         .arg(dir)
         .output()
         .expect("run enforcer audit verify");
@@ -682,19 +689,14 @@ fn wait_for_seals(key_file: &Path, seals: u64) {
 
 /// `enforcer audit verify` with the verification key and the host's key file.
 fn verify_sealed(dir: &Path, verify_key: &str, key_file: &Path) -> (i32, String) {
-    let output = Command::new(enforcer_bin())
-        .args(["audit", "verify", "--verify-key", verify_key, "--key-file"])
-        .arg(key_file)
-        .arg(dir)
-        .output()
-        .expect("run enforcer audit verify");
-    (
-        output.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
+    verify_with(
+        dir,
+        &[
+            "--verify-key".as_ref(),
+            verify_key.as_ref(),
+            "--key-file".as_ref(),
+            key_file.as_os_str(),
+        ],
     )
 }
 

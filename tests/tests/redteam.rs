@@ -27,13 +27,9 @@
 //! in 198.19.250.0/30 and 2001:db8:5eed::/64, which the harness's `Veth` never uses).
 
 use std::{
-    fs::{File, OpenOptions},
-    io::{BufRead as _, BufReader},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
 use aya::programs::XdpMode;
@@ -42,151 +38,23 @@ use enforcer_tests::{
     LINK_PREFIX, PREFIX,
     cgroup::TestCgroup,
     events::{drain, segment_id},
-    netns::{Netns, add_veth, address_up, setns_net},
+    netns::{Netns, add_veth, address_up},
     policy::{image, loaded_with},
     probe::{Outcome, Spawn},
+    script::{Log, Script},
 };
 
 // ---------------------------------------------------------------------------------------
 // Harness of our own: a Python helper started in a netns and/or cgroup.
 
-struct Script {
-    command: Command,
-    netns: Option<File>,
-    procs: Option<File>,
-}
-
+/// A helper of `tests/scripts/rt_attack.py`.
 fn script(args: &[&str]) -> Script {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rt_attack.py");
-    let mut command = Command::new("python3");
-    command.arg(path).args(args);
-    Script {
-        command,
-        netns: None,
-        procs: None,
-    }
+    Script::new("rt_attack.py", args)
 }
 
-/// [`script`] run by `unshare -U -r -n`: in a fresh user and network namespace, which
-/// any process may create where unprivileged user namespaces are enabled (the default of
-/// most distributions), or with `CAP_SYS_ADMIN`.
+/// [`script`] run by `unshare -U -r -n`, in a user and network namespace of its own.
 fn script_in_new_netns(args: &[&str]) -> Script {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rt_attack.py");
-    let mut command = Command::new("unshare");
-    command
-        .args(["-U", "-r", "-n", "python3"])
-        .arg(path)
-        .args(args);
-    Script {
-        command,
-        netns: None,
-        procs: None,
-    }
-}
-
-impl Script {
-    fn netns(mut self, netns: &Netns) -> Self {
-        self.netns = Some(netns.open());
-        self
-    }
-
-    fn cgroup(mut self, cgroup: &TestCgroup) -> Self {
-        self.procs = Some(
-            OpenOptions::new()
-                .write(true)
-                .open(cgroup.procs_file())
-                .expect("open cgroup.procs"),
-        );
-        self
-    }
-
-    fn spawn(mut self) -> Child {
-        let netns = self.netns.take();
-        let procs = self.procs.take();
-        // SAFETY: write and setns on descriptors opened before the fork.
-        unsafe {
-            self.command.pre_exec(move || {
-                if let Some(procs) = &procs {
-                    let rc = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
-                    if rc != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if let Some(netns) = &netns {
-                    setns_net(netns)?;
-                }
-                Ok(())
-            });
-        }
-        self.command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn python3")
-    }
-
-    /// Starts a server; returns it and the address of its banner.
-    fn serve(self) -> (Guard, SocketAddr) {
-        let mut child = self.spawn();
-        let stdout = child.stdout.take().expect("stdout");
-        let guard = Guard(child);
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("banner");
-        let addr = line
-            .trim()
-            .strip_prefix("listening ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("server did not start: {line:?}"));
-        (guard, addr)
-    }
-
-    /// Runs a client; returns everything it printed.
-    fn run(self) -> String {
-        let child = self.spawn();
-        let output = child.wait_with_output().expect("wait");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-}
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A file a helper appends to; removed on drop.
-struct Log(PathBuf);
-
-impl Log {
-    fn new(tag: &str) -> Self {
-        Self(std::env::temp_dir().join(format!("{PREFIX}rt-{}-{tag}", std::process::id())))
-    }
-    fn path(&self) -> &str {
-        self.0.to_str().expect("utf-8")
-    }
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.0).unwrap_or_default()
-    }
-    /// Waits up to `wait` for `needle`; returns the text either way.
-    fn wait_for(&self, needle: &str, wait: Duration) -> String {
-        let since = Instant::now();
-        loop {
-            let text = self.text();
-            if text.contains(needle) || since.elapsed() > wait {
-                return text;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Log {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+    Script::in_new_netns("rt_attack.py", args)
 }
 
 struct RtVeth {
@@ -315,7 +183,7 @@ ports = ["1-65535/udp"]
         log.path(),
     ])
     .cgroup(&app)
-    .serve();
+    .serve_at();
     assert!(
         log.text().starts_with("sent"),
         "the query is allowed: {}",
@@ -399,7 +267,7 @@ ports = ["{REUSE_PORT}/tcp"]
     let mut events = loader.take_events().expect("events");
     loader.attach_cgroup(parent.path()).expect("attach cgroup");
     let port = REUSE_PORT.to_string();
-    let (_b, _) = script(&["reuseport-serve", "0.0.0.0", &port, "B", "20000"])
+    let _b = script(&["reuseport-serve", "0.0.0.0", &port, "B", "20000"])
         .cgroup(&b)
         .serve();
     // Control: c cannot reach b's port while b alone serves it.
@@ -486,7 +354,7 @@ ports = ["{NETNS_PORT}/tcp", "{NETNS_PORT}/udp"]
     let mut events = loader.take_events().expect("events");
     loader.attach_cgroup(parent.path()).expect("attach cgroup");
     let port = NETNS_PORT.to_string();
-    let (_b, _) = script(&["reuseport-serve", "0.0.0.0", &port, "B", "20000", "noreuse"])
+    let _b = script(&["reuseport-serve", "0.0.0.0", &port, "B", "20000", "noreuse"])
         .cgroup(&b)
         .serve();
     let control = script(&["connect-names", "127.0.0.1", &port, "2"])
@@ -494,7 +362,7 @@ ports = ["{NETNS_PORT}/tcp", "{NETNS_PORT}/udp"]
         .run();
     assert!(!control.contains("\nB"), "control: {control}");
     // c's process in a namespace of its own binds the port there.
-    let (_shadow, _) =
+    let _shadow =
         script_in_new_netns(&["reuseport-serve", "0.0.0.0", &port, "C", "20000", "noreuse"])
             .cgroup(&c)
             .serve();
@@ -521,7 +389,7 @@ ports = ["{NETNS_PORT}/tcp", "{NETNS_PORT}/udp"]
     let udp_control = Spawn::udp_client(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), NETNS_PORT))
         .cgroup(&c)
         .run();
-    let (_shadow_udp, _) = script_in_new_netns(&["udp-hold", "0.0.0.0", &port, "20000"])
+    let _shadow_udp = script_in_new_netns(&["udp-hold", "0.0.0.0", &port, "20000"])
         .cgroup(&c)
         .serve();
     let udp_exchange = Spawn::udp_client(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), NETNS_PORT))
@@ -584,7 +452,7 @@ cidrs = ["{PEER4}/32"]
     let server_log = Log::new("late-server");
     let peer_log = Log::new("late-peer");
     let gate = Log::new("late-gate");
-    let (_server, _) = script(&[
+    let _server = script(&[
         "answer-later",
         &HOST4.to_string(),
         "18060",
@@ -593,7 +461,7 @@ cidrs = ["{PEER4}/32"]
     ])
     .cgroup(&app)
     .serve();
-    let (_peer, _) = script(&[
+    let _peer = script(&[
         "query-and-listen",
         &HOST4.to_string(),
         "18060",
@@ -613,7 +481,7 @@ cidrs = ["{PEER4}/32"]
     let applied = loader.apply(&second, &root).expect("apply generation 2");
     assert_eq!(applied.generation, 2);
     drain(&mut events);
-    std::fs::write(&gate.0, b"go").expect("open the gate");
+    gate.open_gate();
     let server = server_log.wait_for("late", Duration::from_millis(2000));
     let got = peer_log.wait_for("late-answer", Duration::from_millis(1500));
     let sends: Vec<FlowEvent> = drain(&mut events)
@@ -673,7 +541,7 @@ cidrs = ["{PEER4}/32", "{PEER6}/128"]
 
     let serve = |tag: &str, addr: String, port: &str, cgroup: &TestCgroup| {
         let log = Log::new(tag);
-        let (server, _) = script(&["recverr-serve", &addr, port, "6000", log.path()])
+        let server = script(&["recverr-serve", &addr, port, "6000", log.path()])
             .cgroup(cgroup)
             .serve();
         (log, server)

@@ -11,12 +11,8 @@
 
 use std::{
     collections::BTreeSet,
-    fs::{File, OpenOptions},
-    io::{BufRead as _, BufReader, Lines},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
-    path::PathBuf,
-    process::{Child, ChildStdout, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -26,142 +22,18 @@ use enforcer_tests::{
     cgroup::TestCgroup,
     cmd::{run, run_quietly},
     events::{decided_by, drain, segment_id},
-    netns::{Netns, address_up, setns_net},
+    netns::{Netns, address_up},
     policy::{image, loaded_with},
     probe::{Outcome, Spawn},
+    script::{Log, Script},
 };
 
 // ---------------------------------------------------------------------------------------
 // Harness of our own: the Python helper, started in a netns and/or cgroup.
 
-struct Script {
-    command: Command,
-    netns: Option<File>,
-    procs: Option<File>,
-}
-
+/// A helper of `tests/scripts/rt3_attack.py`.
 fn script(args: &[&str]) -> Script {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rt3_attack.py");
-    let mut command = Command::new("python3");
-    command.arg(path).args(args);
-    Script {
-        command,
-        netns: None,
-        procs: None,
-    }
-}
-
-impl Script {
-    fn netns(mut self, netns: &Netns) -> Self {
-        self.netns = Some(netns.open());
-        self
-    }
-
-    fn cgroup(mut self, cgroup: &TestCgroup) -> Self {
-        self.procs = Some(
-            OpenOptions::new()
-                .write(true)
-                .open(cgroup.procs_file())
-                .expect("open cgroup.procs"),
-        );
-        self
-    }
-
-    fn spawn(mut self) -> Child {
-        let netns = self.netns.take();
-        let procs = self.procs.take();
-        // SAFETY: write and setns on descriptors opened before the fork.
-        unsafe {
-            self.command.pre_exec(move || {
-                if let Some(procs) = &procs {
-                    let rc = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
-                    if rc != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if let Some(netns) = &netns {
-                    setns_net(netns)?;
-                }
-                Ok(())
-            });
-        }
-        self.command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn python3")
-    }
-
-    /// Starts a server; returns it once it printed its banner.
-    fn serve(self) -> Guard {
-        let (guard, mut lines) = self.start();
-        let line = lines.next().and_then(Result::ok).unwrap_or_default();
-        assert!(
-            line.starts_with("listening "),
-            "server did not start: {line:?}"
-        );
-        guard
-    }
-
-    /// Starts a process whose output is read line by line.
-    fn start(self) -> (Guard, Lines<BufReader<ChildStdout>>) {
-        let mut child = self.spawn();
-        let stdout = child.stdout.take().expect("stdout");
-        (Guard(child), BufReader::new(stdout).lines())
-    }
-
-    /// Runs a client; returns everything it printed.
-    fn run(self) -> String {
-        let child = self.spawn();
-        let output = child.wait_with_output().expect("wait");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-}
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A file a helper appends to (or a gate it waits for); removed on drop.
-struct Log(PathBuf);
-
-impl Log {
-    fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("{PREFIX}rt3-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        Self(path)
-    }
-    fn path(&self) -> &str {
-        self.0.to_str().expect("utf-8")
-    }
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.0).unwrap_or_default()
-    }
-    /// Waits up to `wait` for `needle`; returns the text either way.
-    fn wait_for(&self, needle: &str, wait: Duration) -> String {
-        let since = Instant::now();
-        loop {
-            let text = self.text();
-            if text.contains(needle) || since.elapsed() > wait {
-                return text;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    fn open_gate(&self) {
-        std::fs::write(&self.0, b"go").expect("open the gate");
-    }
-}
-
-impl Drop for Log {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+    Script::new("rt3_attack.py", args)
 }
 
 fn rt3_netns(tag: &str) -> Netns {
@@ -688,47 +560,72 @@ const STALE_TCP_PORT: u16 = 47_332;
 /// policy denies, recorded as `client` to `client`.
 #[test]
 fn a_connected_udp_socket_does_not_outlive_the_listener_it_was_decided_against() {
-    let parent = rt3_cgroup("u");
+    stale_decision(&Stale {
+        tag: "u",
+        port: STALE_UDP_PORT,
+        protocol: 17,
+        mode: "udp-stale",
+        wait_ms: "2000",
+        server: Spawn::udp_server,
+        client: Spawn::udp_client,
+    });
+}
+
+/// One stale-decision attack: `client` sets it up with the helper's `mode` (which prints
+/// `ready`, waits for the gate, then what came of it), `payments` starts serving the port.
+struct Stale {
+    tag: &'static str,
+    port: u16,
+    protocol: u8,
+    mode: &'static str,
+    wait_ms: &'static str,
+    server: fn(SocketAddr) -> Spawn,
+    client: fn(SocketAddr) -> Spawn,
+}
+
+/// Runs `stale`: the control (while `payments` serves the port, `client` cannot reach
+/// it), then the attack, which must not get `payments`' answer, and whose flow must be
+/// recorded as denied where it arrived.
+fn stale_decision(stale: &Stale) {
+    let parent = rt3_cgroup(stale.tag);
     let client = parent.child("client.service");
     let payments = parent.child("payments.service");
-    let image = image(&stale_policy(&client, &payments, STALE_UDP_PORT));
+    let image = image(&stale_policy(&client, &payments, stale.port));
     let mut loader = loaded_with(&image);
     let mut events = loader.take_events().expect("events");
     loader.attach_cgroup(parent.path()).expect("attach");
-    let port = STALE_UDP_PORT.to_string();
-    let server_at = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), STALE_UDP_PORT);
-
-    // Control: while `payments` serves the port, `client` cannot reach it.
+    let port = stale.port.to_string();
+    let server_at = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), stale.port);
     {
-        let _server = Spawn::udp_server(server_at).cgroup(&payments).serve();
-        let control =
-            Spawn::udp_client(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), STALE_UDP_PORT))
-                .cgroup(&client)
-                .run();
+        let _server = (stale.server)(server_at).cgroup(&payments).serve();
+        let control = (stale.client)(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), stale.port))
+            .cgroup(&client)
+            .run();
         assert!(control.is_eperm(), "control: {control:?}");
     }
 
-    let gate = Log::new("udp-gate");
-    let (_attacker, mut lines) = script(&["udp-stale", gate.path(), &port, "127.0.0.1", "2000"])
-        .cgroup(&client)
-        .start();
+    let gate = Log::new(&format!("{}-gate", stale.tag));
+    let (_attacker, mut lines) =
+        script(&[stale.mode, gate.path(), &port, "127.0.0.1", stale.wait_ms])
+            .cgroup(&client)
+            .start();
     let ready = lines.next().and_then(Result::ok).unwrap_or_default();
-    assert_eq!(ready, "ready", "the stale socket was not set up");
-    let _server = Spawn::udp_server(server_at).cgroup(&payments).serve();
+    assert_eq!(ready, "ready", "the stale {} was not set up", stale.mode);
+    let _server = (stale.server)(server_at).cgroup(&payments).serve();
     gate.open_gate();
     let answer = lines.next().and_then(Result::ok).unwrap_or_default();
     let recorded = drain(&mut events);
     let names: Vec<String> = recorded.iter().map(|e| decided_by(&image, e)).collect();
     eprintln!(
-        "client's stale socket: {answer:?}\nrecords: {:#?} {names:?}",
+        "client's stale flow: {answer:?}\nrecords: {:#?} {names:?}",
         show(&recorded)
     );
     assert!(
         !answer.starts_with("answer"),
-        "BYPASS: `client`'s connected UDP socket exchanged datagrams with `payments` \
-         ({answer:?}); records: {names:?}"
+        "BYPASS: `client`'s {} exchanged data with `payments` ({answer:?}); records: {names:?}",
+        stale.mode
     );
-    assert_stale_denial_recorded(&image, &recorded, 17);
+    assert_stale_denial_recorded(&image, &recorded, stale.protocol);
 }
 
 /// The stale flow was decided again where it arrived: a denial at the receiving socket,
@@ -768,46 +665,15 @@ fn assert_stale_denial_recorded(
 /// passes every handshake, and the connection is made.
 #[test]
 fn a_retransmitted_syn_does_not_reach_a_listener_it_was_not_decided_against() {
-    let parent = rt3_cgroup("s");
-    let client = parent.child("client.service");
-    let payments = parent.child("payments.service");
-    let image = image(&stale_policy(&client, &payments, STALE_TCP_PORT));
-    let mut loader = loaded_with(&image);
-    let mut events = loader.take_events().expect("events");
-    loader.attach_cgroup(parent.path()).expect("attach");
-    let port = STALE_TCP_PORT.to_string();
-    let server_at = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), STALE_TCP_PORT);
-
-    {
-        let _server = Spawn::tcp_server(server_at).cgroup(&payments).serve();
-        let control =
-            Spawn::tcp_client(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), STALE_TCP_PORT))
-                .cgroup(&client)
-                .run();
-        assert!(control.is_eperm(), "control: {control:?}");
-    }
-
-    let gate = Log::new("tcp-gate");
-    let (_attacker, mut lines) = script(&["tcp-stale", gate.path(), &port, "127.0.0.1", "6000"])
-        .cgroup(&client)
-        .start();
-    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
-    assert_eq!(ready, "ready", "the stale SYN was not set up");
-    let _server = Spawn::tcp_server(server_at).cgroup(&payments).serve();
-    gate.open_gate();
-    let answer = lines.next().and_then(Result::ok).unwrap_or_default();
-    let recorded = drain(&mut events);
-    let names: Vec<String> = recorded.iter().map(|e| decided_by(&image, e)).collect();
-    eprintln!(
-        "client's stale connect: {answer:?}\nrecords: {:#?} {names:?}",
-        show(&recorded)
-    );
-    assert!(
-        !answer.starts_with("answer"),
-        "BYPASS: `client`'s retransmitted SYN made a connection to `payments` ({answer:?}); \
-         records: {names:?}"
-    );
-    assert_stale_denial_recorded(&image, &recorded, 6);
+    stale_decision(&Stale {
+        tag: "s",
+        port: STALE_TCP_PORT,
+        protocol: 6,
+        mode: "tcp-stale",
+        wait_ms: "6000",
+        server: Spawn::tcp_server,
+        client: Spawn::tcp_client,
+    });
 }
 
 // =======================================================================================
