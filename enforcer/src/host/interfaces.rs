@@ -71,10 +71,10 @@ pub fn link_types() -> io::Result<Vec<(String, u16)>> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Addresses {
     /// Every address of every interface (loopback included), and every single address a
-    /// route of the `local` table names (IPv6 anycast addresses among them).
+    /// `local` or `anycast` route names, in any table (IPv6 anycast addresses among them).
     pub local: BTreeSet<IpAddr>,
     /// The broadcast address of every IPv4 network an interface is on, and those the
-    /// `local` table names.
+    /// `broadcast` routes name.
     pub broadcast: BTreeSet<IpAddr>,
     /// The wider `local` routes (AnyIP prefixes), loopback's `127.0.0.0/8` left out:
     /// every address in them is this host's.
@@ -82,7 +82,7 @@ pub struct Addresses {
 }
 
 impl Addresses {
-    /// Adds what a route of the `local` table makes this host's.
+    /// Adds what a `local`, `anycast` or `broadcast` route makes this host's.
     fn add_route(&mut self, route: LocalRoute) {
         let loopback = IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8));
         let destination = route.destination;
@@ -102,9 +102,9 @@ impl Addresses {
 }
 
 /// Every address of every interface of this network namespace, their networks'
-/// broadcast addresses, and what the kernel's `local` routing table adds to them: the
-/// kernel delivers a packet to this host when that table says so, whether or not an
-/// interface holds the address.
+/// broadcast addresses, and what the routing tables' `local`, `anycast` and `broadcast`
+/// routes add to them: the kernel delivers a packet to this host when such a route says
+/// so, whether or not an interface holds the address.
 pub fn addresses() -> io::Result<Addresses> {
     let mut found = Addresses::default();
     for route in local_routes()? {

@@ -15,7 +15,7 @@ use netlink_packet_route::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-/// What a route of the `local` table makes of its destinations.
+/// What a `local`, `anycast` or `broadcast` route makes of its destinations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalKind {
     /// Delivered to this host (`local` and `anycast` routes).
@@ -145,7 +145,7 @@ mod tests {
 
     #[test]
     fn the_loopback_prefix_and_address_are_local_routes() {
-        let routes = local_routes().expect("the local table can be dumped");
+        let routes = local_routes().expect("the local routes can be dumped");
         let loopback: IpNet = "127.0.0.0/8".parse().unwrap();
         let v6: IpNet = "::1/128".parse().unwrap();
         for wanted in [loopback, v6] {

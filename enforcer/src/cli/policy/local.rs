@@ -13,8 +13,8 @@ use crate::policy::explain::LocalAddresses;
 /// Arguments naming the host's own addresses.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HostArgs {
-    /// Decide as this machine's kernel does: its interface addresses and the routes of
-    /// its `local` table (AnyIP prefixes, IPv6 anycast) are this host.
+    /// Decide as this machine's kernel does: its interface addresses and its `local`
+    /// routes in any table (AnyIP prefixes, IPv6 anycast) are this host.
     #[arg(long)]
     on_this_host: bool,
     /// An address or prefix the host in question delivers to itself (its interface
