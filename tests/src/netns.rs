@@ -282,3 +282,36 @@ pub fn setns_net(fd: &File) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// A route of this host's network namespace, removed when dropped: `ip route add ARGS`
+/// (with `-6` when an argument is an IPv6 address), undone with `ip route del ARGS`.
+pub struct Route(Vec<String>);
+
+impl Route {
+    /// Adds the route `args` describe.
+    pub fn add(args: &[&str]) -> Self {
+        let mut full = vec!["route", "add"];
+        full.extend_from_slice(args);
+        if args.iter().any(|a| a.contains(':')) {
+            full.insert(0, "-6");
+        }
+        run("ip", &full);
+        Self(full.iter().map(|s| (*s).to_owned()).collect())
+    }
+
+    /// A `local` route on loopback (AnyIP): every address of `prefix` is this host's.
+    pub fn local(prefix: &str) -> Self {
+        Self::add(&["local", prefix, "dev", "lo"])
+    }
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        let args: Vec<&str> = self
+            .0
+            .iter()
+            .map(|s| if s == "add" { "del" } else { s.as_str() })
+            .collect();
+        let _ = run_quietly("ip", &args);
+    }
+}

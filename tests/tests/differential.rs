@@ -18,7 +18,7 @@
 //! policy with divergences are written under `target/<profile>/differential/`.
 
 use std::{
-    env, fs,
+    env,
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -26,20 +26,20 @@ use std::{
 use enforcer::{
     loader::Loader,
     policy::{
-        Compiled, compile_sources,
+        Compiled,
         explain::explain,
         image::MapImage,
         lookup::ImageIndex,
         model::Proto as PolicyProto,
         reference::{Endpoint, evaluate},
-        source::SourceSet,
     },
 };
 use enforcer_common::event::{FlowEvent, Hook, Reason, Verdict, family};
 use enforcer_tests::{
     differential::{
-        Rng,
+        Rng, compile,
         flow::{Kind, Probe, Targets},
+        keep_policy,
         net::Family,
         policy_seed,
         reference::{self, Decision},
@@ -47,7 +47,7 @@ use enforcer_tests::{
     },
     events::drain,
     packet::{XDP_DROP, XDP_PASS},
-    profile_dir, require_root,
+    require_root,
 };
 
 /// Flows a run needs at least.
@@ -396,35 +396,6 @@ impl Tally {
     }
 }
 
-fn compile(files: &[(String, String)]) -> Result<Compiled, String> {
-    let mut sources = SourceSet::default();
-    for (name, text) in files {
-        sources.add(name, text);
-    }
-    compile_sources(sources).map_err(|rejected| {
-        rejected
-            .diagnostics
-            .iter()
-            .filter(|d| d.is_error())
-            .map(|d| format!("{d:?}"))
-            .take(5)
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
-}
-
-/// Writes a policy's files where a developer finds them; returns the directory.
-fn keep_policy(seed: u64, index: u64, files: &[(String, String)]) -> String {
-    let dir = profile_dir()
-        .join("differential")
-        .join(format!("seed-{seed}-policy-{index}"));
-    fs::create_dir_all(&dir).expect("create the failure directory");
-    for (name, text) in files {
-        fs::write(dir.join(name), text).expect("write a policy file");
-    }
-    dir.display().to_string()
-}
-
 #[test]
 fn the_xdp_program_decides_random_flows_as_the_documented_semantics_say() {
     require_root();
@@ -466,7 +437,7 @@ fn the_xdp_program_decides_random_flows_as_the_documented_semantics_say() {
         let spec = Spec::random(&mut rng, size);
         let files = spec.render(&mut rng);
         let compiled = compile(&files).unwrap_or_else(|errors| {
-            let dir = keep_policy(seed, index, &files);
+            let dir = keep_policy("differential", seed, index, &files);
             panic!(
                 "seed {seed}, policy {index}: the generated policy was rejected ({dir}):\n{errors}"
             )
@@ -534,7 +505,7 @@ fn the_xdp_program_decides_random_flows_as_the_documented_semantics_say() {
             }
         }
         if !divergences.is_empty() {
-            let dir = keep_policy(seed, index, &files);
+            let dir = keep_policy("differential", seed, index, &files);
             let shown = divergences
                 .iter()
                 .take(SHOWN)

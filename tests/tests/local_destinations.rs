@@ -16,7 +16,7 @@ use enforcer_tests::{
     cgroup::TestCgroup,
     cmd::run,
     events::{decided_by, drain, segment_id},
-    netns::{Netns, Veth},
+    netns::{Netns, Route, Veth},
     policy::loaded_with,
     probe::{Outcome, Server, Spawn},
 };
@@ -156,27 +156,6 @@ fn every_address_of_this_host_is_decided_as_the_listening_segment() {
     }
 }
 
-/// A `local` route on loopback (AnyIP: every address in the prefix is this host's),
-/// removed when dropped. The prefix is unique to this test process.
-struct AnyIpRoute {
-    prefix: String,
-}
-
-impl AnyIpRoute {
-    fn add(prefix: String) -> Self {
-        run("ip", &["route", "add", "local", &prefix, "dev", "lo"]);
-        Self { prefix }
-    }
-}
-
-impl Drop for AnyIpRoute {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["route", "del", "local", &self.prefix, "dev", "lo"])
-            .status();
-    }
-}
-
 /// This process's AnyIP prefixes: an IPv4 /28 and an IPv6 /64, with one address in each.
 fn anyip_prefixes() -> [(String, IpAddr); 2] {
     let pid = std::process::id();
@@ -206,7 +185,7 @@ fn addresses_the_local_routing_table_delivers_here_are_the_listening_segment() {
     // interface), was decided as `world` and reached a local service the policy denies.
     let netns = Netns::new();
     let veth = Veth::new(&netns);
-    let routes = anyip_prefixes().map(|(prefix, _)| AnyIpRoute::add(prefix));
+    let routes = anyip_prefixes().map(|(prefix, _)| Route::local(&prefix));
     // Forwarding on the host's veth end makes its /64's subnet-router anycast address
     // (the prefix with an all-zero interface id) an address of this host.
     run(
@@ -284,7 +263,7 @@ fn an_address_or_local_route_added_while_the_agent_runs_is_local_within_moments(
     refused_within_moments(&site, SocketAddr::new(added.into(), PORT));
     // The same for a `local` route added while the agent runs (rtnetlink's route groups).
     let [(prefix, anyip), _] = anyip_prefixes();
-    let _route = AnyIpRoute::add(prefix);
+    let _route = Route::local(&prefix);
     refused_within_moments(&site, SocketAddr::new(anyip, PORT));
     assert!(
         agent.log(1).contains("this host's addresses changed"),

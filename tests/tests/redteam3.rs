@@ -22,7 +22,7 @@ use enforcer_tests::{
     cgroup::TestCgroup,
     cmd::{run, run_quietly},
     events::{decided_by, drain, segment_id},
-    netns::{Netns, address_up},
+    netns::{Netns, Route, address_up},
     policy::{image, loaded_with},
     probe::{Outcome, Spawn},
     script::{Log, Script},
@@ -81,32 +81,6 @@ impl Drop for Link {
             args.extend(["-n", ns.as_str()]);
         }
         args.extend(["link", "del", self.near.as_str()]);
-        let _ = run_quietly("ip", &args);
-    }
-}
-
-/// A route added with `ip args...` and deleted (`add` replaced by `del`) on drop.
-struct Route(Vec<String>);
-
-impl Route {
-    fn add(args: &[&str]) -> Self {
-        let mut full = vec!["route", "add"];
-        full.extend_from_slice(args);
-        if args.iter().any(|a| a.contains(':')) {
-            full.insert(0, "-6");
-        }
-        run("ip", &full);
-        Self(full.iter().map(|s| (*s).to_owned()).collect())
-    }
-}
-
-impl Drop for Route {
-    fn drop(&mut self) {
-        let args: Vec<&str> = self
-            .0
-            .iter()
-            .map(|s| if s == "add" { "del" } else { s.as_str() })
-            .collect();
         let _ = run_quietly("ip", &args);
     }
 }

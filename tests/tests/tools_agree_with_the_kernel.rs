@@ -54,13 +54,11 @@ use enforcer::{
     audit::replay::Simulator,
     loader::Loader,
     policy::{
-        Compiled, compile_sources,
         explain::{LocalAddresses, explain},
         lookup::ImageIndex,
         model::Proto as PolicyProto,
         names::GenerationNames,
         reference::{Endpoint, evaluate},
-        source::SourceSet,
     },
 };
 use enforcer_common::event::{FLOW_FLAG_ON_THIS_HOST, FlowEvent, Hook, Reason, Verdict, family};
@@ -68,14 +66,14 @@ use enforcer_tests::{
     cgroup::TestCgroup,
     cmd::run,
     differential::{
-        Rng,
+        Rng, compile, keep_policy,
         net::{Addr, Net},
         policy_seed,
         reference::{self, Decision, HostState},
         spec::{Proto, Size, Spec},
     },
     events::drain,
-    netns::{Netns, Veth},
+    netns::{Netns, Route, Veth},
     probe::{Outcome, Spawn},
     profile_dir, require_root,
 };
@@ -93,27 +91,6 @@ const DEFAULT_BUDGET: Duration = Duration::from_secs(600);
 const CONNECT_WAIT_MS: u64 = 300;
 /// Divergences shown in a failure message.
 const SHOWN: usize = 12;
-
-/// A `local` route on loopback (AnyIP: every address in the prefix is this host's),
-/// removed when dropped.
-struct AnyIpRoute {
-    prefix: String,
-}
-
-impl AnyIpRoute {
-    fn add(prefix: String) -> Self {
-        run("ip", &["route", "add", "local", &prefix, "dev", "lo"]);
-        Self { prefix }
-    }
-}
-
-impl Drop for AnyIpRoute {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["route", "del", "local", &self.prefix, "dev", "lo"])
-            .status();
-    }
-}
 
 /// This process's AnyIP prefixes (an IPv4 /29 in 198.19.252.0/24 and an IPv6 /64, both
 /// chosen by pid) and one address in each.
@@ -533,35 +510,6 @@ fn env_number(name: &str) -> Option<u64> {
     })
 }
 
-fn compile(files: &[(String, String)]) -> Result<Compiled, String> {
-    let mut sources = SourceSet::default();
-    for (name, text) in files {
-        sources.add(name, text);
-    }
-    compile_sources(sources).map_err(|rejected| {
-        rejected
-            .diagnostics
-            .iter()
-            .filter(|d| d.is_error())
-            .map(|d| format!("{d:?}"))
-            .take(5)
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
-}
-
-/// Writes a policy's files where a developer finds them; returns the directory.
-fn keep_policy(seed: u64, index: u64, files: &[(String, String)]) -> String {
-    let dir = profile_dir()
-        .join("tools-agree")
-        .join(format!("seed-{seed}-policy-{index}"));
-    fs::create_dir_all(&dir).expect("create the failure directory");
-    for (name, text) in files {
-        fs::write(dir.join(name), text).expect("write a policy file");
-    }
-    dir.display().to_string()
-}
-
 /// TCP ports something on this host listens on (in this network namespace): left out,
 /// so that no flow reaches another program's server.
 fn listening_tcp_ports() -> HashSet<u16> {
@@ -739,7 +687,7 @@ fn explain_simulate_and_the_references_decide_outbound_flows_as_the_kernel_does(
     let _routes = host
         .anyip
         .iter()
-        .map(|(net, _)| AnyIpRoute::add(format!("{}/{}", net.addr, net.len)))
+        .map(|(net, _)| Route::local(&format!("{}/{}", net.addr, net.len)))
         .collect::<Vec<_>>();
     let destinations = destinations(&veth, &host, open_gaps);
     let host_state = host.state();
@@ -825,7 +773,7 @@ fn explain_simulate_and_the_references_decide_outbound_flows_as_the_kernel_does(
         }
         let files = spec.render(&mut rng);
         let compiled = compile(&files).unwrap_or_else(|errors| {
-            let dir = keep_policy(seed, index, &files);
+            let dir = keep_policy("tools-agree", seed, index, &files);
             panic!(
                 "seed {seed}, policy {index}: the generated policy was rejected ({dir}):\n{errors}"
             )
@@ -968,7 +916,7 @@ fn explain_simulate_and_the_references_decide_outbound_flows_as_the_kernel_does(
             tally.count(source, to, &want, &seen);
             if !problems.is_empty() {
                 if divergent_policies.insert(index) {
-                    keep_policy(seed, index, &files);
+                    keep_policy("tools-agree", seed, index, &files);
                 }
                 divergences.push(Divergence {
                     policy: index,

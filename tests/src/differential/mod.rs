@@ -15,6 +15,8 @@ pub mod net;
 pub mod reference;
 pub mod spec;
 
+use enforcer::policy::{Compiled, compile_sources, source::SourceSet};
+
 /// A seeded random source: one seed reproduces one policy and its flows.
 pub struct Rng(fastrand::Rng);
 
@@ -62,4 +64,35 @@ pub fn policy_seed(seed: u64, index: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// Compiles a generated policy's files as the agent does; the first errors on rejection.
+pub fn compile(files: &[(String, String)]) -> Result<Compiled, String> {
+    let mut sources = SourceSet::default();
+    for (name, text) in files {
+        sources.add(name, text);
+    }
+    compile_sources(sources).map_err(|rejected| {
+        rejected
+            .diagnostics
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| format!("{d:?}"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+/// Writes a policy's files under `target/<profile>/<test>/seed-S-policy-N/`, where a
+/// developer finds them; returns the directory.
+pub fn keep_policy(test: &str, seed: u64, index: u64, files: &[(String, String)]) -> String {
+    let dir = crate::profile_dir()
+        .join(test)
+        .join(format!("seed-{seed}-policy-{index}"));
+    std::fs::create_dir_all(&dir).expect("create the failure directory");
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).expect("write a policy file");
+    }
+    dir.display().to_string()
 }
