@@ -278,6 +278,25 @@ fn diff_lists_verdict_changes_and_rule_changes() {
     assert_eq!(changes["verdicts"][0]["changes"][0]["new"], "deny");
     assert_eq!(changes["verdicts"].as_array().expect("array").len(), 1);
     assert_eq!(changes["rules"][0]["change"], "changed");
+    let summary = &changes["summary"];
+    assert_eq!(summary["segment_pairs"], 1);
+    assert_eq!(summary["verdict_changes"], 1);
+    assert_eq!(summary["opened"], 0);
+    assert_eq!(summary["closed"], 1);
+    assert_eq!(summary["rules"]["changed"], 1);
+    let out = enforcer(&[
+        "policy",
+        "diff",
+        old.to_str().expect("p"),
+        new.to_str().expect("p"),
+    ]);
+    assert!(
+        text(&out.stdout).ends_with(
+            "summary: 1 verdict changes in 1 segment pairs (0 opened, 1 closed); rules +0 -0 ~1\n"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 struct Signed {

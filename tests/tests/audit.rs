@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeSet,
+    ffi::OsStr,
     fs,
     io::Write as _,
     path::{Path, PathBuf},
@@ -78,7 +79,7 @@ fn verify(dir: &Path) -> (i32, String) {
 
 /// `enforcer audit verify` with `args` before the directory: its exit code and everything
 /// it printed.
-fn verify_with(dir: &Path, args: &[&std::ffi::OsStr]) -> (i32, String) {
+fn verify_with(dir: &Path, args: &[&OsStr]) -> (i32, String) {
     let output = Command::new(enforcer_bin())
         .args(["audit", "verify"])
         .args(args)
@@ -827,8 +828,19 @@ fn the_agents_and_the_policies_history_is_in_the_store() {
     agent.wait_for_status("the refused policy", |status| {
         status["last_reload"]["outcome"] == "failed"
     });
-    // A crash, a restart (the good policy back), a clean stop.
-    agent.write_policy(&good);
+    // The second port opened, then closed again: each generation's record says what
+    // changed against the one before.
+    for (text, generation) in [
+        (api_to_peer(&site.api, &site.veth, true), 2),
+        (good.clone(), 3),
+    ] {
+        agent.write_policy(&text);
+        // The agent's own state names the generation once its record is written.
+        agent.wait_for_status("the changed policy", |status| {
+            status["policy"]["generation"].as_u64() == Some(generation)
+        });
+    }
+    // A crash, a restart, a clean stop.
     agent.kill();
     agent.start();
     assert!(agent.terminate(), "the agent stops cleanly");
@@ -849,10 +861,36 @@ fn the_agents_and_the_policies_history_is_in_the_store() {
         [
             ("applied", "start"),
             ("refused", "file-change"),
+            ("applied", "file-change"),
+            ("applied", "file-change"),
             ("applied", "start")
         ],
         "{policies:#?}"
     );
+    let opened = &policies[2]["unmapped"]["policy"];
+    assert_eq!(opened["previous_generation"], 1, "{opened}");
+    assert_eq!(
+        opened["diff"],
+        serde_json::json!({
+            "segment_pairs": 1, "verdict_changes": 1, "opened": 1, "closed": 0,
+            "rules": {"added": 1, "removed": 0, "changed": 0},
+            "segments": {"added": 0, "removed": 0, "changed": 0},
+            "failsafes": {"added": 0, "removed": 0, "changed": 0},
+        })
+    );
+    let closed = &policies[3]["unmapped"]["policy"];
+    assert_eq!(closed["previous_generation"], 2);
+    assert_eq!(closed["diff"]["closed"], 1);
+    assert_eq!(closed["diff"]["rules"]["removed"], 1);
+    let message = policies[3]["message"].as_str().expect("message");
+    assert!(
+        message.contains("against generation 2, 1 verdict changes in 1 segment pairs (0 opened, 1 closed); rules +0 -1 ~0"),
+        "{message}"
+    );
+    // After the restart there is no compiled copy of the earlier generation to compare.
+    let restarted = &policies[4]["unmapped"]["policy"];
+    assert!(restarted.get("diff").is_none(), "{restarted}");
+    assert!(policies[0]["unmapped"]["policy"].get("diff").is_none());
     let first = &policies[0]["unmapped"]["policy"];
     assert_eq!(first["source_sha256"], applied_first.as_str());
     assert_eq!(first["generation"], 1);
@@ -894,4 +932,111 @@ fn the_agents_and_the_policies_history_is_in_the_store() {
     // The history is part of the chain like every flow.
     let (code, said) = verify(&agent.audit_dir());
     assert_eq!(code, 0, "{said}");
+}
+
+/// `enforcer ARGS`, which must succeed; its standard output.
+fn enforcer_ok(args: &[&OsStr]) -> String {
+    let output = Command::new(enforcer_bin())
+        .args(args)
+        .output()
+        .expect("run enforcer");
+    assert!(
+        output.status.success(),
+        "enforcer {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused() {
+    let site = PeerSite::new(&[ALLOWED_PORT]);
+    // The keys and bundles live in the agent's directory, which goes with the agent.
+    let name = enforcer_tests::unique_name();
+    let keys = std::env::temp_dir().join(&name);
+    fs::create_dir_all(&keys).expect("create the agent's directory");
+    let key = keys.join("signing");
+    let said = enforcer_ok(&[OsStr::new("keygen"), key.as_os_str()]);
+    let key_id = said
+        .rsplit("key id ")
+        .next()
+        .expect("the key id")
+        .trim()
+        .to_owned();
+    let bundle = keys.join("policy.bundle");
+    let sign = |open_second: bool, version: &str| {
+        let source = keys.join(format!("policy-{version}.toml"));
+        fs::write(&source, api_to_peer(&site.api, &site.veth, open_second)).expect("write");
+        let staged = keys.join("staged.bundle");
+        enforcer_ok(&[
+            OsStr::new("policy"),
+            OsStr::new("sign"),
+            source.as_os_str(),
+            OsStr::new("--key"),
+            key.as_os_str(),
+            OsStr::new("--bundle-version"),
+            OsStr::new(version),
+            OsStr::new("-o"),
+            staged.as_os_str(),
+        ]);
+        // In one step, as a deployment tool would put it in place.
+        fs::rename(&staged, &bundle).expect("install the bundle");
+    };
+    sign(false, "5");
+    let mut agent = AgentHost::configured(&name, &site.parent, &bundle, "127.0.0.1:19631", "");
+    let config = fs::read_to_string(agent.config()).expect("read the config");
+    let path_line = format!("path = \"{}\"\n", bundle.display());
+    let public = format!("{}.pub", key.display());
+    let config = config.replacen(
+        &path_line,
+        &format!("{path_line}trusted_keys = [\"{public}\"]\n"),
+        1,
+    );
+    fs::write(agent.config(), config).expect("write the config");
+    agent.start();
+    // An older bundle, validly signed: a rollback, refused.
+    sign(true, "4");
+    agent.wait_for_status("the refused rollback", |status| {
+        status["last_reload"]["outcome"] == "failed"
+    });
+    sign(true, "6");
+    agent.wait_for_status("the newer bundle", |status| {
+        status["policy"]["bundle_version"].as_u64() == Some(6)
+    });
+    assert!(agent.terminate(), "the agent stops cleanly");
+
+    let policies = records_of_kind(&agent, "policy");
+    let events: Vec<&Value> = policies.iter().map(|r| &r["unmapped"]["policy"]).collect();
+    let summary: Vec<(&str, Option<u64>)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["outcome"].as_str().unwrap_or(""),
+                e["bundle_version"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("applied", Some(5)),
+            ("refused", None),
+            ("applied", Some(6))
+        ],
+        "{policies:#?}"
+    );
+    for applied in [events[0], events[2]] {
+        assert_eq!(applied["signer_key_id"], key_id.as_str(), "{applied}");
+    }
+    let error = events[1]["error"].as_str().expect("why");
+    assert!(
+        error.contains("version 4 is older than version 5"),
+        "{error}"
+    );
+    assert_eq!(events[2]["diff"]["opened"], 1, "{}", events[2]);
+    let message = policies[2]["message"].as_str().expect("message");
+    assert!(
+        message.contains(&format!("signed by {key_id}")),
+        "{message}"
+    );
 }

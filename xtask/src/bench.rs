@@ -377,6 +377,52 @@ pub fn agent(tools: &Tools) -> anyhow::Result<()> {
 const QUERY_RECORDS: u64 = 10_000_000;
 
 /// Audit events per second from the kernel to the store, single-event latency, and
+/// How often the sealed pipeline runs seal, in milliseconds.
+const SEAL_EVERY_MS: &str = "1000";
+
+/// What one `enforcer-bench-audit pipeline` run printed.
+struct PipelineRun {
+    events: f64,
+    stored: f64,
+    lost: f64,
+    seconds: f64,
+    ring: f64,
+    latency: Vec<f64>,
+    seals: f64,
+}
+
+/// Runs the kernel-to-store pipeline for 10 s with its store in `dir`, sealing every
+/// `seal` milliseconds when given.
+fn pipeline_run(bench: &Path, dir: &Path, seal: Option<&str>) -> anyhow::Result<PipelineRun> {
+    let pins =
+        Path::new("/sys/fs/bpf").join(format!("enforcer-bench-audit-{}", std::process::id()));
+    let mut args = vec![
+        "pipeline".as_ref(),
+        pins.as_os_str(),
+        dir.as_os_str(),
+        "10".as_ref(),
+    ];
+    args.extend(seal.map(std::ffi::OsStr::new));
+    let stdout = run_bench(bench, &args)?;
+    let field = |name: &str| field(&stdout, name);
+    let run = PipelineRun {
+        events: field("events")?[0],
+        stored: field("stored")?[0],
+        lost: field("lost")?[0],
+        seconds: field("seconds")?[0],
+        ring: field("ring_bytes")?[0],
+        latency: field("latency_us")?,
+        seals: if seal.is_some() {
+            field("seals")?[0]
+        } else {
+            0.0
+        },
+    };
+    // Each run's store goes before the next, so the disk holds one at a time.
+    let _ = fs::remove_dir_all(dir);
+    Ok(run)
+}
+
 /// `audit query` / `audit verify` over a store of [`QUERY_RECORDS`] records.
 pub fn audit(tools: &Tools) -> anyhow::Result<()> {
     let enforcer = release_bin(tools, "enforcer", "enforcer")?;
@@ -384,29 +430,44 @@ pub fn audit(tools: &Tools) -> anyhow::Result<()> {
     let work = tools.root.join("target/bench/audit");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
-    let pins =
-        Path::new("/sys/fs/bpf").join(format!("enforcer-bench-audit-{}", std::process::id()));
-    let stdout = run_bench(
-        &bench,
-        &[
-            "pipeline".as_ref(),
-            pins.as_os_str(),
-            work.join("pipeline").as_os_str(),
-            "10".as_ref(),
-        ],
-    )?;
-    let field = |name: &str| field(&stdout, name);
-    let (events, stored, lost, seconds) = (
-        field("events")?[0],
-        field("stored")?[0],
-        field("lost")?[0],
-        field("seconds")?[0],
-    );
-    let ring = field("ring_bytes")?[0];
-    let latency = field("latency_us")?;
-    println!(
-        "audit bench: {stored} of {events} stored in {seconds} s, {lost} lost; latency {latency:?} us"
-    );
+    // Sealing off and on (every second, 900 times the default rate), alternating, so
+    // the machine's drift between runs falls on both.
+    let mut runs = Vec::new();
+    for (round, seal) in [None, Some(SEAL_EVERY_MS), None, Some(SEAL_EVERY_MS)]
+        .into_iter()
+        .enumerate()
+    {
+        let run = pipeline_run(&bench, &work.join(format!("pipeline-{round}")), seal)?;
+        println!(
+            "audit bench: sealing {}: {} of {} stored in {} s, {} lost, {} seals; latency {:?} us",
+            if seal.is_some() { "on" } else { "off" },
+            run.stored,
+            run.events,
+            run.seconds,
+            run.lost,
+            run.seals,
+            run.latency
+        );
+        runs.push((seal.is_some(), run));
+    }
+    let rate = |sealed: bool| {
+        let rates: Vec<f64> = runs
+            .iter()
+            .filter(|(s, _)| *s == sealed)
+            .map(|(_, run)| run.stored / run.seconds)
+            .collect();
+        rates.iter().sum::<f64>() / rates.len() as f64
+    };
+    let (unsealed_rate, sealed_rate) = (rate(false), rate(true));
+    let PipelineRun {
+        events,
+        stored,
+        lost,
+        seconds,
+        ring,
+        ref latency,
+        ..
+    } = runs[0].1;
 
     let store = work.join("query");
     let started = Instant::now();
@@ -461,6 +522,28 @@ pub fn audit(tools: &Tools) -> anyhow::Result<()> {
     );
     writeln!(
         table,
+        "\n| forward-secure sealing (a seal every {SEAL_EVERY_MS} ms; the default is every 15 min) | kernel to store |\n|---|---:|"
+    )?;
+    for (sealed, run) in &runs {
+        writeln!(
+            table,
+            "| sealing {}{} | {:.0} events/s |",
+            if *sealed { "on" } else { "off" },
+            if *sealed {
+                format!(", {:.0} seals", run.seals)
+            } else {
+                String::new()
+            },
+            run.stored / run.seconds
+        )?;
+    }
+    writeln!(
+        table,
+        "| cost of sealing (mean of the two runs each way) | {:+.1}% |",
+        (unsealed_rate - sealed_rate) / unsealed_rate * 100.0
+    )?;
+    writeln!(
+        table,
         "\n| over {QUERY_RECORDS} records ({:.1} GiB, written in {generate_s:.0} s) | time | peak RSS |\n|---|---:|---:|",
         size as f64 / f64::from(1u32 << 30)
     )?;
@@ -468,7 +551,7 @@ pub fn audit(tools: &Tools) -> anyhow::Result<()> {
         writeln!(table, "| {label} | {:.1} s | {rss:.0} MiB |", ms / 1000.0)?;
     }
     let body = format!(
-        "## Audit: kernel to store, latency, queries\n\nThe kernel programs loaded (pinned, unattached) with a one-rule policy and duplicate suppression off; the agent's own consumer and store (release build, fsync every second) on a thread. The XDP program runs through `BPF_PROG_TEST_RUN` on an allowed TCP SYN in chunks of 10k, each run a real decision and ring event, kept at most 100k events ahead of the store, for 10 s; the rate is records stored per second. Latency: 2000 single events 1 ms apart, from the kernel run to the consumer's `write()` returning (the store syncs every second). Queries run the release `enforcer audit` on a generated store. Target: at least 500k events/s. Machine: {}.\n\nReproduce: `./x bench audit` (as root; needs about 10 GiB of disk for a while)\n\n{table}\n",
+        "## Audit: kernel to store, latency, queries\n\nThe kernel programs loaded (pinned, unattached) with a one-rule policy and duplicate suppression off; the agent's own consumer and store (release build, fsync every second) on a thread. The XDP program runs through `BPF_PROG_TEST_RUN` on an allowed TCP SYN in chunks of 10k, each run a real decision and ring event, kept at most 100k events ahead of the store, for 10 s; the rate is records stored per second (the first run without sealing; then the same with forward-secure sealing off and on, alternating, two runs each). Latency: 2000 single events 1 ms apart, from the kernel run to the consumer's `write()` returning (the store syncs every second). Queries run the release `enforcer audit` on a generated store. Target: at least 500k events/s. Machine: {}.\n\nReproduce: `./x bench audit` (as root; needs about 10 GiB of disk for a while)\n\n{table}\n",
         machine(),
     );
     let path = write_section(&tools.root, "audit", &body)?;

@@ -9,6 +9,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -33,10 +34,19 @@ use crate::{
     policy::names::GenerationNames,
 };
 
+/// A record of the agent's or a policy's history for the store, and who waits until it
+/// is written.
+pub struct Note {
+    /// The record.
+    pub record: Record,
+    /// Told once the record is in the store's file.
+    pub written: Option<std::sync::mpsc::SyncSender<()>>,
+}
+
 /// The running audit thread (and the forwarder's, when one is configured).
 pub struct AuditThread {
     names: mpsc::UnboundedSender<GenerationNames>,
-    notes: mpsc::UnboundedSender<Record>,
+    notes: mpsc::UnboundedSender<Note>,
     stop: watch::Sender<bool>,
     ended: Option<oneshot::Receiver<()>>,
     thread: JoinHandle<anyhow::Result<()>>,
@@ -179,7 +189,22 @@ impl AuditThread {
     /// Hands the consumer a record of the agent's or a policy's history for the store.
     pub fn note(&self, record: Record) {
         // A send fails only when the consumer ended, which `ended` reports.
-        let _ = self.notes.send(record);
+        let _ = self.notes.send(Note {
+            record,
+            written: None,
+        });
+    }
+
+    /// As [`AuditThread::note`], then waits up to `within` until the record is in the
+    /// store's file (so a crash right after cannot lose it); whether it got there in time.
+    /// A store that cannot write keeps the record pending and this returns `false`.
+    pub fn note_written(&self, record: Record, within: Duration) -> bool {
+        let (written, wait) = std::sync::mpsc::sync_channel(1);
+        let note = Note {
+            record,
+            written: Some(written),
+        };
+        self.notes.send(note).is_ok() && wait.recv_timeout(within).is_ok()
     }
 
     /// A receiver that resolves when the consumer ends (by itself only on an error);

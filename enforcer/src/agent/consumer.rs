@@ -23,7 +23,7 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
-use super::enrich::Enricher;
+use super::{audit::Note, enrich::Enricher};
 use crate::{
     audit::{
         history,
@@ -110,7 +110,7 @@ impl Consumer {
         mut self,
         events: EventReader,
         mut names: mpsc::UnboundedReceiver<GenerationNames>,
-        mut notes: mpsc::UnboundedReceiver<Record>,
+        mut notes: mpsc::UnboundedReceiver<Note>,
         mut stop: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         // SAFETY: the descriptor belongs to the ring map inside the reader, which the
@@ -125,6 +125,8 @@ impl Consumer {
             failing_since: None,
         };
         let mut batch = Vec::with_capacity(BATCH_MAX);
+        // Who waits for a noted record to be written.
+        let mut written = Vec::new();
         self.stats.store_ok.store(true, Ordering::Relaxed);
         loop {
             let wait = self.store.tick(now_ms())?.map_or(TICK, |due| due.min(TICK));
@@ -132,7 +134,7 @@ impl Consumer {
                 biased;
                 _ = stop.changed() => break,
                 Some(generation) = names.recv() => self.enricher.learn(generation),
-                Some(record) = notes.recv() => self.store.note(record),
+                Some(note) = notes.recv() => self.take(note, &mut written),
                 // While the store fails, events stay in the ring (where the kernel
                 // counts any it cannot hold) instead of being drained and dropped.
                 ready = ring.readable_mut(), if owed.failing_since.is_none() => {
@@ -147,10 +149,15 @@ impl Consumer {
             while let Ok(generation) = names.try_recv() {
                 self.enricher.learn(generation);
             }
-            while let Ok(record) = notes.try_recv() {
-                self.store.note(record);
+            while let Ok(note) = notes.try_recv() {
+                self.take(note, &mut written);
             }
             self.flush(&mut batch, &mut owed)?;
+            if !self.store.has_pending() {
+                for waiter in written.drain(..) {
+                    let _ = waiter.send(());
+                }
+            }
         }
         // Stopping: what the ring still holds goes in too, unless the store fails.
         while owed.failing_since.is_none() {
@@ -169,8 +176,8 @@ impl Consumer {
             );
             return Ok(());
         }
-        while let Ok(record) = notes.try_recv() {
-            self.store.note(record);
+        while let Ok(note) = notes.try_recv() {
+            self.store.note(note.record);
         }
         self.store
             .note(history::stopping(now_ms(), self.enricher.hostname()));
@@ -180,6 +187,12 @@ impl Consumer {
 
     /// Writes the drained records, preceded by gap records for any loss not yet
     /// accounted for. While the store fails, attempts are spaced by [`RETRY`].
+    /// Queues a noted record for the next batch; its waiter, if any, joins `written`.
+    fn take(&mut self, note: Note, written: &mut Vec<std::sync::mpsc::SyncSender<()>>) {
+        self.store.note(note.record);
+        written.extend(note.written);
+    }
+
     fn flush(&mut self, batch: &mut Vec<Record>, owed: &mut Owed) -> anyhow::Result<()> {
         let kernel_lost = self.maps.event_counts()?.lost;
         let ring_lost = kernel_lost.saturating_sub(self.ring_lost_accounted);

@@ -32,7 +32,10 @@ use crate::{
     config::Config,
     host,
     loader::{Loader, PinLayout, PinnedMaps},
-    policy::names::{GENERATIONS_KEPT, GenerationNames},
+    policy::{
+        diff::diff,
+        names::{GENERATIONS_KEPT, GenerationNames},
+    },
 };
 use audit::AuditThread;
 use interfaces::{InterfaceSet, InterfaceXdp};
@@ -42,6 +45,8 @@ use state::{ActivePolicy, AgentLock, AgentState, Reload, ReloadOutcome, StateDir
 /// How long the policy files must stay quiet after a change before the agent reloads:
 /// an editor's write-and-rename, or a `cp` of several files, becomes one reload.
 const SETTLE: Duration = Duration::from_millis(25);
+/// How long the agent waits for the record of an applied policy to be written.
+const NOTE_WRITTEN_WITHIN: Duration = Duration::from_secs(2);
 
 /// What the agent and its metrics server share.
 #[derive(Debug, Default)]
@@ -63,6 +68,10 @@ struct Agent {
     cgroup_root: PathBuf,
     state: AgentState,
     shared: Arc<Mutex<Shared>>,
+    /// The policy of the generation this agent applied last, with its generation: what
+    /// the next applied generation is compared with in its audit record. `None` until
+    /// this agent applies one (an adopted generation has no compiled copy here).
+    applied: Option<(u32, Candidate)>,
     /// Names of the last few generations, newest last (for audit records and status).
     generations: Vec<GenerationNames>,
     audit: AuditThread,
@@ -170,6 +179,7 @@ impl Agent {
                 reloads: BTreeMap::new(),
                 interfaces: BTreeMap::new(),
             })),
+            applied: None,
             generations,
             audit,
             config,
@@ -235,8 +245,9 @@ impl Agent {
                     active.source_sha256 == candidate.source_sha256
                         && active.image_sha256 == image_sha256
                 });
-                let outcome = if unchanged && !force {
+                if unchanged && !force {
                     tracing::info!(trigger, "policy unchanged; nothing to apply");
+                    policy::drop_in_background(candidate);
                     Reload {
                         at: state::now(),
                         trigger: trigger.to_owned(),
@@ -244,10 +255,8 @@ impl Agent {
                         message: None,
                     }
                 } else {
-                    self.apply(trigger, &candidate, image_sha256)?
-                };
-                policy::drop_in_background(candidate);
-                outcome
+                    self.apply(trigger, candidate, image_sha256)?
+                }
             }
         };
         {
@@ -258,10 +267,12 @@ impl Agent {
         Ok(())
     }
 
+    /// Applies `candidate` as a new generation, records it with what changed against the
+    /// generation this agent applied before, and keeps it for the next comparison.
     fn apply(
         &mut self,
         trigger: &str,
-        candidate: &Candidate,
+        candidate: Candidate,
         image_sha256: String,
     ) -> anyhow::Result<Reload> {
         let started = Instant::now();
@@ -289,19 +300,37 @@ impl Agent {
         for warning in &candidate.compiled.warnings {
             tracing::warn!("{}", warning.one_line(&candidate.compiled.sources));
         }
-        self.audit.note(history::applied(
+        // Compared after the new generation is in force, so the diff never delays it.
+        let changes = self.applied.as_ref().map(|(previous, old)| {
+            let old = (&old.compiled.policy, &old.compiled.image);
+            (
+                *previous,
+                diff(old, (&candidate.compiled.policy, image)).summary,
+            )
+        });
+        let record = history::applied(
             &history::Applied {
                 trigger,
                 generation: applied.generation,
                 source_sha256: &candidate.source_sha256,
                 image_sha256: &image_sha256,
                 bundle_version: candidate.bundle_version,
+                signer_key_id: candidate.signer_key_id.as_deref(),
+                changes,
                 segments: image.segment_names.len(),
                 rules: image.rule_names.len(),
             },
             record::now_ms(),
             &host::hostname(),
-        ));
+        );
+        // The generation is in force: its record is written before the agent goes on, so a
+        // crash right after cannot leave flows of a generation the store never names.
+        if !self.audit.note_written(record, NOTE_WRITTEN_WITHIN) {
+            tracing::warn!(
+                generation = applied.generation,
+                "the record of the applied policy is not written yet; it stays queued"
+            );
+        }
         let names = GenerationNames::of(image, applied.generation, &candidate.source_sha256);
         self.audit.learn(names.clone());
         self.generations.push(names);
@@ -325,6 +354,9 @@ impl Agent {
             bundle_version: candidate.bundle_version,
             applied_at: state::now(),
         });
+        if let Some((_, replaced)) = self.applied.replace((applied.generation, candidate)) {
+            policy::drop_in_background(replaced);
+        }
         Ok(Reload {
             at: state::now(),
             trigger: trigger.to_owned(),

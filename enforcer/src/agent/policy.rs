@@ -24,6 +24,8 @@ pub struct Candidate {
     pub source_sha256: String,
     /// The bundle's version, for a signed bundle.
     pub bundle_version: Option<u64>,
+    /// The id of the trusted key that signed the bundle, for a signed bundle.
+    pub signer_key_id: Option<String>,
 }
 
 /// Frees `candidate` on a thread of its own: freeing a large compiled policy (sources,
@@ -93,6 +95,7 @@ pub fn load(source: &PolicySource, min_bundle_version: u64) -> Result<Candidate,
                     source_sha256: source_sha256(&verified.compiled.sources),
                     compiled: verified.compiled,
                     bundle_version: Some(verified.payload.version),
+                    signer_key_id: Some(bundle::key_id(key)),
                 });
             }
             Err(err @ BundleError::UnknownKey { .. }) => last = Some(err),
@@ -111,6 +114,7 @@ fn load_files(path: &PathBuf) -> Result<Candidate, CandidateError> {
             source_sha256: source_sha256(&compiled.sources),
             compiled,
             bundle_version: None,
+            signer_key_id: None,
         }),
         Err(PolicyError::Source(err)) => Err(CandidateError::Source(err.to_string())),
         Err(PolicyError::Rejected(rejected)) => {

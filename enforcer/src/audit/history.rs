@@ -5,6 +5,7 @@
 //! `--kind policy` find them.
 
 use super::record::{AgentEvent, Kind, PolicyEvent, Record, SEVERITY_HIGH, SEVERITY_LOW};
+use crate::policy::diff::DiffSummary;
 
 /// The agent's record of `event` at `now_ms`, described by `message`.
 fn agent(event: &str, now_ms: i64, hostname: &str, message: String) -> Record {
@@ -134,6 +135,12 @@ pub struct Applied<'a> {
     pub image_sha256: &'a str,
     /// The bundle's version, for a signed bundle.
     pub bundle_version: Option<u64>,
+    /// The id of the key that signed the bundle, for a signed bundle.
+    pub signer_key_id: Option<&'a str>,
+    /// The generation it replaced and what changed against it, when this agent applied
+    /// that one too (after a restart the agent has no compiled copy of the generation it
+    /// adopted).
+    pub changes: Option<(u32, DiffSummary)>,
     /// Its segments.
     pub segments: usize,
     /// Its rules.
@@ -150,6 +157,9 @@ pub fn applied(what: &Applied<'_>, now_ms: i64, hostname: &str) -> Record {
             source_sha256: Some(what.source_sha256.to_owned()),
             image_sha256: Some(what.image_sha256.to_owned()),
             bundle_version: what.bundle_version,
+            signer_key_id: what.signer_key_id.map(str::to_owned),
+            previous_generation: what.changes.map(|(generation, _)| generation),
+            diff: what.changes.map(|(_, summary)| summary),
             segments: Some(what.segments as u64),
             rules: Some(what.rules as u64),
             error: None,
@@ -158,10 +168,17 @@ pub fn applied(what: &Applied<'_>, now_ms: i64, hostname: &str) -> Record {
         now_ms,
         hostname,
         format!(
-            "policy applied as generation {} ({}, source {})",
+            "policy applied as generation {} ({}, source {}{}): {}",
             what.generation,
             what.trigger,
-            &what.source_sha256[..what.source_sha256.len().min(12)]
+            &what.source_sha256[..what.source_sha256.len().min(12)],
+            what.signer_key_id
+                .map(|key| format!(", signed by {key}"))
+                .unwrap_or_default(),
+            what.changes.map_or_else(
+                || "no earlier generation of this run to compare with".to_owned(),
+                |(previous, summary)| format!("against generation {previous}, {summary}")
+            ),
         ),
     )
 }
@@ -176,6 +193,9 @@ pub fn refused(trigger: &str, active: u32, error: &str, now_ms: i64, hostname: &
             source_sha256: None,
             image_sha256: None,
             bundle_version: None,
+            signer_key_id: None,
+            previous_generation: None,
+            diff: None,
             segments: None,
             rules: None,
             error: Some(error.to_owned()),

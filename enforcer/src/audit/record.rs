@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::diff::DiffSummary;
+
 /// The OCSF schema version the records follow.
 pub const OCSF_VERSION: &str = "1.3.0";
 /// OCSF class of flow decisions: Network Activity.
@@ -368,7 +370,16 @@ pub struct PolicyEvent {
     /// The signed bundle's version, for a bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_version: Option<u64>,
-    /// Segments and rules it holds (`applied`).
+    /// The id of the trusted key that signed the bundle, for a bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_key_id: Option<String>,
+    /// The generation this one replaced, when this agent applied it too (`applied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_generation: Option<u32>,
+    /// What changed against `previous_generation`, as `policy diff` sums it up (`applied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<DiffSummary>,
+    /// Segments it holds (`applied`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segments: Option<u64>,
     /// Rules it holds (`applied`).

@@ -1,13 +1,16 @@
 //! `enforcer-bench-audit`: the audit pipeline's figures.
 //!
-//! - `enforcer-bench-audit pipeline PIN_DIR STORE_DIR SECONDS`: the kernel programs are
+//! - `enforcer-bench-audit pipeline PIN_DIR STORE_DIR SECONDS [SEAL_MS]`: the kernel programs are
 //!   loaded pinned under PIN_DIR (unattached) with a one-rule policy and no duplicate
 //!   suppression; the agent's consumer writes to a store in STORE_DIR. The XDP program is
 //!   run through `BPF_PROG_TEST_RUN` on a TCP SYN that the rule allows, in chunks, so each
 //!   run is one real kernel decision and one ring event, never more than
 //!   [`IN_FLIGHT`] ahead of the store. Prints `events N`, `stored N`, `lost N`,
 //!   `seconds S`, `ring_bytes B`, then `latency_us P50 P99 MAX` of single events
-//!   from the kernel run to the consumer's write returning, paced 1 ms apart.
+//!   from the kernel run to the consumer's write returning, paced 1 ms apart. With
+//!   SEAL_MS the store is sealed forward-securely every SEAL_MS milliseconds (a fresh key
+//!   in STORE_DIR's parent), as `audit.seal_key` makes the agent do, and `seals N` says
+//!   how many seals the run wrote.
 //! - `enforcer-bench-audit generate STORE_DIR COUNT`: writes COUNT flow records (varied
 //!   addresses, ports, rules, 10 ms apart and ending now) through the store, for the
 //!   query benchmark.
@@ -16,7 +19,7 @@
 
 use std::{
     net::Ipv4Addr,
-    path::Path,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
@@ -27,7 +30,10 @@ use enforcer::{
         consumer::{AuditStats, Consumer},
         enrich::Enricher,
     },
-    audit::store::{Fsync, Store, StoreSettings},
+    audit::{
+        seal::{self, Sealer, VerifyKey},
+        store::{Fsync, Store, StoreSettings},
+    },
     config::WriteErrorAction,
     host::hostname,
     loader::{Loader, PinLayout, PinnedMaps},
@@ -62,15 +68,24 @@ ports = ["10001/tcp"]
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let outcome = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["pipeline", pins, store, seconds] => seconds
-            .parse()
-            .map_err(|_| "SECONDS is a number".to_owned())
-            .and_then(|s| pipeline(Path::new(pins), Path::new(store), Duration::from_secs(s))),
+        ["pipeline", pins, store, seconds, seal @ ..] if seal.len() <= 1 => {
+            let seal = seal
+                .first()
+                .map(|ms| ms.parse().map(Duration::from_millis))
+                .transpose()
+                .map_err(|_| "SEAL_MS is a number".to_owned());
+            seconds
+                .parse()
+                .map_err(|_| "SECONDS is a number".to_owned())
+                .and_then(|s| {
+                    pipeline(Path::new(pins), Path::new(store), Duration::from_secs(s), seal?)
+                })
+        }
         ["generate", store, count] => count
             .parse()
             .map_err(|_| "COUNT is a number".to_owned())
             .and_then(|count| generate(Path::new(store), count)),
-        _ => Err("usage: enforcer-bench-audit pipeline PIN_DIR STORE_DIR SECONDS | generate STORE_DIR COUNT".to_owned()),
+        _ => Err("usage: enforcer-bench-audit pipeline PIN_DIR STORE_DIR SECONDS [SEAL_MS] | generate STORE_DIR COUNT".to_owned()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -102,7 +117,21 @@ fn now_ms() -> i64 {
     .unwrap_or(0)
 }
 
-fn pipeline(pins: &Path, store_dir: &Path, duration: Duration) -> Result<(), String> {
+/// A sealer with a fresh key next to `store_dir`, sealing every `interval`.
+fn sealer(store_dir: &Path, interval: Duration) -> Result<(Sealer, PathBuf), String> {
+    let key_file = store_dir.with_extension("seal.key");
+    let (_, key) = VerifyKey::generate().map_err(|e| e.to_string())?;
+    seal::write_key(&key_file, &key).map_err(|e| e.to_string())?;
+    let sealer = Sealer::load(&key_file, interval).map_err(|e| e.to_string())?;
+    Ok((sealer, key_file))
+}
+
+fn pipeline(
+    pins: &Path,
+    store_dir: &Path,
+    duration: Duration,
+    seal_every: Option<Duration>,
+) -> Result<(), String> {
     let mut sources = SourceSet::default();
     sources.add("bench.toml", POLICY);
     let compiled = compile_sources(sources).map_err(|r| format!("{:?}", r.diagnostics))?;
@@ -124,8 +153,12 @@ fn pipeline(pins: &Path, store_dir: &Path, duration: Duration) -> Result<(), Str
         failsafes: Vec::new(),
     };
     let host = hostname();
+    let (sealer, key_file) = match seal_every {
+        Some(interval) => sealer(store_dir, interval).map(|(s, k)| (Some(s), Some(k)))?,
+        None => (None, None),
+    };
     let store =
-        Store::open(settings(store_dir), &host, now_ms(), None).map_err(|e| e.to_string())?;
+        Store::open(settings(store_dir), &host, now_ms(), sealer).map_err(|e| e.to_string())?;
     let stats = Arc::new(AuditStats::default());
     let consumer = Consumer {
         maps: PinnedMaps::open(&layout.maps_dir()).map_err(|e| e.to_string())?,
@@ -195,6 +228,10 @@ fn pipeline(pins: &Path, store_dir: &Path, duration: Duration) -> Result<(), Str
     thread
         .join()
         .map_err(|_| "the consumer panicked".to_owned())??;
+    if let Some(key_file) = key_file {
+        let key = seal::read_key(&key_file).map_err(|e| e.to_string())?;
+        println!("seals {}", key.index());
+    }
     layout.remove().map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -17,7 +17,8 @@ pub struct Args {
     json: bool,
 }
 
-/// Prints verdict changes grouped by segment pair, then rule, segment and failsafe changes.
+/// Prints verdict changes grouped by segment pair, then rule, segment and failsafe
+/// changes, then their summary (the one the agent records for an applied generation).
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let old = match load_or_report(std::slice::from_ref(&args.old))? {
         Ok(compiled) => compiled,
@@ -59,5 +60,6 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    println!("summary: {}", changes.summary);
     Ok(ExitCode::SUCCESS)
 }
