@@ -3,6 +3,7 @@
 //! `enforcer uninstall`, the way an operator removes them).
 
 use std::{
+    ffi::OsStr,
     fs,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
@@ -185,6 +186,12 @@ listen = "{metrics}"
     /// Starts `enforcer run` and waits until it enforces (its log says so); returns the
     /// start's number, for [`AgentHost::log`].
     pub fn start(&mut self) -> u32 {
+        self.start_with(&[])
+    }
+
+    /// As [`AgentHost::start`], with `env` added to the agent's environment (for example
+    /// `NOTIFY_SOCKET`, as systemd sets it).
+    pub fn start_with(&mut self, env: &[(&str, &OsStr)]) -> u32 {
         assert!(self.process.is_none(), "the agent is already running");
         self.starts += 1;
         let log = fs::File::create(self.log_path(self.starts)).expect("create the log");
@@ -193,6 +200,7 @@ listen = "{metrics}"
             .args(["run", "--config"])
             .arg(self.config())
             .env("ENFORCER_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeSet,
+    os::unix::net::UnixDatagram,
     path::Path,
     time::{Duration, Instant},
 };
@@ -391,5 +392,107 @@ fn metrics_parse_as_prometheus_text_and_the_counters_move() {
             .iter()
             .any(|s| s.metric == "enforcer_policy_generation"),
         "no generation gauge:\n{text}"
+    );
+}
+
+/// Datagrams on a `NOTIFY_SOCKET` the test owns, as systemd would receive them.
+struct NotifySocket {
+    path: std::path::PathBuf,
+    socket: UnixDatagram,
+}
+
+/// What the test itself puts in the socket's queue.
+const FILLER: &[u8] = b"FILLER";
+
+impl NotifySocket {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("{}.notify", enforcer_tests::unique_name()));
+        let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+        Self { path, socket }
+    }
+
+    /// Fills the socket's receive queue, so the next sender blocks in `send()` until the
+    /// test reads.
+    fn fill(&self) -> usize {
+        let sender = UnixDatagram::unbound().expect("a sender");
+        sender.set_nonblocking(true).expect("nonblocking");
+        let mut sent = 0;
+        while sender.send_to(FILLER, &self.path).is_ok() {
+            sent += 1;
+            assert!(sent < 100_000, "the notify socket's queue never fills");
+        }
+        sent
+    }
+
+    /// The next message that is not filler, within `timeout`.
+    fn next(&self, timeout: Duration) -> Option<String> {
+        self.socket
+            .set_read_timeout(Some(timeout))
+            .expect("timeout");
+        let mut buffer = [0u8; 4096];
+        loop {
+            let length = self.socket.recv(&mut buffer).ok()?;
+            if &buffer[..length] != FILLER {
+                return Some(String::from_utf8_lossy(&buffer[..length]).into_owned());
+            }
+        }
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[test]
+fn systemd_hears_ready_only_once_the_kernel_enforces_then_keep_alives_and_stopping() {
+    let site = PeerSite::new(&[ALLOWED_PORT, DENIED_PORT]);
+    let mut agent = site.agent("127.0.0.1:19632", "");
+    let notify = NotifySocket::new();
+    // With the queue full, the agent's READY=1 waits in send(): whatever the kernel
+    // enforces now, it enforced when the agent said it was ready.
+    assert!(notify.fill() > 0);
+    agent.start_with(&[
+        ("NOTIFY_SOCKET", notify.path.as_os_str()),
+        ("WATCHDOG_USEC", std::ffi::OsStr::new("2000000")),
+    ]);
+    let denied = Spawn::tcp_client(site.veth.peer_addr(DENIED_PORT))
+        .cgroup(&site.api)
+        .run();
+    assert!(denied.is_eperm(), "not enforcing at READY=1: {denied:?}");
+    assert_eq!(
+        Spawn::tcp_client(site.veth.peer_addr(ALLOWED_PORT))
+            .cgroup(&site.api)
+            .run(),
+        Outcome::Ok,
+        "the policy's allow is not in force at READY=1"
+    );
+    let ready = notify.next(Duration::from_secs(10)).expect("READY=1");
+    assert!(
+        ready.lines().any(|l| l == "READY=1")
+            && ready.lines().any(|l| l == "STATUS=enforcing generation 1"),
+        "{ready:?}"
+    );
+    // Keep-alives every half of WatchdogSec (2 s here).
+    let started = Instant::now();
+    let keep_alive = notify.next(Duration::from_secs(5)).expect("a keep-alive");
+    assert_eq!(keep_alive.trim(), "WATCHDOG=1");
+    let second = notify
+        .next(Duration::from_secs(5))
+        .expect("another keep-alive");
+    assert_eq!(second.trim(), "WATCHDOG=1");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "keep-alives paced by the watchdog"
+    );
+    assert!(agent.terminate(), "the agent stops cleanly");
+    let mut said = Vec::new();
+    while let Some(message) = notify.next(Duration::from_millis(500)) {
+        said.push(message);
+    }
+    assert!(
+        said.iter().any(|m| m.lines().any(|l| l == "STOPPING=1")),
+        "{said:?}"
     );
 }

@@ -9,6 +9,7 @@ pub mod enrich;
 pub mod interfaces;
 mod metrics;
 mod netlink;
+mod notify;
 pub mod policy;
 pub mod state;
 mod watch;
@@ -464,7 +465,24 @@ impl Agent {
             .context("the policy compiler panicked")?;
         self.settle(trigger, candidate, force)?;
         self.write_state();
+        notify::status(&self.status_line());
         Ok(())
+    }
+
+    /// What `systemctl status` shows: the generation in force and the last reload.
+    fn status_line(&self) -> String {
+        let generation = self
+            .state
+            .active
+            .as_ref()
+            .map_or_else(|| "no".to_owned(), |active| active.generation.to_string());
+        match &self.state.last_reload {
+            Some(reload) if reload.outcome == ReloadOutcome::Failed => format!(
+                "enforcing generation {generation}; the last policy ({}) was refused: see the log",
+                reload.trigger
+            ),
+            _ => format!("enforcing generation {generation}"),
+        }
     }
 
     /// Reloads on SIGHUP and policy changes, serves metrics, stops on SIGTERM/SIGINT.
@@ -501,8 +519,13 @@ impl Agent {
             .take()
             .context("the host watch is served once")?;
         tracing::info!(pid = self.state.pid, "enforcing");
+        notify::ready(&self.status_line());
+        let keep_alive_every = notify::keep_alive_interval();
+        let mut keep_alive =
+            tokio::time::interval(keep_alive_every.unwrap_or(Duration::from_secs(3600)));
         loop {
             tokio::select! {
+                _ = keep_alive.tick(), if keep_alive_every.is_some() => notify::keep_alive(),
                 _ = &mut audit_ended => {
                     return Err(match self.audit.stop() {
                         Err(err) => err.context("the audit consumer stopped"),
@@ -534,6 +557,7 @@ impl Agent {
             pin_dir = %self.config.pin_dir.display(),
             "stopping; enforcement stays in place (remove it with `enforcer uninstall`)"
         );
+        notify::stopping();
         self.audit
             .stop()
             .context("sealing the audit store at shutdown")
