@@ -129,6 +129,8 @@ def caption_rules(schema: dict, attributes: dict) -> None:
 
 def class_schema(compiled: dict, name: str, profiles: list) -> dict:
     schema = sort_enums(OcsfJsonSchemaEmbedded(compiled).get_class_schema(name, profiles))
+    # ocsf-json-schema collects the objects in a set: put them in one order.
+    schema["$defs"] = dict(sorted(schema.get("$defs", {}).items()))
     caption_rules(schema, compiled["classes"][name]["attributes"])
     for slug, definition in schema.get("$defs", {}).items():
         caption_rules(definition, compiled["objects"][slug]["attributes"])
@@ -177,12 +179,12 @@ def main() -> int:
         "no_empty_strings": {
             "$comment": "enforcer: an unknown value is left out, never written as an empty "
             "string or null, anywhere in the record (unmapped included)",
-            "anyOf": [
-                {"type": "string", "minLength": 1},
-                {"type": ["integer", "number", "boolean"]},
-                {"type": "array", "items": {"$ref": "#/$defs/no_empty_strings"}},
-                {"type": "object", "additionalProperties": {"$ref": "#/$defs/no_empty_strings"}},
-            ],
+            # Each keyword applies to its own type only, so a violation is reported at
+            # the value's own path.
+            "not": {"type": "null"},
+            "minLength": 1,
+            "items": {"$ref": "#/$defs/no_empty_strings"},
+            "additionalProperties": {"$ref": "#/$defs/no_empty_strings"},
         }
     }
     dispatch = []

@@ -133,7 +133,8 @@ impl Enricher {
             6 => "tcp".to_owned(),
             17 => "udp".to_owned(),
             58 => "icmpv6".to_owned(),
-            other => other.to_string(),
+            // No name rather than a made-up one: `protocol_num` names it.
+            _ => String::new(),
         };
         let pid = u32::try_from(event.pid_tgid >> 32).unwrap_or(0);
         let comm = comm(&event.comm);
@@ -188,12 +189,14 @@ impl Enricher {
             name: dst_segment.clone(),
         });
         record.connection_info = Some(ConnectionInfo {
-            protocol_num: u16::from(event.protocol),
+            protocol_num: u32::from(event.protocol),
             protocol_name,
             protocol_ver_id: if v4 { 4 } else { 6 },
+            protocol_ver: None,
             direction_id: if inbound { 1 } else { 2 },
+            direction: None,
             boundary_id: local.then_some(BOUNDARY_LOCALHOST),
-            boundary: local.then(|| "Localhost".to_owned()),
+            boundary: None,
         });
         record.actor = (!inbound).then_some(Actor {
             process: Process { pid, name: comm },
@@ -216,6 +219,7 @@ impl Enricher {
             interface,
             kernel_ns: event.timestamp_ns,
         });
+        record.caption();
         record
     }
 

@@ -8,6 +8,8 @@ pub mod chain;
 pub mod files;
 pub mod forward;
 pub mod history;
+#[cfg(test)]
+mod ocsf;
 pub mod read;
 pub mod record;
 pub mod replay;
