@@ -136,6 +136,12 @@ impl Enricher {
             // No name rather than a made-up one: `protocol_num` names it.
             _ => String::new(),
         };
+        // The message names a protocol without a name by its number.
+        let protocol_shown = if protocol_name.is_empty() {
+            event.protocol.to_string()
+        } else {
+            protocol_name.clone()
+        };
         let pid = u32::try_from(event.pid_tgid >> 32).unwrap_or(0);
         let comm = comm(&event.comm);
         let cgroup = self.cgroups.path(event.cgroup_id);
@@ -146,7 +152,7 @@ impl Enricher {
             self.wall_ms(event.timestamp_ns),
             &self.hostname,
             format!(
-                "{verdict_word} {src_segment} -> {dst_segment} {}/{protocol_name} ({})",
+                "{verdict_word} {src_segment} -> {dst_segment} {}/{protocol_shown} ({})",
                 Endpoint::address_and_port(&dst_ip, event.dst_port),
                 rule.as_deref().unwrap_or(reason_word)
             ),

@@ -9,6 +9,8 @@ pub mod enrich;
 pub mod interfaces;
 mod metrics;
 mod netlink;
+#[cfg(test)]
+mod ocsf;
 pub mod policy;
 pub mod state;
 mod watch;

@@ -8,8 +8,6 @@ pub mod chain;
 pub mod files;
 pub mod forward;
 pub mod history;
-#[cfg(test)]
-mod ocsf;
 pub mod read;
 pub mod record;
 pub mod replay;
