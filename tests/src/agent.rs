@@ -293,8 +293,12 @@ listen = "{metrics}"
     }
 
     /// Runs `enforcer ARGS --config <ours>`, in the agent's namespace when it has one
-    /// (so `status` lists that host's interfaces).
+    /// (so `status` lists that host's interfaces). Before an `audit` command reads the
+    /// store, every record in it is validated against the OCSF schema.
     pub fn command(&self, args: &[&str]) -> Output {
+        if args.first() == Some(&"audit") {
+            crate::ocsf::assert_store_is_ocsf(&self.audit_dir());
+        }
         let mut command = Command::new(enforcer_bin());
         command.args(args).arg("--config").arg(self.config());
         if let Some(netns) = &self.netns {
@@ -307,7 +311,8 @@ listen = "{metrics}"
         command.output().expect("run enforcer")
     }
 
-    /// Every flow and gap record in the store, through `enforcer audit query --json`.
+    /// Every flow and gap record in the store, through `enforcer audit query --json`
+    /// (after validating every record against the OCSF schema).
     pub fn audit_records<T: DeserializeOwned>(&self) -> Vec<T> {
         let output = self.command(&["audit", "query", "--json"]);
         assert!(

@@ -16,6 +16,7 @@ pub mod differential;
 pub mod events;
 pub mod leftovers;
 pub mod netns;
+pub mod ocsf;
 pub mod packet;
 pub mod pins;
 pub mod policy;

@@ -80,6 +80,7 @@ fn verify(dir: &Path) -> (i32, String) {
 /// `enforcer audit verify` with `args` before the directory: its exit code and everything
 /// it printed.
 fn verify_with(dir: &Path, args: &[&OsStr]) -> (i32, String) {
+    enforcer_tests::ocsf::assert_store_is_ocsf(dir);
     let output = Command::new(enforcer_bin())
         .args(["audit", "verify"])
         .args(args)

@@ -275,6 +275,7 @@ fn an_address_or_local_route_added_while_the_agent_runs_is_local_within_moments(
     // the very policy that wrote it changes nothing: the flows to the new addresses
     // decided as `world` before the agent had them, and as `payments` after.
     assert!(agent.terminate(), "the agent stops:\n{}", agent.log(1));
+    enforcer_tests::ocsf::assert_store_is_ocsf(&agent.audit_dir());
     let output = std::process::Command::new(enforcer_bin())
         .args(["policy", "simulate", "--json", "--audit-dir"])
         .arg(agent.audit_dir())

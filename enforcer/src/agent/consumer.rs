@@ -84,7 +84,7 @@ struct Owed {
     failing_since: Option<Instant>,
 }
 
-fn gap(enricher: &Enricher, lost: u64, cause: &str, error: Option<String>) -> Record {
+pub(super) fn gap(enricher: &Enricher, lost: u64, cause: &str, error: Option<String>) -> Record {
     let mut record = Record::new(
         Kind::Gap,
         now_ms(),

@@ -133,7 +133,14 @@ impl Enricher {
             6 => "tcp".to_owned(),
             17 => "udp".to_owned(),
             58 => "icmpv6".to_owned(),
-            other => other.to_string(),
+            // No name rather than a made-up one: `protocol_num` names it.
+            _ => String::new(),
+        };
+        // The message names a protocol without a name by its number.
+        let protocol_shown = if protocol_name.is_empty() {
+            event.protocol.to_string()
+        } else {
+            protocol_name.clone()
         };
         let pid = u32::try_from(event.pid_tgid >> 32).unwrap_or(0);
         let comm = comm(&event.comm);
@@ -145,7 +152,7 @@ impl Enricher {
             self.wall_ms(event.timestamp_ns),
             &self.hostname,
             format!(
-                "{verdict_word} {src_segment} -> {dst_segment} {}/{protocol_name} ({})",
+                "{verdict_word} {src_segment} -> {dst_segment} {}/{protocol_shown} ({})",
                 Endpoint::address_and_port(&dst_ip, event.dst_port),
                 rule.as_deref().unwrap_or(reason_word)
             ),
@@ -188,12 +195,14 @@ impl Enricher {
             name: dst_segment.clone(),
         });
         record.connection_info = Some(ConnectionInfo {
-            protocol_num: u16::from(event.protocol),
+            protocol_num: u32::from(event.protocol),
             protocol_name,
             protocol_ver_id: if v4 { 4 } else { 6 },
+            protocol_ver: None,
             direction_id: if inbound { 1 } else { 2 },
+            direction: None,
             boundary_id: local.then_some(BOUNDARY_LOCALHOST),
-            boundary: local.then(|| "Localhost".to_owned()),
+            boundary: None,
         });
         record.actor = (!inbound).then_some(Actor {
             process: Process { pid, name: comm },
@@ -216,6 +225,7 @@ impl Enricher {
             interface,
             kernel_ns: event.timestamp_ns,
         });
+        record.caption();
         record
     }
 

@@ -10,6 +10,8 @@ pub mod interfaces;
 mod metrics;
 mod netlink;
 mod notify;
+#[cfg(test)]
+mod ocsf;
 pub mod policy;
 pub mod state;
 mod watch;

@@ -1,8 +1,12 @@
 //! One audit record: a JSON object on one line, shaped as an OCSF event so a SIEM takes
 //! it without a custom parser. Flow decisions are OCSF Network Activity (class 4001);
-//! the store's own records (file opened, gap, retention, seal) are OCSF Base Events
-//! (class 0). Everything enforcer adds beyond OCSF lives under `unmapped`, whose last
-//! two keys are the hash chain (`prev`, `hash`). The field list is in `docs/audit.md`.
+//! the store's own records (file opened, sealed or removed, gap, epoch seal) are OCSF
+//! Event Log Activity (class 1008); the agent's and the policies' history is OCSF
+//! Application Lifecycle (class 6002). Everything enforcer adds beyond OCSF lives under
+//! `unmapped`, whose last two keys are the hash chain (`prev`, `hash`). The field list is
+//! in `docs/audit.md`; every record validates against
+//! `tests/ocsf/ocsf-1.3.0-enforcer.schema.json`, made from the OCSF schema itself: an id
+//! comes with its caption, and an unknown value is left out, never written empty.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +18,30 @@ pub const OCSF_VERSION: &str = "1.3.0";
 pub const CLASS_NETWORK_ACTIVITY: u32 = 4001;
 /// OCSF category of Network Activity.
 pub const CATEGORY_NETWORK: u32 = 4;
+/// OCSF class of the store's own records: Event Log Activity.
+pub const CLASS_EVENT_LOG: u32 = 1008;
+/// OCSF category of Event Log Activity: System Activity.
+pub const CATEGORY_SYSTEM: u32 = 1;
+/// OCSF class of the agent's and the policies' history: Application Lifecycle.
+pub const CLASS_APPLICATION_LIFECYCLE: u32 = 6002;
+/// OCSF category of Application Lifecycle: Application Activity.
+pub const CATEGORY_APPLICATION: u32 = 6;
+/// OCSF `activity_id` Other, in every class.
+pub const ACTIVITY_OTHER: u32 = 99;
+/// OCSF Event Log Activity `activity_id` Delete: retention removed files.
+pub const LOG_DELETE: u32 = 2;
+/// OCSF Event Log Activity `activity_id` Archive: a file sealed.
+pub const LOG_ARCHIVE: u32 = 4;
+/// OCSF Event Log Activity `activity_id` Rotate: a file opened after a rotation.
+pub const LOG_ROTATE: u32 = 5;
+/// OCSF Event Log Activity `activity_id` Start: the store's first file opened.
+pub const LOG_START: u32 = 6;
+/// OCSF Event Log Activity `activity_id` Restart: a file opened at an agent restart.
+pub const LOG_RESTART: u32 = 8;
+/// OCSF Application Lifecycle `activity_id` Start: the agent started.
+pub const APP_START: u32 = 3;
+/// OCSF Application Lifecycle `activity_id` Stop: the agent is stopping.
+pub const APP_STOP: u32 = 4;
 /// OCSF Network Activity `activity_id` of an allowed flow: Open.
 pub const ACTIVITY_OPEN: u32 = 1;
 /// OCSF Network Activity `activity_id` of a refused flow: Refuse.
@@ -36,6 +64,17 @@ pub const SEVERITY_LOW: u32 = 2;
 pub const SEVERITY_MEDIUM: u32 = 3;
 /// OCSF `severity_id`: High.
 pub const SEVERITY_HIGH: u32 = 4;
+
+/// The OCSF class of each record kind: `(class_uid, category_uid)`.
+pub fn class_of(kind: Kind) -> (u32, u32) {
+    match kind {
+        Kind::Flow => (CLASS_NETWORK_ACTIVITY, CATEGORY_NETWORK),
+        Kind::Gap | Kind::Open | Kind::Retention | Kind::Seal | Kind::Epoch => {
+            (CLASS_EVENT_LOG, CATEGORY_SYSTEM)
+        }
+        Kind::Agent | Kind::Policy => (CLASS_APPLICATION_LIFECYCLE, CATEGORY_APPLICATION),
+    }
+}
 
 /// One line of the audit store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,9 +116,15 @@ pub struct Record {
     /// OCSF `action_id` (flows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action_id: Option<u32>,
+    /// The caption of `action_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
     /// OCSF `disposition_id` (flows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disposition_id: Option<u32>,
+    /// The caption of `disposition_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disposition: Option<String>,
     /// The flow's source (flows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub src_endpoint: Option<Endpoint>,
@@ -95,6 +140,16 @@ pub struct Record {
     /// What decided (flows): the rule, or the reason when no rule did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firewall_rule: Option<FirewallRule>,
+    /// OCSF Event Log Activity `log_provider` (the store's records): `enforcer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_provider: Option<String>,
+    /// OCSF Event Log Activity `log_name` (the store's records): `audit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_name: Option<String>,
+    /// OCSF Application Lifecycle `app` (the agent's and the policies' history): the
+    /// agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<Product>,
     /// enforcer's own fields and the hash chain. Always the last key.
     pub unmapped: Unmapped,
 }
@@ -104,8 +159,8 @@ pub struct Record {
 pub struct Metadata {
     /// The OCSF schema version ([`OCSF_VERSION`]).
     pub version: String,
-    /// The OCSF profiles whose fields the record uses: `host` (`device`, `actor`) and
-    /// `security_control` (`action_id`, `disposition_id`, `firewall_rule`).
+    /// The OCSF profiles whose fields the record uses: `host` (`device`, `actor`) and,
+    /// for flows, `security_control` (`action_id`, `disposition_id`, `firewall_rule`).
     #[serde(default)]
     pub profiles: Vec<String>,
     /// The product that wrote the record.
@@ -178,30 +233,38 @@ impl Endpoint {
     }
 }
 
-/// OCSF `connection_info`.
+/// OCSF `connection_info`. Its ids are OCSF integers (32 bits), written at full width.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionInfo {
     /// IP protocol number (262 for MPTCP, which is TCP on the wire).
-    pub protocol_num: u16,
-    /// `tcp`, `udp`, or the number.
+    pub protocol_num: u32,
+    /// The IANA keyword in lowercase (`tcp`, `udp`, `icmp`, `icmpv6`); empty, and then
+    /// left out, for a protocol without one here (`protocol_num` still names it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub protocol_name: String,
     /// 4 or 6.
-    pub protocol_ver_id: u8,
+    pub protocol_ver_id: u32,
+    /// The caption of `protocol_ver_id` ([`Record::caption`] fills it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_ver: Option<String>,
     /// 1 inbound (XDP), 2 outbound (cgroup hooks).
-    pub direction_id: u8,
+    pub direction_id: u32,
+    /// The caption of `direction_id` ([`Record::caption`] fills it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
     /// [`BOUNDARY_LOCALHOST`] when the flow stays on this host: an outbound flow whose
     /// destination address was this host (a local address in any form, decided against
     /// the segment serving the port), or an inbound one from a local process (decided
     /// against the sender's segment); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boundary_id: Option<u8>,
+    pub boundary_id: Option<u32>,
     /// The caption of `boundary_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boundary: Option<String>,
 }
 
 /// OCSF `connection_info.boundary_id` "Localhost": the flow stays on this host.
-pub const BOUNDARY_LOCALHOST: u8 = 1;
+pub const BOUNDARY_LOCALHOST: u32 = 1;
 
 impl ConnectionInfo {
     /// Whether the destination address was this host.
@@ -222,7 +285,8 @@ pub struct Actor {
 pub struct Process {
     /// Process id (thread group id).
     pub pid: u32,
-    /// Command name.
+    /// Command name (left out when the kernel gave none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
 }
 
@@ -419,11 +483,15 @@ pub struct FlowDetails {
     pub dst_segment: String,
     /// The policy generation that decided.
     pub generation: u32,
-    /// SHA-256 of the policy files of that generation (empty when unknown).
+    /// SHA-256 of the policy files of that generation (empty when unknown, and then
+    /// left out).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub policy_sha256: String,
     /// cgroup v2 id of the calling task (0 at XDP).
     pub cgroup_id: u64,
-    /// The cgroup's path below the cgroup2 root (empty at XDP or when gone).
+    /// The cgroup's path below the cgroup2 root (empty at XDP or when gone, and then
+    /// left out).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cgroup: String,
     /// Receiving interface (XDP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -508,14 +576,20 @@ impl Record {
     /// A record of `kind` with the common fields filled in; the store sets the sequence
     /// number and the chain.
     pub fn new(kind: Kind, time: i64, hostname: &str, message: String) -> Self {
-        Self {
-            class_uid: 0,
+        let (class_uid, category_uid) = class_of(kind);
+        let product = Product {
+            name: "enforcer".to_owned(),
+            vendor_name: "enforcer".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let mut record = Self {
+            class_uid,
             class_name: String::new(),
-            category_uid: 0,
+            category_uid,
             category_name: String::new(),
-            activity_id: 99,
+            activity_id: ACTIVITY_OTHER,
             activity_name: String::new(),
-            type_uid: 99,
+            type_uid: u64::from(class_uid) * 100 + u64::from(ACTIVITY_OTHER),
             type_name: String::new(),
             severity_id: SEVERITY_INFO,
             severity: String::new(),
@@ -523,12 +597,8 @@ impl Record {
             message,
             metadata: Metadata {
                 version: OCSF_VERSION.to_owned(),
-                profiles: vec!["host".to_owned(), "security_control".to_owned()],
-                product: Product {
-                    name: "enforcer".to_owned(),
-                    vendor_name: "enforcer".to_owned(),
-                    version: env!("CARGO_PKG_VERSION").to_owned(),
-                },
+                profiles: Vec::new(),
+                product: product.clone(),
                 sequence: 0,
             },
             device: Device {
@@ -537,12 +607,17 @@ impl Record {
                 hostname: hostname.to_owned(),
             },
             action_id: None,
+            action: None,
             disposition_id: None,
+            disposition: None,
             src_endpoint: None,
             dst_endpoint: None,
             connection_info: None,
             actor: None,
             firewall_rule: None,
+            log_provider: None,
+            log_name: None,
+            app: None,
             unmapped: Unmapped {
                 kind,
                 flow: None,
@@ -555,19 +630,50 @@ impl Record {
                 prev: String::new(),
                 hash: None,
             },
+        };
+        match class_uid {
+            CLASS_EVENT_LOG => {
+                record.log_provider = Some("enforcer".to_owned());
+                record.log_name = Some("audit".to_owned());
+            }
+            CLASS_APPLICATION_LIFECYCLE => record.app = Some(product),
+            _ => {}
         }
+        record.caption();
+        record
     }
 
-    /// Sets the OCSF captions from the ids (the store calls it as it writes the record,
-    /// so ids changed after [`Record::new`] are named right).
+    /// Sets what follows from the record's kind and details: the OCSF class, activity
+    /// and profiles of a store or history record (a flow's activity is its verdict's,
+    /// set by the agent), and the captions of every id. The store calls it as it writes
+    /// the record, so details and ids changed after [`Record::new`] are named right.
     pub fn caption(&mut self) {
+        let kind = self.unmapped.kind;
+        if kind != Kind::Flow {
+            (self.class_uid, self.category_uid) = class_of(kind);
+            self.activity_id = self.history_activity();
+            self.type_uid = u64::from(self.class_uid) * 100 + u64::from(self.activity_id);
+        }
+        self.metadata.profiles = match kind {
+            Kind::Flow => vec!["host".to_owned(), "security_control".to_owned()],
+            _ => vec!["host".to_owned()],
+        };
         let (class, category) = match self.class_uid {
             CLASS_NETWORK_ACTIVITY => ("Network Activity", "Network Activity"),
+            CLASS_EVENT_LOG => ("Event Log Activity", "System Activity"),
+            CLASS_APPLICATION_LIFECYCLE => ("Application Lifecycle", "Application Activity"),
             _ => ("Base Event", "Uncategorized"),
         };
         let activity = match (self.class_uid, self.activity_id) {
             (CLASS_NETWORK_ACTIVITY, ACTIVITY_OPEN) => "Open",
             (CLASS_NETWORK_ACTIVITY, ACTIVITY_REFUSE) => "Refuse",
+            (CLASS_EVENT_LOG, LOG_DELETE) => "Delete",
+            (CLASS_EVENT_LOG, LOG_ARCHIVE) => "Archive",
+            (CLASS_EVENT_LOG, LOG_ROTATE) => "Rotate",
+            (CLASS_EVENT_LOG, LOG_START) => "Start",
+            (CLASS_EVENT_LOG, LOG_RESTART) => "Restart",
+            (CLASS_APPLICATION_LIFECYCLE, APP_START) => "Start",
+            (CLASS_APPLICATION_LIFECYCLE, APP_STOP) => "Stop",
             _ => "Other",
         };
         self.class_name = class.to_owned();
@@ -582,6 +688,70 @@ impl Record {
             _ => "Unknown",
         }
         .to_owned();
+        self.action = self.action_id.map(|id| {
+            match id {
+                ACTION_ALLOWED => "Allowed",
+                ACTION_DENIED => "Denied",
+                _ => "Unknown",
+            }
+            .to_owned()
+        });
+        self.disposition = self.disposition_id.map(|id| {
+            match id {
+                DISPOSITION_ALLOWED => "Allowed",
+                DISPOSITION_BLOCKED => "Blocked",
+                DISPOSITION_DETECTED => "Detected",
+                _ => "Unknown",
+            }
+            .to_owned()
+        });
+        if let Some(info) = &mut self.connection_info {
+            info.protocol_ver = Some(
+                match info.protocol_ver_id {
+                    4 => "Internet Protocol version 4 (IPv4)",
+                    6 => "Internet Protocol version 6 (IPv6)",
+                    _ => "Unknown",
+                }
+                .to_owned(),
+            );
+            info.direction = Some(
+                match info.direction_id {
+                    1 => "Inbound",
+                    2 => "Outbound",
+                    _ => "Unknown",
+                }
+                .to_owned(),
+            );
+            info.boundary = info.boundary_id.map(|id| {
+                match id {
+                    BOUNDARY_LOCALHOST => "Localhost",
+                    _ => "Unknown",
+                }
+                .to_owned()
+            });
+        }
+    }
+
+    /// The OCSF activity of a store or history record: what happened to the store (Event
+    /// Log Activity) or to the agent (Application Lifecycle); Other for the rest.
+    fn history_activity(&self) -> u32 {
+        let unmapped = &self.unmapped;
+        match unmapped.kind {
+            Kind::Open => match unmapped.file.as_ref().and_then(|f| f.opened.as_deref()) {
+                Some("first") => LOG_START,
+                Some("rotate") => LOG_ROTATE,
+                Some("restart") => LOG_RESTART,
+                _ => ACTIVITY_OTHER,
+            },
+            Kind::Seal => LOG_ARCHIVE,
+            Kind::Retention => LOG_DELETE,
+            Kind::Agent => match unmapped.agent.as_ref().map(|a| a.event.as_str()) {
+                Some("started") => APP_START,
+                Some("stopping") => APP_STOP,
+                _ => ACTIVITY_OTHER,
+            },
+            Kind::Flow | Kind::Gap | Kind::Epoch | Kind::Policy => ACTIVITY_OTHER,
+        }
     }
 
     /// The flow details, for flow records.

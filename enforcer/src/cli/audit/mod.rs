@@ -94,10 +94,17 @@ fn format_line(record: &Record) -> String {
                     crate::audit::record::Endpoint::address_and_port(&end.ip, end.port)
                 })
             };
+            // A protocol without a name is shown by its number.
             let protocol = record
                 .connection_info
                 .as_ref()
-                .map_or("", |info| info.protocol_name.as_str());
+                .map_or_else(String::new, |info| {
+                    if info.protocol_name.is_empty() {
+                        info.protocol_num.to_string()
+                    } else {
+                        info.protocol_name.clone()
+                    }
+                });
             let process = record.actor.as_ref().map_or_else(String::new, |actor| {
                 format!(" pid={} comm={}", actor.process.pid, actor.process.name)
             });
