@@ -26,6 +26,8 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/enforcer";
 /// Where the running agent keeps its lock and its state (last reload, pid) unless told
 /// otherwise; `enforcer status` reads it.
 pub const DEFAULT_STATE_DIR: &str = "/run/enforcer";
+/// Default directory of what must survive a reboot (the unit's `StateDirectory=`).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/enforcer";
 /// Where audit records go unless told otherwise.
 pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/enforcer/audit";
 /// Where `/metrics` and the health endpoint listen unless told otherwise: loopback only.
@@ -189,6 +191,9 @@ pub struct Config {
     pub pin_dir: PathBuf,
     /// The agent's lock and state file.
     pub state_dir: PathBuf,
+    /// What must survive a reboot, unlike `state_dir` (in `/run`): the anti-rollback
+    /// floor of signed bundles.
+    pub data_dir: PathBuf,
     /// Audit settings.
     pub audit: Audit,
     /// Address of `/metrics` and the health endpoint.
@@ -340,6 +345,7 @@ struct RawConfig {
     policy: RawPolicy,
     pin_dir: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
+    data_dir: Option<Spanned<String>>,
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
@@ -538,6 +544,10 @@ impl Config {
             || PathBuf::from(DEFAULT_STATE_DIR),
             |value| checker.absolute(value, "state_dir"),
         );
+        let data_dir = raw.data_dir.as_ref().map_or_else(
+            || PathBuf::from(DEFAULT_DATA_DIR),
+            |value| checker.absolute(value, "data_dir"),
+        );
         let audit = Audit {
             dir: raw.audit.dir.as_ref().map_or_else(
                 || PathBuf::from(DEFAULT_AUDIT_DIR),
@@ -637,6 +647,7 @@ impl Config {
                 policy,
                 pin_dir,
                 state_dir,
+                data_dir,
                 audit,
                 metrics_listen,
             })

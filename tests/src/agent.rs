@@ -97,6 +97,7 @@ impl AgentHost {
             r#"{interfaces}cgroup = "{cgroup}"
 pin_dir = "{pins}"
 state_dir = "{state}"
+data_dir = "{data}"
 
 [policy]
 path = "{policy}"
@@ -110,6 +111,7 @@ listen = "{metrics}"
             cgroup = cgroup.relative_path(),
             pins = host.pin_dir.display(),
             state = host.dir.join("state").display(),
+            data = host.dir.join("lib").display(),
             policy = policy.display(),
             audit = host.dir.join("audit").display(),
         );
@@ -135,6 +137,11 @@ listen = "{metrics}"
     pub fn in_netns(mut self, netns: &Netns) -> Self {
         self.netns = Some(netns.path());
         self
+    }
+
+    /// The agent's runtime state directory (`/run/enforcer` on a host).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
     }
 
     /// The config file.

@@ -950,7 +950,7 @@ fn enforcer_ok(args: &[&OsStr]) -> String {
 }
 
 #[test]
-fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused() {
+fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even_after_a_reboot() {
     let site = PeerSite::new(&[ALLOWED_PORT]);
     // The keys and bundles live in the agent's directory, which goes with the agent.
     let name = enforcer_tests::unique_name();
@@ -1040,4 +1040,28 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused() {
         message.contains(&format!("signed by {key_id}")),
         "{message}"
     );
+
+    // A reboot: the pins and the runtime state in /run are gone; the floor in the data
+    // directory is not. The older bundle is refused and nothing is attached.
+    let uninstalled = agent.command(&["uninstall"]);
+    assert!(uninstalled.status.success(), "{uninstalled:?}");
+    let _ = fs::remove_dir_all(agent.state_dir());
+    sign(false, "5");
+    let run = Command::new("timeout")
+        .arg("20")
+        .arg(enforcer_bin())
+        .args(["run", "--config"])
+        .arg(agent.config())
+        .output()
+        .expect("run the agent");
+    let said = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success() && said.contains("version 5 is older than version 6"),
+        "{:?}: {said}",
+        run.status
+    );
+    // A newer one is taken.
+    sign(false, "7");
+    agent.start();
+    assert_eq!(agent.status()["policy"]["bundle_version"], 7);
 }

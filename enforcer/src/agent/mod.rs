@@ -6,6 +6,7 @@
 mod audit;
 pub mod consumer;
 pub mod enrich;
+mod floor;
 pub mod interfaces;
 mod metrics;
 mod netlink;
@@ -41,6 +42,7 @@ use crate::{
     },
 };
 use audit::AuditThread;
+use floor::Floor;
 use interfaces::{InterfaceSet, InterfaceXdp};
 use policy::{Candidate, CandidateError};
 use state::{ActivePolicy, AgentLock, AgentState, Reload, ReloadOutcome, StateDir};
@@ -75,6 +77,8 @@ struct Agent {
     /// the next applied generation is compared with in its audit record. `None` until
     /// this agent applies one (an adopted generation has no compiled copy here).
     applied: Option<(u32, Candidate)>,
+    /// The anti-rollback floor, in the data directory.
+    floor: Floor,
     /// Names of the last few generations, newest last (for audit records and status).
     generations: Vec<GenerationNames>,
     audit: AuditThread,
@@ -128,7 +132,8 @@ impl Agent {
         let previous = state_dir.read().unwrap_or_default();
         let pins = PinLayout::new(&config.pin_dir);
         let adopting = pins.has_maps();
-        let candidate = policy::load(&config.policy, previous.accepted_bundle_version);
+        let floor = Floor::new(&config.data_dir);
+        let candidate = policy::load(&config.policy, previous.accepted_bundle_version, &floor);
         if let Err(err) = &candidate
             && !adopting
         {
@@ -171,7 +176,9 @@ impl Agent {
                 config: config_path.to_owned(),
                 active: previous.active.clone(),
                 last_reload: None,
-                accepted_bundle_version: previous.accepted_bundle_version,
+                accepted_bundle_version: previous
+                    .accepted_bundle_version
+                    .max(floor.read().unwrap_or_default()),
                 interfaces: BTreeMap::new(),
             },
             shared: Arc::new(Mutex::new(Shared {
@@ -183,6 +190,7 @@ impl Agent {
                 interfaces: BTreeMap::new(),
             })),
             applied: None,
+            floor,
             generations,
             audit,
             config,
@@ -461,10 +469,12 @@ impl Agent {
     async fn reload(&mut self, trigger: &str, force: bool) -> anyhow::Result<()> {
         let source = self.config.policy.clone();
         let min_version = self.state.accepted_bundle_version;
+        let floor = self.floor.clone();
         // Compiling a large policy takes a while: keep the runtime (metrics) responsive.
-        let candidate = tokio::task::spawn_blocking(move || policy::load(&source, min_version))
-            .await
-            .context("the policy compiler panicked")?;
+        let candidate =
+            tokio::task::spawn_blocking(move || policy::load(&source, min_version, &floor))
+                .await
+                .context("the policy compiler panicked")?;
         self.settle(trigger, candidate, force)?;
         self.write_state();
         notify::status(&self.status_line());

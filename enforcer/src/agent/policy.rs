@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use ed25519_dalek::VerifyingKey;
 
+use super::floor::Floor;
 use crate::{
     config::PolicySource,
     policy::{
@@ -69,12 +70,39 @@ pub fn source_sha256(sources: &SourceSet) -> String {
     hex::encode(crate::digest::finish(hasher))
 }
 
-/// Reads, checks and compiles the configured policy. `min_bundle_version` is the
-/// version of the last accepted bundle: an older one is refused.
-pub fn load(source: &PolicySource, min_bundle_version: u64) -> Result<Candidate, CandidateError> {
+/// Reads, checks and compiles the configured policy. A bundle older than `floor` (the
+/// highest version this host accepted, [`Floor`]) or than `min_bundle_version` (the
+/// runtime state's, from before the floor was kept) is refused; a newer one raises the
+/// floor before it is returned, and is refused if the floor cannot be raised.
+pub fn load(
+    source: &PolicySource,
+    min_bundle_version: u64,
+    floor: &Floor,
+) -> Result<Candidate, CandidateError> {
     if source.trusted_keys.is_empty() {
         return load_files(&source.path);
     }
+    let bundle_error = |reason: String| CandidateError::Bundle {
+        path: source.path.display().to_string(),
+        reason,
+    };
+    let floor_version = floor.read().map_err(|err| bundle_error(err.to_string()))?;
+    let candidate = load_bundle(source, min_bundle_version.max(floor_version))?;
+    if let Some(version) = candidate.bundle_version
+        && version > floor_version
+    {
+        floor
+            .raise(version)
+            .map_err(|err| bundle_error(format!("not applied: {err}")))?;
+    }
+    Ok(candidate)
+}
+
+/// A bundle signed by one of the trusted keys, at least `min_bundle_version`.
+fn load_bundle(
+    source: &PolicySource,
+    min_bundle_version: u64,
+) -> Result<Candidate, CandidateError> {
     let bundle_error = |reason: String| CandidateError::Bundle {
         path: source.path.display().to_string(),
         reason,

@@ -104,6 +104,7 @@ fn print_settings(config: &Config) {
         ("policy.trusted_keys", keys),
         ("pin_dir", config.pin_dir.display().to_string()),
         ("state_dir", config.state_dir.display().to_string()),
+        ("data_dir", config.data_dir.display().to_string()),
         ("audit.dir", config.audit.dir.display().to_string()),
         (
             "audit.dedup_window_ms",

@@ -1,5 +1,6 @@
 //! `enforcer uninstall`: remove every program, link, map and pin the agent made, and its
-//! state files; nothing else (the audit store stays: it is evidence).
+//! state files; nothing else (the audit store stays: it is evidence; so does the
+//! anti-rollback floor in `data_dir`).
 
 use std::{path::PathBuf, process::ExitCode};
 
