@@ -694,8 +694,13 @@ fn stored_lines(dir: &Path) -> BTreeMap<u64, String> {
 
 /// Waits until `collector` has received every record in the agent's store, then checks
 /// that every line it received is a stored record, byte for byte (repeats allowed: delivery
-/// is at least once). Returns how many records the store holds.
-fn wait_until_the_collector_has_the_store(agent: &AgentHost, collector: &SyslogNg) -> usize {
+/// is at least once). `start` is the agent's running start, for its log. Returns how many
+/// records the store holds.
+fn wait_until_the_collector_has_the_store(
+    agent: &AgentHost,
+    start: u32,
+    collector: &SyslogNg,
+) -> usize {
     let started = Instant::now();
     loop {
         let stored = stored_lines(&agent.audit_dir());
@@ -721,7 +726,7 @@ fn wait_until_the_collector_has_the_store(agent: &AgentHost, collector: &SyslogN
             started.elapsed() < Duration::from_secs(20),
             "syslog-ng is missing records {missing:?} of {}:\nagent:\n{}\nsyslog-ng:\n{}",
             stored.len(),
-            agent.log(1),
+            agent.log(start),
             collector.log()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -774,7 +779,7 @@ fn syslog_ng_receives_every_record_as_stored_with_newline_framing() {
         "dedup_window_ms = 0\n[audit.forward]\naddress = \"{}\"\nframing = \"newline\"",
         collector.addr
     ));
-    agent.start();
+    let start = agent.start();
     for _ in 0..3 {
         assert_eq!(
             Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
@@ -792,7 +797,7 @@ fn syslog_ng_receives_every_record_as_stored_with_newline_framing() {
     wait_for_records(&agent, "6 flows", Duration::from_secs(10), |r| {
         flows_to(r, ALLOWED_PORT, "allow") == 3 && flows_to(r, DENIED_PORT, "deny") == 3
     });
-    wait_until_the_collector_has_the_store(&agent, &collector);
+    wait_until_the_collector_has_the_store(&agent, start, &collector);
     let flows = collector
         .received()
         .iter()
@@ -868,7 +873,10 @@ fn mutual_tls_to_syslog_ng_delivers_only_with_a_trusted_client_certificate() {
 
     // No client certificate, then one from a CA the collector does not trust: the
     // collector refuses the agent, nothing is delivered, and the agent says why.
-    for (denials, client) in [(1, None), (2, Some(&rogue))] {
+    for (denials, client, alert) in [
+        (1, None, "CertificateRequired"),
+        (2, Some(&rogue), "UnknownCA"),
+    ] {
         configure(&agent, client);
         let start = agent.start();
         deny();
@@ -877,7 +885,8 @@ fn mutual_tls_to_syslog_ng_delivers_only_with_a_trusted_client_certificate() {
         });
         let log = wait_until_unreachable(&agent, start);
         assert!(
-            log.contains("reason=\"tls\"") && log.contains("received fatal alert"),
+            log.contains("reason=\"tls\"")
+                && log.contains(&format!("received fatal alert: {alert}")),
             "the log names the TLS refusal:\n{log}"
         );
         assert!(
@@ -900,12 +909,12 @@ fn mutual_tls_to_syslog_ng_delivers_only_with_a_trusted_client_certificate() {
 
     // The trusted certificate: every record, those that waited included, arrives as stored.
     configure(&agent, Some(&trusted));
-    agent.start();
+    let start = agent.start();
     deny();
     wait_for_records(&agent, "three denied flows", Duration::from_secs(10), |r| {
         flows_to(r, DENIED_PORT, "deny") == 3
     });
-    let stored = wait_until_the_collector_has_the_store(&agent, &collector);
+    let stored = wait_until_the_collector_has_the_store(&agent, start, &collector);
     assert!(metric(metrics, "enforcer_audit_forwarded_records_total") >= stored as f64);
 }
 
@@ -981,7 +990,7 @@ fn a_collector_named_by_host_name_is_resolved_at_every_attempt() {
     wait_for_records(&agent, "two denied flows", Duration::from_secs(10), |r| {
         flows_to(r, DENIED_PORT, "deny") == 2
     });
-    wait_until_the_collector_has_the_store(&agent, &collector);
+    wait_until_the_collector_has_the_store(&agent, start, &collector);
     assert!(
         agent
             .log(start)
