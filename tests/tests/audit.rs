@@ -909,6 +909,22 @@ fn mutual_tls_to_syslog_ng_delivers_only_with_a_trusted_client_certificate() {
 
     // The trusted certificate: every record, those that waited included, arrives as stored.
     configure(&agent, Some(&trusted));
+    let check = Command::new(enforcer_bin())
+        .args(["config", "check"])
+        .arg(agent.config())
+        .output()
+        .expect("run enforcer config check");
+    let shown = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success()
+            && shown.contains(&format!(
+                "client certificate {} with key {}",
+                trusted.cert.display(),
+                trusted.key.display()
+            )),
+        "{shown}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let start = agent.start();
     deny();
     wait_for_records(&agent, "three denied flows", Duration::from_secs(10), |r| {
