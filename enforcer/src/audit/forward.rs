@@ -163,22 +163,12 @@ pub enum Collector {
     },
 }
 
-/// Why a collector address was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{text}` is not a host:port or address:port ({hint})")]
-pub struct AddressError {
-    /// The address as written.
-    pub text: String,
-    /// What is wrong with it.
-    pub hint: &'static str,
-}
-
 impl FromStr for Collector {
-    type Err = AddressError;
+    type Err = ForwardError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let refuse = |hint| {
-            Err(AddressError {
+            Err(ForwardError::Address {
                 text: text.to_owned(),
                 hint,
             })
@@ -307,10 +297,18 @@ pub struct ClientCertificate {
     pub key_file: PathBuf,
 }
 
-/// Why a TLS setup could not be built. [`TlsError::key`] names the `[audit.forward]` key
-/// each variant is about.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+/// Why a forwarding setting was refused: the collector's address, or what TLS is built
+/// from. [`ForwardError::key`] names the `[audit.forward]` key each variant is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// The address is not `host:port` or `address:port`.
+    #[error("`{text}` is not a host:port or address:port ({hint})")]
+    Address {
+        /// The address as written.
+        text: String,
+        /// What is wrong with it.
+        hint: &'static str,
+    },
     /// The CA file could not be read or holds no certificate.
     #[error("{}: {message}", .path.display())]
     Ca {
@@ -341,10 +339,11 @@ pub enum TlsError {
     ServerName(String),
 }
 
-impl TlsError {
+impl ForwardError {
     /// The `[audit.forward]` key the problem is about.
     pub fn key(&self) -> &'static str {
         match self {
+            Self::Address { .. } => "address",
             Self::Ca { .. } => "ca_file",
             Self::Certificate { .. } => "cert_file",
             Self::Key { .. } => "key_file",
@@ -361,10 +360,10 @@ impl Tls {
         ca_file: &Path,
         client: Option<&ClientCertificate>,
         server_name: &str,
-    ) -> Result<Self, TlsError> {
+    ) -> Result<Self, ForwardError> {
         let server_name = ServerName::try_from(server_name.to_owned())
-            .map_err(|_| TlsError::ServerName(server_name.to_owned()))?;
-        let ca_error = |message: String| TlsError::Ca {
+            .map_err(|_| ForwardError::ServerName(server_name.to_owned()))?;
+        let ca_error = |message: String| ForwardError::Ca {
             path: ca_file.to_owned(),
             message,
         };
@@ -382,12 +381,13 @@ impl Tls {
         let config = match client {
             None => builder.with_no_client_auth(),
             Some(client) => {
-                let chain =
-                    certificates(&client.cert_file).map_err(|message| TlsError::Certificate {
+                let chain = certificates(&client.cert_file).map_err(|message| {
+                    ForwardError::Certificate {
                         path: client.cert_file.clone(),
                         message,
-                    })?;
-                let key_error = |message: String| TlsError::Key {
+                    }
+                })?;
+                let key_error = |message: String| ForwardError::Key {
                     path: client.key_file.clone(),
                     message,
                 };
@@ -952,7 +952,10 @@ mod tests {
             (":6514", "a host name is"),
         ] {
             let err = parse(text).expect_err(text);
-            assert!(err.hint.starts_with(hint), "{text}: {err}");
+            assert!(
+                matches!(&err, ForwardError::Address { hint: said, .. } if said.starts_with(hint)),
+                "{text}: {err}"
+            );
             assert!(
                 err.to_string()
                     .starts_with(&format!("`{text}` is not a host:port"))
