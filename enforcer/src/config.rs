@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::{
-    audit::store::Fsync,
+    audit::{
+        forward::{ClientCertificate, Collector, Framing, Tls},
+        store::Fsync,
+    },
     policy::source::{SourceSet, Span},
 };
 
@@ -148,8 +151,11 @@ pub struct Audit {
 /// Forwarding to a syslog collector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Forward {
-    /// The collector.
-    pub address: SocketAddr,
+    /// The collector: an IP address or a host name (resolved at every connection
+    /// attempt), and a port.
+    pub address: Collector,
+    /// How records are delimited on the stream (default: octet counting).
+    pub framing: Framing,
     /// TLS, when configured.
     pub tls: Option<ForwardTls>,
 }
@@ -159,8 +165,11 @@ pub struct Forward {
 pub struct ForwardTls {
     /// PEM file of the CA certificates the collector's certificate must chain to.
     pub ca_file: PathBuf,
-    /// The name the collector's certificate must carry (default: the address's IP).
+    /// The name the collector's certificate must carry (default: the address's host
+    /// name, or its IP).
     pub server_name: String,
+    /// The certificate this host presents to a collector that requires one (mutual TLS).
+    pub client_certificate: Option<ClientCertificate>,
 }
 
 fn fsync_word<S: serde::Serializer>(fsync: &Fsync, out: S) -> Result<S::Ok, S::Error> {
@@ -315,9 +324,13 @@ struct RawAudit {
 struct RawForward {
     address: Spanned<String>,
     #[serde(default)]
+    framing: Framing,
+    #[serde(default)]
     tls: bool,
     ca_file: Option<Spanned<String>>,
-    server_name: Option<String>,
+    server_name: Option<Spanned<String>>,
+    cert_file: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -455,6 +468,119 @@ impl Checker {
             self.problem(value, field.to_owned(), "must be an absolute path");
         }
         path
+    }
+
+    /// An absolute path to an existing file, or a problem.
+    fn file(&mut self, value: &Spanned<String>, field: &str) -> PathBuf {
+        let path = self.absolute(value, field);
+        if path.is_absolute() && !path.is_file() {
+            self.problem(
+                value,
+                field.to_owned(),
+                format!("no file at {}", path.display()),
+            );
+        }
+        path
+    }
+
+    /// `[audit.forward]`: the collector's address, the framing, and TLS with its files
+    /// read as the agent will read them, so a certificate or key problem is reported
+    /// here and not when the agent starts.
+    fn forward(&mut self, forward: &RawForward) -> Option<Forward> {
+        let field = |key: &str| format!("audit.forward.{key}");
+        let address = match forward.address.get_ref().parse::<Collector>() {
+            Ok(address) => Some(address),
+            Err(err) => {
+                self.problem(&forward.address, field("address"), err.to_string());
+                None
+            }
+        };
+        let tls_keys = [
+            ("ca_file", forward.ca_file.as_ref()),
+            ("server_name", forward.server_name.as_ref()),
+            ("cert_file", forward.cert_file.as_ref()),
+            ("key_file", forward.key_file.as_ref()),
+        ];
+        if !forward.tls {
+            // Without `tls = true` these would be ignored and records sent in the clear.
+            for (key, value) in tls_keys {
+                if let Some(value) = value {
+                    self.problem(
+                        value,
+                        field(key),
+                        "only goes with `tls = true`; without it records are sent as plain TCP",
+                    );
+                }
+            }
+            return address.map(|address| Forward {
+                address,
+                framing: forward.framing,
+                tls: None,
+            });
+        }
+        let before = self.problems.len();
+        let ca_file = match &forward.ca_file {
+            Some(ca_file) => Some(self.file(ca_file, &field("ca_file"))),
+            None => {
+                self.problem(
+                    &forward.address,
+                    field("ca_file"),
+                    "`tls = true` needs the CA file the collector's certificate chains to",
+                );
+                None
+            }
+        };
+        let client_certificate = match (&forward.cert_file, &forward.key_file) {
+            (None, None) => None,
+            (Some(cert_file), Some(key_file)) => Some(ClientCertificate {
+                cert_file: self.file(cert_file, &field("cert_file")),
+                key_file: self.file(key_file, &field("key_file")),
+            }),
+            (Some(cert_file), None) => {
+                self.problem(
+                    cert_file,
+                    field("cert_file"),
+                    "needs `key_file` too: the client certificate's private key (PEM)",
+                );
+                None
+            }
+            (None, Some(key_file)) => {
+                self.problem(
+                    key_file,
+                    field("key_file"),
+                    "needs `cert_file` too: the client certificate (PEM) the key belongs to",
+                );
+                None
+            }
+        };
+        let address = address?;
+        let server_name = forward.server_name.as_ref().map_or_else(
+            || address.default_server_name(),
+            |name| name.get_ref().clone(),
+        );
+        let ca_file = ca_file?;
+        if self.problems.len() == before {
+            // The files exist: read them as the agent will.
+            if let Err(err) = Tls::new(&ca_file, client_certificate.as_ref(), &server_name) {
+                let place = match err.key() {
+                    "cert_file" => forward.cert_file.as_ref(),
+                    "key_file" => forward.key_file.as_ref(),
+                    "server_name" => forward.server_name.as_ref(),
+                    _ => forward.ca_file.as_ref(),
+                }
+                .unwrap_or(&forward.address);
+                self.problem(place, field(err.key()), err.to_string());
+            }
+        }
+        Some(Forward {
+            address,
+            framing: forward.framing,
+            tls: Some(ForwardTls {
+                ca_file,
+                server_name,
+                client_certificate,
+            }),
+        })
     }
 }
 
@@ -597,36 +723,11 @@ impl Config {
                 "audit.seal_interval_seconds",
                 900,
             )),
-            forward: raw.audit.forward.as_ref().and_then(|forward| {
-                let text = forward.address.get_ref();
-                let Ok(address) = text.parse::<SocketAddr>() else {
-                    checker.problem(
-                        &forward.address,
-                        "audit.forward.address".to_owned(),
-                        format!("`{text}` is not an address:port"),
-                    );
-                    return None;
-                };
-                let tls = match (forward.tls, &forward.ca_file) {
-                    (false, _) => None,
-                    (true, Some(ca_file)) => Some(ForwardTls {
-                        ca_file: checker.absolute(ca_file, "audit.forward.ca_file"),
-                        server_name: forward
-                            .server_name
-                            .clone()
-                            .unwrap_or_else(|| address.ip().to_string()),
-                    }),
-                    (true, None) => {
-                        checker.problem(
-                            &forward.address,
-                            "audit.forward.ca_file".to_owned(),
-                            "`tls = true` needs the CA file the collector's certificate chains to",
-                        );
-                        None
-                    }
-                };
-                Some(Forward { address, tls })
-            }),
+            forward: raw
+                .audit
+                .forward
+                .as_ref()
+                .and_then(|forward| checker.forward(forward)),
         };
         let metrics_listen = match &raw.metrics.listen {
             Some(value) => value.get_ref().parse().unwrap_or_else(|_| {
@@ -787,5 +888,104 @@ listen = "localhost"
         );
         let missing = problems("pin_dir = \"/sys/fs/bpf/x\"\n");
         assert!(missing[0].contains("missing field `policy`"), "{missing:?}");
+    }
+
+    fn forward(table: &str) -> Result<Config, Vec<String>> {
+        Config::parse(
+            "enforcer.toml",
+            &format!("[policy]\npath = \"/p\"\n[audit.forward]\n{table}"),
+        )
+        .map_err(|err| err.problems.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn a_collector_is_an_address_or_a_host_name_and_framing_defaults_to_octet_counting() {
+        let by_ip = forward("address = \"198.18.0.10:6514\"\n")
+            .expect("an address")
+            .audit
+            .forward
+            .expect("forwarding");
+        assert_eq!(
+            by_ip.address,
+            Collector::Address("198.18.0.10:6514".parse().unwrap())
+        );
+        assert_eq!(by_ip.framing, Framing::OctetCounting);
+        assert_eq!(by_ip.tls, None);
+        let by_name = forward("address = \"collector.example:6514\"\nframing = \"newline\"\n")
+            .expect("a host name")
+            .audit
+            .forward
+            .expect("forwarding");
+        assert_eq!(
+            by_name.address,
+            Collector::Name {
+                host: "collector.example".to_owned(),
+                port: 6514
+            }
+        );
+        assert_eq!(by_name.framing, Framing::Newline);
+        assert_eq!(
+            forward("address = \"collector.example\"\n").unwrap_err(),
+            [
+                "enforcer.toml:4:11: `audit.forward.address`: `collector.example` is not a host:port or address:port (no port)"
+            ]
+        );
+        let framing = forward("address = \"198.18.0.10:6514\"\nframing = \"lines\"\n").unwrap_err();
+        assert!(
+            framing[0].starts_with("enforcer.toml:5:11: unknown variant `lines`, expected `octet-counting` or `newline`"),
+            "{framing:?}"
+        );
+    }
+
+    #[test]
+    fn tls_files_are_named_field_by_field() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "not a certificate\n").expect("write");
+        let not_pem = not_pem.display();
+        let missing = dir.path().join("missing.pem");
+        let missing = missing.display();
+
+        // TLS keys without `tls = true` would send records in the clear.
+        assert_eq!(
+            forward(&format!("address = \"198.18.0.10:6514\"\nca_file = \"{not_pem}\"\ncert_file = \"{not_pem}\"\n")).unwrap_err(),
+            [
+                "enforcer.toml:5:11: `audit.forward.ca_file`: only goes with `tls = true`; without it records are sent as plain TCP",
+                "enforcer.toml:6:13: `audit.forward.cert_file`: only goes with `tls = true`; without it records are sent as plain TCP",
+            ]
+        );
+        // Both or neither; absolute; present.
+        assert_eq!(
+            forward(&format!("address = \"198.18.0.10:6514\"\ntls = true\nca_file = \"{missing}\"\ncert_file = \"client.pem\"\n")).unwrap_err(),
+            [
+                format!("enforcer.toml:6:11: `audit.forward.ca_file`: no file at {missing}"),
+                "enforcer.toml:7:13: `audit.forward.cert_file`: needs `key_file` too: the client certificate's private key (PEM)".to_owned(),
+            ]
+        );
+        assert_eq!(
+            forward(&format!("address = \"198.18.0.10:6514\"\ntls = true\nca_file = \"{not_pem}\"\nkey_file = \"{not_pem}\"\n")).unwrap_err(),
+            ["enforcer.toml:7:12: `audit.forward.key_file`: needs `cert_file` too: the client certificate (PEM) the key belongs to"]
+        );
+        assert_eq!(
+            forward(&format!("address = \"198.18.0.10:6514\"\ntls = true\nca_file = \"{not_pem}\"\ncert_file = \"relative.pem\"\nkey_file = \"{missing}\"\n")).unwrap_err(),
+            [
+                "enforcer.toml:7:13: `audit.forward.cert_file`: must be an absolute path".to_owned(),
+                format!("enforcer.toml:8:12: `audit.forward.key_file`: no file at {missing}"),
+            ]
+        );
+        // The files are read as the agent reads them.
+        assert_eq!(
+            forward(&format!(
+                "address = \"198.18.0.10:6514\"\ntls = true\nca_file = \"{not_pem}\"\n"
+            ))
+            .unwrap_err(),
+            [format!(
+                "enforcer.toml:6:11: `audit.forward.ca_file`: {not_pem}: no PEM certificate in the file"
+            )]
+        );
+        assert_eq!(
+            forward(&format!("address = \"198.18.0.10:6514\"\ntls = true\nca_file = \"{not_pem}\"\nserver_name = \"not a name\"\n")).unwrap_err(),
+            ["enforcer.toml:7:15: `audit.forward.server_name`: `not a name` is not a DNS name or an IP address"]
+        );
     }
 }

@@ -55,3 +55,36 @@ fn a_broken_config_is_refused_naming_fields_and_lines() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn config_check_shows_where_and_how_records_are_forwarded() {
+    let dir = std::env::temp_dir().join(format!("enforcer-test-fwd-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("enforcer.toml");
+    std::fs::write(
+        &path,
+        "[policy]\npath = \"/etc/enforcer/policy\"\n\n[audit.forward]\naddress = \"collector.example:6514\"\nframing = \"newline\"\n",
+    )
+    .expect("write config");
+    let text = config_check(&path, false);
+    let json = config_check(&path, true);
+    std::fs::remove_dir_all(&dir).expect("remove temp dir");
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    for line in [
+        "audit.forward.address  collector.example:6514 (resolved at every connection attempt)",
+        "audit.forward.framing  newline",
+        "audit.forward.tls      no (plain TCP)",
+    ] {
+        assert!(stdout.contains(line), "{line:?} in:\n{stdout}");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    let forward = &report["config"]["audit"]["forward"];
+    assert_eq!(forward["address"], "collector.example:6514");
+    assert_eq!(forward["framing"], "newline");
+    assert_eq!(forward["tls"], serde_json::Value::Null);
+}

@@ -44,10 +44,13 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         for filter in &filters {
             let _ = filter.matches(&record);
         }
-        let framed = forward::frame(line, &record, 1);
+        let framed = forward::frame(line, &record, 1, forward::Framing::OctetCounting);
         let framed = String::from_utf8(framed).expect("a frame is text");
         let (length, message) = framed.split_once(' ').expect("octet counting");
         assert_eq!(length.parse::<usize>().ok(), Some(message.len()));
+        let framed = forward::frame(line, &record, 1, forward::Framing::Newline);
+        let framed = String::from_utf8(framed).expect("a frame is text");
+        assert_eq!(framed.find('\n'), Some(framed.len() - 1), "one LF, at the end");
 
         // Chained again after any head, the record's line checks and parses back to it.
         let mut again = record.clone();

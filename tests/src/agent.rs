@@ -3,9 +3,9 @@
 //! `enforcer uninstall`, the way an operator removes them).
 
 use std::{
-    ffi::OsStr,
+    ffi::{CString, OsStr},
     fs,
-    os::unix::process::CommandExt as _,
+    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -43,6 +43,7 @@ pub struct AgentHost {
     pin_dir: PathBuf,
     policy: PathBuf,
     netns: Option<PathBuf>,
+    binds: Vec<(CString, CString)>,
     process: Option<Child>,
     starts: u32,
 }
@@ -83,6 +84,7 @@ impl AgentHost {
             pin_dir,
             policy: policy.to_owned(),
             netns: None,
+            binds: Vec::new(),
             process: None,
             starts: 0,
         };
@@ -142,6 +144,21 @@ listen = "{metrics}"
     /// The agent's runtime state directory (`/run/enforcer` on a host).
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join("state")
+    }
+
+    /// Runs the agent in a mount namespace of its own in which each `(file, over)` has
+    /// `file` bind-mounted over `over` (`/etc/hosts`): the agent sees the test's file, the
+    /// host and every other process keep theirs, and nothing is left behind (the
+    /// namespace ends with the agent). A change to `file` shows through at once.
+    pub fn with_files_over(mut self, binds: &[(&Path, &Path)]) -> Self {
+        let c_path = |path: &Path| {
+            CString::new(path.as_os_str().as_bytes()).expect("a path without NUL bytes")
+        };
+        self.binds = binds
+            .iter()
+            .map(|(file, over)| (c_path(file), c_path(over)))
+            .collect();
+        self
     }
 
     /// The config file.
@@ -217,6 +234,12 @@ listen = "{metrics}"
             // SAFETY: the closure only calls setns, which is async-signal-safe, on a
             // descriptor opened before the fork.
             unsafe { command.pre_exec(move || setns_net(&netns)) };
+        }
+        if !self.binds.is_empty() {
+            let binds = self.binds.clone();
+            // SAFETY: the closure only makes system calls (unshare, mount), which are
+            // async-signal-safe, with strings allocated before the fork.
+            unsafe { command.pre_exec(move || bind_files(&binds)) };
         }
         let child = command.spawn().expect("spawn enforcer run");
         self.process = Some(child);
@@ -364,6 +387,47 @@ listen = "{metrics}"
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// In the calling (forked, not yet exec'd) process: a private mount namespace with each
+/// `(file, over)` bind-mounted.
+fn bind_files(binds: &[(CString, CString)]) -> std::io::Result<()> {
+    // SAFETY: unshare takes no pointers.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // Nothing mounted here propagates back to the host's namespace.
+    // SAFETY: NUL-terminated literal strings; null data and file system type are allowed
+    // for a propagation change.
+    let rc = unsafe {
+        libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for (file, over) in binds {
+        // SAFETY: both strings are NUL-terminated and live across the call; a bind mount
+        // takes no file system type or data.
+        let rc = unsafe {
+            libc::mount(
+                file.as_ptr(),
+                over.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 impl Drop for AgentHost {

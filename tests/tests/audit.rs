@@ -1,8 +1,9 @@
 //! The SOC analyst's side: flow events from real connects in the audit store with the
-//! right fields, nothing lost without a gap record saying so, and a full disk survived.
+//! right fields, nothing lost without a gap record saying so, a full disk survived, and
+//! the store forwarded to real collectors (rsyslog, syslog-ng) exactly as stored.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     ffi::OsStr,
     fs,
     io::Write as _,
@@ -15,7 +16,7 @@ use enforcer_tests::{
     agent::{AgentHost, PeerSite, enforcer_bin},
     policy::{ALLOWED_PORT, DENIED_PORT, api_to_peer},
     probe::{Outcome, Spawn},
-    syslog::Rsyslog,
+    syslog::{Issued, Rsyslog, SyslogNg, SyslogNgInput},
 };
 use serde_json::Value;
 
@@ -667,6 +668,359 @@ fn forwarding_over_tls_checks_the_collector_certificate() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `metadata.sequence` of a record line.
+fn sequence_of(line: &str) -> Option<u64> {
+    serde_json::from_str::<Value>(line).ok()?["metadata"]["sequence"].as_u64()
+}
+
+/// Every complete record line in the store's files, by `metadata.sequence`.
+fn stored_lines(dir: &Path) -> BTreeMap<u64, String> {
+    let mut lines = BTreeMap::new();
+    for entry in fs::read_dir(dir).expect("read the store") {
+        let path = entry.expect("an entry").path();
+        if path.extension().is_none_or(|ext| ext != "jsonl") {
+            continue;
+        }
+        let text = fs::read_to_string(&path).expect("read a store file");
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        for line in complete.lines() {
+            let sequence = sequence_of(line)
+                .unwrap_or_else(|| panic!("{}: not a record: {line}", path.display()));
+            lines.insert(sequence, line.to_owned());
+        }
+    }
+    lines
+}
+
+/// Waits until `collector` has received every record in the agent's store, then checks
+/// that every line it received is a stored record, byte for byte (repeats allowed: delivery
+/// is at least once). `start` is the agent's running start, for its log. Returns how many
+/// records the store holds.
+fn wait_until_the_collector_has_the_store(
+    agent: &AgentHost,
+    start: u32,
+    collector: &SyslogNg,
+) -> usize {
+    let started = Instant::now();
+    loop {
+        let stored = stored_lines(&agent.audit_dir());
+        let received = collector.received();
+        let mut arrived = BTreeSet::new();
+        for line in &received {
+            let sequence = sequence_of(line).unwrap_or_else(|| {
+                panic!(
+                    "syslog-ng wrote a message that is not a record (the framing is wrong?): {line}\n{}",
+                    collector.log()
+                )
+            });
+            if let Some(original) = stored.get(&sequence) {
+                assert_eq!(line, original, "record {sequence} arrived altered");
+            }
+            arrived.insert(sequence);
+        }
+        let missing: Vec<&u64> = stored.keys().filter(|s| !arrived.contains(s)).collect();
+        if missing.is_empty() && !stored.is_empty() {
+            return stored.len();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "syslog-ng is missing records {missing:?} of {}:\nagent:\n{}\nsyslog-ng:\n{}",
+            stored.len(),
+            agent.log(start),
+            collector.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The value of the sample `name` (with its labels, as exposed) on the agent's `/metrics`.
+fn metric(listen: &str, name: &str) -> f64 {
+    let url = format!("http://{listen}/metrics");
+    let text = ureq::get(&url)
+        .call()
+        .unwrap_or_else(|err| panic!("GET {url}: {err}"))
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_else(|err| panic!("GET {url}: body: {err}"));
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+}
+
+/// Waits until the agent's `start`th log says the collector cannot be reached; returns
+/// that log.
+fn wait_until_unreachable(agent: &AgentHost, start: u32) -> String {
+    let started = Instant::now();
+    loop {
+        let log = agent.log(start);
+        if log.contains("cannot reach the syslog collector") {
+            return log;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the agent never said the collector is unreachable:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn syslog_ng_receives_every_record_as_stored_with_newline_framing() {
+    let site = PeerSite::new(&[ALLOWED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let collector = SyslogNg::start(
+        "127.0.0.1:19761".parse().expect("address"),
+        SyslogNgInput::NewlineTcp,
+        &[],
+    );
+    let mut agent = site.agent("127.0.0.1:19764", "");
+    agent.audit_options(&format!(
+        "dedup_window_ms = 0\n[audit.forward]\naddress = \"{}\"\nframing = \"newline\"",
+        collector.addr
+    ));
+    let start = agent.start();
+    for _ in 0..3 {
+        assert_eq!(
+            Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
+                .cgroup(api)
+                .run(),
+            Outcome::Ok
+        );
+        assert!(
+            Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+                .cgroup(api)
+                .run()
+                .is_eperm()
+        );
+    }
+    wait_for_records(&agent, "6 flows", Duration::from_secs(10), |r| {
+        flows_to(r, ALLOWED_PORT, "allow") == 3 && flows_to(r, DENIED_PORT, "deny") == 3
+    });
+    wait_until_the_collector_has_the_store(&agent, start, &collector);
+    let flows = collector
+        .received()
+        .iter()
+        .filter(|line| line.contains(r#""kind":"flow""#))
+        .count();
+    assert!(flows >= 6, "{flows} flow records arrived");
+}
+
+#[test]
+fn mutual_tls_to_syslog_ng_delivers_only_with_a_trusted_client_certificate() {
+    let site = PeerSite::new(&[]);
+    let (veth, api) = (&site.veth, &site.api);
+    let collector = SyslogNg::start(
+        "127.0.0.1:19762".parse().expect("address"),
+        SyslogNgInput::OctetCountingTls {
+            require_client_certificate: true,
+        },
+        &["DNS:collector.test", "IP:127.0.0.1"],
+    );
+    let pki = collector
+        .pki
+        .as_ref()
+        .expect("a TLS collector's certificates");
+    let trusted = pki.client("agent");
+    let rogue = pki.rogue_client("rogue-agent");
+    let metrics = "127.0.0.1:19765";
+    let mut agent = site.agent(metrics, "");
+    let config = fs::read_to_string(agent.config()).expect("config");
+    let configure = |agent: &AgentHost, client: Option<&Issued>| {
+        fs::write(agent.config(), &config).expect("restore the config");
+        let client = client.map_or_else(String::new, |client| {
+            format!(
+                "\ncert_file = \"{}\"\nkey_file = \"{}\"",
+                client.cert.display(),
+                client.key.display()
+            )
+        });
+        agent.audit_options(&format!(
+            "dedup_window_ms = 0\n[audit.forward]\naddress = \"{}\"\ntls = true\nca_file = \"{}\"{client}",
+            collector.addr,
+            pki.ca_file().display()
+        ));
+    };
+    let deny = || {
+        assert!(
+            Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+                .cgroup(api)
+                .run()
+                .is_eperm()
+        );
+    };
+
+    // `config check` reads the files: a key that is not the certificate's is named.
+    configure(
+        &agent,
+        Some(&Issued {
+            cert: trusted.cert.clone(),
+            key: rogue.key.clone(),
+        }),
+    );
+    let check = Command::new(enforcer_bin())
+        .args(["config", "check"])
+        .arg(agent.config())
+        .output()
+        .expect("run enforcer config check");
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("`audit.forward.key_file`: ")
+            && said.contains("does not belong to the certificate"),
+        "{said}"
+    );
+
+    // No client certificate, then one from a CA the collector does not trust: the
+    // collector refuses the agent, nothing is delivered, and the agent says why.
+    for (denials, client, alert) in [
+        (1, None, "CertificateRequired"),
+        (2, Some(&rogue), "UnknownCA"),
+    ] {
+        configure(&agent, client);
+        let start = agent.start();
+        deny();
+        wait_for_records(&agent, "the denied flows", Duration::from_secs(10), |r| {
+            flows_to(r, DENIED_PORT, "deny") == denials
+        });
+        let log = wait_until_unreachable(&agent, start);
+        assert!(
+            log.contains("reason=\"tls\"")
+                && log.contains(&format!("received fatal alert: {alert}")),
+            "the log names the TLS refusal:\n{log}"
+        );
+        assert!(
+            metric(
+                metrics,
+                "enforcer_audit_forward_failures_total{reason=\"tls\"}"
+            ) >= 1.0
+        );
+        assert_eq!(
+            metric(metrics, "enforcer_audit_forwarded_records_total"),
+            0.0,
+            "nothing counts as delivered:\n{log}"
+        );
+        assert!(
+            collector.received().is_empty(),
+            "nothing reached the collector"
+        );
+        assert!(agent.terminate());
+    }
+
+    // The trusted certificate: every record, those that waited included, arrives as stored.
+    configure(&agent, Some(&trusted));
+    let check = Command::new(enforcer_bin())
+        .args(["config", "check"])
+        .arg(agent.config())
+        .output()
+        .expect("run enforcer config check");
+    let shown = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success()
+            && shown.contains(&format!(
+                "client certificate {} with key {}",
+                trusted.cert.display(),
+                trusted.key.display()
+            )),
+        "{shown}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let start = agent.start();
+    deny();
+    wait_for_records(&agent, "three denied flows", Duration::from_secs(10), |r| {
+        flows_to(r, DENIED_PORT, "deny") == 3
+    });
+    let stored = wait_until_the_collector_has_the_store(&agent, start, &collector);
+    assert!(metric(metrics, "enforcer_audit_forwarded_records_total") >= stored as f64);
+}
+
+#[test]
+fn a_collector_named_by_host_name_is_resolved_at_every_attempt() {
+    let site = PeerSite::new(&[]);
+    let (veth, api) = (&site.veth, &site.api);
+    // The certificate names the collector only by its host name: TLS succeeds only if the
+    // server name defaults to it.
+    let collector = SyslogNg::start(
+        "127.0.0.1:19763".parse().expect("address"),
+        SyslogNgInput::OctetCountingTls {
+            require_client_certificate: false,
+        },
+        &["DNS:fwd-collector.test"],
+    );
+    let pki = collector
+        .pki
+        .as_ref()
+        .expect("a TLS collector's certificates");
+    // The agent's own view of /etc/hosts (its mount namespace), files only: the host's
+    // /etc/hosts is never touched.
+    let hosts = collector.dir().join("hosts");
+    let nsswitch = collector.dir().join("nsswitch.conf");
+    fs::write(&hosts, "127.0.0.1 localhost\n").expect("write the hosts file");
+    fs::write(&nsswitch, "hosts: files\n").expect("write nsswitch.conf");
+    let host_hosts = fs::read("/etc/hosts").expect("read /etc/hosts");
+    let metrics = "127.0.0.1:19766";
+    let mut agent = site.agent(metrics, "").with_files_over(&[
+        (&hosts, Path::new("/etc/hosts")),
+        (&nsswitch, Path::new("/etc/nsswitch.conf")),
+    ]);
+    agent.audit_options(&format!(
+        "dedup_window_ms = 0\n[audit.forward]\naddress = \"fwd-collector.test:{}\"\ntls = true\nca_file = \"{}\"",
+        collector.addr.port(),
+        pki.ca_file().display()
+    ));
+
+    // The name does not resolve yet: logged and counted, the agent keeps running.
+    let start = agent.start();
+    assert!(
+        Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+            .cgroup(api)
+            .run()
+            .is_eperm()
+    );
+    let log = wait_until_unreachable(&agent, start);
+    assert!(
+        log.contains("cannot resolve fwd-collector.test"),
+        "the log names the name:\n{log}"
+    );
+    assert!(
+        metric(
+            metrics,
+            "enforcer_audit_forward_failures_total{reason=\"resolve\"}"
+        ) >= 1.0
+    );
+    assert!(agent.is_running(), "{log}");
+    assert!(collector.received().is_empty());
+
+    // The name appears: a later attempt resolves it, without a restart.
+    fs::write(
+        &hosts,
+        "127.0.0.1 localhost\n127.0.0.1 fwd-collector.test\n",
+    )
+    .expect("write the hosts file");
+    assert!(
+        Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+            .cgroup(api)
+            .run()
+            .is_eperm()
+    );
+    wait_for_records(&agent, "two denied flows", Duration::from_secs(10), |r| {
+        flows_to(r, DENIED_PORT, "deny") == 2
+    });
+    wait_until_the_collector_has_the_store(&agent, start, &collector);
+    assert!(
+        agent
+            .log(start)
+            .contains("syslog collector reachable again"),
+        "{}",
+        agent.log(start)
+    );
+    assert_eq!(
+        fs::read("/etc/hosts").expect("read /etc/hosts"),
+        host_hosts,
+        "the host's /etc/hosts is unchanged"
+    );
 }
 
 /// The epoch the host's sealing key file is at.

@@ -1,13 +1,15 @@
 //! Installs what the build and the tests need, idempotently: the pinned nightly with
-//! rust-src, bpf-linker built against that nightly's own libLLVM, and Debian packages.
+//! rust-src, bpf-linker built against that nightly's own libLLVM, Debian packages, and
+//! syslog-ng unpacked from its Debian package into the tools directory.
 //!
 //! Nothing half-installed is ever mistaken for done: bpf-linker is built into a staging
-//! root and moved into place only once it runs and reports the pinned version.
+//! root and moved into place only once it runs and reports the pinned version; syslog-ng's
+//! wrapper is put in place only once it runs.
 
 use std::{
     fs,
     os::unix::fs::{PermissionsExt as _, symlink},
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
 };
 
@@ -46,6 +48,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 /// are disabled and stopped right after they are installed.
 const DEBIAN_SERVICES: &[&str] = &["nginx", "postgresql", "redis-server"];
 
+/// The Debian package of the syslog-ng the forwarding tests run as a second collector. It
+/// conflicts with rsyslog (both provide `system-log-daemon`), so installing it would remove
+/// rsyslog, which the other forwarding tests and the host's own logging use: it is
+/// unpacked instead (no install scripts run, no service exists), with the libraries it
+/// needs that the machine lacks, into `<tools>/syslog-ng`, and run through the wrapper
+/// `<tools>/bin/syslog-ng`.
+const SYSLOG_NG_PACKAGE: &str = "syslog-ng-core";
+
 /// Debian's hook that `invoke-rc.d` and `deb-systemd-invoke` ask before they start a
 /// service from a package's install script; exit code 101 means "do not".
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
@@ -56,6 +66,7 @@ pub fn run() -> anyhow::Result<Tools> {
     install_nightly()?;
     install_bpf_linker(&tools)?;
     install_debian_packages()?;
+    install_syslog_ng(&tools)?;
     Ok(tools)
 }
 
@@ -233,5 +244,121 @@ fn disable_services() -> anyhow::Result<()> {
                 .with_context(|| format!("stopping {unit}"))?;
         }
     }
+    Ok(())
+}
+
+/// Unpacks [`SYSLOG_NG_PACKAGE`] and the packages installing it would add (as apt
+/// computes them, without recommends) into `<tools>/syslog-ng`, and writes the wrapper
+/// `<tools>/bin/syslog-ng` that runs it with its libraries and modules from there.
+fn install_syslog_ng(tools: &Tools) -> anyhow::Result<()> {
+    let wrapper = tools.bin().join("syslog-ng");
+    if stdout(Command::new(&wrapper).arg("--version"))
+        .is_some_and(|version| version.starts_with("syslog-ng"))
+    {
+        eprintln!("setup: syslog-ng already in {}", tools.bin().display());
+        return Ok(());
+    }
+    let simulate = || {
+        stdout(
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "--simulate",
+                    "--no-install-recommends",
+                    SYSLOG_NG_PACKAGE,
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    let plan = match simulate() {
+        Some(plan) => plan,
+        None => {
+            status(
+                Command::new("apt-get")
+                    .arg("update")
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )
+            .context("apt-get update (needs root and the Debian package mirror)")?;
+            simulate().with_context(|| format!("apt-get cannot find {SYSLOG_NG_PACKAGE}"))?
+        }
+    };
+    // `Inst PACKAGE (VERSION ...)`: what installing would add. (It would also remove
+    // rsyslog: the reason it is unpacked here instead.)
+    let packages: Vec<&str> = plan
+        .lines()
+        .filter_map(|line| line.strip_prefix("Inst "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    if !packages.contains(&SYSLOG_NG_PACKAGE) {
+        bail!("apt-get would not install {SYSLOG_NG_PACKAGE}:\n{plan}");
+    }
+    let staging = tools.dir.join("staging-syslog-ng");
+    let root = tools.dir.join("syslog-ng");
+    for stale in [&staging, &root] {
+        if stale.exists() {
+            fs::remove_dir_all(stale)
+                .with_context(|| format!("removing the stale {}", stale.display()))?;
+        }
+    }
+    fs::create_dir_all(staging.join("debs"))?;
+    status(
+        Command::new("apt-get")
+            .arg("download")
+            .args(&packages)
+            .current_dir(staging.join("debs")),
+    )
+    .with_context(|| format!("downloading {}", packages.join(" ")))?;
+    let unpacked = staging.join("root");
+    for deb in fs::read_dir(staging.join("debs"))? {
+        status(
+            Command::new("dpkg-deb")
+                .arg("--extract")
+                .arg(deb?.path())
+                .arg(&unpacked),
+        )?;
+    }
+    fs::rename(&unpacked, &root)
+        .with_context(|| format!("moving syslog-ng into {}", root.display()))?;
+    fs::remove_dir_all(&staging)?;
+
+    // The libraries, relative to the root: syslog-ng's own and the multiarch directories
+    // of the others.
+    let mut libraries = vec![PathBuf::from("usr/lib/syslog-ng")];
+    for lib in ["usr/lib", "lib"] {
+        for entry in fs::read_dir(root.join(lib)).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().ends_with("-linux-gnu") {
+                libraries.push(Path::new(lib).join(entry.file_name()));
+            }
+        }
+    }
+    // The modules: the versioned directory that holds the socket drivers.
+    let modules = fs::read_dir(root.join("usr/lib/syslog-ng"))?
+        .flatten()
+        .find(|entry| entry.path().join("libafsocket.so").exists())
+        .map(|entry| Path::new("usr/lib/syslog-ng").join(entry.file_name()))
+        .context("no syslog-ng module directory (with libafsocket.so) in the package")?;
+    let library_path = libraries
+        .iter()
+        .map(|dir| format!("$root/{}", dir.display()))
+        .collect::<Vec<_>>()
+        .join(":");
+    // The wrapper finds the unpacked tree beside its own directory, wherever the tools
+    // directory is reached from.
+    let script = format!(
+        "#!/bin/sh\n# Written by `./x setup`: Debian's {SYSLOG_NG_PACKAGE}, unpacked into ../syslog-ng (installing it\n# would remove rsyslog).\nroot=\"$(dirname \"$(readlink -f \"$0\")\")/../syslog-ng\"\nLD_LIBRARY_PATH=\"{library_path}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}\" exec \"$root/usr/sbin/syslog-ng\" --module-path=\"$root/{modules}\" \"$@\"\n",
+        modules = modules.display(),
+    );
+    fs::create_dir_all(tools.bin())?;
+    let written = tools.bin().join("syslog-ng.new");
+    fs::write(&written, script).with_context(|| format!("writing {}", written.display()))?;
+    fs::set_permissions(&written, fs::Permissions::from_mode(0o755))?;
+    let version = stdout(Command::new(&written).arg("--version"))
+        .context("the unpacked syslog-ng does not run")?;
+    fs::rename(&written, &wrapper)?;
+    eprintln!(
+        "setup: unpacked {} into {}",
+        version.lines().next().unwrap_or("syslog-ng"),
+        root.display()
+    );
     Ok(())
 }

@@ -148,12 +148,19 @@ impl AuditThread {
                 let tls = forward
                     .tls
                     .as_ref()
-                    .map(|tls| Tls::new(&tls.ca_file, &tls.server_name))
-                    .transpose()
-                    .context("audit.forward.ca_file")?;
+                    .map(|tls| {
+                        Tls::new(
+                            &tls.ca_file,
+                            tls.client_certificate.as_ref(),
+                            &tls.server_name,
+                        )
+                        .map_err(|err| anyhow::anyhow!("`audit.forward.{}`: {err}", err.key()))
+                    })
+                    .transpose()?;
                 let forwarder = Forwarder {
                     dir: audit.dir.clone(),
-                    address: forward.address,
+                    address: forward.address.clone(),
+                    framing: forward.framing,
                     tls,
                     pid: std::process::id(),
                     stats: Arc::clone(stats),

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 
 use super::{Shared, consumer::AuditStats};
 use crate::{
-    audit::forward::ForwardStats,
+    audit::forward::{Failure, ForwardStats},
     loader::{CGROUP_HOOKS, PinLayout, PinnedMaps},
 };
 
@@ -171,6 +171,16 @@ impl MetricsSource {
                 connected.clone(),
             );
             connected.set(i64::from(forward.connected.load(Ordering::Relaxed)));
+            let failures = counter_family(
+                &mut registry,
+                "audit_forward_failures",
+                "Failed attempts to reach the syslog collector and lost connections, by reason (resolve, connect, tls, lost)",
+            );
+            for failure in Failure::ALL {
+                failures
+                    .get_or_create(&vec![("reason", failure.word().to_owned())])
+                    .inc_by(forward.failures(failure));
+            }
         }
 
         let reloads = counter_family(&mut registry, "reloads", "Policy reloads by outcome");

@@ -1,5 +1,12 @@
-//! Forwarding the store to a collector as RFC 5424 syslog over TCP (octet-counted
-//! framing, RFC 6587), for a SIEM inside the enclave.
+//! Forwarding the store to a collector as RFC 5424 syslog over TCP, for a SIEM inside the
+//! enclave. Records are framed by octet counting (RFC 6587 3.4.1, the default) or by a
+//! trailing newline (RFC 6587 3.4.2), whichever the collector's input takes ([`Framing`]).
+//!
+//! The collector is an IP address or a host name ([`Collector`]); a name is resolved by the
+//! system resolver (`getaddrinfo`: `/etc/hosts`, then whatever `nsswitch.conf` lists) at
+//! every connection attempt, and every address it resolves to is tried in turn. A name that
+//! does not resolve is a failed attempt like a refused connection: logged, counted and
+//! tried again.
 //!
 //! The queue is the store itself: the forwarder reads it from a cursor
 //! (`forward.cursor` in the store directory, the file number and byte offset up to which
@@ -9,16 +16,19 @@
 //! acknowledged its bytes (the socket's unacknowledged send queue, `SIOCOUTQ`, says so);
 //! after a broken connection everything past the cursor is sent again. Delivery is thus
 //! at least once; `metadata.sequence` identifies repeats. Over TLS (rustls, the collector's
-//! certificate checked against a configured CA) the cursor moves once the send queue is
-//! empty, since TLS framing hides which record a byte belongs to.
+//! certificate checked against a configured CA, optionally a client certificate for a
+//! collector that requires one) the cursor moves once the send queue is empty, since TLS
+//! framing hides which record a byte belongs to.
 
 use std::{
     collections::VecDeque,
+    fmt,
     fs::{self, File},
     io::{self, Read as _, Seek as _, SeekFrom, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::{SocketAddr, TcpStream, ToSocketAddrs as _},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
+    str::FromStr,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -26,7 +36,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -39,7 +49,7 @@ use crate::durable;
 pub const CURSOR_FILE: &str = "forward.cursor";
 /// syslog facility 13: log audit.
 const FACILITY_AUDIT: u8 = 13;
-/// How long a connection attempt may take.
+/// How long a connection attempt to one address may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the forwarder waits before it connects again after a failure.
 const RECONNECT: Duration = Duration::from_millis(500);
@@ -47,6 +57,9 @@ const RECONNECT: Duration = Duration::from_millis(500);
 const POLL: Duration = Duration::from_millis(100);
 /// Most bytes read from the store at once.
 const READ_CHUNK: usize = 4 << 20;
+/// How long, after a TLS handshake, the forwarder listens for the collector refusing it
+/// before it sends a record (see [`Forwarder::settle`]).
+const TLS_SETTLE: Duration = Duration::from_millis(300);
 
 /// Where forwarding stands in the store.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,23 +77,258 @@ pub struct ForwardStats {
     pub delivered: AtomicU64,
     /// Whether a connection is up.
     pub connected: AtomicBool,
+    /// Failed connection attempts and lost connections, by [`Failure`].
+    pub failures: [AtomicU64; Failure::ALL.len()],
+}
+
+impl ForwardStats {
+    /// How many times `failure` happened.
+    pub fn failures(&self, failure: Failure) -> u64 {
+        self.failures[failure as usize].load(Ordering::Relaxed)
+    }
+
+    fn failed(&self, failure: Failure) {
+        self.failures[failure as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Why the forwarder is not sending: the `reason` label of
+/// `enforcer_audit_forward_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The collector's host name did not resolve.
+    Resolve,
+    /// No address of the collector accepted a TCP connection.
+    Connect,
+    /// A TCP connection was made but the TLS handshake failed or the collector refused
+    /// this client (its certificate, or the lack of one) right after it.
+    Tls,
+    /// An established connection broke (closed, reset, timed out).
+    Lost,
+}
+
+impl Failure {
+    /// Every failure, in label order.
+    pub const ALL: [Self; 4] = [Self::Resolve, Self::Connect, Self::Tls, Self::Lost];
+
+    /// The metric label.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Resolve => "resolve",
+            Self::Connect => "connect",
+            Self::Tls => "tls",
+            Self::Lost => "lost",
+        }
+    }
+}
+
+/// How records are delimited on the TCP stream (RFC 6587).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Framing {
+    /// `LENGTH SP MESSAGE` (RFC 6587 3.4.1, as RFC 5425 prescribes for TLS): rsyslog's
+    /// `imtcp`, syslog-ng's `syslog()` source. The default.
+    #[default]
+    OctetCounting,
+    /// `MESSAGE LF` (RFC 6587 3.4.2, "non-transparent framing"): syslog-ng's `network()`
+    /// source, and the line-based TCP inputs of most log shippers. Safe for these records:
+    /// the message is the header (no control characters) and one stored line of JSON,
+    /// which never holds an LF (the store is split at LF, and JSON escapes control
+    /// characters inside strings); [`frame`] still turns any LF into a space, so no record
+    /// can ever be split into two messages.
+    Newline,
+}
+
+impl Framing {
+    /// The config word.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::OctetCounting => "octet-counting",
+            Self::Newline => "newline",
+        }
+    }
+}
+
+/// The collector: an IP address or a host name, and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Collector {
+    /// An address used as is.
+    Address(SocketAddr),
+    /// A host name, resolved at every connection attempt.
+    Name {
+        /// The host name, as configured.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+}
+
+impl FromStr for Collector {
+    type Err = ForwardError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let refuse = |hint| {
+            Err(ForwardError::Address {
+                text: text.to_owned(),
+                hint,
+            })
+        };
+        if let Ok(address) = text.parse::<SocketAddr>() {
+            if address.port() == 0 {
+                return refuse("the port is 1 to 65535");
+            }
+            return Ok(Self::Address(address));
+        }
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return refuse("no port");
+        };
+        if host.starts_with('[') {
+            return match host
+                .strip_prefix('[')
+                .and_then(|inner| inner.strip_suffix(']'))
+                .map(str::parse::<std::net::Ipv6Addr>)
+            {
+                Some(Ok(_)) => refuse("the port is 1 to 65535"),
+                _ => refuse("not an IPv6 address in the brackets"),
+            };
+        }
+        if host.contains(':') {
+            return refuse("an IPv6 address goes in brackets: `[2001:db8::10]:6514`");
+        }
+        let port = match port.parse::<u16>() {
+            Ok(number) if number != 0 && port.bytes().all(|b| b.is_ascii_digit()) => number,
+            _ => return refuse("the port is 1 to 65535"),
+        };
+        if !is_host_name(host) {
+            return refuse(
+                "a host name is dot-separated labels of letters, digits, `-` and `_`, the last not all digits",
+            );
+        }
+        Ok(Self::Name {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// Whether `host` is a host name the resolver takes as a name: dot-separated labels of 1
+/// to 63 letters, digits, `-` and `_`, not starting with `-`, 253 bytes at most, the last
+/// label not all digits (so `10.1` is not taken for an address by `inet_aton`).
+fn is_host_name(host: &str) -> bool {
+    let labels: Vec<&str> = host.split('.').collect();
+    !host.is_empty()
+        && host.len() <= 253
+        && labels.iter().all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        && !labels
+            .last()
+            .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+}
+
+impl fmt::Display for Collector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Address(address) => address.fmt(f),
+            Self::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl Serialize for Collector {
+    fn serialize<S: serde::Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
+        out.collect_str(self)
+    }
+}
+
+impl Collector {
+    /// The name the collector's TLS certificate is expected to carry unless configured
+    /// otherwise: the host name, or the IP address.
+    pub fn default_server_name(&self) -> String {
+        match self {
+            Self::Address(address) => address.ip().to_string(),
+            Self::Name { host, .. } => host.clone(),
+        }
+    }
+
+    /// The addresses to try, in the resolver's order (an address is itself). A name is
+    /// looked up by the system resolver each time, so a changed `/etc/hosts` or DNS record
+    /// applies at the next connection attempt; the lookup takes as long as the resolver's
+    /// own timeouts.
+    pub fn resolve(&self) -> io::Result<Vec<SocketAddr>> {
+        let (host, port) = match self {
+            Self::Address(address) => return Ok(vec![*address]),
+            Self::Name { host, port } => (host, *port),
+        };
+        let addresses: Vec<SocketAddr> = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|err| io::Error::new(err.kind(), format!("cannot resolve {host}: {err}")))?
+            .collect();
+        if addresses.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("cannot resolve {host}: no address"),
+            ));
+        }
+        Ok(addresses)
+    }
 }
 
 /// TLS to the collector.
 #[derive(Clone)]
 pub struct Tls {
-    /// The client configuration (trusted CA).
+    /// The client configuration (trusted CA, client certificate if any).
     pub config: Arc<rustls::ClientConfig>,
     /// The name the collector's certificate must carry.
     pub server_name: ServerName<'static>,
 }
 
-/// Why a TLS setup could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+/// A client certificate and its private key, for a collector that requires one (mutual
+/// TLS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientCertificate {
+    /// PEM file of the certificate, optionally followed by its intermediate CAs.
+    pub cert_file: PathBuf,
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// Why a forwarding setting was refused: the collector's address, or what TLS is built
+/// from. [`ForwardError::key`] names the `[audit.forward]` key each variant is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// The address is not `host:port` or `address:port`.
+    #[error("`{text}` is not a host:port or address:port ({hint})")]
+    Address {
+        /// The address as written.
+        text: String,
+        /// What is wrong with it.
+        hint: &'static str,
+    },
     /// The CA file could not be read or holds no certificate.
     #[error("{}: {message}", .path.display())]
     Ca {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The client certificate file could not be read or holds no certificate.
+    #[error("{}: {message}", .path.display())]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The client key file could not be read, holds no key, or its key does not belong
+    /// to the certificate.
+    #[error("{}: {message}", .path.display())]
+    Key {
         /// The file.
         path: PathBuf,
         /// What is wrong.
@@ -91,38 +339,94 @@ pub enum TlsError {
     ServerName(String),
 }
 
+impl ForwardError {
+    /// The `[audit.forward]` key the problem is about.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Address { .. } => "address",
+            Self::Ca { .. } => "ca_file",
+            Self::Certificate { .. } => "cert_file",
+            Self::Key { .. } => "key_file",
+            Self::ServerName(_) => "server_name",
+        }
+    }
+}
+
 impl Tls {
     /// Trusts the CA certificates (PEM) in `ca_file`; the collector must present a
-    /// certificate for `server_name`.
-    pub fn new(ca_file: &Path, server_name: &str) -> Result<Self, TlsError> {
-        let ca_error = |message: String| TlsError::Ca {
+    /// certificate for `server_name`. With `client`, this certificate is presented to a
+    /// collector that asks for one.
+    pub fn new(
+        ca_file: &Path,
+        client: Option<&ClientCertificate>,
+        server_name: &str,
+    ) -> Result<Self, ForwardError> {
+        let server_name = ServerName::try_from(server_name.to_owned())
+            .map_err(|_| ForwardError::ServerName(server_name.to_owned()))?;
+        let ca_error = |message: String| ForwardError::Ca {
             path: ca_file.to_owned(),
             message,
         };
         let mut roots = rustls::RootCertStore::empty();
-        let certificates =
-            CertificateDer::pem_file_iter(ca_file).map_err(|err| ca_error(err.to_string()))?;
-        for certificate in certificates {
-            let certificate = certificate.map_err(|err| ca_error(err.to_string()))?;
+        for certificate in certificates(ca_file).map_err(ca_error)? {
             roots
                 .add(certificate)
                 .map_err(|err| ca_error(err.to_string()))?;
         }
-        if roots.is_empty() {
-            return Err(ca_error("no PEM certificate in the file".to_owned()));
-        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|err| ca_error(err.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some(client) => {
+                let chain = certificates(&client.cert_file).map_err(|message| {
+                    ForwardError::Certificate {
+                        path: client.cert_file.clone(),
+                        message,
+                    }
+                })?;
+                let key_error = |message: String| ForwardError::Key {
+                    path: client.key_file.clone(),
+                    message,
+                };
+                let key = PrivateKeyDer::from_pem_file(&client.key_file).map_err(|err| {
+                    key_error(match err {
+                        rustls_pki_types::pem::Error::NoItemsFound => {
+                            "no PEM private key in the file".to_owned()
+                        }
+                        other => other.to_string(),
+                    })
+                })?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|err| match err {
+                        rustls::Error::InconsistentKeys(_) => key_error(format!(
+                            "this key does not belong to the certificate in {}",
+                            client.cert_file.display()
+                        )),
+                        other => key_error(other.to_string()),
+                    })?
+            }
+        };
         Ok(Self {
             config: Arc::new(config),
-            server_name: ServerName::try_from(server_name.to_owned())
-                .map_err(|_| TlsError::ServerName(server_name.to_owned()))?,
+            server_name,
         })
     }
+}
+
+/// The certificates (PEM) in `path`: at least one.
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|err| err.to_string())?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| err.to_string())?;
+    if certificates.is_empty() {
+        return Err("no PEM certificate in the file".to_owned());
+    }
+    Ok(certificates)
 }
 
 /// The forwarder of one store to one collector.
@@ -130,7 +434,9 @@ pub struct Forwarder {
     /// The store directory.
     pub dir: PathBuf,
     /// The collector.
-    pub address: SocketAddr,
+    pub address: Collector,
+    /// How records are delimited.
+    pub framing: Framing,
     /// TLS, when configured.
     pub tls: Option<Tls>,
     /// The agent's pid, the syslog PROCID.
@@ -212,8 +518,11 @@ fn save_cursor(dir: &Path, cursor: Cursor) -> io::Result<()> {
     )
 }
 
-/// One record as an RFC 5424 message with octet-counting framing.
-pub fn frame(line: &str, record: &Record, pid: u32) -> Vec<u8> {
+/// One record as an RFC 5424 message, framed by `framing`. The message is the header and
+/// the stored line unchanged, except that under [`Framing::Newline`] an LF in `line` (which
+/// a stored line never has, and which in a line that parses as a record can only be JSON
+/// whitespace) is sent as a space, so the frame's only LF is its end.
+pub fn frame(line: &str, record: &Record, pid: u32, framing: Framing) -> Vec<u8> {
     let severity = match (
         record.unmapped.kind,
         record.flow().map(|f| f.verdict.as_str()),
@@ -234,13 +543,23 @@ pub fn frame(line: &str, record: &Record, pid: u32) -> Vec<u8> {
         .take(255)
         .collect();
     let message = format!(
-        "<{}>1 {} {} enforcer {pid} {} - {line}",
+        "<{}>1 {} {} enforcer {pid} {} - ",
         FACILITY_AUDIT * 8 + severity,
         timestamp,
         if hostname.is_empty() { "-" } else { &hostname },
         record.unmapped.kind.word(),
     );
-    format!("{} {message}", message.len()).into_bytes()
+    match framing {
+        Framing::OctetCounting => {
+            format!("{} {message}{line}", message.len() + line.len()).into_bytes()
+        }
+        Framing::Newline => {
+            let mut framed = message.into_bytes();
+            framed.extend(line.bytes().map(|b| if b == b'\n' { b' ' } else { b }));
+            framed.push(b'\n');
+            framed
+        }
+    }
 }
 
 /// Bytes sent but not yet acknowledged by the peer (`SIOCOUTQ`).
@@ -263,27 +582,107 @@ struct Connection {
     in_flight: VecDeque<(u64, Cursor)>,
 }
 
+/// A failed connection attempt: why, and what was tried.
+struct Refused {
+    failure: Failure,
+    error: String,
+}
+
 impl Forwarder {
-    /// Connects, and over TLS completes the handshake (so a certificate problem is a
-    /// connection failure, reported once per outage).
-    fn connect(&self) -> io::Result<Transport> {
-        let stream = TcpStream::connect_timeout(&self.address, CONNECT_TIMEOUT)?;
+    /// Resolves the collector and tries each of its addresses in turn until one accepts
+    /// the connection (and, over TLS, the handshake, see [`Forwarder::settle`]); returns
+    /// the connection and the address.
+    fn connect(&self) -> Result<(Transport, SocketAddr), Refused> {
+        let addresses = self.address.resolve().map_err(|err| Refused {
+            failure: Failure::Resolve,
+            error: err.to_string(),
+        })?;
+        self.connect_any(addresses)
+    }
+
+    /// Tries `addresses` in order; the first that takes the connection wins.
+    fn connect_any(&self, addresses: Vec<SocketAddr>) -> Result<(Transport, SocketAddr), Refused> {
+        let mut failure = Failure::Connect;
+        let mut errors = Vec::new();
+        for address in addresses {
+            match self.connect_to(address) {
+                Ok(transport) => return Ok((transport, address)),
+                Err((stage, err)) => {
+                    if stage == Failure::Tls {
+                        failure = Failure::Tls;
+                    }
+                    errors.push(format!("{address}: {err}"));
+                }
+            }
+        }
+        Err(Refused {
+            failure,
+            error: errors.join("; "),
+        })
+    }
+
+    /// Connects to one address, and over TLS completes the handshake (so a certificate
+    /// problem is a connection failure, reported once per outage).
+    fn connect_to(&self, address: SocketAddr) -> Result<Transport, (Failure, io::Error)> {
+        let tcp = |err| (Failure::Connect, err);
+        let mut stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).map_err(tcp)?;
         let _ = stream.set_nodelay(true);
-        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream
+            .set_write_timeout(Some(Duration::from_secs(5)))
+            .map_err(tcp)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(tcp)?;
         let Some(tls) = &self.tls else {
             return Ok(Transport::Plain(stream));
         };
+        let tls_error = |err| (Failure::Tls, err);
         let mut connection =
             rustls::ClientConnection::new(Arc::clone(&tls.config), tls.server_name.clone())
-                .map_err(io::Error::other)?;
-        let mut stream = stream;
+                .map_err(|err| tls_error(io::Error::other(err)))?;
         while connection.is_handshaking() {
-            connection.complete_io(&mut stream)?;
+            connection.complete_io(&mut stream).map_err(tls_error)?;
         }
+        Self::settle(&mut connection, &mut stream).map_err(tls_error)?;
         Ok(Transport::Tls(Box::new(rustls::StreamOwned::new(
             connection, stream,
         ))))
+    }
+
+    /// Waits up to [`TLS_SETTLE`] for the collector's first word after the handshake.
+    /// In TLS 1.3 the client's handshake ends before the server has checked the client's
+    /// certificate: a collector that requires one, and finds none or one it does not
+    /// trust, answers with an alert and closes. Records sent before that alert would be
+    /// acknowledged by its TCP stack, which moves the cursor, and then thrown away; so
+    /// nothing is sent until the alert had the time to arrive. A session ticket or
+    /// silence means the collector took this client.
+    fn settle(connection: &mut rustls::ClientConnection, stream: &mut TcpStream) -> io::Result<()> {
+        stream.set_read_timeout(Some(TLS_SETTLE))?;
+        let outcome = match connection.read_tls(stream) {
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the collector closed the connection right after the TLS handshake (does it require a client certificate?)",
+            )),
+            Ok(_) => match connection.process_new_packets() {
+                Err(err) => Err(io::Error::other(err)),
+                Ok(state) if state.peer_has_closed() => Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the collector closed the TLS session right after the handshake",
+                )),
+                Ok(_) => Ok(()),
+            },
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(err),
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        outcome
     }
 
     /// Runs until `stop` is set (then makes one last pass, bounded in time).
@@ -292,11 +691,12 @@ impl Forwarder {
         let mut saved = delivered;
         let mut down_since: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
-            let transport = match self.connect() {
-                Ok(transport) => transport,
-                Err(err) => {
+            let (transport, peer) = match self.connect() {
+                Ok(connected) => connected,
+                Err(refused) => {
+                    self.stats.failed(refused.failure);
                     if down_since.is_none() {
-                        tracing::warn!(collector = %self.address, error = %err, "cannot reach the syslog collector; records wait in the store");
+                        tracing::warn!(collector = %self.address, reason = refused.failure.word(), error = %refused.error, "cannot reach the syslog collector; records wait in the store");
                         down_since = Some(Instant::now());
                     }
                     std::thread::sleep(RECONNECT);
@@ -304,9 +704,9 @@ impl Forwarder {
                 }
             };
             if let Some(since) = down_since.take() {
-                tracing::info!(collector = %self.address, down_s = since.elapsed().as_secs(), "syslog collector reachable again; sending what it missed");
+                tracing::info!(collector = %self.address, %peer, down_s = since.elapsed().as_secs(), "syslog collector reachable again; sending what it missed");
             } else {
-                tracing::info!(collector = %self.address, tls = self.tls.is_some(), "forwarding audit records");
+                tracing::info!(collector = %self.address, %peer, tls = self.tls.is_some(), framing = self.framing.word(), "forwarding audit records");
             }
             self.stats.connected.store(true, Ordering::Relaxed);
             let mut connection = Connection {
@@ -317,7 +717,8 @@ impl Forwarder {
             let outcome = self.serve(&mut connection, &mut delivered, &mut saved, stop);
             self.stats.connected.store(false, Ordering::Relaxed);
             if let Err(err) = outcome {
-                tracing::warn!(collector = %self.address, error = %err, "syslog connection lost; unacknowledged records will be sent again");
+                self.stats.failed(Failure::Lost);
+                tracing::warn!(collector = %self.address, %peer, error = %err, "syslog connection lost; unacknowledged records will be sent again");
                 down_since = Some(Instant::now());
                 std::thread::sleep(RECONNECT);
             }
@@ -409,7 +810,7 @@ impl Forwarder {
                 tracing::error!(file = %current.path.display(), offset, "a line of the store is not a record; forwarded as is");
                 continue;
             };
-            let framed = frame(text, &record, self.pid);
+            let framed = frame(text, &record, self.pid, self.framing);
             connection.sent += framed.len() as u64;
             out.extend_from_slice(&framed);
             connection.in_flight.push_back((
@@ -442,13 +843,20 @@ impl Forwarder {
 
 #[cfg(test)]
 mod tests {
+    use std::net::TcpListener;
+
     use super::*;
+
+    fn gap() -> (Record, String) {
+        let record = Record::new(Kind::Gap, 1_700_000_000_123, "host-a", "3 lost".into());
+        let line = serde_json::to_string(&record).unwrap();
+        (record, line)
+    }
 
     #[test]
     fn a_record_is_framed_as_rfc5424_with_its_octet_count() {
-        let record = Record::new(Kind::Gap, 1_700_000_000_123, "host-a", "3 lost".into());
-        let line = serde_json::to_string(&record).unwrap();
-        let framed = String::from_utf8(frame(&line, &record, 42)).unwrap();
+        let (record, line) = gap();
+        let framed = String::from_utf8(frame(&line, &record, 42, Framing::OctetCounting)).unwrap();
         let (count, message) = framed.split_once(' ').unwrap();
         assert_eq!(count.parse::<usize>().unwrap(), message.len());
         assert!(
@@ -459,12 +867,33 @@ mod tests {
     }
 
     #[test]
+    fn newline_framing_ends_each_record_with_its_only_lf() {
+        let (record, line) = gap();
+        let framed = String::from_utf8(frame(&line, &record, 42, Framing::Newline)).unwrap();
+        assert_eq!(
+            framed,
+            format!("<107>1 2023-11-14T22:13:20.123Z host-a enforcer 42 gap - {line}\n")
+        );
+        // A line that parses as a record can hold an LF only as JSON whitespace; it never
+        // splits the record into two messages.
+        let spread = line.replacen(',', ",\n", 2);
+        let parsed: Record = serde_json::from_str(&spread).unwrap();
+        let framed = String::from_utf8(frame(&spread, &parsed, 42, Framing::Newline)).unwrap();
+        assert_eq!(framed.matches('\n').count(), 1, "{framed}");
+        assert!(framed.ends_with('\n'));
+        let message = framed.trim_end_matches('\n');
+        let json = &message[message.find('{').unwrap()..];
+        assert_eq!(serde_json::from_str::<Record>(json).unwrap(), parsed);
+    }
+
+    #[test]
     fn a_time_rfc3339_cannot_write_is_framed_as_the_nilvalue() {
         // Found by the audit_record fuzz target: formatting year 10000 panicked.
         for time in [i64::MAX, 253_402_300_800_000, -1] {
             let record = Record::new(Kind::Gap, time, "host-a", "3 lost".into());
             let line = serde_json::to_string(&record).unwrap();
-            let framed = String::from_utf8(frame(&line, &record, 42)).unwrap();
+            let framed =
+                String::from_utf8(frame(&line, &record, 42, Framing::OctetCounting)).unwrap();
             assert!(
                 framed.contains("<107>1 - host-a enforcer 42 gap - {"),
                 "{framed}"
@@ -472,7 +901,121 @@ mod tests {
         }
         let record = Record::new(Kind::Gap, 253_402_300_799_999, "host-a", "3 lost".into());
         let line = serde_json::to_string(&record).unwrap();
-        let framed = String::from_utf8(frame(&line, &record, 42)).unwrap();
+        let framed = String::from_utf8(frame(&line, &record, 42, Framing::OctetCounting)).unwrap();
         assert!(framed.contains(" 9999-12-31T23:59:59.999Z "), "{framed}");
+    }
+
+    #[test]
+    fn a_collector_is_an_address_or_a_host_name_with_a_port() {
+        let parse = |text: &str| text.parse::<Collector>();
+        assert_eq!(
+            parse("198.18.0.10:6514"),
+            Ok(Collector::Address("198.18.0.10:6514".parse().unwrap()))
+        );
+        assert_eq!(
+            parse("[2001:db8::10]:6514"),
+            Ok(Collector::Address("[2001:db8::10]:6514".parse().unwrap()))
+        );
+        for (text, host) in [
+            ("collector.example:6514", "collector.example"),
+            ("siem-01:514", "siem-01"),
+            ("log_in.enclave.internal:6514", "log_in.enclave.internal"),
+        ] {
+            let collector = parse(text).unwrap();
+            assert_eq!(
+                collector,
+                Collector::Name {
+                    host: host.to_owned(),
+                    port: text.rsplit_once(':').unwrap().1.parse().unwrap()
+                }
+            );
+            assert_eq!(collector.to_string(), text);
+            assert_eq!(collector.default_server_name(), host);
+        }
+        assert_eq!(
+            parse("[2001:db8::10]:6514").unwrap().default_server_name(),
+            "2001:db8::10"
+        );
+        for (text, hint) in [
+            ("collector.example", "no port"),
+            ("collector.example:0", "the port is 1 to 65535"),
+            ("198.18.0.10:0", "the port is 1 to 65535"),
+            ("collector.example:65536", "the port is 1 to 65535"),
+            ("collector.example:+80", "the port is 1 to 65535"),
+            ("2001:db8::10:6514", "an IPv6 address goes in brackets"),
+            ("[2001:db8::10]:x", "the port is 1 to 65535"),
+            ("[collector]:6514", "not an IPv6 address in the brackets"),
+            ("198.18.0.300:6514", "a host name is"),
+            ("collector..example:6514", "a host name is"),
+            ("-collector:6514", "a host name is"),
+            ("collector example:6514", "a host name is"),
+            (":6514", "a host name is"),
+        ] {
+            let err = parse(text).expect_err(text);
+            assert!(
+                matches!(&err, ForwardError::Address { hint: said, .. } if said.starts_with(hint)),
+                "{text}: {err}"
+            );
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("`{text}` is not a host:port"))
+            );
+        }
+    }
+
+    #[test]
+    fn an_address_resolves_to_itself_and_localhost_through_the_system_resolver() {
+        let address: SocketAddr = "198.18.0.10:6514".parse().unwrap();
+        assert_eq!(
+            Collector::Address(address).resolve().unwrap(),
+            vec![address]
+        );
+        let local = "localhost:6514"
+            .parse::<Collector>()
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(
+            local
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 6514)
+                && !local.is_empty(),
+            "{local:?}"
+        );
+    }
+
+    #[test]
+    fn every_resolved_address_is_tried_in_turn() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap();
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let forwarder = Forwarder {
+            dir: dir.path().to_owned(),
+            address: Collector::Name {
+                host: "collector.test".to_owned(),
+                port: open.port(),
+            },
+            framing: Framing::Newline,
+            tls: None,
+            pid: 1,
+            stats: Arc::default(),
+        };
+        let (_, peer) = forwarder
+            .connect_any(vec![closed, open])
+            .unwrap_or_else(|refused| panic!("{}", refused.error));
+        assert_eq!(peer, open);
+        let Err(refused) = forwarder.connect_any(vec![closed]) else {
+            panic!("nothing listens on {closed}");
+        };
+        assert_eq!(refused.failure, Failure::Connect);
+        assert!(
+            refused.error.starts_with(&format!("{closed}: ")),
+            "{}",
+            refused.error
+        );
     }
 }

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use crate::{
-    audit::store::Fsync,
+    audit::{forward::Collector, store::Fsync},
     config::{Config, Interfaces, WriteErrorAction, XdpMode},
 };
 
@@ -97,7 +97,7 @@ fn print_settings(config: &Config) {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    for (name, value) in [
+    let mut settings = vec![
         ("interfaces", interfaces),
         ("cgroup", cgroup),
         ("policy.path", config.policy.path.display().to_string()),
@@ -142,23 +142,48 @@ fn print_settings(config: &Config) {
             }
             .to_owned(),
         ),
-        (
-            "audit.forward",
-            config.audit.forward.as_ref().map_or_else(
-                || "(none)".to_owned(),
-                |forward| match &forward.tls {
-                    None => format!("{} (TCP)", forward.address),
-                    Some(tls) => format!(
-                        "{} (TLS, CA {}, name {})",
-                        forward.address,
-                        tls.ca_file.display(),
-                        tls.server_name
-                    ),
-                },
-            ),
-        ),
-        ("metrics.listen", config.metrics_listen.to_string()),
-    ] {
+    ];
+    settings.extend(forward_settings(config));
+    settings.push(("metrics.listen", config.metrics_listen.to_string()));
+    for (name, value) in settings {
         println!("  {name:<22} {value}");
     }
+}
+
+/// The `[audit.forward]` lines: the collector, the framing, and TLS with its files.
+fn forward_settings(config: &Config) -> Vec<(&'static str, String)> {
+    let Some(forward) = &config.audit.forward else {
+        return vec![("audit.forward", "(none)".to_owned())];
+    };
+    let address = match &forward.address {
+        Collector::Address(address) => address.to_string(),
+        Collector::Name { .. } => {
+            format!("{} (resolved at every connection attempt)", forward.address)
+        }
+    };
+    let tls = forward.tls.as_ref().map_or_else(
+        || "no (plain TCP)".to_owned(),
+        |tls| {
+            let client = tls.client_certificate.as_ref().map_or_else(
+                || "no client certificate".to_owned(),
+                |client| {
+                    format!(
+                        "client certificate {} with key {}",
+                        client.cert_file.display(),
+                        client.key_file.display()
+                    )
+                },
+            );
+            format!(
+                "CA {}, collector name {}, {client}",
+                tls.ca_file.display(),
+                tls.server_name
+            )
+        },
+    );
+    vec![
+        ("audit.forward.address", address),
+        ("audit.forward.framing", forward.framing.word().to_owned()),
+        ("audit.forward.tls", tls),
+    ]
 }
