@@ -164,6 +164,11 @@ pub struct FlowEvent {
 /// from a local process (the source segment is the sender's, not its address's).
 pub const FLOW_FLAG_ON_THIS_HOST: u8 = 1;
 
+/// [`FlowEvent::flags`] bit: the flow is a Multipath TCP subflow (`IPPROTO_MPTCP`, 262,
+/// which is TCP on the wire): its record carries protocol 6 and this bit, because the
+/// event's protocol field holds 8 bits. The decision is TCP's (rules on `tcp` ports apply).
+pub const FLOW_FLAG_MPTCP: u8 = 2;
+
 const _: () = assert!(size_of::<FlowEvent>() == 104);
 const _: () = assert!(align_of::<FlowEvent>() == 8);
 
