@@ -169,6 +169,10 @@ pub const FLOW_FLAG_ON_THIS_HOST: u8 = 1;
 /// event's protocol field holds 8 bits. The decision is TCP's (rules on `tcp` ports apply).
 pub const FLOW_FLAG_MPTCP: u8 = 2;
 
+/// `IPPROTO_MPTCP`: the protocol number of a Multipath TCP socket, which records carry for
+/// a flow flagged [`FLOW_FLAG_MPTCP`]. Wider than [`FlowEvent::protocol`].
+pub const IPPROTO_MPTCP: u16 = 262;
+
 const _: () = assert!(size_of::<FlowEvent>() == 104);
 const _: () = assert!(align_of::<FlowEvent>() == 8);
 

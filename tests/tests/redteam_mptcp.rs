@@ -135,8 +135,24 @@ impl Site {
         address_up(Some(&client), &client_if, &pairs(|a| [a.client, a.client2]));
         address_up(Some(&server), &server_if, &pairs(|a| [a.api, a.vault]));
         // Both ends take joins; the client takes no announcement yet.
-        client.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "0"]);
-        server.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]);
+        client.ip(&[
+            "mptcp",
+            "limits",
+            "set",
+            "subflows",
+            "4",
+            "add_addr_accepted",
+            "0",
+        ]);
+        server.ip(&[
+            "mptcp",
+            "limits",
+            "set",
+            "subflows",
+            "4",
+            "add_addr_accepted",
+            "4",
+        ]);
         let parent = mp_cgroup(tag);
         let app = parent.child("app.service");
         let other = parent.child("helper.service");
@@ -306,7 +322,10 @@ ports = ["{PORT}/tcp"]
 impl Drop for Site {
     fn drop(&mut self) {
         // The namespaces go with their ends of the pair; this is only for a failed build.
-        let _ = run_quietly("ip", &["-n", self.client.name(), "link", "del", &self.client_if]);
+        let _ = run_quietly(
+            "ip",
+            &["-n", self.client.name(), "link", "del", &self.client_if],
+        );
     }
 }
 
@@ -365,14 +384,19 @@ fn mptcp_connects_are_decided_as_tcp_and_recorded_as_mptcp() {
     let image = image(&site.policy(false));
     let mut loader = loaded_with(&image);
     let mut events = loader.take_events().expect("events");
-    loader.attach_cgroup(site.parent.path()).expect("attach cgroup");
+    loader
+        .attach_cgroup(site.parent.path())
+        .expect("attach cgroup");
     let _v4 = site.serve("0.0.0.0", 8000);
     let _v6 = site.serve("::", 8000);
     let app = segment_id(&image, "app");
 
     for (addrs, hook) in [(V4, Hook::Connect4), (V6, Hook::Connect6)] {
         let (_c, allowed) = site.connect("mptcp", addrs.api, PORT, 0);
-        assert_eq!(allowed, "ok api", "MPTCP to api:{PORT} is allowed by a tcp rule");
+        assert_eq!(
+            allowed, "ok api",
+            "MPTCP to api:{PORT} is allowed by a tcp rule"
+        );
         let (_c, plain) = site.connect("tcp", addrs.api, PORT, 0);
         assert_eq!(plain, "ok api");
         for (dst, port) in [(addrs.api, ADMIN_PORT), (addrs.vault, PORT)] {
@@ -388,7 +412,11 @@ fn mptcp_connects_are_decided_as_tcp_and_recorded_as_mptcp() {
         let mut seen: Vec<(String, u8, bool, String)> = outbound
             .iter()
             .map(|e| {
-                let dst = if to_addr(e, addrs.api) { "api" } else { "vault" };
+                let dst = if to_addr(e, addrs.api) {
+                    "api"
+                } else {
+                    "vault"
+                };
                 (
                     format!("{dst}:{}", e.dst_port),
                     e.verdict,
@@ -537,11 +565,16 @@ fn announcement(
     let image = image(&site.policy(host_may));
     let mut loader = loaded_with(&image);
     let mut events = loader.take_events().expect("events");
-    loader.attach_cgroup(site.parent.path()).expect("attach cgroup");
+    loader
+        .attach_cgroup(site.parent.path())
+        .expect("attach cgroup");
     let any = if announced.is_ipv4() { "0.0.0.0" } else { "::" };
     let _server = site.serve(any, 10_000);
     let (_client, first) = site.connect("mptcp", addrs.api, PORT, 4000);
-    assert_eq!(first, "ok api", "the first subflow, to api:{PORT}, is allowed");
+    assert_eq!(
+        first, "ok api",
+        "the first subflow, to api:{PORT}, is allowed"
+    );
     let target = endpoint(announced, port.unwrap_or(PORT));
     let reached = site.reached(&target, SUBFLOW_WAIT);
     let all = drain(&mut events);
@@ -673,7 +706,9 @@ fn a_subflow_the_path_manager_adds_is_the_segments_own() {
     let image = image(&site.policy(false));
     let mut loader = loaded_with(&image);
     let mut events = loader.take_events().expect("events");
-    loader.attach_cgroup(site.parent.path()).expect("attach cgroup");
+    loader
+        .attach_cgroup(site.parent.path())
+        .expect("attach cgroup");
     let _server = site.serve("0.0.0.0", 10_000);
     let (_client, first) = site.connect("mptcp", V4.api, PORT, 4000);
     assert_eq!(first, "ok api");
@@ -706,7 +741,12 @@ fn a_subflow_the_path_manager_adds_is_the_segments_own() {
         "every flow to api is app's, allowed: {:#?}",
         show(&all)
     );
-    assert_eq!(to_api.len(), 2, "the connect and the subflow: {:#?}", show(&all));
+    assert_eq!(
+        to_api.len(),
+        2,
+        "the connect and the subflow: {:#?}",
+        show(&all)
+    );
 }
 
 /// A socket of `app` handed over `SCM_RIGHTS` to a process of another cgroup (here one
@@ -719,10 +759,13 @@ fn a_segments_socket_connected_elsewhere_is_held_to_the_segments_rules() {
     let image = image(&site.policy(true));
     let mut loader = loaded_with(&image);
     let mut events = loader.take_events().expect("events");
-    loader.attach_cgroup(site.parent.path()).expect("attach cgroup");
+    loader
+        .attach_cgroup(site.parent.path())
+        .expect("attach cgroup");
     let _server = site.serve("0.0.0.0", 12_000);
     let procs = site.other.procs_file();
     let procs = procs.to_str().expect("utf-8");
+    let app = segment_id(&image, "app");
     for kind in ["tcp", "mptcp"] {
         let said = script(&[
             "pass-and-connect",
@@ -756,13 +799,33 @@ fn a_segments_socket_connected_elsewhere_is_held_to_the_segments_rules() {
             .filter(|e| e.verdict == Verdict::Deny as u8)
             .count();
         assert_eq!(denials, 1, "one denial as app: {:#?}", show(&all));
-        let app = segment_id(&image, "app");
         assert!(
             seen.records.iter().all(|e| e.src_segment == app),
             "{:#?}",
             show(&all)
         );
     }
+
+    // Handed to a worker of its own segment (a child cgroup of app's) and connected to
+    // api, which app may reach: one decision, at the connect, recorded once.
+    let worker = site.app.child("worker.scope");
+    let procs = worker.procs_file();
+    let said = script(&[
+        "pass-and-connect",
+        "tcp",
+        procs.to_str().expect("utf-8"),
+        &V4.api.to_string(),
+        &PORT.to_string(),
+    ])
+    .netns(&site.client)
+    .cgroup(&site.app)
+    .run();
+    let all = drain(&mut events);
+    assert!(said.starts_with("ok api"), "{said}");
+    let to_api: Vec<&FlowEvent> = all.iter().filter(|e| to_addr(e, V4.api)).collect();
+    assert_eq!(to_api.len(), 1, "{:#?}", show(&all));
+    assert_eq!(to_api[0].hook, Hook::Connect4 as u8);
+    assert_eq!(to_api[0].src_segment, app);
 }
 
 /// Inbound: `api`'s host connects to `app`'s MPTCP server (allowed) and its path manager
@@ -781,8 +844,15 @@ fn a_join_from_a_denied_host_is_refused_at_the_segments_socket() {
         &site.server_if,
         "subflow",
     ]);
-    site.client
-        .ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]);
+    site.client.ip(&[
+        "mptcp",
+        "limits",
+        "set",
+        "subflows",
+        "4",
+        "add_addr_accepted",
+        "4",
+    ]);
     let policy = format!(
         "{}\n[[allow]]\nid = \"api-to-app\"\nfrom = [\"api\"]\nto = [\"app\"]\nports = [\"{PORT}/tcp\"]\n",
         site.policy(false)
@@ -790,7 +860,9 @@ fn a_join_from_a_denied_host_is_refused_at_the_segments_socket() {
     let image = image(&policy);
     let mut loader = loaded_with(&image);
     let mut events = loader.take_events().expect("events");
-    loader.attach_cgroup(site.parent.path()).expect("attach cgroup");
+    loader
+        .attach_cgroup(site.parent.path())
+        .expect("attach cgroup");
     let _app_server = script(&["serve", "0.0.0.0", &PORT.to_string(), "10000", "app"])
         .netns(&site.client)
         .cgroup(&site.app)

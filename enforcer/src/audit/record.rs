@@ -181,7 +181,8 @@ impl Endpoint {
 pub struct ConnectionInfo {
     /// IP protocol number (262 for MPTCP, which is TCP on the wire).
     pub protocol_num: u16,
-    /// `tcp`, `udp`, or the number.
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, `mptcp` (an MPTCP subflow: TCP on the wire, decided
+    /// by the `tcp` rules), or the number.
     pub protocol_name: String,
     /// 4 or 6.
     pub protocol_ver_id: u8,
