@@ -668,8 +668,15 @@ pub struct ConnectDecision {
 
 const _: () = assert!(size_of::<ConnectDecision>() == 24);
 
+/// The cookie of the subflow through which an MPTCP socket bound, in the MPTCP socket's
+/// own storage (`BPF_MAP_TYPE_SK_STORAGE`, a `u64`). An MPTCP socket binds through its
+/// first subflow, a socket of the kernel's: the binding is learnt from the subflow, but
+/// the release hook runs for the MPTCP socket alone, which finds the binding to forget
+/// here. Host state.
+pub const MPTCP_BINDINGS: &str = "MPTCP_BINDINGS";
+
 /// The maps of host state, one of each, kept across generations.
-const HOST_MAPS: [&str; 13] = [
+const HOST_MAPS: [&str; 14] = [
     ACTIVE,
     EVENTS,
     REASON_COUNTS,
@@ -683,6 +690,7 @@ const HOST_MAPS: [&str; 13] = [
     LOCAL_PREFIXES,
     SOCKET_PEERS,
     CONNECT_DECISIONS,
+    MPTCP_BINDINGS,
 ];
 
 /// The per-generation maps, each as its names by slot.

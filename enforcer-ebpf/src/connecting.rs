@@ -19,8 +19,7 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, BPF_SK_STORAGE_GET_F_CREATE, BPF_TCP_SYN_SENT, bpf_sock},
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_sk_fullsock,
-        bpf_sk_storage_get, bpf_skc_to_mptcp_sock,
+        bpf_get_current_cgroup_id, bpf_sk_fullsock, bpf_sk_storage_get, bpf_skc_to_mptcp_sock,
     },
     programs::{SkBuffContext, SockAddrContext},
 };
@@ -50,16 +49,6 @@ fn map() -> *mut c_void {
 pub fn is_mptcp_subflow(sk: *mut c_void) -> bool {
     // SAFETY: the helper only casts a socket the verifier checked.
     !unsafe { bpf_skc_to_mptcp_sock(sk) }.is_null()
-}
-
-/// Whether the calling task is a kernel worker: it is in the root cgroup (level 0, no
-/// ancestor at level 1), where the kernel's threads live and where systemd puts no
-/// process. The MPTCP path manager connects its subflows from such a worker.
-#[inline(always)]
-pub fn by_a_kernel_worker() -> bool {
-    // SAFETY: a helper without memory arguments, allowed in the sock_addr hooks.
-    let level_one = unsafe { bpf_get_current_ancestor_cgroup_id(1) };
-    level_one == 0
 }
 
 /// Notes that the calling task's `connect()` on the socket of `ctx` was decided

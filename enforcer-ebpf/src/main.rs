@@ -168,17 +168,21 @@ pub fn bind6(ctx: SockAddrContext) -> i32 {
     CGROUP_ALLOW
 }
 
-/// The port a `bind()` asks for, for [`learn::bind_requested`].
+/// The port a `bind()` asks for, for [`learn::bind_requested`]; and the subflow an MPTCP
+/// socket binds through, for [`learn::mptcp_bind`].
 ///
 /// Verifier note: `user_port` is read with a 4-byte load (network byte order in the low
 /// 16 bits), as for connect.
 #[inline(always)]
 fn bind_requested(ctx: &SockAddrContext) {
     // SAFETY: the context pointer is valid for the whole run of the program.
-    let port = unsafe { (*ctx.sock_addr).user_port };
+    let (port, protocol) = unsafe { ((*ctx.sock_addr).user_port, (*ctx.sock_addr).protocol) };
     // SAFETY: the helper reads the socket behind the context, valid for the run.
     let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     learn::bind_requested(cookie, u16::from_be(port as u16));
+    if protocol == u32::from(PROTO_TCP) {
+        learn::mptcp_bind(ctx, cookie);
+    }
 }
 
 /// Outbound IPv4 `connect()` from a process in the attached cgroup subtree.
@@ -240,7 +244,7 @@ fn sock_addr(ctx: &SockAddrContext, hook: Hook, address_family: u8) -> i32 {
     let connect = matches!(hook, Hook::Connect4 | Hook::Connect6);
     if flow.protocol == PROTO_TCP && connecting::is_mptcp_subflow(sk.cast()) {
         flow.flags |= FLOW_FLAG_MPTCP;
-        if connect && connecting::by_a_kernel_worker() {
+        if connect && decide::by_a_kernel_worker() {
             connecting::left_to_egress(ctx);
             return CGROUP_ALLOW;
         }
@@ -823,9 +827,13 @@ pub fn post_bind6(ctx: SockContext) -> i32 {
 /// refused (EPERM; the kernel releases the port), recorded with reason `listener-taken`
 /// (audit mode lets it through), because the kernel would hand the joiner a share of the
 /// other segment's connections, decided as the other segment's.
+///
+/// A kernel worker's binding is not learnt: it is the MPTCP path manager's, for a subflow
+/// (a client's socket, not a listener), and nothing would forget it (the release hook
+/// does not run for the kernel's own sockets).
 #[inline(always)]
 fn bind_completed<const V4: bool>(ctx: &SockContext) -> i32 {
-    if !learn::in_host_netns(ctx) {
+    if !learn::in_host_netns(ctx) || decide::by_a_kernel_worker() {
         return CGROUP_ALLOW;
     }
     if let Some(sharer) = learn::sharer::<V4>(ctx) {

@@ -80,6 +80,11 @@ pub static SOCKET_PEERS: LruHashMap<PeerKey, PeerState> =
 #[btf_map]
 pub static CONNECT_DECISIONS: SkStorage<ConnectDecision> = SkStorage::new();
 
+/// The cookie of the subflow each MPTCP socket bound through, in the MPTCP socket's own
+/// storage: see [`crate::learn::mptcp_bind`]. A BTF map, as [`CONNECT_DECISIONS`].
+#[btf_map]
+pub static MPTCP_BINDINGS: SkStorage<u64> = SkStorage::new();
+
 /// The active generation number (0: no policy applied yet).
 #[map]
 pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);

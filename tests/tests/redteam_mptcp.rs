@@ -14,7 +14,7 @@
 
 use std::{
     io::{BufReader, Lines},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     process::ChildStdout,
     time::{Duration, Instant},
 };
@@ -28,6 +28,7 @@ use enforcer_tests::{
     events::{decided_by, drain, segment_id},
     netns::{Netns, address_up},
     policy::{image, loaded_with},
+    probe::{Outcome, Spawn},
     script::{Guard, Script},
 };
 use serde_json::Value;
@@ -698,13 +699,24 @@ fn with_the_default_limits_an_announcement_opens_nothing() {
 
 /// The path manager's own work for `app` is `app`'s: a `subflow` endpoint on the client's
 /// host adds a subflow from a second address to `api`, which `app` may reach; it is
-/// allowed and recorded as `app`'s (it was refused as `host`'s).
+/// allowed and recorded as `app`'s (it was refused as `host`'s). The worker binds the
+/// subflow's socket to that address before it connects: that is no listener of anyone's,
+/// and is not learnt (it was, as `host`'s, and never forgotten: the release hook does not
+/// run for the kernel's sockets, so every subflow left an entry in the learnt listeners'
+/// LRU, which a segment could fill to push real listeners out). The kernel object is
+/// loaded from the client's namespace here, so that bindings there are the ones learnt.
 #[test]
 fn a_subflow_the_path_manager_adds_is_the_segments_own() {
     let site = Site::new("g");
     site.subflow_endpoint(V4.client2);
     let image = image(&site.policy(false));
-    let mut loader = loaded_with(&image);
+    let mut loader = {
+        let own = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
+        enforcer_tests::netns::setns_net(&site.client.open()).expect("into the client's netns");
+        let loader = loaded_with(&image);
+        enforcer_tests::netns::setns_net(&own).expect("back to the test's netns");
+        loader
+    };
     let mut events = loader.take_events().expect("events");
     loader
         .attach_cgroup(site.parent.path())
@@ -746,6 +758,17 @@ fn a_subflow_the_path_manager_adds_is_the_segments_own() {
         2,
         "the connect and the subflow: {:#?}",
         show(&all)
+    );
+    let learnt = loader
+        .map_fill()
+        .expect("map fill")
+        .into_iter()
+        .find(|fill| fill.map == "learnt_listeners")
+        .expect("learnt listeners")
+        .entries;
+    assert_eq!(
+        learnt, 0,
+        "the path manager's binding of a subflow was learnt"
     );
 }
 
@@ -902,6 +925,76 @@ fn a_join_from_a_denied_host_is_refused_at_the_segments_socket() {
             && e.verdict == Verdict::Deny as u8
             && e.src_segment == vault),
         "the join from vault is refused and recorded: {:#?}",
+        show(&all)
+    );
+}
+
+// =======================================================================================
+// C. Bindings the kernel makes for an MPTCP socket.
+// =======================================================================================
+
+/// An MPTCP socket binds through its first subflow, a socket of the kernel's: the
+/// binding is learnt from the subflow, while the release hook runs for the MPTCP socket.
+/// A compromised `gateway` binds `inventory`'s port on 127.0.0.1 over MPTCP and exits:
+/// its binding must go with it, or `orders`' connects to 127.0.0.1, which reach
+/// `inventory`'s server on `0.0.0.0`, are decided as connects to `gateway` and refused
+/// (and recorded so). Loopback of this host, where bindings are learnt.
+#[test]
+fn an_mptcp_listeners_binding_goes_with_it() {
+    const SERVICE_PORT: u16 = 17_080;
+    let parent = mp_cgroup("l");
+    let inventory = parent.child("inventory.service");
+    let gateway = parent.child("gateway.service");
+    let orders = parent.child("orders.service");
+    let image = image(&format!(
+        r#"
+[segments.inventory]
+cgroups = ["{}"]
+
+[segments.gateway]
+cgroups = ["{}"]
+
+[segments.orders]
+cgroups = ["{}"]
+
+[[allow]]
+id = "orders-to-inventory"
+from = ["orders"]
+to = ["inventory"]
+ports = ["{SERVICE_PORT}/tcp"]
+"#,
+        inventory.relative_path(),
+        gateway.relative_path(),
+        orders.relative_path()
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    {
+        let _ghost = script(&["serve", "127.0.0.1", &SERVICE_PORT.to_string(), "100", "gw"])
+            .cgroup(&gateway)
+            .serve();
+    }
+    let _rightful = Spawn::tcp_server(SocketAddr::from(([0, 0, 0, 0], SERVICE_PORT)))
+        .cgroup(&inventory)
+        .serve();
+    let outcome = Spawn::tcp_client(SocketAddr::from(([127, 0, 0, 1], SERVICE_PORT)))
+        .cgroup(&orders)
+        .run();
+    let all = drain(&mut events);
+    eprintln!("records: {:#?}", show(&all));
+    assert_eq!(
+        outcome,
+        Outcome::Ok,
+        "orders' connect to inventory was decided against gateway's MPTCP binding, gone"
+    );
+    let orders_id = segment_id(&image, "orders");
+    let inventory_id = segment_id(&image, "inventory");
+    assert!(
+        all.iter()
+            .filter(|e| e.src_segment == orders_id && e.hook == Hook::Connect4 as u8)
+            .all(|e| e.dst_segment == inventory_id),
+        "{:#?}",
         show(&all)
     );
 }
