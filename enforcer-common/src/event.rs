@@ -147,7 +147,8 @@ pub struct FlowEvent {
     pub reason: u8,
     /// Address family, one of [`family`].
     pub family: u8,
-    /// IP protocol number (6 TCP, 17 UDP); for [`Reason::SourceRoute`] and
+    /// IP protocol number (6 TCP, 17 UDP; an MPTCP subflow is 6 with [`FLOW_FLAG_MPTCP`],
+    /// which records write as 262); for [`Reason::SourceRoute`] and
     /// [`Reason::IcmpErrors`] what was refused
     /// (see `docs/datapath.md`).
     pub protocol: u8,

@@ -5,7 +5,10 @@
 //! `sendmsg()` from local processes (IPv4 and IPv6), by the two ends' segments and the
 //! rules of the active generation; ICMP requests inbound at XDP and outbound as they leave
 //! a segment's socket; raw sockets at `socket()`; source routes and routing headers, at
-//! `setsockopt()` and on packets leaving segment sockets. `post_bind`
+//! `setsockopt()` and on packets leaving segment sockets; the SYN of a TCP connection
+//! whose `connect()` was not its socket's owner's (an MPTCP path manager's subflow, a
+//! socket handed to another cgroup), against the socket's segment ([`connecting`]).
+//! `post_bind`
 //! learns which segment listens on an address and port (`bind` notes the sockets that asked
 //! for their port, `sock_release` forgets the binding). Every decision is counted and recorded
 //! (module `record`). Before the first policy is applied (generation 0) every hook lets
@@ -475,7 +478,10 @@ fn skb_ingress(ctx: SkBuffContext) -> i32 {
 /// (ancillary data of `sendmsg`, a socket option set before the hooks were attached, a
 /// raw socket), is dropped when the socket belongs to a segment, whatever the policy
 /// says (audit mode lets it through, recorded). A UDP sender's `sendmsg()` then fails
-/// with EPERM. Sockets of no segment are not governed.
+/// with EPERM. Sockets of no segment are not governed. Then: a packet to an address of
+/// this host leaving through another interface ([`local_elsewhere`]); a SYN whose
+/// `connect()` was not decided for its socket's own segment ([`syn`]); an ICMP request
+/// ([`icmp_request`]).
 ///
 /// The common packet costs one or two reads ([`route`]); only a packet carrying a
 /// source route, or a header chain that cannot be walked (dropped as malformed, for it
