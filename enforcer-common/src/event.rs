@@ -147,7 +147,8 @@ pub struct FlowEvent {
     pub reason: u8,
     /// Address family, one of [`family`].
     pub family: u8,
-    /// IP protocol number (6 TCP, 17 UDP); for [`Reason::SourceRoute`] and
+    /// IP protocol number (6 TCP, 17 UDP; an MPTCP subflow is 6 with [`FLOW_FLAG_MPTCP`],
+    /// which records write as 262); for [`Reason::SourceRoute`] and
     /// [`Reason::IcmpErrors`] what was refused
     /// (see `docs/datapath.md`).
     pub protocol: u8,
@@ -163,6 +164,15 @@ pub struct FlowEvent {
 /// one serving the port, not the address's), and by the per-socket layer for a packet
 /// from a local process (the source segment is the sender's, not its address's).
 pub const FLOW_FLAG_ON_THIS_HOST: u8 = 1;
+
+/// [`FlowEvent::flags`] bit: the flow is a Multipath TCP subflow (`IPPROTO_MPTCP`, 262,
+/// which is TCP on the wire): its record carries protocol 6 and this bit, because the
+/// event's protocol field holds 8 bits. The decision is TCP's (rules on `tcp` ports apply).
+pub const FLOW_FLAG_MPTCP: u8 = 2;
+
+/// `IPPROTO_MPTCP`: the protocol number of a Multipath TCP socket, which records carry for
+/// a flow flagged [`FLOW_FLAG_MPTCP`]. Wider than [`FlowEvent::protocol`].
+pub const IPPROTO_MPTCP: u16 = 262;
 
 const _: () = assert!(size_of::<FlowEvent>() == 104);
 const _: () = assert!(align_of::<FlowEvent>() == 8);

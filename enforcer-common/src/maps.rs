@@ -424,8 +424,9 @@ pub struct RecentFlowKey {
     pub protocol: u8,
     /// [`crate::event::Verdict`] code.
     pub verdict: u8,
-    /// Explicit padding; always zero.
-    pub _pad: u8,
+    /// `FLOW_FLAG_*` bits of the record ([`crate::event::FLOW_FLAG_MPTCP`] tells an MPTCP
+    /// flow from a TCP one to the same place).
+    pub flags: u8,
 }
 
 const _: () = assert!(size_of::<RecentFlowKey>() == 56);
@@ -637,8 +638,45 @@ pub struct PeerState {
 
 const _: () = assert!(size_of::<PeerState>() == 32);
 
+/// How a TCP socket's last `connect()` was decided, in the socket's own storage
+/// (`BPF_MAP_TYPE_SK_STORAGE`, freed with the socket): the cgroup and segment of the task
+/// that called it, under which generation, and whether it was refused. `skb_egress` holds
+/// every SYN to it: a SYN whose `connect()` a task of the socket's own cgroup made, or of
+/// the socket's own segment under the active generation, passes (or is dropped) as
+/// decided there; any other (the connect ran in a kernel worker, an MPTCP path manager's
+/// subflow, or in a task of another segment, a socket passed over `SCM_RIGHTS`; or before
+/// the hooks were attached) is decided at egress against the socket's own segment,
+/// recorded, and its decision noted here for the retransmissions. Host state.
+pub const CONNECT_DECISIONS: &str = "CONNECT_DECISIONS";
+
+/// The value of [`CONNECT_DECISIONS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectDecision {
+    /// cgroup v2 id of the task whose `connect()` decided (for a SYN decided at
+    /// `skb_egress`, the socket's own cgroup).
+    pub cgroup_id: u64,
+    /// The segment that decided: the task's (the socket's, at `skb_egress`).
+    pub segment: u32,
+    /// The generation that decided.
+    pub generation: u32,
+    /// 1 when the decision refused the connection, else 0.
+    pub denied: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 7],
+}
+
+const _: () = assert!(size_of::<ConnectDecision>() == 24);
+
+/// The cookie of the subflow through which an MPTCP socket bound, in the MPTCP socket's
+/// own storage (`BPF_MAP_TYPE_SK_STORAGE`, a `u64`). An MPTCP socket binds through its
+/// first subflow, a socket of the kernel's: the binding is learnt from the subflow, but
+/// the release hook runs for the MPTCP socket alone, which finds the binding to forget
+/// here. Host state.
+pub const MPTCP_BINDINGS: &str = "MPTCP_BINDINGS";
+
 /// The maps of host state, one of each, kept across generations.
-const HOST_MAPS: [&str; 12] = [
+const HOST_MAPS: [&str; 14] = [
     ACTIVE,
     EVENTS,
     REASON_COUNTS,
@@ -651,6 +689,8 @@ const HOST_MAPS: [&str; 12] = [
     LOCAL_ADDRESSES,
     LOCAL_PREFIXES,
     SOCKET_PEERS,
+    CONNECT_DECISIONS,
+    MPTCP_BINDINGS,
 ];
 
 /// The per-generation maps, each as its names by slot.

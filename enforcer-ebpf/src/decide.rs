@@ -38,6 +38,18 @@ pub fn task_segment<const B: bool>(slot: &Slot<B>) -> u32 {
     })
 }
 
+/// Whether the calling task is a kernel worker: it is in the root cgroup (level 0, no
+/// ancestor at level 1), where the kernel's threads live and where systemd puts no
+/// process. The MPTCP path manager binds and connects its subflows from such a worker;
+/// the sockets are the connection's, in the connection's cgroup, not the worker's.
+#[inline(always)]
+pub fn by_a_kernel_worker() -> bool {
+    // SAFETY: a helper without memory arguments, allowed in the cgroup hooks that call
+    // this, which run in the calling task's context.
+    let level_one = unsafe { bpf_get_current_ancestor_cgroup_id(1) };
+    level_one == 0
+}
+
 /// The segment of the socket that sent `skb`, classified like [`task_segment`] from the
 /// cgroup the socket was created in. The egress hook runs this rather than asking the
 /// current task, which in softirq context (a retransmission, a queued send) is whatever

@@ -5,15 +5,21 @@
 //! service's port on a more specific address (`127.0.0.2`) owns only the traffic the
 //! kernel delivers to it there, not the port.
 
+use core::{ffi::c_void, ptr};
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
-    programs::SockContext,
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+        bpf_sk_storage_get, bpf_skc_to_mptcp_sock,
+    },
+    programs::{SockAddrContext, SockContext},
 };
 use enforcer_common::maps::{
     BoundKey, CGROUP_LEVELS, LearntListener, PROTO_UDP, local_address_key,
 };
 
-use crate::maps::{self, BOUND_SOCKETS, EXPLICIT_BINDS, LEARNT_LISTENERS};
+use crate::maps::{self, BOUND_SOCKETS, EXPLICIT_BINDS, LEARNT_LISTENERS, MPTCP_BINDINGS};
 
 /// Where `ctx`'s socket was just bound, as a [`LEARNT_LISTENERS`] key: an IPv4 socket
 /// when `V4` (`post_bind4`), else an IPv6 one (`post_bind6`); `None` without a port.
@@ -132,7 +138,8 @@ pub fn listener<const V4: bool>(ctx: &SockContext) {
 }
 
 /// Forgets the binding `ctx`'s socket made, if it is still the one learnt for its
-/// address and port (a later binding of the same address and port stays).
+/// address and port (a later binding of the same address and port stays); for an MPTCP
+/// socket, the binding its first subflow made ([`mptcp_bind`]).
 ///
 /// Verifier note: a `sock_release` program may not read the socket's port or addresses,
 /// so the binding is found through the socket's cookie ([`BOUND_SOCKETS`]).
@@ -140,6 +147,22 @@ pub fn listener<const V4: bool>(ctx: &SockContext) {
 pub fn released(ctx: &SockContext) {
     // SAFETY: the helper reads the socket the context points to, valid for the run.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    forget(cookie);
+    // SAFETY: the release program's context is its socket, which the helper takes as
+    // such; no value, no flags: a lookup.
+    let subflow =
+        unsafe { bpf_sk_storage_get(mptcp_bindings(), ctx.sock.cast(), ptr::null_mut(), 0) }
+            .cast::<u64>();
+    if !subflow.is_null() {
+        // SAFETY: the socket's storage, checked for null.
+        forget(unsafe { *subflow });
+    }
+}
+
+/// Forgets the binding the socket with cookie `cookie` made, if it is still the one
+/// learnt for its address and port.
+#[inline(always)]
+fn forget(cookie: u64) {
     let Some(key) = BOUND_SOCKETS.get_ptr(&cookie) else {
         return;
     };
@@ -151,5 +174,47 @@ pub fn released(ctx: &SockContext) {
         && unsafe { (*learnt).cookie } == cookie
     {
         let _ = LEARNT_LISTENERS.remove(&key);
+    }
+}
+
+/// [`MPTCP_BINDINGS`] as the storage helpers take it (the address of the `#[btf_map]`
+/// static is the map; see `connecting::map`).
+#[inline(always)]
+fn mptcp_bindings() -> *mut c_void {
+    (&raw const MPTCP_BINDINGS).cast_mut().cast()
+}
+
+/// Called from the `bind4/6` hooks with the cookie of `ctx`'s socket: when that socket is
+/// the first subflow of an MPTCP socket (an MPTCP socket binds through it, and the
+/// binding is learnt from it at `post_bind`), notes the cookie in the MPTCP socket's own
+/// storage, so that the MPTCP socket's release, the only one the release hook sees,
+/// forgets the binding ([`released`]).
+///
+/// Verifier note: `bpf_skc_to_mptcp_sock` gives a BTF pointer to the MPTCP socket (or
+/// null), which the storage helper takes as a socket: its first member is a `struct
+/// sock`. No field of it is read.
+#[inline(always)]
+pub fn mptcp_bind(ctx: &SockAddrContext, cookie: u64) {
+    // SAFETY: the context pointer is valid for the whole run; `sk` is its socket.
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    // SAFETY: the helper only casts a socket the verifier checked.
+    let mptcp = unsafe { bpf_skc_to_mptcp_sock(sk.cast()) };
+    if mptcp.is_null() {
+        return;
+    }
+    // SAFETY: `mptcp` is the connection's socket, checked for null; with the create flag
+    // and no value, the storage starts zeroed.
+    let subflow = unsafe {
+        bpf_sk_storage_get(
+            mptcp_bindings(),
+            mptcp.cast(),
+            ptr::null_mut(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        )
+    }
+    .cast::<u64>();
+    if !subflow.is_null() {
+        // SAFETY: the socket's storage, checked for null.
+        unsafe { *subflow = cookie };
     }
 }

@@ -5,7 +5,10 @@
 //! `sendmsg()` from local processes (IPv4 and IPv6), by the two ends' segments and the
 //! rules of the active generation; ICMP requests inbound at XDP and outbound as they leave
 //! a segment's socket; raw sockets at `socket()`; source routes and routing headers, at
-//! `setsockopt()` and on packets leaving segment sockets. `post_bind`
+//! `setsockopt()` and on packets leaving segment sockets; the SYN of a TCP connection
+//! whose `connect()` was not its socket's owner's (an MPTCP path manager's subflow, a
+//! socket handed to another cgroup), against the socket's segment ([`connecting`]).
+//! `post_bind`
 //! learns which segment listens on an address and port (`bind` notes the sockets that asked
 //! for their port, `sock_release` forgets the binding). Every decision is counted and recorded
 //! (module `record`). Before the first policy is applied (generation 0) every hook lets
@@ -17,6 +20,7 @@
     reason = "aya-ebpf's program macros emit undocumented `extern \"C\"` wrappers"
 )]
 
+mod connecting;
 mod decide;
 mod headers;
 mod icmp;
@@ -39,9 +43,9 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     decision::Decision,
-    event::{Hook, Reason, Verdict, family},
+    event::{FLOW_FLAG_MPTCP, Hook, Reason, Verdict, family},
     maps::{
-        PROTO_ICMP, PROTO_ICMPV6, PROTO_UDP, SEGMENT_ANY, SEGMENT_BROADCAST,
+        PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SEGMENT_ANY, SEGMENT_BROADCAST,
         SEGMENT_FLAG_ICMP_ERRORS, SEGMENT_FLAG_RAW_SOCKETS, SEGMENT_HOST, SEGMENT_MULTICAST,
     },
 };
@@ -167,17 +171,21 @@ pub fn bind6(ctx: SockAddrContext) -> i32 {
     CGROUP_ALLOW
 }
 
-/// The port a `bind()` asks for, for [`learn::bind_requested`].
+/// The port a `bind()` asks for, for [`learn::bind_requested`]; and the subflow an MPTCP
+/// socket binds through, for [`learn::mptcp_bind`].
 ///
 /// Verifier note: `user_port` is read with a 4-byte load (network byte order in the low
 /// 16 bits), as for connect.
 #[inline(always)]
 fn bind_requested(ctx: &SockAddrContext) {
     // SAFETY: the context pointer is valid for the whole run of the program.
-    let port = unsafe { (*ctx.sock_addr).user_port };
+    let (port, protocol) = unsafe { ((*ctx.sock_addr).user_port, (*ctx.sock_addr).protocol) };
     // SAFETY: the helper reads the socket behind the context, valid for the run.
     let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     learn::bind_requested(cookie, u16::from_be(port as u16));
+    if protocol == u32::from(PROTO_TCP) {
+        learn::mptcp_bind(ctx, cookie);
+    }
 }
 
 /// Outbound IPv4 `connect()` from a process in the attached cgroup subtree.
@@ -213,6 +221,17 @@ fn verdict_to_return(verdict: Verdict) -> i32 {
     }
 }
 
+/// Decides a `connect()` or `sendmsg()` against the calling task's segment
+/// ([`sock_addr_in_slot`]).
+///
+/// A TCP `connect()` also notes its decision, with the task's cgroup and segment, in the
+/// socket's storage ([`connecting::decided_at_connect`]): `skb_egress` passes the SYN of
+/// a connection a task of the socket's own cgroup (or segment) decided, and decides any
+/// other against the socket's segment. An MPTCP subflow is flagged [`FLOW_FLAG_MPTCP`] for its record (the hook
+/// sees the subflow, a TCP socket, so the protocol says 6); one a kernel worker connects
+/// (the path manager's, for an address or port the peer announced, or a `subflow`
+/// endpoint of the host) is not decided here at all: the worker's cgroup is not the
+/// connection's, and `skb_egress` decides its SYN against the socket's segment, once.
 #[inline(always)]
 fn sock_addr(ctx: &SockAddrContext, hook: Hook, address_family: u8) -> i32 {
     let generation = maps::active_generation();
@@ -222,10 +241,21 @@ fn sock_addr(ctx: &SockAddrContext, hook: Hook, address_family: u8) -> i32 {
     let mut flow = destination(ctx, address_family);
     // SAFETY: the context pointer is valid for the whole run, and `sk` always points to
     // the calling socket (a full socket: `src_port` is readable, in host byte order).
-    flow.src_port = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).src_port } as u16;
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    // SAFETY: as above.
+    flow.src_port = unsafe { (*sk).src_port } as u16;
+    let connect = matches!(hook, Hook::Connect4 | Hook::Connect6);
+    if flow.protocol == PROTO_TCP && connecting::is_mptcp_subflow(sk.cast()) {
+        flow.flags |= FLOW_FLAG_MPTCP;
+        if connect && decide::by_a_kernel_worker() {
+            connecting::left_to_egress(ctx);
+            return CGROUP_ALLOW;
+        }
+    }
     // SAFETY: the helper reads the calling socket behind the context, valid for the run.
     let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     in_slot!(generation, |slot| sock_addr_in_slot(
+        ctx,
         slot,
         &task_origin(hook, generation),
         &flow,
@@ -278,6 +308,7 @@ fn destination(ctx: &SockAddrContext, address_family: u8) -> Flow {
 /// for answers from any host's port the datagram went to.
 #[inline(always)]
 fn sock_addr_in_slot<const B: bool>(
+    ctx: &SockAddrContext,
     slot: &Slot<B>,
     origin: &Origin,
     flow: &Flow,
@@ -295,6 +326,14 @@ fn sock_addr_in_slot<const B: bool>(
     let src = decide::task_segment(slot);
     let decision = decide::flow(slot, src, dst, flow.protocol, flow.dst_port);
     record(slot, origin, &flow, &Segments { src, dst }, &decision);
+    if !sendmsg && flow.protocol == PROTO_TCP {
+        connecting::decided_at_connect(
+            ctx,
+            src,
+            origin.generation,
+            decision.verdict == Verdict::Deny,
+        );
+    }
     if sendmsg && flow.protocol == PROTO_UDP && decision.verdict != Verdict::Deny {
         let answered_by = if dst == SEGMENT_BROADCAST || dst == SEGMENT_MULTICAST {
             peers::group_key(cookie, flow.dst_port)
@@ -439,7 +478,10 @@ fn skb_ingress(ctx: SkBuffContext) -> i32 {
 /// (ancillary data of `sendmsg`, a socket option set before the hooks were attached, a
 /// raw socket), is dropped when the socket belongs to a segment, whatever the policy
 /// says (audit mode lets it through, recorded). A UDP sender's `sendmsg()` then fails
-/// with EPERM. Sockets of no segment are not governed.
+/// with EPERM. Sockets of no segment are not governed. Then: a packet to an address of
+/// this host leaving through another interface ([`local_elsewhere`]); a SYN whose
+/// `connect()` was not decided for its socket's own segment ([`syn`]); an ICMP request
+/// ([`icmp_request`]).
 ///
 /// The common packet costs one or two reads ([`route`]); only a packet carrying a
 /// source route, or a header chain that cannot be walked (dropped as malformed, for it
@@ -454,36 +496,175 @@ fn skb_ingress(ctx: SkBuffContext) -> i32 {
 fn skb_egress(ctx: SkBuffContext) -> i32 {
     let found = route::source_route(&ctx);
     if found != route::NONE {
-        return match maps::active_generation() {
-            0 => CGROUP_ALLOW,
-            generation => in_slot!(generation, |slot| source_routed_packet(
-                &ctx, slot, generation, found
-            )),
-        };
+        return egress_verdict(source_route_in_generation(&ctx, found));
     }
     // SAFETY: the context pointer is valid for the whole run of the program.
     let ifindex = unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).ifindex };
     if ifindex != LOOPBACK_IFINDEX {
-        let flow = addresses(&ctx);
-        if decide::is_local(&flow.dst_addr, flow.family == family::INET) {
-            return match maps::active_generation() {
-                0 => CGROUP_ALLOW,
-                generation => in_slot!(generation, |slot| local_elsewhere(
-                    &ctx, slot, generation, &flow
-                )),
-            };
+        let outcome = local_elsewhere_in_generation(&ctx);
+        if outcome != NOT_LOCAL {
+            return egress_verdict(outcome);
         }
+    }
+    let connecting = connecting::connecting_socket(&ctx);
+    if !connecting.is_null() {
+        return egress_verdict(syn_in_generation(&ctx, connecting));
     }
     let request = icmp::outgoing_request(&ctx);
     if request == icmp::NO_REQUEST {
         return CGROUP_ALLOW;
     }
-    match maps::active_generation() {
-        0 => CGROUP_ALLOW,
-        generation => in_slot!(generation, |slot| icmp_request(
-            &ctx, slot, generation, request
-        )),
+    egress_verdict(icmp_request_in_generation(&ctx, request))
+}
+
+// The four decisions `skb_egress` makes, each under the active generation (everything
+// passes before the first) in a function of its own that returns an outcome code
+// (`PASS`, `DROP`, `NOT_LOCAL`), which `skb_egress` turns into its verdict.
+//
+// Verifier notes: BPF-to-BPF calls, not inlined. Inlined side by side into `skb_egress`,
+// each with both slots, they made LLVM's frame pass the 512-byte stack; as calls, a run
+// needs the small dispatching frame plus the one decision it makes. The context (behind
+// the reference) and the socket pointer keep their types across a call. The codes are
+// not the verdicts (0 and 1) themselves: where LLVM knew a register to equal 1 it
+// returned that register for `CGROUP_ALLOW`, a value the verifier could not bound, and a
+// program may only exit with 0 or 1; mapping a code to a verdict makes `skb_egress`
+// return constants.
+
+/// The outcome of an egress decision: let the packet through.
+const PASS: u8 = 0xa1;
+/// The outcome of an egress decision: drop the packet.
+const DROP: u8 = 0xd2;
+/// The outcome of [`local_elsewhere_in_generation`] for a packet to an address that is
+/// not this host's: nothing decided.
+const NOT_LOCAL: u8 = 0x3c;
+
+/// The outcome code of a cgroup verdict.
+#[inline(always)]
+fn outcome(verdict: i32) -> u8 {
+    if verdict == CGROUP_DENY { DROP } else { PASS }
+}
+
+/// The verdict of an outcome code.
+#[inline(always)]
+fn egress_verdict(outcome: u8) -> i32 {
+    if outcome == DROP {
+        CGROUP_DENY
+    } else {
+        CGROUP_ALLOW
     }
+}
+
+/// [`source_routed_packet`] under the active generation.
+#[inline(never)]
+fn source_route_in_generation(ctx: &SkBuffContext, found: u8) -> u8 {
+    match maps::active_generation() {
+        0 => PASS,
+        generation => outcome(in_slot!(generation, |slot| source_routed_packet(
+            ctx, slot, generation, found
+        ))),
+    }
+}
+
+/// [`local_elsewhere`] under the active generation, for a packet leaving through another
+/// interface than loopback; [`NOT_LOCAL`] when its destination is not this host.
+#[inline(never)]
+fn local_elsewhere_in_generation(ctx: &SkBuffContext) -> u8 {
+    let flow = addresses(ctx);
+    if !decide::is_local(&flow.dst_addr, flow.family == family::INET) {
+        return NOT_LOCAL;
+    }
+    match maps::active_generation() {
+        0 => PASS,
+        generation => outcome(in_slot!(generation, |slot| local_elsewhere(
+            ctx, slot, generation, &flow
+        ))),
+    }
+}
+
+/// [`syn`] under the active generation.
+#[inline(never)]
+fn syn_in_generation(ctx: &SkBuffContext, sk: *mut aya_ebpf::bindings::bpf_sock) -> u8 {
+    match maps::active_generation() {
+        0 => PASS,
+        generation => outcome(in_slot!(generation, |slot| syn(ctx, slot, generation, sk))),
+    }
+}
+
+/// [`icmp_request`] under the active generation.
+#[inline(never)]
+fn icmp_request_in_generation(ctx: &SkBuffContext, request: u16) -> u8 {
+    match maps::active_generation() {
+        0 => PASS,
+        generation => outcome(in_slot!(generation, |slot| icmp_request(
+            ctx, slot, generation, request
+        ))),
+    }
+}
+
+/// Holds a SYN of the TCP socket `sk` (still connecting) to its `connect()`: one a task of
+/// the socket's own cgroup made, or a task of the socket's own segment under this
+/// generation (the same decision), passes, or is dropped, as decided there
+/// ([`connecting::noted`]). Any other (a kernel worker's `connect()`, an MPTCP path
+/// manager's subflow; a task's of another cgroup, on a socket handed over with
+/// `SCM_RIGHTS`; one made before the hooks were attached) is decided here against the
+/// segment of the socket's own cgroup, like a `connect()` of its owner, and recorded
+/// once: the decision is noted for the retransmissions of the same SYN. The record
+/// names the socket's cgroup (no process: a kernel worker, or softirq, may be running),
+/// the packet's destination, the socket's ports, and [`FLOW_FLAG_MPTCP`] for a subflow.
+/// A refused SYN is dropped: the subflow (or the connection) never opens.
+///
+/// Verifier note: the ports are the socket's (`src_port` in host byte order, `dst_port`
+/// in network byte order, a 2-byte read), not the packet's: no TCP header is parsed
+/// behind a header chain of unknown length.
+#[inline(always)]
+fn syn<const B: bool>(
+    ctx: &SkBuffContext,
+    slot: &Slot<B>,
+    generation: u32,
+    sk: *mut aya_ebpf::bindings::bpf_sock,
+) -> i32 {
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
+    // SAFETY: `skb` is the program's context; the id is its socket's cgroup's.
+    let owner = unsafe { aya_ebpf::helpers::bpf_skb_cgroup_id(skb) };
+    let noted = connecting::noted(sk);
+    let follow = if noted.denied != 0 {
+        CGROUP_DENY
+    } else {
+        CGROUP_ALLOW
+    };
+    if noted.cgroup_id == owner {
+        return follow;
+    }
+    let src = decide::socket_segment(slot, skb);
+    if noted.generation == generation && noted.segment == src {
+        return follow;
+    }
+    let mut flow = addresses(ctx);
+    flow.protocol = PROTO_TCP;
+    // SAFETY: `sk` is the full socket `bpf_sk_fullsock` returned, checked for null.
+    let (src_port, dst_port) = unsafe { ((*sk).src_port, (*sk).dst_port) };
+    flow.src_port = src_port as u16;
+    flow.dst_port = u16::from_be(dst_port);
+    if connecting::is_mptcp_subflow(sk.cast()) {
+        flow.flags |= FLOW_FLAG_MPTCP;
+    }
+    let dst = decide::destination_segment(slot, &mut flow);
+    let decision = decide::flow(slot, src, dst, PROTO_TCP, flow.dst_port);
+    record(
+        slot,
+        &Origin::of_socket(Hook::SkbEgress, generation, skb, 0),
+        &flow,
+        &Segments { src, dst },
+        &decision,
+    );
+    connecting::decided_at_egress(
+        sk,
+        owner,
+        src,
+        generation,
+        decision.verdict == Verdict::Deny,
+    );
+    verdict_to_return(decision.verdict)
 }
 
 /// Decides an ICMP request of type `kind` leaving a segment's socket (a ping socket, or a
@@ -652,9 +833,13 @@ pub fn post_bind6(ctx: SockContext) -> i32 {
 /// refused (EPERM; the kernel releases the port), recorded with reason `listener-taken`
 /// (audit mode lets it through), because the kernel would hand the joiner a share of the
 /// other segment's connections, decided as the other segment's.
+///
+/// A kernel worker's binding is not learnt: it is the MPTCP path manager's, for a subflow
+/// (a client's socket, not a listener), and nothing would forget it (the release hook
+/// does not run for the kernel's own sockets).
 #[inline(always)]
 fn bind_completed<const V4: bool>(ctx: &SockContext) -> i32 {
-    if !learn::in_host_netns(ctx) {
+    if !learn::in_host_netns(ctx) || decide::by_a_kernel_worker() {
         return CGROUP_ALLOW;
     }
     if let Some(sharer) = learn::sharer::<V4>(ctx) {

@@ -4,12 +4,13 @@
 //! generations.
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::maps::{
-    BoundKey, CGROUP_TABLE_CAPACITY, EVENT_STAT_SLOTS, EVENTS_RING_BYTES, FailsafeKey4,
-    FailsafeKey6, HostSettings, LEARNT_LISTENERS_CAPACITY, LOCAL_ADDRESSES_CAPACITY,
+    BoundKey, CGROUP_TABLE_CAPACITY, ConnectDecision, EVENT_STAT_SLOTS, EVENTS_RING_BYTES,
+    FailsafeKey4, FailsafeKey6, HostSettings, LEARNT_LISTENERS_CAPACITY, LOCAL_ADDRESSES_CAPACITY,
     LOCAL_PREFIXES_CAPACITY, LearntListener, ListenKey, MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES,
     MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, MAX_RULES, MAX_SEGMENTS, PeerKey, PeerState, PolicyConfig,
     REASON_COUNTER_SLOTS, RECENT_FLOWS_CAPACITY, RecentFlowKey, RuleCounters, RuleKey, RuleValue,
@@ -70,6 +71,19 @@ pub static LOCAL_PREFIXES: LpmTrie<[u8; 16], u8> =
 #[map]
 pub static SOCKET_PEERS: LruHashMap<PeerKey, PeerState> =
     LruHashMap::with_max_entries(SOCKET_PEERS_CAPACITY, 0);
+
+/// How each TCP socket's last `connect()` was decided, in the socket's own storage
+/// (freed with it): see [`crate::connecting`].
+///
+/// A BTF map (`.maps` section) rather than a legacy one: the kernel creates socket
+/// storage only with BTF for its key and value.
+#[btf_map]
+pub static CONNECT_DECISIONS: SkStorage<ConnectDecision> = SkStorage::new();
+
+/// The cookie of the subflow each MPTCP socket bound through, in the MPTCP socket's own
+/// storage: see [`crate::learn::mptcp_bind`]. A BTF map, as [`CONNECT_DECISIONS`].
+#[btf_map]
+pub static MPTCP_BINDINGS: SkStorage<u64> = SkStorage::new();
 
 /// The active generation number (0: no policy applied yet).
 #[map]

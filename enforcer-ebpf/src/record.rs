@@ -166,7 +166,7 @@ pub fn record<const B: bool>(
         hook: origin.hook as u8,
         protocol: flow.protocol,
         verdict: decision.verdict as u8,
-        _pad: 0,
+        flags: flow.flags,
     };
     let window = maps::host_settings().dedup_window_ns;
     if window != 0

@@ -10,7 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_common::event::{FLOW_FLAG_ON_THIS_HOST, FlowEvent, Hook, Reason, Verdict, family};
+use enforcer_common::event::{
+    FLOW_FLAG_MPTCP, FLOW_FLAG_ON_THIS_HOST, FlowEvent, Hook, IPPROTO_MPTCP, Reason, Verdict,
+    family,
+};
 
 use crate::{
     audit::record::{
@@ -128,11 +131,20 @@ impl Enricher {
         let src_ip = address(&event.src_addr, event.family, false);
         // A destination of `0.0.0.0` or `::` is real: a connect there reaches this host.
         let dst_ip = address(&event.dst_addr, event.family, true);
-        let protocol_name = match event.protocol {
-            1 => "icmp".to_owned(),
-            6 => "tcp".to_owned(),
-            17 => "udp".to_owned(),
-            58 => "icmpv6".to_owned(),
+        // An MPTCP subflow is TCP on the wire and decided as TCP; the kernel flags it, and
+        // the record carries the socket's protocol, which the event's byte cannot hold.
+        let mptcp = event.protocol == 6 && event.flags & FLOW_FLAG_MPTCP != 0;
+        let protocol_num = if mptcp {
+            u32::from(IPPROTO_MPTCP)
+        } else {
+            u32::from(event.protocol)
+        };
+        let protocol_name = match (event.protocol, mptcp) {
+            (6, true) => "mptcp".to_owned(),
+            (1, _) => "icmp".to_owned(),
+            (6, _) => "tcp".to_owned(),
+            (17, _) => "udp".to_owned(),
+            (58, _) => "icmpv6".to_owned(),
             // No name rather than a made-up one: `protocol_num` names it.
             _ => String::new(),
         };
@@ -195,7 +207,7 @@ impl Enricher {
             name: dst_segment.clone(),
         });
         record.connection_info = Some(ConnectionInfo {
-            protocol_num: u32::from(event.protocol),
+            protocol_num,
             protocol_name,
             protocol_ver_id: if v4 { 4 } else { 6 },
             protocol_ver: None,
@@ -375,5 +387,18 @@ mod tests {
         assert!(json["src_endpoint"].get("ip").is_none(), "{json}");
         assert!(json["src_endpoint"].get("port").is_some(), "{json}");
         assert_eq!(json["dst_endpoint"]["ip"], "2001:db8::1");
+
+        // An MPTCP subflow (TCP, flagged) is recorded as protocol 262.
+        event.flags = FLOW_FLAG_MPTCP;
+        let record = enricher.record(&event);
+        let info = record.connection_info.as_ref().unwrap();
+        assert_eq!(
+            (info.protocol_num, info.protocol_name.as_str()),
+            (262, "mptcp")
+        );
+        assert_eq!(
+            record.message,
+            "deny orders -> payments [2001:db8::1]:8443/mptcp (default-deny)"
+        );
     }
 }

@@ -5,7 +5,9 @@
 
 use std::{collections::BTreeSet, path::PathBuf, sync::OnceLock, time::Duration};
 
-use enforcer_common::event::{FLOW_FLAG_ON_THIS_HOST, FlowEvent, Hook, Reason, Verdict, family};
+use enforcer_common::event::{
+    FLOW_FLAG_MPTCP, FLOW_FLAG_ON_THIS_HOST, FlowEvent, Hook, Reason, Verdict, family,
+};
 
 use super::{consumer, enrich::Enricher};
 use crate::{
@@ -165,6 +167,10 @@ fn flow_events() -> Vec<FlowEvent> {
                 if (i + k) % 3 == 0 {
                     event.flags |= FLOW_FLAG_ON_THIS_HOST;
                 }
+                // Some TCP flows are MPTCP subflows the kernel flagged.
+                if event.protocol == 6 && (i + k) % 2 == 0 {
+                    event.flags |= FLOW_FLAG_MPTCP;
+                }
                 // A connect to the unspecified address reaches this host.
                 if j == 3 && !v6 {
                     event.dst_addr = [0; 16];
@@ -201,8 +207,8 @@ fn every_flow_record_validates_against_the_ocsf_schema() {
         seen[5].insert(info.boundary_id);
     }
     // Open and Refuse; Allowed, Blocked, Detected; both directions; both families; five
-    // protocols and one without a name; to this host and not.
-    assert_eq!(seen.map(|values| values.len()), [2, 3, 2, 2, 6, 2]);
+    // protocols, MPTCP, and one without a name; to this host and not.
+    assert_eq!(seen.map(|values| values.len()), [2, 3, 2, 2, 7, 2]);
 }
 
 fn settings(dir: &std::path::Path) -> StoreSettings {

@@ -238,8 +238,9 @@ impl Endpoint {
 pub struct ConnectionInfo {
     /// IP protocol number (262 for MPTCP, which is TCP on the wire).
     pub protocol_num: u32,
-    /// The IANA keyword in lowercase (`tcp`, `udp`, `icmp`, `icmpv6`); empty, and then
-    /// left out, for a protocol without one here (`protocol_num` still names it).
+    /// The IANA keyword in lowercase (`tcp`, `udp`, `icmp`, `icmpv6`), or `mptcp` for an
+    /// MPTCP subflow (TCP on the wire, decided by the `tcp` rules); empty, and then left
+    /// out, for a protocol without one here (`protocol_num` still names it).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub protocol_name: String,
     /// 4 or 6.

@@ -59,9 +59,9 @@ enum Naming {
     LocalAddress,
 }
 
-/// The recorded ends (each with how it is named) and port of a flow: what a decision
-/// depends on.
-type FlowKey = (String, Naming, String, Naming, u16);
+/// The recorded ends (each with how it is named), protocol and port of a flow: what a
+/// decision depends on.
+type FlowKey = (String, Naming, String, Naming, Proto, u16);
 
 /// Replays flows one at a time against a candidate.
 pub struct Simulator<'a> {
@@ -111,7 +111,8 @@ impl<'a> Simulator<'a> {
             return;
         };
         let proto = match info.protocol_name.as_str() {
-            "tcp" => Proto::Tcp,
+            // An MPTCP flow (262) was decided as the TCP it is on the wire.
+            "tcp" | "mptcp" => Proto::Tcp,
             "udp" => Proto::Udp,
             "icmp" => Proto::Icmp,
             "icmpv6" => Proto::Icmpv6,
@@ -154,26 +155,28 @@ impl<'a> Simulator<'a> {
         } else {
             (dst.ip.clone(), Naming::Text)
         };
-        let key = (from_text, from_naming, to_text, to_naming, dst.port);
+        let key = (from_text, from_naming, to_text, to_naming, proto, dst.port);
         let index = &self.index;
         let decided = self
             .cache
             .entry(key)
-            .or_insert_with_key(|(from_text, from_naming, to_text, to_naming, port)| {
-                let from = endpoint(from_text, *from_naming, index)?;
-                let to = endpoint(to_text, *to_naming, index)?;
-                let answer = explain(index, (&from, from_text), (&to, to_text), proto, *port);
-                let by = answer
-                    .rule
-                    .or(answer.failsafe)
-                    .unwrap_or_else(|| answer.reason.to_owned());
-                Some((
-                    answer.from.segment,
-                    answer.to.segment,
-                    answer.verdict.to_owned(),
-                    by,
-                ))
-            })
+            .or_insert_with_key(
+                |(from_text, from_naming, to_text, to_naming, proto, port)| {
+                    let from = endpoint(from_text, *from_naming, index)?;
+                    let to = endpoint(to_text, *to_naming, index)?;
+                    let answer = explain(index, (&from, from_text), (&to, to_text), *proto, *port);
+                    let by = answer
+                        .rule
+                        .or(answer.failsafe)
+                        .unwrap_or_else(|| answer.reason.to_owned());
+                    Some((
+                        answer.from.segment,
+                        answer.to.segment,
+                        answer.verdict.to_owned(),
+                        by,
+                    ))
+                },
+            )
             .clone();
         let Some((from, to, verdict, by)) = decided else {
             self.replay.skipped += 1;
@@ -198,5 +201,93 @@ impl<'a> Simulator<'a> {
             becomes_by: by,
         };
         *self.replay.changes.entry(change).or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        audit::record::{ConnectionInfo, Endpoint as Address, FlowDetails, Kind},
+        policy::{compile_sources, source::SourceSet},
+    };
+
+    /// A denied outbound flow of `api` (cgroup `system.slice/api.service`) to
+    /// 198.18.7.2:`port`, as the agent stores it, with `protocol`'s name and number.
+    fn denied(protocol: (&str, u32), port: u16) -> Record {
+        let mut record = Record::new(Kind::Flow, 0, "host-a", String::new());
+        record.src_endpoint = Some(Address {
+            ip: String::new(),
+            port: 40_000,
+            name: "api".into(),
+        });
+        record.dst_endpoint = Some(Address {
+            ip: "198.18.7.2".into(),
+            port,
+            name: "db".into(),
+        });
+        record.connection_info = Some(ConnectionInfo {
+            protocol_num: protocol.1,
+            protocol_name: protocol.0.into(),
+            protocol_ver_id: 4,
+            protocol_ver: None,
+            direction_id: 2,
+            direction: None,
+            boundary_id: None,
+            boundary: None,
+        });
+        record.unmapped.flow = Some(FlowDetails {
+            verdict: "deny".into(),
+            reason: "default-deny".into(),
+            rule: None,
+            hook: "connect4".into(),
+            src_segment: "api".into(),
+            dst_segment: "db".into(),
+            generation: 1,
+            policy_sha256: String::new(),
+            cgroup_id: 7,
+            cgroup: "system.slice/api.service".into(),
+            interface: None,
+            kernel_ns: 0,
+        });
+        record
+    }
+
+    #[test]
+    fn an_mptcp_flow_is_replayed_as_tcp_and_a_udp_one_on_the_same_port_as_udp() {
+        let mut sources = SourceSet::default();
+        sources.add(
+            "candidate.toml",
+            r#"
+[segments.api]
+cgroups = ["system.slice/api.service"]
+
+[segments.db]
+cidrs = ["198.18.7.0/24"]
+
+[[allow]]
+id = "api-to-db"
+from = ["api"]
+to = ["db"]
+ports = ["5432/tcp"]
+"#,
+        );
+        let compiled = compile_sources(sources).expect("the candidate compiles");
+        let mut simulator =
+            Simulator::new(ImageIndex::new(&compiled.image), LocalAddresses::default());
+        simulator.replay(&denied(("mptcp", 262), 5432));
+        simulator.replay(&denied(("udp", 17), 5432));
+        simulator.replay(&denied(("tcp", 6), 5432));
+        let replay = &simulator.replay;
+        assert_eq!((replay.replayed, replay.skipped), (3, 0));
+        // The tcp rule opens the MPTCP and the TCP flow, not the UDP one (decided once
+        // per protocol, not once per port).
+        assert_eq!(replay.unchanged, 1, "{:#?}", replay.changes);
+        let opened: Vec<(&str, u64)> = replay
+            .changes
+            .iter()
+            .map(|(change, flows)| (change.port.as_str(), *flows))
+            .collect();
+        assert_eq!(opened, vec![("5432/mptcp", 1), ("5432/tcp", 1)]);
     }
 }
