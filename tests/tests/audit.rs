@@ -226,6 +226,7 @@ fn flows_from_real_connects_land_in_the_store_with_their_rule() {
             format!("{DENIED_PORT}/tcp")
         ]
     );
+    assert_eq!(text("kind"), "opened");
     assert_eq!([text("was"), text("was_by")], ["deny", "default-deny"]);
     assert_eq!(
         [text("becomes"), text("becomes_by")],

@@ -16,9 +16,54 @@ use crate::policy::{
     reference::Endpoint,
 };
 
+/// What a change does to the flows it groups, worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChangeKind {
+    /// Allowed, and would be denied.
+    Closed,
+    /// Let through by audit mode (recorded `audit`), and would be denied: the flows that
+    /// start failing when a segment goes from audit mode to enforce.
+    DeniedOnceEnforced,
+    /// Denied, and would pass (allowed, or let through by audit mode).
+    Opened,
+    /// Allowed by a rule, and would pass only by audit mode (recorded `audit`).
+    NowAudited,
+    /// Let through by audit mode, and would be allowed by a rule.
+    NowAllowed,
+}
+
+impl ChangeKind {
+    /// The kind of a change from verdict `was` to `becomes` (both `allow`, `audit` or
+    /// `deny`); `None` when they are the same.
+    pub fn of(was: &str, becomes: &str) -> Option<Self> {
+        Some(match (was, becomes) {
+            _ if was == becomes => return None,
+            ("allow", "deny") => Self::Closed,
+            ("audit", "deny") => Self::DeniedOnceEnforced,
+            ("deny", _) => Self::Opened,
+            ("allow", _) => Self::NowAudited,
+            _ => Self::NowAllowed,
+        })
+    }
+
+    /// How `simulate` names it.
+    pub fn words(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::DeniedOnceEnforced => "denied once enforced",
+            Self::Opened => "opened",
+            Self::NowAudited => "now audited",
+            Self::NowAllowed => "now allowed",
+        }
+    }
+}
+
 /// A group of flows whose verdict would change the same way.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Change {
+    /// What the change does.
+    pub kind: ChangeKind,
     /// Source segment under the candidate.
     pub from: String,
     /// Destination segment under the candidate.
@@ -183,15 +228,12 @@ impl<'a> Simulator<'a> {
             return;
         };
         self.replay.replayed += 1;
-        // Audit mode lets a denial through: what matters is whether the policy would
-        // still deny it.
-        let was_denied = flow.verdict != "allow";
-        let denied = verdict != "allow";
-        if was_denied == denied {
+        let Some(kind) = ChangeKind::of(&flow.verdict, &verdict) else {
             self.replay.unchanged += 1;
             return;
-        }
+        };
         let change = Change {
+            kind,
             from,
             to,
             port: format!("{}/{}", dst.port, info.protocol_name),
@@ -215,6 +257,11 @@ mod tests {
     /// A denied outbound flow of `api` (cgroup `system.slice/api.service`) to
     /// 198.18.7.2:`port`, as the agent stores it, with `protocol`'s name and number.
     fn denied(protocol: (&str, u32), port: u16) -> Record {
+        decided("deny", protocol, port)
+    }
+
+    /// As [`denied`], with `verdict`.
+    fn decided(verdict: &str, protocol: (&str, u32), port: u16) -> Record {
         let mut record = Record::new(Kind::Flow, 0, "host-a", String::new());
         record.src_endpoint = Some(Address {
             ip: String::new(),
@@ -237,7 +284,7 @@ mod tests {
             boundary: None,
         });
         record.unmapped.flow = Some(FlowDetails {
-            verdict: "deny".into(),
+            verdict: verdict.into(),
             reason: "default-deny".into(),
             rule: None,
             hook: "connect4".into(),
@@ -253,14 +300,17 @@ mod tests {
         record
     }
 
-    #[test]
-    fn an_mptcp_flow_is_replayed_as_tcp_and_a_udp_one_on_the_same_port_as_udp() {
+    /// The candidate in which `api` (enforced, or in audit mode) may reach `db` on 5432/tcp
+    /// only.
+    fn candidate(api_mode: &str) -> crate::policy::Compiled {
         let mut sources = SourceSet::default();
         sources.add(
             "candidate.toml",
-            r#"
+            format!(
+                r#"
 [segments.api]
 cgroups = ["system.slice/api.service"]
+mode = "{api_mode}"
 
 [segments.db]
 cidrs = ["198.18.7.0/24"]
@@ -270,11 +320,20 @@ id = "api-to-db"
 from = ["api"]
 to = ["db"]
 ports = ["5432/tcp"]
-"#,
+"#
+            ),
         );
-        let compiled = compile_sources(sources).expect("the candidate compiles");
-        let mut simulator =
-            Simulator::new(ImageIndex::new(&compiled.image), LocalAddresses::default());
+        compile_sources(sources).expect("the candidate compiles")
+    }
+
+    fn simulator(candidate: &crate::policy::Compiled) -> Simulator<'_> {
+        Simulator::new(ImageIndex::new(&candidate.image), LocalAddresses::default())
+    }
+
+    #[test]
+    fn an_mptcp_flow_is_replayed_as_tcp_and_a_udp_one_on_the_same_port_as_udp() {
+        let candidate = candidate("enforce");
+        let mut simulator = simulator(&candidate);
         simulator.replay(&denied(("mptcp", 262), 5432));
         simulator.replay(&denied(("udp", 17), 5432));
         simulator.replay(&denied(("tcp", 6), 5432));
@@ -289,5 +348,51 @@ ports = ["5432/tcp"]
             .map(|(change, flows)| (change.port.as_str(), *flows))
             .collect();
         assert_eq!(opened, vec![("5432/mptcp", 1), ("5432/tcp", 1)]);
+    }
+
+    #[test]
+    fn each_change_is_named_by_what_it_does_to_the_flow() {
+        let kinds = |simulator: &Simulator<'_>| -> Vec<(ChangeKind, String, u64)> {
+            let changes = &simulator.replay.changes;
+            changes
+                .iter()
+                .map(|(change, flows)| (change.kind, change.port.clone(), *flows))
+                .collect()
+        };
+        // The documented rollout: recorded in audit mode, then enforced.
+        let enforcing = candidate("enforce");
+        let mut enforced = simulator(&enforcing);
+        enforced.replay(&decided("audit", ("tcp", 6), 22));
+        enforced.replay(&decided("audit", ("tcp", 6), 22));
+        enforced.replay(&decided("audit", ("tcp", 6), 5432));
+        enforced.replay(&decided("allow", ("tcp", 6), 80));
+        enforced.replay(&decided("deny", ("tcp", 6), 5432));
+        assert_eq!(
+            kinds(&enforced),
+            vec![
+                (ChangeKind::Closed, "80/tcp".to_owned(), 1),
+                (ChangeKind::DeniedOnceEnforced, "22/tcp".to_owned(), 2),
+                (ChangeKind::Opened, "5432/tcp".to_owned(), 1),
+                (ChangeKind::NowAllowed, "5432/tcp".to_owned(), 1),
+            ]
+        );
+        // Back to audit mode: what was denied passes, recorded.
+        let auditing = candidate("audit");
+        let mut audited = simulator(&auditing);
+        audited.replay(&decided("deny", ("tcp", 6), 22));
+        audited.replay(&decided("allow", ("tcp", 6), 80));
+        audited.replay(&decided("audit", ("tcp", 6), 23));
+        assert_eq!(
+            kinds(&audited),
+            vec![
+                (ChangeKind::Opened, "22/tcp".to_owned(), 1),
+                (ChangeKind::NowAudited, "80/tcp".to_owned(), 1),
+            ]
+        );
+        assert_eq!(audited.replay.unchanged, 1);
+        assert_eq!(
+            ChangeKind::DeniedOnceEnforced.words(),
+            "denied once enforced"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! `enforcer policy simulate CANDIDATE --audit-dir DIR`: what would change verdict if the
-//! candidate were applied, judged on the flows the store recorded.
+//! candidate were applied, judged on the flows the store recorded, each change named by
+//! what it does: `closed`, `denied once enforced` (let through by audit mode, denied by
+//! the candidate), `opened`, `now audited`, `now allowed`.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -13,7 +15,7 @@ use crate::cli::{
 use crate::{
     audit::{
         read::{self, Filter},
-        replay::Simulator,
+        replay::{ChangeKind, Simulator},
     },
     policy::lookup::ImageIndex,
 };
@@ -88,14 +90,32 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let changed: u64 = replay.changes.values().sum();
+    let mut by_kind: BTreeMap<ChangeKind, u64> = BTreeMap::new();
+    for (change, flows) in &replay.changes {
+        *by_kind.entry(change.kind).or_default() += flows;
+    }
+    let kinds: Vec<String> = by_kind
+        .iter()
+        .map(|(kind, flows)| format!("{flows} {}", kind.words()))
+        .collect();
     println!(
-        "{} flows replayed: {changed} would change verdict, {} would not ({} records not replayable)",
-        replay.replayed, replay.unchanged, replay.skipped
+        "{} flows replayed: {changed} would change verdict{}, {} would not ({} records not replayable)",
+        replay.replayed,
+        if kinds.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", kinds.join(", "))
+        },
+        replay.unchanged,
+        replay.skipped
     );
     if changed > 0 {
-        let mut changes = table(&["from", "to", "port", "was", "by", "becomes", "by", "flows"]);
+        let mut changes = table(&[
+            "change", "from", "to", "port", "was", "by", "becomes", "by", "flows",
+        ]);
         for (change, flows) in &replay.changes {
             changes.add_row([
+                change.kind.words().to_owned(),
                 change.from.clone(),
                 change.to.clone(),
                 change.port.clone(),
