@@ -569,8 +569,23 @@ const LAST_RFC3339_MS: u64 = 253_402_300_799_999;
 /// or forged record has one).
 pub fn rfc3339(ms: i64) -> Option<String> {
     let ms = u64::try_from(ms).ok().filter(|ms| *ms <= LAST_RFC3339_MS)?;
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    Some(humantime::format_rfc3339_millis(time).to_string())
+    // As a civil date and time of day in UTC: jiff's `Timestamp` ends a day before
+    // RFC 3339 does (to leave room for any offset), its civil dates do not.
+    const DAY_MS: u64 = 86_400_000;
+    let days = i64::try_from(ms / DAY_MS).ok()?;
+    let date = jiff::civil::date(1970, 1, 1)
+        .checked_add(jiff::Span::new().try_days(days).ok()?)
+        .ok()?;
+    let time = jiff::civil::Time::midnight()
+        .checked_add(jiff::SignedDuration::from_millis(
+            i64::try_from(ms % DAY_MS).ok()?,
+        ))
+        .ok()?;
+    Some(
+        date.to_datetime(time)
+            .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string(),
+    )
 }
 
 impl Record {

@@ -84,8 +84,39 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", describe(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes, `: `-separated; a cause the text before already says (an
+/// error that shows its source in its own message) is not said again.
+fn describe(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "File exists");
+        let shown_in_message = anyhow::Error::new(crate::policy::bundle::BundleError::Io {
+            path: "/tmp/key".into(),
+            source: io,
+        });
+        assert_eq!(describe(&shown_in_message), "/tmp/key: File exists");
+        let context = anyhow::anyhow!("disk full").context("writing HEAD");
+        assert_eq!(describe(&context), "writing HEAD: disk full");
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::{
     agent::state::{ActivePolicy, Reload, StateDir},
-    cli::table,
+    cli::{table, time},
     config::Config,
     host,
     loader::{EventCounts, MapFill, PinLayout, PinnedMaps, sys::LinkTarget},
@@ -262,13 +262,14 @@ fn print(status: &Status) {
     }
     match &status.policy {
         Some(policy) if policy.generation == status.generation => println!(
-            "policy:       generation {} (sources sha256 {}, image sha256 {}{})",
+            "policy:       generation {} (sources sha256 {}, image sha256 {}{}), applied {}",
             status.generation,
             &policy.source_sha256[..16.min(policy.source_sha256.len())],
             &policy.image_sha256[..16.min(policy.image_sha256.len())],
             policy
                 .bundle_version
-                .map_or_else(String::new, |v| format!(", bundle version {v}"))
+                .map_or_else(String::new, |v| format!(", bundle version {v}")),
+            time::with_age(policy.applied_at)
         ),
         _ => println!("policy:       generation {}", status.generation),
     }
@@ -281,7 +282,7 @@ fn print(status: &Status) {
             "last reload:  {} ({}, at {}){message}",
             reload.outcome.word(),
             reload.trigger,
-            reload.at
+            time::with_age(reload.at)
         );
     }
     println!("attached:");
