@@ -92,6 +92,16 @@ fn a_broken_policy_fails_with_file_line_col_and_compiles_nothing() {
     assert_eq!(report["diagnostics"][0]["column"], 17);
 }
 
+/// `explain --json`'s answer, checking its exit code says the same: 1 for a denied flow,
+/// 0 for one that passes (allowed, or let through by audit mode).
+fn explained(out: &std::process::Output) -> serde_json::Value {
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("json; stderr: {}", text(&out.stderr)));
+    let denied = answer["verdict"] == "deny";
+    assert_eq!(out.status.code(), Some(i32::from(denied)), "{answer}");
+    answer
+}
+
 #[test]
 fn explain_names_the_rule_and_the_classification() {
     let policy = repo().join("policies/enclave");
@@ -107,8 +117,7 @@ fn explain_names_the_rule_and_the_classification() {
         "9050/tcp",
         "--json",
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let answer = explained(&out);
     assert_eq!(answer["from"]["segment"], "orders");
     // payments is in audit mode: the deny is recorded, not enforced.
     assert_eq!(answer["verdict"], "audit");
@@ -144,8 +153,7 @@ fn explain_classifies_a_broadcast_or_multicast_source_by_its_cidr() {
             "80/tcp",
             "--json",
         ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        serde_json::from_slice(&out.stdout).expect("json")
+        explained(&out)
     };
     for source in [
         "255.255.255.255",
@@ -205,9 +213,7 @@ ports = [\"8443/tcp\"]
             "--json",
         ];
         args.extend_from_slice(host);
-        let out = enforcer(&args);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        serde_json::from_slice(&out.stdout).expect("json")
+        explained(&enforcer(&args))
     };
     // Offline, an address is its CIDR's: `world`, allowed.
     let offline = explain("198.19.253.7", &[]);
@@ -245,7 +251,7 @@ ports = [\"8443/tcp\"]
         "--local-address",
         "not-an-address",
     ]);
-    assert!(!bad.status.success());
+    assert_eq!(bad.status.code(), Some(2), "trouble, not an answer");
     assert!(
         text(&bad.stderr).contains("`not-an-address` is neither an IP address nor a prefix"),
         "{}",
@@ -269,7 +275,12 @@ fn diff_lists_verdict_changes_and_rule_changes() {
         new.to_str().expect("p"),
         "--json",
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "policies that differ: {}",
+        text(&out.stderr)
+    );
     let changes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(changes["verdicts"][0]["from"], "a");
     assert_eq!(changes["verdicts"][0]["to"], "b");
@@ -297,6 +308,23 @@ fn diff_lists_verdict_changes_and_rule_changes() {
         "{}",
         text(&out.stdout)
     );
+    // The same policy twice: 0, as diff(1) says "no difference".
+    let same = enforcer(&[
+        "policy",
+        "diff",
+        old.to_str().expect("p"),
+        old.to_str().expect("p"),
+    ]);
+    assert_eq!(same.status.code(), Some(0), "{}", text(&same.stderr));
+    // A policy that does not compile: 2, trouble.
+    std::fs::write(&new, "[segments.a\n").expect("write");
+    let broken = enforcer(&[
+        "policy",
+        "diff",
+        old.to_str().expect("p"),
+        new.to_str().expect("p"),
+    ]);
+    assert_eq!(broken.status.code(), Some(2), "{}", text(&broken.stderr));
 }
 
 struct Signed {

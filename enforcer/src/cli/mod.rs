@@ -92,7 +92,7 @@ pub fn main() -> ExitCode {
 
 /// The error and its causes, `: `-separated; a cause the text before already says (an
 /// error that shows its source in its own message) is not said again.
-fn describe(err: &anyhow::Error) -> String {
+pub(crate) fn describe(err: &anyhow::Error) -> String {
     let mut text = err.to_string();
     for cause in err.chain().skip(1) {
         let cause = cause.to_string();

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use super::load_or_report;
+use super::{EXIT_DIFFERENT, load_or_report};
 use crate::policy::diff::diff;
 
 /// Arguments of `enforcer policy diff`.
@@ -18,7 +18,8 @@ pub struct Args {
 }
 
 /// Prints verdict changes grouped by segment pair, then rule, segment and failsafe
-/// changes, then their summary (the one the agent records for an applied generation).
+/// changes, then their summary (the one the agent records for an applied generation);
+/// exits 0 when nothing differs, 1 when something does.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let old = match load_or_report(std::slice::from_ref(&args.old))? {
         Ok(compiled) => compiled,
@@ -29,13 +30,19 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let changes = diff((&old.policy, &old.image), (&new.policy, &new.image));
+    // As diff(1): 0 when the policies decide alike, 1 when they differ.
+    let code = if changes.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DIFFERENT)
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&changes)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     if changes.is_empty() {
         println!("no changes: every flow gets the same verdict");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     if changes.verdicts.is_empty() {
         println!("no verdict changes");
@@ -61,5 +68,5 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
     }
     println!("summary: {}", changes.summary);
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }

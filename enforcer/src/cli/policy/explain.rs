@@ -4,7 +4,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, bail};
 
-use super::{load_or_report, local};
+use enforcer_common::event::Verdict;
+
+use super::{EXIT_DIFFERENT, load_or_report, local};
 use crate::policy::{
     explain::{explain, parse_endpoint},
     lookup::ImageIndex,
@@ -32,7 +34,8 @@ pub struct Args {
     host: local::HostArgs,
 }
 
-/// Prints the verdict, the reason and how each side was classified.
+/// Prints the verdict, the reason and how each side was classified; exits 0 when the flow
+/// passes, 1 when it is denied.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let compiled = match load_or_report(std::slice::from_ref(&args.path))? {
         Ok(compiled) => compiled,
@@ -56,9 +59,16 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         port.proto,
         port.first,
     );
+    // Exit 0 when the flow passes (allowed, or let through by audit mode), 1 when it
+    // is denied: a CI job can gate on it.
+    let code = if answer.verdict == Verdict::Deny.word() {
+        ExitCode::from(EXIT_DIFFERENT)
+    } else {
+        ExitCode::SUCCESS
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     let why = match (&answer.rule, &answer.failsafe) {
         (Some(rule), _) => format!("rule {rule}"),
@@ -75,5 +85,5 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         answer.to.given, answer.to.segment, answer.to.because
     );
     println!("port:    {}", answer.port);
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }

@@ -37,16 +37,27 @@ pub enum Command {
 pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check(args) => check::run(args),
-        Command::Explain(args) => explain::run(args),
-        Command::Diff(args) => diff::run(args),
+        Command::Explain(args) => explain::run(args).or_else(trouble),
+        Command::Diff(args) => diff::run(args).or_else(trouble),
         Command::Sign(args) => sign::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Simulate(args) => simulate::run(args),
     }
 }
 
-/// Exit code for a policy that does not compile (distinct from 1, "could not run").
+/// Exit code for a policy that does not compile (distinct from 1, "could not run"); for
+/// `explain` and `diff`, which answer with 0 and 1, any trouble.
 pub const EXIT_INVALID: u8 = 2;
+
+/// `explain`'s exit code for a denied flow, `diff`'s for policies that differ.
+pub const EXIT_DIFFERENT: u8 = 1;
+
+/// For `explain` and `diff`, whose 1 is an answer: an error that kept them from answering
+/// is printed and ends the command with [`EXIT_INVALID`], as diff(1) ends with 2.
+fn trouble(err: anyhow::Error) -> anyhow::Result<ExitCode> {
+    eprintln!("error: {}", super::describe(&err));
+    Ok(ExitCode::from(EXIT_INVALID))
+}
 
 /// Prints diagnostics to stderr in their terminal form.
 pub fn print_diagnostics(sources: &SourceSet, diagnostics: &[Diagnostic]) {
