@@ -94,7 +94,7 @@ fn a_broken_policy_fails_with_file_line_col_and_compiles_nothing() {
 
 /// `explain --json`'s answer, checking its exit code says the same: 1 for a denied flow,
 /// 0 for one that passes (allowed, or let through by audit mode).
-fn explained(out: &std::process::Output) -> serde_json::Value {
+fn explained(out: &Output) -> serde_json::Value {
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|_| panic!("json; stderr: {}", text(&out.stderr)));
     let denied = answer["verdict"] == "deny";
@@ -462,4 +462,72 @@ fn keygen_never_overwrites_a_key() {
     let out = enforcer(&["keygen", s.key_a.to_str().expect("p")]);
     assert!(!out.status.success());
     assert_eq!(std::fs::read(&s.key_a).expect("key"), before);
+}
+
+#[test]
+fn keygen_sign_and_verify_answer_in_json_and_say_an_error_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("k.key");
+    let json = |out: &Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("JSON; stderr: {}", text(&out.stderr)))
+    };
+    let made = enforcer(&["keygen", key.to_str().expect("p"), "--json"]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let made = json(&made);
+    let key_id = made["key_id"].as_str().expect("key id").to_owned();
+    assert_eq!(made["public_key"], pub_of(&key));
+    // A second keygen to the same path: refused, its reason said once.
+    let again = enforcer(&["keygen", key.to_str().expect("p")]);
+    assert_eq!(again.status.code(), Some(1));
+    let said = text(&again.stderr);
+    assert_eq!(said.matches("File exists").count(), 1, "{said}");
+
+    let bundle = dir.path().join("p.bundle");
+    let policy = repo().join("policies/enclave");
+    let signed = enforcer(&[
+        "policy",
+        "sign",
+        policy.to_str().expect("p"),
+        "--key",
+        key.to_str().expect("p"),
+        "--bundle-version",
+        "3",
+        "-o",
+        bundle.to_str().expect("p"),
+        "--json",
+    ]);
+    assert!(signed.status.success(), "{}", text(&signed.stderr));
+    let signed = json(&signed);
+    assert_eq!(signed["version"], 3);
+    assert_eq!(signed["key_id"], key_id.as_str());
+
+    let public = pub_of(&key);
+    let verify = |min: &str| {
+        enforcer(&[
+            "policy",
+            "verify",
+            bundle.to_str().expect("p"),
+            "--trusted-key",
+            &public,
+            "--min-version",
+            min,
+            "--json",
+        ])
+    };
+    let accepted = verify("3");
+    assert_eq!(accepted.status.code(), Some(0));
+    let accepted = json(&accepted);
+    assert_eq!(accepted["accepted"], true);
+    assert_eq!(accepted["image_sha256"], signed["image_sha256"]);
+    let refused = verify("4");
+    assert_eq!(refused.status.code(), Some(3));
+    let refused = json(&refused);
+    assert_eq!(refused["accepted"], false);
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("version 3 is older than version 4")),
+        "{refused}"
+    );
 }

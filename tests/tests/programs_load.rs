@@ -53,3 +53,32 @@ fn dropping_the_loader_unloads_every_program() {
         "programs {still_loaded:?} outlived their loader"
     );
 }
+
+#[test]
+fn preflight_states_the_kernel_floor_and_finds_this_host_fit() {
+    require_root();
+    let output = std::process::Command::new(enforcer_tests::agent::enforcer_bin())
+        .args(["preflight", "--json"])
+        .output()
+        .expect("run enforcer preflight");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("JSON; stderr: {}", String::from_utf8_lossy(&output.stderr)));
+    assert!(output.status.success(), "{report:#}");
+    assert_eq!(report["fit"], true, "{report:#}");
+    assert_eq!(report["kernel_floor"], "5.19");
+    let names: Vec<&str> = report["programs"]
+        .as_array()
+        .expect("programs")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    let every: Vec<&str> = Hook::ALL.iter().map(|h| h.program_name()).collect();
+    assert_eq!(names, every);
+    for feature in report["features"].as_array().expect("features") {
+        // Each is stated with what its absence costs; the required ones are here.
+        assert!(feature["without"].as_str().is_some_and(|w| !w.is_empty()));
+        if feature["required"] == true {
+            assert_eq!(feature["present"], true, "{feature}");
+        }
+    }
+}

@@ -10,6 +10,9 @@ pub struct Args {
     /// Where to write the private key; the public key goes to PATH.pub. Existing files are
     /// never overwritten.
     path: PathBuf,
+    /// Print the key files and the key id as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Writes the key pair and prints the public key's id.
@@ -18,6 +21,15 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     public.push(".pub");
     let public = PathBuf::from(public);
     let key = keygen(&args.path, &public)?;
+    if args.json {
+        let report = serde_json::json!({
+            "private_key": args.path,
+            "public_key": public,
+            "key_id": key_id(&key),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "private key {} (mode 0600, keep it off the agents), public key {}, key id {}",
         args.path.display(),

@@ -14,6 +14,9 @@ pub struct Args {
     /// The agent's config file (for its pin and state directories).
     #[arg(long, default_value = crate::config::DEFAULT_PATH)]
     config: PathBuf,
+    /// Print what was removed and kept as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Refuses while an agent runs; otherwise removes the pins (links first, which
@@ -31,6 +34,15 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let pins = PinLayout::new(&config.pin_dir);
     let removal = pins.remove().context("removing the pins")?;
     let state_files = state.remove().context("removing the state files")?;
+    if args.json {
+        let report = serde_json::json!({
+            "removed": removal.removed.iter().chain(&state_files).collect::<Vec<_>>(),
+            "kept": removal.kept,
+            "audit_dir": config.audit.dir,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     for path in removal.removed.iter().chain(&state_files) {
         println!("removed {}", path.display());
     }

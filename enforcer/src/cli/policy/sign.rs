@@ -22,6 +22,9 @@ pub struct Args {
     /// Where to write the bundle.
     #[arg(short, long)]
     output: PathBuf,
+    /// Print what was signed as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Compiles the policy (refusing an invalid one) and writes the signed bundle.
@@ -34,12 +37,21 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let bundle = sign(&compiled, args.bundle_version, &key);
     std::fs::write(&args.output, bundle)
         .with_context(|| format!("writing {}", args.output.display()))?;
-    println!(
-        "signed {} as version {} with key {}: image sha256 {}",
-        args.output.display(),
-        args.bundle_version,
-        key_id(&key.verifying_key()),
-        compiled.image.digest_hex()
-    );
+    let (id, image) = (key_id(&key.verifying_key()), compiled.image.digest_hex());
+    if args.json {
+        let report = serde_json::json!({
+            "bundle": args.output,
+            "version": args.bundle_version,
+            "key_id": id,
+            "image_sha256": image,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "signed {} as version {} with key {id}: image sha256 {image}",
+            args.output.display(),
+            args.bundle_version,
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 
-use crate::policy::bundle::{read_public_key, verify};
+use crate::policy::bundle::{key_id, read_public_key, verify};
 
 /// Arguments of `enforcer policy verify`.
 #[derive(Debug, clap::Args)]
@@ -17,6 +17,9 @@ pub struct Args {
     /// Refuse bundles older than this version (the last one accepted).
     #[arg(long, default_value_t = 0)]
     min_version: u64,
+    /// Print the outcome as JSON (on standard output, refused or not).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Exit code for a refused bundle.
@@ -27,7 +30,31 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let trusted = read_public_key(&args.trusted_key)?;
     let bytes = std::fs::read(&args.bundle)
         .with_context(|| format!("reading {}", args.bundle.display()))?;
-    match verify(&bytes, &trusted, args.min_version) {
+    let outcome = verify(&bytes, &trusted, args.min_version);
+    if args.json {
+        let report = match &outcome {
+            Ok(verified) => serde_json::json!({
+                "bundle": args.bundle,
+                "accepted": true,
+                "version": verified.payload.version,
+                "files": verified.payload.sources.len(),
+                "image_sha256": verified.payload.image_sha256,
+                "key_id": key_id(&trusted),
+            }),
+            Err(err) => serde_json::json!({
+                "bundle": args.bundle,
+                "accepted": false,
+                "reason": err.to_string(),
+            }),
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(if outcome.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_REFUSED)
+        });
+    }
+    match outcome {
         Ok(verified) => {
             println!(
                 "bundle OK: version {}, {} file(s), image sha256 {}",
