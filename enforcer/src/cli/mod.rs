@@ -3,6 +3,7 @@
 
 mod audit;
 mod config;
+mod docs;
 mod keygen;
 mod policy;
 mod preflight;
@@ -26,8 +27,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check that this host can run enforcer: load every kernel program (verifier
-    /// included) without attaching anything, and find the cgroup2 and bpffs mounts.
+    /// Check that this host can run enforcer: the kernel floor and features (each with
+    /// what a missing one costs), then every kernel program through the verifier,
+    /// attaching nothing.
     Preflight(preflight::Args),
     /// Policy tools: check, explain, diff, sign, verify, simulate.
     #[command(subcommand)]
@@ -49,6 +51,10 @@ enum Command {
     /// Remove every program, link, map and pin the agent made (the agent must be
     /// stopped). The audit store stays.
     Uninstall(uninstall::Args),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions(docs::CompletionArgs),
+    /// Print the man page, enforcer(1), in roff.
+    Man(docs::ManArgs),
 }
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
@@ -80,6 +86,8 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status::run(&args),
         Command::Audit(command) => audit::run(&command),
         Command::Uninstall(args) => uninstall::run(&args),
+        Command::Completions(args) => docs::completions(&args),
+        Command::Man(args) => docs::man(&args),
     };
     match outcome {
         Ok(code) => code,
