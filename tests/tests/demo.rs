@@ -20,7 +20,13 @@ fn demo_policy() -> PathBuf {
 }
 
 fn run_demo() -> Output {
+    run_demo_with(&[])
+}
+
+/// The demo with `options` before its policy directory.
+fn run_demo_with(options: &[&std::ffi::OsStr]) -> Output {
     Command::new(demo_bin())
+        .args(options)
         .arg(demo_policy())
         .output()
         .expect("run enforcer-demo")
@@ -84,8 +90,16 @@ fn assert_passed(output: &Output) -> String {
 #[test]
 fn the_demo_passes_twice_and_leaves_nothing() {
     require_root();
+    // The second run keeps a copy of its audit store, which verifies and answers queries
+    // once the sandbox is gone.
+    let kept = std::env::temp_dir().join(format!("{}-kept-store", enforcer_tests::unique_name()));
     for run in 1..=2 {
-        let stdout = assert_passed(&run_demo());
+        let output = if run == 1 {
+            run_demo()
+        } else {
+            run_demo_with(&["--keep".as_ref(), kept.as_os_str()])
+        };
+        let stdout = assert_passed(&output);
         assert!(
             !stdout.contains("interrupted earlier run"),
             "run {run} found leftovers of an earlier one: {stdout}"
@@ -93,6 +107,30 @@ fn the_demo_passes_twice_and_leaves_nothing() {
         let left = demo_objects();
         assert!(left.is_empty(), "run {run} left {left:?}");
     }
+    let enforcer = |args: &[&std::ffi::OsStr]| {
+        Command::new(enforcer_tests::agent::enforcer_bin())
+            .args(args)
+            .output()
+            .expect("run enforcer")
+    };
+    let verified = enforcer(&["audit".as_ref(), "verify".as_ref(), kept.as_os_str()]);
+    let queried = enforcer(&[
+        "audit".as_ref(),
+        "query".as_ref(),
+        "--json".as_ref(),
+        "--dir".as_ref(),
+        kept.as_os_str(),
+    ]);
+    let _ = std::fs::remove_dir_all(&kept);
+    assert!(verified.status.success(), "{verified:?}");
+    let flows = String::from_utf8_lossy(&queried.stdout)
+        .lines()
+        .filter(|line| line.contains("\"class_uid\":4001"))
+        .count();
+    assert!(
+        flows >= 15,
+        "the kept store holds the matrix's flows: {flows}"
+    );
 }
 
 #[test]

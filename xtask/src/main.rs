@@ -36,7 +36,12 @@ enum Command {
     Test,
     /// Setup, build, and run the demo enclave: sandboxed hosts and services, the real
     /// agent with `policies/demo/`, a traffic matrix, the audit trail; then clean up.
-    Demo,
+    Demo {
+        /// Keep a copy of the demo's audit store in this directory (new or empty), for
+        /// `enforcer audit query --dir DIR` and the other audit commands.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<std::path::PathBuf>,
+    },
     /// Measure and write the tables in docs/benchmarks.md (figures, never assertions).
     Bench {
         /// Which benchmark.
@@ -78,7 +83,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run().map(|_| ()),
         Command::Check => setup::run().and_then(|tools| check::run(&tools)),
         Command::Test => setup::run().and_then(|tools| test::run(&tools)),
-        Command::Demo => setup::run().and_then(|tools| demo::run(&tools)),
+        Command::Demo { keep } => setup::run().and_then(|tools| demo::run(&tools, keep.as_deref())),
         Command::Bench {
             which: BenchCommand::Policy,
         } => setup::run().and_then(|tools| bench::policy(&tools)),

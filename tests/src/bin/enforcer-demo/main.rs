@@ -1,4 +1,4 @@
-//! `enforcer-demo POLICY_DIR`: the README's main command (`./x demo` runs it).
+//! `enforcer-demo [--keep DIR] POLICY_DIR`: the README's main command (`./x demo` runs it).
 //!
 //! Builds a sandboxed enclave on this machine (an application host and three remote
 //! hosts as network namespaces, the host's API services as cgroups running HTTP
@@ -6,8 +6,9 @@
 //! (`policies/demo/`), drives a traffic matrix with real clients, prints expected
 //! against observed verdicts with the rule the audit trail names for each, shows the
 //! audit records, what stays enforced when the agent stops, and a `verify` of the store,
-//! then removes everything it made. Exit status 0 only when every row is as expected, the
-//! store verifies and nothing is left behind.
+//! then removes everything it made (with `--keep DIR`, a copy of the audit store stays in
+//! DIR for `enforcer audit` commands). Exit status 0 only when every row is as expected,
+//! the store verifies and nothing is left behind.
 
 mod matrix;
 mod report;
@@ -114,8 +115,87 @@ fn introduce(policy: &Path) {
     println!("  policy          {}", policy.display());
 }
 
+/// What `--help` prints.
+const USAGE: &str = "\
+usage: enforcer-demo [--keep DIR] POLICY_DIR   (as root; ./x demo runs it with policies/demo)
+
+Builds a sandboxed enclave on this machine (network namespaces for the remote hosts,
+cgroups for the API services), runs the real agent on it with the policy in POLICY_DIR,
+drives a traffic matrix with real clients, prints expected against observed verdicts with
+the rule the audit trail names, shows the audit records and a verify of the store, then
+removes everything it made.
+
+  --keep DIR   keep a copy of the sandbox's audit store in DIR (new or empty) to explore
+               with `enforcer audit query --dir DIR`, `audit stats --dir DIR`,
+               `audit verify DIR`
+  -h, --help   print this help
+
+Exit status: 0 when every flow is as the policy says, the store verifies and nothing is
+left behind; 1 otherwise; 2 for a usage error.
+";
+
+/// The command line.
+struct Options {
+    /// The policy directory.
+    policy: PathBuf,
+    /// Where to keep a copy of the audit store.
+    keep: Option<PathBuf>,
+}
+
+/// Reads the command line; `Err` with the exit code when there is nothing to run.
+fn options(args: &[String]) -> Result<Options, ExitCode> {
+    let mut policy = None;
+    let mut keep = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Err(ExitCode::SUCCESS);
+            }
+            "--keep" => match args.next() {
+                Some(dir) => keep = Some(PathBuf::from(dir)),
+                None => {
+                    eprintln!("enforcer-demo: --keep needs a DIR\n\n{USAGE}");
+                    return Err(ExitCode::from(2));
+                }
+            },
+            _ if arg.starts_with('-') || policy.is_some() => {
+                eprintln!("enforcer-demo: unexpected `{arg}`\n\n{USAGE}");
+                return Err(ExitCode::from(2));
+            }
+            _ => policy = Some(PathBuf::from(arg)),
+        }
+    }
+    let Some(policy) = policy else {
+        eprintln!("enforcer-demo: no POLICY_DIR\n\n{USAGE}");
+        return Err(ExitCode::from(2));
+    };
+    if let Some(dir) = &keep
+        && std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
+    {
+        eprintln!("enforcer-demo: --keep {} is not empty", dir.display());
+        return Err(ExitCode::from(2));
+    }
+    Ok(Options { policy, keep })
+}
+
+/// Copies the audit store in `from` into `to` (created if needed).
+fn keep_store(from: &Path, to: &Path) -> std::io::Result<usize> {
+    std::fs::create_dir_all(to)?;
+    let mut copied = 0;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+            copied += 1;
+        }
+    }
+    Ok(copied)
+}
+
 /// The whole demo on a fresh sandbox; returns whether everything was as expected.
-fn demo(policy: &Path) -> bool {
+fn demo(policy: &Path, keep: Option<&Path>) -> bool {
     introduce(policy);
     step("the policy, as the agent will compile it");
     let policy_arg = policy.to_string_lossy().into_owned();
@@ -174,6 +254,19 @@ fn demo(policy: &Path) -> bool {
     step("verifying the audit store's hash chain");
     let audit_dir = enclave.agent.audit_dir();
     let verified = show(&["audit", "verify", &audit_dir.to_string_lossy()]);
+    let kept = keep.is_none_or(|dir| match keep_store(&audit_dir, dir) {
+        Ok(files) => {
+            println!(
+                "\nthe audit store ({files} files) is kept in {dir}: try\n  enforcer audit query --dir {dir}\n  enforcer audit stats --dir {dir}\n  enforcer audit verify {dir}",
+                dir = dir.display()
+            );
+            true
+        }
+        Err(err) => {
+            eprintln!("cannot keep the audit store in {}: {err}", dir.display());
+            false
+        }
+    });
 
     let (namespaces, cgroups, processes) = enclave.size();
     step("cleaning up");
@@ -183,14 +276,18 @@ fn demo(policy: &Path) -> bool {
          {processes} processes, the pins under /sys/fs/bpf/{NAME} (`enforcer uninstall`) \
          and the agent's files"
     );
-    matched == tried.len() && matched_again == tried_again.len() && stopped_cleanly && verified
+    matched == tried.len()
+        && matched_again == tried_again.len()
+        && stopped_cleanly
+        && verified
+        && kept
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [policy] = args.as_slice() else {
-        eprintln!("usage: enforcer-demo POLICY_DIR   (./x demo runs it with policies/demo)");
-        return ExitCode::from(2);
+    let options = match options(&args) {
+        Ok(options) => options,
+        Err(code) => return code,
     };
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -199,7 +296,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let policy = std::fs::canonicalize(policy).unwrap_or_else(|_| PathBuf::from(policy));
+    let policy = std::fs::canonicalize(&options.policy).unwrap_or(options.policy);
     catch_interrupts();
 
     let swept = leftovers::sweep(DEMO);
@@ -209,7 +306,8 @@ fn main() -> ExitCode {
             println!("  {leftover}");
         }
     }
-    let passed = std::panic::catch_unwind(AssertUnwindSafe(|| demo(&policy)));
+    let keep = options.keep.as_deref();
+    let passed = std::panic::catch_unwind(AssertUnwindSafe(|| demo(&policy, keep)));
     let left = leftovers::find(DEMO);
     if !left.is_empty() {
         eprintln!("enforcer-demo: left behind (the next run removes them):");
