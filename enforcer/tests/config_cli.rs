@@ -88,3 +88,59 @@ fn config_check_shows_where_and_how_records_are_forwarded() {
     assert_eq!(forward["framing"], "newline");
     assert_eq!(forward["tls"], serde_json::Value::Null);
 }
+
+/// `enforcer run` with a config it refuses (before anything is attached), `env` set and
+/// `args` added; its standard error, line by line.
+fn refused_run(env: &[(&str, &str)], args: &[&str]) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("enforcer.toml");
+    std::fs::write(
+        &config,
+        "cgroup = \"x\"\n[policy]\npath = \"/p\"\nbogus = 1\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_enforcer"))
+        .env_remove("JOURNAL_STREAM")
+        .envs(env.iter().copied())
+        .args(args)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run enforcer");
+    assert_eq!(out.status.code(), Some(2), "a refused config");
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn logs_carry_journald_priorities_under_systemd_and_come_as_json_on_request() {
+    let text = refused_run(&[], &[]);
+    assert!(
+        text.iter()
+            .any(|l| l.contains("ERROR") && l.contains("unknown field `bogus`"))
+    );
+    assert!(text.iter().all(|l| !l.starts_with('<')), "{text:?}");
+
+    // As systemd runs it: each line starts with its syslog priority, 3 for an error.
+    let journal = refused_run(&[("JOURNAL_STREAM", "8:1234")], &[]);
+    assert!(!journal.is_empty());
+    assert!(journal.iter().all(|l| l.starts_with("<3>")), "{journal:?}");
+
+    let json = refused_run(&[], &["--log-format", "json"]);
+    for line in &json {
+        let entry: serde_json::Value = serde_json::from_str(line).expect("a JSON object per line");
+        assert_eq!(entry["level"], "ERROR");
+        assert!(
+            entry["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("config"))
+        );
+    }
+    let both = refused_run(&[("JOURNAL_STREAM", "8:1234")], &["--log-format", "json"]);
+    for line in &both {
+        let entry = line.strip_prefix("<3>").expect("the priority first");
+        serde_json::from_str::<serde_json::Value>(entry).expect("then the JSON object");
+    }
+}

@@ -5,6 +5,7 @@ mod audit;
 mod config;
 mod docs;
 mod keygen;
+mod logging;
 mod policy;
 mod preflight;
 mod run;
@@ -21,6 +22,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "enforcer", version, about, max_term_width = 100)]
 struct Cli {
+    /// The log's format on standard error: text, or one JSON object per line. Under
+    /// systemd each line carries its journald priority.
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,16 +64,8 @@ enum Command {
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
 pub fn main() -> ExitCode {
-    use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ENFORCER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    logging::init(cli.log_format);
     if !matches!(cli.command, Command::Run(_)) {
         // A one-shot command piped into `head` ends quietly, as shell tools do. The agent
         // keeps ignoring SIGPIPE: a metrics client hanging up must not stop it.
