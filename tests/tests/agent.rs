@@ -393,6 +393,45 @@ fn metrics_parse_as_prometheus_text_and_the_counters_move() {
             .any(|s| s.metric == "enforcer_policy_generation"),
         "no generation gauge:\n{text}"
     );
+    // An allow rule has an allow series only.
+    let verdicts: Vec<&str> = scrape
+        .samples
+        .iter()
+        .filter(|s| {
+            s.metric == "enforcer_rule_decisions_total"
+                && s.labels.get("rule") == Some("api-to-peer")
+        })
+        .filter_map(|s| s.labels.get("verdict"))
+        .collect();
+    assert_eq!(verdicts, ["allow"], "{text}");
+    let build = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "enforcer_build_info")
+        .unwrap_or_else(|| panic!("no build info:\n{text}"));
+    assert_eq!(build.labels.get("version"), Some(env!("CARGO_PKG_VERSION")));
+    assert!(
+        build
+            .labels
+            .get("ebpf_sha256")
+            .is_some_and(|h| h.len() == 64)
+    );
+
+    // A reload that keeps the rule (and adds one): its count runs on; the new rule
+    // starts at zero.
+    let counted = rule_allows(&scrape, "api-to-peer");
+    agent.write_policy(&api_to_peer(api, veth, true));
+    agent.wait_for_status("the next generation", |s| s["policy"]["generation"] == 2);
+    assert_eq!(
+        Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
+            .cgroup(api)
+            .run(),
+        Outcome::Ok
+    );
+    let (_, text) = fetch("http://127.0.0.1:19614/metrics");
+    let scrape = parse_metrics(&text);
+    assert_eq!(rule_allows(&scrape, "api-to-peer"), counted + 1.0, "{text}");
+    assert_eq!(rule_allows(&scrape, "api-to-peer-second"), 0.0, "{text}");
 }
 
 /// Datagrams on a `NOTIFY_SOCKET` the test owns, as systemd would receive them.

@@ -74,10 +74,22 @@ impl MetricsSource {
         );
         generation.set(i64::from(counters.generation));
 
+        let build = gauge_family(
+            &mut registry,
+            "build_info",
+            "Always 1: the running agent's version and the kernel object it loads",
+        );
+        build
+            .get_or_create(&vec![
+                ("version", env!("CARGO_PKG_VERSION").to_owned()),
+                ("ebpf_sha256", crate::object::sha256_hex().to_owned()),
+            ])
+            .set(1);
+
         let rules = counter_family(
             &mut registry,
             "rule_decisions",
-            "Decisions per rule of the active generation and verdict",
+            "Decisions per rule of the active generation and verdict (only the verdicts the rule can give), counted across the reloads the rule was in",
         );
         let shared = self.shared.lock().expect("the shared lock is not poisoned");
         for (index, counts) in counters.rules.iter().enumerate() {
@@ -86,17 +98,25 @@ impl MetricsSource {
                 .get(index)
                 .cloned()
                 .unwrap_or_else(|| format!("rule-{}", index + 1));
-            for (verdict, count) in [
-                ("allow", counts.allow),
-                ("deny", counts.deny),
-                ("audit", counts.audit),
-            ] {
+            let mut total = shared.carried.get(&rule).copied().unwrap_or_default();
+            total.add(counts);
+            // An allow rule only allows; a deny rule denies or, in audit mode, audits.
+            let verdicts: &[(&str, u64)] = match shared.rule_denies.as_ref().map(|d| d.get(index)) {
+                Some(Some(false)) => &[("allow", total.allow)],
+                Some(Some(true)) => &[("deny", total.deny), ("audit", total.audit)],
+                _ => &[
+                    ("allow", total.allow),
+                    ("deny", total.deny),
+                    ("audit", total.audit),
+                ],
+            };
+            for (verdict, count) in verdicts {
                 rules
                     .get_or_create(&vec![
                         ("rule", rule.clone()),
-                        ("verdict", verdict.to_owned()),
+                        ("verdict", (*verdict).to_owned()),
                     ])
-                    .inc_by(count);
+                    .inc_by(*count);
             }
         }
 

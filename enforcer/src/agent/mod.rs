@@ -18,7 +18,7 @@ pub mod state;
 mod watch;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, HashSet},
     net::TcpListener as StdTcpListener,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -38,10 +38,12 @@ use crate::{
     loader::{Loader, PinLayout, PinnedMaps},
     policy::{
         diff::diff,
+        model::Action,
         names::{GENERATIONS_KEPT, GenerationNames},
     },
 };
 use audit::AuditThread;
+use enforcer_common::maps::RuleCounters;
 use floor::Floor;
 use interfaces::{InterfaceSet, InterfaceXdp};
 use policy::{Candidate, CandidateError};
@@ -58,6 +60,14 @@ const NOTE_WRITTEN_WITHIN: Duration = Duration::from_secs(2);
 pub struct Shared {
     /// Rule names of the active generation (element `i` is rule id `i + 1`).
     pub rule_names: Vec<String>,
+    /// Whether each rule of the active generation denies (element `i` is rule id `i + 1`):
+    /// an allow rule only ever allows, a deny rule denies or (a segment in audit mode)
+    /// audits. `None` for a generation an earlier agent applied.
+    pub rule_denies: Option<Vec<bool>>,
+    /// Decisions of earlier generations by rule id, for the rules the active generation
+    /// still has: its counters add to the kernel's, so a rule's count runs on across
+    /// reloads.
+    pub carried: HashMap<String, RuleCounters>,
     /// Reloads by outcome.
     pub reloads: BTreeMap<ReloadOutcome, u64>,
     /// Each interface's XDP (attached, or why not), by name.
@@ -186,6 +196,8 @@ impl Agent {
                     .last()
                     .map(|names| names.rules.clone())
                     .unwrap_or_default(),
+                rule_denies: None,
+                carried: HashMap::new(),
                 reloads: BTreeMap::new(),
                 interfaces: BTreeMap::new(),
             })),
@@ -351,10 +363,31 @@ impl Agent {
         if let Err(err) = self.state_dir.write_generations(&self.generations) {
             tracing::warn!(error = %err, "cannot write the generations' names for status");
         }
-        self.shared
-            .lock()
-            .expect("the shared lock is not poisoned")
-            .rule_names = image.rule_names.clone();
+        {
+            let mut shared = self.shared.lock().expect("the shared lock is not poisoned");
+            let replaced_names =
+                std::mem::replace(&mut shared.rule_names, image.rule_names.clone());
+            let mut carried = HashMap::new();
+            if let Some((_, final_counts)) = &applied.replaced {
+                for (name, counts) in replaced_names.iter().zip(final_counts) {
+                    let mut total = shared.carried.get(name).copied().unwrap_or_default();
+                    total.add(counts);
+                    carried.insert(name.clone(), total);
+                }
+            }
+            let kept: HashSet<&String> = image.rule_names.iter().collect();
+            carried.retain(|name, _| kept.contains(name));
+            shared.carried = carried;
+            shared.rule_denies = Some(
+                candidate
+                    .compiled
+                    .policy
+                    .rules
+                    .iter()
+                    .map(|rule| rule.action == Action::Deny)
+                    .collect(),
+            );
+        }
         if let Some(version) = candidate.bundle_version {
             self.state.accepted_bundle_version = self.state.accepted_bundle_version.max(version);
         }

@@ -80,7 +80,7 @@ fn in_map(count: u32) -> u32 {
 }
 
 /// The counters of rule ids `1..=count` in generation slot `slot`.
-fn rules(
+pub(super) fn rules(
     ebpf: &mut impl MapSet,
     slot: usize,
     count: u32,

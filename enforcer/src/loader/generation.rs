@@ -10,7 +10,8 @@ use aya::maps::{
 };
 use enforcer_common::maps::{
     ACTIVE, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6, FailsafeKey4, FailsafeKey6,
-    LISTEN, ListenKey, POLICY, PolicyConfig, RULES, RuleKey, RuleValue, SEGMENTS, slot_of,
+    LISTEN, ListenKey, POLICY, PolicyConfig, RULES, RuleCounters, RuleKey, RuleValue, SEGMENTS,
+    slot_of,
 };
 
 use super::{
@@ -35,6 +36,10 @@ pub struct Applied {
     ///
     /// [`Loader::refresh_cgroups`]: super::Loader::refresh_cgroups
     pub cgroups: CgroupTable,
+    /// The generation it replaced, with its final rule counters (element `i` counts rule
+    /// id `i + 1`), read after the flip and the grace period, just before its slot is
+    /// cleared; `None` for the first generation.
+    pub replaced: Option<(u32, Vec<RuleCounters>)>,
 }
 
 fn fill_trie<K: Pod, V: Pod>(
@@ -175,12 +180,19 @@ pub fn apply(
     let mut flip: Array<&mut MapData, u32> =
         Array::try_from(ebpf.map_mut(ACTIVE)?).map_err(map_error(ACTIVE))?;
     flip.set(0, &next, 0).map_err(map_error(ACTIVE))?;
-    if current != 0 {
+    let replaced = if current == 0 {
+        None
+    } else {
         std::thread::sleep(GRACE);
-        clear_slot(ebpf, slot_of(current))?;
-    }
+        let old = slot_of(current);
+        let rule_count = slot_config(ebpf, old)?.rule_count;
+        let final_counts = counters::rules(ebpf, old, rule_count)?;
+        clear_slot(ebpf, old)?;
+        Some((current, final_counts))
+    };
     Ok(Applied {
         generation: next,
         cgroups,
+        replaced,
     })
 }
