@@ -197,6 +197,15 @@ fn flows_from_real_connects_land_in_the_store_with_their_rule() {
     assert_eq!(code, 0, "{said}");
     assert!(said.starts_with("intact"), "{said}");
 
+    // A segment name no flow has is a typo, not an empty answer.
+    let typo = agent.command(&["audit", "query", "--segment", "apii"]);
+    assert_eq!(typo.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        said.contains("--segment apii: no flow in the store names it; did you mean `api`?"),
+        "{said}"
+    );
+
     // A candidate that opens the second port would change exactly the denied flow.
     let candidate = agent.audit_dir().with_file_name("candidate.toml");
     fs::write(&candidate, api_to_peer(api, veth, true)).expect("write the candidate");

@@ -1,6 +1,6 @@
 //! `enforcer audit query`: the flows that match, as a table or as the stored JSON lines.
 
-use std::{io::Write as _, net::IpAddr, process::ExitCode};
+use std::{collections::BTreeSet, io::Write as _, net::IpAddr, process::ExitCode};
 
 use super::{StoreArgs, TimeRange};
 use crate::audit::{
@@ -101,11 +101,66 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         return Err(err.into());
     }
     drop(out);
+    if shown == 0 {
+        unknown_names(args, &dir)?;
+    }
     if !args.json {
         print_table(&table);
         println!("{shown} records");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// When nothing matched: a `--segment` or `--rule` that no flow in the time range names
+/// is an error (a typo, most likely), with the closest name the flows do have.
+fn unknown_names(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
+    if args.segment.is_none() && args.rule.is_none() {
+        return Ok(());
+    }
+    let (mut segments, mut rules) = (BTreeSet::new(), BTreeSet::new());
+    let in_range = Filter {
+        since: args.time.since,
+        until: args.time.until,
+        ..Filter::default()
+    };
+    read::scan(
+        dir,
+        &in_range,
+        |_| {},
+        |record| {
+            if let Some(flow) = &record.unmapped.flow {
+                segments.insert(flow.src_segment.clone());
+                segments.insert(flow.dst_segment.clone());
+                rules.insert(flow.rule.clone().unwrap_or_else(|| flow.reason.clone()));
+            }
+            true
+        },
+    )?;
+    for (option, given, known) in [
+        ("--segment", &args.segment, &segments),
+        ("--rule", &args.rule, &rules),
+    ] {
+        if let Some(given) = given
+            && !known.contains(given)
+        {
+            let closest = known
+                .iter()
+                .map(|name| (strsim::jaro_winkler(given, name), name))
+                .filter(|(score, _)| *score > 0.8)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, name)| format!("; did you mean `{name}`?"))
+                .unwrap_or_default();
+            anyhow::bail!(
+                "{option} {given}: no flow in the store{} names it{closest}",
+                if args.time.since.is_some() || args.time.until.is_some() {
+                    " in that time range"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 fn parse_kind(text: &str) -> Result<Kind, String> {
