@@ -40,7 +40,7 @@ fn a_broken_config_is_refused_naming_fields_and_lines() {
     .expect("write config");
     let out = config_check(&path, false);
     std::fs::remove_dir_all(&dir).expect("remove temp dir");
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = path.display();
     assert!(

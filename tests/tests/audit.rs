@@ -876,7 +876,7 @@ fn mutual_tls_to_syslog_ng_delivers_only_with_a_trusted_client_certificate() {
         .output()
         .expect("run enforcer config check");
     let said = String::from_utf8_lossy(&check.stderr);
-    assert_eq!(check.status.code(), Some(1), "{said}");
+    assert_eq!(check.status.code(), Some(2), "{said}");
     assert!(
         said.contains("`audit.forward.key_file`: ")
             && said.contains("does not belong to the certificate"),

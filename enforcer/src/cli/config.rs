@@ -51,7 +51,8 @@ pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
                 }
                 eprintln!("config refused: {} problem(s)", refused.problems.len());
             }
-            Ok(ExitCode::FAILURE)
+            // As `policy check` and `run` say an invalid input.
+            Ok(ExitCode::from(2))
         }
     }
 }
