@@ -3,7 +3,8 @@
 //! - `enforcer-bench-audit pipeline PIN_DIR STORE_DIR SECONDS [SEAL_MS]`: the kernel programs are
 //!   loaded pinned under PIN_DIR (unattached) with a one-rule policy and no duplicate
 //!   suppression; the agent's consumer writes to a store in STORE_DIR. The XDP program is
-//!   run through `BPF_PROG_TEST_RUN` on a TCP SYN that the rule allows, in chunks, so each
+//!   run through `BPF_PROG_TEST_RUN` on a TCP SYN the policy denies (XDP records its
+//!   denials; a flow it lets through is recorded by the socket that receives it), in chunks, so each
 //!   run is one real kernel decision and one ring event, never more than
 //!   [`IN_FLIGHT`] ahead of the store. Prints `events N`, `stored N`, `lost N`,
 //!   `seconds S`, `ring_bytes B`, then `latency_us P50 P99 MAX` of single events
@@ -45,6 +46,8 @@ use enforcer_common::{
 };
 use enforcer_tests::packet::{SYN, tcp4};
 
+/// A port the bench policy opens to nobody.
+const DENIED_PORT: u16 = 10_002;
 /// Most events generated but not yet stored.
 const IN_FLIGHT: u64 = 100_000;
 /// Events per `BPF_PROG_TEST_RUN`.
@@ -180,7 +183,8 @@ fn pipeline(
             .map_err(|e| e.to_string())
     });
 
-    let packet = tcp4(Ipv4Addr::new(198, 18, 0, 1), 10001, SYN);
+    // To a port no rule opens: denied by default, one record per run.
+    let packet = tcp4(Ipv4Addr::new(198, 18, 0, 1), DENIED_PORT, SYN);
     let flows = || stats.flows.load(Ordering::Relaxed);
     let mut generated = 0u64;
     let started = Instant::now();
@@ -197,6 +201,13 @@ fn pipeline(
     let drain_started = Instant::now();
     let lost = || loader_lost(&layout);
     while flows() + lost()? < generated && drain_started.elapsed() < Duration::from_secs(60) {
+        if thread.is_finished() {
+            // The consumer gave up: say why rather than wait for records that never come.
+            let outcome = thread
+                .join()
+                .map_err(|_| "the consumer panicked".to_owned())?;
+            return Err(format!("the consumer stopped early: {outcome:?}"));
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
     let seconds = started.elapsed().as_secs_f64();
