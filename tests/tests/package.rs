@@ -102,7 +102,10 @@ fn the_static_binary_runs_and_the_deb_installs_and_purges_keeping_the_audit_stor
 
     // Never on a machine where enforcer is installed or its directories exist: purging
     // would take them (and the test would judge what it did not make).
-    let status = run("dpkg-query", &["--show", "--showformat=${Status}", "enforcer"]);
+    let status = run(
+        "dpkg-query",
+        &["--show", "--showformat=${Status}", "enforcer"],
+    );
     assert!(
         !String::from_utf8_lossy(&status.stdout).contains("installed"),
         "the enforcer package is already installed here; the test would purge it"
@@ -120,7 +123,10 @@ fn the_static_binary_runs_and_the_deb_installs_and_purges_keeping_the_audit_stor
     for file in DEB_FILES {
         assert!(Path::new(file).is_file(), "{file} is not installed");
     }
-    let conffiles = ok("dpkg-query", &["--showformat=${Conffiles}", "--show", "enforcer"]);
+    let conffiles = ok(
+        "dpkg-query",
+        &["--showformat=${Conffiles}", "--show", "enforcer"],
+    );
     assert!(
         conffiles.contains("/etc/enforcer/enforcer.toml"),
         "the config is not a conffile: {conffiles}"
@@ -155,7 +161,10 @@ fn the_static_binary_runs_and_the_deb_installs_and_purges_keeping_the_audit_stor
         "/var/lib/enforcer/bundle-floor.json",
         "/run/enforcer",
     ] {
-        assert!(!Path::new(gone).exists(), "{gone} is left after dpkg --purge");
+        assert!(
+            !Path::new(gone).exists(),
+            "{gone} is left after dpkg --purge"
+        );
     }
     assert_eq!(
         fs::read_to_string("/var/lib/enforcer/audit/x").expect("the audit store survives purge"),
@@ -168,22 +177,38 @@ fn the_static_binary_runs_and_the_deb_installs_and_purges_keeping_the_audit_stor
 #[test]
 fn the_rpm_holds_the_same_files() {
     let rpm = artifact(".rpm");
-    let listed = ok("rpm", &["--query", "--list", "--package", &rpm.to_string_lossy()]);
+    let listed = ok(
+        "rpm",
+        &["--query", "--list", "--package", &rpm.to_string_lossy()],
+    );
     let listed: Vec<&str> = listed.lines().collect();
     for file in DEB_FILES {
         let file = match *file {
             "/lib/systemd/system/enforcer.service" => "/usr/lib/systemd/system/enforcer.service",
-            "/usr/share/zsh/vendor-completions/_enforcer" => "/usr/share/zsh/site-functions/_enforcer",
+            "/usr/share/zsh/vendor-completions/_enforcer" => {
+                "/usr/share/zsh/site-functions/_enforcer"
+            }
             other => other,
         };
-        assert!(listed.contains(&file), "{file} is not in the rpm: {listed:?}");
+        assert!(
+            listed.contains(&file),
+            "{file} is not in the rpm: {listed:?}"
+        );
     }
     let config = ok(
         "rpm",
-        &["--query", "--configfiles", "--package", &rpm.to_string_lossy()],
+        &[
+            "--query",
+            "--configfiles",
+            "--package",
+            &rpm.to_string_lossy(),
+        ],
     );
     assert_eq!(config.trim(), "/etc/enforcer/enforcer.toml");
-    let scripts = ok("rpm", &["--query", "--scripts", "--package", &rpm.to_string_lossy()]);
+    let scripts = ok(
+        "rpm",
+        &["--query", "--scripts", "--package", &rpm.to_string_lossy()],
+    );
     assert!(
         scripts.contains("enforcer uninstall"),
         "no uninstall on erase: {scripts}"

@@ -89,7 +89,7 @@ fn main() -> ExitCode {
         Command::Check => setup::run().and_then(|tools| check::run(&tools)),
         Command::Test => setup::run().and_then(|tools| test::run(&tools)),
         Command::Demo { keep } => setup::run().and_then(|tools| demo::run(&tools, keep.as_deref())),
-        Command::Package => setup::run().and_then(|tools| package::run(&tools).map(|_| ())),
+        Command::Package => setup::run().and_then(|tools| package::run(&tools)),
         Command::Bench {
             which: BenchCommand::Policy,
         } => setup::run().and_then(|tools| bench::policy(&tools)),

@@ -30,24 +30,13 @@ const MANUAL_BIN: &str = "/usr/local/bin/enforcer";
 /// The path the packages install the binary at.
 const PACKAGED_BIN: &str = "/usr/bin/enforcer";
 
-/// What `./x package` made.
-#[derive(Debug)]
-pub struct Artifacts {
-    /// The static binary.
-    pub binary: PathBuf,
-    /// The Debian package.
-    pub deb: PathBuf,
-    /// The RPM package.
-    pub rpm: PathBuf,
-}
-
 /// `target/package/`, where everything is staged and the packages are written.
 pub fn dir(tools: &Tools) -> PathBuf {
     tools.root.join("target").join("package")
 }
 
 /// Builds the static binary, stages the generated files and builds both packages.
-pub fn run(tools: &Tools) -> anyhow::Result<Artifacts> {
+pub fn run(tools: &Tools) -> anyhow::Result<()> {
     let out = dir(tools);
     if out.exists() {
         fs::remove_dir_all(&out).with_context(|| format!("removing the old {}", out.display()))?;
@@ -72,7 +61,11 @@ pub fn run(tools: &Tools) -> anyhow::Result<Artifacts> {
 
     let man = generated(&binary, &["man"])?;
     fs::write(out.join("enforcer.1"), man)?;
-    status(Command::new("gzip").args(["-9", "-n", "-f"]).arg(out.join("enforcer.1")))?;
+    status(
+        Command::new("gzip")
+            .args(["-9", "-n", "-f"])
+            .arg(out.join("enforcer.1")),
+    )?;
     for (shell, file) in [
         ("bash", "enforcer.bash"),
         ("zsh", "_enforcer"),
@@ -83,7 +76,14 @@ pub fn run(tools: &Tools) -> anyhow::Result<Artifacts> {
 
     status(
         &mut tools
-            .cargo(&["deb", "--package", "enforcer", "--no-build", "--no-strip", "--output"])
+            .cargo(&[
+                "deb",
+                "--package",
+                "enforcer",
+                "--no-build",
+                "--no-strip",
+                "--output",
+            ])
             .arg(&out),
     )
     .context("building the .deb with cargo-deb")?;
@@ -101,7 +101,7 @@ pub fn run(tools: &Tools) -> anyhow::Result<Artifacts> {
         deb.display(),
         rpm.display()
     );
-    Ok(Artifacts { binary, deb, rpm })
+    Ok(())
 }
 
 /// Builds the static release binary; returns its path. Fails unless `file` calls it

@@ -117,7 +117,12 @@ fn install_cargo_tools(tools: &Tools) -> anyhow::Result<()> {
         }
         status(
             tools
-                .cargo(&["install", &format!("{krate}@{version}"), "--locked", "--root"])
+                .cargo(&[
+                    "install",
+                    &format!("{krate}@{version}"),
+                    "--locked",
+                    "--root",
+                ])
                 .arg(&tools.dir),
         )
         .with_context(|| format!("installing {krate} {version} (needs the crates registry)"))?;
