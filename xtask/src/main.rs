@@ -31,7 +31,8 @@ enum Command {
     /// eBPF crate.
     Check,
     /// Setup, checks, then every test tier: unit and property tests, then (after removing
-    /// what an interrupted earlier run left) the privileged kernel tests (root required;
+    /// what an interrupted earlier run left, and building the packages, which
+    /// tests/tests/package.rs installs and purges) the privileged kernel tests (root required;
     /// nothing is skipped), then the leftovers check, then a bounded run of every fuzz
     /// target.
     Test,
