@@ -75,7 +75,7 @@ pub fn run(tools: &Tools) -> anyhow::Result<()> {
     }
 
     status(
-        &mut tools
+        tools
             .cargo(&[
                 "deb",
                 "--package",
@@ -88,7 +88,7 @@ pub fn run(tools: &Tools) -> anyhow::Result<()> {
     )
     .context("building the .deb with cargo-deb")?;
     status(
-        &mut tools
+        tools
             .cargo(&["generate-rpm", "--package", "enforcer", "--output"])
             .arg(&out),
     )
