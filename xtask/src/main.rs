@@ -5,6 +5,7 @@ mod bench;
 mod check;
 mod demo;
 mod fuzz;
+mod package;
 mod run;
 mod setup;
 mod test;
@@ -30,7 +31,8 @@ enum Command {
     /// eBPF crate.
     Check,
     /// Setup, checks, then every test tier: unit and property tests, then (after removing
-    /// what an interrupted earlier run left) the privileged kernel tests (root required;
+    /// what an interrupted earlier run left, and building the packages, which
+    /// tests/tests/package.rs installs and purges) the privileged kernel tests (root required;
     /// nothing is skipped), then the leftovers check, then a bounded run of every fuzz
     /// target.
     Test,
@@ -42,6 +44,10 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         keep: Option<std::path::PathBuf>,
     },
+    /// Setup, then build the static binary (x86_64-unknown-linux-musl), a .deb and an .rpm
+    /// into target/package/: binary, systemd unit, default config, drop-in example,
+    /// example policies, man page and completions.
+    Package,
     /// Measure and write the tables in docs/benchmarks.md (figures, never assertions).
     Bench {
         /// Which benchmark.
@@ -84,6 +90,7 @@ fn main() -> ExitCode {
         Command::Check => setup::run().and_then(|tools| check::run(&tools)),
         Command::Test => setup::run().and_then(|tools| test::run(&tools)),
         Command::Demo { keep } => setup::run().and_then(|tools| demo::run(&tools, keep.as_deref())),
+        Command::Package => setup::run().and_then(|tools| package::run(&tools)),
         Command::Bench {
             which: BenchCommand::Policy,
         } => setup::run().and_then(|tools| bench::policy(&tools)),

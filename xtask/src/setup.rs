@@ -41,6 +41,17 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("/usr/lib/postgresql/*/bin/initdb", "postgresql"),
     ("redis-server", "redis-server"),
     ("redis-cli", "redis-tools"),
+    // `./x package`: the C compiler for the static (musl) binary's C dependencies (ring,
+    // mimalloc), and `rpm -qlp` to read the built .rpm back.
+    ("musl-gcc", "musl-tools"),
+    ("rpm", "rpm"),
+];
+
+/// Cargo subcommands installed into `<tools>/bin` (crate, pinned version, binary), each
+/// with `--locked`: the packagers of `./x package`.
+const CARGO_TOOLS: &[(&str, &str, &str)] = &[
+    ("cargo-deb", "3.8.0", "cargo-deb"),
+    ("cargo-generate-rpm", "0.21.1", "cargo-generate-rpm"),
 ];
 
 /// The services those packages install, which Debian would start and enable on their
@@ -64,7 +75,9 @@ const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 pub fn run() -> anyhow::Result<Tools> {
     let tools = Tools::locate();
     install_nightly()?;
+    install_musl_target(&tools)?;
     install_bpf_linker(&tools)?;
+    install_cargo_tools(&tools)?;
     install_debian_packages()?;
     install_syslog_ng(&tools)?;
     Ok(tools)
@@ -81,6 +94,40 @@ fn install_nightly() -> anyhow::Result<()> {
         "rust-src,clippy",
     ]))
     .context("installing the pinned nightly for the eBPF crate; check that rustup reaches its distribution server")
+}
+
+/// The static binary's target, for the pinned userspace toolchain (rustup reads
+/// `rust-toolchain.toml` in the repository root); a no-op once installed.
+fn install_musl_target(tools: &Tools) -> anyhow::Result<()> {
+    status(
+        tools
+            .command("rustup")
+            .args(["target", "add", crate::package::MUSL_TARGET]),
+    )
+    .context("installing the musl target of the pinned toolchain for `./x package`")
+}
+
+/// [`CARGO_TOOLS`], each installed unless `<tools>/bin/<binary> --version` already names
+/// the pinned version.
+fn install_cargo_tools(tools: &Tools) -> anyhow::Result<()> {
+    for (krate, version, binary) in CARGO_TOOLS {
+        let installed = stdout(Command::new(tools.bin().join(binary)).arg("--version"));
+        if installed.is_some_and(|v| v.split_whitespace().any(|word| word == *version)) {
+            continue;
+        }
+        status(
+            tools
+                .cargo(&[
+                    "install",
+                    &format!("{krate}@{version}"),
+                    "--locked",
+                    "--root",
+                ])
+                .arg(&tools.dir),
+        )
+        .with_context(|| format!("installing {krate} {version} (needs the crates registry)"))?;
+    }
+    Ok(())
 }
 
 fn installed_linker_version(tools: &Tools) -> Option<String> {

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    check, fuzz,
+    check, fuzz, package,
     run::{Tools, describe},
 };
 
@@ -127,6 +127,9 @@ pub fn run(tools: &Tools) -> anyhow::Result<()> {
     // The agent tests run the real `enforcer` binary, which only the enforcer package's
     // own tests would build.
     crate::run::status(&mut tools.cargo(&["build", "--package", "enforcer", "--bin", "enforcer"]))?;
+    // tests/tests/package.rs installs and purges the .deb and reads the .rpm that
+    // `./x package` leaves in target/package/ (a release build for musl: a few minutes).
+    package::run(tools)?;
     // A run killed half-way (timeout, closed session) leaves its namespaces, cgroups,
     // pins and agents; remove them (loudly) so the leftovers tier judges this run only.
     crate::run::status(&mut tools.cargo(&[
