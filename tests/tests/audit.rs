@@ -14,11 +14,29 @@ use std::{
 
 use enforcer_tests::{
     agent::{AgentHost, PeerSite, enforcer_bin},
+    cgroup::TestCgroup,
+    netns::Veth,
     policy::{ALLOWED_PORT, DENIED_PORT, api_to_peer},
     probe::{Outcome, Spawn},
     syslog::{Issued, Rsyslog, SyslogNg, SyslogNgInput},
 };
 use serde_json::Value;
+
+/// A connect from `api` to the peer's allowed port, which must get the echo.
+fn connect_allowed(veth: &Veth, api: &TestCgroup) {
+    let outcome = Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
+        .cgroup(api)
+        .run();
+    assert_eq!(outcome, Outcome::Ok, "an allowed connect");
+}
+
+/// A connect from `api` to the peer's denied port, which must fail with EPERM.
+fn connect_denied(veth: &Veth, api: &TestCgroup) {
+    let outcome = Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+        .cgroup(api)
+        .run();
+    assert!(outcome.is_eperm(), "a denied connect: {outcome:?}");
+}
 
 /// `enforcer audit stats --json`, parsed.
 fn audit_stats(agent: &AgentHost) -> Value {
@@ -109,18 +127,8 @@ fn flows_from_real_connects_land_in_the_store_with_their_rule() {
         .expect("the policy hash")
         .to_owned();
 
-    assert_eq!(
-        Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
-            .cgroup(api)
-            .run(),
-        Outcome::Ok
-    );
-    assert!(
-        Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
-            .cgroup(api)
-            .run()
-            .is_eperm()
-    );
+    connect_allowed(veth, api);
+    connect_denied(veth, api);
 
     let found = wait_for_records(
         &agent,
@@ -532,12 +540,7 @@ fn rsyslog_receives_every_record_across_collector_and_agent_restarts() {
     agent.start();
     let connect = |count: usize| {
         for _ in 0..count {
-            assert_eq!(
-                Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
-                    .cgroup(api)
-                    .run(),
-                Outcome::Ok
-            );
+            connect_allowed(veth, api);
         }
     };
     let received = |collector: &Rsyslog| -> Vec<Value> {
@@ -615,12 +618,7 @@ fn forwarding_over_tls_checks_the_collector_certificate() {
     // A certificate that does not name the collector as configured: nothing is sent.
     agent.audit_options(&forward("someone-else.test"));
     let first = agent.start();
-    assert!(
-        Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
-            .cgroup(api)
-            .run()
-            .is_eperm()
-    );
+    connect_denied(veth, api);
     let stored = wait_for_records(&agent, "the denied flow", Duration::from_secs(10), |r| {
         flows_to(r, DENIED_PORT, "deny") == 1
     });
@@ -651,12 +649,7 @@ fn forwarding_over_tls_checks_the_collector_certificate() {
     fs::write(agent.config(), &config).expect("restore the config");
     agent.audit_options(&forward("collector.test"));
     agent.start();
-    assert!(
-        Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
-            .cgroup(api)
-            .run()
-            .is_eperm()
-    );
+    connect_denied(veth, api);
     let stored = wait_for_records(&agent, "two denied flows", Duration::from_secs(10), |r| {
         flows_to(r, DENIED_PORT, "deny") == 2 && r.len() > stored.len()
     });
@@ -793,18 +786,8 @@ fn syslog_ng_receives_every_record_as_stored_with_newline_framing() {
     ));
     let start = agent.start();
     for _ in 0..3 {
-        assert_eq!(
-            Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
-                .cgroup(api)
-                .run(),
-            Outcome::Ok
-        );
-        assert!(
-            Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
-                .cgroup(api)
-                .run()
-                .is_eperm()
-        );
+        connect_allowed(veth, api);
+        connect_denied(veth, api);
     }
     wait_for_records(&agent, "6 flows", Duration::from_secs(10), |r| {
         flows_to(r, ALLOWED_PORT, "allow") == 3 && flows_to(r, DENIED_PORT, "deny") == 3
@@ -854,12 +837,7 @@ fn mutual_tls_to_syslog_ng_delivers_only_with_a_trusted_client_certificate() {
         ));
     };
     let deny = || {
-        assert!(
-            Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
-                .cgroup(api)
-                .run()
-                .is_eperm()
-        );
+        connect_denied(veth, api);
     };
 
     // `config check` reads the files: a key that is not the certificate's is named.
@@ -983,12 +961,7 @@ fn a_collector_named_by_host_name_is_resolved_at_every_attempt() {
 
     // The name does not resolve yet: logged and counted, the agent keeps running.
     let start = agent.start();
-    assert!(
-        Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
-            .cgroup(api)
-            .run()
-            .is_eperm()
-    );
+    connect_denied(veth, api);
     let log = wait_until_unreachable(&agent, start);
     assert!(
         log.contains("cannot resolve fwd-collector.test"),
@@ -1009,12 +982,7 @@ fn a_collector_named_by_host_name_is_resolved_at_every_attempt() {
         "127.0.0.1 localhost\n127.0.0.1 fwd-collector.test\n",
     )
     .expect("write the hosts file");
-    assert!(
-        Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
-            .cgroup(api)
-            .run()
-            .is_eperm()
-    );
+    connect_denied(veth, api);
     wait_for_records(&agent, "two denied flows", Duration::from_secs(10), |r| {
         flows_to(r, DENIED_PORT, "deny") == 2
     });
@@ -1099,12 +1067,7 @@ fn a_sealed_store_is_proven_across_a_crash_and_a_root_rewrite_is_caught() {
     ));
     agent.start();
     let denied = || {
-        assert!(
-            Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
-                .cgroup(api)
-                .run()
-                .is_eperm()
-        );
+        connect_denied(veth, api);
     };
     denied();
     wait_for_records(&agent, "the denied flow", Duration::from_secs(10), |r| {
