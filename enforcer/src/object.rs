@@ -3,10 +3,3 @@
 
 /// The ELF bytes of the kernel object, aligned for aya's parser.
 pub static BYTES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
-
-/// SHA-256 (hex) of [`BYTES`]: which kernel programs this binary loads, for
-/// `enforcer_build_info`. Computed once.
-pub fn sha256_hex() -> &'static str {
-    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DIGEST.get_or_init(|| hex::encode(crate::digest::sha256(BYTES)))
-}

@@ -55,6 +55,13 @@ fn as_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// SHA-256 (hex) of the kernel object this binary loads, for `enforcer_build_info`;
+/// computed once.
+fn object_sha256() -> &'static str {
+    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIGEST.get_or_init(|| hex::encode(crate::digest::sha256(crate::object::BYTES)))
+}
+
 impl MetricsSource {
     /// The exposition text.
     pub fn render(&self) -> Result<String, String> {
@@ -82,7 +89,7 @@ impl MetricsSource {
         build
             .get_or_create(&vec![
                 ("version", env!("CARGO_PKG_VERSION").to_owned()),
-                ("ebpf_sha256", crate::object::sha256_hex().to_owned()),
+                ("ebpf_sha256", object_sha256().to_owned()),
             ])
             .set(1);
 

@@ -6,8 +6,6 @@ use std::{
     process::ExitCode,
 };
 
-use clap::CommandFactory as _;
-
 /// Arguments of `enforcer completions`.
 #[derive(Debug, clap::Args)]
 pub struct CompletionArgs {
@@ -19,18 +17,17 @@ pub struct CompletionArgs {
 #[derive(Debug, clap::Args)]
 pub struct ManArgs {}
 
-/// Prints the completion script for a shell (install it where the shell looks, for
-/// example `/usr/share/bash-completion/completions/enforcer`).
-pub fn completions(args: &CompletionArgs) -> anyhow::Result<ExitCode> {
-    let mut command = super::Cli::command();
+/// Prints the completion script of `command` (the whole command line) for a shell
+/// (install it where the shell looks, for example
+/// `/usr/share/bash-completion/completions/enforcer`).
+pub fn completions(args: &CompletionArgs, mut command: clap::Command) -> anyhow::Result<ExitCode> {
     clap_complete::generate(args.shell, &mut command, "enforcer", &mut io::stdout());
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints the man page, enforcer(1), in roff (`enforcer man > enforcer.1`), with a
-/// section per subcommand.
-pub fn man(_args: &ManArgs) -> anyhow::Result<ExitCode> {
-    let command = super::Cli::command();
+/// Prints the man page of `command` (the whole command line), enforcer(1), in roff
+/// (`enforcer man > enforcer.1`), with a section per subcommand.
+pub fn man(_args: &ManArgs, command: clap::Command) -> anyhow::Result<ExitCode> {
     let mut out = io::stdout().lock();
     clap_mangen::Man::new(command.clone()).render(&mut out)?;
     for sub in command.get_subcommands() {

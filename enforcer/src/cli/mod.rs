@@ -16,7 +16,7 @@ mod uninstall;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 /// Kernel-level API segmentation for air-gapped enclaves.
 #[derive(Debug, Parser)]
@@ -74,6 +74,13 @@ pub fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    // `explain` and `diff` answer with 0 and 1: trouble is 2 for them, as for diff(1).
+    let trouble = match &cli.command {
+        Command::Policy(command) if command.answers_with_its_exit_code() => {
+            ExitCode::from(policy::EXIT_INVALID)
+        }
+        _ => ExitCode::FAILURE,
+    };
     let outcome = match cli.command {
         Command::Preflight(args) => preflight::run(&args),
         Command::Policy(command) => policy::run(&command),
@@ -83,21 +90,21 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status::run(&args),
         Command::Audit(command) => audit::run(&command),
         Command::Uninstall(args) => uninstall::run(&args),
-        Command::Completions(args) => docs::completions(&args),
-        Command::Man(args) => docs::man(&args),
+        Command::Completions(args) => docs::completions(&args, Cli::command()),
+        Command::Man(args) => docs::man(&args, Cli::command()),
     };
     match outcome {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {}", describe(&err));
-            ExitCode::FAILURE
+            trouble
         }
     }
 }
 
 /// The error and its causes, `: `-separated; a cause the text before already says (an
 /// error that shows its source in its own message) is not said again.
-pub(crate) fn describe(err: &anyhow::Error) -> String {
+fn describe(err: &anyhow::Error) -> String {
     let mut text = err.to_string();
     for cause in err.chain().skip(1) {
         let cause = cause.to_string();

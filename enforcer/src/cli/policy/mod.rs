@@ -33,12 +33,20 @@ pub enum Command {
     Simulate(simulate::Args),
 }
 
+impl Command {
+    /// Whether the command's exit code is its answer (`explain`: 0 passes, 1 denied;
+    /// `diff`: 0 alike, 1 different), so an error must end it with [`EXIT_INVALID`].
+    pub fn answers_with_its_exit_code(&self) -> bool {
+        matches!(self, Self::Explain(_) | Self::Diff(_))
+    }
+}
+
 /// Runs a policy subcommand.
 pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check(args) => check::run(args),
-        Command::Explain(args) => explain::run(args).or_else(trouble),
-        Command::Diff(args) => diff::run(args).or_else(trouble),
+        Command::Explain(args) => explain::run(args),
+        Command::Diff(args) => diff::run(args),
         Command::Sign(args) => sign::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Simulate(args) => simulate::run(args),
@@ -51,13 +59,6 @@ pub const EXIT_INVALID: u8 = 2;
 
 /// `explain`'s exit code for a denied flow, `diff`'s for policies that differ.
 pub const EXIT_DIFFERENT: u8 = 1;
-
-/// For `explain` and `diff`, whose 1 is an answer: an error that kept them from answering
-/// is printed and ends the command with [`EXIT_INVALID`], as diff(1) ends with 2.
-fn trouble(err: anyhow::Error) -> anyhow::Result<ExitCode> {
-    eprintln!("error: {}", super::describe(&err));
-    Ok(ExitCode::from(EXIT_INVALID))
-}
 
 /// Prints diagnostics to stderr in their terminal form.
 pub fn print_diagnostics(sources: &SourceSet, diagnostics: &[Diagnostic]) {
