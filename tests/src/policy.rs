@@ -42,6 +42,37 @@ ports = ["{ALLOWED_PORT}/tcp"]
     )
 }
 
+/// Three service segments by cgroup, of which only `orders` may reach `inventory`, on
+/// `port`/tcp; `gateway` may reach neither (the listener-binding tests' policy).
+pub fn orders_to_inventory(
+    inventory: &TestCgroup,
+    gateway: &TestCgroup,
+    orders: &TestCgroup,
+    port: u16,
+) -> String {
+    format!(
+        r#"
+[segments.inventory]
+cgroups = ["{}"]
+
+[segments.gateway]
+cgroups = ["{}"]
+
+[segments.orders]
+cgroups = ["{}"]
+
+[[allow]]
+id = "orders-to-inventory"
+from = ["orders"]
+to = ["inventory"]
+ports = ["{port}/tcp"]
+"#,
+        inventory.relative_path(),
+        gateway.relative_path(),
+        orders.relative_path()
+    )
+}
+
 /// Compiles a policy text; panics with the diagnostics if it is invalid.
 pub fn image(text: &str) -> MapImage {
     let mut sources = SourceSet::default();

@@ -11,7 +11,7 @@ use enforcer_tests::{
     cgroup::TestCgroup,
     events::{drain, segment_id},
     netns::{Netns, Veth},
-    policy::loaded_with,
+    policy::{loaded_with, orders_to_inventory},
     probe::{Outcome, Server, Spawn},
 };
 
@@ -130,27 +130,8 @@ fn binding_another_services_port_on_another_address_does_not_take_the_port() {
     let inventory = parent.child("inventory.service");
     let gateway = parent.child("gateway.service");
     let orders = parent.child("orders.service");
-    let image = enforcer_tests::policy::image(&format!(
-        r#"
-[segments.inventory]
-cgroups = ["{}"]
-
-[segments.gateway]
-cgroups = ["{}"]
-
-[segments.orders]
-cgroups = ["{}"]
-
-[[allow]]
-id = "orders-to-inventory"
-from = ["orders"]
-to = ["inventory"]
-ports = ["18095/tcp"]
-"#,
-        inventory.relative_path(),
-        gateway.relative_path(),
-        orders.relative_path()
-    ));
+    let image =
+        enforcer_tests::policy::image(&orders_to_inventory(&inventory, &gateway, &orders, 18095));
     let mut loader = loaded_with(&image);
     let mut events = loader.take_events().expect("events");
     loader.attach_cgroup(parent.path()).expect("attach cgroup");

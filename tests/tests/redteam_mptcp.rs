@@ -27,7 +27,7 @@ use enforcer_tests::{
     cmd::{run, run_quietly},
     events::{decided_by, drain, segment_id},
     netns::{Netns, address_up},
-    policy::{image, loaded_with},
+    policy::{image, loaded_with, orders_to_inventory},
     probe::{Outcome, Spawn},
     script::{Guard, Script},
 };
@@ -946,26 +946,11 @@ fn an_mptcp_listeners_binding_goes_with_it() {
     let inventory = parent.child("inventory.service");
     let gateway = parent.child("gateway.service");
     let orders = parent.child("orders.service");
-    let image = image(&format!(
-        r#"
-[segments.inventory]
-cgroups = ["{}"]
-
-[segments.gateway]
-cgroups = ["{}"]
-
-[segments.orders]
-cgroups = ["{}"]
-
-[[allow]]
-id = "orders-to-inventory"
-from = ["orders"]
-to = ["inventory"]
-ports = ["{SERVICE_PORT}/tcp"]
-"#,
-        inventory.relative_path(),
-        gateway.relative_path(),
-        orders.relative_path()
+    let image = image(&orders_to_inventory(
+        &inventory,
+        &gateway,
+        &orders,
+        SERVICE_PORT,
     ));
     let mut loader = loaded_with(&image);
     let mut events = loader.take_events().expect("events");
