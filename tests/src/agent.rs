@@ -24,9 +24,23 @@ use crate::{
 /// How long the agent may take to enforce after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The `enforcer` binary of the running test's or benchmark's profile
-/// (`target/<profile>/`; tests themselves run from `target/<profile>/deps`).
+/// Names another `enforcer` binary for the agent tests and the demo, such as the one a
+/// package installed (`/usr/bin/enforcer`).
+pub const ENFORCER_BIN: &str = "ENFORCER_BIN";
+
+/// The `enforcer` binary the tests, benchmarks and demo run: `$ENFORCER_BIN` when set,
+/// otherwise the one of the running test's or benchmark's profile (`target/<profile>/`;
+/// tests themselves run from `target/<profile>/deps`).
 pub fn enforcer_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os(ENFORCER_BIN) {
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.is_file(),
+            "{ENFORCER_BIN}={} is not a file",
+            bin.display()
+        );
+        return bin;
+    }
     let bin = profile_dir().join("enforcer");
     assert!(
         bin.exists(),

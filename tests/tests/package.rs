@@ -10,7 +10,7 @@ use std::{
     process::{Command, Output},
 };
 
-use enforcer_tests::require_root;
+use enforcer_tests::{agent::ENFORCER_BIN, require_root};
 
 /// `target/package/`, where `./x package` leaves its artifacts.
 fn package_dir() -> PathBuf {
@@ -91,6 +91,28 @@ impl Drop for Installed {
     }
 }
 
+/// The demo (the repository's `enforcer-demo`, which packages do not ship) with the
+/// installed `/usr/bin/enforcer` as its agent and commands and the installed example
+/// policy: every flow as the policy says, the store verifies, nothing left behind.
+fn the_demo_runs_with_the_installed_binary_and_policies() {
+    let output = Command::new(env!("CARGO_BIN_EXE_enforcer-demo"))
+        .env(ENFORCER_BIN, "/usr/bin/enforcer")
+        .arg("/usr/share/doc/enforcer/policies/demo")
+        .output()
+        .expect("run enforcer-demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the demo failed with the installed binary ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("agent binary    /usr/bin/enforcer"),
+        "the demo ran another binary:\n{stdout}"
+    );
+}
+
 #[test]
 fn the_static_binary_runs_and_the_deb_installs_and_purges_keeping_the_audit_store() {
     require_root();
@@ -144,6 +166,7 @@ fn the_static_binary_runs_and_the_deb_installs_and_purges_keeping_the_audit_stor
     assert_eq!(report["fit"], true, "preflight: {preflight}");
     // man finds the page.
     ok("man", &["--where", "enforcer"]);
+    the_demo_runs_with_the_installed_binary_and_policies();
 
     fs::create_dir_all("/var/lib/enforcer/audit").expect("audit dir");
     fs::write("/var/lib/enforcer/audit/x", "a stand-in audit record\n").expect("record");

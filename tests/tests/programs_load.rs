@@ -74,7 +74,17 @@ fn preflight_states_the_kernel_floor_and_finds_this_host_fit() {
         .collect();
     let every: Vec<&str> = Hook::ALL.iter().map(|h| h.program_name()).collect();
     assert_eq!(names, every);
-    for feature in report["features"].as_array().expect("features") {
+    let features = report["features"].as_array().expect("features");
+    // The features issue #20 names, each on its own line.
+    for wanted in ["BTF", "cgroup v2", "ring buffer", "BPF LSM", "lsm_cgroup"] {
+        assert!(
+            features
+                .iter()
+                .any(|f| f["name"].as_str().is_some_and(|n| n.contains(wanted))),
+            "preflight states nothing about {wanted}: {report:#}"
+        );
+    }
+    for feature in features {
         // Each is stated with what its absence costs; the required ones are here.
         assert!(feature["without"].as_str().is_some_and(|w| !w.is_empty()));
         if feature["required"] == true {

@@ -5,6 +5,7 @@
 
 use std::{path::Path, process::ExitCode};
 
+use aya::{maps::MapType, sys::is_map_supported};
 use serde::Serialize;
 
 use crate::{host, loader::Loader};
@@ -78,6 +79,8 @@ fn features(release: &str) -> Vec<Feature> {
     );
     let cgroup2 = host::cgroup2_mount();
     let bpffs = host::is_bpffs(Path::new(host::DEFAULT_BPFFS));
+    // Made and closed again by the probe: a ring buffer map of one page.
+    let ring_buffer = is_map_supported(MapType::RingBuf);
     vec![
         Feature {
             name: "kernel version",
@@ -100,6 +103,17 @@ fn features(release: &str) -> Vec<Feature> {
             found: cgroup2
                 .map_or_else(|e| e.to_string(), |p| format!("mounted at {}", p.display())),
             without: "no per-process enforcement: the cgroup hooks attach to a cgroup v2 directory",
+        },
+        Feature {
+            name: "BPF ring buffer (5.8)",
+            required: true,
+            present: ring_buffer.as_ref().ok().copied(),
+            found: match &ring_buffer {
+                Ok(true) => "a ring buffer map was created".to_owned(),
+                Ok(false) => "the kernel refuses BPF_MAP_TYPE_RINGBUF".to_owned(),
+                Err(err) => format!("cannot probe: {err}"),
+            },
+            without: "the programs do not load: every audit event reaches the agent through it",
         },
         Feature {
             name: "bpffs",

@@ -113,6 +113,7 @@ fn introduce(policy: &Path) {
         );
     }
     println!("  policy          {}", policy.display());
+    println!("  agent binary    {}", enforcer_bin().display());
 }
 
 /// What `--help` prints.
@@ -132,6 +133,9 @@ removes everything it made.
 
 Exit status: 0 when every flow is as the policy says, the store verifies and nothing is
 left behind; 1 otherwise; 2 for a usage error.
+
+The agent and the `enforcer` commands are the build's own (target/<profile>/enforcer);
+ENFORCER_BIN=/usr/bin/enforcer runs the demo with an installed package's binary instead.
 ";
 
 /// The command line.
