@@ -15,12 +15,17 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    run::{Tools, status, stdout},
-    setup::NIGHTLY,
+    run::{Tools, status},
+    setup::{CargoTool, NIGHTLY, install_cargo_tool},
 };
 
 /// The cargo-fuzz release the fuzz tooling uses.
-const CARGO_FUZZ_VERSION: &str = "0.13.2";
+const CARGO_FUZZ: CargoTool = CargoTool {
+    krate: "cargo-fuzz",
+    version: "0.13.2",
+    binary: "cargo-fuzz",
+    version_args: &["--version"],
+};
 
 /// Every fuzz target (`fuzz/fuzz_targets/<name>.rs`).
 pub const TARGETS: [&str; 5] = ["policy", "config", "bundle", "audit_record", "audit_verify"];
@@ -30,24 +35,6 @@ pub const TEST_SECONDS_PER_TARGET: u64 = 20;
 
 /// The longest one input may take before libFuzzer calls it a hang (a failure).
 const INPUT_TIMEOUT_SECONDS: u64 = 10;
-
-fn install_cargo_fuzz(tools: &Tools) -> anyhow::Result<()> {
-    let installed = stdout(tools.command("cargo-fuzz").arg("--version"));
-    if installed.is_some_and(|v| v.contains(CARGO_FUZZ_VERSION)) {
-        return Ok(());
-    }
-    status(
-        tools
-            .cargo(&[
-                "install",
-                &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
-                "--locked",
-                "--root",
-            ])
-            .arg(&tools.dir),
-    )
-    .context("installing cargo-fuzz (needs the crates registry)")
-}
 
 /// The repository directories holding `target`'s seeds.
 fn seed_dirs(tools: &Tools, target: &str) -> Vec<PathBuf> {
@@ -87,7 +74,7 @@ pub fn run(tools: &Tools, targets: &[String], seconds: u64) -> anyhow::Result<()
             })
             .collect::<anyhow::Result<_>>()?
     };
-    install_cargo_fuzz(tools)?;
+    install_cargo_tool(tools, &CARGO_FUZZ)?;
     let started = Instant::now();
     // One build for every target; `fuzz run` below finds it up to date.
     status(&mut tools.cargo(&[

@@ -47,11 +47,32 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("rpm", "rpm"),
 ];
 
-/// Cargo subcommands installed into `<tools>/bin` (crate, pinned version, binary), each
-/// with `--locked`: the packagers of `./x package`.
-const CARGO_TOOLS: &[(&str, &str, &str)] = &[
-    ("cargo-deb", "3.8.0", "cargo-deb"),
-    ("cargo-generate-rpm", "0.21.1", "cargo-generate-rpm"),
+/// A cargo subcommand installed with `--locked` into `<tools>/bin` at a pinned version.
+pub struct CargoTool {
+    /// The crate that provides it.
+    pub krate: &'static str,
+    /// The pinned version.
+    pub version: &'static str,
+    /// The binary in `<tools>/bin`.
+    pub binary: &'static str,
+    /// The arguments that make the binary print its version.
+    pub version_args: &'static [&'static str],
+}
+
+/// The packagers of `./x package`, installed by every setup.
+const CARGO_TOOLS: &[CargoTool] = &[
+    CargoTool {
+        krate: "cargo-deb",
+        version: "3.8.0",
+        binary: "cargo-deb",
+        version_args: &["--version"],
+    },
+    CargoTool {
+        krate: "cargo-generate-rpm",
+        version: "0.21.1",
+        binary: "cargo-generate-rpm",
+        version_args: &["--version"],
+    },
 ];
 
 /// The services those packages install, which Debian would start and enable on their
@@ -107,27 +128,34 @@ fn install_musl_target(tools: &Tools) -> anyhow::Result<()> {
     .context("installing the musl target of the pinned toolchain for `./x package`")
 }
 
-/// [`CARGO_TOOLS`], each installed unless `<tools>/bin/<binary> --version` already names
-/// the pinned version.
 fn install_cargo_tools(tools: &Tools) -> anyhow::Result<()> {
-    for (krate, version, binary) in CARGO_TOOLS {
-        let installed = stdout(Command::new(tools.bin().join(binary)).arg("--version"));
-        if installed.is_some_and(|v| v.split_whitespace().any(|word| word == *version)) {
-            continue;
-        }
-        status(
-            tools
-                .cargo(&[
-                    "install",
-                    &format!("{krate}@{version}"),
-                    "--locked",
-                    "--root",
-                ])
-                .arg(&tools.dir),
-        )
-        .with_context(|| format!("installing {krate} {version} (needs the crates registry)"))?;
+    CARGO_TOOLS
+        .iter()
+        .try_for_each(|tool| install_cargo_tool(tools, tool))
+}
+
+/// Installs `tool` unless its binary already names the pinned version.
+pub fn install_cargo_tool(tools: &Tools, tool: &CargoTool) -> anyhow::Result<()> {
+    let installed = stdout(Command::new(tools.bin().join(tool.binary)).args(tool.version_args));
+    if installed.is_some_and(|v| v.split_whitespace().any(|word| word == tool.version)) {
+        return Ok(());
     }
-    Ok(())
+    status(
+        tools
+            .cargo(&[
+                "install",
+                &format!("{}@{}", tool.krate, tool.version),
+                "--locked",
+                "--root",
+            ])
+            .arg(&tools.dir),
+    )
+    .with_context(|| {
+        format!(
+            "installing {} {} (needs the crates registry)",
+            tool.krate, tool.version
+        )
+    })
 }
 
 fn installed_linker_version(tools: &Tools) -> Option<String> {
