@@ -807,7 +807,7 @@ impl Forwarder {
             let text = String::from_utf8_lossy(line);
             let text = text.trim_end_matches('\n');
             let Ok(record) = serde_json::from_str::<Record>(text) else {
-                tracing::error!(file = %current.path.display(), offset, "a line of the store is not a record; forwarded as is");
+                tracing::error!(file = %current.path.display(), offset, "a line of the store is not a record: skipped, not forwarded (`enforcer audit verify` names it)");
                 continue;
             };
             let framed = frame(text, &record, self.pid, self.framing);
