@@ -33,6 +33,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "rsyslog-gnutls",
     ),
     ("openssl", "openssl"),
+    // tests/tests/air_gap.rs traces the agent's sends.
+    ("strace", "strace"),
     // The real servers and clients of tests/tests/real_clients.rs.
     ("curl", "curl"),
     ("/usr/sbin/nginx", "nginx"),
