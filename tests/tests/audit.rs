@@ -1292,7 +1292,8 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
         .trim()
         .to_owned();
     let bundle = keys.join("policy.bundle");
-    let sign = |open_second: bool, version: &str| {
+    // Signs the api-to-peer policy as `version` with `key` into a staged file.
+    let sign_as = |key: &Path, open_second: bool, version: &str| {
         let source = keys.join(format!("policy-{version}.toml"));
         fs::write(&source, api_to_peer(&site.api, &site.veth, open_second)).expect("write");
         let staged = keys.join("staged.bundle");
@@ -1307,9 +1308,11 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
             OsStr::new("-o"),
             staged.as_os_str(),
         ]);
-        // In one step, as a deployment tool would put it in place.
-        fs::rename(&staged, &bundle).expect("install the bundle");
+        staged
     };
+    // In one step, as a deployment tool would put it in place.
+    let install = |staged: &Path| fs::rename(staged, &bundle).expect("install the bundle");
+    let sign = |open_second: bool, version: &str| install(&sign_as(&key, open_second, version));
     sign(false, "5");
     let mut agent = AgentHost::configured(&name, &site.parent, &bundle, "127.0.0.1:19631", "");
     let config = fs::read_to_string(agent.config()).expect("read the config");
@@ -1327,6 +1330,28 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
     agent.wait_for_status("the refused rollback", |status| {
         status["last_reload"]["outcome"] == "failed"
     });
+    let refused_for = |why: &str| {
+        agent.wait_for_status(why, |status| {
+            status["last_reload"]["message"]
+                .as_str()
+                .is_some_and(|message| message.contains(why))
+        });
+    };
+    // Newer, but signed by a key the agent does not trust: refused.
+    let other = keys.join("other");
+    enforcer_ok(&[OsStr::new("keygen"), other.as_os_str()]);
+    install(&sign_as(&other, true, "6"));
+    refused_for("signed by another key");
+    // Newer and signed by the trusted key, but altered after signing: refused.
+    let staged = sign_as(&key, true, "6");
+    let signed = fs::read_to_string(&staged).expect("read the bundle");
+    assert!(signed.contains("api-to-peer"), "{signed}");
+    fs::write(&staged, signed.replacen("api-to-peer", "api-to-pear", 1)).expect("alter");
+    install(&staged);
+    refused_for("altered");
+    assert_eq!(agent.status()["policy"]["bundle_version"], 5);
+    // The port the refused bundles open stays closed.
+    connect_denied(&site.veth, &site.api);
     sign(true, "6");
     agent.wait_for_status("the newer bundle", |status| {
         status["policy"]["bundle_version"].as_u64() == Some(6)
@@ -1349,11 +1374,13 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
         [
             ("applied", Some(5)),
             ("refused", None),
+            ("refused", None),
+            ("refused", None),
             ("applied", Some(6))
         ],
         "{policies:#?}"
     );
-    for applied in [events[0], events[2]] {
+    for applied in [events[0], events[4]] {
         assert_eq!(applied["signer_key_id"], key_id.as_str(), "{applied}");
     }
     let error = events[1]["error"].as_str().expect("why");
@@ -1361,8 +1388,12 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
         error.contains("version 4 is older than version 5"),
         "{error}"
     );
-    assert_eq!(events[2]["diff"]["opened"], 1, "{}", events[2]);
-    let message = policies[2]["message"].as_str().expect("message");
+    for (event, why) in [(events[2], "signed by another key"), (events[3], "altered")] {
+        let error = event["error"].as_str().expect("why");
+        assert!(error.contains(why), "{error}");
+    }
+    assert_eq!(events[4]["diff"]["opened"], 1, "{}", events[4]);
+    let message = policies[4]["message"].as_str().expect("message");
     assert!(
         message.contains(&format!("signed by {key_id}")),
         "{message}"
