@@ -984,6 +984,139 @@ mod tests {
         );
     }
 
+    /// A sealed store holding a denied flow, an audit-mode flow, an allowed flow and a gap
+    /// (each severity), as lines in write order.
+    fn store_of_every_severity(dir: &Path) -> Vec<String> {
+        let settings = super::super::store::StoreSettings {
+            dir: dir.to_owned(),
+            rotate_bytes: 1 << 20,
+            rotate_age: Duration::from_secs(3600),
+            retain_bytes: u64::MAX,
+            retain_age: Duration::from_secs(86_400),
+            fsync: super::super::store::Fsync::Never,
+        };
+        let now = 1_700_000_000_000;
+        let mut store = super::super::store::Store::open(settings, "host-a", now, None).unwrap();
+        let mut records = vec![
+            Record::example_flow("deny", ("tcp", 6), 5432),
+            Record::example_flow("audit", ("tcp", 6), 22),
+            Record::example_flow("allow", ("tcp", 6), 80),
+            gap().0,
+        ];
+        store.write(&mut records, now).unwrap();
+        store.close(now).unwrap();
+        files::segments(dir)
+            .unwrap()
+            .iter()
+            .flat_map(|segment| {
+                fs::read_to_string(&segment.path)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Reads newline-framed messages from `stream` until `count` arrived (or 10 s passed).
+    fn read_messages(stream: &mut TcpStream, count: usize) -> Vec<String> {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while bytes.iter().filter(|&&b| b == b'\n').count() < count {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            }
+        }
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits (at most 10 s) until `done` holds.
+    fn eventually(what: &str, done: impl Fn() -> bool) {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(10), "never: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_store_is_forwarded_in_order_with_each_severity_and_not_again_after_a_reconnect() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = store_of_every_severity(dir.path());
+        let collector = TcpListener::bind("127.0.0.1:0").unwrap();
+        let stats: Arc<ForwardStats> = Arc::default();
+        let forwarder = Forwarder {
+            dir: dir.path().to_owned(),
+            address: Collector::Address(collector.local_addr().unwrap()),
+            framing: Framing::Newline,
+            tls: None,
+            pid: 1,
+            stats: Arc::clone(&stats),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let running = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || forwarder.run(&stop))
+        };
+
+        let (mut stream, _) = collector.accept().unwrap();
+        let messages = read_messages(&mut stream, lines.len());
+        assert_eq!(messages.len(), lines.len(), "{messages:#?}");
+        for (message, line) in messages.iter().zip(&lines) {
+            assert!(
+                message.ends_with(line.as_str()),
+                "{message}\nis not\n{line}"
+            );
+        }
+        // Facility 13 (log audit): deny is a warning, audit-mode a notice, allow
+        // informational, a gap an error.
+        let severities: Vec<&str> = messages
+            .iter()
+            .filter(|m| m.contains(" flow ") || m.contains(" gap "))
+            .map(|m| &m[..5])
+            .collect();
+        assert_eq!(
+            severities,
+            ["<108>", "<109>", "<110>", "<107>"],
+            "{messages:#?}"
+        );
+        eventually("every record delivered", || {
+            stats.delivered.load(Ordering::Relaxed) == lines.len() as u64
+        });
+        eventually("the cursor saved at the end", || {
+            load_cursor(dir.path()) != Cursor::default()
+        });
+        assert!(stats.connected.load(Ordering::Relaxed));
+
+        // The collector goes away: a lost connection, nothing else; the forwarder comes
+        // back and sends nothing again.
+        drop(stream);
+        eventually("the lost connection counted", || {
+            stats.failures(Failure::Lost) == 1
+        });
+        for other in [Failure::Resolve, Failure::Connect, Failure::Tls] {
+            assert_eq!(stats.failures(other), 0, "{other:?}");
+        }
+        let (mut again, _) = collector.accept().unwrap();
+        again
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut resent = Vec::new();
+        let _ = again.read_to_end(&mut resent);
+        assert_eq!(String::from_utf8_lossy(&resent), "", "sent again");
+        stop.store(true, Ordering::Relaxed);
+        running.join().unwrap();
+        assert_eq!(stats.delivered.load(Ordering::Relaxed), lines.len() as u64);
+    }
+
     #[test]
     fn every_resolved_address_is_tried_in_turn() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -780,3 +780,48 @@ impl Record {
         self.metadata.sequence
     }
 }
+
+#[cfg(test)]
+impl Record {
+    /// For tests: an outbound flow of `api` (cgroup `system.slice/api.service`) to
+    /// 198.18.7.2:`port` given `verdict` by `default-deny`, as the agent stores it, with
+    /// `protocol`'s name and number.
+    pub(crate) fn example_flow(verdict: &str, protocol: (&str, u32), port: u16) -> Self {
+        let mut record = Self::new(Kind::Flow, 0, "host-a", String::new());
+        record.src_endpoint = Some(Endpoint {
+            ip: String::new(),
+            port: 40_000,
+            name: "api".into(),
+        });
+        record.dst_endpoint = Some(Endpoint {
+            ip: "198.18.7.2".into(),
+            port,
+            name: "db".into(),
+        });
+        record.connection_info = Some(ConnectionInfo {
+            protocol_num: protocol.1,
+            protocol_name: protocol.0.into(),
+            protocol_ver_id: 4,
+            protocol_ver: None,
+            direction_id: 2,
+            direction: None,
+            boundary_id: None,
+            boundary: None,
+        });
+        record.unmapped.flow = Some(FlowDetails {
+            verdict: verdict.into(),
+            reason: "default-deny".into(),
+            rule: None,
+            hook: "connect4".into(),
+            src_segment: "api".into(),
+            dst_segment: "db".into(),
+            generation: 1,
+            policy_sha256: String::new(),
+            cgroup_id: 7,
+            cgroup: "system.slice/api.service".into(),
+            interface: None,
+            kernel_ns: 0,
+        });
+        record
+    }
+}

@@ -249,55 +249,11 @@ impl<'a> Simulator<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        audit::record::{ConnectionInfo, Endpoint as Address, FlowDetails, Kind},
-        policy::{compile_sources, source::SourceSet},
-    };
+    use crate::policy::{compile_sources, source::SourceSet};
 
-    /// A denied outbound flow of `api` (cgroup `system.slice/api.service`) to
-    /// 198.18.7.2:`port`, as the agent stores it, with `protocol`'s name and number.
+    /// A denied outbound flow (see [`Record::example_flow`]).
     fn denied(protocol: (&str, u32), port: u16) -> Record {
-        decided("deny", protocol, port)
-    }
-
-    /// As [`denied`], with `verdict`.
-    fn decided(verdict: &str, protocol: (&str, u32), port: u16) -> Record {
-        let mut record = Record::new(Kind::Flow, 0, "host-a", String::new());
-        record.src_endpoint = Some(Address {
-            ip: String::new(),
-            port: 40_000,
-            name: "api".into(),
-        });
-        record.dst_endpoint = Some(Address {
-            ip: "198.18.7.2".into(),
-            port,
-            name: "db".into(),
-        });
-        record.connection_info = Some(ConnectionInfo {
-            protocol_num: protocol.1,
-            protocol_name: protocol.0.into(),
-            protocol_ver_id: 4,
-            protocol_ver: None,
-            direction_id: 2,
-            direction: None,
-            boundary_id: None,
-            boundary: None,
-        });
-        record.unmapped.flow = Some(FlowDetails {
-            verdict: verdict.into(),
-            reason: "default-deny".into(),
-            rule: None,
-            hook: "connect4".into(),
-            src_segment: "api".into(),
-            dst_segment: "db".into(),
-            generation: 1,
-            policy_sha256: String::new(),
-            cgroup_id: 7,
-            cgroup: "system.slice/api.service".into(),
-            interface: None,
-            kernel_ns: 0,
-        });
-        record
+        Record::example_flow("deny", protocol, port)
     }
 
     /// The candidate in which `api` (enforced, or in audit mode) may reach `db` on 5432/tcp
@@ -362,11 +318,11 @@ ports = ["5432/tcp"]
         // The documented rollout: recorded in audit mode, then enforced.
         let enforcing = candidate("enforce");
         let mut enforced = simulator(&enforcing);
-        enforced.replay(&decided("audit", ("tcp", 6), 22));
-        enforced.replay(&decided("audit", ("tcp", 6), 22));
-        enforced.replay(&decided("audit", ("tcp", 6), 5432));
-        enforced.replay(&decided("allow", ("tcp", 6), 80));
-        enforced.replay(&decided("deny", ("tcp", 6), 5432));
+        enforced.replay(&Record::example_flow("audit", ("tcp", 6), 22));
+        enforced.replay(&Record::example_flow("audit", ("tcp", 6), 22));
+        enforced.replay(&Record::example_flow("audit", ("tcp", 6), 5432));
+        enforced.replay(&Record::example_flow("allow", ("tcp", 6), 80));
+        enforced.replay(&Record::example_flow("deny", ("tcp", 6), 5432));
         assert_eq!(
             kinds(&enforced),
             vec![
@@ -379,9 +335,9 @@ ports = ["5432/tcp"]
         // Back to audit mode: what was denied passes, recorded.
         let auditing = candidate("audit");
         let mut audited = simulator(&auditing);
-        audited.replay(&decided("deny", ("tcp", 6), 22));
-        audited.replay(&decided("allow", ("tcp", 6), 80));
-        audited.replay(&decided("audit", ("tcp", 6), 23));
+        audited.replay(&Record::example_flow("deny", ("tcp", 6), 22));
+        audited.replay(&Record::example_flow("allow", ("tcp", 6), 80));
+        audited.replay(&Record::example_flow("audit", ("tcp", 6), 23));
         assert_eq!(
             kinds(&audited),
             vec![
