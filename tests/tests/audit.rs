@@ -253,6 +253,76 @@ fn flows_from_real_connects_land_in_the_store_with_their_rule() {
 }
 
 #[test]
+fn flows_made_while_the_agent_is_down_are_stored_at_its_next_start_named_by_their_generation() {
+    let site = PeerSite::new(&[ALLOWED_PORT, DENIED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19691", "");
+    agent.start();
+    let first_sha256 = agent.status()["policy"]["source_sha256"]
+        .as_str()
+        .expect("the policy hash")
+        .to_owned();
+    agent.kill();
+    // Enforcement stays; the kernel's records wait in the ring with nobody reading.
+    connect_allowed(veth, api);
+    connect_denied(veth, api);
+    // The next start comes with a policy that opens the denied port (generation 2): the
+    // waiting records must still be named by generation 1, which decided them.
+    agent.write_policy(&api_to_peer(api, veth, true));
+    agent.start();
+    connect_allowed(veth, api);
+    let found = wait_for_records(
+        &agent,
+        "the flows made while the agent was down",
+        Duration::from_secs(10),
+        |r| flows_to(r, ALLOWED_PORT, "allow") == 2 && flows_to(r, DENIED_PORT, "deny") == 1,
+    );
+    // The flows before the second start's record were made while the agent was down.
+    let restarted = found
+        .iter()
+        .filter(|r| r["unmapped"]["agent"]["event"] == "started")
+        .nth(1)
+        .expect("the second start's record");
+    let while_down: Vec<&Value> = found
+        .iter()
+        .filter(|r| {
+            r["unmapped"]["kind"] == "flow" && r["time"].as_i64() < restarted["time"].as_i64()
+        })
+        .collect();
+    assert_eq!(while_down.len(), 2, "{found:#?}");
+    for record in &while_down {
+        let flow = &record["unmapped"]["flow"];
+        assert_eq!(flow["generation"], 1, "{record:#}");
+        assert_eq!(flow["policy_sha256"], first_sha256.as_str(), "{record:#}");
+        assert_eq!(flow["src_segment"], "api", "{record:#}");
+        assert_eq!(flow["dst_segment"], "peer", "{record:#}");
+    }
+    let denied = while_down
+        .iter()
+        .find(|r| r["dst_endpoint"]["port"] == DENIED_PORT)
+        .expect("the denied flow");
+    assert_eq!(denied["unmapped"]["flow"]["reason"], "default-deny");
+    let allowed = while_down
+        .iter()
+        .find(|r| r["dst_endpoint"]["port"] == ALLOWED_PORT)
+        .expect("the allowed flow");
+    assert_eq!(allowed["unmapped"]["flow"]["rule"], "api-to-peer");
+    // The flow after the restart is generation 2's, and nothing was lost.
+    assert!(
+        found
+            .iter()
+            .any(|r| r["dst_endpoint"]["port"] == ALLOWED_PORT
+                && r["unmapped"]["flow"]["generation"] == 2),
+        "{found:#?}"
+    );
+    let gaps: Vec<&Value> = found
+        .iter()
+        .filter(|r| r["unmapped"]["kind"] == "gap")
+        .collect();
+    assert!(gaps.is_empty(), "{gaps:#?}");
+}
+
+#[test]
 fn a_stopped_consumer_loses_nothing_unaccounted() {
     let site = PeerSite::new(&[]);
     let (veth, api) = (&site.veth, &site.api);
