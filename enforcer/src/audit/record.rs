@@ -825,3 +825,23 @@ impl Record {
         record
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_written_as_people_write_them() {
+        assert_eq!(
+            Endpoint::address_and_port("198.18.0.1", 443),
+            "198.18.0.1:443"
+        );
+        assert_eq!(
+            Endpoint::address_and_port("2001:db8::1", 443),
+            "[2001:db8::1]:443"
+        );
+        assert_eq!(Endpoint::address_and_port("2001:db8::1", 0), "2001:db8::1");
+        assert_eq!(Endpoint::address_and_port("", 53), ":53");
+        assert_eq!(Endpoint::address_and_port("", 0), "");
+    }
+}

@@ -620,3 +620,84 @@ fn resume(last: &SegmentFile) -> io::Result<Resumed> {
         seal,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::Gap;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn settings(dir: &Path) -> StoreSettings {
+        StoreSettings {
+            dir: dir.to_owned(),
+            rotate_bytes: 1 << 20,
+            rotate_age: Duration::from_secs(3600),
+            retain_bytes: u64::MAX,
+            retain_age: Duration::from_secs(86_400),
+            fsync: Fsync::Never,
+        }
+    }
+
+    /// Every record in the store's files, in order.
+    fn stored(dir: &Path) -> Vec<Record> {
+        files::segments(dir)
+            .unwrap()
+            .iter()
+            .flat_map(|segment| {
+                fs::read_to_string(&segment.path)
+                    .unwrap()
+                    .lines()
+                    .map(|line| serde_json::from_str(line).unwrap())
+                    .collect::<Vec<Record>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_file_seal_counts_its_records_flows_and_losses() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(settings(dir.path()), "host-a", NOW, None).unwrap();
+        let mut gap = Record::new(Kind::Gap, NOW, "host-a", "5 lost".into());
+        gap.unmapped.gap = Some(Gap {
+            lost: 5,
+            cause: "ring-full".into(),
+            error: None,
+        });
+        let mut records = vec![
+            Record::example_flow("deny", ("tcp", 6), 5432),
+            Record::example_flow("allow", ("tcp", 6), 80),
+            gap,
+            Record::example_flow("audit", ("udp", 17), 53),
+        ];
+        store.write(&mut records, NOW).unwrap();
+        store.close(NOW + 1).unwrap();
+
+        let records = stored(dir.path());
+        let seal = records.last().unwrap();
+        assert_eq!(seal.unmapped.kind, Kind::Seal, "{seal:?}");
+        let file = seal.unmapped.file.as_ref().unwrap();
+        assert_eq!(file.flows, Some(3), "{file:?}");
+        assert_eq!(file.lost, Some(5), "{file:?}");
+        // Every record before the seal, the file's opening record included.
+        assert_eq!(file.records, Some(records.len() as u64 - 1), "{file:?}");
+        assert_eq!(file.first_sequence, Some(records[0].sequence()));
+    }
+
+    #[test]
+    fn a_reopened_store_knows_whether_its_last_writer_sealed_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(settings(dir.path()), "host-a", NOW, None).unwrap();
+        assert!(!store.recovered(), "a new store recovered nothing");
+        store.close(NOW).unwrap();
+        let mut store = Store::open(settings(dir.path()), "host-a", NOW, None).unwrap();
+        assert!(!store.recovered(), "the last writer sealed the store");
+        store
+            .write(&mut [Record::example_flow("deny", ("tcp", 6), 22)], NOW)
+            .unwrap();
+        // A kill: the writer ends without sealing its file.
+        drop(store);
+        let store = Store::open(settings(dir.path()), "host-a", NOW, None).unwrap();
+        assert!(store.recovered(), "the last writer was killed");
+    }
+}
