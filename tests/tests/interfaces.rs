@@ -49,6 +49,15 @@ impl Remote {
         }
     }
 
+    /// Deletes the veth pair and makes it again under the same names and addresses (the
+    /// host's end gets a new index), as a network restart or a re-provisioned link would.
+    fn recreate(&self, host: &Netns) {
+        host.ip(&["link", "del", &self.host_if]);
+        add_veth(Some(host), &self.host_if, &self.netns, "eth0");
+        address_up(Some(host), &self.host_if, &[(self.host_addr.into(), 30)]);
+        address_up(Some(&self.netns), "eth0", &[(self.remote_addr.into(), 30)]);
+    }
+
     /// A TCP connect from the remote host to `port` on this host.
     fn connect(&self, port: u16) -> Outcome {
         self.connect_to(self.host_addr, port)
@@ -226,4 +235,101 @@ ports = ["{ALLOWED}/tcp"]
         assert!(attached.contains(interface), "{interface}: {attached:?}");
     }
     assert!(!attached.contains(&tun), "{attached:?}");
+}
+
+#[test]
+fn a_named_interface_made_again_gets_xdp_again_at_its_new_index() {
+    let host = Netns::new();
+    let remote = Remote::new(&host);
+    let parent = TestCgroup::new();
+    let web = parent.child("web.service");
+    let policy = format!(
+        r#"
+[segments.web]
+cgroups = ["{}"]
+ports = ["{ALLOWED}/tcp", "{DENIED}/tcp"]
+
+[[allow]]
+id = "world-to-web"
+from = ["world"]
+to = ["web"]
+ports = ["{ALLOWED}/tcp"]
+"#,
+        web.relative_path()
+    );
+    let mut agent = AgentHost::new(
+        &parent,
+        &policy,
+        "127.0.0.1:19642",
+        &format!(
+            "\n[[interfaces]]\nname = \"{}\"\nxdp_mode = \"skb\"\n",
+            remote.host_if
+        ),
+    )
+    .in_netns(&host);
+    let _servers: Vec<_> = [ALLOWED, DENIED]
+        .map(|port| {
+            Spawn::tcp_server(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
+                .netns(&host)
+                .cgroup(&web)
+                .serve()
+        })
+        .into();
+    agent.start();
+    let status = agent.status();
+    let before = xdp_of(&status, &remote.host_if).expect("listed");
+    assert_eq!(before["xdp"], "attached", "{status:#}");
+    let old_index = before["index"].as_u64().expect("index");
+    assert_eq!(remote.connect(DENIED), Outcome::Timeout, "dropped at XDP");
+    let xdp_denials = |agent: &AgentHost| {
+        agent
+            .audit_records::<serde_json::Value>()
+            .iter()
+            .filter(|r| {
+                r["unmapped"]["flow"]["hook"] == "xdp_ingress"
+                    && r["unmapped"]["flow"]["verdict"] == "deny"
+                    && r["dst_endpoint"]["port"] == DENIED
+            })
+            .count()
+    };
+    let denied_before = wait_for(|| Some(xdp_denials(&agent)).filter(|&n| n > 0));
+
+    // Paused, the agent sees the removal and the new interface in one pass: only the index
+    // tells them apart.
+    agent.pause();
+    remote.recreate(&host);
+    agent.resume();
+    let status = agent.wait_for_status("XDP on the interface made again", |status| {
+        xdp_of(status, &remote.host_if).is_some_and(|i| {
+            i["xdp"] == "attached" && i["index"].as_u64().is_some_and(|index| index != old_index)
+        })
+    });
+    assert_eq!(
+        xdp_of(&status, &remote.host_if).expect("listed")["mode"],
+        "skb"
+    );
+    assert_eq!(remote.connect(ALLOWED), Outcome::Ok);
+    assert_eq!(
+        remote.connect(DENIED),
+        Outcome::Timeout,
+        "dropped at the new interface's XDP"
+    );
+    // The XDP program of the new interface decided it (the per-socket layer would drop it
+    // too, without an `xdp_ingress` record).
+    wait_for(|| Some(xdp_denials(&agent)).filter(|&n| n > denied_before));
+}
+
+/// Polls `found` (at most 10 s) until it gives a value.
+fn wait_for<T>(found: impl Fn() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = found() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "not within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
