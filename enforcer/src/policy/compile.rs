@@ -344,4 +344,24 @@ mod tests {
         let runs = best_per_port_run(&[(1, 100, allow), (50, 60, deny)]);
         assert_eq!(runs, vec![(1, 49, allow), (50, 60, deny), (61, 100, allow)]);
     }
+
+    #[test]
+    fn adjacent_ranges_of_one_rule_merge_into_one_run_and_gaps_do_not() {
+        let allow = RuleValue::new(1, ACTION_ALLOW);
+        let other = RuleValue::new(3, ACTION_ALLOW);
+        // 8080-8081 and 8082-8085 touch: one run (fewer trie entries).
+        assert_eq!(
+            best_per_port_run(&[(8080, 8081, allow), (8082, 8085, allow)]),
+            vec![(8080, 8085, allow)]
+        );
+        // A gap at 8082, or another rule next door, keeps them apart.
+        assert_eq!(
+            best_per_port_run(&[(8080, 8081, allow), (8083, 8085, allow)]),
+            vec![(8080, 8081, allow), (8083, 8085, allow)]
+        );
+        assert_eq!(
+            best_per_port_run(&[(8080, 8081, allow), (8082, 8085, other)]),
+            vec![(8080, 8081, allow), (8082, 8085, other)]
+        );
+    }
 }
