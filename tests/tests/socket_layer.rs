@@ -549,7 +549,8 @@ fn an_ipv6_chain_longer_than_the_bound_is_dropped_at_the_socket_as_malformed() {
     let mut events = loader.take_events().expect("events");
     loader.attach_cgroup(parent.path()).expect("attach cgroup");
     let log = SinkLog::new();
-    let port = ALLOWED_UDP.to_string();
+    // A port no other test binds on loopback.
+    let port = 18_455.to_string();
     let _sink = Spawn::attack_script(&["udp-sink", "::1", &port, log.path()])
         .cgroup(&service)
         .serve();
