@@ -23,6 +23,8 @@ Modes:
   tcp-lsrr-gated DST DPORT VIA GATE     TCP socket with a loose source route through VIA
                                         (IP_OPTIONS), create GATE/ready, wait for GATE/go,
                                         then connect (2 s)
+  raw-ping DST                          an ICMP echo request to DST from a raw socket
+                                        (SOCK_RAW, IPPROTO_ICMP), its reply awaited (2 s)
   udp6-chain SRC DST DPORT COUNT [cut]
                                         an IPv6 UDP datagram SRC -> DST:DPORT behind COUNT
                                         destination-options headers, built whole on a raw
@@ -179,6 +181,26 @@ def checksum(data):
     return ~total & 0xFFFF or 0xFFFF
 
 
+def raw_ping(dst):
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        ident = os.getpid() & 0xFFFF
+        request = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"enforcer"
+        request = request[:2] + struct.pack("!H", checksum(request)) + request[4:]
+        s.settimeout(2)
+        s.sendto(request, (dst, 0))
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            packet, src = s.recvfrom(2048)
+            icmp = packet[(packet[0] & 0x0F) * 4:]
+            if src[0] == dst and icmp[0] == 0 and struct.unpack("!H", icmp[4:6])[0] == ident:
+                out("ok")
+                return
+        out("timeout")
+    except OSError as err:
+        fail(err)
+
+
 def udp6_chain(src, dst, dport, count, cut=False):
     try:
         source = socket.inet_pton(socket.AF_INET6, src)
@@ -228,6 +250,8 @@ def main():
         udp_ssrr(*plain[:3])
     elif mode == "tcp-lsrr-gated":
         tcp_lsrr_gated(*plain[:4])
+    elif mode == "raw-ping":
+        raw_ping(plain[0])
     elif mode == "udp6-chain":
         udp6_chain(*plain[:4], cut=flag("cut"))
     else:

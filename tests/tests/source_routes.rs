@@ -8,7 +8,8 @@
 //! RFC 2292 routing header option, a strict source route, and a TCP SYN whose socket got
 //! its route before the hooks; an unclassified process gets the `unclassified` verdict;
 //! an IPv6 header chain the egress hook cannot walk to its end (longer than the bound, or
-//! cut short) is dropped as `malformed`.
+//! cut short) is dropped as `malformed`. The echo requests a granted raw socket builds
+//! are decided by the rules as they leave.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -117,7 +118,7 @@ cidrs = ["{b4}/32", "{b6}/128"]
 id = "to-allowed"
 from = ["*"]
 to = ["allowed"]
-ports = ["{PORT}/udp", "{PORT}/tcp"]
+ports = ["{PORT}/udp", "{PORT}/tcp", "echo/icmp"]
 "#,
         app = app.relative_path(),
         trial = trial.relative_path(),
@@ -626,4 +627,39 @@ fn a_header_chain_too_long_or_cut_short_leaves_no_segment_socket() {
             "{records:#?}"
         );
     }
+}
+
+#[test]
+fn icmp_requests_from_a_granted_raw_socket_are_decided_by_the_rules() {
+    // A segment granted raw sockets builds its own echo requests: no connect or sendmsg
+    // hook sees them, so they are decided as they leave, like a ping socket's.
+    let mut fx = fixture();
+    fx.attach();
+    let ping = |to: std::net::Ipv4Addr| {
+        Spawn::attack_script(&["raw-ping", &to.to_string()])
+            .cgroup(&fx.raw)
+            .run()
+    };
+    assert_eq!(
+        ping(fx.allowed.peer_v4),
+        Outcome::Ok,
+        "to A, which a rule allows"
+    );
+    let before = fx.received_by_denied(false);
+    let refused = ping(fx.denied.peer_v4);
+    assert!(refused.is_eperm(), "to B: {refused:?}");
+    assert_eq!(fx.received_by_denied(false), before, "B received nothing");
+
+    let recorded: Vec<(u8, u16, u8, u32)> = drain(&mut fx.events)
+        .iter()
+        .filter(|e| e.hook == Hook::SkbEgress as u8)
+        .map(|e| (e.protocol, e.dst_port, e.verdict, e.dst_segment))
+        .collect();
+    assert_eq!(
+        recorded,
+        [
+            (1, 8, Verdict::Allow as u8, segment_id(&fx.image, "allowed")),
+            (1, 8, Verdict::Deny as u8, segment_id(&fx.image, "denied")),
+        ]
+    );
 }
