@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Attack helpers for tests/tests/attacks.rs (stdlib only).
+"""Attack helpers for the privileged tests (attacks.rs, listeners.rs, source_routes.rs;
+stdlib only).
 
 Clients print exactly one line first: `ok`, `timeout`, or `error <errno> <message>`,
 like enforcer-probe. Servers print `listening <addr>` once bound.
@@ -12,9 +13,29 @@ Modes:
                                         sendto from an ephemeral port, no answer awaited
   (udplite: a UDP-Lite socket, IPPROTO_UDPLITE, instead of UDP)
   bind-close tcp|udp ADDR PORT [v6only] bind and close (nothing else)
+  udp-query-gated DST DPORT GATE         bind(0) (a port of the ephemeral range), create
+                                        GATE/ready, wait for GATE/go, then send one
+                                        datagram and await its echo (2 s)
+  sockopt ADDR LEVEL NAME VALUE         setsockopt(LEVEL, NAME, int VALUE) on a UDP socket
+                                        of ADDR's family
+  udp-ssrr DST DPORT VIA                sendmsg to DST:DPORT with a strict source route
+                                        through VIA as ancillary data (IP_RETOPTS)
+  tcp-lsrr-gated DST DPORT VIA GATE     TCP socket with a loose source route through VIA
+                                        (IP_OPTIONS), create GATE/ready, wait for GATE/go,
+                                        then connect (2 s)
+  raw-ping DST                          an ICMP echo request to DST from a raw socket
+                                        (SOCK_RAW, IPPROTO_ICMP), its reply awaited (2 s)
+  udp6-chain SRC DST DPORT COUNT [cut]
+                                        an IPv6 UDP datagram SRC -> DST:DPORT behind COUNT
+                                        destination-options headers, built whole on a raw
+                                        socket (IPPROTO_RAW); `cut`: the last header names
+                                        one more and the packet ends there (no UDP)
 """
+import os
 import socket
+import struct
 import sys
+import time
 
 
 def out(line):
@@ -82,6 +103,131 @@ def bind_close(proto, addr, port, v6only=False):
         fail(err)
 
 
+def udp_query_gated(dst, dport, gate):
+    try:
+        s = socket.socket(family_of(dst), socket.SOCK_DGRAM)
+        s.bind(("::" if ":" in dst else "0.0.0.0", 0))
+        wait_for_gate(gate)
+        s.settimeout(2)
+        s.sendto(b"ping\n", (dst, int(dport)))
+        s.recvfrom(2048)
+        out("ok")
+    except OSError as err:
+        fail(err)
+
+
+def wait_for_gate(gate):
+    open(os.path.join(gate, "ready"), "w").close()
+    deadline = time.monotonic() + 10
+    while not os.path.exists(os.path.join(gate, "go")):
+        if time.monotonic() > deadline:
+            out("error 0 the gate never opened")
+            sys.exit(1)
+        time.sleep(0.01)
+
+
+def sockopt(addr, level, name, value):
+    try:
+        s = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+        s.setsockopt(int(level), int(name), int(value))
+        out("ok")
+    except OSError as err:
+        fail(err)
+
+
+IPOPT_LSRR = 0x83
+IPOPT_SSRR = 0x89
+IP_RETOPTS = 7
+
+
+def source_route(kind, via):
+    # Type, length, pointer, the first hop, end of options: the kernel appends the
+    # destination.
+    return bytes([kind, 7, 4]) + socket.inet_aton(via) + b"\0"
+
+
+def udp_ssrr(dst, dport, via):
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.sendmsg(
+            [b"ping\n"],
+            [(socket.IPPROTO_IP, IP_RETOPTS, source_route(IPOPT_SSRR, via))],
+            0,
+            (dst, int(dport)),
+        )
+        out("ok")
+    except OSError as err:
+        fail(err)
+
+
+def tcp_lsrr_gated(dst, dport, via, gate):
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, source_route(IPOPT_LSRR, via))
+        wait_for_gate(gate)
+        s.settimeout(2)
+        s.connect((dst, int(dport)))
+        out("ok")
+    except OSError as err:
+        fail(err)
+
+
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF or 0xFFFF
+
+
+def raw_ping(dst):
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        ident = os.getpid() & 0xFFFF
+        request = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"enforcer"
+        request = request[:2] + struct.pack("!H", checksum(request)) + request[4:]
+        s.settimeout(2)
+        s.sendto(request, (dst, 0))
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            packet, src = s.recvfrom(2048)
+            icmp = packet[(packet[0] & 0x0F) * 4:]
+            if src[0] == dst and icmp[0] == 0 and struct.unpack("!H", icmp[4:6])[0] == ident:
+                out("ok")
+                return
+        out("timeout")
+    except OSError as err:
+        fail(err)
+
+
+def udp6_chain(src, dst, dport, count, cut=False):
+    try:
+        source = socket.inet_pton(socket.AF_INET6, src)
+        target = socket.inet_pton(socket.AF_INET6, dst)
+        payload = b"ping\n"
+        length = 8 + len(payload)
+        pseudo = source + target + struct.pack("!IxxxB", length, 17)
+        udp = struct.pack("!HHHH", 40000, int(dport), length, 0) + payload
+        udp = udp[:6] + struct.pack("!H", checksum(pseudo + udp)) + udp[8:]
+        count = int(count)
+        chain = b""
+        for i in range(count):
+            last = i + 1 == count
+            following = 17 if last and not cut else 60
+            # Next header, length 0 (8 bytes), PadN over the rest.
+            chain += bytes([following, 0, 1, 4, 0, 0, 0, 0])
+        # Cut short: the last header names one more, and the packet ends there.
+        body = chain if cut else chain + udp
+        first = 60 if count else 17
+        header = struct.pack("!IHBB", 6 << 28, len(body), first, 64) + source + target
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        s.sendto(header + body, (dst, 0))
+        out("ok")
+    except OSError as err:
+        fail(err)
+
+
 def main():
     args = sys.argv[1:]
     if not args:
@@ -89,13 +235,25 @@ def main():
         sys.exit(2)
     mode, rest = args[0], args[1:]
     flag = lambda name: name in rest
-    plain = [a for a in rest if a not in ("v6only", "broadcast", "udplite")]
+    plain = [a for a in rest if a not in ("v6only", "broadcast", "udplite", "cut")]
     if mode == "udp-sink":
         udp_sink(plain[0], plain[1], plain[2], flag("v6only"), flag("udplite"))
     elif mode == "udp-fire":
         udp_fire(*plain[:2], broadcast=flag("broadcast"), udplite=flag("udplite"))
     elif mode == "bind-close":
         bind_close(plain[0], plain[1], plain[2], flag("v6only"))
+    elif mode == "udp-query-gated":
+        udp_query_gated(*plain[:3])
+    elif mode == "sockopt":
+        sockopt(*plain[:4])
+    elif mode == "udp-ssrr":
+        udp_ssrr(*plain[:3])
+    elif mode == "tcp-lsrr-gated":
+        tcp_lsrr_gated(*plain[:4])
+    elif mode == "raw-ping":
+        raw_ping(plain[0])
+    elif mode == "udp6-chain":
+        udp6_chain(*plain[:4], cut=flag("cut"))
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

@@ -5,12 +5,13 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd as _,
     path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 use crate::{
     LINK_PREFIX,
     cmd::{run, run_quietly},
-    next_serial, require_root, unique_name,
+    require_root, unique_name,
 };
 
 /// A network namespace, deleted on drop.
@@ -142,16 +143,20 @@ impl Veth {
     /// them up. IPv6 addresses skip duplicate address detection so they are usable at once.
     pub fn new(netns: &Netns) -> Self {
         require_root();
-        let serial = next_serial();
-        assert!(serial < 64, "too many veth pairs in one test process");
+        // Pairs are counted apart from the serial that names every other object, so a
+        // test file's many namespaces, cgroups and gates do not use up the pairs'
+        // addresses (and names stay short). Only pairs are named so in this namespace.
+        static PAIRS: AtomicU32 = AtomicU32::new(0);
+        let pair = PAIRS.fetch_add(1, Ordering::Relaxed);
+        assert!(pair < 64, "too many veth pairs in one test process");
         let pid = std::process::id();
-        let host_if = format!("{LINK_PREFIX}{pid}-{serial}h");
-        let peer_if = format!("{LINK_PREFIX}{pid}-{serial}p");
+        let host_if = format!("{LINK_PREFIX}{pid}-{pair}h");
+        let peer_if = format!("{LINK_PREFIX}{pid}-{pair}p");
         assert!(host_if.len() <= 15, "interface name {host_if} is too long");
         // One /30 and one /64 per pair, spread by pid so a crashed run's leftovers do
         // not collide with the next run's addresses.
         let third = u8::try_from(pid % 250).expect("below 250");
-        let fourth = u8::try_from(serial * 4).expect("below 256");
+        let fourth = u8::try_from(pair * 4).expect("below 256");
         let host_v4 = Ipv4Addr::new(198, 18, third, fourth + 1);
         let peer_v4 = Ipv4Addr::new(198, 18, third, fourth + 2);
         let host_v6 = Ipv6Addr::new(

@@ -99,6 +99,11 @@ impl Gate {
         panic!("the client did not reach the gate {}", self.dir.display());
     }
 
+    /// The gate's directory, for a client that is not the probe (a script).
+    pub fn path(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Lets the client go on.
     pub fn open(&self) {
         let go = self.dir.join("go");
@@ -317,8 +322,9 @@ impl Spawn {
         ])
     }
 
-    /// `tests/scripts/attack.py` (Python, stdlib only) with `args`: the attack helpers of
-    /// `tests/tests/attacks.rs`. Its clients print the same one-line outcome as the probe,
+    /// `tests/scripts/attack.py` (Python, stdlib only) with `args`: attack helpers that
+    /// need no compiled probe mode (`attacks.rs`, `listeners.rs`, `source_routes.rs`). Its
+    /// clients print the same one-line outcome as the probe,
     /// its servers the same `listening <addr>` banner.
     pub fn attack_script(args: &[&str]) -> Self {
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/attack.py");
@@ -502,5 +508,47 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A file a `udp-sink` server ([`Spawn::attack_script`]) appends each datagram's source
+/// to; removed on drop.
+#[derive(Debug)]
+pub struct SinkLog(PathBuf);
+
+impl SinkLog {
+    /// A log path with a unique name; the file appears with the first datagram.
+    pub fn new() -> Self {
+        Self(std::env::temp_dir().join(format!("{}-sink", crate::unique_name())))
+    }
+
+    /// The path, for the server's command line.
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 path")
+    }
+
+    /// The sources recorded so far (`<address> <port>`), after waiting up to `wait` for
+    /// at least one.
+    pub fn sources(&self, wait: std::time::Duration) -> Vec<String> {
+        let since = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+            if !text.is_empty() || since.elapsed() > wait {
+                return text.lines().map(str::to_owned).collect();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Default for SinkLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for SinkLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }

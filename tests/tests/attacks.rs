@@ -19,8 +19,7 @@
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use aya::programs::XdpMode;
@@ -30,44 +29,12 @@ use enforcer_tests::{
     events::{drain, segment_id},
     netns::{Netns, Veth},
     policy::{image, loaded_with},
-    probe::{Outcome, Spawn},
-    unique_name,
+    probe::{Outcome, SinkLog, Spawn},
 };
 
 /// Parses a script client's one-line outcome (the same format as the probe's).
 fn outcome(client: Spawn) -> Outcome {
     client.run()
-}
-
-/// A file a `udp-sink` server appends each datagram's source to; removed on drop.
-struct SinkLog(PathBuf);
-
-impl SinkLog {
-    fn new() -> Self {
-        Self(std::env::temp_dir().join(format!("{}-sink", unique_name())))
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("utf-8 path")
-    }
-
-    /// The sources recorded so far, after waiting up to `wait` for at least one.
-    fn sources(&self, wait: Duration) -> Vec<String> {
-        let since = Instant::now();
-        loop {
-            let text = std::fs::read_to_string(&self.0).unwrap_or_default();
-            if !text.is_empty() || since.elapsed() > wait {
-                return text.lines().map(str::to_owned).collect();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for SinkLog {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// One line per event: hook, verdict, reason, segments, addresses and ports.

@@ -463,8 +463,13 @@ enum DiskFull {
 /// A full disk under `on_write_error = action`: `check` runs once a write has failed,
 /// again after the agent is killed (before it restarts), and again once the restarted
 /// agent has failed a write on the still full disk; then space returns, and writing must
-/// resume by itself, with every event stored or counted in a gap.
-fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &Client, DiskFull)) {
+/// resume by itself, with every event stored or counted in a gap. Returns the store's
+/// records and the agent's last `status`, taken before it stopped.
+fn full_disk(
+    action: &str,
+    metrics: &str,
+    check: impl Fn(&AgentHost, &Client, DiskFull),
+) -> (Vec<Value>, Value) {
     let site = PeerSite::new(&[ALLOWED_PORT]);
     let client = Client {
         site: &site,
@@ -534,12 +539,13 @@ fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &Client, Di
         Outcome::Ok,
         "the policy decides again"
     );
-    wait_for_records(
+    let found = wait_for_records(
         &agent,
         "the allowed flow after recovery",
         Duration::from_secs(10),
         |r| flows_to(r, ALLOWED_PORT, "allow") >= 1 && accounted(r) == client.attempts.get(),
     );
+    let status = agent.status();
     assert!(
         agent.terminate(),
         "the agent stops cleanly:\n{}",
@@ -548,11 +554,12 @@ fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &Client, Di
     let (code, said) = verify(&agent.audit_dir());
     assert_eq!(code, 0, "{said}");
     drop(tmpfs);
+    (found, status)
 }
 
 #[test]
 fn a_full_disk_keeps_enforcing_and_recovers_with_a_gap_record() {
-    full_disk("keep-enforcing", "127.0.0.1:19623", |_, client, when| {
+    let (records, _) = full_disk("keep-enforcing", "127.0.0.1:19623", |_, client, when| {
         assert_eq!(
             client.connect(ALLOWED_PORT),
             Outcome::Ok,
@@ -560,13 +567,19 @@ fn a_full_disk_keeps_enforcing_and_recovers_with_a_gap_record() {
         );
         assert!(client.connect(DENIED_PORT).is_eperm(), "{when:?}");
     });
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["unmapped"]["flow"]["reason"] == "audit-unavailable"),
+        "nothing was refused for want of audit"
+    );
 }
 
 #[test]
 fn a_full_disk_fails_closed_when_configured_and_recovers() {
     // The switch is a pinned flag: it holds while the agent is dead, and the restarted
     // agent, which clears it, sets it again once its own write fails.
-    full_disk("fail-closed", "127.0.0.1:19624", |agent, client, when| {
+    let (records, status) = full_disk("fail-closed", "127.0.0.1:19624", |agent, client, when| {
         if let DiskFull::Failing(start) = when {
             // The agent logs the switch right after the failed write it follows.
             let started = Instant::now();
@@ -586,6 +599,31 @@ fn a_full_disk_fails_closed_when_configured_and_recovers() {
         );
         assert!(client.connect(DENIED_PORT).is_eperm(), "{when:?}");
     });
+    // The refusals say why, in the counters and in the records that waited in the ring
+    // until the store was writable again (those of a batch that failed are a gap's count).
+    let refused = |r: &&Value| {
+        r["unmapped"]["kind"] == "flow"
+            && r["dst_endpoint"]["port"] == ALLOWED_PORT
+            && r["unmapped"]["flow"]["verdict"] == "deny"
+    };
+    let reasons: Vec<&Value> = records
+        .iter()
+        .filter(refused)
+        .map(|r| &r["unmapped"]["flow"]["reason"])
+        .collect();
+    assert!(!reasons.is_empty(), "a refused allowed flow is on record");
+    assert!(
+        reasons.iter().all(|reason| *reason == "audit-unavailable"),
+        "{reasons:?}"
+    );
+    let counted = status["reasons"]
+        .as_array()
+        .expect("status lists reasons")
+        .iter()
+        .find(|c| c["reason"] == "audit-unavailable" && c["verdict"] == "deny")
+        .and_then(|c| c["count"].as_u64());
+    // One refusal in each of the three checks.
+    assert!(counted.is_some_and(|n| n >= 3), "{status:#}");
 }
 
 /// The `metadata.sequence` of every flow record in `lines` (JSON records).

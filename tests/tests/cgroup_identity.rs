@@ -108,6 +108,40 @@ fn a_cgroup_created_after_the_apply_is_unclassified_until_resolved() {
     assert_eq!(connect(&late, veth.peer_addr(ALLOWED_PORT)), Outcome::Ok);
 }
 
+#[test]
+fn unclassified_allow_lets_an_unresolved_cgroup_through_and_records_it() {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let _servers = servers(&netns, &veth);
+    let parent = TestCgroup::new();
+    let image = image(&format!(
+        "[defaults]\nunclassified = \"allow\"\n\n{}",
+        policy(&parent, &veth)
+    ));
+    let mut loader = enforcer::loader::Loader::load().expect("load");
+    let root = enforcer::host::cgroup2_mount().expect("cgroup2 mount");
+    loader.apply(&image, &root).expect("apply");
+    loader.attach_cgroup(parent.path()).expect("attach");
+    let mut events = loader.take_events().expect("events");
+
+    // A service (re)started after the apply, not resolved yet: the operator chose to let
+    // such flows through, to either port, rather than hold the service back.
+    let late = parent.child("api.service");
+    for port in [ALLOWED_PORT, DENIED_PORT] {
+        assert_eq!(
+            connect(&late, veth.peer_addr(port)),
+            Outcome::Ok,
+            "unresolved, to {port}"
+        );
+    }
+    let passed = drain(&mut events);
+    assert_eq!(passed.len(), 2, "{passed:#?}");
+    for event in &passed {
+        assert_eq!(Verdict::from_code(event.verdict), Some(Verdict::Allow));
+        assert_eq!(decided_by(&image, event), "unclassified");
+    }
+}
+
 /// Tries `to` from `cgroup` until it connects (bounded); returns how long that took.
 fn connects_within(cgroup: &TestCgroup, to: SocketAddr, limit: Duration) -> Duration {
     let started = Instant::now();

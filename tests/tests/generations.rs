@@ -1,6 +1,8 @@
 //! Atomic generations under load: while clients keep connecting, the agent flips between
 //! two policies that both allow their flows (with different rule ids, so every map
-//! changes); no attempt fails, inbound at XDP or outbound at connect.
+//! changes); no attempt fails, inbound at XDP or outbound at connect. A generation's rule
+//! counters start from zero, never with the counts of the generation that last used its
+//! slot.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -10,7 +12,9 @@ use std::{
 use aya::programs::XdpMode;
 use enforcer_tests::{
     cgroup::TestCgroup,
+    events::rule_counters,
     netns::{Netns, Veth},
+    packet::{SYN, XDP_DROP, tcp4},
     policy::{image, loaded_with},
     probe::{Outcome, Spawn},
 };
@@ -113,4 +117,45 @@ fn flows_allowed_in_both_generations_never_fail_across_flips() {
         flips >= MIN_FLIPS,
         "only {flips} flips happened while the clients ran"
     );
+}
+
+#[test]
+fn a_rule_counts_from_zero_in_every_generation() {
+    let image = image(
+        r#"
+[segments.clients]
+cidrs = ["198.18.7.0/24"]
+
+[segments.web]
+ports = ["8081/tcp"]
+
+[[deny]]
+id = "clients-not-web-admin"
+from = ["clients"]
+to = ["web"]
+ports = ["8081/tcp"]
+"#,
+    );
+    let mut loader = loaded_with(&image);
+    let root = enforcer::host::cgroup2_mount().expect("cgroup2");
+    let denied = tcp4(std::net::Ipv4Addr::new(198, 18, 7, 5), 8081, SYN);
+    let deny = |loader: &mut enforcer::loader::Loader, times: u64| {
+        for _ in 0..times {
+            let action = loader.test_run_xdp(&denied, 1).expect("test run").0;
+            assert_eq!(action, XDP_DROP);
+        }
+        rule_counters(loader, &image, "clients-not-web-admin").deny
+    };
+    assert_eq!(deny(&mut loader, 3), 3, "generation 1");
+    // Generation 3 reuses generation 1's slot: its counts are its own.
+    for generation in [2, 3] {
+        let applied = loader.apply(&image, &root).expect("apply");
+        assert_eq!(applied.generation, generation);
+        assert_eq!(
+            deny(&mut loader, 0),
+            0,
+            "generation {generation} before any flow"
+        );
+    }
+    assert_eq!(deny(&mut loader, 1), 1, "generation 3");
 }

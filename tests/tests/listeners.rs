@@ -12,7 +12,7 @@ use enforcer_tests::{
     events::{drain, segment_id},
     netns::{Netns, Veth},
     policy::{loaded_with, orders_to_inventory},
-    probe::{Outcome, Server, Spawn},
+    probe::{Gate, Outcome, Server, Spawn},
 };
 
 const EPERM: i32 = 1;
@@ -175,6 +175,104 @@ fn binding_another_services_port_on_another_address_does_not_take_the_port() {
             (inventory_id, Verdict::Allow as u8),
         ],
         "each connect recorded against the segment whose socket it reached"
+    );
+}
+
+#[test]
+fn a_released_binding_is_forgotten() {
+    let parent = TestCgroup::new();
+    let inventory = parent.child("inventory.service");
+    let gateway = parent.child("gateway.service");
+    let orders = parent.child("orders.service");
+    let image =
+        enforcer_tests::policy::image(&orders_to_inventory(&inventory, &gateway, &orders, 18097));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    let loopback = SocketAddr::new(IpAddr::from(Ipv4Addr::LOCALHOST), 18097);
+    let orders_to_the_port = || Spawn::tcp_client(loopback).cgroup(&orders).run();
+    {
+        // inventory serves the port on every address, then stops.
+        let any = SocketAddr::new(IpAddr::from(Ipv4Addr::UNSPECIFIED), 18097);
+        let _inventory = Spawn::tcp_server(any).cgroup(&inventory).serve();
+        assert_eq!(orders_to_the_port(), Outcome::Ok, "while inventory serves");
+    }
+    // A process outside the attached subtree (no hook sees its bind) takes the port: had
+    // inventory's binding outlived its socket, orders would reach this process as
+    // inventory.
+    let _stranger = Spawn::tcp_server(loopback).serve();
+    let outcome = orders_to_the_port();
+    assert!(
+        outcome.is_eperm(),
+        "the port is no longer inventory's once its socket is released: {outcome:?}"
+    );
+    let decided: Vec<(u32, u8)> = drain(&mut events)
+        .into_iter()
+        .filter(|e| e.hook == Hook::Connect4 as u8)
+        .map(|e| (e.dst_segment, e.verdict))
+        .collect();
+    let host_id = segment_id(&image, "host");
+    assert_eq!(
+        decided,
+        [
+            (segment_id(&image, "inventory"), Verdict::Allow as u8),
+            (host_id, Verdict::Deny as u8),
+        ]
+    );
+}
+
+#[test]
+fn a_client_bound_before_the_hooks_in_the_ephemeral_range_is_not_taken_for_a_listener() {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let parent = TestCgroup::new();
+    let web = parent.child("web.service");
+    let image = enforcer_tests::policy::image(&format!(
+        r#"
+[segments.clients]
+cidrs = ["{}/32"]
+
+[segments.web]
+cgroups = ["{}"]
+
+[[allow]]
+id = "web-queries-clients"
+from = ["web"]
+to = ["clients"]
+ports = ["18098/udp"]
+"#,
+        veth.peer_v4,
+        web.relative_path()
+    ));
+    let mut loader = loaded_with(&image);
+    loader
+        .attach_xdp(veth.host_if(), veth.host_ifindex(), XdpMode::Skb)
+        .expect("attach XDP");
+    let _server = Spawn::udp_server(veth.peer_addr(18098))
+        .netns(&netns)
+        .serve();
+    // A client of web started before the agent: its socket took a port of the ephemeral
+    // range with bind(0) before any hook ran, and it queries the remote host later.
+    let gate = Gate::new();
+    let peer = veth.peer_v4.to_string();
+    let gate_dir = gate.path().display().to_string();
+    let client = Spawn::attack_script(&["udp-query-gated", &peer, "18098", &gate_dir])
+        .cgroup(&web)
+        .run_in_background();
+    gate.wait_until_reached();
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    let sockets = enforcer::host::sockets::listeners().expect("the host's sockets");
+    let root = enforcer::host::cgroup2_mount().expect("cgroup2");
+    loader
+        .learn_existing_listeners(&sockets, &root)
+        .expect("learn them");
+    gate.open();
+    // Taken for web's listener, its port would make the answer a new flow from clients
+    // to web, which no rule allows: dropped at XDP.
+    assert_eq!(
+        client.outcome(),
+        Outcome::Ok,
+        "the answer to the allowed query reaches the client"
     );
 }
 

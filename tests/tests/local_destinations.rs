@@ -1,7 +1,8 @@
 //! A destination on this host is decided against the segment that listens there, however
 //! the address names this host: loopback, the unspecified address (`0.0.0.0`, `::`,
 //! `::ffff:0.0.0.0`, where a connect lands on this host), an IPv4-mapped form, or an
-//! address of one of the host's own interfaces, also one added while the agent runs. A
+//! address of one of the host's own interfaces, also one added while the agent runs (and
+//! one removed is no longer this host's). A
 //! segment allowed out to `world` on a port must not reach a local service on that port
 //! that the policy denies it.
 
@@ -290,6 +291,44 @@ fn an_address_or_local_route_added_while_the_agent_runs_is_local_within_moments(
     let replay: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
     assert_eq!(replay["changes"], serde_json::json!([]), "{replay:#}");
     assert!(replay["replayed"].as_u64() >= Some(4), "{replay:#}");
+}
+
+#[test]
+fn an_address_removed_while_the_agent_runs_stops_being_local() {
+    let netns = Netns::new();
+    let veth = Veth::new(&netns);
+    let site = Site::new();
+    let mut agent = AgentHost::new(&site.parent, &site.policy, "127.0.0.1:19634", "");
+    agent.start();
+    let _server = site.serve();
+    let octet = u8::try_from(std::process::id() % 200).expect("below 200") + 1;
+    let moved = Ipv4Addr::new(198, 19, 249, octet);
+    let at = SocketAddr::new(moved.into(), PORT);
+    let on_host_end = format!("{moved}/32");
+    run("ip", &["addr", "add", &on_host_end, "dev", veth.host_if()]);
+    refused_within_moments(&site, at);
+
+    // The address moves to the peer host, which serves the port there. Were it still
+    // this host's, `gateway` would be let through as to `payments` (and its SYN dropped
+    // on the way out, see `local-elsewhere`), and `client` refused.
+    run("ip", &["addr", "del", &on_host_end, "dev", veth.host_if()]);
+    netns.ip(&["addr", "add", &on_host_end, "dev", "lo"]);
+    let _route = Route::add(&[&on_host_end, "via", &veth.peer_v4.to_string()]);
+    let _holder = Spawn::tcp_server(at).netns(&netns).serve();
+    let since = Instant::now();
+    while Spawn::tcp_client(at).cgroup(&site.client).run() != Outcome::Ok {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "{at} still decided as this host's 10 s after it left"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let refused = Spawn::tcp_client(at).cgroup(&site.gateway).run();
+    assert!(
+        refused.is_eperm(),
+        "gateway to {at}, now `world`: {refused:?}"
+    );
+    assert!(agent.terminate(), "the agent stops:\n{}", agent.log(1));
 }
 
 /// Waits (10 s at most) until `client`'s connects to `at`, a destination just made this

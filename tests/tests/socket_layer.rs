@@ -3,7 +3,8 @@
 //! to a UDP port the segment bound without declaring it) is refused at the socket and
 //! recorded there; an allowed connection leaves one record, from the layer that delivered
 //! it, and a packet to a port nobody serves leaves none that says it was allowed. UDP
-//! replies are exact both ways, for local clients as for remote ones.
+//! replies are exact both ways, for local clients as for remote ones. A datagram whose
+//! IPv6 header chain is too long to read is dropped at the socket as malformed.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -11,7 +12,7 @@ use std::{
 };
 
 use aya::programs::XdpMode;
-use enforcer_common::event::{FlowEvent, Hook, Verdict, family};
+use enforcer_common::event::{FlowEvent, Hook, Reason, Verdict, family};
 use enforcer_tests::{
     LINK_PREFIX,
     cgroup::TestCgroup,
@@ -19,7 +20,7 @@ use enforcer_tests::{
     netns::{Netns, Veth, address_up},
     next_serial,
     policy::loaded_with,
-    probe::{Outcome, Spawn},
+    probe::{Outcome, SinkLog, Spawn},
 };
 
 const ALLOWED: u16 = 18_080;
@@ -532,4 +533,52 @@ ports = ["{ALLOWED_UDP}/udp"]
     assert_eq!(refused[0].verdict, Verdict::Deny as u8);
     assert_eq!(refused[0].protocol, 136);
     assert_eq!(decided_by(&image, &refused[0]), "default-deny");
+}
+
+#[test]
+fn an_ipv6_chain_longer_than_the_bound_is_dropped_at_the_socket_as_malformed() {
+    // Loopback carries no XDP: the receiving socket's layer is the only one that reads
+    // the chain. A process in no segment builds the datagrams whole on a raw socket.
+    let parent = TestCgroup::new();
+    let service = parent.child("svc.service");
+    let image = enforcer_tests::policy::image(&format!(
+        "[segments.svc]\ncgroups = [\"{}\"]\n",
+        service.relative_path()
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    let log = SinkLog::new();
+    // A port no other test binds on loopback.
+    let port = 18_455.to_string();
+    let _sink = Spawn::attack_script(&["udp-sink", "::1", &port, log.path()])
+        .cgroup(&service)
+        .serve();
+    let send =
+        |headers: &str| Spawn::attack_script(&["udp6-chain", "::1", "::1", &port, headers]).run();
+
+    // Seven headers, then six: only the second reaches the service.
+    assert_eq!(send("7"), Outcome::Ok, "sent seven headers");
+    assert_eq!(send("6"), Outcome::Ok, "sent six headers");
+    let received = log.sources(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(200));
+    let received_later = log.sources(Duration::ZERO);
+    assert_eq!(received, ["::1 40000"], "the six-header datagram arrives");
+    assert_eq!(received_later, received, "and nothing else");
+
+    let recorded = drain(&mut events);
+    let malformed: Vec<_> = recorded
+        .iter()
+        .filter(|e| e.reason == Reason::Malformed as u8)
+        .collect();
+    assert_eq!(malformed.len(), 1, "{recorded:#?}");
+    assert_eq!(
+        (
+            malformed[0].hook,
+            malformed[0].verdict,
+            malformed[0].cgroup_id
+        ),
+        (Hook::SkbIngress as u8, Verdict::Deny as u8, service.id()),
+        "{recorded:#?}"
+    );
 }

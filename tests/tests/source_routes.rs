@@ -4,7 +4,12 @@
 //! a socket option (refused at `setsockopt` with EPERM) or passed as ancillary data to
 //! `sendmsg` (the datagram is dropped on its way out and the send fails with EPERM).
 //! Audit mode lets it through, recorded as `audit`; processes in no segment are not
-//! governed. Every refusal is recorded with reason `source-route`.
+//! governed. Every refusal is recorded with reason `source-route`. The same holds for the
+//! RFC 2292 routing header option, a strict source route, and a TCP SYN whose socket got
+//! its route before the hooks; an unclassified process gets the `unclassified` verdict;
+//! an IPv6 header chain the egress hook cannot walk to its end (longer than the bound, or
+//! cut short) is dropped as `malformed`. The echo requests a granted raw socket builds
+//! are decided by the rules as they leave.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -17,6 +22,17 @@ use enforcer_tests::{
     policy::loaded_with,
     probe::{Gate, Outcome, RouteBy, Server, Spawn},
 };
+
+/// `SOL_IPV6`.
+const SOL_IPV6: &str = "41";
+/// `IPV6_2292RTHDR`, the routing header option of RFC 2292.
+const IPV6_2292RTHDR: &str = "5";
+/// The protocol of a record for an IPv4 loose source route (its option type).
+const IPOPT_LSRR: u8 = 131;
+/// The protocol of a record for an IPv4 strict source route (its option type).
+const IPOPT_SSRR: u8 = 137;
+/// The protocol of a record for a header chain `skb_egress` could not finish.
+const UNREADABLE_CHAIN: u8 = 255;
 
 /// The UDP port of the echo servers on A and B; the policy allows it to A only.
 const PORT: u16 = 5353;
@@ -36,12 +52,13 @@ struct Fixture {
     image: enforcer::policy::image::MapImage,
     app: TestCgroup,
     trial: TestCgroup,
+    raw: TestCgroup,
     unsegmented: TestCgroup,
     parent: TestCgroup,
     _servers: Vec<Server>,
     allowed: Veth,
     denied: Veth,
-    _allowed_ns: Netns,
+    allowed_ns: Netns,
     denied_ns: Netns,
 }
 
@@ -76,6 +93,7 @@ fn fixture() -> Fixture {
     let parent = TestCgroup::new();
     let app = parent.child("app.service");
     let trial = parent.child("trial.service");
+    let raw = parent.child("raw.service");
     let unsegmented = parent.child("other.service");
     let image = enforcer_tests::policy::image(&format!(
         r#"
@@ -85,6 +103,10 @@ cgroups = ["{app}"]
 [segments.trial]
 cgroups = ["{trial}"]
 mode = "audit"
+
+[segments.raw]
+cgroups = ["{raw}"]
+raw_sockets = true
 
 [segments.allowed]
 cidrs = ["{a4}/32", "{a6}/128"]
@@ -96,10 +118,11 @@ cidrs = ["{b4}/32", "{b6}/128"]
 id = "to-allowed"
 from = ["*"]
 to = ["allowed"]
-ports = ["{PORT}/udp"]
+ports = ["{PORT}/udp", "{PORT}/tcp", "echo/icmp"]
 "#,
         app = app.relative_path(),
         trial = trial.relative_path(),
+        raw = raw.relative_path(),
         a4 = allowed.peer_v4,
         a6 = allowed.peer_v6,
         b4 = denied.peer_v4,
@@ -113,12 +136,13 @@ ports = ["{PORT}/udp"]
         image,
         app,
         trial,
+        raw,
         unsegmented,
         parent,
         _servers: servers,
         allowed,
         denied,
-        _allowed_ns: allowed_ns,
+        allowed_ns,
         denied_ns,
     }
 }
@@ -161,9 +185,14 @@ impl Fixture {
 
     /// The events recorded since the last call with reason `source-route`.
     fn source_route_records(&mut self) -> Vec<FlowEvent> {
+        self.records_for(Reason::SourceRoute)
+    }
+
+    /// The events recorded since the last call with `reason`.
+    fn records_for(&mut self, reason: Reason) -> Vec<FlowEvent> {
         drain(&mut self.events)
             .into_iter()
-            .filter(|e| Reason::from_code(e.reason).map(Reason::word) == Some("source-route"))
+            .filter(|e| e.reason == reason as u8)
             .collect()
     }
 
@@ -387,4 +416,250 @@ fn plain_datagrams_to_the_allowed_host_still_arrive() {
         );
     }
     assert_eq!(fx.source_route_records(), []);
+}
+
+#[test]
+fn the_rfc_2292_routing_header_option_is_refused_to_segment_processes() {
+    let mut fx = fixture();
+    fx.attach();
+    let set = |cgroup: &TestCgroup| {
+        Spawn::attack_script(&["sockopt", "::1", SOL_IPV6, IPV6_2292RTHDR, "1"])
+            .cgroup(cgroup)
+            .run()
+    };
+    assert_eq!(set(&fx.unsegmented), Outcome::Ok, "no segment");
+    let refused = set(&fx.app);
+    assert!(
+        refused.is_eperm(),
+        "IPV6_2292RTHDR in `app` should get EPERM, got {refused:?}"
+    );
+    let records = fx.source_route_records();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(
+        (
+            records[0].verdict,
+            hook_of(&records[0]),
+            records[0].family,
+            records[0].protocol,
+            records[0].src_segment
+        ),
+        (
+            Verdict::Deny as u8,
+            "setsockopt",
+            family::INET6,
+            5,
+            segment_id(&fx.image, "app")
+        )
+    );
+}
+
+#[test]
+fn a_strict_source_route_as_ancillary_data_never_reaches_the_denied_host() {
+    let mut fx = fixture();
+    fx.attach();
+    let to_a = fx.to_allowed(false);
+    let (a, port, via_b) = (
+        to_a.ip().to_string(),
+        PORT.to_string(),
+        fx.via_denied(false),
+    );
+    let via = via_b.to_string();
+    let send = |cgroup: &TestCgroup| {
+        Spawn::attack_script(&["udp-ssrr", &a, &port, &via])
+            .cgroup(cgroup)
+            .run()
+    };
+    // The path works: a process in no segment reaches B with an SSRR.
+    let before = fx.received_by_denied(false);
+    assert_eq!(send(&fx.unsegmented), Outcome::Ok, "no segment");
+    assert!(fx.received_by_denied(false) > before, "B received it");
+
+    let before = fx.received_by_denied(false);
+    let refused = send(&fx.app);
+    assert!(
+        refused.is_eperm(),
+        "sendmsg with an SSRR in `app` should fail with EPERM, got {refused:?}"
+    );
+    assert_eq!(fx.received_by_denied(false), before, "B received nothing");
+    let records = fx.source_route_records();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let dropped = &records[0];
+    assert_eq!(
+        (
+            dropped.verdict,
+            hook_of(dropped),
+            dropped.protocol,
+            dropped.dst_segment
+        ),
+        (
+            Verdict::Deny as u8,
+            "skb_egress",
+            IPOPT_SSRR,
+            segment_id(&fx.image, "denied")
+        )
+    );
+    assert_eq!(dropped.dst_addr[..4], fx.denied.peer_v4.octets());
+}
+
+#[test]
+fn a_tcp_syn_with_a_source_route_set_before_the_hooks_never_reaches_the_denied_host() {
+    // A service running before the agent holds a TCP socket with a loose source route
+    // through B; it connects to A (which its policy allows) once the hooks are attached.
+    let mut fx = fixture();
+    let gate = Gate::new();
+    let to_a = fx.to_allowed(false);
+    let (a, port, via) = (
+        to_a.ip().to_string(),
+        PORT.to_string(),
+        fx.via_denied(false).to_string(),
+    );
+    let gate_dir = gate.path().display().to_string();
+    let client = Spawn::attack_script(&["tcp-lsrr-gated", &a, &port, &via, &gate_dir])
+        .cgroup(&fx.app)
+        .run_in_background();
+    gate.wait_until_reached();
+    fx.attach();
+    let before = fx.received_by_denied(false);
+    gate.open();
+    // The connect hook allows A; every SYN is dropped on its way out.
+    assert_eq!(client.outcome(), Outcome::Timeout);
+    assert_eq!(fx.received_by_denied(false), before, "B received nothing");
+    let records = fx.source_route_records();
+    assert!(!records.is_empty(), "the dropped SYN is on record");
+    for dropped in &records {
+        assert_eq!(
+            (
+                dropped.verdict,
+                hook_of(dropped),
+                dropped.protocol,
+                dropped.src_segment,
+                dropped.dst_segment
+            ),
+            (
+                Verdict::Deny as u8,
+                "skb_egress",
+                IPOPT_LSRR,
+                segment_id(&fx.image, "app"),
+                segment_id(&fx.image, "denied")
+            ),
+            "{records:#?}"
+        );
+        assert_eq!(dropped.dst_addr[..4], fx.denied.peer_v4.octets());
+    }
+}
+
+#[test]
+fn an_unclassified_processs_source_route_gets_the_unclassified_verdict() {
+    let mut fx = fixture();
+    // A service (re)started under the guarded parent after the apply: not resolved yet.
+    let late = fx.parent.child("late.service");
+    fx.attach();
+    let (to_a, via_b) = (fx.to_allowed(false), fx.via_denied(false));
+    let before = fx.received_by_denied(false);
+    let (refused, _) = routed(&late, to_a, via_b, RouteBy::SocketOption);
+    assert!(
+        refused.is_eperm(),
+        "IP_OPTIONS in an unresolved cgroup should get EPERM, got {refused:?}"
+    );
+    assert_eq!(fx.received_by_denied(false), before, "B received nothing");
+    let records = fx.records_for(Reason::Unclassified);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(
+        (
+            records[0].verdict,
+            hook_of(&records[0]),
+            records[0].cgroup_id
+        ),
+        (Verdict::Deny as u8, "setsockopt", late.id())
+    );
+}
+
+#[test]
+fn a_header_chain_too_long_or_cut_short_leaves_no_segment_socket() {
+    // A segment granted raw sockets builds whole IPv6 packets to A: a chain the hook
+    // cannot walk to its end might hide a routing header, so it does not leave.
+    let mut fx = fixture();
+    fx.attach();
+    // Both refusals are the same flow (no process is known at egress): record each.
+    fx.loader
+        .set_dedup_window(std::time::Duration::ZERO)
+        .expect("de-duplication off");
+    let src = fx.allowed.host_v6.to_string();
+    let dst = fx.allowed.peer_v6.to_string();
+    let port = PORT.to_string();
+    let send = |headers: &str, cut: bool| {
+        let mut args = vec!["udp6-chain", &src, &dst, &port, headers];
+        if cut {
+            args.push("cut");
+        }
+        Spawn::attack_script(&args).cgroup(&fx.raw).run()
+    };
+    let received = || fx.allowed_ns.udp6_received();
+
+    let before = received();
+    assert_eq!(send("6", false), Outcome::Ok, "six headers");
+    assert!(received() > before, "A received the six-header datagram");
+    for (headers, cut, what) in [("7", false, "seven headers"), ("3", true, "cut short")] {
+        let before = received();
+        let refused = send(headers, cut);
+        assert!(refused.is_eperm(), "{what}: {refused:?}");
+        assert_eq!(received(), before, "{what}: A received nothing");
+    }
+    let records = fx.records_for(Reason::Malformed);
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let raw = segment_id(&fx.image, "raw");
+    for dropped in &records {
+        assert_eq!(
+            (
+                dropped.verdict,
+                hook_of(dropped),
+                dropped.protocol,
+                dropped.src_segment,
+                dropped.dst_addr
+            ),
+            (
+                Verdict::Deny as u8,
+                "skb_egress",
+                UNREADABLE_CHAIN,
+                raw,
+                fx.allowed.peer_v6.octets()
+            ),
+            "{records:#?}"
+        );
+    }
+}
+
+#[test]
+fn icmp_requests_from_a_granted_raw_socket_are_decided_by_the_rules() {
+    // A segment granted raw sockets builds its own echo requests: no connect or sendmsg
+    // hook sees them, so they are decided as they leave, like a ping socket's.
+    let mut fx = fixture();
+    fx.attach();
+    let ping = |to: std::net::Ipv4Addr| {
+        Spawn::attack_script(&["raw-ping", &to.to_string()])
+            .cgroup(&fx.raw)
+            .run()
+    };
+    assert_eq!(
+        ping(fx.allowed.peer_v4),
+        Outcome::Ok,
+        "to A, which a rule allows"
+    );
+    let before = fx.received_by_denied(false);
+    let refused = ping(fx.denied.peer_v4);
+    assert!(refused.is_eperm(), "to B: {refused:?}");
+    assert_eq!(fx.received_by_denied(false), before, "B received nothing");
+
+    let recorded: Vec<(u8, u16, u8, u32)> = drain(&mut fx.events)
+        .iter()
+        .filter(|e| e.hook == Hook::SkbEgress as u8)
+        .map(|e| (e.protocol, e.dst_port, e.verdict, e.dst_segment))
+        .collect();
+    assert_eq!(
+        recorded,
+        [
+            (1, 8, Verdict::Allow as u8, segment_id(&fx.image, "allowed")),
+            (1, 8, Verdict::Deny as u8, segment_id(&fx.image, "denied")),
+        ]
+    );
 }
