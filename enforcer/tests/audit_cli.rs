@@ -21,8 +21,9 @@ use enforcer::audit::{
 use serde_json::Value;
 use support::{End, enforcer, flow, settings, write_store};
 
-/// The known store: six flows, told apart by their source ports 40000..=40005, and a
-/// `ring-full` gap of 3 events.
+/// The known store: seven flows, told apart by their source ports 40000..=40006, and a
+/// `ring-full` gap of 3 events. A segment named `audit` puts a verdict's word in a flow
+/// that does not have that verdict.
 ///
 /// | port  | verdict | from (address)     | to (address:port)         | by           |
 /// |-------|---------|--------------------|---------------------------|--------------|
@@ -32,6 +33,7 @@ use support::{End, enforcer, flow, settings, write_store};
 /// | 40003 | audit   | web 198.18.0.9     | db 198.18.7.2:5433        | default-deny |
 /// | 40004 | deny    | web 198.18.0.9     | payments 198.18.20.7:8443 | default-deny |
 /// | 40005 | allow   | api (no address)   | db 198.18.7.2:5432        | api-to-db    |
+/// | 40006 | allow   | api 198.18.0.7     | audit 198.18.30.1:6514    | api-to-audit |
 fn known_store(dir: &Path) {
     let now = now_ms();
     let end = |segment, ip, port| End { segment, ip, port };
@@ -82,6 +84,13 @@ fn known_store(dir: &Path) {
                 now,
             ),
             flow("allow", "api-to-db", &end("api", "", 40_005), &db, now),
+            flow(
+                "allow",
+                "api-to-audit",
+                &end("api", "198.18.0.7", 40_006),
+                &end("audit", "198.18.30.1", 6514),
+                now,
+            ),
             gap,
         ],
     );
@@ -121,9 +130,10 @@ fn each_query_filter_keeps_the_flows_that_match_and_only_those() {
         // A segment matches either end.
         (&["--segment", "payments"], &[40_002, 40_004]),
         (&["--segment", "web"], &[40_003, 40_004]),
+        (&["--segment", "audit"], &[40_006]),
         (&["--verdict", "deny"], &[40_002, 40_004]),
         (&["--verdict", "audit"], &[40_003]),
-        (&["--verdict", "allow"], &[40_000, 40_001, 40_005]),
+        (&["--verdict", "allow"], &[40_000, 40_001, 40_005, 40_006]),
         // An address matches either end.
         (&["--addr", "198.18.0.9"], &[40_003, 40_004]),
         (&["--addr", "198.18.20.7"], &[40_002, 40_004]),
@@ -175,7 +185,7 @@ fn stats_count_top_talkers_and_the_segment_matrix_exactly() {
         serde_json::from_slice(&output.stdout).expect("JSON")
     };
     let all = stats("10");
-    assert_eq!(all["flows"], 6);
+    assert_eq!(all["flows"], 7);
     assert_eq!(all["lost_by_cause"], serde_json::json!({"ring-full": 3}));
     // Most flows first, then by source; a flow without a source address is its process
     // and cgroup.
@@ -206,6 +216,7 @@ fn stats_count_top_talkers_and_the_segment_matrix_exactly() {
         talkers,
         vec![
             talker("198.18.0.7", "api", "db", 2, 0),
+            talker("198.18.0.7", "api", "audit", 1, 0),
             talker("198.18.0.8", "api", "payments", 1, 1),
             talker("198.18.0.9", "web", "db", 1, 0),
             talker("198.18.0.9", "web", "payments", 1, 1),
@@ -215,7 +226,7 @@ fn stats_count_top_talkers_and_the_segment_matrix_exactly() {
     assert_eq!(
         all["matrix"],
         serde_json::json!({
-            "api": {"db": 3, "payments": 1},
+            "api": {"audit": 1, "db": 3, "payments": 1},
             "web": {"db": 1, "payments": 1},
         })
     );
