@@ -606,52 +606,61 @@ fn forwarding_over_tls_checks_the_collector_certificate() {
     let (veth, api) = (&site.veth, &site.api);
     let collector = Rsyslog::start_tls("127.0.0.1:19632".parse().expect("address"));
     let mut agent = site.agent("127.0.0.1:19626", "");
-    let forward = |server_name: &str| {
+    let forward = |ca_file: &Path, server_name: &str| {
         format!(
             "[audit.forward]\naddress = \"{}\"\ntls = true\nca_file = \"{}\"\nserver_name = \"{server_name}\"",
             collector.addr,
-            collector.ca_file().display()
+            ca_file.display()
         )
     };
     let config = fs::read_to_string(agent.config()).expect("config");
-
-    // A certificate that does not name the collector as configured: nothing is sent.
-    agent.audit_options(&forward("someone-else.test"));
-    let first = agent.start();
-    connect_denied(veth, api);
-    let stored = wait_for_records(&agent, "the denied flow", Duration::from_secs(10), |r| {
-        flows_to(r, DENIED_PORT, "deny") == 1
-    });
-    let started = Instant::now();
-    while !agent
-        .log(first)
-        .contains("cannot reach the syslog collector")
-    {
+    let mut refused = 0;
+    // A certificate that does not chain to `ca_file`, and one that does not name the
+    // collector as configured: nothing is sent, the log says why.
+    for (ca_file, server_name, why) in [
+        (
+            collector.untrusted_ca_file(),
+            "collector.test",
+            "UnknownIssuer",
+        ),
+        (collector.ca_file(), "someone-else.test", "certificate"),
+    ] {
+        fs::write(agent.config(), &config).expect("restore the config");
+        agent.audit_options(&forward(&ca_file, server_name));
+        let run = agent.start();
+        connect_denied(veth, api);
+        refused += 1;
+        wait_for_records(&agent, "the denied flow", Duration::from_secs(10), |r| {
+            flows_to(r, DENIED_PORT, "deny") == refused
+        });
+        let started = Instant::now();
+        while !agent.log(run).contains("cannot reach the syslog collector") {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{}",
+                agent.log(run)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{}",
-            agent.log(first)
+            agent.log(run).contains(why),
+            "the log names the certificate problem ({why}):\n{}",
+            agent.log(run)
         );
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            collector.received().is_empty(),
+            "nothing reached the collector"
+        );
+        assert!(agent.terminate());
     }
-    assert!(
-        agent.log(first).contains("certificate"),
-        "the log names the certificate problem:\n{}",
-        agent.log(first)
-    );
-    assert!(
-        collector.received().is_empty(),
-        "nothing reached the collector"
-    );
-    assert!(agent.terminate());
 
-    // The right name: the waiting record and new ones arrive, encrypted.
+    // The right CA and name: the waiting records and new ones arrive, encrypted.
     fs::write(agent.config(), &config).expect("restore the config");
-    agent.audit_options(&forward("collector.test"));
-    agent.start();
+    agent.audit_options(&forward(&collector.ca_file(), "collector.test"));
+    let run = agent.start();
     connect_denied(veth, api);
-    let stored = wait_for_records(&agent, "two denied flows", Duration::from_secs(10), |r| {
-        flows_to(r, DENIED_PORT, "deny") == 2 && r.len() > stored.len()
+    let stored = wait_for_records(&agent, "three denied flows", Duration::from_secs(10), |r| {
+        flows_to(r, DENIED_PORT, "deny") == refused + 1
     });
     let wanted = flow_sequences(&stored);
     let started = Instant::now();
@@ -667,7 +676,7 @@ fn forwarding_over_tls_checks_the_collector_certificate() {
         assert!(
             started.elapsed() < Duration::from_secs(15),
             "the TLS collector is missing flow records {wanted:?}:\n{}",
-            agent.log(2)
+            agent.log(run)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
