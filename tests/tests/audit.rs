@@ -256,7 +256,8 @@ fn flows_from_real_connects_land_in_the_store_with_their_rule() {
 fn a_stopped_consumer_loses_nothing_unaccounted() {
     let site = PeerSite::new(&[]);
     let (veth, api) = (&site.veth, &site.api);
-    let mut agent = site.agent("127.0.0.1:19622", "");
+    let metrics = "127.0.0.1:19622";
+    let mut agent = site.agent(metrics, "");
     // Every attempt is its own event: no duplicate suppression.
     agent.audit_options("dedup_window_ms = 0");
     agent.start();
@@ -312,6 +313,12 @@ fn a_stopped_consumer_loses_nothing_unaccounted() {
         status["events"]["lost"].as_u64(),
         Some(lost),
         "the gap records account for exactly the kernel's count: {status:#}"
+    );
+    wait_for_metric(metrics, "enforcer_audit_flow_records_total", stored);
+    wait_for_metric(
+        metrics,
+        "enforcer_audit_lost_events_total{cause=\"ring-full\"}",
+        lost,
     );
     assert!(agent.terminate());
     let (code, said) = verify(&agent.audit_dir());
@@ -421,6 +428,7 @@ fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &Client, Di
         std::thread::sleep(Duration::from_millis(50));
     }
     check(&agent, &client, DiskFull::Failing(1));
+    wait_for_metric(metrics, "enforcer_audit_store_writable", 0);
     assert!(
         agent.is_running(),
         "the agent survived the full disk:\n{}",
@@ -442,6 +450,7 @@ fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &Client, Di
         std::thread::sleep(Duration::from_millis(50));
     }
     check(&agent, &client, DiskFull::Failing(second));
+    wait_for_metric(metrics, "enforcer_audit_store_writable", 0);
 
     // Space returns: writing resumes by itself, and every attempt is a record or counted
     // in a gap record.
@@ -464,12 +473,13 @@ fn full_disk(action: &str, metrics: &str, check: impl Fn(&AgentHost, &Client, Di
         Outcome::Ok,
         "the policy decides again"
     );
-    wait_for_records(
+    let found = wait_for_records(
         &agent,
         "the allowed flow after recovery",
         Duration::from_secs(10),
         |r| flows_to(r, ALLOWED_PORT, "allow") >= 1 && accounted(r) == client.attempts.get(),
     );
+    audit_metrics_count_this_run(metrics, &found);
     assert!(
         agent.terminate(),
         "the agent stops cleanly:\n{}",
@@ -760,6 +770,49 @@ fn metric(listen: &str, name: &str) -> f64 {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+}
+
+/// Waits up to 5 s until the sample `name` on the agent's `/metrics` is `want` (the
+/// agent counts right after the write the store shows).
+fn wait_for_metric(listen: &str, name: &str, want: u64) {
+    let started = Instant::now();
+    loop {
+        let value = metric(listen, name);
+        if value == want as f64 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{name} is {value}, not {want}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The audit metrics of the agent on `metrics` count what its current run wrote (the
+/// records after its `started` record, which leads its first batch): its flow records
+/// and its gap records' losses by cause; and the store is writable.
+fn audit_metrics_count_this_run(metrics: &str, records: &[Value]) {
+    let start = records
+        .iter()
+        .rposition(|r| {
+            r["unmapped"]["kind"] == "agent" && r["unmapped"]["agent"]["event"] == "started"
+        })
+        .expect("a started record");
+    let this_run = &records[start..];
+    let flows = this_run
+        .iter()
+        .filter(|r| r["unmapped"]["kind"] == "flow")
+        .count() as u64;
+    wait_for_metric(metrics, "enforcer_audit_flow_records_total", flows);
+    for cause in ["ring-full", "write-error"] {
+        wait_for_metric(
+            metrics,
+            &format!("enforcer_audit_lost_events_total{{cause=\"{cause}\"}}"),
+            lost(this_run, cause),
+        );
+    }
+    wait_for_metric(metrics, "enforcer_audit_store_writable", 1);
 }
 
 /// Waits until the agent's `start`th log says the collector cannot be reached; returns
