@@ -325,6 +325,73 @@ fn a_stopped_consumer_loses_nothing_unaccounted() {
     assert_eq!(code, 0, "{said}");
 }
 
+#[test]
+fn ring_full_losses_survive_an_agent_restart_neither_dropped_nor_repeated() {
+    let site = PeerSite::new(&[]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19627", "");
+    agent.audit_options("dedup_window_ms = 0");
+    agent.start();
+    // The agent stops; the kernel keeps enforcing and fills the pinned ring, then counts
+    // what does not fit.
+    assert!(agent.terminate());
+    const BURST: u32 = 200_000;
+    let burst = Spawn::tcp_denied_burst(veth.peer_addr(DENIED_PORT), BURST)
+        .cgroup(api)
+        .run();
+    assert_eq!(burst, Outcome::Ok, "every attempt was denied with EPERM");
+
+    // The next agent stores what waits in the ring and the kernel's loss count.
+    let second = agent.start();
+    let counts = |agent: &AgentHost| {
+        let stats = audit_stats(agent);
+        (
+            stats["denials"]["default-deny"]["deny"]
+                .as_u64()
+                .unwrap_or(0),
+            stats["lost_by_cause"]["ring-full"].as_u64().unwrap_or(0),
+        )
+    };
+    let started = Instant::now();
+    let (stored, lost) = loop {
+        let (stored, lost) = counts(&agent);
+        if stored + lost >= u64::from(BURST) {
+            break (stored, lost);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "{stored} stored and {lost} lost of {BURST} after 180 s:\n{}",
+            agent.log(second)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(stored + lost, u64::from(BURST), "nothing dropped");
+    assert!(lost > 0, "the ring overflowed while no agent read it");
+
+    // Another restart: the count is already accounted for, not recorded again.
+    assert!(agent.terminate());
+    agent.start();
+    connect_denied(veth, api);
+    let started = Instant::now();
+    let after = loop {
+        let after = counts(&agent);
+        if after.0 > stored {
+            break after;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the denied flow after the restart is not stored"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(after, (stored + 1, lost), "the loss count is not repeated");
+    let status = agent.status();
+    assert_eq!(status["events"]["lost"].as_u64(), Some(lost), "{status:#}");
+    assert!(agent.terminate());
+    let (code, said) = verify(&agent.audit_dir());
+    assert_eq!(code, 0, "{said}");
+}
+
 /// A tmpfs of `size` mounted on `dir`, unmounted on drop.
 struct Tmpfs {
     dir: PathBuf,
