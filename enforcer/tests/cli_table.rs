@@ -2,12 +2,11 @@
 //! table: what a script or a CI job relies on. (`run`, `status`, `preflight` and
 //! `uninstall` need root and a kernel; the privileged tests cover them.)
 
-use std::{path::Path, process::Command, time::Duration};
+mod support;
 
-use enforcer::audit::{
-    record::{ConnectionInfo, Endpoint, FlowDetails, Kind, Record},
-    store::{Fsync, Store, StoreSettings},
-};
+use std::path::Path;
+
+use support::{End, enforcer, flow, write_store};
 
 /// How a row's standard output must parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,53 +21,18 @@ enum Out {
 
 /// A store with one allowed flow of `api` to `db` by rule `api-to-db`, sealed.
 fn store(dir: &Path) {
-    let settings = StoreSettings {
-        dir: dir.to_owned(),
-        rotate_bytes: 1 << 20,
-        rotate_age: Duration::from_secs(3600),
-        retain_bytes: u64::MAX,
-        retain_age: Duration::from_secs(86_400 * 365),
-        fsync: Fsync::Never,
+    let api = End {
+        segment: "api",
+        ip: "198.18.0.7",
+        port: 40_000,
+    };
+    let db = End {
+        segment: "db",
+        ip: "198.18.7.2",
+        port: 5432,
     };
     let now = enforcer::audit::record::now_ms();
-    let mut store = Store::open(settings, "host-a", now, None).expect("open the store");
-    let mut flow = Record::new(Kind::Flow, now, "host-a", "allow api -> db".into());
-    flow.src_endpoint = Some(Endpoint {
-        ip: "198.18.0.7".into(),
-        port: 40_000,
-        name: "api".into(),
-    });
-    flow.dst_endpoint = Some(Endpoint {
-        ip: "198.18.7.2".into(),
-        port: 5432,
-        name: "db".into(),
-    });
-    flow.connection_info = Some(ConnectionInfo {
-        protocol_num: 6,
-        protocol_name: "tcp".into(),
-        protocol_ver_id: 4,
-        protocol_ver: None,
-        direction_id: 2,
-        direction: None,
-        boundary_id: None,
-        boundary: None,
-    });
-    flow.unmapped.flow = Some(FlowDetails {
-        verdict: "allow".into(),
-        reason: "rule".into(),
-        rule: Some("api-to-db".into()),
-        hook: "connect4".into(),
-        src_segment: "api".into(),
-        dst_segment: "db".into(),
-        generation: 1,
-        policy_sha256: String::new(),
-        cgroup_id: 7,
-        cgroup: "system.slice/api.service".into(),
-        interface: None,
-        kernel_ns: 0,
-    });
-    store.write(&mut [flow], now).expect("write");
-    store.close(now).expect("seal");
+    write_store(dir, vec![flow("allow", "api-to-db", &api, &db, now)]);
 }
 
 #[test]
@@ -312,10 +276,7 @@ fn every_subcommand_answers_with_its_exit_code_and_its_json() {
     ];
     let mut wrong = Vec::new();
     for (args, code, out) in &rows {
-        let output = Command::new(env!("CARGO_BIN_EXE_enforcer"))
-            .args(args)
-            .output()
-            .expect("run enforcer");
+        let output = enforcer(args);
         let stdout = String::from_utf8_lossy(&output.stdout);
         let parses = match out {
             Out::Json => serde_json::from_str::<serde_json::Value>(&stdout).is_ok(),

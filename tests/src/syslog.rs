@@ -50,6 +50,14 @@ impl Rsyslog {
         self.dir.join("ca.pem")
     }
 
+    /// Another CA's certificate (PEM): the collector's certificate does not chain to it.
+    pub fn untrusted_ca_file(&self) -> PathBuf {
+        Pki {
+            dir: self.dir.clone(),
+        }
+        .rogue_ca_file()
+    }
+
     fn start_with(addr: SocketAddr, tls: bool) -> Self {
         require_root();
         let dir = std::env::temp_dir().join(unique_name());
@@ -260,11 +268,19 @@ impl Pki {
         self.issue("ca", name, &[], "clientAuth")
     }
 
-    /// A client certificate `name` signed by another CA, which nothing trusts.
-    pub fn rogue_client(&self, name: &str) -> Issued {
-        if !self.dir.join("rogue-ca.pem").exists() {
+    /// The certificate of another CA (`rogue-ca.pem`), which nothing trusts; made on
+    /// first use.
+    pub fn rogue_ca_file(&self) -> PathBuf {
+        let path = self.dir.join("rogue-ca.pem");
+        if !path.exists() {
             self.ca("rogue-ca", "untrusted test CA");
         }
+        path
+    }
+
+    /// A client certificate `name` signed by another CA, which nothing trusts.
+    pub fn rogue_client(&self, name: &str) -> Issued {
+        self.rogue_ca_file();
         self.issue("rogue-ca", name, &[], "clientAuth")
     }
 }

@@ -326,7 +326,8 @@ fn flows_made_while_the_agent_is_down_are_stored_at_its_next_start_named_by_thei
 fn a_stopped_consumer_loses_nothing_unaccounted() {
     let site = PeerSite::new(&[]);
     let (veth, api) = (&site.veth, &site.api);
-    let mut agent = site.agent("127.0.0.1:19622", "");
+    let metrics = "127.0.0.1:19622";
+    let mut agent = site.agent(metrics, "");
     // Every attempt is its own event: no duplicate suppression.
     agent.audit_options("dedup_window_ms = 0");
     agent.start();
@@ -383,6 +384,79 @@ fn a_stopped_consumer_loses_nothing_unaccounted() {
         Some(lost),
         "the gap records account for exactly the kernel's count: {status:#}"
     );
+    wait_for_metric(metrics, "enforcer_audit_flow_records_total", stored);
+    wait_for_metric(
+        metrics,
+        "enforcer_audit_lost_events_total{cause=\"ring-full\"}",
+        lost,
+    );
+    assert!(agent.terminate());
+    let (code, said) = verify(&agent.audit_dir());
+    assert_eq!(code, 0, "{said}");
+}
+
+#[test]
+fn ring_full_losses_survive_an_agent_restart_neither_dropped_nor_repeated() {
+    let site = PeerSite::new(&[]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19627", "");
+    agent.audit_options("dedup_window_ms = 0");
+    agent.start();
+    // The agent stops; the kernel keeps enforcing and fills the pinned ring, then counts
+    // what does not fit.
+    assert!(agent.terminate());
+    const BURST: u32 = 200_000;
+    let burst = Spawn::tcp_denied_burst(veth.peer_addr(DENIED_PORT), BURST)
+        .cgroup(api)
+        .run();
+    assert_eq!(burst, Outcome::Ok, "every attempt was denied with EPERM");
+
+    // The next agent stores what waits in the ring and the kernel's loss count.
+    let second = agent.start();
+    let counts = |agent: &AgentHost| {
+        let stats = audit_stats(agent);
+        (
+            stats["denials"]["default-deny"]["deny"]
+                .as_u64()
+                .unwrap_or(0),
+            stats["lost_by_cause"]["ring-full"].as_u64().unwrap_or(0),
+        )
+    };
+    let started = Instant::now();
+    let (stored, lost) = loop {
+        let (stored, lost) = counts(&agent);
+        if stored + lost >= u64::from(BURST) {
+            break (stored, lost);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "{stored} stored and {lost} lost of {BURST} after 180 s:\n{}",
+            agent.log(second)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(stored + lost, u64::from(BURST), "nothing dropped");
+    assert!(lost > 0, "the ring overflowed while no agent read it");
+
+    // Another restart: the count is already accounted for, not recorded again.
+    assert!(agent.terminate());
+    agent.start();
+    connect_denied(veth, api);
+    let started = Instant::now();
+    let after = loop {
+        let after = counts(&agent);
+        if after.0 > stored {
+            break after;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the denied flow after the restart is not stored"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(after, (stored + 1, lost), "the loss count is not repeated");
+    let status = agent.status();
+    assert_eq!(status["events"]["lost"].as_u64(), Some(lost), "{status:#}");
     assert!(agent.terminate());
     let (code, said) = verify(&agent.audit_dir());
     assert_eq!(code, 0, "{said}");
@@ -496,6 +570,7 @@ fn full_disk(
         std::thread::sleep(Duration::from_millis(50));
     }
     check(&agent, &client, DiskFull::Failing(1));
+    wait_for_metric(metrics, "enforcer_audit_store_writable", 0);
     assert!(
         agent.is_running(),
         "the agent survived the full disk:\n{}",
@@ -517,6 +592,7 @@ fn full_disk(
         std::thread::sleep(Duration::from_millis(50));
     }
     check(&agent, &client, DiskFull::Failing(second));
+    wait_for_metric(metrics, "enforcer_audit_store_writable", 0);
 
     // Space returns: writing resumes by itself, and every attempt is a record or counted
     // in a gap record.
@@ -546,6 +622,7 @@ fn full_disk(
         |r| flows_to(r, ALLOWED_PORT, "allow") >= 1 && accounted(r) == client.attempts.get(),
     );
     let status = agent.status();
+    audit_metrics_count_this_run(metrics, &found);
     assert!(
         agent.terminate(),
         "the agent stops cleanly:\n{}",
@@ -714,52 +791,61 @@ fn forwarding_over_tls_checks_the_collector_certificate() {
     let (veth, api) = (&site.veth, &site.api);
     let collector = Rsyslog::start_tls("127.0.0.1:19632".parse().expect("address"));
     let mut agent = site.agent("127.0.0.1:19626", "");
-    let forward = |server_name: &str| {
+    let forward = |ca_file: &Path, server_name: &str| {
         format!(
             "[audit.forward]\naddress = \"{}\"\ntls = true\nca_file = \"{}\"\nserver_name = \"{server_name}\"",
             collector.addr,
-            collector.ca_file().display()
+            ca_file.display()
         )
     };
     let config = fs::read_to_string(agent.config()).expect("config");
-
-    // A certificate that does not name the collector as configured: nothing is sent.
-    agent.audit_options(&forward("someone-else.test"));
-    let first = agent.start();
-    connect_denied(veth, api);
-    let stored = wait_for_records(&agent, "the denied flow", Duration::from_secs(10), |r| {
-        flows_to(r, DENIED_PORT, "deny") == 1
-    });
-    let started = Instant::now();
-    while !agent
-        .log(first)
-        .contains("cannot reach the syslog collector")
-    {
+    let mut refused = 0;
+    // A certificate that does not chain to `ca_file`, and one that does not name the
+    // collector as configured: nothing is sent, the log says why.
+    for (ca_file, server_name, why) in [
+        (
+            collector.untrusted_ca_file(),
+            "collector.test",
+            "UnknownIssuer",
+        ),
+        (collector.ca_file(), "someone-else.test", "certificate"),
+    ] {
+        fs::write(agent.config(), &config).expect("restore the config");
+        agent.audit_options(&forward(&ca_file, server_name));
+        let run = agent.start();
+        connect_denied(veth, api);
+        refused += 1;
+        wait_for_records(&agent, "the denied flow", Duration::from_secs(10), |r| {
+            flows_to(r, DENIED_PORT, "deny") == refused
+        });
+        let started = Instant::now();
+        while !agent.log(run).contains("cannot reach the syslog collector") {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{}",
+                agent.log(run)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{}",
-            agent.log(first)
+            agent.log(run).contains(why),
+            "the log names the certificate problem ({why}):\n{}",
+            agent.log(run)
         );
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            collector.received().is_empty(),
+            "nothing reached the collector"
+        );
+        assert!(agent.terminate());
     }
-    assert!(
-        agent.log(first).contains("certificate"),
-        "the log names the certificate problem:\n{}",
-        agent.log(first)
-    );
-    assert!(
-        collector.received().is_empty(),
-        "nothing reached the collector"
-    );
-    assert!(agent.terminate());
 
-    // The right name: the waiting record and new ones arrive, encrypted.
+    // The right CA and name: the waiting records and new ones arrive, encrypted.
     fs::write(agent.config(), &config).expect("restore the config");
-    agent.audit_options(&forward("collector.test"));
-    agent.start();
+    agent.audit_options(&forward(&collector.ca_file(), "collector.test"));
+    let run = agent.start();
     connect_denied(veth, api);
-    let stored = wait_for_records(&agent, "two denied flows", Duration::from_secs(10), |r| {
-        flows_to(r, DENIED_PORT, "deny") == 2 && r.len() > stored.len()
+    let stored = wait_for_records(&agent, "three denied flows", Duration::from_secs(10), |r| {
+        flows_to(r, DENIED_PORT, "deny") == refused + 1
     });
     let wanted = flow_sequences(&stored);
     let started = Instant::now();
@@ -775,7 +861,7 @@ fn forwarding_over_tls_checks_the_collector_certificate() {
         assert!(
             started.elapsed() < Duration::from_secs(15),
             "the TLS collector is missing flow records {wanted:?}:\n{}",
-            agent.log(2)
+            agent.log(run)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -859,6 +945,49 @@ fn metric(listen: &str, name: &str) -> f64 {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+}
+
+/// Waits up to 5 s until the sample `name` on the agent's `/metrics` is `want` (the
+/// agent counts right after the write the store shows).
+fn wait_for_metric(listen: &str, name: &str, want: u64) {
+    let started = Instant::now();
+    loop {
+        let value = metric(listen, name);
+        if value == want as f64 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{name} is {value}, not {want}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The audit metrics of the agent on `metrics` count what its current run wrote (the
+/// records after its `started` record, which leads its first batch): its flow records
+/// and its gap records' losses by cause; and the store is writable.
+fn audit_metrics_count_this_run(metrics: &str, records: &[Value]) {
+    let start = records
+        .iter()
+        .rposition(|r| {
+            r["unmapped"]["kind"] == "agent" && r["unmapped"]["agent"]["event"] == "started"
+        })
+        .expect("a started record");
+    let this_run = &records[start..];
+    let flows = this_run
+        .iter()
+        .filter(|r| r["unmapped"]["kind"] == "flow")
+        .count() as u64;
+    wait_for_metric(metrics, "enforcer_audit_flow_records_total", flows);
+    for cause in ["ring-full", "write-error"] {
+        wait_for_metric(
+            metrics,
+            &format!("enforcer_audit_lost_events_total{{cause=\"{cause}\"}}"),
+            lost(this_run, cause),
+        );
+    }
+    wait_for_metric(metrics, "enforcer_audit_store_writable", 1);
 }
 
 /// Waits until the agent's `start`th log says the collector cannot be reached; returns

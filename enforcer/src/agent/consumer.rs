@@ -322,3 +322,25 @@ fn drain(
     }
     taken
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// A loss is High severity (4), whatever its cause.
+    #[test]
+    fn a_gap_record_is_high_severity() {
+        let enricher = Enricher::new("host-a".into(), PathBuf::from("/nonexistent"), vec![]);
+        for (cause, error) in [
+            ("ring-full", None),
+            ("write-error", Some("No space left on device".to_owned())),
+            ("decode-error", None),
+        ] {
+            let record = gap(&enricher, 3, cause, error);
+            assert_eq!(record.severity_id, SEVERITY_HIGH, "{cause}");
+            assert_eq!(record.unmapped.gap.as_ref().unwrap().lost, 3);
+        }
+    }
+}

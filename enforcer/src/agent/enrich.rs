@@ -294,6 +294,56 @@ fn clock_offset_ns() -> i128 {
 mod tests {
     use super::*;
 
+    /// Each verdict's OCSF action, disposition and severity, as stored: allowed 1/1/1,
+    /// audit mode 1/15 (Detected)/2, denied 2/2/3, each id with its caption.
+    #[test]
+    fn each_verdict_has_its_disposition_and_severity() {
+        let names = GenerationNames {
+            generation: 1,
+            source_sha256: String::new(),
+            segments: vec!["*".into(), "host".into(), "world".into()],
+            rules: vec![],
+            failsafes: vec![],
+        };
+        let mut enricher =
+            Enricher::new("host-a".into(), PathBuf::from("/nonexistent"), vec![names]);
+        let mut event = FlowEvent::ZEROED;
+        event.generation = 1;
+        event.hook = Hook::Connect4 as u8;
+        event.reason = Reason::DefaultDeny as u8;
+        event.family = family::INET;
+        event.protocol = 6;
+        event.dst_port = 8443;
+        let mut stored = Vec::new();
+        for verdict in [Verdict::Allow, Verdict::Audit, Verdict::Deny] {
+            event.verdict = verdict as u8;
+            let mut record = enricher.record(&event);
+            let (mut head, mut line) = (crate::audit::chain::Head::GENESIS, Vec::new());
+            crate::audit::chain::append(&mut record, &mut head, &mut line);
+            let json: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            stored.push(
+                [
+                    "action_id",
+                    "action",
+                    "disposition_id",
+                    "disposition",
+                    "severity_id",
+                    "severity",
+                ]
+                .map(|key| json[key].to_string())
+                .join(" "),
+            );
+        }
+        assert_eq!(
+            stored,
+            [
+                r#"1 "Allowed" 1 "Allowed" 1 "Informational""#,
+                r#"1 "Allowed" 15 "Detected" 2 "Low""#,
+                r#"2 "Denied" 2 "Blocked" 3 "Medium""#,
+            ]
+        );
+    }
+
     #[test]
     fn an_event_becomes_an_ocsf_network_activity_record() {
         let names = GenerationNames {

@@ -843,9 +843,129 @@ impl Forwarder {
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
+    use std::{
+        io::{BufRead as _, BufReader},
+        net::TcpListener,
+        sync::Mutex,
+    };
 
     use super::*;
+    use crate::audit::{
+        record::Gap,
+        store::{Fsync, Store, StoreSettings},
+    };
+
+    /// What the log says while `run` runs, as the agent's log would show it.
+    fn logged(run: impl FnOnce()) -> String {
+        /// The log's lines, shared with the subscriber.
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, run);
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn files_removed_before_they_were_forwarded_are_logged_as_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings {
+            dir: dir.path().to_owned(),
+            rotate_bytes: 2_000,
+            rotate_age: Duration::from_secs(3600),
+            retain_bytes: 6_000,
+            retain_age: Duration::from_secs(86_400 * 365),
+            fsync: Fsync::Never,
+        };
+        // Forwarded into the first file; then the collector was away while the store
+        // went on and retention removed that file and more.
+        let mut store = Store::open(settings, "host-a", 1_000, None).unwrap();
+        save_cursor(
+            dir.path(),
+            Cursor {
+                file: 1,
+                offset: 100,
+            },
+        )
+        .unwrap();
+        for n in 0..30 {
+            let mut record = Record::new(Kind::Gap, 2_000, "host-a", format!("gap {n}"));
+            record.unmapped.gap = Some(Gap {
+                lost: 1,
+                cause: "ring-full".into(),
+                error: None,
+            });
+            store.write(&mut [record], 2_000).unwrap();
+        }
+        let oldest = files::segments(dir.path()).unwrap()[0].number;
+        assert!(oldest > 2, "retention removed files");
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let forwarder = Forwarder {
+            dir: dir.path().to_owned(),
+            address: Collector::Address(listener.local_addr().unwrap()),
+            framing: Framing::Newline,
+            tls: None,
+            pid: 1,
+            stats: Arc::default(),
+        };
+        let log = logged(|| {
+            let (transport, _) = forwarder
+                .connect()
+                .unwrap_or_else(|refused| panic!("{}", refused.error));
+            let mut connection = Connection {
+                transport,
+                sent: 0,
+                in_flight: VecDeque::new(),
+            };
+            let (mut delivered, mut saved) = (load_cursor(dir.path()), load_cursor(dir.path()));
+            // One pass.
+            forwarder
+                .serve(
+                    &mut connection,
+                    &mut delivered,
+                    &mut saved,
+                    &AtomicBool::new(true),
+                )
+                .unwrap();
+        });
+        let error = log
+            .lines()
+            .find(|line| line.contains("retention removed audit files before they were forwarded"))
+            .unwrap_or_else(|| panic!("nothing logged about the removed files:\n{log}"));
+        assert!(error.contains("ERROR"), "{error}");
+        assert!(
+            error.contains(&files::segment_name(1)) && error.contains(&files::segment_name(oldest)),
+            "{error}"
+        );
+        // Forwarding goes on from the oldest file left, from its open record.
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(stream).read_line(&mut first).unwrap();
+        assert!(
+            first.contains(&format!(
+                "audit file {} opened (rotate)",
+                files::segment_name(oldest)
+            )),
+            "{first}"
+        );
+    }
 
     fn gap() -> (Record, String) {
         let record = Record::new(Kind::Gap, 1_700_000_000_123, "host-a", "3 lost".into());
@@ -987,16 +1107,16 @@ mod tests {
     /// A sealed store holding a denied flow, an audit-mode flow, an allowed flow and a gap
     /// (each severity), as lines in write order.
     fn store_of_every_severity(dir: &Path) -> Vec<String> {
-        let settings = super::super::store::StoreSettings {
+        let settings = StoreSettings {
             dir: dir.to_owned(),
             rotate_bytes: 1 << 20,
             rotate_age: Duration::from_secs(3600),
             retain_bytes: u64::MAX,
             retain_age: Duration::from_secs(86_400),
-            fsync: super::super::store::Fsync::Never,
+            fsync: Fsync::Never,
         };
         let now = 1_700_000_000_000;
-        let mut store = super::super::store::Store::open(settings, "host-a", now, None).unwrap();
+        let mut store = Store::open(settings, "host-a", now, None).unwrap();
         let mut records = vec![
             Record::example_flow("deny", ("tcp", 6), 5432),
             Record::example_flow("audit", ("tcp", 6), 22),

@@ -206,3 +206,55 @@ pub fn refused(trigger: &str, active: u32, error: &str, now_ms: i64, hostname: &
         format!("policy refused ({trigger}); generation {active} stays in force: {error}"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::SEVERITY_INFO;
+
+    /// Failures and refusals are High (4); the rest Informational (1) or Low (2).
+    #[test]
+    fn failures_and_refusals_are_high_severity_and_the_rest_low() {
+        let applied = applied(
+            &Applied {
+                trigger: "start",
+                generation: 2,
+                source_sha256: "ab",
+                image_sha256: "cd",
+                bundle_version: None,
+                signer_key_id: None,
+                changes: None,
+                segments: 1,
+                rules: 0,
+            },
+            0,
+            "host-a",
+        );
+        let severities: Vec<(&str, u32)> = [
+            ("started", started(false, 0, "host-a")),
+            ("started after a crash", started(true, 0, "host-a")),
+            ("stopping", stopping(0, "host-a")),
+            ("fail-closed", fail_closed(true, 0, "host-a")),
+            ("xdp attached", xdp("eth0", true, None, 0, "host-a")),
+            ("xdp failed", xdp("eth0", false, Some("busy"), 0, "host-a")),
+            ("policy applied", applied),
+            ("policy refused", refused("sighup", 2, "bad", 0, "host-a")),
+        ]
+        .into_iter()
+        .map(|(what, record)| (what, record.severity_id))
+        .collect();
+        assert_eq!(
+            severities,
+            [
+                ("started", SEVERITY_INFO),
+                ("started after a crash", SEVERITY_HIGH),
+                ("stopping", SEVERITY_INFO),
+                ("fail-closed", SEVERITY_HIGH),
+                ("xdp attached", SEVERITY_INFO),
+                ("xdp failed", SEVERITY_HIGH),
+                ("policy applied", SEVERITY_LOW),
+                ("policy refused", SEVERITY_HIGH),
+            ]
+        );
+    }
+}

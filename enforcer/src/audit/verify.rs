@@ -592,7 +592,12 @@ mod tests {
     }
 
     fn gap(n: u64) -> Record {
-        let mut record = Record::new(Kind::Gap, 1_000 + n as i64, "host-a", format!("gap {n}"));
+        gap_at(n, 1_000 + n as i64)
+    }
+
+    /// A `ring-full` gap of `n` events at `time`.
+    fn gap_at(n: u64, time: i64) -> Record {
+        let mut record = Record::new(Kind::Gap, time, "host-a", format!("gap {n}"));
         record.unmapped.gap = Some(Gap {
             lost: n,
             cause: "ring-full".to_owned(),
@@ -894,6 +899,100 @@ mod tests {
         assert!(total <= 6_000 + 2_000 + 6 * longest, "total {total}");
         let summary = verify(dir.path(), &Proof::default()).unwrap().unwrap();
         assert_eq!(summary.removed_by_retention, segments[0].number - 1);
+    }
+
+    #[test]
+    fn a_file_older_than_the_rotation_age_is_sealed_and_the_next_one_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = settings(dir.path(), u64::MAX);
+        settings.rotate_age = Duration::from_millis(300);
+        let mut store = Store::open(settings, "host-a", 1_000, None).unwrap();
+        store.write(&mut [gap(1)], 2_000).unwrap();
+        // Younger than the age: the same file.
+        store.write(&mut [gap(2)], 2_000).unwrap();
+        assert_eq!(files::segments(dir.path()).unwrap().len(), 1);
+        std::thread::sleep(Duration::from_millis(400));
+        store.write(&mut [gap(3)], 2_000).unwrap();
+        let segments = files::segments(dir.path()).unwrap();
+        assert_eq!(
+            segments.len(),
+            2,
+            "rotated once the file was older than the age"
+        );
+        let (seal, _) = files::seal_of(&segments[0].path).unwrap().expect("sealed");
+        assert_eq!(seal.unmapped.file.unwrap().records, Some(3), "open, 2 gaps");
+        let opened: Record = serde_json::from_str(&lines(&segments[1].path)[0]).unwrap();
+        assert_eq!(
+            opened.unmapped.file.unwrap().opened.as_deref(),
+            Some("rotate")
+        );
+        store.close(3_000).unwrap();
+        let summary = verify(dir.path(), &Proof::default()).unwrap().unwrap();
+        assert_eq!(summary.lost, 1 + 2 + 3);
+    }
+
+    #[test]
+    fn retention_removes_the_files_older_than_the_retention_age_and_says_so() {
+        const HOUR: i64 = 3_600_000;
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = settings(dir.path(), 2_000);
+        settings.retain_age = Duration::from_secs(24 * 3600);
+        let mut store = Store::open(settings, "host-a", 1_000, None).unwrap();
+        // Records at `time`, written then, across several files.
+        let mut write_at = |first: u64, time: i64| {
+            for batch in 0..6 {
+                let mut records: Vec<Record> = (0..3)
+                    .map(|i| gap_at(first + batch * 3 + i, time))
+                    .collect();
+                store.write(&mut records, time).unwrap();
+            }
+        };
+        // Files of records 30 hours old and 18 hours old by the time of the last writes.
+        write_at(1, 1_000);
+        write_at(100, 1_000 + 12 * HOUR);
+        let now = 1_000 + 30 * HOUR;
+        let last_time = |file: &SegmentFile| {
+            files::seal_of(&file.path)
+                .unwrap()
+                .and_then(|(seal, _)| seal.unmapped.file?.last_time)
+        };
+        let before = files::segments(dir.path()).unwrap();
+        let sealed: Vec<(u64, i64)> = before
+            .iter()
+            .filter_map(|file| Some((file.number, last_time(file)?)))
+            .collect();
+        let numbers = |older: bool| -> Vec<u64> {
+            sealed
+                .iter()
+                .filter(|(_, last)| (now - last > 24 * HOUR) == older)
+                .map(|(number, _)| *number)
+                .collect()
+        };
+        let (too_old, young) = (numbers(true), numbers(false));
+        assert!(too_old.len() >= 2 && young.len() >= 2, "{before:?}");
+        write_at(200, now);
+        let left: Vec<u64> = files::segments(dir.path())
+            .unwrap()
+            .iter()
+            .map(|file| file.number)
+            .collect();
+        assert!(
+            too_old.iter().all(|number| !left.contains(number))
+                && young.iter().all(|number| left.contains(number)),
+            "older than a day {too_old:?}, younger {young:?}, left {left:?}"
+        );
+        let named: Vec<u64> = files::segments(dir.path())
+            .unwrap()
+            .iter()
+            .flat_map(|file| lines(&file.path))
+            .filter_map(|line| serde_json::from_str::<Record>(&line).ok())
+            .filter_map(|record| record.unmapped.removed)
+            .flatten()
+            .map(|removed| removed.number)
+            .collect();
+        assert_eq!(named, too_old, "the retention record names what went");
+        let summary = verify(dir.path(), &Proof::default()).unwrap().unwrap();
+        assert_eq!(summary.removed_by_retention, too_old.len() as u64);
     }
 
     #[test]
