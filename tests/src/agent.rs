@@ -7,7 +7,7 @@ use std::{
     fs,
     os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -277,6 +277,39 @@ listen = "{metrics}"
                 "the agent did not enforce within {START_TIMEOUT:?}:\n{}",
                 self.log(self.starts)
             );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `enforcer run --config CONFIG` (ours, or another sharing our directories)
+    /// where it must refuse to start: waits, bounded, for it to exit and returns its exit
+    /// status and everything it logged. Panics if it enforces or is still running after
+    /// the start timeout.
+    pub fn refused_start(&self, config: &Path) -> (ExitStatus, String) {
+        let log_path = self
+            .dir
+            .join(format!("refused-{}.log", crate::next_serial()));
+        let log = fs::File::create(&log_path).expect("create the log");
+        let mut child = Command::new(enforcer_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("ENFORCER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn enforcer run");
+        let logged = || fs::read_to_string(&log_path).unwrap_or_default();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return (status, logged());
+            }
+            if logged().contains("enforcing") || started.elapsed() > START_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the agent started instead of refusing:\n{}", logged());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -138,6 +138,8 @@ impl Agent {
         if !cgroup.is_dir() {
             bail!("cgroup: no cgroup {} on this host", cgroup.display());
         }
+        let interfaces = InterfaceSet::new(config.interfaces.clone());
+        interfaces.check_listed()?;
 
         let previous = state_dir.read().unwrap_or_default();
         let pins = PinLayout::new(&config.pin_dir);
@@ -175,7 +177,7 @@ impl Agent {
             "this host's addresses are decided as local destinations"
         );
         let mut agent = Self {
-            interfaces: InterfaceSet::new(config.interfaces.clone()),
+            interfaces,
             _host_watch: host_watch,
             host_changes: Some(host_changes),
             listed_cgroups: None,
@@ -226,7 +228,7 @@ impl Agent {
         tracing::info!(cgroup = %cgroup.display(), ?outcome, "cgroup hooks in force");
         // Bindings made from now on are learnt by the kernel; those made before, here.
         agent.learn_existing_listeners();
-        let changes = agent.interfaces.start(&mut agent.loader)?;
+        let changes = agent.interfaces.sync(&mut agent.loader)?;
         agent.note_xdp_changes(&changes);
         agent.publish_interfaces();
         agent.write_state();
