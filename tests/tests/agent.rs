@@ -11,7 +11,7 @@ use std::{
 use aya::{maps::loaded_maps, programs::loaded_links, programs::loaded_programs};
 use enforcer::loader::CGROUP_HOOKS;
 use enforcer_tests::{
-    agent::PeerSite,
+    agent::{AgentHost, PeerSite},
     netns::Veth,
     policy::{ALLOWED_PORT, DENIED_PORT, api_to_peer},
     probe::{Outcome, Spawn},
@@ -347,20 +347,32 @@ fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
     scrape
 }
 
-fn rule_allows(scrape: &prometheus_parse::Scrape, rule: &str) -> f64 {
+/// The value of the sample of `metric` with `labels`, if the scrape has one.
+fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape
         .samples
         .iter()
         .find(|s| {
-            s.metric == "enforcer_rule_decisions_total"
-                && s.labels.get("rule") == Some(rule)
-                && s.labels.get("verdict") == Some("allow")
+            s.metric == metric
+                && labels
+                    .iter()
+                    .all(|(label, value)| s.labels.get(label) == Some(value))
         })
         .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            ref other => panic!("not a counter: {other:?}"),
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("not a counter or gauge: {other:?}"),
         })
-        .unwrap_or_else(|| panic!("no allow counter for rule {rule}"))
+}
+
+fn rule_allows(scrape: &prometheus_parse::Scrape, rule: &str) -> f64 {
+    sample(
+        scrape,
+        "enforcer_rule_decisions_total",
+        &[("rule", rule), ("verdict", "allow")],
+    )
+    .unwrap_or_else(|| panic!("no allow counter for rule {rule}"))
 }
 
 #[test]
@@ -533,5 +545,321 @@ fn systemd_hears_ready_only_once_the_kernel_enforces_then_keep_alives_and_stoppi
     assert!(
         said.iter().any(|m| m.lines().any(|l| l == "STOPPING=1")),
         "{said:?}"
+    );
+}
+
+/// `enforcer status --json`: its exit code and the status (which must parse, whatever
+/// the exit code).
+fn status_with_exit_code(agent: &AgentHost) -> (Option<i32>, serde_json::Value) {
+    let output = agent.command(&["status", "--json"]);
+    let status = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "status --json printed no JSON ({err}): {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code(), status)
+}
+
+/// The entry of `name` in a status list (`maps`, `rules`, `interfaces`) whose `key` is
+/// `name`.
+fn entry<'a>(
+    status: &'a serde_json::Value,
+    list: &str,
+    key: &str,
+    name: &str,
+) -> &'a serde_json::Value {
+    status[list]
+        .as_array()
+        .and_then(|entries| entries.iter().find(|e| e[key] == name))
+        .unwrap_or_else(|| panic!("status lists no {list} entry {name}: {status:#}"))
+}
+
+#[test]
+fn status_exits_0_only_while_a_policy_is_enforced_and_shows_map_fill_and_rule_counts() {
+    let site = PeerSite::new(&[ALLOWED_PORT, DENIED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19771", "");
+    let (code, status) = status_with_exit_code(&agent);
+    assert_eq!(code, Some(3), "before any start: {status:#}");
+    assert_eq!(status["installed"], false, "{status:#}");
+
+    agent.start();
+    for _ in 0..2 {
+        assert_eq!(
+            Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
+                .cgroup(api)
+                .run(),
+            Outcome::Ok
+        );
+    }
+    let (code, status) = status_with_exit_code(&agent);
+    assert_eq!(code, Some(0), "while enforcing: {status:#}");
+    let rule = entry(&status, "rules", "name", "api-to-peer");
+    assert_eq!(
+        (&rule["allow"], &rule["deny"], &rule["audit"]),
+        (&2.into(), &0.into(), &0.into()),
+        "{status:#}"
+    );
+    // The policy's one peer address and one cgroup, against the maps' limits.
+    for (map, entries) in [("cidrs_v4", 1), ("cidrs_v6", 0)] {
+        let fill = entry(&status, "maps", "map", map);
+        assert_eq!(fill["entries"], entries, "{status:#}");
+        assert!(fill["limit"].as_u64() > Some(0), "{status:#}");
+    }
+    assert!(
+        entry(&status, "maps", "map", "cgroups")["entries"].as_u64() >= Some(1),
+        "{status:#}"
+    );
+    let text = agent.command(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    for shown in [
+        "maps:",
+        "cidrs_v4",
+        "rules (active generation):",
+        "api-to-peer",
+    ] {
+        assert!(
+            text.contains(shown),
+            "status does not show {shown}:\n{text}"
+        );
+    }
+
+    // Down, the pins enforce: still 0. Uninstalled: 3.
+    assert!(agent.terminate(), "the agent did not stop cleanly");
+    assert_eq!(status_with_exit_code(&agent).0, Some(0), "agent down");
+    let output = agent.command(&["uninstall"]);
+    assert!(output.status.success(), "uninstall failed");
+    let (code, status) = status_with_exit_code(&agent);
+    assert_eq!(code, Some(3), "after uninstall: {status:#}");
+    assert_eq!(agent.command(&["status"]).status.code(), Some(3));
+}
+
+#[test]
+fn uninstall_refuses_while_the_agent_runs_and_keeps_what_it_did_not_make() {
+    let site = PeerSite::new(&[DENIED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19772", "");
+    agent.start();
+    let refused = agent.command(&["uninstall"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "uninstall ran beside the agent"
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("the agent is running"), "{said}");
+    assert!(agent.pin_dir().join("maps").is_dir(), "pins removed");
+    let denied = Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+        .cgroup(api)
+        .run();
+    assert!(denied.is_eperm(), "enforcement gone: {denied:?}");
+
+    // What an operator put beside the agent's pins.
+    let theirs = [
+        agent.pin_dir().join("operator-notes"),
+        agent.pin_dir().join("links").join("operator-links"),
+    ];
+    for dir in &theirs {
+        std::fs::create_dir(dir).expect("mkdir on bpffs");
+    }
+    assert!(agent.terminate(), "the agent did not stop cleanly");
+    let output = agent.command(&["uninstall"]);
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "uninstall failed: {said}");
+    for dir in &theirs {
+        assert!(dir.is_dir(), "uninstall removed {}", dir.display());
+        assert!(
+            said.contains(&format!("kept {}", dir.display())),
+            "uninstall does not list {}:\n{said}",
+            dir.display()
+        );
+    }
+    for ours in ["maps", "programs"] {
+        assert!(!agent.pin_dir().join(ours).exists(), "{ours} left:\n{said}");
+    }
+    let store: Vec<_> = std::fs::read_dir(agent.audit_dir())
+        .expect("the audit store is kept")
+        .collect();
+    assert!(!store.is_empty(), "the audit store was emptied");
+    assert!(
+        said.contains(&format!(
+            "the audit store in {} is kept",
+            agent.audit_dir().display()
+        )),
+        "{said}"
+    );
+    assert_eq!(
+        Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+            .cgroup(api)
+            .run(),
+        Outcome::Ok,
+        "enforcement outlived uninstall"
+    );
+}
+
+/// An interface of this host's namespace, deleted on drop.
+struct HostLink(String);
+
+impl HostLink {
+    /// A new interface named `enft<pid>-<serial><suffix>`, made by `ip ARGS` with the name
+    /// in place of `NAME`.
+    fn new(suffix: &str, args: &[&str]) -> Self {
+        let name = format!(
+            "{}{}-{}{suffix}",
+            enforcer_tests::LINK_PREFIX,
+            std::process::id(),
+            enforcer_tests::next_serial()
+        );
+        let args: Vec<&str> = args
+            .iter()
+            .map(|arg| if *arg == "NAME" { name.as_str() } else { arg })
+            .collect();
+        enforcer_tests::cmd::run("ip", &args);
+        Self(name)
+    }
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        enforcer_tests::cmd::run_quietly("ip", &["link", "del", &self.0]);
+    }
+}
+
+/// How many times `log` says attaching XDP to `interface` failed.
+fn failed_attaches(log: &str, interface: &str) -> usize {
+    log.lines()
+        .filter(|line| {
+            line.contains("cannot attach XDP ingress")
+                && line.contains(&format!("interface={interface} "))
+        })
+        .count()
+}
+
+#[test]
+fn a_failed_attach_shows_in_status_metrics_and_healthz_and_is_retried() {
+    let site = PeerSite::new(&[DENIED_PORT]);
+    // A bridge has no native XDP; a TUN device carries no Ethernet frames.
+    let bridge = HostLink::new("b", &["link", "add", "NAME", "type", "bridge"]);
+    let tun = HostLink::new("t", &["tuntap", "add", "dev", "NAME", "mode", "tun"]);
+    let extra = format!(
+        "{}\n[[interfaces]]\nname = \"{}\"\nxdp_mode = \"native\"\n\n[[interfaces]]\nname = \"{}\"\n",
+        xdp_config(&site.veth),
+        bridge.0,
+        tun.0
+    );
+    let mut agent = site.agent("127.0.0.1:19773", &extra);
+    let start = agent.start();
+
+    let status = agent.status();
+    let shown = entry(&status, "interfaces", "name", &bridge.0);
+    assert_eq!(
+        (&shown["xdp"], &shown["mode"]),
+        (&"failed".into(), &"native".into()),
+        "{status:#}"
+    );
+    assert!(
+        shown["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "no reason: {status:#}"
+    );
+    let shown = entry(&status, "interfaces", "name", &tun.0);
+    assert_eq!(shown["xdp"], "failed", "{status:#}");
+    assert!(
+        shown["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not an Ethernet interface")),
+        "{status:#}"
+    );
+    assert_eq!(
+        entry(&status, "interfaces", "name", site.veth.host_if())["xdp"],
+        "attached",
+        "{status:#}"
+    );
+    assert_eq!(failed_attaches(&agent.log(start), &bridge.0), 1);
+
+    let (_, text) = fetch("http://127.0.0.1:19773/metrics");
+    let scrape = parse_metrics(&text);
+    let xdp = |interface: &str, mode: &str| {
+        sample(
+            &scrape,
+            "enforcer_interface_xdp",
+            &[("interface", interface), ("mode", mode)],
+        )
+    };
+    assert_eq!(xdp(&bridge.0, "native"), Some(0.0), "{text}");
+    assert_eq!(xdp(site.veth.host_if(), "skb"), Some(1.0), "{text}");
+    let (code, body) = fetch("http://127.0.0.1:19773/healthz");
+    assert_eq!(code, 503, "{body}");
+    for missing in [&bridge.0, &tun.0] {
+        assert!(body.contains(&format!("xdp on {missing}")), "{body}");
+    }
+    assert!(!body.contains(site.veth.host_if()), "{body}");
+
+    // The next interface change tries the bridge again.
+    let _another = HostLink::new("n", &["tuntap", "add", "dev", "NAME", "mode", "tun"]);
+    let started = Instant::now();
+    while failed_attaches(&agent.log(start), &bridge.0) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the failed attach was not tried again:\n{}",
+            agent.log(start)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let denied = Spawn::tcp_client(site.veth.peer_addr(DENIED_PORT))
+        .cgroup(&site.api)
+        .run();
+    assert!(denied.is_eperm(), "the cgroup hooks: {denied:?}");
+}
+
+#[test]
+fn a_write_that_changes_nothing_applies_nothing_and_failed_reloads_are_counted() {
+    let site = PeerSite::new(&[ALLOWED_PORT]);
+    let mut agent = site.agent("127.0.0.1:19774", "");
+    agent.start();
+    let generation = agent.status()["generation"].as_u64().expect("generation");
+    let reloads = |outcome: &str| {
+        let (_, text) = fetch("http://127.0.0.1:19774/metrics");
+        sample(
+            &parse_metrics(&text),
+            "enforcer_reloads_total",
+            &[("outcome", outcome)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(reloads("failed"), 0.0);
+
+    // The same bytes written again.
+    agent.write_policy(&api_to_peer(&site.api, &site.veth, false));
+    let status = agent.wait_for_status("the unchanged reload", |s| {
+        s["last_reload"]["outcome"] == "unchanged"
+    });
+    assert_eq!(
+        status["last_reload"]["trigger"], "file-change",
+        "{status:#}"
+    );
+    assert_eq!(
+        status["generation"].as_u64(),
+        Some(generation),
+        "{status:#}"
+    );
+    assert_eq!(reloads("unchanged"), 1.0);
+
+    for (count, cidr) in [(1.0, "198.18.0.0/33"), (2.0, "198.18.0.0/34")] {
+        agent.write_policy(&format!(
+            "[segments.api]\ncgroups = [\"x\"]\ncidrs = [\"{cidr}\"]\n"
+        ));
+        agent.wait_for_status("the failed reload", |s| {
+            s["last_reload"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(cidr))
+        });
+        assert_eq!(reloads("failed"), count);
+    }
+    assert_eq!(
+        agent.status()["generation"].as_u64(),
+        Some(generation),
+        "a refused policy changed the generation"
     );
 }
