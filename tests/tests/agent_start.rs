@@ -221,3 +221,18 @@ fn an_audit_dir_that_cannot_be_created_stops_the_start_naming_the_field() {
     );
     assert_nothing_attached(&agent, &site);
 }
+
+#[test]
+fn an_invalid_policy_over_maps_a_failed_start_left_is_refused_as_on_a_fresh_host() {
+    let site = PeerSite::new(&[DENIED_PORT]);
+    let agent = site.agent("127.0.0.1:19689", "");
+    // A start that stops after pinning the maps, before any policy is applied.
+    fs::write(agent.audit_dir(), "not a directory").expect("write the file");
+    assert_refused(&agent.refused_start(&agent.config()), 1, "audit.dir");
+    fs::remove_file(agent.audit_dir()).expect("remove the file");
+
+    agent.write_policy(INVALID_POLICY);
+    let refusal = agent.refused_start(&agent.config());
+    assert_refused(&refusal, 1, "nothing was attached");
+    assert_nothing_attached(&agent, &site);
+}

@@ -146,8 +146,17 @@ impl Agent {
         let adopting = pins.has_maps();
         let floor = Floor::new(&config.data_dir);
         let candidate = policy::load(&config.policy, previous.accepted_bundle_version, &floor);
+        // Pins an earlier agent left enforce its generation; maps pinned by a start that
+        // stopped before its first apply (its audit store failed, say) enforce nothing,
+        // so an invalid policy over them is refused as on a fresh host. Maps that cannot
+        // be read are left to the load below, which names the problem.
+        let in_force = adopting
+            && PinnedMaps::open(&pins.maps_dir())
+                .and_then(|mut maps| maps.active_generation())
+                .ok()
+                .is_none_or(|generation| generation > 0);
         if let Err(err) = &candidate
-            && !adopting
+            && !in_force
         {
             bail!("{err}; nothing was attached");
         }
