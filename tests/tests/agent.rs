@@ -863,3 +863,69 @@ fn a_write_that_changes_nothing_applies_nothing_and_failed_reloads_are_counted()
         "a refused policy changed the generation"
     );
 }
+
+#[test]
+fn a_restart_moves_the_hooks_to_a_new_cgroup_and_removes_xdp_of_an_unlisted_interface() {
+    let site = PeerSite::new(&[DENIED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let xdp = xdp_config(veth);
+    let mut agent = site.agent("127.0.0.1:19775", &xdp);
+    agent.start();
+    let before = attachments(&agent.status());
+    assert!(before.iter().any(|(pin, ..)| pin.starts_with("xdp@")));
+    assert!(agent.terminate(), "the agent did not stop cleanly");
+
+    // The config now names another cgroup and no interface.
+    let elsewhere = enforcer_tests::cgroup::TestCgroup::new();
+    let config = std::fs::read_to_string(agent.config()).expect("read the config");
+    let config = config
+        .replace(
+            &format!("cgroup = \"{}\"", site.parent.relative_path()),
+            &format!("cgroup = \"{}\"", elsewhere.relative_path()),
+        )
+        .replace(&xdp, "");
+    std::fs::write(agent.config(), format!("interfaces = []\n{config}")).expect("write");
+    let second = agent.start();
+
+    let status = agent.status();
+    let after = attachments(&status);
+    assert_eq!(after.len(), CGROUP_HOOKS.len(), "{status:#}");
+    let target = format!("cgroup {}", elsewhere.path().display());
+    for attachment in status["attachments"].as_array().expect("attachments") {
+        assert_eq!(attachment["target"], target.as_str(), "{status:#}");
+    }
+    let old_links: BTreeSet<u64> = before.iter().map(|(_, link, _)| *link).collect();
+    assert!(
+        after.iter().all(|(_, link, _)| !old_links.contains(link)),
+        "a link pinned for the old cgroup was kept: {status:#}"
+    );
+    assert_eq!(
+        entry(&status, "interfaces", "name", veth.host_if())["xdp"],
+        "none",
+        "{status:#}"
+    );
+    assert!(
+        agent.log(second).contains("XDP detached"),
+        "{}",
+        agent.log(second)
+    );
+    // The old links leave the kernel; the old cgroup is no longer enforced.
+    let started = Instant::now();
+    while listed(loaded_links(), "links")
+        .iter()
+        .any(|link| old_links.contains(&u64::from(link.id())))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "an old link is still in the kernel"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+            .cgroup(api)
+            .run(),
+        Outcome::Ok,
+        "the cgroup the config no longer names is still enforced"
+    );
+}

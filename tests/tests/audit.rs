@@ -1392,3 +1392,33 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
     agent.start();
     assert_eq!(agent.status()["policy"]["bundle_version"], 7);
 }
+
+#[test]
+fn events_a_restarted_agent_finds_in_the_ring_are_named_by_their_generation() {
+    let site = PeerSite::new(&[ALLOWED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19776", "");
+    agent.start();
+    // A stopped agent drains nothing: the flows wait in the ring across the kill.
+    agent.pause();
+    for _ in 0..3 {
+        connect_allowed(veth, api);
+    }
+    agent.kill();
+    // The restart applies a generation whose rule 1 has another name.
+    agent.write_policy(&api_to_peer(api, veth, false).replace("\"api-to-peer\"", "\"renamed\""));
+    agent.start();
+    let found = wait_for_records(
+        &agent,
+        "the flows left in the ring",
+        Duration::from_secs(10),
+        |r| flows_to(r, ALLOWED_PORT, "allow") == 3,
+    );
+    for record in found.iter().filter(|r| r["unmapped"]["kind"] == "flow") {
+        assert_eq!(
+            record["firewall_rule"]["uid"], "api-to-peer",
+            "a flow of generation 1 named by another generation: {record:#}"
+        );
+        assert_eq!(record["src_endpoint"]["name"], "api", "{record:#}");
+    }
+}
