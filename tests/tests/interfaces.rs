@@ -14,7 +14,7 @@ use enforcer_tests::{
     cgroup::TestCgroup,
     netns::{Netns, add_veth, address_up},
     next_serial,
-    probe::{Outcome, Spawn},
+    probe::{Outcome, Server, Spawn},
 };
 
 const DENIED: u16 = 18_081;
@@ -33,7 +33,12 @@ impl Remote {
     fn new(host: &Netns) -> Self {
         let serial = next_serial();
         let pid = std::process::id();
-        let host_if = format!("{LINK_PREFIX}{pid}-{serial}h");
+        Self::named(host, format!("{LINK_PREFIX}{pid}-{serial}h"), serial)
+    }
+
+    /// As [`Remote::new`], with this host's end called `host_if` and `serial` choosing
+    /// the addresses.
+    fn named(host: &Netns, host_if: String, serial: u32) -> Self {
         let netns = Netns::new();
         add_veth(Some(host), &host_if, &netns, "eth0");
         let third = 200 + u8::try_from(serial % 50).expect("below 50");
@@ -104,11 +109,15 @@ fn xdp_of<'a>(status: &'a serde_json::Value, interface: &str) -> Option<&'a serd
         .find(|i| i["name"] == interface)
 }
 
-#[test]
-fn every_interface_gets_xdp_also_one_added_while_the_agent_runs() {
-    let host = Netns::new();
-    let first = Remote::new(&host);
-    let parent = TestCgroup::new();
+/// A `web` segment (a cgroup under `parent`) serving [`ALLOWED`] and [`DENIED`] on every
+/// address of `host`, where an agent with XDP on every interface but loopback (`skb`
+/// mode, metrics on `metrics`) lets only [`ALLOWED`] in from the world. The servers go
+/// with the returned guards.
+fn web_behind_xdp(
+    host: &Netns,
+    parent: &TestCgroup,
+    metrics: &str,
+) -> (AgentHost, Vec<Server>, TestCgroup) {
     let web = parent.child("web.service");
     let policy = format!(
         r#"
@@ -124,16 +133,25 @@ ports = ["{ALLOWED}/tcp"]
 "#,
         web.relative_path()
     );
-    let mut agent = AgentHost::new(&parent, &policy, "127.0.0.1:19641", "").in_netns(&host);
+    let agent = AgentHost::new(parent, &policy, metrics, "").in_netns(host);
     agent.set_interfaces("interfaces = \"all\"\nxdp_mode = \"skb\"");
-    let _servers: Vec<_> = [ALLOWED, DENIED]
+    let servers = [ALLOWED, DENIED]
         .map(|port| {
             Spawn::tcp_server(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
-                .netns(&host)
+                .netns(host)
                 .cgroup(&web)
                 .serve()
         })
         .into();
+    (agent, servers, web)
+}
+
+#[test]
+fn every_interface_gets_xdp_also_one_added_while_the_agent_runs() {
+    let host = Netns::new();
+    let first = Remote::new(&host);
+    let parent = TestCgroup::new();
+    let (mut agent, _servers, _web) = web_behind_xdp(&host, &parent, "127.0.0.1:19641");
     agent.start();
 
     // The interface that existed at the start has XDP; loopback has none.
@@ -226,4 +244,47 @@ ports = ["{ALLOWED}/tcp"]
         assert!(attached.contains(interface), "{interface}: {attached:?}");
     }
     assert!(!attached.contains(&tun), "{attached:?}");
+}
+
+/// The target `status` gives the pinned XDP link of `interface`.
+fn xdp_link_target(status: &serde_json::Value, interface: &str) -> Option<String> {
+    let pin = format!("xdp@{interface}");
+    status["attachments"]
+        .as_array()
+        .expect("attachments")
+        .iter()
+        .find(|a| a["pin"] == pin.as_str())
+        .and_then(|a| a["target"].as_str())
+        .map(str::to_owned)
+}
+
+#[test]
+fn a_re_created_interface_gets_xdp_again_at_its_new_index() {
+    let host = Netns::new();
+    let first = Remote::new(&host);
+    let parent = TestCgroup::new();
+    let (mut agent, _servers, _web) = web_behind_xdp(&host, &parent, "127.0.0.1:19642");
+    agent.start();
+    let name = first.host_if.clone();
+    let on_it = format!("interface {name}");
+    assert_eq!(
+        xdp_link_target(&agent.status(), &name).as_deref(),
+        Some(on_it.as_str())
+    );
+    let old_index = xdp_of(&agent.status(), &name).expect("listed")["index"].clone();
+
+    // The pair goes, with the remote host; a new one comes under the same name.
+    host.ip(&["link", "del", &name]);
+    drop(first);
+    let again = Remote::named(&host, name.clone(), next_serial());
+    let status = agent.wait_for_status("XDP on the re-created interface", |status| {
+        xdp_link_target(status, &name).as_deref() == Some(on_it.as_str())
+    });
+    assert_ne!(
+        xdp_of(&status, &name).expect("listed")["index"],
+        old_index,
+        "the interface kept its index: {status:#}"
+    );
+    assert_eq!(again.connect(ALLOWED), Outcome::Ok);
+    assert_eq!(again.connect(DENIED), Outcome::Timeout, "dropped at XDP");
 }
