@@ -1285,6 +1285,8 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
     fs::create_dir_all(&keys).expect("create the agent's directory");
     let key = keys.join("signing");
     let said = enforcer_ok(&[OsStr::new("keygen"), key.as_os_str()]);
+    let untrusted = keys.join("untrusted");
+    enforcer_ok(&[OsStr::new("keygen"), untrusted.as_os_str()]);
     let key_id = said
         .rsplit("key id ")
         .next()
@@ -1292,7 +1294,7 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
         .trim()
         .to_owned();
     let bundle = keys.join("policy.bundle");
-    let sign = |open_second: bool, version: &str| {
+    let sign = |key: &Path, open_second: bool, version: &str| {
         let source = keys.join(format!("policy-{version}.toml"));
         fs::write(&source, api_to_peer(&site.api, &site.veth, open_second)).expect("write");
         let staged = keys.join("staged.bundle");
@@ -1310,7 +1312,7 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
         // In one step, as a deployment tool would put it in place.
         fs::rename(&staged, &bundle).expect("install the bundle");
     };
-    sign(false, "5");
+    sign(&key, false, "5");
     let mut agent = AgentHost::configured(&name, &site.parent, &bundle, "127.0.0.1:19631", "");
     let config = fs::read_to_string(agent.config()).expect("read the config");
     let path_line = format!("path = \"{}\"\n", bundle.display());
@@ -1322,12 +1324,40 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
     );
     fs::write(agent.config(), config).expect("write the config");
     agent.start();
+    let refused = |what: &str, said: &str| {
+        agent.wait_for_status(what, |status| {
+            status["last_reload"]["outcome"] == "failed"
+                && status["last_reload"]["message"]
+                    .as_str()
+                    .is_some_and(|message| message.contains(said))
+        })
+    };
+    // A bundle signed by a key the agent does not trust; then one altered after it was
+    // signed (the second port opened in its sources): both refused.
+    sign(&untrusted, true, "6");
+    refused("the untrusted signer refused", "signed by another key");
+    sign(&key, true, "6");
+    let signed = fs::read_to_string(&bundle).expect("read the bundle");
+    let staged = keys.join("altered.bundle");
+    fs::write(
+        &staged,
+        signed.replace(&format!("{ALLOWED_PORT}/tcp"), "1-65535/tcp"),
+    )
+    .expect("alter the bundle");
+    fs::rename(&staged, &bundle).expect("install the altered bundle");
+    let status = refused("the altered bundle refused", "altered");
+    assert_eq!(status["policy"]["bundle_version"], 5, "{status:#}");
+    let denied = Spawn::tcp_client(site.veth.peer_addr(DENIED_PORT))
+        .cgroup(&site.api)
+        .run();
+    assert!(
+        denied.is_eperm(),
+        "a refused bundle is in force: {denied:?}"
+    );
     // An older bundle, validly signed: a rollback, refused.
-    sign(true, "4");
-    agent.wait_for_status("the refused rollback", |status| {
-        status["last_reload"]["outcome"] == "failed"
-    });
-    sign(true, "6");
+    sign(&key, true, "4");
+    refused("the refused rollback", "older");
+    sign(&key, true, "6");
     agent.wait_for_status("the newer bundle", |status| {
         status["policy"]["bundle_version"].as_u64() == Some(6)
     });
@@ -1349,20 +1379,25 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
         [
             ("applied", Some(5)),
             ("refused", None),
+            ("refused", None),
+            ("refused", None),
             ("applied", Some(6))
         ],
         "{policies:#?}"
     );
-    for applied in [events[0], events[2]] {
+    for applied in [events[0], events[4]] {
         assert_eq!(applied["signer_key_id"], key_id.as_str(), "{applied}");
     }
-    let error = events[1]["error"].as_str().expect("why");
-    assert!(
-        error.contains("version 4 is older than version 5"),
-        "{error}"
-    );
-    assert_eq!(events[2]["diff"]["opened"], 1, "{}", events[2]);
-    let message = policies[2]["message"].as_str().expect("message");
+    for (event, why) in events[1..4].iter().zip([
+        "signed by another key",
+        "altered",
+        "version 4 is older than version 5",
+    ]) {
+        let error = event["error"].as_str().expect("why");
+        assert!(error.contains(why), "{error}");
+    }
+    assert_eq!(events[4]["diff"]["opened"], 1, "{}", events[4]);
+    let message = policies[4]["message"].as_str().expect("message");
     assert!(
         message.contains(&format!("signed by {key_id}")),
         "{message}"
@@ -1373,7 +1408,7 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
     let uninstalled = agent.command(&["uninstall"]);
     assert!(uninstalled.status.success(), "{uninstalled:?}");
     let _ = fs::remove_dir_all(agent.state_dir());
-    sign(false, "5");
+    sign(&key, false, "5");
     let run = Command::new("timeout")
         .arg("20")
         .arg(enforcer_bin())
@@ -1388,7 +1423,7 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
         run.status
     );
     // A newer one is taken.
-    sign(false, "7");
+    sign(&key, false, "7");
     agent.start();
     assert_eq!(agent.status()["policy"]["bundle_version"], 7);
 }
