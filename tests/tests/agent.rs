@@ -929,3 +929,103 @@ fn a_restart_moves_the_hooks_to_a_new_cgroup_and_removes_xdp_of_an_unlisted_inte
         "the cgroup the config no longer names is still enforced"
     );
 }
+
+/// `bpf(2)` attributes for `BPF_MAP_CREATE`: the fields used, then zeros.
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    zeros: [u32; 28],
+}
+
+/// `bpf(2)` attributes for `BPF_OBJ_PIN`.
+#[repr(C)]
+#[derive(Default)]
+struct ObjPinAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    zeros: [u32; 28],
+}
+
+/// Calls `bpf(cmd, attr)`; panics with the OS error if it fails.
+fn bpf<T>(cmd: libc::c_long, attr: &T, what: &str) -> libc::c_long {
+    // SAFETY: `attr` is a `repr(C)` value of the layout `cmd` reads, valid for its size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_ref(attr),
+            size_of::<T>(),
+        )
+    };
+    assert!(rc >= 0, "{what}: {}", std::io::Error::last_os_error());
+    rc
+}
+
+/// Pins at `path` a one-entry BPF array of 4-byte keys and values: a map whose layout
+/// none of the agent's maps has, as a release that changed one would have left it.
+fn pin_array_map(path: &Path) {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    let create = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        ..MapCreateAttr::default()
+    };
+    let fd = bpf(BPF_MAP_CREATE, &create, "create a map");
+    let fd = i32::try_from(fd).expect("a descriptor");
+    // SAFETY: the kernel just returned `fd`, which nothing else owns.
+    let map = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let pathname = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let pin = ObjPinAttr {
+        pathname: pathname.as_ptr() as u64,
+        bpf_fd: u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&map)).expect("fd"),
+        ..ObjPinAttr::default()
+    };
+    bpf(BPF_OBJ_PIN, &pin, "pin the map");
+}
+
+#[test]
+fn an_incompatible_pinned_map_is_refused_and_the_old_enforcement_stays() {
+    let site = PeerSite::new(&[DENIED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19777", "");
+    agent.start();
+    let before = agent.status();
+    assert!(agent.terminate(), "the agent did not stop cleanly");
+
+    // The running programs keep their map; its pin now names one of another layout (the
+    // real one's pin is set aside, to be put back for `status`).
+    let pin = agent
+        .pin_dir()
+        .join("maps")
+        .join(enforcer_common::maps::RECENT_FLOWS);
+    let aside = agent.pin_dir().join("set-aside");
+    std::fs::rename(&pin, &aside).expect("set the map's pin aside");
+    pin_array_map(&pin);
+    let (exit, log) = agent.refused_start(&agent.config());
+    assert_eq!(exit.code(), Some(1), "{log}");
+    assert!(
+        log.contains("cannot load the kernel object")
+            && log.contains("pinned map")
+            && log.contains("incompatible"),
+        "the refusal does not say the pinned map is incompatible:\n{log}"
+    );
+    let denied = Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+        .cgroup(api)
+        .run();
+    assert!(denied.is_eperm(), "the old enforcement is gone: {denied:?}");
+
+    std::fs::remove_file(&pin).expect("unpin the other map");
+    std::fs::rename(&aside, &pin).expect("put the map's pin back");
+    let after = agent.status();
+    assert_eq!(attachments(&after), attachments(&before), "{after:#}");
+    assert_eq!(after["generation"], before["generation"], "{after:#}");
+}
