@@ -24,6 +24,10 @@ use crate::{
 /// How long the agent may take to enforce after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// What the agent logs once it enforces (its `enforcing` line; other lines, a refusal
+/// among them, may say "enforcing" too).
+const ENFORCING: &str = "enforcer::agent: enforcing";
+
 /// Names another `enforcer` binary for the agent tests and the demo, such as the one a
 /// package installed (`/usr/bin/enforcer`).
 pub const ENFORCER_BIN: &str = "ENFORCER_BIN";
@@ -259,7 +263,7 @@ listen = "{metrics}"
         self.process = Some(child);
         let started = Instant::now();
         loop {
-            if self.log(self.starts).contains("enforcing") {
+            if self.log(self.starts).contains(ENFORCING) {
                 return self.starts;
             }
             if let Some(status) = self
@@ -305,7 +309,7 @@ listen = "{metrics}"
             if let Some(status) = child.try_wait().expect("wait") {
                 return (status, logged());
             }
-            if logged().contains("enforcing") || started.elapsed() > START_TIMEOUT {
+            if logged().contains(ENFORCING) || started.elapsed() > START_TIMEOUT {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("the agent started instead of refusing:\n{}", logged());

@@ -954,14 +954,7 @@ struct ObjPinAttr {
 /// Calls `bpf(cmd, attr)`; panics with the OS error if it fails.
 fn bpf<T>(cmd: libc::c_long, attr: &T, what: &str) -> libc::c_long {
     // SAFETY: `attr` is a `repr(C)` value of the layout `cmd` reads, valid for its size.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_ref(attr),
-            size_of::<T>(),
-        )
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_ref(attr), size_of::<T>()) };
     assert!(rc >= 0, "{what}: {}", std::io::Error::last_os_error());
     rc
 }
