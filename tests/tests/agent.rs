@@ -811,6 +811,12 @@ fn a_failed_attach_shows_in_status_metrics_and_healthz_and_is_retried() {
         .cgroup(&site.api)
         .run();
     assert!(denied.is_eperm(), "the cgroup hooks: {denied:?}");
+
+    // A cgroup hook's link unpinned behind the agent's back is missing too.
+    std::fs::remove_file(agent.pin_dir().join("links").join("connect4")).expect("unpin");
+    let (code, body) = fetch("http://127.0.0.1:19773/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("connect4"), "{body}");
 }
 
 #[test]
