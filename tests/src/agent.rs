@@ -409,14 +409,21 @@ listen = "{metrics}"
 
     /// `enforcer status --json`, parsed.
     pub fn status(&self) -> serde_json::Value {
+        self.status_with_exit_code().1
+    }
+
+    /// `enforcer status --json`: its exit code (0 while a policy is enforced, 3 when
+    /// none is) and the status, which must parse either way.
+    pub fn status_with_exit_code(&self) -> (Option<i32>, serde_json::Value) {
         let output = self.command(&["status", "--json"]);
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        let status = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
             panic!(
                 "status --json printed no JSON ({err}): {}{}",
                 String::from_utf8_lossy(&output.stdout),
                 String::from_utf8_lossy(&output.stderr)
             )
-        })
+        });
+        (output.status.code(), status)
     }
 
     /// Waits (bounded) until `check` holds for the status; returns the last status.

@@ -1,5 +1,6 @@
 //! The agent as infrastructure teams run it: the real `enforcer run` binary on a real
-//! cgroup and veth, killed, restarted, fed bad policies, scraped and uninstalled.
+//! cgroup and veth, killed, restarted (also with another cgroup, interface list or map
+//! layout), fed bad policies, scraped, asked for its status and uninstalled.
 
 use std::{
     collections::BTreeSet,
@@ -11,7 +12,7 @@ use std::{
 use aya::{maps::loaded_maps, programs::loaded_links, programs::loaded_programs};
 use enforcer::loader::CGROUP_HOOKS;
 use enforcer_tests::{
-    agent::{AgentHost, PeerSite},
+    agent::PeerSite,
     netns::Veth,
     policy::{ALLOWED_PORT, DENIED_PORT, api_to_peer},
     probe::{Outcome, Spawn},
@@ -548,21 +549,7 @@ fn systemd_hears_ready_only_once_the_kernel_enforces_then_keep_alives_and_stoppi
     );
 }
 
-/// `enforcer status --json`: its exit code and the status (which must parse, whatever
-/// the exit code).
-fn status_with_exit_code(agent: &AgentHost) -> (Option<i32>, serde_json::Value) {
-    let output = agent.command(&["status", "--json"]);
-    let status = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-        panic!(
-            "status --json printed no JSON ({err}): {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    (output.status.code(), status)
-}
-
-/// The entry of `name` in a status list (`maps`, `rules`, `interfaces`) whose `key` is
+/// The entry of the status list `list` (`maps`, `rules`, `interfaces`) whose `key` is
 /// `name`.
 fn entry<'a>(
     status: &'a serde_json::Value,
@@ -581,7 +568,7 @@ fn status_exits_0_only_while_a_policy_is_enforced_and_shows_map_fill_and_rule_co
     let site = PeerSite::new(&[ALLOWED_PORT, DENIED_PORT]);
     let (veth, api) = (&site.veth, &site.api);
     let mut agent = site.agent("127.0.0.1:19771", "");
-    let (code, status) = status_with_exit_code(&agent);
+    let (code, status) = agent.status_with_exit_code();
     assert_eq!(code, Some(3), "before any start: {status:#}");
     assert_eq!(status["installed"], false, "{status:#}");
 
@@ -594,7 +581,7 @@ fn status_exits_0_only_while_a_policy_is_enforced_and_shows_map_fill_and_rule_co
             Outcome::Ok
         );
     }
-    let (code, status) = status_with_exit_code(&agent);
+    let (code, status) = agent.status_with_exit_code();
     assert_eq!(code, Some(0), "while enforcing: {status:#}");
     let rule = entry(&status, "rules", "name", "api-to-peer");
     assert_eq!(
@@ -628,10 +615,10 @@ fn status_exits_0_only_while_a_policy_is_enforced_and_shows_map_fill_and_rule_co
 
     // Down, the pins enforce: still 0. Uninstalled: 3.
     assert!(agent.terminate(), "the agent did not stop cleanly");
-    assert_eq!(status_with_exit_code(&agent).0, Some(0), "agent down");
+    assert_eq!(agent.status_with_exit_code().0, Some(0), "agent down");
     let output = agent.command(&["uninstall"]);
     assert!(output.status.success(), "uninstall failed");
-    let (code, status) = status_with_exit_code(&agent);
+    let (code, status) = agent.status_with_exit_code();
     assert_eq!(code, Some(3), "after uninstall: {status:#}");
     assert_eq!(agent.command(&["status"]).status.code(), Some(3));
 }

@@ -3,7 +3,7 @@
 //! created each stop `enforcer run` naming what is wrong, and leave the kernel as it was:
 //! nothing attached on a fresh host, the earlier generation in force over earlier pins.
 
-use std::{fs, path::Path, process::ExitStatus};
+use std::{fs, process::ExitStatus};
 
 use enforcer_tests::{
     LINK_PREFIX,
@@ -15,23 +15,10 @@ use enforcer_tests::{
 /// A policy whose line 3 has an invalid CIDR.
 const INVALID_POLICY: &str = "[segments.api]\ncgroups = [\"x\"]\ncidrs = [\"198.18.0.0/33\"]\n";
 
-/// `enforcer status --json`: its exit code and the status.
-fn status_with_exit_code(agent: &AgentHost) -> (Option<i32>, serde_json::Value) {
-    let output = agent.command(&["status", "--json"]);
-    let status = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-        panic!(
-            "status --json printed no JSON ({err}): {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    (output.status.code(), status)
-}
-
 /// Asserts that the refused start attached nothing: no hook's link is pinned, no policy
 /// is in force (`status` exits 3), and a connect the policy would deny succeeds.
 fn assert_nothing_attached(agent: &AgentHost, site: &PeerSite) {
-    let (code, status) = status_with_exit_code(agent);
+    let (code, status) = agent.status_with_exit_code();
     assert_eq!(
         code,
         Some(3),
@@ -216,7 +203,7 @@ fn an_audit_dir_that_cannot_be_created_stops_the_start_naming_the_field() {
     let refusal = agent.refused_start(&agent.config());
     assert_refused(&refusal, 1, "audit.dir");
     assert!(
-        Path::new(&agent.audit_dir()).is_file(),
+        agent.audit_dir().is_file(),
         "the file in the store's place is gone"
     );
     assert_nothing_attached(&agent, &site);
