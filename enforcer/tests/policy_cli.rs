@@ -7,7 +7,11 @@ use std::{
     process::{Command, Output},
 };
 
-use enforcer::policy::bundle::{BundleError, read_public_key, verify};
+use enforcer::policy::{
+    Compiled,
+    bundle::{BundleError, read_private_key, read_public_key, sign, verify},
+    source::SourceSet,
+};
 
 fn enforcer(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_enforcer"))
@@ -70,6 +74,24 @@ fn check_shows_failsafes_and_map_fill() {
     assert!(
         stdout.contains("rules") && stdout.contains("1048576"),
         "{stdout}"
+    );
+}
+
+#[test]
+fn check_says_none_when_no_failsafe_is_declared() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[segments.web]\ncidrs = [\"198.18.1.0/24\"]\n\n[[allow]]\nid = \"web-to-web\"\nfrom = [\"web\"]\nto = [\"web\"]\nports = [\"443/tcp\"]\n",
+    )
+    .expect("write the policy");
+    let out = enforcer(&["policy", "check", policy.to_str().expect("utf-8")]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("failsafe access: NONE"),
+        "check does not say there is no failsafe:\n{stdout}"
     );
 }
 
@@ -407,6 +429,49 @@ fn a_signed_bundle_verifies_with_its_key() {
         "{}",
         text(&out.stdout)
     );
+}
+
+/// A bundle signed with `key` whose sources are `sources` but whose signed image is
+/// the one `signed` compiles to: what a signer would make whose compiler disagrees
+/// with this build's, or who signed other sources than it compiled.
+fn bundle_of_other_sources(signed: &Compiled, sources: SourceSet, key: &Path) -> Vec<u8> {
+    let key = read_private_key(key).expect("the private key");
+    let mut mismatched = signed.clone();
+    mismatched.sources = sources;
+    sign(&mismatched, 6, &key)
+}
+
+/// The enclave policy's sources with `from` replaced by `to` in the file holding it.
+fn enclave_edited(enclave: &Compiled, from: &str, to: &str) -> SourceSet {
+    let mut sources = enclave.sources.clone();
+    let file = sources
+        .files
+        .iter_mut()
+        .find(|file| file.text.contains(from))
+        .unwrap_or_else(|| panic!("no enclave file holds {from}"));
+    file.text = file.text.replacen(from, to, 1);
+    sources
+}
+
+#[test]
+fn a_bundle_whose_sources_do_not_compile_to_the_signed_image_is_refused() {
+    let s = signed_bundle("5");
+    let enclave = enforcer::policy::load(&[repo().join("policies/enclave")]).expect("enclave");
+    let bundle = s.bundle.with_file_name("mismatched.bundle");
+    // Sources that compile, to another image (a failsafe source moved); then sources
+    // that do not compile at all.
+    for sources in [
+        enclave_edited(&enclave, "198.18.250.0/24", "198.18.251.0/24"),
+        enclave_edited(&enclave, "[defaults]", "[defaults]\nbogus = 1"),
+    ] {
+        std::fs::write(
+            &bundle,
+            bundle_of_other_sources(&enclave, sources, &s.key_a),
+        )
+        .expect("write the bundle");
+        let out = verify_cli(&bundle, &s.key_a, None);
+        assert_refused(&out, "the sources do not compile to the signed image");
+    }
 }
 
 #[test]

@@ -158,3 +158,43 @@ fn compiling_is_deterministic_and_independent_of_segment_declaration_order() {
     assert_eq!(reordered.image.segment_names, first.image.segment_names);
     assert_eq!(reordered.image.cidrs_v4, first.image.cidrs_v4);
 }
+
+/// A policy file declaring defaults, a segment and a failsafe, as a policy directory's
+/// files each could.
+const DECLARATIONS: &str = r#"[defaults]
+audit = "deny"
+
+[segments.web]
+cidrs = ["198.18.1.0/24"]
+
+[failsafe.ssh]
+from = ["198.18.250.0/24"]
+port = "22/tcp"
+"#;
+
+#[test]
+fn declarations_repeated_in_another_file_are_refused_at_the_repeat() {
+    // One TOML file cannot hold a table twice (a `syntax` error); two files of a policy
+    // directory can.
+    let mut sources = SourceSet::default();
+    sources.add("10-first.toml", DECLARATIONS);
+    sources.add("20-second.toml", DECLARATIONS);
+    let rejected = compile_sources(sources.clone()).expect_err("repeated declarations");
+    let mut got: Vec<(&str, String)> = rejected
+        .diagnostics
+        .iter()
+        .map(|d| {
+            let span = d.span.as_ref().expect("a place");
+            (d.code, sources.location(span))
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("duplicate-defaults", "20-second.toml:1:1".to_owned()),
+            ("duplicate-failsafe", "20-second.toml:7:11".to_owned()),
+            ("duplicate-segment", "20-second.toml:4:11".to_owned()),
+        ]
+    );
+}

@@ -7,7 +7,7 @@ use std::{
     fs,
     os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -23,6 +23,10 @@ use crate::{
 
 /// How long the agent may take to enforce after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What the agent logs once it enforces (its `enforcing` line; other lines, a refusal
+/// among them, may say "enforcing" too).
+const ENFORCING: &str = "enforcer::agent: enforcing";
 
 /// Names another `enforcer` binary for the agent tests and the demo, such as the one a
 /// package installed (`/usr/bin/enforcer`).
@@ -259,7 +263,7 @@ listen = "{metrics}"
         self.process = Some(child);
         let started = Instant::now();
         loop {
-            if self.log(self.starts).contains("enforcing") {
+            if self.log(self.starts).contains(ENFORCING) {
                 return self.starts;
             }
             if let Some(status) = self
@@ -277,6 +281,39 @@ listen = "{metrics}"
                 "the agent did not enforce within {START_TIMEOUT:?}:\n{}",
                 self.log(self.starts)
             );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `enforcer run --config CONFIG` (ours, or another sharing our directories)
+    /// where it must refuse to start: waits, bounded, for it to exit and returns its exit
+    /// status and everything it logged. Panics if it enforces or is still running after
+    /// the start timeout.
+    pub fn refused_start(&self, config: &Path) -> (ExitStatus, String) {
+        let log_path = self
+            .dir
+            .join(format!("refused-{}.log", crate::next_serial()));
+        let log = fs::File::create(&log_path).expect("create the log");
+        let mut child = Command::new(enforcer_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("ENFORCER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn enforcer run");
+        let logged = || fs::read_to_string(&log_path).unwrap_or_default();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return (status, logged());
+            }
+            if logged().contains(ENFORCING) || started.elapsed() > START_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the agent started instead of refusing:\n{}", logged());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -372,14 +409,21 @@ listen = "{metrics}"
 
     /// `enforcer status --json`, parsed.
     pub fn status(&self) -> serde_json::Value {
+        self.status_with_exit_code().1
+    }
+
+    /// `enforcer status --json`: its exit code (0 while a policy is enforced, 3 when
+    /// none is) and the status, which must parse either way.
+    pub fn status_with_exit_code(&self) -> (Option<i32>, serde_json::Value) {
         let output = self.command(&["status", "--json"]);
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        let status = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
             panic!(
                 "status --json printed no JSON ({err}): {}{}",
                 String::from_utf8_lossy(&output.stdout),
                 String::from_utf8_lossy(&output.stderr)
             )
-        })
+        });
+        (output.status.code(), status)
     }
 
     /// Waits (bounded) until `check` holds for the status; returns the last status.

@@ -1,5 +1,6 @@
 //! The agent as infrastructure teams run it: the real `enforcer run` binary on a real
-//! cgroup and veth, killed, restarted, fed bad policies, scraped and uninstalled.
+//! cgroup and veth, killed, restarted (also with another cgroup, interface list or map
+//! layout), fed bad policies, scraped, asked for its status and uninstalled.
 
 use std::{
     collections::BTreeSet,
@@ -347,20 +348,32 @@ fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
     scrape
 }
 
-fn rule_allows(scrape: &prometheus_parse::Scrape, rule: &str) -> f64 {
+/// The value of the sample of `metric` with `labels`, if the scrape has one.
+fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape
         .samples
         .iter()
         .find(|s| {
-            s.metric == "enforcer_rule_decisions_total"
-                && s.labels.get("rule") == Some(rule)
-                && s.labels.get("verdict") == Some("allow")
+            s.metric == metric
+                && labels
+                    .iter()
+                    .all(|(label, value)| s.labels.get(label) == Some(value))
         })
         .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            ref other => panic!("not a counter: {other:?}"),
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("not a counter or gauge: {other:?}"),
         })
-        .unwrap_or_else(|| panic!("no allow counter for rule {rule}"))
+}
+
+fn rule_allows(scrape: &prometheus_parse::Scrape, rule: &str) -> f64 {
+    sample(
+        scrape,
+        "enforcer_rule_decisions_total",
+        &[("rule", rule), ("verdict", "allow")],
+    )
+    .unwrap_or_else(|| panic!("no allow counter for rule {rule}"))
 }
 
 #[test]
@@ -534,4 +547,471 @@ fn systemd_hears_ready_only_once_the_kernel_enforces_then_keep_alives_and_stoppi
         said.iter().any(|m| m.lines().any(|l| l == "STOPPING=1")),
         "{said:?}"
     );
+}
+
+/// The entry of the status list `list` (`maps`, `rules`, `interfaces`) whose `key` is
+/// `name`.
+fn entry<'a>(
+    status: &'a serde_json::Value,
+    list: &str,
+    key: &str,
+    name: &str,
+) -> &'a serde_json::Value {
+    status[list]
+        .as_array()
+        .and_then(|entries| entries.iter().find(|e| e[key] == name))
+        .unwrap_or_else(|| panic!("status lists no {list} entry {name}: {status:#}"))
+}
+
+#[test]
+fn status_exits_0_only_while_a_policy_is_enforced_and_shows_map_fill_and_rule_counts() {
+    let site = PeerSite::new(&[ALLOWED_PORT, DENIED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19771", "");
+    let (code, status) = agent.status_with_exit_code();
+    assert_eq!(code, Some(3), "before any start: {status:#}");
+    assert_eq!(status["installed"], false, "{status:#}");
+
+    agent.start();
+    for _ in 0..2 {
+        assert_eq!(
+            Spawn::tcp_client(veth.peer_addr(ALLOWED_PORT))
+                .cgroup(api)
+                .run(),
+            Outcome::Ok
+        );
+    }
+    let (code, status) = agent.status_with_exit_code();
+    assert_eq!(code, Some(0), "while enforcing: {status:#}");
+    let rule = entry(&status, "rules", "name", "api-to-peer");
+    assert_eq!(
+        (&rule["allow"], &rule["deny"], &rule["audit"]),
+        (&2.into(), &0.into(), &0.into()),
+        "{status:#}"
+    );
+    // The policy's one peer address and one cgroup, against the maps' limits.
+    for (map, entries) in [("cidrs_v4", 1), ("cidrs_v6", 0)] {
+        let fill = entry(&status, "maps", "map", map);
+        assert_eq!(fill["entries"], entries, "{status:#}");
+        assert!(fill["limit"].as_u64() > Some(0), "{status:#}");
+    }
+    assert!(
+        entry(&status, "maps", "map", "cgroups")["entries"].as_u64() >= Some(1),
+        "{status:#}"
+    );
+    let text = agent.command(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    for shown in [
+        "maps:",
+        "cidrs_v4",
+        "rules (active generation):",
+        "api-to-peer",
+    ] {
+        assert!(
+            text.contains(shown),
+            "status does not show {shown}:\n{text}"
+        );
+    }
+
+    // Down, the pins enforce: still 0. Uninstalled: 3.
+    assert!(agent.terminate(), "the agent did not stop cleanly");
+    assert_eq!(agent.status_with_exit_code().0, Some(0), "agent down");
+    let output = agent.command(&["uninstall"]);
+    assert!(output.status.success(), "uninstall failed");
+    let (code, status) = agent.status_with_exit_code();
+    assert_eq!(code, Some(3), "after uninstall: {status:#}");
+    assert_eq!(agent.command(&["status"]).status.code(), Some(3));
+}
+
+#[test]
+fn uninstall_refuses_while_the_agent_runs_and_keeps_what_it_did_not_make() {
+    let site = PeerSite::new(&[DENIED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19772", "");
+    agent.start();
+    let refused = agent.command(&["uninstall"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "uninstall ran beside the agent"
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("the agent is running"), "{said}");
+    assert!(agent.pin_dir().join("maps").is_dir(), "pins removed");
+    let denied = Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+        .cgroup(api)
+        .run();
+    assert!(denied.is_eperm(), "enforcement gone: {denied:?}");
+
+    // What an operator put beside the agent's pins.
+    let theirs = [
+        agent.pin_dir().join("operator-notes"),
+        agent.pin_dir().join("links").join("operator-links"),
+    ];
+    for dir in &theirs {
+        std::fs::create_dir(dir).expect("mkdir on bpffs");
+    }
+    assert!(agent.terminate(), "the agent did not stop cleanly");
+    let output = agent.command(&["uninstall"]);
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "uninstall failed: {said}");
+    for dir in &theirs {
+        assert!(dir.is_dir(), "uninstall removed {}", dir.display());
+        assert!(
+            said.contains(&format!("kept {}", dir.display())),
+            "uninstall does not list {}:\n{said}",
+            dir.display()
+        );
+    }
+    for ours in ["maps", "programs"] {
+        assert!(!agent.pin_dir().join(ours).exists(), "{ours} left:\n{said}");
+    }
+    let store: Vec<_> = std::fs::read_dir(agent.audit_dir())
+        .expect("the audit store is kept")
+        .collect();
+    assert!(!store.is_empty(), "the audit store was emptied");
+    assert!(
+        said.contains(&format!(
+            "the audit store in {} is kept",
+            agent.audit_dir().display()
+        )),
+        "{said}"
+    );
+    assert_eq!(
+        Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+            .cgroup(api)
+            .run(),
+        Outcome::Ok,
+        "enforcement outlived uninstall"
+    );
+}
+
+/// An interface of this host's namespace, deleted on drop.
+struct HostLink(String);
+
+impl HostLink {
+    /// A new interface named `enft<pid>-<serial><suffix>`, made by `ip ARGS` with the name
+    /// in place of `NAME`.
+    fn new(suffix: &str, args: &[&str]) -> Self {
+        let name = format!(
+            "{}{}-{}{suffix}",
+            enforcer_tests::LINK_PREFIX,
+            std::process::id(),
+            enforcer_tests::next_serial()
+        );
+        let args: Vec<&str> = args
+            .iter()
+            .map(|arg| if *arg == "NAME" { name.as_str() } else { arg })
+            .collect();
+        enforcer_tests::cmd::run("ip", &args);
+        Self(name)
+    }
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        enforcer_tests::cmd::run_quietly("ip", &["link", "del", &self.0]);
+    }
+}
+
+/// How many times `log` says attaching XDP to `interface` failed.
+fn failed_attaches(log: &str, interface: &str) -> usize {
+    log.lines()
+        .filter(|line| {
+            line.contains("cannot attach XDP ingress")
+                && line.contains(&format!("interface={interface} "))
+        })
+        .count()
+}
+
+#[test]
+fn a_failed_attach_shows_in_status_metrics_and_healthz_and_is_retried() {
+    let site = PeerSite::new(&[DENIED_PORT]);
+    // A bridge has no native XDP; a TUN device carries no Ethernet frames.
+    let bridge = HostLink::new("b", &["link", "add", "NAME", "type", "bridge"]);
+    let tun = HostLink::new("t", &["tuntap", "add", "dev", "NAME", "mode", "tun"]);
+    let extra = format!(
+        "{}\n[[interfaces]]\nname = \"{}\"\nxdp_mode = \"native\"\n\n[[interfaces]]\nname = \"{}\"\n",
+        xdp_config(&site.veth),
+        bridge.0,
+        tun.0
+    );
+    let mut agent = site.agent("127.0.0.1:19773", &extra);
+    let start = agent.start();
+
+    let status = agent.status();
+    let shown = entry(&status, "interfaces", "name", &bridge.0);
+    assert_eq!(
+        (&shown["xdp"], &shown["mode"]),
+        (&"failed".into(), &"native".into()),
+        "{status:#}"
+    );
+    assert!(
+        shown["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "no reason: {status:#}"
+    );
+    let shown = entry(&status, "interfaces", "name", &tun.0);
+    assert_eq!(shown["xdp"], "failed", "{status:#}");
+    assert!(
+        shown["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not an Ethernet interface")),
+        "{status:#}"
+    );
+    assert_eq!(
+        entry(&status, "interfaces", "name", site.veth.host_if())["xdp"],
+        "attached",
+        "{status:#}"
+    );
+    assert_eq!(failed_attaches(&agent.log(start), &bridge.0), 1);
+
+    let (_, text) = fetch("http://127.0.0.1:19773/metrics");
+    let scrape = parse_metrics(&text);
+    let xdp = |interface: &str, mode: &str| {
+        sample(
+            &scrape,
+            "enforcer_interface_xdp",
+            &[("interface", interface), ("mode", mode)],
+        )
+    };
+    assert_eq!(xdp(&bridge.0, "native"), Some(0.0), "{text}");
+    assert_eq!(xdp(site.veth.host_if(), "skb"), Some(1.0), "{text}");
+    let (code, body) = fetch("http://127.0.0.1:19773/healthz");
+    assert_eq!(code, 503, "{body}");
+    for missing in [&bridge.0, &tun.0] {
+        assert!(body.contains(&format!("xdp on {missing}")), "{body}");
+    }
+    assert!(!body.contains(site.veth.host_if()), "{body}");
+
+    // The next interface change tries the bridge again.
+    let _another = HostLink::new("n", &["tuntap", "add", "dev", "NAME", "mode", "tun"]);
+    let started = Instant::now();
+    while failed_attaches(&agent.log(start), &bridge.0) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the failed attach was not tried again:\n{}",
+            agent.log(start)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let denied = Spawn::tcp_client(site.veth.peer_addr(DENIED_PORT))
+        .cgroup(&site.api)
+        .run();
+    assert!(denied.is_eperm(), "the cgroup hooks: {denied:?}");
+
+    // A cgroup hook's link unpinned behind the agent's back is missing too.
+    std::fs::remove_file(agent.pin_dir().join("links").join("connect4")).expect("unpin");
+    let (code, body) = fetch("http://127.0.0.1:19773/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("connect4"), "{body}");
+}
+
+#[test]
+fn a_write_that_changes_nothing_applies_nothing_and_failed_reloads_are_counted() {
+    let site = PeerSite::new(&[ALLOWED_PORT]);
+    let mut agent = site.agent("127.0.0.1:19774", "");
+    agent.start();
+    let generation = agent.status()["generation"].as_u64().expect("generation");
+    let reloads = |outcome: &str| {
+        let (_, text) = fetch("http://127.0.0.1:19774/metrics");
+        sample(
+            &parse_metrics(&text),
+            "enforcer_reloads_total",
+            &[("outcome", outcome)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(reloads("failed"), 0.0);
+
+    // The same bytes written again.
+    agent.write_policy(&api_to_peer(&site.api, &site.veth, false));
+    let status = agent.wait_for_status("the unchanged reload", |s| {
+        s["last_reload"]["outcome"] == "unchanged"
+    });
+    assert_eq!(
+        status["last_reload"]["trigger"], "file-change",
+        "{status:#}"
+    );
+    assert_eq!(
+        status["generation"].as_u64(),
+        Some(generation),
+        "{status:#}"
+    );
+    assert_eq!(reloads("unchanged"), 1.0);
+
+    for (count, cidr) in [(1.0, "198.18.0.0/33"), (2.0, "198.18.0.0/34")] {
+        agent.write_policy(&format!(
+            "[segments.api]\ncgroups = [\"x\"]\ncidrs = [\"{cidr}\"]\n"
+        ));
+        agent.wait_for_status("the failed reload", |s| {
+            s["last_reload"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(cidr))
+        });
+        assert_eq!(reloads("failed"), count);
+    }
+    assert_eq!(
+        agent.status()["generation"].as_u64(),
+        Some(generation),
+        "a refused policy changed the generation"
+    );
+}
+
+#[test]
+fn a_restart_moves_the_hooks_to_a_new_cgroup_and_removes_xdp_of_an_unlisted_interface() {
+    let site = PeerSite::new(&[DENIED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let xdp = xdp_config(veth);
+    let mut agent = site.agent("127.0.0.1:19775", &xdp);
+    agent.start();
+    let before = attachments(&agent.status());
+    assert!(before.iter().any(|(pin, ..)| pin.starts_with("xdp@")));
+    assert!(agent.terminate(), "the agent did not stop cleanly");
+
+    // The config now names another cgroup and no interface.
+    let elsewhere = enforcer_tests::cgroup::TestCgroup::new();
+    let config = std::fs::read_to_string(agent.config()).expect("read the config");
+    let config = config
+        .replace(
+            &format!("cgroup = \"{}\"", site.parent.relative_path()),
+            &format!("cgroup = \"{}\"", elsewhere.relative_path()),
+        )
+        .replace(&xdp, "");
+    std::fs::write(agent.config(), format!("interfaces = []\n{config}")).expect("write");
+    let second = agent.start();
+
+    let status = agent.status();
+    let after = attachments(&status);
+    assert_eq!(after.len(), CGROUP_HOOKS.len(), "{status:#}");
+    let target = format!("cgroup {}", elsewhere.path().display());
+    for attachment in status["attachments"].as_array().expect("attachments") {
+        assert_eq!(attachment["target"], target.as_str(), "{status:#}");
+    }
+    let old_links: BTreeSet<u64> = before.iter().map(|(_, link, _)| *link).collect();
+    assert!(
+        after.iter().all(|(_, link, _)| !old_links.contains(link)),
+        "a link pinned for the old cgroup was kept: {status:#}"
+    );
+    assert_eq!(
+        entry(&status, "interfaces", "name", veth.host_if())["xdp"],
+        "none",
+        "{status:#}"
+    );
+    assert!(
+        agent.log(second).contains("XDP detached"),
+        "{}",
+        agent.log(second)
+    );
+    // The old links leave the kernel; the old cgroup is no longer enforced.
+    let started = Instant::now();
+    while listed(loaded_links(), "links")
+        .iter()
+        .any(|link| old_links.contains(&u64::from(link.id())))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "an old link is still in the kernel"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+            .cgroup(api)
+            .run(),
+        Outcome::Ok,
+        "the cgroup the config no longer names is still enforced"
+    );
+}
+
+/// `bpf(2)` attributes for `BPF_MAP_CREATE`: the fields used, then zeros.
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    zeros: [u32; 28],
+}
+
+/// `bpf(2)` attributes for `BPF_OBJ_PIN`.
+#[repr(C)]
+#[derive(Default)]
+struct ObjPinAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    zeros: [u32; 28],
+}
+
+/// Calls `bpf(cmd, attr)`; panics with the OS error if it fails.
+fn bpf<T>(cmd: libc::c_long, attr: &T, what: &str) -> libc::c_long {
+    // SAFETY: `attr` is a `repr(C)` value of the layout `cmd` reads, valid for its size.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_ref(attr), size_of::<T>()) };
+    assert!(rc >= 0, "{what}: {}", std::io::Error::last_os_error());
+    rc
+}
+
+/// Pins at `path` a one-entry BPF array of 4-byte keys and values: a map whose layout
+/// none of the agent's maps has, as a release that changed one would have left it.
+fn pin_array_map(path: &Path) {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    let create = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        ..MapCreateAttr::default()
+    };
+    let fd = bpf(BPF_MAP_CREATE, &create, "create a map");
+    let fd = i32::try_from(fd).expect("a descriptor");
+    // SAFETY: the kernel just returned `fd`, which nothing else owns.
+    let map = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let pathname = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let pin = ObjPinAttr {
+        pathname: pathname.as_ptr() as u64,
+        bpf_fd: u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&map)).expect("fd"),
+        ..ObjPinAttr::default()
+    };
+    bpf(BPF_OBJ_PIN, &pin, "pin the map");
+}
+
+#[test]
+fn an_incompatible_pinned_map_is_refused_and_the_old_enforcement_stays() {
+    let site = PeerSite::new(&[DENIED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19777", "");
+    agent.start();
+    let before = agent.status();
+    assert!(agent.terminate(), "the agent did not stop cleanly");
+
+    // The running programs keep their map; its pin now names one of another layout (the
+    // real one's pin is set aside, to be put back for `status`).
+    let pin = agent
+        .pin_dir()
+        .join("maps")
+        .join(enforcer_common::maps::RECENT_FLOWS);
+    let aside = agent.pin_dir().join("set-aside");
+    std::fs::rename(&pin, &aside).expect("set the map's pin aside");
+    pin_array_map(&pin);
+    let (exit, log) = agent.refused_start(&agent.config());
+    assert_eq!(exit.code(), Some(1), "{log}");
+    assert!(
+        log.contains("cannot load the kernel object")
+            && log.contains("pinned map")
+            && log.contains("incompatible"),
+        "the refusal does not say the pinned map is incompatible:\n{log}"
+    );
+    let denied = Spawn::tcp_client(veth.peer_addr(DENIED_PORT))
+        .cgroup(api)
+        .run();
+    assert!(denied.is_eperm(), "the old enforcement is gone: {denied:?}");
+
+    std::fs::remove_file(&pin).expect("unpin the other map");
+    std::fs::rename(&aside, &pin).expect("put the map's pin back");
+    let after = agent.status();
+    assert_eq!(attachments(&after), attachments(&before), "{after:#}");
+    assert_eq!(after["generation"], before["generation"], "{after:#}");
 }

@@ -253,76 +253,6 @@ fn flows_from_real_connects_land_in_the_store_with_their_rule() {
 }
 
 #[test]
-fn flows_made_while_the_agent_is_down_are_stored_at_its_next_start_named_by_their_generation() {
-    let site = PeerSite::new(&[ALLOWED_PORT, DENIED_PORT]);
-    let (veth, api) = (&site.veth, &site.api);
-    let mut agent = site.agent("127.0.0.1:19691", "");
-    agent.start();
-    let first_sha256 = agent.status()["policy"]["source_sha256"]
-        .as_str()
-        .expect("the policy hash")
-        .to_owned();
-    agent.kill();
-    // Enforcement stays; the kernel's records wait in the ring with nobody reading.
-    connect_allowed(veth, api);
-    connect_denied(veth, api);
-    // The next start comes with a policy that opens the denied port (generation 2): the
-    // waiting records must still be named by generation 1, which decided them.
-    agent.write_policy(&api_to_peer(api, veth, true));
-    agent.start();
-    connect_allowed(veth, api);
-    let found = wait_for_records(
-        &agent,
-        "the flows made while the agent was down",
-        Duration::from_secs(10),
-        |r| flows_to(r, ALLOWED_PORT, "allow") == 2 && flows_to(r, DENIED_PORT, "deny") == 1,
-    );
-    // The flows before the second start's record were made while the agent was down.
-    let restarted = found
-        .iter()
-        .filter(|r| r["unmapped"]["agent"]["event"] == "started")
-        .nth(1)
-        .expect("the second start's record");
-    let while_down: Vec<&Value> = found
-        .iter()
-        .filter(|r| {
-            r["unmapped"]["kind"] == "flow" && r["time"].as_i64() < restarted["time"].as_i64()
-        })
-        .collect();
-    assert_eq!(while_down.len(), 2, "{found:#?}");
-    for record in &while_down {
-        let flow = &record["unmapped"]["flow"];
-        assert_eq!(flow["generation"], 1, "{record:#}");
-        assert_eq!(flow["policy_sha256"], first_sha256.as_str(), "{record:#}");
-        assert_eq!(flow["src_segment"], "api", "{record:#}");
-        assert_eq!(flow["dst_segment"], "peer", "{record:#}");
-    }
-    let denied = while_down
-        .iter()
-        .find(|r| r["dst_endpoint"]["port"] == DENIED_PORT)
-        .expect("the denied flow");
-    assert_eq!(denied["unmapped"]["flow"]["reason"], "default-deny");
-    let allowed = while_down
-        .iter()
-        .find(|r| r["dst_endpoint"]["port"] == ALLOWED_PORT)
-        .expect("the allowed flow");
-    assert_eq!(allowed["unmapped"]["flow"]["rule"], "api-to-peer");
-    // The flow after the restart is generation 2's, and nothing was lost.
-    assert!(
-        found
-            .iter()
-            .any(|r| r["dst_endpoint"]["port"] == ALLOWED_PORT
-                && r["unmapped"]["flow"]["generation"] == 2),
-        "{found:#?}"
-    );
-    let gaps: Vec<&Value> = found
-        .iter()
-        .filter(|r| r["unmapped"]["kind"] == "gap")
-        .collect();
-    assert!(gaps.is_empty(), "{gaps:#?}");
-}
-
-#[test]
 fn a_stopped_consumer_loses_nothing_unaccounted() {
     let site = PeerSite::new(&[]);
     let (veth, api) = (&site.veth, &site.api);
@@ -1522,6 +1452,8 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
     fs::create_dir_all(&keys).expect("create the agent's directory");
     let key = keys.join("signing");
     let said = enforcer_ok(&[OsStr::new("keygen"), key.as_os_str()]);
+    let untrusted = keys.join("untrusted");
+    enforcer_ok(&[OsStr::new("keygen"), untrusted.as_os_str()]);
     let key_id = said
         .rsplit("key id ")
         .next()
@@ -1529,8 +1461,7 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
         .trim()
         .to_owned();
     let bundle = keys.join("policy.bundle");
-    // Signs the api-to-peer policy as `version` with `key` into a staged file.
-    let sign_as = |key: &Path, open_second: bool, version: &str| {
+    let sign = |key: &Path, open_second: bool, version: &str| {
         let source = keys.join(format!("policy-{version}.toml"));
         fs::write(&source, api_to_peer(&site.api, &site.veth, open_second)).expect("write");
         let staged = keys.join("staged.bundle");
@@ -1545,12 +1476,10 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
             OsStr::new("-o"),
             staged.as_os_str(),
         ]);
-        staged
+        // In one step, as a deployment tool would put it in place.
+        fs::rename(&staged, &bundle).expect("install the bundle");
     };
-    // In one step, as a deployment tool would put it in place.
-    let install = |staged: &Path| fs::rename(staged, &bundle).expect("install the bundle");
-    let sign = |open_second: bool, version: &str| install(&sign_as(&key, open_second, version));
-    sign(false, "5");
+    sign(&key, false, "5");
     let mut agent = AgentHost::configured(&name, &site.parent, &bundle, "127.0.0.1:19631", "");
     let config = fs::read_to_string(agent.config()).expect("read the config");
     let path_line = format!("path = \"{}\"\n", bundle.display());
@@ -1562,34 +1491,40 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
     );
     fs::write(agent.config(), config).expect("write the config");
     agent.start();
-    // An older bundle, validly signed: a rollback, refused.
-    sign(true, "4");
-    agent.wait_for_status("the refused rollback", |status| {
-        status["last_reload"]["outcome"] == "failed"
-    });
-    let refused_for = |why: &str| {
-        agent.wait_for_status(why, |status| {
-            status["last_reload"]["message"]
-                .as_str()
-                .is_some_and(|message| message.contains(why))
-        });
+    let refused = |what: &str, said: &str| {
+        agent.wait_for_status(what, |status| {
+            status["last_reload"]["outcome"] == "failed"
+                && status["last_reload"]["message"]
+                    .as_str()
+                    .is_some_and(|message| message.contains(said))
+        })
     };
-    // Newer, but signed by a key the agent does not trust: refused.
-    let other = keys.join("other");
-    enforcer_ok(&[OsStr::new("keygen"), other.as_os_str()]);
-    install(&sign_as(&other, true, "6"));
-    refused_for("signed by another key");
-    // Newer and signed by the trusted key, but altered after signing: refused.
-    let staged = sign_as(&key, true, "6");
-    let signed = fs::read_to_string(&staged).expect("read the bundle");
-    assert!(signed.contains("api-to-peer"), "{signed}");
-    fs::write(&staged, signed.replacen("api-to-peer", "api-to-pear", 1)).expect("alter");
-    install(&staged);
-    refused_for("altered");
-    assert_eq!(agent.status()["policy"]["bundle_version"], 5);
-    // The port the refused bundles open stays closed.
-    connect_denied(&site.veth, &site.api);
-    sign(true, "6");
+    // A bundle signed by a key the agent does not trust; then one altered after it was
+    // signed (the second port opened in its sources): both refused.
+    sign(&untrusted, true, "6");
+    refused("the untrusted signer refused", "signed by another key");
+    sign(&key, true, "6");
+    let signed = fs::read_to_string(&bundle).expect("read the bundle");
+    let staged = keys.join("altered.bundle");
+    fs::write(
+        &staged,
+        signed.replace(&format!("{ALLOWED_PORT}/tcp"), "1-65535/tcp"),
+    )
+    .expect("alter the bundle");
+    fs::rename(&staged, &bundle).expect("install the altered bundle");
+    let status = refused("the altered bundle refused", "altered");
+    assert_eq!(status["policy"]["bundle_version"], 5, "{status:#}");
+    let denied = Spawn::tcp_client(site.veth.peer_addr(DENIED_PORT))
+        .cgroup(&site.api)
+        .run();
+    assert!(
+        denied.is_eperm(),
+        "a refused bundle is in force: {denied:?}"
+    );
+    // An older bundle, validly signed: a rollback, refused.
+    sign(&key, true, "4");
+    refused("the refused rollback", "older");
+    sign(&key, true, "6");
     agent.wait_for_status("the newer bundle", |status| {
         status["policy"]["bundle_version"].as_u64() == Some(6)
     });
@@ -1620,12 +1555,11 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
     for applied in [events[0], events[4]] {
         assert_eq!(applied["signer_key_id"], key_id.as_str(), "{applied}");
     }
-    let error = events[1]["error"].as_str().expect("why");
-    assert!(
-        error.contains("version 4 is older than version 5"),
-        "{error}"
-    );
-    for (event, why) in [(events[2], "signed by another key"), (events[3], "altered")] {
+    for (event, why) in events[1..4].iter().zip([
+        "signed by another key",
+        "altered",
+        "version 4 is older than version 5",
+    ]) {
         let error = event["error"].as_str().expect("why");
         assert!(error.contains(why), "{error}");
     }
@@ -1641,7 +1575,7 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
     let uninstalled = agent.command(&["uninstall"]);
     assert!(uninstalled.status.success(), "{uninstalled:?}");
     let _ = fs::remove_dir_all(agent.state_dir());
-    sign(false, "5");
+    sign(&key, false, "5");
     let run = Command::new("timeout")
         .arg("20")
         .arg(enforcer_bin())
@@ -1656,7 +1590,55 @@ fn signed_bundles_are_on_record_with_their_signer_and_a_rollback_is_refused_even
         run.status
     );
     // A newer one is taken.
-    sign(false, "7");
+    sign(&key, false, "7");
     agent.start();
     assert_eq!(agent.status()["policy"]["bundle_version"], 7);
+}
+
+#[test]
+fn events_a_restarted_agent_finds_in_the_ring_are_stored_named_by_their_generation() {
+    let site = PeerSite::new(&[ALLOWED_PORT]);
+    let (veth, api) = (&site.veth, &site.api);
+    let mut agent = site.agent("127.0.0.1:19776", "");
+    agent.start();
+    let first_sha256 = agent.status()["policy"]["source_sha256"]
+        .as_str()
+        .expect("the policy hash")
+        .to_owned();
+    // A stopped agent drains nothing: the flows wait in the ring across the kill, with
+    // those made while it is down.
+    agent.pause();
+    for _ in 0..3 {
+        connect_allowed(veth, api);
+    }
+    agent.kill();
+    // Down, the kernel goes on deciding and writing events.
+    for _ in 0..2 {
+        connect_allowed(veth, api);
+    }
+    // The restart applies a generation whose rule 1 has another name.
+    agent.write_policy(&api_to_peer(api, veth, false).replace("\"api-to-peer\"", "\"renamed\""));
+    agent.start();
+    let found = wait_for_records(
+        &agent,
+        "the flows left in the ring",
+        Duration::from_secs(10),
+        |r| flows_to(r, ALLOWED_PORT, "allow") == 5,
+    );
+    for record in found.iter().filter(|r| r["unmapped"]["kind"] == "flow") {
+        assert_eq!(
+            record["firewall_rule"]["uid"], "api-to-peer",
+            "a flow of generation 1 named by another generation: {record:#}"
+        );
+        assert_eq!(record["src_endpoint"]["name"], "api", "{record:#}");
+        let flow = &record["unmapped"]["flow"];
+        assert_eq!(flow["generation"], 1, "{record:#}");
+        assert_eq!(flow["policy_sha256"], first_sha256.as_str(), "{record:#}");
+    }
+    // Stored once each, none lost.
+    let gaps: Vec<&Value> = found
+        .iter()
+        .filter(|r| r["unmapped"]["kind"] == "gap")
+        .collect();
+    assert!(gaps.is_empty(), "{gaps:#?}");
 }

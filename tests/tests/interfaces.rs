@@ -14,7 +14,7 @@ use enforcer_tests::{
     cgroup::TestCgroup,
     netns::{Netns, add_veth, address_up},
     next_serial,
-    probe::{Outcome, Spawn},
+    probe::{Outcome, Server, Spawn},
 };
 
 const DENIED: u16 = 18_081;
@@ -33,7 +33,12 @@ impl Remote {
     fn new(host: &Netns) -> Self {
         let serial = next_serial();
         let pid = std::process::id();
-        let host_if = format!("{LINK_PREFIX}{pid}-{serial}h");
+        Self::named(host, format!("{LINK_PREFIX}{pid}-{serial}h"), serial)
+    }
+
+    /// As [`Remote::new`], with this host's end called `host_if` and `serial` choosing
+    /// the addresses.
+    fn named(host: &Netns, host_if: String, serial: u32) -> Self {
         let netns = Netns::new();
         add_veth(Some(host), &host_if, &netns, "eth0");
         let third = 200 + u8::try_from(serial % 50).expect("below 50");
@@ -113,11 +118,15 @@ fn xdp_of<'a>(status: &'a serde_json::Value, interface: &str) -> Option<&'a serd
         .find(|i| i["name"] == interface)
 }
 
-#[test]
-fn every_interface_gets_xdp_also_one_added_while_the_agent_runs() {
-    let host = Netns::new();
-    let first = Remote::new(&host);
-    let parent = TestCgroup::new();
+/// A `web` segment (a cgroup under `parent`) serving [`ALLOWED`] and [`DENIED`] on every
+/// address of `host`, where an agent with XDP on every interface but loopback (`skb`
+/// mode, metrics on `metrics`) lets only [`ALLOWED`] in from the world. The servers go
+/// with the returned guards.
+fn web_behind_xdp(
+    host: &Netns,
+    parent: &TestCgroup,
+    metrics: &str,
+) -> (AgentHost, Vec<Server>, TestCgroup) {
     let web = parent.child("web.service");
     let policy = format!(
         r#"
@@ -133,16 +142,25 @@ ports = ["{ALLOWED}/tcp"]
 "#,
         web.relative_path()
     );
-    let mut agent = AgentHost::new(&parent, &policy, "127.0.0.1:19641", "").in_netns(&host);
+    let agent = AgentHost::new(parent, &policy, metrics, "").in_netns(host);
     agent.set_interfaces("interfaces = \"all\"\nxdp_mode = \"skb\"");
-    let _servers: Vec<_> = [ALLOWED, DENIED]
+    let servers = [ALLOWED, DENIED]
         .map(|port| {
             Spawn::tcp_server(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
-                .netns(&host)
+                .netns(host)
                 .cgroup(&web)
                 .serve()
         })
         .into();
+    (agent, servers, web)
+}
+
+#[test]
+fn every_interface_gets_xdp_also_one_added_while_the_agent_runs() {
+    let host = Netns::new();
+    let first = Remote::new(&host);
+    let parent = TestCgroup::new();
+    let (mut agent, _servers, _web) = web_behind_xdp(&host, &parent, "127.0.0.1:19641");
     agent.start();
 
     // The interface that existed at the start has XDP; loopback has none.
@@ -238,43 +256,11 @@ ports = ["{ALLOWED}/tcp"]
 }
 
 #[test]
-fn a_named_interface_made_again_gets_xdp_again_at_its_new_index() {
+fn an_interface_made_again_gets_xdp_again_at_its_new_index() {
     let host = Netns::new();
     let remote = Remote::new(&host);
     let parent = TestCgroup::new();
-    let web = parent.child("web.service");
-    let policy = format!(
-        r#"
-[segments.web]
-cgroups = ["{}"]
-ports = ["{ALLOWED}/tcp", "{DENIED}/tcp"]
-
-[[allow]]
-id = "world-to-web"
-from = ["world"]
-to = ["web"]
-ports = ["{ALLOWED}/tcp"]
-"#,
-        web.relative_path()
-    );
-    let mut agent = AgentHost::new(
-        &parent,
-        &policy,
-        "127.0.0.1:19642",
-        &format!(
-            "\n[[interfaces]]\nname = \"{}\"\nxdp_mode = \"skb\"\n",
-            remote.host_if
-        ),
-    )
-    .in_netns(&host);
-    let _servers: Vec<_> = [ALLOWED, DENIED]
-        .map(|port| {
-            Spawn::tcp_server(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
-                .netns(&host)
-                .cgroup(&web)
-                .serve()
-        })
-        .into();
+    let (mut agent, _servers, _web) = web_behind_xdp(&host, &parent, "127.0.0.1:19642");
     agent.start();
     let status = agent.status();
     let before = xdp_of(&status, &remote.host_if).expect("listed");

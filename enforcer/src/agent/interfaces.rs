@@ -69,9 +69,10 @@ impl InterfaceSet {
         &self.known
     }
 
-    /// The first start: every listed interface must exist (a typo in the config is
-    /// refused, nothing attached to it), then [`InterfaceSet::sync`].
-    pub fn start(&mut self, loader: &mut Loader) -> anyhow::Result<Vec<XdpChange>> {
+    /// At start, before anything is loaded or attached: every listed interface must
+    /// exist, so a typo in the config is refused by its field with nothing attached (no
+    /// cgroup hook either: the check runs before the agent touches the kernel).
+    pub fn check_listed(&self) -> anyhow::Result<()> {
         if let Interfaces::Listed(list) = &self.selection {
             for (i, interface) in list.iter().enumerate() {
                 host::interfaces::index(&interface.name).with_context(|| {
@@ -82,7 +83,7 @@ impl InterfaceSet {
                 })?;
             }
         }
-        self.sync(loader)
+        Ok(())
     }
 
     /// Attaches XDP to every selected interface of the host that does not have it at its

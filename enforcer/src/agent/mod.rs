@@ -138,14 +138,25 @@ impl Agent {
         if !cgroup.is_dir() {
             bail!("cgroup: no cgroup {} on this host", cgroup.display());
         }
+        let interfaces = InterfaceSet::new(config.interfaces.clone());
+        interfaces.check_listed()?;
 
         let previous = state_dir.read().unwrap_or_default();
         let pins = PinLayout::new(&config.pin_dir);
         let adopting = pins.has_maps();
         let floor = Floor::new(&config.data_dir);
         let candidate = policy::load(&config.policy, previous.accepted_bundle_version, &floor);
+        // Pins an earlier agent left enforce its generation; maps pinned by a start that
+        // stopped before its first apply (its audit store failed, say) enforce nothing,
+        // so an invalid policy over them is refused as on a fresh host. Maps that cannot
+        // be read are left to the load below, which names the problem.
+        let in_force = adopting
+            && PinnedMaps::open(&pins.maps_dir())
+                .and_then(|mut maps| maps.active_generation())
+                .ok()
+                .is_none_or(|generation| generation > 0);
         if let Err(err) = &candidate
-            && !adopting
+            && !in_force
         {
             bail!("{err}; nothing was attached");
         }
@@ -175,7 +186,7 @@ impl Agent {
             "this host's addresses are decided as local destinations"
         );
         let mut agent = Self {
-            interfaces: InterfaceSet::new(config.interfaces.clone()),
+            interfaces,
             _host_watch: host_watch,
             host_changes: Some(host_changes),
             listed_cgroups: None,
@@ -226,7 +237,7 @@ impl Agent {
         tracing::info!(cgroup = %cgroup.display(), ?outcome, "cgroup hooks in force");
         // Bindings made from now on are learnt by the kernel; those made before, here.
         agent.learn_existing_listeners();
-        let changes = agent.interfaces.start(&mut agent.loader)?;
+        let changes = agent.interfaces.sync(&mut agent.loader)?;
         agent.note_xdp_changes(&changes);
         agent.publish_interfaces();
         agent.write_state();

@@ -77,6 +77,18 @@ pub enum LoaderError {
     /// The object could not be parsed or its maps could not be created.
     #[error("cannot load the kernel object: {0}")]
     Object(#[source] Box<EbpfError>),
+    /// A map pinned by an earlier agent has another layout than this build's (a release
+    /// changed it): nothing is loaded, and the earlier programs, which still hold their
+    /// maps, keep enforcing until the pins are removed.
+    #[error(
+        "cannot load the kernel object: the pinned map `{name}` is incompatible with this build ({detail}); the earlier agent's programs keep enforcing: stop the agent, run `enforcer uninstall`, then start it"
+    )]
+    IncompatiblePin {
+        /// The map.
+        name: String,
+        /// What differs (aya's words: `key_size is 4, expected 8`).
+        detail: String,
+    },
     /// The object lacks a program this agent expects (a build mismatch).
     #[error("the kernel object has no program `{0}`")]
     MissingProgram(&'static str),
@@ -231,9 +243,18 @@ impl Loader {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let ebpf = loader
-            .load(object::BYTES)
-            .map_err(|err| LoaderError::Object(Box::new(err)))?;
+        let ebpf = loader.load(object::BYTES).map_err(|err| match err {
+            EbpfError::MapError(MapError::IncompatiblePinnedMap {
+                name,
+                property,
+                expected,
+                actual,
+            }) => LoaderError::IncompatiblePin {
+                name,
+                detail: format!("{property} is {actual}, expected {expected}"),
+            },
+            err => LoaderError::Object(Box::new(err)),
+        })?;
         let mut loader = Self::finish(ebpf, Some(layout.clone()))?;
         loader.pin_programs(layout)?;
         Ok(loader)

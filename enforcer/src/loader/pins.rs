@@ -168,7 +168,9 @@ impl PinLayout {
         })?;
         let maps_dir = self.maps_dir();
         self.remove_entries(&maps_dir, &mut removal, |_| true)?;
-        for dir in [links_dir, programs_dir, maps_dir, self.dir.clone()] {
+        let own_dirs = [links_dir, programs_dir, maps_dir];
+        removal.kept.extend(self.others_at_top(&own_dirs)?);
+        for dir in own_dirs.into_iter().chain([self.dir.clone()]) {
             match fs::remove_dir(&dir) {
                 Ok(()) => removal.removed.push(dir),
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {}
@@ -177,6 +179,24 @@ impl PinLayout {
             }
         }
         Ok(removal)
+    }
+
+    /// What the top of the pin directory holds besides `own_dirs`: someone else's, so
+    /// [`PinLayout::remove`] keeps and lists it (and the pin directory stays).
+    fn others_at_top(&self, own_dirs: &[PathBuf]) -> Result<Vec<PathBuf>, LoaderError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(Self::io_error(&self.dir)(err)),
+        };
+        let mut others = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(Self::io_error(&self.dir))?.path();
+            if !own_dirs.contains(&path) {
+                others.push(path);
+            }
+        }
+        Ok(others)
     }
 
     fn remove_entries(
