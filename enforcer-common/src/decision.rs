@@ -105,6 +105,12 @@ mod tests {
     use crate::maps::ACTION_ALLOW;
 
     #[test]
+    fn each_of_the_four_lookups_has_its_own_bit() {
+        let bits = rule_lookups(30, 40).map(|(src, dst)| lookup_bit(src, dst));
+        assert_eq!(bits, [0b0001, 0b0010, 0b0100, 0b1000]);
+    }
+
+    #[test]
     fn deny_beats_allow_beats_default() {
         let allow = RuleValue::new(1, ACTION_ALLOW);
         let deny = RuleValue::new(7, ACTION_DENY);

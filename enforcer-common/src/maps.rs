@@ -766,6 +766,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn counters_add_field_by_field() {
+        let mut total = RuleCounters {
+            allow: 1,
+            deny: 2,
+            audit: 3,
+        };
+        total.add(&RuleCounters {
+            allow: 10,
+            deny: 20,
+            audit: 30,
+        });
+        assert_eq!((total.allow, total.deny, total.audit), (11, 22, 33));
+    }
+
+    #[test]
     fn consecutive_generations_alternate_between_the_two_slots() {
         for generation in 1..8 {
             assert!(slot_of(generation) < CIDRS_V4.len());

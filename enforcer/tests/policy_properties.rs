@@ -163,12 +163,14 @@ fn random_policy(segments_seed: u64, rules_seed: u64) -> (String, usize) {
         )
         .unwrap();
     }
-    if g.chance(50) {
+    // Up to three failsafes, often overlapping on one port: the longest prefix names the
+    // grant.
+    for f in 0..g.below(4) {
         writeln!(
             text,
-            "[failsafe.f0]\nfrom = [\"{}\"]\nport = \"{}/tcp\"",
+            "[failsafe.f{f}]\nfrom = [\"{}\"]\nport = \"{}/tcp\"",
             g.pick(NETS),
-            1 + g.below(60)
+            1 + g.below(3)
         )
         .unwrap();
     }

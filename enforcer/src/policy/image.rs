@@ -157,3 +157,43 @@ impl MapImage {
             .map_or("?", String::as_str)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::{compile_sources, source::SourceSet};
+
+    /// The digest names a generation in bundles signed by one release and verified by
+    /// another, so its encoding may not drift: this policy's digest is fixed. A change
+    /// here is a change of the bundle format.
+    #[test]
+    fn the_digest_of_a_known_policy_is_stable() {
+        let mut sources = SourceSet::default();
+        sources.add(
+            "known.toml",
+            r#"
+[segments.api]
+cidrs = ["198.18.1.0/24", "198.18.2.0/24", "2001:db8:1::/48"]
+
+[segments.db]
+cidrs = ["198.18.7.0/24"]
+ports = ["5432/tcp"]
+
+[[allow]]
+id = "api-to-db"
+from = ["api"]
+to = ["db"]
+ports = ["5432/tcp"]
+
+[failsafe.ssh]
+from = ["198.18.9.0/24"]
+port = "22/tcp"
+"#
+            .to_owned(),
+        );
+        let compiled = compile_sources(sources).expect("compiles");
+        assert_eq!(
+            compiled.image.digest_hex(),
+            "50d6bde8f25298350db7924497d534c70d02c540015453f5b491c58313638829"
+        );
+    }
+}

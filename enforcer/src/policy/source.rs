@@ -101,7 +101,7 @@ impl SourceSet {
     pub fn line_col(&self, file: usize, offset: usize) -> (usize, usize) {
         let text = &self.files[file].text;
         let offset = offset.min(text.len());
-        let before = &text[..floor_char_boundary(text, offset)];
+        let before = &text[..text.floor_char_boundary(offset)];
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let col = before[line_start..].chars().count() + 1;
@@ -117,17 +117,10 @@ impl SourceSet {
     /// The source text a span covers.
     pub fn text(&self, span: &Span) -> &str {
         let text = &self.files[span.file].text;
-        let start = floor_char_boundary(text, span.range.start.min(text.len()));
-        let end = floor_char_boundary(text, span.range.end.min(text.len()));
+        let start = text.floor_char_boundary(span.range.start);
+        let end = text.floor_char_boundary(span.range.end);
         &text[start..end.max(start)]
     }
-}
-
-fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    offset
 }
 
 #[cfg(test)]

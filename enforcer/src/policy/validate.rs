@@ -545,7 +545,7 @@ impl Validator<'_> {
             span(loc, text),
             format!("unknown segment `{name}`"),
         );
-        if let Some(close) = known.iter().find(|k| edit_distance(k, name) <= 2) {
+        if let Some(close) = known.iter().find(|k| strsim::levenshtein(k, name) <= 2) {
             diagnostic = diagnostic.with_note(format!("did you mean `{close}`?"));
         }
         diagnostic = diagnostic.with_note(format!(
@@ -623,21 +623,4 @@ impl Validator<'_> {
             span: here,
         });
     }
-}
-
-/// Levenshtein distance, for "did you mean" hints on short names.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            let next = (row[j] + 1).min(row[j + 1] + 1).min(prev + cost);
-            prev = row[j + 1];
-            row[j + 1] = next;
-        }
-    }
-    row[b.len()]
 }
