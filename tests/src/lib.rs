@@ -24,6 +24,7 @@ pub mod probe;
 pub mod script;
 pub mod services;
 pub mod syslog;
+pub mod trace;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -5,83 +5,23 @@
 //! `sendmsg` and `sendmmsg` it made with an IPv4 or IPv6 address must name the collector.
 
 use std::{
-    fs,
     io::Read as _,
     net::{TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use enforcer_tests::{
-    agent::{PeerSite, enforcer_bin},
+    agent::PeerSite,
     policy::{ALLOWED_PORT, DENIED_PORT},
     probe::Spawn,
+    trace::{STEP_TIMEOUT, TracedAgent},
 };
 
 /// The metrics listener of the traced agent.
 const METRICS: &str = "127.0.0.1:19681";
-/// How long each step of the traced agent may take.
-const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 /// The system calls that send to an address of the caller's choosing.
 const SENDING_CALLS: &str = "connect,sendto,sendmsg,sendmmsg";
-
-/// strace running the agent; both are killed on drop (a failing test leaves neither: a
-/// tracer killed alone would leave its tracee running).
-struct Traced {
-    strace: Child,
-}
-
-impl Traced {
-    /// The agent, the one child strace started, while strace runs.
-    fn agent_pid(&self) -> Option<i32> {
-        fs::read_to_string(format!(
-            "/proc/{pid}/task/{pid}/children",
-            pid = self.strace.id()
-        ))
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-    }
-
-    fn signal_agent(&self, signal: libc::c_int) {
-        let pid = self.agent_pid().expect("strace runs the agent");
-        // SAFETY: kill() takes no pointers; the pid is strace's child, which it has not
-        // reaped while it still runs.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid})");
-    }
-}
-
-impl Drop for Traced {
-    fn drop(&mut self) {
-        if let Ok(None) = self.strace.try_wait() {
-            if let Some(pid) = self.agent_pid() {
-                // SAFETY: as in signal_agent.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            let _ = self.strace.kill();
-            let _ = self.strace.wait();
-        }
-    }
-}
-
-/// Waits (bounded) until `done` holds of the agent's log.
-fn wait_for_log(log: &std::path::Path, what: &str, done: impl Fn(&str) -> bool) {
-    let started = Instant::now();
-    loop {
-        let text = fs::read_to_string(log).unwrap_or_default();
-        if done(&text) {
-            return;
-        }
-        assert!(
-            started.elapsed() < STEP_TIMEOUT,
-            "the agent did not {what} within {STEP_TIMEOUT:?}:\n{text}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// What the agent forwards over its first connection to `collector`, until it
 /// disconnects (the agent stops); empty if it never connects within the time bound.
@@ -129,29 +69,7 @@ fn the_agent_sends_to_no_address_but_the_collector() {
             site.veth.host_if()
         ),
     );
-    let dir = agent
-        .audit_dir()
-        .parent()
-        .expect("the agent's directory")
-        .to_owned();
-    let log = dir.join("traced.log");
-    let trace = dir.join("strace.txt");
-    let traced = Traced {
-        strace: Command::new("strace")
-            .args(["-f", "-qq", "-e", &format!("trace={SENDING_CALLS}"), "-o"])
-            .arg(&trace)
-            .arg("--")
-            .arg(enforcer_bin())
-            .args(["run", "--config"])
-            .arg(agent.config())
-            .env("ENFORCER_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("the log"))
-            .spawn()
-            .expect("strace (from Debian's strace package, which ./x setup installs)"),
-    };
-    wait_for_log(&log, "enforce", |text| text.contains("enforcing"));
+    let traced = TracedAgent::start(&agent, SENDING_CALLS);
 
     let denied = Spawn::tcp_client(site.veth.peer_addr(DENIED_PORT))
         .cgroup(&site.api)
@@ -169,15 +87,9 @@ fn the_agent_sends_to_no_address_but_the_collector() {
         .expect("scrape the metrics");
     assert!(scrape.contains("enforcer_build_info"), "{scrape}");
 
-    traced.signal_agent(libc::SIGHUP);
-    wait_for_log(&log, "reload", |text| text.contains("trigger=\"sighup\""));
-    traced.signal_agent(libc::SIGTERM);
-    let mut traced = traced;
-    let started = Instant::now();
-    while traced.strace.try_wait().expect("wait").is_none() {
-        assert!(started.elapsed() < STEP_TIMEOUT, "the agent did not stop");
-        thread::sleep(Duration::from_millis(50));
-    }
+    traced.signal(libc::SIGHUP);
+    traced.wait_for_log("reload", |text| text.contains("trigger=\"sighup\""));
+    let trace = traced.stop(libc::SIGTERM);
     let forwarded = received.join().expect("the collector");
     assert!(
         String::from_utf8_lossy(&forwarded).contains("\"verdict\":\"deny\""),
@@ -185,7 +97,6 @@ fn the_agent_sends_to_no_address_but_the_collector() {
         String::from_utf8_lossy(&forwarded)
     );
 
-    let trace = fs::read_to_string(&trace).expect("the trace");
     // The trace sees the agent's sends: the XDP attach goes through netlink, and the
     // collector's connection is an IPv4 connect. Without both, strace saw nothing.
     assert!(
