@@ -30,6 +30,11 @@ Modes:
                                         destination-options headers, built whole on a raw
                                         socket (IPPROTO_RAW); `cut`: the last header names
                                         one more and the packet ends there (no UDP)
+  tcp-echo ADDR PORT                    bind, announce, echo every connection's bytes until
+                                        it closes (one connection at a time)
+  chat tcp|udp DST DPORT COUNT          one connected socket (TCP connect, or UDP
+                                        connect) exchanging COUNT messages with an echo
+                                        server, each answer awaited (2 s)
 """
 import os
 import socket
@@ -228,6 +233,47 @@ def udp6_chain(src, dst, dport, count, cut=False):
         fail(err)
 
 
+def tcp_echo(addr, port):
+    s = socket.socket(family_of(addr), socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, int(port)))
+    s.listen(16)
+    bound = s.getsockname()
+    out("listening %s" % (("[%s]:%d" if ":" in bound[0] else "%s:%d") % (bound[0], bound[1])))
+    while True:
+        conn, _ = s.accept()
+        with conn:
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    break
+                conn.sendall(data)
+
+
+def chat(proto, dst, dport, count):
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    try:
+        s = socket.socket(family_of(dst), kind)
+        s.settimeout(2)
+        s.connect((dst, int(dport)))
+        for n in range(int(count)):
+            message = b"message %d\n" % n
+            s.send(message)
+            answer = b""
+            while len(answer) < len(message):
+                part = s.recv(len(message) - len(answer))
+                if not part:
+                    raise socket.timeout()
+                answer += part
+            if answer != message:
+                out("error 0 the echo differs")
+                sys.exit(1)
+        s.close()
+        out("ok")
+    except OSError as err:
+        fail(err)
+
+
 def main():
     args = sys.argv[1:]
     if not args:
@@ -252,6 +298,10 @@ def main():
         tcp_lsrr_gated(*plain[:4])
     elif mode == "raw-ping":
         raw_ping(plain[0])
+    elif mode == "tcp-echo":
+        tcp_echo(*plain[:2])
+    elif mode == "chat":
+        chat(*plain[:4])
     elif mode == "udp6-chain":
         udp6_chain(*plain[:4], cut=flag("cut"))
     else:

@@ -582,3 +582,106 @@ fn an_ipv6_chain_longer_than_the_bound_is_dropped_at_the_socket_as_malformed() {
         "{recorded:#?}"
     );
 }
+
+/// Every decision the programs counted so far, whatever its reason and verdict.
+fn decisions(loader: &mut enforcer::loader::Loader) -> u64 {
+    loader
+        .counters()
+        .expect("counters")
+        .by_reason
+        .iter()
+        .map(|count| count.count)
+        .sum()
+}
+
+/// The decisions one `chat` of `messages` over a fresh connection costs.
+fn decisions_of_a_chat(
+    loader: &mut enforcer::loader::Loader,
+    chat: impl Fn(u32) -> Spawn,
+    messages: u32,
+) -> u64 {
+    let before = decisions(loader);
+    let outcome = chat(messages).run();
+    assert_eq!(outcome, Outcome::Ok, "a chat of {messages} messages");
+    decisions(loader) - before
+}
+
+#[test]
+fn established_tcp_and_connected_udp_are_not_decided_again() {
+    let remote = Netns::new();
+    let veth = Veth::new(&remote);
+    let parent = TestCgroup::new();
+    let web = parent.child("web.service");
+    let image = enforcer_tests::policy::image(&format!(
+        r#"
+[segments.web]
+cgroups = ["{}"]
+ports = ["{ALLOWED}/tcp"]
+
+[segments.clients]
+cidrs = ["{}/32"]
+
+[[allow]]
+id = "clients-to-web"
+from = ["clients"]
+to = ["web"]
+ports = ["{ALLOWED}/tcp"]
+
+[[allow]]
+id = "web-to-clients"
+from = ["web"]
+to = ["clients"]
+ports = ["{ALLOWED_UDP}/udp"]
+"#,
+        web.relative_path(),
+        veth.peer_v4,
+    ));
+    let mut loader = loaded_with(&image);
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    let server =
+        Spawn::attack_script(&["tcp-echo", &veth.host_v4.to_string(), &ALLOWED.to_string()])
+            .cgroup(&web)
+            .serve();
+    let _udp_echo = Spawn::udp_server(veth.peer_addr(ALLOWED_UDP))
+        .netns(&remote)
+        .serve();
+    let server_addr = server.addr.to_string();
+    let inbound_tcp = |messages: u32| {
+        Spawn::attack_script(&[
+            "chat",
+            "tcp",
+            &server.addr.ip().to_string(),
+            &ALLOWED.to_string(),
+            &messages.to_string(),
+        ])
+        .netns(&remote)
+    };
+    let peer = veth.peer_v4.to_string();
+    let outbound_udp = |messages: u32| {
+        Spawn::attack_script(&[
+            "chat",
+            "udp",
+            &peer,
+            &ALLOWED_UDP.to_string(),
+            &messages.to_string(),
+        ])
+        .cgroup(&web)
+    };
+    // One message or forty on the same connection: one decision (the SYN at the
+    // listener; the UDP socket's connect), none for the packets after.
+    for (what, chat) in [
+        (
+            "TCP to a listener of web",
+            &inbound_tcp as &dyn Fn(u32) -> Spawn,
+        ),
+        ("connected UDP from web", &outbound_udp),
+    ] {
+        let one = decisions_of_a_chat(&mut loader, chat, 1);
+        let forty = decisions_of_a_chat(&mut loader, chat, 40);
+        assert_eq!(
+            (one, forty),
+            (1, 1),
+            "{what}: one decision per connection, whatever it carries ({server_addr})"
+        );
+    }
+}
