@@ -766,6 +766,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_reason_and_verdict_has_its_own_counter() {
+        use crate::event::{Reason, Verdict};
+        let reasons = [
+            Reason::Rule,
+            Reason::DefaultDeny,
+            Reason::Failsafe,
+            Reason::AuditUnavailable,
+        ];
+        let verdicts = [Verdict::Allow, Verdict::Deny, Verdict::Audit];
+        let mut seen = [false; REASON_COUNTER_SLOTS as usize];
+        for reason in reasons {
+            for verdict in verdicts {
+                let index = reason_counter_index(reason, verdict) as usize;
+                assert!(!seen[index], "{reason:?} {verdict:?} shares slot {index}");
+                seen[index] = true;
+            }
+        }
+    }
+
+    #[test]
     fn counters_add_field_by_field() {
         let mut total = RuleCounters {
             allow: 1,

@@ -624,3 +624,32 @@ impl Validator<'_> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes of what `validate` says of a policy whose one segment has `cgroup`.
+    fn cgroup_codes(cgroup: &str) -> Vec<&'static str> {
+        let mut sources = SourceSet::default();
+        sources.add(
+            "depth.toml",
+            format!("[segments.api]\ncgroups = [\"{cgroup}\"]\n"),
+        );
+        validate(&sources)
+            .diagnostics
+            .iter()
+            .map(|d| d.code)
+            .collect()
+    }
+
+    #[test]
+    fn a_cgroup_as_deep_as_the_kernel_classifies_is_taken_and_one_deeper_refused() {
+        let path = |levels: i32| vec!["a"; levels as usize].join("/");
+        assert!(
+            !cgroup_codes(&path(MAX_CGROUP_DEPTH)).contains(&"bad-cgroup"),
+            "{MAX_CGROUP_DEPTH} levels are classified"
+        );
+        assert!(cgroup_codes(&path(MAX_CGROUP_DEPTH + 1)).contains(&"bad-cgroup"));
+    }
+}
