@@ -38,6 +38,16 @@ fn connect_denied(veth: &Veth, api: &TestCgroup) {
     assert!(outcome.is_eperm(), "a denied connect: {outcome:?}");
 }
 
+/// Default-deny denials stored and ring-full losses accounted, by `audit stats --json`.
+fn denied_and_ring_lost(stats: &Value) -> (u64, u64) {
+    (
+        stats["denials"]["default-deny"]["deny"]
+            .as_u64()
+            .unwrap_or(0),
+        stats["lost_by_cause"]["ring-full"].as_u64().unwrap_or(0),
+    )
+}
+
 /// `enforcer audit stats --json`, parsed.
 fn audit_stats(agent: &AgentHost) -> Value {
     let output = agent.command(&["audit", "stats", "--json"]);
@@ -278,18 +288,10 @@ fn a_stopped_consumer_loses_nothing_unaccounted() {
 
     // `audit stats` counts without printing every record: the debug-build tools stay
     // quick on a store this size.
-    let denied_and_lost = |stats: &Value| {
-        (
-            stats["denials"]["default-deny"]["deny"]
-                .as_u64()
-                .unwrap_or(0),
-            stats["lost_by_cause"]["ring-full"].as_u64().unwrap_or(0),
-        )
-    };
     let started = Instant::now();
     let (stored, lost) = loop {
         let stats = audit_stats(&agent);
-        let (stored, lost) = denied_and_lost(&stats);
+        let (stored, lost) = denied_and_ring_lost(&stats);
         if stored + lost >= u64::from(BURST) {
             break (stored, lost);
         }
@@ -343,15 +345,7 @@ fn ring_full_losses_survive_an_agent_restart_neither_dropped_nor_repeated() {
 
     // The next agent stores what waits in the ring and the kernel's loss count.
     let second = agent.start();
-    let counts = |agent: &AgentHost| {
-        let stats = audit_stats(agent);
-        (
-            stats["denials"]["default-deny"]["deny"]
-                .as_u64()
-                .unwrap_or(0),
-            stats["lost_by_cause"]["ring-full"].as_u64().unwrap_or(0),
-        )
-    };
+    let counts = |agent: &AgentHost| denied_and_ring_lost(&audit_stats(agent));
     let started = Instant::now();
     let (stored, lost) = loop {
         let (stored, lost) = counts(&agent);

@@ -133,6 +133,22 @@ pub fn seal_of(path: &Path) -> io::Result<Option<(Record, chain::Hash)>> {
     Ok((checked.record.unmapped.kind == Kind::Seal).then_some((checked.record, checked.claimed)))
 }
 
+/// For tests: every line of the store in `dir`, file after file.
+#[cfg(test)]
+pub(crate) fn stored_lines(dir: &Path) -> Vec<String> {
+    segments(dir)
+        .unwrap()
+        .iter()
+        .flat_map(|segment| {
+            fs::read_to_string(&segment.path)
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

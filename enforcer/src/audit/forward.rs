@@ -1125,17 +1125,7 @@ mod tests {
         ];
         store.write(&mut records, now).unwrap();
         store.close(now).unwrap();
-        files::segments(dir)
-            .unwrap()
-            .iter()
-            .flat_map(|segment| {
-                fs::read_to_string(&segment.path)
-                    .unwrap()
-                    .lines()
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        files::stored_lines(dir)
     }
 
     /// Reads newline-framed messages from `stream` until `count` arrived (or 10 s passed).

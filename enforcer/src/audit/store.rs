@@ -641,16 +641,9 @@ mod tests {
 
     /// Every record in the store's files, in order.
     fn stored(dir: &Path) -> Vec<Record> {
-        files::segments(dir)
-            .unwrap()
+        files::stored_lines(dir)
             .iter()
-            .flat_map(|segment| {
-                fs::read_to_string(&segment.path)
-                    .unwrap()
-                    .lines()
-                    .map(|line| serde_json::from_str(line).unwrap())
-                    .collect::<Vec<Record>>()
-            })
+            .map(|line| serde_json::from_str(line).unwrap())
             .collect()
     }
 
