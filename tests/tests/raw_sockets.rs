@@ -2,7 +2,10 @@
 //! socket (it passes neither the connect nor the sendmsg hook) unless its segment is
 //! granted `raw_sockets`; audit mode lets it through and records `audit`; processes in no
 //! segment are not governed. ICMP ping sockets may be opened, and every echo request one
-//! sends is decided by the rules (`echo/icmp`, `echo/icmpv6`) as it leaves.
+//! sends is decided by the rules (`echo/icmp`, `echo/icmpv6`) as it leaves. A SYN forged
+//! onto loopback, which the per-socket layer takes as decided at a local sender, needs a
+//! packet socket (root or `CAP_NET_RAW`; not refused by the enforcer) or a granted raw
+//! socket.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -227,4 +230,172 @@ fn every_echo_request_from_a_ping_socket_is_decided_by_the_rules() {
         ]
     );
     assert_eq!(recorded.len(), 6, "nothing for `host`: {recorded:#?}");
+}
+
+/// The listener port of [`a_forged_loopback_syn_needs_a_packet_socket_or_a_granted_raw_socket`].
+const FORGED_TO: u16 = 18_470;
+
+/// One forged SYN ([`Spawn::attack_script`] `forge-syn`): through `via`, from `src` and
+/// local port `sport` to `dst`:[`FORGED_TO`], by a process of `cgroup` in `netns`, as
+/// `nobody` (no capabilities) or as root.
+fn forge_syn(
+    netns: &Netns,
+    cgroup: &TestCgroup,
+    via: &str,
+    (src, dst): (&str, &str),
+    sport: u16,
+    as_nobody: bool,
+) -> Outcome {
+    let (dport, sport) = (FORGED_TO.to_string(), sport.to_string());
+    let mut args = vec!["forge-syn", via, src, dst, &dport, &sport];
+    if as_nobody {
+        args.push("nobody");
+    }
+    Spawn::attack_script(&args)
+        .netns(netns)
+        .cgroup(cgroup)
+        .run()
+}
+
+/// A packet that arrives on loopback is taken as decided at its local sender's
+/// `connect()`: a SYN that no socket sent (no sender found) passes the per-socket layer
+/// undecided. Putting one on `lo` needs a raw IP socket or a packet socket. This shows
+/// what stands in the way of each, on a SYN to a listener of `server`, which the policy
+/// denies every other segment and `world`:
+/// - a raw IP socket is refused (EPERM, recorded `raw-socket`) to `forger`, a segment
+///   without the `raw_sockets` grant, root or not;
+/// - a packet socket (`AF_PACKET`, `SOCK_RAW` and `SOCK_DGRAM`) is refused to `forger`
+///   only by the kernel, without `CAP_NET_RAW` (as `nobody`); as root, `forger` gets one
+///   (the enforcer does not refuse packet sockets: the open AF_PACKET item of
+///   docs/threat-model.md), and the SYN it puts on `lo`, from an address of no local
+///   socket, reaches the listener (its SYN-ACK comes back) undecided and unrecorded;
+/// - `tools`, granted `raw_sockets`, builds a SYN "from" `127.0.0.1` on a raw socket,
+///   and it reaches the listener undecided too: the grant trusts the segment with that.
+///
+/// The flows run in a namespace of the test's own, whose loopback holds the service's
+/// address (198.18.x.1) and routes the forged sources' network (198.19.x.0/24), none of
+/// whose addresses is local: a SYN from `127.0.0.0/8` or from a local address that a
+/// packet socket puts on `lo` is a martian, which the kernel drops before any socket
+/// sees it, and a listener drops a SYN it has no route to answer. The route stands for a
+/// host's default route; the packet socket sees the SYN-ACK leave on `lo`.
+#[test]
+fn a_forged_loopback_syn_needs_a_packet_socket_or_a_granted_raw_socket() {
+    let netns = Netns::new();
+    let third = (std::process::id() % 250).to_string();
+    let service = format!("198.18.{third}.1");
+    let forged_from = format!("198.19.{third}.2");
+    netns.ip(&["addr", "add", &format!("{service}/32"), "dev", "lo"]);
+    netns.ip(&["route", "add", &format!("198.19.{third}.0/24"), "dev", "lo"]);
+    let parent = TestCgroup::new();
+    let forger = parent.child("forger.service");
+    let tools = parent.child("tools.service");
+    let server = parent.child("server.service");
+    let image = enforcer_tests::policy::image(&format!(
+        r#"
+[segments.forger]
+cgroups = ["{}"]
+
+[segments.tools]
+cgroups = ["{}"]
+raw_sockets = true
+
+[segments.server]
+cgroups = ["{}"]
+ports = ["{FORGED_TO}/tcp"]
+"#,
+        forger.relative_path(),
+        tools.relative_path(),
+        server.relative_path(),
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach");
+    let listener = Spawn::tcp_server(SocketAddr::new(
+        service.parse().expect("an address"),
+        FORGED_TO,
+    ))
+    .netns(&netns)
+    .cgroup(&server)
+    .serve();
+    // Control: the policy denies `forger` the listener.
+    let connect = Spawn::tcp_client(listener.addr)
+        .netns(&netns)
+        .cgroup(&forger)
+        .run();
+    assert!(connect.is_eperm(), "forger's connect(): {connect:?}");
+
+    let eperm = |outcome: Outcome, what: &str| {
+        assert!(
+            matches!(outcome, Outcome::Error { errno, .. } if errno == EPERM),
+            "{what}: EPERM expected, got {outcome:?}"
+        );
+    };
+    let from_packet_socket = (forged_from.as_str(), service.as_str());
+    let from_loopback = ("127.0.0.1", service.as_str());
+    // Without the grant: no raw IP socket, root or not.
+    for as_nobody in [false, true] {
+        eperm(
+            forge_syn(&netns, &forger, "raw-ip", from_loopback, 41_001, as_nobody),
+            "a raw IP socket in `forger`",
+        );
+    }
+    // A packet socket: the kernel's capability check is all that refuses it.
+    for (via, sport) in [("packet-raw", 41_002), ("packet-dgram", 41_003)] {
+        eperm(
+            forge_syn(&netns, &forger, via, from_packet_socket, sport, true),
+            &format!("{via} in `forger` without CAP_NET_RAW"),
+        );
+        assert_eq!(
+            forge_syn(&netns, &forger, via, from_packet_socket, sport, false),
+            Outcome::Ok,
+            "{via} in `forger` as root (the open AF_PACKET item): the forged SYN reaches \
+             the listener"
+        );
+    }
+    // With the grant, a raw socket forges a local sender no hook decided.
+    assert_eq!(
+        forge_syn(&netns, &tools, "raw-ip", from_loopback, 41_004, false),
+        Outcome::Ok,
+        "a raw IP socket in `tools` (granted): the forged SYN reaches the listener"
+    );
+
+    let recorded = drain(&mut events);
+    let to_listener: Vec<_> = recorded
+        .iter()
+        .filter(|e| e.dst_port == FORGED_TO)
+        .collect();
+    assert_eq!(
+        to_listener.len(),
+        1,
+        "only forger's connect() is on record: {recorded:#?}"
+    );
+    assert_eq!(to_listener[0].hook, Hook::Connect4 as u8);
+    assert!(
+        recorded
+            .iter()
+            .all(|e| e.dst_port == FORGED_TO || e.hook == Hook::SockCreate as u8),
+        "nothing but socket() and the connect() is on record: {recorded:#?}"
+    );
+    let raw_sockets: Vec<_> = recorded
+        .iter()
+        .filter(|e| e.hook == Hook::SockCreate as u8)
+        .map(|e| (e.src_segment, e.verdict, decided_by(&image, e)))
+        .collect();
+    assert_eq!(
+        raw_sockets,
+        [
+            (
+                segment_id(&image, "forger"),
+                Verdict::Deny as u8,
+                "raw-socket".to_owned()
+            ),
+            (
+                segment_id(&image, "tools"),
+                Verdict::Allow as u8,
+                "raw-socket".to_owned()
+            ),
+        ],
+        "root's raw socket in `forger` refused, `tools`' granted; `nobody`'s refused \
+         by the kernel first: {recorded:#?}"
+    );
 }
