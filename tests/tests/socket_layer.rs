@@ -19,7 +19,7 @@ use enforcer_tests::{
     LINK_PREFIX,
     cgroup::TestCgroup,
     cmd::run,
-    events::{decided_by, drain, segment_id},
+    events::{decided_by, drain, rule_counters, segment_id},
     netns::{Netns, Veth, add_veth, address_up},
     next_serial,
     policy::loaded_with,
@@ -915,8 +915,8 @@ const LOOPBACK_UDP: u16 = 18_056;
 /// against the sender's segment, but records only a denial, and counts nothing else: an
 /// allowed TCP connection and an allowed UDP exchange (query and answer) between two
 /// segments, over `127.0.0.1` and `::1`, each leave one record (`connect4`/`connect6`,
-/// `sendmsg4`/`sendmsg6`) and cost one counted decision; none is recorded at
-/// `skb_ingress`.
+/// `sendmsg4`/`sendmsg6`) and cost one counted decision (and one count on the rule);
+/// none is recorded at `skb_ingress`.
 #[test]
 fn an_allowed_loopback_flow_is_recorded_and_counted_once_at_its_sender() {
     let parent = TestCgroup::new();
@@ -975,6 +975,11 @@ ports = ["{LOOPBACK_TCP}/tcp", "{LOOPBACK_UDP}/udp"]
         }
     }
 
+    assert_eq!(
+        rule_counters(&mut loader, &image, "app-to-db").allow,
+        4,
+        "the rule counted each flow once"
+    );
     let records = drain(&mut events);
     let hooks: Vec<u8> = records.iter().map(|e| e.hook).collect();
     assert_eq!(
