@@ -43,16 +43,16 @@ Modes:
                                         GATE/go, then the ACK that completes the handshake
                                         (`ok` once it is sent)
   forge-syn raw-ip|packet-raw|packet-dgram SRC DST DPORT SPORT [nobody]
-                                        an IPv4 SYN SRC:SPORT -> DST:DPORT that no TCP
-                                        socket sent, built whole on a raw IP socket
-                                        (SOCK_RAW, IPPROTO_TCP, IP_HDRINCL) or put on `lo`
+                                        a SYN SRC:SPORT -> DST:DPORT that no TCP socket
+                                        sent, built whole on a raw IP socket (IPv4 only:
+                                        SOCK_RAW, IPPROTO_TCP, IP_HDRINCL) or put on `lo`
                                         by a packet socket (AF_PACKET, SOCK_RAW with its
-                                        Ethernet header, or SOCK_DGRAM); `ok` when the
-                                        listener's SYN-ACK is seen (2 s; on the raw socket
-                                        when SRC is local, on `lo` for a packet socket),
-                                        `timeout` when it is not, or the error of
-                                        `socket()`; `nobody`: as uid/gid 65534, without
-                                        capabilities
+                                        Ethernet header, or SOCK_DGRAM; IPv4, or IPv6 when
+                                        SRC is); `ok` when the listener's SYN-ACK is seen
+                                        (2 s; on the raw socket when SRC is local, on `lo`
+                                        for a packet socket), `timeout` when it is not, or
+                                        the error of `socket()`; `nobody`: as uid/gid
+                                        65534, without capabilities
 """
 import os
 import socket
@@ -295,12 +295,18 @@ def chat(proto, dst, dport, count):
 TCP_SYN = 0x02
 TCP_ACK = 0x10
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 
 
 def tcp_segment(src, dst, sport, dport, seq, ack, flags):
-    """A 20-byte TCP header SRC:SPORT -> DST:DPORT with its checksum."""
+    """A 20-byte TCP header SRC:SPORT -> DST:DPORT with its checksum (IPv4 or IPv6
+    addresses)."""
     header = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, 0, 0)
-    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!xBH", 6, len(header))
+    if family_of(src) == socket.AF_INET6:
+        pseudo = (socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
+                  + struct.pack("!IxxxB", len(header), 6))
+    else:
+        pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!xBH", 6, len(header))
     return header[:16] + struct.pack("!H", checksum(pseudo + header)) + header[18:]
 
 
@@ -313,12 +319,21 @@ def ipv4_packet(src, dst, transport):
     return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + transport
 
 
+def ipv6_packet(src, dst, transport):
+    """An IPv6 header (no extension headers) around a TCP `transport`."""
+    return struct.pack("!IHBB", 6 << 28, len(transport), 6, 64) + socket.inet_pton(
+        socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + transport
+
+
 def synack_sequence(packet, sport, dport):
-    """The sequence number of `packet` (an IPv4 packet) if it is a SYN-ACK from DPORT
-    to SPORT, else None."""
-    if len(packet) < 20 or packet[0] >> 4 != 4 or packet[9] != 6:
+    """The sequence number of `packet` (an IPv4 packet, or an IPv6 one without extension
+    headers) if it is a SYN-ACK from DPORT to SPORT, else None."""
+    if len(packet) >= 40 and packet[0] >> 4 == 6 and packet[6] == 6:
+        tcp = packet[40:]
+    elif len(packet) >= 20 and packet[0] >> 4 == 4 and packet[9] == 6:
+        tcp = packet[(packet[0] & 0x0F) * 4:]
+    else:
         return None
-    tcp = packet[(packet[0] & 0x0F) * 4:]
     if len(tcp) < 14:
         return None
     source, target, seq, _, _, flags = struct.unpack("!HHIIBB", tcp[:14])
@@ -360,21 +375,22 @@ def handshake_gated(src, dst, dport, sport, gate):
         fail(err)
 
 
-def forger(via):
-    """The socket that forges, and how it sends an IPv4 packet and receives one."""
+def forger(via, ethertype):
+    """The socket that forges, and how it sends an IP packet of `ethertype` (ETH_P_IP,
+    or ETH_P_IPV6 on a packet socket) and receives one."""
     if via == "raw-ip":
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
         s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
         send = lambda packet: s.sendto(packet, (socket.inet_ntoa(packet[16:20]), 0))
         return s, send, lambda: s.recv(2048)
     kind = socket.SOCK_RAW if via == "packet-raw" else socket.SOCK_DGRAM
-    s = socket.socket(socket.AF_PACKET, kind, socket.htons(ETH_P_IP))
-    s.bind(("lo", ETH_P_IP))
+    s = socket.socket(socket.AF_PACKET, kind, socket.htons(ethertype))
+    s.bind(("lo", ethertype))
     if kind == socket.SOCK_RAW:
-        # Loopback's Ethernet header: zero addresses, IPv4.
-        send = lambda packet: s.send(b"\0" * 12 + struct.pack("!H", ETH_P_IP) + packet)
+        # Loopback's Ethernet header: zero addresses, then the type.
+        send = lambda packet: s.send(b"\0" * 12 + struct.pack("!H", ethertype) + packet)
         return s, send, lambda: s.recv(2048)[14:]
-    send = lambda packet: s.sendto(packet, ("lo", ETH_P_IP, 0, 0, b"\0" * 6))
+    send = lambda packet: s.sendto(packet, ("lo", ethertype, 0, 0, b"\0" * 6))
     return s, send, lambda: s.recv(2048)
 
 
@@ -385,9 +401,11 @@ def forge_syn(via, src, dst, dport, sport, as_nobody=False):
         os.setuid(65534)
     sport, dport = int(sport), int(dport)
     try:
-        s, send, receive = forger(via)
+        v6 = family_of(src) == socket.AF_INET6
+        s, send, receive = forger(via, ETH_P_IPV6 if v6 else ETH_P_IP)
         s.settimeout(0.2)
-        send(ipv4_packet(src, dst, tcp_segment(src, dst, sport, dport, 1000, 0, TCP_SYN)))
+        segment = tcp_segment(src, dst, sport, dport, 1000, 0, TCP_SYN)
+        send((ipv6_packet if v6 else ipv4_packet)(src, dst, segment))
         out("ok" if await_synack(receive, sport, dport) is not None else "timeout")
     except OSError as err:
         fail(err)
