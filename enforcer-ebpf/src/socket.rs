@@ -209,6 +209,10 @@ fn new_flow<const B: bool>(
 /// What [`local_flow`] answers for a packet no local socket sent, from an address that is
 /// not this host's: decide it as a remote flow. Neither [`PASS`] nor [`DROP`], and never
 /// a verdict of the program: [`new_flow`] goes on to its remote decision on it.
+///
+/// Verifier note: `local_flow` is inlined, so the verifier sees each of its answers as
+/// the constant it is, and the program still exits with 0 or 1 only (a BPF-to-BPF call
+/// would return a value it cannot bound: see `skb_egress` in main.rs).
 const AS_REMOTE: i32 = 2;
 
 /// Decides a packet `flow` (with TCP flags `flags`) that came over loopback for

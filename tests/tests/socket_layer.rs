@@ -542,11 +542,13 @@ ports = ["{ALLOWED_UDP}/udp"]
 #[test]
 fn an_ipv6_chain_longer_than_the_bound_is_dropped_at_the_socket_as_malformed() {
     // Loopback carries no XDP: the receiving socket's layer is the only one that reads
-    // the chain. A process in no segment builds the datagrams whole on a raw socket.
+    // the chain. A process in no segment builds the datagrams whole on a raw socket: no
+    // socket holds their source, `::1`, so the layer takes them as from an unclassified
+    // process of this host, which this policy lets through.
     let parent = TestCgroup::new();
     let service = parent.child("svc.service");
     let image = enforcer_tests::policy::image(&format!(
-        "[segments.svc]\ncgroups = [\"{}\"]\n",
+        "[defaults]\nunclassified = \"allow\"\n\n[segments.svc]\ncgroups = [\"{}\"]\n",
         service.relative_path()
     ));
     let mut loader = loaded_with(&image);
