@@ -53,6 +53,10 @@ Modes:
                                         for a packet socket), `timeout` when it is not, or
                                         the error of `socket()`; `nobody`: as uid/gid
                                         65534, without capabilities
+  forge-udp SRC DST DPORT SPORT         one datagram SRC:SPORT -> DST:DPORT that no UDP
+                                        socket sent, put on `lo` by a packet socket
+                                        (AF_PACKET, SOCK_DGRAM; IPv4 or IPv6); `ok` once
+                                        sent
 """
 import os
 import socket
@@ -310,18 +314,33 @@ def tcp_segment(src, dst, sport, dport, seq, ack, flags):
     return header[:16] + struct.pack("!H", checksum(pseudo + header)) + header[18:]
 
 
-def ipv4_packet(src, dst, transport):
-    """An IPv4 header around a TCP `transport`, with its checksum."""
+def udp_datagram(src, dst, sport, dport, payload):
+    """A UDP header and `payload` SRC:SPORT -> DST:DPORT with its checksum (IPv4 or IPv6
+    addresses)."""
+    length = 8 + len(payload)
+    if family_of(src) == socket.AF_INET6:
+        pseudo = (socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
+                  + struct.pack("!IxxxB", length, 17))
+    else:
+        pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!xBH", 17, length)
+    datagram = struct.pack("!HHHH", sport, dport, length, 0) + payload
+    return datagram[:6] + struct.pack("!H", checksum(pseudo + datagram)) + datagram[8:]
+
+
+def ipv4_packet(src, dst, transport, protocol=6):
+    """An IPv4 header around a `transport` of `protocol` (TCP unless said), with its
+    checksum."""
     header = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(transport), 0, 0x4000, 64, 6, 0,
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(transport), 0, 0x4000, 64, protocol, 0,
         socket.inet_aton(src), socket.inet_aton(dst),
     )
     return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + transport
 
 
-def ipv6_packet(src, dst, transport):
-    """An IPv6 header (no extension headers) around a TCP `transport`."""
-    return struct.pack("!IHBB", 6 << 28, len(transport), 6, 64) + socket.inet_pton(
+def ipv6_packet(src, dst, transport, protocol=6):
+    """An IPv6 header (no extension headers) around a `transport` of `protocol` (TCP
+    unless said)."""
+    return struct.pack("!IHBB", 6 << 28, len(transport), protocol, 64) + socket.inet_pton(
         socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + transport
 
 
@@ -411,6 +430,19 @@ def forge_syn(via, src, dst, dport, sport, as_nobody=False):
         fail(err)
 
 
+def forge_udp(src, dst, dport, sport):
+    """One datagram SRC:SPORT -> DST:DPORT that no UDP socket sent, put on `lo` by a
+    packet socket (SOCK_DGRAM); `ok` once it is sent."""
+    try:
+        v6 = family_of(src) == socket.AF_INET6
+        s, send, _ = forger("packet-dgram", ETH_P_IPV6 if v6 else ETH_P_IP)
+        datagram = udp_datagram(src, dst, int(sport), int(dport), b"forged\n")
+        send((ipv6_packet if v6 else ipv4_packet)(src, dst, datagram, 17))
+        out("ok")
+    except OSError as err:
+        fail(err)
+
+
 def main():
     args = sys.argv[1:]
     if not args:
@@ -443,6 +475,8 @@ def main():
         handshake_gated(*plain[:5])
     elif mode == "forge-syn":
         forge_syn(*plain[:5], as_nobody=flag("nobody"))
+    elif mode == "forge-udp":
+        forge_udp(*plain[:4])
     elif mode == "udp6-chain":
         udp6_chain(*plain[:4], cut=flag("cut"))
     else:

@@ -2,9 +2,10 @@
 //! socket (it passes neither the connect nor the sendmsg hook) unless its segment is
 //! granted `raw_sockets`; audit mode lets it through and records `audit`; processes in no
 //! segment are not governed. ICMP ping sockets may be opened, and every echo request one
-//! sends is decided by the rules (`echo/icmp`, `echo/icmpv6`) as it leaves. A SYN forged
-//! onto loopback (a packet socket's, root or `CAP_NET_RAW`, which the enforcer does not
-//! refuse; a granted raw socket's), which no local socket sent, is decided by its source.
+//! sends is decided by the rules (`echo/icmp`, `echo/icmpv6`) as it leaves. A SYN or a
+//! datagram forged onto loopback (a packet socket's, root or `CAP_NET_RAW`, which the
+//! enforcer does not refuse; a granted raw socket's), which no local socket sent, is
+//! decided by its source.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -18,7 +19,7 @@ use enforcer_tests::{
     events::{decided_by, drain, segment_id},
     netns::{Netns, Veth},
     policy::loaded_with,
-    probe::{Outcome, Spawn},
+    probe::{Outcome, SinkLog, Spawn},
 };
 
 const EPERM: i32 = 1;
@@ -536,5 +537,104 @@ ports = ["{FORGED_TO}/tcp"]
         ],
         "root's raw socket in `forger` refused, `tools`' granted; `nobody`'s refused \
          by the kernel first: {recorded:#?}"
+    );
+}
+
+/// A datagram no UDP socket sent, put on `lo` by a root process of `forger` with a packet
+/// socket, takes the same path as a forged SYN
+/// ([`a_syn_forged_onto_loopback_is_decided_by_its_source`]): to a UDP server of `server`,
+/// which the policy opens to `partner` only, one from a `world` address is dropped and
+/// recorded `default-deny`, one from a `partner` address arrives, recorded allowed by
+/// `partner`'s rule, one from `::1` is dropped and recorded `unclassified` (IPv4 and
+/// IPv6 but `::1`, which only IPv6 lets a packet socket put on `lo`).
+#[test]
+fn a_datagram_forged_onto_loopback_is_decided_by_its_source() {
+    let netns = Netns::new();
+    let third = std::process::id() % 250;
+    let v4 = forged_addresses(&netns, third, false);
+    let v6 = forged_addresses(&netns, third, true);
+    let parent = TestCgroup::new();
+    let forger = parent.child("forger.service");
+    let server = parent.child("server.service");
+    let image = enforcer_tests::policy::image(&format!(
+        r#"
+[segments.forger]
+cgroups = ["{}"]
+
+[segments.server]
+cgroups = ["{}"]
+ports = ["{FORGED_TO}/udp"]
+
+[segments.partner]
+cidrs = ["198.19.{third}.16/28", "2001:db8:19:{third}:1::/80"]
+
+[[allow]]
+id = "partner-in"
+from = ["partner"]
+to = ["server"]
+ports = ["{FORGED_TO}/udp"]
+"#,
+        forger.relative_path(),
+        server.relative_path(),
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach");
+    let port = FORGED_TO.to_string();
+    let sink = |address: &str, log: &SinkLog| {
+        Spawn::attack_script(&["udp-sink", address, &port, log.path()])
+            .netns(&netns)
+            .cgroup(&server)
+            .serve()
+    };
+    let (log_v4, log_v6) = (SinkLog::new(), SinkLog::new());
+    let _sinks = (sink(&v4.service, &log_v4), sink(&v6.service, &log_v6));
+    let forge = |src: &str, dst: &str, sport: u16| {
+        let sport = sport.to_string();
+        let sent = Spawn::attack_script(&["forge-udp", src, dst, &port, &sport])
+            .netns(&netns)
+            .cgroup(&forger)
+            .run();
+        assert_eq!(sent, Outcome::Ok, "forged from {src}");
+    };
+    // The refused ones first: once the allowed ones have arrived, so would they have.
+    forge(&v4.world, &v4.service, 42_001);
+    forge(&v6.world, &v6.service, 42_002);
+    forge("::1", &v6.service, 42_003);
+    forge(&v4.partner, &v4.service, 42_004);
+    forge(&v6.partner, &v6.service, 42_005);
+    let arrived = |log: &SinkLog| {
+        let first = log.sources(std::time::Duration::from_secs(2));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let later = log.sources(std::time::Duration::ZERO);
+        assert_eq!(later, first, "nothing more arrives");
+        first
+    };
+    assert_eq!(arrived(&log_v4), [format!("{} 42004", v4.partner)]);
+    assert_eq!(arrived(&log_v6), [format!("{} 42005", v6.partner)]);
+
+    let recorded = drain(&mut events);
+    let mut forged_records: Vec<ForgedRecord> = recorded
+        .iter()
+        .filter(|e| e.dst_port == FORGED_TO)
+        .map(|e| {
+            assert_eq!((e.hook, e.protocol), (Hook::SkbIngress as u8, 17), "{e:#?}");
+            (e.src_port, e.verdict, e.src_segment, decided_by(&image, e))
+        })
+        .collect();
+    forged_records.sort();
+    let (world, partner) = (segment_id(&image, "world"), segment_id(&image, "partner"));
+    let (deny, allow) = (Verdict::Deny as u8, Verdict::Allow as u8);
+    let by = |what: &str| what.to_owned();
+    assert_eq!(
+        forged_records,
+        [
+            (42_001, deny, world, by("default-deny")),
+            (42_002, deny, world, by("default-deny")),
+            (42_003, deny, SEGMENT_UNCLASSIFIED, by("unclassified")),
+            (42_004, allow, partner, by("partner-in")),
+            (42_005, allow, partner, by("partner-in")),
+        ],
+        "each forged datagram decided and recorded once, at skb_ingress: {recorded:#?}"
     );
 }
