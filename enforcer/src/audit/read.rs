@@ -5,6 +5,7 @@
 //! and line (`enforcer audit verify` says more).
 
 use std::{
+    collections::BTreeSet,
     fs::File,
     io::{self, Read as _},
     net::IpAddr,
@@ -16,7 +17,7 @@ use memchr::memmem::Finder;
 use super::{
     files::{self, SegmentFile},
     ordered,
-    record::{FileDetails, Kind, Record},
+    record::{Counts, FileDetails, Kind, Record},
 };
 
 /// Bytes read from a file at a time.
@@ -320,6 +321,82 @@ pub fn fold<A: Send>(
     outcome
 }
 
+/// The segments and the rules (or reasons, where no rule decided) that the flows of `dir`
+/// in the time range `since..until` name. A sealed file that lies wholly in the range
+/// answers from its seal's summary when that lists both; any other file is read.
+pub fn flow_names(
+    dir: &Path,
+    since: Option<i64>,
+    until: Option<i64>,
+) -> Result<(BTreeSet<String>, BTreeSet<String>), ReadError> {
+    let filter = Filter {
+        since,
+        until,
+        ..Filter::default()
+    };
+    let (mut segments, mut rules) = (BTreeSet::new(), BTreeSet::new());
+    let mut outcome = Ok(());
+    ordered::for_each_in_order(
+        &self::segments(dir)?,
+        |segment, emit| {
+            emit(names_in(&segment.path, &filter));
+        },
+        |names| match names {
+            Ok((more_segments, more_rules)) => {
+                segments.extend(more_segments);
+                rules.extend(more_rules);
+                true
+            }
+            Err(err) => {
+                outcome = Err(err);
+                false
+            }
+        },
+    );
+    outcome.map(|()| (segments, rules))
+}
+
+/// [`flow_names`] of one file.
+fn names_in(
+    path: &Path,
+    filter: &Filter,
+) -> Result<(BTreeSet<String>, BTreeSet<String>), ReadError> {
+    let seal = files::seal_of(path).ok().flatten();
+    let file = seal
+        .as_ref()
+        .and_then(|(seal, _)| seal.unmapped.file.as_ref());
+    if let Some(file) = file {
+        let (first, last) = (
+            file.first_time.unwrap_or(i64::MIN),
+            file.last_time.unwrap_or(i64::MAX),
+        );
+        if !filter.may_hold(file) {
+            return Ok(Default::default());
+        }
+        if filter.in_time(first)
+            && filter.in_time(last)
+            && let Some(summary) = &file.summary
+            && let (Counts::Listed(segments), Counts::Listed(rules)) =
+                (&summary.segments, &summary.rules)
+        {
+            return Ok((
+                segments.keys().cloned().collect(),
+                rules.keys().cloned().collect(),
+            ));
+        }
+    }
+    let (mut segments, mut rules) = (BTreeSet::new(), BTreeSet::new());
+    scan_file(path, filter, &mut |record| {
+        if let Some(flow) = &record.unmapped.flow {
+            segments.insert(flow.src_segment.clone());
+            segments.insert(flow.dst_segment.clone());
+            rules.insert(flow.rule.clone().unwrap_or_else(|| flow.reason.clone()));
+        }
+        true
+    })?;
+    Ok((segments, rules))
+}
+
 /// Scans one file's complete lines; `false` when `found` asked to stop.
 fn scan_file(
     path: &Path,
@@ -576,6 +653,49 @@ mod tests {
         assert!(matches!(
             query_rule(dir.path(), "b0"),
             Err(ReadError::Corrupt { ref path, line: 2, .. }) if *path == files[3].path
+        ));
+    }
+
+    #[test]
+    fn the_names_flows_use_come_from_summaries_that_list_them_for_files_wholly_in_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(file_per_batch(dir.path()), "host-a", 0, None).unwrap();
+        // File 2: rules a0 at 10 ms and a1 at 20 ms; file 3: more rules than a summary
+        // lists, at 30 ms.
+        let mut early = flows_by(&["a0".to_owned(), "a1".to_owned()]);
+        (early[0].time, early[1].time) = (10, 20);
+        store.write(&mut early, 10).unwrap();
+        let many: Vec<String> = (0..=crate::audit::record::SUMMARY_LIMIT)
+            .map(|i| format!("m{i}"))
+            .collect();
+        let mut late = flows_by(&many);
+        late.iter_mut().for_each(|record| record.time = 30);
+        store.write(&mut late, 30).unwrap();
+        store.close(40).unwrap();
+        let files = segments(dir.path()).unwrap();
+        // File 2 is damaged where only reading it would find out.
+        damage(&files[1].path, "a0");
+        let (segment_names, rule_names) = flow_names(dir.path(), None, None).unwrap();
+        assert_eq!(
+            segment_names,
+            BTreeSet::from(["api".to_owned(), "db".to_owned()])
+        );
+        let expected: BTreeSet<String> = ["a0", "a1"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(many.iter().cloned())
+            .collect();
+        assert_eq!(rule_names, expected);
+        // A range that cuts file 2 needs its records, not its summary: it is read.
+        assert!(matches!(
+            flow_names(dir.path(), Some(15), None),
+            Err(ReadError::Corrupt { ref path, line: 2, .. }) if *path == files[1].path
+        ));
+        // The file with "many" rules is read for them: damaged, it says so.
+        damage(&files[2].path, "m0");
+        assert!(matches!(
+            flow_names(dir.path(), None, None),
+            Err(ReadError::Corrupt { ref path, line: 2, .. }) if *path == files[2].path
         ));
     }
 
