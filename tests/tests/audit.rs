@@ -1245,14 +1245,15 @@ fn a_sealed_store_is_proven_across_a_crash_and_a_root_rewrite_is_caught() {
     assert_eq!(code, 0, "{said}");
     assert!(said.contains("proven with the verification key"), "{said}");
 
-    // Root rewrites the first denial as allowed and recomputes every hash, link and
-    // HEAD: the chain alone cannot tell.
+    // Root rewrites the first denial as allowed and recomputes every hash, link, file
+    // seal summary and HEAD: the chain alone cannot tell.
     let dir = agent.audit_dir();
     let mut head = enforcer::audit::chain::Head::GENESIS;
     let mut last_file = 0;
     let mut rewritten = false;
     for segment in enforcer::audit::files::segments(&dir).expect("the files") {
         let mut out = Vec::new();
+        let mut summary = enforcer::audit::record::FileSummary::default();
         for line in fs::read_to_string(&segment.path).expect("read").lines() {
             let mut record = enforcer::audit::chain::check(line)
                 .expect("a record")
@@ -1264,6 +1265,12 @@ fn a_sealed_store_is_proven_across_a_crash_and_a_root_rewrite_is_caught() {
                 flow.verdict = "allow".to_owned();
                 rewritten = true;
             }
+            if let Some(file) = &mut record.unmapped.file
+                && file.summary.is_some()
+            {
+                file.summary = Some(summary.clone());
+            }
+            summary.add(&record);
             enforcer::audit::chain::append(&mut record, &mut head, &mut out);
         }
         fs::write(&segment.path, out).expect("write");

@@ -33,7 +33,8 @@ impl Head {
 
 /// What a line ends with: `,"hash":"` + 64 hex digits + `"}}`.
 const HASH_KEY: &str = ",\"hash\":\"";
-const SUFFIX_LEN: usize = HASH_KEY.len() + 64 + 3;
+/// The length of that end of a line.
+pub const SUFFIX_LEN: usize = HASH_KEY.len() + 64 + 3;
 
 /// Appends `record` to `out` as one chained line (newline included), as the record after
 /// `head`, and advances `head`. The record's sequence number and `prev` are set here.

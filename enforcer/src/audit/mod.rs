@@ -8,6 +8,7 @@ pub mod chain;
 pub mod files;
 pub mod forward;
 pub mod history;
+pub mod ordered;
 pub mod read;
 pub mod record;
 pub mod replay;

@@ -1,19 +1,27 @@
-//! Reading a store for people: every record in chain order, filtered. Files whose seal
-//! shows they end before `since` or start after `until` are skipped unread. A line that
-//! is not a record is an error naming its file and line (`enforcer audit verify` says
-//! more).
+//! Reading a store for people: every record in chain order, filtered, the files read on
+//! every core. Files whose seal shows they cannot hold a match are skipped unread: by
+//! their time range, and by their summary of the segments, rules and verdicts their flows
+//! name (see [`FileSummary`]). A line that is not a record is an error naming its file
+//! and line (`enforcer audit verify` says more).
 
 use std::{
+    collections::BTreeSet,
     fs::File,
-    io::{self, BufRead as _, BufReader},
+    io::{self, Read as _},
     net::IpAddr,
     path::{Path, PathBuf},
 };
 
+use memchr::memmem::Finder;
+
 use super::{
     files::{self, SegmentFile},
-    record::{Kind, Record},
+    ordered,
+    record::{Counts, FileDetails, Kind, Record},
 };
+
+/// Bytes read from a file at a time.
+const CHUNK_BYTES: usize = 4 << 20;
 
 /// A record's time alone (the other fields are skipped unparsed).
 #[derive(serde::Deserialize)]
@@ -78,13 +86,25 @@ impl Filter {
             || self.port.is_some()
     }
 
-    /// A cheap test on the raw line: `false` means the record cannot match.
-    fn may_match(&self, line: &str) -> bool {
-        let quoted = |value: &str| line.contains(&format!("\"{value}\""));
-        self.segment.as_deref().is_none_or(quoted)
-            && self.rule.as_deref().is_none_or(quoted)
-            && self.verdict.as_deref().is_none_or(quoted)
-            && self.addr.is_none_or(|addr| quoted(&addr.to_string()))
+    /// Whether a time range is set.
+    fn timed(&self) -> bool {
+        self.since.is_some() || self.until.is_some()
+    }
+
+    /// What a matching record's line must contain, each value quoted as JSON writes it
+    /// (the rarest first): a line without one of them cannot match.
+    fn needles(&self) -> Vec<Finder<'static>> {
+        let addr = self.addr.map(|addr| addr.to_string());
+        [
+            self.rule.as_deref(),
+            addr.as_deref(),
+            self.segment.as_deref(),
+            self.verdict.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|value| Finder::new(format!("\"{value}\"").as_bytes()).into_owned())
+        .collect()
     }
 
     /// Whether `time` is in the range.
@@ -130,10 +150,51 @@ impl Filter {
             })
     }
 
-    /// Whether a sealed file's time range can hold a match.
-    fn may_hold(&self, first_time: i64, last_time: i64) -> bool {
-        self.since.is_none_or(|since| last_time >= since)
-            && self.until.is_none_or(|until| first_time < until)
+    /// Whether a sealed file, as its seal describes it, can hold a match: its time range
+    /// and, when the filter wants flows by segment, rule or verdict, its summary (a seal
+    /// without one, or a set too large to list, rules nothing out).
+    fn may_hold(&self, file: &FileDetails) -> bool {
+        let (first_time, last_time) = (
+            file.first_time.unwrap_or(i64::MIN),
+            file.last_time.unwrap_or(i64::MAX),
+        );
+        if !(self.since.is_none_or(|since| last_time >= since)
+            && self.until.is_none_or(|until| first_time < until))
+        {
+            return false;
+        }
+        let Some(summary) = &file.summary else {
+            return true;
+        };
+        // With a flow filter only flows match, and the summary names every flow's.
+        self.segment
+            .as_deref()
+            .is_none_or(|segment| summary.segments.may_hold(segment))
+            && self
+                .rule
+                .as_deref()
+                .is_none_or(|rule| summary.rules.may_hold(rule))
+            && self
+                .verdict
+                .as_deref()
+                .is_none_or(|verdict| summary.verdicts.may_hold(verdict))
+    }
+
+    /// Whether the file at `path` may hold a match: `false` only when its seal shows it
+    /// cannot (the seal is read only when the filter could rule a file out).
+    fn may_hold_file(&self, path: &Path) -> bool {
+        if !self.timed() && self.segment.is_none() && self.rule.is_none() && self.verdict.is_none()
+        {
+            return true;
+        }
+        match files::seal_of(path) {
+            Ok(Some((seal, _))) => seal
+                .unmapped
+                .file
+                .as_ref()
+                .is_none_or(|file| self.may_hold(file)),
+            _ => true,
+        }
     }
 }
 
@@ -145,77 +206,336 @@ pub fn segments(dir: &Path) -> Result<Vec<SegmentFile>, ReadError> {
     })
 }
 
+/// What a file's worker hands to the reader of the chain.
+enum Found<T> {
+    /// A matching record (or a value made from one).
+    Record(T),
+    /// The file is done; its size.
+    Done(u64),
+    /// The file could not be read.
+    Error(ReadError),
+}
+
 /// Calls `found` with every record of `dir` that `filter` matches, in chain order; stops
 /// early when `found` returns `false`. `progress` hears each file's size once it is done.
+/// The files are read and parsed on every core; `found` runs on the caller's thread.
 pub fn scan(
     dir: &Path,
     filter: &Filter,
     mut progress: impl FnMut(u64),
     mut found: impl FnMut(Record) -> bool,
 ) -> Result<(), ReadError> {
-    for segment in segments(dir)? {
-        let size = std::fs::metadata(&segment.path).map_or(0, |m| m.len());
-        if (filter.since.is_some() || filter.until.is_some())
-            && let Ok(Some((seal, _))) = files::seal_of(&segment.path)
-            && let Some(file) = &seal.unmapped.file
-            && !filter.may_hold(
-                file.first_time.unwrap_or(i64::MIN),
-                file.last_time.unwrap_or(i64::MAX),
-            )
+    let segments = segments(dir)?;
+    let mut outcome = Ok(());
+    ordered::for_each_in_order(
+        &segments,
+        |segment, emit| {
+            let size = std::fs::metadata(&segment.path).map_or(0, |m| m.len());
+            if !filter.may_hold_file(&segment.path) {
+                emit(Found::Done(size));
+                return;
+            }
+            match scan_file(&segment.path, filter, &mut |record| {
+                emit(Found::Record(record))
+            }) {
+                Ok(true) => {
+                    emit(Found::Done(size));
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    emit(Found::Error(err));
+                }
+            }
+        },
+        |item| match item {
+            Found::Record(record) => found(record),
+            Found::Done(size) => {
+                progress(size);
+                true
+            }
+            Found::Error(err) => {
+                outcome = Err(err);
+                false
+            }
+        },
+    );
+    outcome
+}
+
+/// Folds the records of `dir` in the time range `since..until` file by file, on every
+/// core: each file's lines go to `add` with an `A` of the file's own (made by `new`), and
+/// the files' `A`s go to `merge` in chain order. A line `add` cannot parse is an error
+/// naming it, as for [`scan`].
+pub fn fold<A: Send>(
+    dir: &Path,
+    since: Option<i64>,
+    until: Option<i64>,
+    new: impl Fn() -> A + Sync,
+    add: impl Fn(&mut A, &str) -> Result<(), serde_json::Error> + Sync,
+    mut merge: impl FnMut(A),
+) -> Result<(), ReadError> {
+    let filter = Filter {
+        since,
+        until,
+        ..Filter::default()
+    };
+    let segments = segments(dir)?;
+    let mut outcome = Ok(());
+    ordered::for_each_in_order(
+        &segments,
+        |segment, emit| {
+            if !filter.may_hold_file(&segment.path) {
+                return;
+            }
+            let mut folded = new();
+            let mut corrupt = None;
+            let read = each_line(&segment.path, None, |line, offset| {
+                let line = text_of(line);
+                if filter.timed()
+                    && let Ok(TimeOnly { time }) = serde_json::from_str::<TimeOnly>(&line)
+                    && !filter.in_time(time)
+                {
+                    return true;
+                }
+                add(&mut folded, &line)
+                    .map_err(|source| corrupt = Some((offset, source)))
+                    .is_ok()
+            });
+            emit(match finish(&segment.path, read, corrupt) {
+                Ok(_) => Found::Record(folded),
+                Err(err) => Found::Error(err),
+            });
+        },
+        |item| match item {
+            Found::Record(folded) => {
+                merge(folded);
+                true
+            }
+            Found::Done(_) => true,
+            Found::Error(err) => {
+                outcome = Err(err);
+                false
+            }
+        },
+    );
+    outcome
+}
+
+/// The segments and the rules (or reasons, where no rule decided) that the flows of `dir`
+/// in the time range `since..until` name. A sealed file that lies wholly in the range
+/// answers from its seal's summary when that lists both; any other file is read.
+pub fn flow_names(
+    dir: &Path,
+    since: Option<i64>,
+    until: Option<i64>,
+) -> Result<(BTreeSet<String>, BTreeSet<String>), ReadError> {
+    let filter = Filter {
+        since,
+        until,
+        ..Filter::default()
+    };
+    let (mut segments, mut rules) = (BTreeSet::new(), BTreeSet::new());
+    let mut outcome = Ok(());
+    ordered::for_each_in_order(
+        &self::segments(dir)?,
+        |segment, emit| {
+            emit(names_in(&segment.path, &filter));
+        },
+        |names| match names {
+            Ok((more_segments, more_rules)) => {
+                segments.extend(more_segments);
+                rules.extend(more_rules);
+                true
+            }
+            Err(err) => {
+                outcome = Err(err);
+                false
+            }
+        },
+    );
+    outcome.map(|()| (segments, rules))
+}
+
+/// [`flow_names`] of one file.
+fn names_in(
+    path: &Path,
+    filter: &Filter,
+) -> Result<(BTreeSet<String>, BTreeSet<String>), ReadError> {
+    let seal = files::seal_of(path).ok().flatten();
+    let file = seal
+        .as_ref()
+        .and_then(|(seal, _)| seal.unmapped.file.as_ref());
+    if let Some(file) = file {
+        let (first, last) = (
+            file.first_time.unwrap_or(i64::MIN),
+            file.last_time.unwrap_or(i64::MAX),
+        );
+        if !filter.may_hold(file) {
+            return Ok(Default::default());
+        }
+        if filter.in_time(first)
+            && filter.in_time(last)
+            && let Some(summary) = &file.summary
+            && let (Counts::Listed(segments), Counts::Listed(rules)) =
+                (&summary.segments, &summary.rules)
         {
-            progress(size);
-            continue;
+            return Ok((
+                segments.keys().cloned().collect(),
+                rules.keys().cloned().collect(),
+            ));
         }
-        if !scan_file(&segment.path, filter, &mut found)? {
-            return Ok(());
-        }
-        progress(size);
     }
-    Ok(())
+    let (mut segments, mut rules) = (BTreeSet::new(), BTreeSet::new());
+    scan_file(path, filter, &mut |record| {
+        if let Some(flow) = &record.unmapped.flow {
+            segments.insert(flow.src_segment.clone());
+            segments.insert(flow.dst_segment.clone());
+            rules.insert(flow.rule.clone().unwrap_or_else(|| flow.reason.clone()));
+        }
+        true
+    })?;
+    Ok((segments, rules))
 }
 
 /// Scans one file's complete lines; `false` when `found` asked to stop.
 fn scan_file(
     path: &Path,
     filter: &Filter,
-    found: &mut impl FnMut(Record) -> bool,
+    found: &mut dyn FnMut(Record) -> bool,
 ) -> Result<bool, ReadError> {
-    let io_error = |source| ReadError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io_error)?);
-    let prefilter = filter.flow_filters();
-    let timed = filter.since.is_some() || filter.until.is_some();
-    let mut bytes = Vec::new();
-    for index in 0.. {
-        bytes.clear();
-        reader.read_until(b'\n', &mut bytes).map_err(io_error)?;
-        // The end of the file, or a record the agent is writing right now.
-        if bytes.pop() != Some(b'\n') {
-            break;
+    let needles = filter.needles();
+    let timed = filter.timed();
+    let mut corrupt = None;
+    let read = each_line(path, needles.first(), |bytes, offset| {
+        if needles
+            .iter()
+            .skip(1)
+            .any(|needle| needle.find(bytes).is_none())
+        {
+            return true;
         }
-        let line = String::from_utf8_lossy(&bytes);
-        if prefilter && !filter.may_match(&line) {
-            continue;
-        }
+        let line = text_of(bytes);
         // A time range is checked on the time alone before the whole record is parsed.
         if timed
             && let Ok(TimeOnly { time }) = serde_json::from_str::<TimeOnly>(&line)
             && !filter.in_time(time)
         {
-            continue;
+            return true;
         }
-        let record: Record = serde_json::from_str(&line).map_err(|source| ReadError::Corrupt {
+        match serde_json::from_str::<Record>(&line) {
+            Ok(record) => !filter.matches(&record) || found(record),
+            Err(source) => {
+                corrupt = Some((offset, source));
+                false
+            }
+        }
+    });
+    finish(path, read, corrupt)
+}
+
+/// The outcome of reading the file at `path` with [`each_line`]: its error, or the line
+/// that was not a record (at byte `offset`), named by its number.
+fn finish(
+    path: &Path,
+    read: io::Result<bool>,
+    corrupt: Option<(u64, serde_json::Error)>,
+) -> Result<bool, ReadError> {
+    let io_error = |source| ReadError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let went_on = read.map_err(io_error)?;
+    match corrupt {
+        Some((offset, source)) => Err(ReadError::Corrupt {
             path: path.to_owned(),
-            line: index + 1,
+            line: line_at(path, offset).map_err(io_error)?,
             source,
-        })?;
-        if filter.matches(&record) && !found(record) {
+        }),
+        None => Ok(went_on),
+    }
+}
+
+/// A line's text: itself when it is UTF-8 (as every record is), else with the invalid
+/// bytes replaced.
+fn text_of(line: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(line) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(line),
+    }
+}
+
+/// The number (from 1) of the line starting at byte `offset` of the file at `path`.
+fn line_at(path: &Path, offset: u64) -> io::Result<usize> {
+    let mut before = Vec::new();
+    File::open(path)?.take(offset).read_to_end(&mut before)?;
+    Ok(memchr::memchr_iter(b'\n', &before).count() + 1)
+}
+
+/// Calls `each` with every complete line of the file at `path` (without its newline)
+/// that contains `needle` (every line without one), and the line's offset in the file;
+/// stops when `each` returns `false` (and then returns `false`). An incomplete last line
+/// (a record the agent is writing right now) is left out.
+fn each_line(
+    path: &Path,
+    needle: Option<&Finder<'_>>,
+    mut each: impl FnMut(&[u8], u64) -> bool,
+) -> io::Result<bool> {
+    let mut file = File::open(path)?;
+    let mut buf = vec![0; CHUNK_BYTES];
+    let (mut filled, mut base) = (0, 0_u64);
+    loop {
+        if filled == buf.len() {
+            // One line longer than the buffer.
+            buf.resize(buf.len() * 2, 0);
+        }
+        let read = match file.read(&mut buf[filled..]) {
+            Ok(read) => read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        filled += read;
+        let complete = memchr::memrchr(b'\n', &buf[..filled]).map_or(0, |at| at + 1);
+        if !lines_in(&buf[..complete], needle, base, &mut each) {
             return Ok(false);
         }
+        if read == 0 {
+            return Ok(true);
+        }
+        buf.copy_within(complete..filled, 0);
+        filled -= complete;
+        base += complete as u64;
     }
-    Ok(true)
+}
+
+/// [`each_line`] over `region`, whole lines at file offset `base`.
+fn lines_in(
+    region: &[u8],
+    needle: Option<&Finder<'_>>,
+    base: u64,
+    each: &mut impl FnMut(&[u8], u64) -> bool,
+) -> bool {
+    let mut start = 0;
+    let Some(needle) = needle else {
+        for end in memchr::memchr_iter(b'\n', region) {
+            if !each(&region[start..end], base + start as u64) {
+                return false;
+            }
+            start = end + 1;
+        }
+        return true;
+    };
+    while let Some(found) = needle.find(&region[start..]) {
+        let at = start + found;
+        let line_start =
+            memchr::memrchr(b'\n', &region[start..at]).map_or(start, |nl| start + nl + 1);
+        let line_end =
+            at + memchr::memchr(b'\n', &region[at..]).expect("a region ends with a newline");
+        if !each(&region[line_start..line_end], base + line_start as u64) {
+            return false;
+        }
+        start = line_end + 1;
+    }
+    true
 }
 
 /// Whether a record is one a person reading flows wants to see by default: flows and
@@ -233,6 +553,166 @@ mod tests {
 
     use super::*;
     use crate::audit::store::{Fsync, Store, StoreSettings};
+
+    /// Settings that start a new file at every batch.
+    fn file_per_batch(dir: &Path) -> StoreSettings {
+        StoreSettings {
+            dir: dir.to_owned(),
+            rotate_bytes: 1,
+            rotate_age: Duration::from_secs(3600),
+            retain_bytes: u64::MAX,
+            retain_age: Duration::from_secs(86_400 * 365),
+            fsync: Fsync::Never,
+        }
+    }
+
+    /// Denied flows, one decided by each of `rules`.
+    fn flows_by(rules: &[String]) -> Vec<Record> {
+        rules
+            .iter()
+            .map(|rule| {
+                let mut record = Record::example_flow("deny", ("tcp", 6), 443);
+                record.unmapped.flow.as_mut().unwrap().rule = Some(rule.clone());
+                record
+            })
+            .collect()
+    }
+
+    /// Replaces line 2 of `path` (a flow) with something that is not a record but names
+    /// `rule` (so no cheap test on the line passes it over).
+    fn damage(path: &Path, rule: &str) {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        let damaged = format!("not a record \"{rule}\"");
+        lines[1] = &damaged;
+        std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+
+    /// The rules of the flows a query for `rule` finds, or its error.
+    fn query_rule(dir: &Path, rule: &str) -> Result<Vec<String>, ReadError> {
+        let filter = Filter {
+            rule: Some(rule.to_owned()),
+            ..Filter::default()
+        };
+        let mut found = Vec::new();
+        scan(
+            dir,
+            &filter,
+            |_| {},
+            |record| {
+                found.push(record.flow().unwrap().rule.clone().unwrap());
+                true
+            },
+        )?;
+        Ok(found)
+    }
+
+    #[test]
+    fn a_sealed_file_whose_summary_rules_out_the_filter_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(file_per_batch(dir.path()), "host-a", 0, None).unwrap();
+        let names = |prefix: &str, count: usize| -> Vec<String> {
+            (0..count).map(|i| format!("{prefix}{i}")).collect()
+        };
+        // File 2: rules a0, a1; file 3: b0; file 4: more rules than a summary lists.
+        store.write(&mut flows_by(&names("a", 2)), 0).unwrap();
+        store.write(&mut flows_by(&names("b", 1)), 0).unwrap();
+        let many = names("m", crate::audit::record::SUMMARY_LIMIT + 1);
+        store.write(&mut flows_by(&many), 0).unwrap();
+        store.close(0).unwrap();
+        let files = segments(dir.path()).unwrap();
+        assert_eq!(files.len(), 4);
+        let summary = |index: usize| {
+            files::seal_of(&files[index].path)
+                .unwrap()
+                .unwrap()
+                .0
+                .unmapped
+                .file
+                .unwrap()
+                .summary
+                .unwrap()
+        };
+        assert!(summary(1).rules.may_hold("a1") && !summary(1).rules.may_hold("b0"));
+        assert!(matches!(
+            summary(3).rules,
+            crate::audit::record::Bounded::Many(_)
+        ));
+
+        // File 2 is damaged: a query its summary rules out never reads it...
+        damage(&files[1].path, "b0");
+        assert_eq!(query_rule(dir.path(), "b0").unwrap(), ["b0"]);
+        // ...one it may match reads it and finds the damage.
+        damage(&files[1].path, "a0");
+        assert!(matches!(
+            query_rule(dir.path(), "a0"),
+            Err(ReadError::Corrupt { ref path, line: 2, .. }) if *path == files[1].path
+        ));
+        // A summary of "many" rules rules nothing out: that file is read.
+        damage(&files[3].path, "b0");
+        assert!(matches!(
+            query_rule(dir.path(), "b0"),
+            Err(ReadError::Corrupt { ref path, line: 2, .. }) if *path == files[3].path
+        ));
+    }
+
+    #[test]
+    fn the_names_flows_use_come_from_summaries_that_list_them_for_files_wholly_in_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(file_per_batch(dir.path()), "host-a", 0, None).unwrap();
+        // File 2: rules a0 at 10 ms and a1 at 20 ms; file 3: more rules than a summary
+        // lists, at 30 ms.
+        let mut early = flows_by(&["a0".to_owned(), "a1".to_owned()]);
+        (early[0].time, early[1].time) = (10, 20);
+        store.write(&mut early, 10).unwrap();
+        let many: Vec<String> = (0..=crate::audit::record::SUMMARY_LIMIT)
+            .map(|i| format!("m{i}"))
+            .collect();
+        let mut late = flows_by(&many);
+        late.iter_mut().for_each(|record| record.time = 30);
+        store.write(&mut late, 30).unwrap();
+        store.close(40).unwrap();
+        let files = segments(dir.path()).unwrap();
+        // File 2 is damaged where only reading it would find out.
+        damage(&files[1].path, "a0");
+        let (segment_names, rule_names) = flow_names(dir.path(), None, None).unwrap();
+        assert_eq!(
+            segment_names,
+            BTreeSet::from(["api".to_owned(), "db".to_owned()])
+        );
+        let expected: BTreeSet<String> = ["a0", "a1"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(many.iter().cloned())
+            .collect();
+        assert_eq!(rule_names, expected);
+        // A range that cuts file 2 needs its records, not its summary: it is read.
+        assert!(matches!(
+            flow_names(dir.path(), Some(15), None),
+            Err(ReadError::Corrupt { ref path, line: 2, .. }) if *path == files[1].path
+        ));
+        // The file with "many" rules is read for them: damaged, it says so.
+        damage(&files[2].path, "m0");
+        assert!(matches!(
+            flow_names(dir.path(), None, None),
+            Err(ReadError::Corrupt { ref path, line: 2, .. }) if *path == files[2].path
+        ));
+    }
+
+    #[test]
+    fn an_unsealed_file_is_read_whatever_the_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(file_per_batch(dir.path()), "host-a", 0, None).unwrap();
+        store.write(&mut flows_by(&["a".to_owned()]), 0).unwrap();
+        // The writer is killed: its file has no seal, hence no summary.
+        drop(store);
+        let files = segments(dir.path()).unwrap();
+        damage(&files[1].path, "b");
+        assert!(matches!(
+            query_rule(dir.path(), "b"),
+            Err(ReadError::Corrupt { line: 2, .. })
+        ));
+    }
 
     #[test]
     fn a_time_range_reads_only_the_files_and_records_in_it() {

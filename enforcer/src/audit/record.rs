@@ -540,6 +540,128 @@ pub struct FileDetails {
     /// [`Kind::Seal`]: events the file's gap records count as lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,
+    /// [`Kind::Seal`]: what the file's flows name, so a query skips the file when its
+    /// filter names none of it (absent in seals written before summaries: such a file is
+    /// read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<FileSummary>,
+}
+
+/// Most distinct values a [`FileSummary`] lists in one set; past it the set is `"many"`.
+pub const SUMMARY_LIMIT: usize = 64;
+
+/// A set of a file's values, or `"many"` when it holds more than [`SUMMARY_LIMIT`] (then
+/// it rules nothing out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Bounded<T> {
+    /// Every value, each with its count.
+    Listed(T),
+    /// Too many to list.
+    Many(Many),
+}
+
+/// The word `"many"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Many {
+    /// `"many"`.
+    #[serde(rename = "many")]
+    Many,
+}
+
+/// Values and how many flows name each, bounded.
+pub type Counts = Bounded<std::collections::BTreeMap<String, u64>>;
+
+impl Default for Counts {
+    fn default() -> Self {
+        Self::Listed(std::collections::BTreeMap::new())
+    }
+}
+
+impl Counts {
+    /// Counts one more flow naming `value`.
+    fn count(&mut self, value: &str) {
+        let Self::Listed(counts) = self else { return };
+        if let Some(count) = counts.get_mut(value) {
+            *count += 1;
+        } else if counts.len() < SUMMARY_LIMIT {
+            counts.insert(value.to_owned(), 1);
+        } else {
+            *self = Self::Many(Many::Many);
+        }
+    }
+
+    /// Whether a flow naming `value` may be among those counted: `false` only when the
+    /// values are listed and `value` is not one of them.
+    pub fn may_hold(&self, value: &str) -> bool {
+        match self {
+            Self::Listed(counts) => counts.contains_key(value),
+            Self::Many(_) => true,
+        }
+    }
+}
+
+/// What a sealed file's flows name: their segments (either end), the rules that decided
+/// them (the reason where no rule did), verdicts and protocols, each with its count of
+/// flows. Written in the file's seal, so it is chained and sealed like any record, and
+/// `enforcer audit verify` checks it against the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSummary {
+    /// Segment → flows from or to it (a flow within one segment counts once).
+    pub segments: Counts,
+    /// Rule id, or reason when no rule decided → flows.
+    pub rules: Counts,
+    /// Verdict → flows.
+    pub verdicts: Counts,
+    /// Protocol name (its number when it has none) → flows.
+    pub protocols: Counts,
+}
+
+impl FileSummary {
+    /// Adds `record` (only flows count).
+    pub fn add(&mut self, record: &Record) {
+        let Some(flow) = record.flow() else { return };
+        self.add_flow(&FlowNames {
+            src_segment: &flow.src_segment,
+            dst_segment: &flow.dst_segment,
+            decided_by: flow.rule.as_deref().unwrap_or(flow.reason.as_str()),
+            verdict: &flow.verdict,
+            protocol: record
+                .connection_info
+                .as_ref()
+                .map(|info| (info.protocol_name.as_str(), info.protocol_num)),
+        });
+    }
+
+    /// Adds a flow that names `names`.
+    pub fn add_flow(&mut self, names: &FlowNames<'_>) {
+        self.segments.count(names.src_segment);
+        if names.dst_segment != names.src_segment {
+            self.segments.count(names.dst_segment);
+        }
+        self.rules.count(names.decided_by);
+        self.verdicts.count(names.verdict);
+        match names.protocol {
+            Some(("", number)) => self.protocols.count(&number.to_string()),
+            Some((name, _)) => self.protocols.count(name),
+            None => {}
+        }
+    }
+}
+
+/// What a [`FileSummary`] counts of one flow.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowNames<'a> {
+    /// Its source segment.
+    pub src_segment: &'a str,
+    /// Its destination segment.
+    pub dst_segment: &'a str,
+    /// The rule that decided it, or the reason when no rule did.
+    pub decided_by: &'a str,
+    /// Its verdict.
+    pub verdict: &'a str,
+    /// Its protocol's name and number, when the record has them.
+    pub protocol: Option<(&'a str, u32)>,
 }
 
 /// A file retention removed.

@@ -16,7 +16,7 @@ use std::{
 use super::{
     chain::{self, Head},
     files::{self, SegmentFile},
-    record::{FileDetails, Kind, Record, RemovedFile, SEVERITY_HIGH},
+    record::{FileDetails, FileSummary, Kind, Record, RemovedFile, SEVERITY_HIGH},
     seal::{KeyFileError, Sealer},
 };
 
@@ -73,7 +73,7 @@ pub enum StoreError {
 }
 
 /// What the current file holds so far, for its seal.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct FileStats {
     records: u64,
     first_sequence: u64,
@@ -81,6 +81,7 @@ struct FileStats {
     last_time: i64,
     flows: u64,
     lost: u64,
+    summary: FileSummary,
 }
 
 impl FileStats {
@@ -105,6 +106,7 @@ impl FileStats {
             last_time: Some(self.last_time),
             flows: Some(self.flows),
             lost: Some(self.lost),
+            summary: Some(self.summary.clone()),
         });
         seal
     }
@@ -121,6 +123,7 @@ impl FileStats {
             Kind::Gap => self.lost += record.unmapped.gap.as_ref().map_or(0, |gap| gap.lost),
             _ => {}
         }
+        self.summary.add(record);
     }
 }
 
@@ -280,6 +283,7 @@ impl Store {
             last_time: None,
             flows: None,
             lost: None,
+            summary: None,
         });
         record
     }
@@ -306,7 +310,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.seal_earlier_file()?;
         let head_before = self.head;
-        let stats_before = self.current.stats;
+        let stats_before = self.current.stats.clone();
         self.buf.clear();
         for record in self.pending.iter_mut().chain(records.iter_mut()) {
             chain::append(record, &mut self.head, &mut self.buf);

@@ -16,9 +16,11 @@ use serde::Serialize;
 use super::{
     chain::{self, GENESIS, Hash},
     files::{self, SegmentFile},
-    record::{Kind, Record, rfc3339},
+    ordered,
+    record::{FileSummary, FlowNames, Kind, Record, rfc3339},
     seal::{SealingKey, VerifyKey},
 };
+use crate::digest::{finish, hasher};
 
 /// What proves the seals beyond the chain itself.
 #[derive(Debug, Clone, Default)]
@@ -102,7 +104,12 @@ pub struct Summary {
 /// The outcome of a verification.
 pub type Outcome = Result<Summary, Break>;
 
+/// An epoch seal found in a file walked alone, and the record before it (its sequence
+/// number and hash).
+type EpochSeen = (Record, Option<(u64, Hash)>);
+
 /// Where the walk stands.
+#[derive(Clone)]
 struct Walk {
     summary: Summary,
     /// The previous record's sequence number and hash.
@@ -118,6 +125,26 @@ struct Walk {
     sealing: Option<Sealing>,
     /// The key of the epoch checked last, derived from the verification key.
     key: Option<SealingKey>,
+    /// When the walk is one file's own (on a core of its own, not knowing the files
+    /// before it): the file's epoch seals, each with the record before it, checked when
+    /// the file is linked to the chain before it.
+    epochs: Option<Vec<EpochSeen>>,
+}
+
+impl Walk {
+    /// A walk of one file alone, starting from nothing.
+    fn of_one_file(head_sequence: Option<u64>) -> Self {
+        Self {
+            summary: Summary::default(),
+            last: None,
+            removed: BTreeMap::new(),
+            head_sequence,
+            head_record: None,
+            sealing: None,
+            key: None,
+            epochs: Some(Vec::new()),
+        }
+    }
 }
 
 /// Verifies the store in `dir`, its seals with what `proof` holds.
@@ -132,6 +159,7 @@ pub fn verify(dir: &Path, proof: &Proof) -> Result<Outcome, std::io::Error> {
         head_record: None,
         sealing: None,
         key: proof.verify_key.as_ref().map(VerifyKey::first),
+        epochs: None,
     };
     let Some(first) = segments.first() else {
         return Ok(Err(match head {
@@ -154,23 +182,8 @@ pub fn verify(dir: &Path, proof: &Proof) -> Result<Outcome, std::io::Error> {
         }));
     };
     let mut first_prev = None;
-    for (expected_number, (index, segment)) in (first.number..).zip(segments.iter().enumerate()) {
-        if segment.number != expected_number {
-            return Ok(Err(Break {
-                file: dir.join(files::segment_name(expected_number)),
-                line: 0,
-                sequence: None,
-                why: format!(
-                    "the file is missing: {} follows {}",
-                    files::segment_name(segment.number),
-                    files::segment_name(expected_number - 1)
-                ),
-            }));
-        }
-        let is_last = index + 1 == segments.len();
-        if let Err(broken) = walk_file(segment, is_last, &mut walk, &mut first_prev) {
-            return Ok(Err(broken));
-        }
+    if let Err(broken) = walk_files(dir, &segments, &mut walk, &mut first_prev) {
+        return Ok(Err(broken));
     }
 
     // The first file either starts the chain or follows a file retention removed.
@@ -400,6 +413,248 @@ fn check_epoch(record: &Record, walk: &mut Walk) -> Result<(), String> {
     Ok(())
 }
 
+/// Walks every file in order. Each file is first walked alone, on every core, then
+/// linked to the chain before it (its first record to the last one before, its epoch
+/// seals to the seals before); a file that breaks alone or does not link is walked again
+/// in the chain's own walk, which names the first broken record exactly as a walk of
+/// file after file does.
+fn walk_files(
+    dir: &Path,
+    segments: &[SegmentFile],
+    walk: &mut Walk,
+    first_prev: &mut Option<(u64, String)>,
+) -> Result<(), Break> {
+    let first = segments.first().map_or(0, |segment| segment.number);
+    let last = segments.last().map_or(0, |segment| segment.number);
+    let numbered: Vec<(u64, &SegmentFile)> = (first..).zip(segments).collect();
+    let head_sequence = walk.head_sequence;
+    let mut outcome = Ok(());
+    ordered::for_each_in_order(
+        &numbered,
+        |&(expected_number, segment), emit| {
+            let alone = (segment.number == expected_number).then(|| {
+                let is_last = segment.number == last;
+                let mut alone = Walk::of_one_file(head_sequence);
+                let mut alone_first = None;
+                walk_file(segment, is_last, &mut alone, &mut alone_first)
+                    .is_ok()
+                    .then_some((alone, alone_first))
+            });
+            emit((expected_number, segment, alone));
+        },
+        |(expected_number, segment, alone)| {
+            outcome = match alone {
+                None => Err(missing(dir, segment, expected_number)),
+                Some(alone) => link(segment, segment.number == last, alone, walk, first_prev),
+            };
+            outcome.is_ok()
+        },
+    );
+    outcome
+}
+
+/// The break of a file missing before `segment`, where `expected_number` belongs.
+fn missing(dir: &Path, segment: &SegmentFile, expected_number: u64) -> Break {
+    Break {
+        file: dir.join(files::segment_name(expected_number)),
+        line: 0,
+        sequence: None,
+        why: format!(
+            "the file is missing: {} follows {}",
+            files::segment_name(segment.number),
+            files::segment_name(expected_number - 1)
+        ),
+    }
+}
+
+/// Adds `segment`, walked `alone` (`None` when it broke alone), to the chain's walk; walks
+/// it again in the chain's walk when it broke or does not link.
+fn link(
+    segment: &SegmentFile,
+    is_last: bool,
+    alone: Option<(Walk, Option<(u64, String)>)>,
+    walk: &mut Walk,
+    first_prev: &mut Option<(u64, String)>,
+) -> Result<(), Break> {
+    let before = walk.clone();
+    if let Some((alone, alone_first)) = alone
+        && join(walk, alone, alone_first.as_ref(), first_prev).is_ok()
+    {
+        return Ok(());
+    }
+    *walk = before;
+    walk_file(segment, is_last, walk, first_prev)
+}
+
+/// Joins one file's own walk to the chain's: `Err` when its first record does not follow
+/// the chain's last or one of its epoch seals does not follow the seals before it.
+fn join(
+    walk: &mut Walk,
+    alone: Walk,
+    alone_first: Option<&(u64, String)>,
+    first_prev: &mut Option<(u64, String)>,
+) -> Result<(), ()> {
+    if let (Some((last, hash)), Some((sequence, prev))) = (walk.last, alone_first)
+        && (*sequence != last + 1 || !names_hash(prev, &hash))
+    {
+        return Err(());
+    }
+    for (epoch, covered) in alone.epochs.iter().flatten() {
+        walk.last = *covered;
+        check_epoch(epoch, walk).map_err(|_| ())?;
+    }
+    if first_prev.is_none() {
+        *first_prev = alone_first.cloned();
+    }
+    let (summary, more) = (&mut walk.summary, alone.summary);
+    summary.files += more.files;
+    summary.records += more.records;
+    summary.flows += more.flows;
+    summary.lost += more.lost;
+    if more.records > 0 {
+        summary.last_sequence = more.last_sequence;
+    }
+    walk.last = alone.last.or(walk.last);
+    walk.removed.extend(alone.removed);
+    if alone.head_record.is_some() {
+        walk.head_record = alone.head_record;
+    }
+    Ok(())
+}
+
+/// Whether `prev` is `hash` written as the chain writes it (64 lowercase hex digits).
+fn names_hash(prev: &str, hash: &Hash) -> bool {
+    let mut digits = [0_u8; 64];
+    hex::encode_to_slice(hash, &mut digits).expect("64 digits hold 32 bytes");
+    prev.as_bytes() == digits
+}
+
+/// One line taken apart for the walk: a flow (the most of a store) parsed only as far as
+/// the walk needs, any other record whole.
+enum Line<'a> {
+    /// A flow.
+    Flow(FlowLine<'a>),
+    /// Any other record.
+    Other(Box<Record>),
+}
+
+/// What the walk needs of a flow's line (the rest is hashed, not parsed).
+#[derive(serde::Deserialize)]
+struct FlowLine<'a> {
+    metadata: SequenceOnly,
+    #[serde(borrow, default)]
+    connection_info: Option<ProtocolOnly<'a>>,
+    #[serde(borrow)]
+    unmapped: FlowUnmapped<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct SequenceOnly {
+    sequence: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct ProtocolOnly<'a> {
+    protocol_num: u32,
+    #[serde(borrow, default)]
+    protocol_name: std::borrow::Cow<'a, str>,
+}
+
+#[derive(serde::Deserialize)]
+struct FlowUnmapped<'a> {
+    kind: Kind,
+    #[serde(borrow)]
+    flow: FlowNamesOnly<'a>,
+    #[serde(borrow)]
+    prev: std::borrow::Cow<'a, str>,
+}
+
+#[derive(serde::Deserialize)]
+struct FlowNamesOnly<'a> {
+    #[serde(borrow)]
+    verdict: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    reason: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    rule: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    src_segment: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    dst_segment: std::borrow::Cow<'a, str>,
+}
+
+impl Line<'_> {
+    fn sequence(&self) -> u64 {
+        match self {
+            Self::Flow(flow) => flow.metadata.sequence,
+            Self::Other(record) => record.sequence(),
+        }
+    }
+
+    fn prev(&self) -> &str {
+        match self {
+            Self::Flow(flow) => &flow.unmapped.prev,
+            Self::Other(record) => &record.unmapped.prev,
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        match self {
+            Self::Flow(_) => Kind::Flow,
+            Self::Other(record) => record.unmapped.kind,
+        }
+    }
+
+    /// The whole record, for any but a flow.
+    fn whole(&self) -> Option<&Record> {
+        match self {
+            Self::Flow(_) => None,
+            Self::Other(record) => Some(record),
+        }
+    }
+
+    fn add_to(&self, summary: &mut FileSummary) {
+        match self {
+            Self::Flow(line) => {
+                let flow = &line.unmapped.flow;
+                summary.add_flow(&FlowNames {
+                    src_segment: &flow.src_segment,
+                    dst_segment: &flow.dst_segment,
+                    decided_by: flow.rule.as_deref().unwrap_or(&flow.reason),
+                    verdict: &flow.verdict,
+                    protocol: line
+                        .connection_info
+                        .as_ref()
+                        .map(|info| (&*info.protocol_name, info.protocol_num)),
+                });
+            }
+            Self::Other(record) => summary.add(record),
+        }
+    }
+}
+
+/// Takes a line apart as [`chain::check`] does: the record, the hash it claims and the
+/// hash of its content. A flow's line is parsed only as far as the walk needs when it
+/// can be; anything else (and any line that does not parse so) goes through
+/// [`chain::check`], whose errors name what is wrong.
+fn take_apart(line: &str) -> Result<(Line<'_>, Hash, Hash), chain::LineError> {
+    if let Some(claimed) = chain::claimed_hash(line)
+        && let Ok(flow) = serde_json::from_str::<FlowLine<'_>>(line)
+        && flow.unmapped.kind == Kind::Flow
+    {
+        let mut hasher = hasher();
+        hasher.update(&line.as_bytes()[..line.len() - chain::SUFFIX_LEN]);
+        hasher.update(b"}}");
+        return Ok((Line::Flow(flow), claimed, finish(hasher)));
+    }
+    let checked = chain::check(line)?;
+    Ok((
+        Line::Other(Box::new(checked.record)),
+        checked.claimed,
+        checked.actual,
+    ))
+}
+
 fn walk_file(
     segment: &SegmentFile,
     is_last: bool,
@@ -424,13 +679,15 @@ fn walk_file(
         ));
     }
     walk.summary.files += 1;
-    let mut last_record: Option<Record> = None;
+    let mut last_kind: Option<Kind> = None;
+    // What the file's flows so far name, for its seal's summary.
+    let mut summary = FileSummary::default();
     for (in_file, (index, line)) in (0_u64..).zip(text.lines().enumerate()) {
         let number = index + 1;
-        let checked = chain::check(line).map_err(|err| broken(number, None, format!("{err}")))?;
-        let record = checked.record;
+        let (record, claimed, actual) =
+            take_apart(line).map_err(|err| broken(number, None, format!("{err}")))?;
         let sequence = record.sequence();
-        if checked.claimed != checked.actual {
+        if claimed != actual {
             return Err(broken(
                 number,
                 Some(sequence),
@@ -438,15 +695,10 @@ fn walk_file(
             ));
         }
         if walk.head_sequence == Some(sequence) {
-            walk.head_record = Some((
-                segment.number,
-                segment.path.clone(),
-                number,
-                checked.claimed,
-            ));
+            walk.head_record = Some((segment.number, segment.path.clone(), number, claimed));
         }
         match walk.last {
-            None => *first_prev = Some((sequence, record.unmapped.prev.clone())),
+            None => *first_prev = Some((sequence, record.prev().to_owned())),
             Some((last, hash)) => {
                 if sequence <= last {
                     return Err(broken(
@@ -478,7 +730,7 @@ fn walk_file(
                         },
                     ));
                 }
-                if record.unmapped.prev != hex::encode(hash) {
+                if !names_hash(record.prev(), &hash) {
                     return Err(broken(
                         number,
                         Some(sequence),
@@ -489,12 +741,11 @@ fn walk_file(
                 }
             }
         }
+        let whole = record.whole();
         if number == 1 {
-            let opens_this_file = record.unmapped.kind == Kind::Open
-                && record
-                    .unmapped
-                    .file
-                    .as_ref()
+            let opens_this_file = record.kind() == Kind::Open
+                && whole
+                    .and_then(|record| record.unmapped.file.as_ref())
                     .is_some_and(|file| file.number == segment.number);
             if !opens_this_file {
                 return Err(broken(
@@ -504,8 +755,9 @@ fn walk_file(
                 ));
             }
         }
-        if record.unmapped.kind == Kind::Seal {
-            let claimed = record.unmapped.file.as_ref().and_then(|file| file.records);
+        let file_details = whole.and_then(|record| record.unmapped.file.as_ref());
+        if record.kind() == Kind::Seal {
+            let claimed = file_details.and_then(|file| file.records);
             if claimed != Some(in_file) {
                 return Err(broken(
                     number,
@@ -516,16 +768,32 @@ fn walk_file(
                     ),
                 ));
             }
+            if let Some(claimed) = file_details.and_then(|file| file.summary.as_ref())
+                && *claimed != summary
+            {
+                return Err(broken(
+                    number,
+                    Some(sequence),
+                    "the seal's summary of the file's flows (segments, rules, verdicts, protocols) does not match the flows before it".to_owned(),
+                ));
+            }
         }
-        if record.unmapped.kind == Kind::Epoch {
-            check_epoch(&record, walk).map_err(|why| broken(number, Some(sequence), why))?;
+        if let Some(epoch) = whole.filter(|record| record.unmapped.kind == Kind::Epoch) {
+            match &mut walk.epochs {
+                // Checked when the file is linked to the seals before it.
+                Some(epochs) => epochs.push((epoch.clone(), walk.last)),
+                None => {
+                    check_epoch(epoch, walk).map_err(|why| broken(number, Some(sequence), why))?;
+                }
+            }
         }
-        match record.unmapped.kind {
-            Kind::Flow => walk.summary.flows += 1,
-            Kind::Gap => {
+        record.add_to(&mut summary);
+        match (record.kind(), whole) {
+            (Kind::Flow, _) => walk.summary.flows += 1,
+            (Kind::Gap, Some(record)) => {
                 walk.summary.lost += record.unmapped.gap.as_ref().map_or(0, |gap| gap.lost);
             }
-            Kind::Retention => {
+            (Kind::Retention, Some(record)) => {
                 for removed in record.unmapped.removed.iter().flatten() {
                     walk.removed.insert(
                         removed.number,
@@ -533,12 +801,9 @@ fn walk_file(
                     );
                 }
             }
-            Kind::Open | Kind::Seal | Kind::Epoch | Kind::Agent | Kind::Policy => {}
+            _ => {}
         }
-        if last_record
-            .as_ref()
-            .is_some_and(|last| last.unmapped.kind == Kind::Seal)
-        {
+        if last_kind == Some(Kind::Seal) {
             return Err(broken(
                 number,
                 Some(sequence),
@@ -547,13 +812,11 @@ fn walk_file(
         }
         walk.summary.records += 1;
         walk.summary.last_sequence = sequence;
-        walk.last = Some((sequence, checked.claimed));
-        last_record = Some(record);
+        walk.last = Some((sequence, claimed));
+        last_kind = Some(record.kind());
     }
-    let sealed = last_record
-        .as_ref()
-        .is_some_and(|record| record.unmapped.kind == Kind::Seal);
-    if last_record.is_none() {
+    let sealed = last_kind == Some(Kind::Seal);
+    if last_kind.is_none() {
         if is_last {
             return Ok(());
         }
@@ -710,6 +973,100 @@ mod tests {
         assert_eq!(broken.line, 2);
         assert!(broken.why.contains("reordered"), "{broken}");
         assert!(broken.why.contains("at line 3"), "{broken}");
+    }
+
+    /// A store of at least five files of flows (each file walked on a core of its own),
+    /// every file sealed.
+    fn flow_store(dir: &Path) -> Vec<SegmentFile> {
+        let mut store = Store::open(settings(dir, 3_000), "host-a", 1_000, None).unwrap();
+        for batch in 0..12_u16 {
+            let mut records: Vec<Record> = (0..4)
+                .map(|i| Record::example_flow("deny", ("tcp", 6), 1_000 + batch * 4 + i))
+                .collect();
+            store.write(&mut records, 2_000).unwrap();
+        }
+        store.close(3_000).unwrap();
+        let segments = files::segments(dir).unwrap();
+        assert!(segments.len() >= 5, "{segments:?}");
+        segments
+    }
+
+    /// Edits the flow at `line` (from 1) of `path` without fixing its hash.
+    fn edit_flow(path: &Path, line: usize) {
+        let mut content = lines(path);
+        assert!(content[line - 1].contains("\"kind\":\"flow\""));
+        content[line - 1] = content[line - 1].replacen("\"deny\"", "\"allow\"", 1);
+        write_lines(path, &content);
+    }
+
+    #[test]
+    fn the_first_broken_flow_in_chain_order_is_named_whichever_file_is_walked_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = flow_store(dir.path());
+        let (earlier, later) = (&segments[1].path, &segments[4].path);
+        let original = fs::read(earlier).unwrap();
+        edit_flow(later, 3);
+        edit_flow(earlier, 4);
+        let broken = first_break(dir.path());
+        assert_eq!((&broken.file, broken.line), (earlier, 4), "{broken}");
+        assert!(broken.why.contains("altered"), "{broken}");
+        fs::write(earlier, original).unwrap();
+        let broken = first_break(dir.path());
+        assert_eq!((&broken.file, broken.line), (later, 3), "{broken}");
+    }
+
+    #[test]
+    fn a_file_seal_rewritten_with_its_hash_breaks_the_link_to_the_next_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = flow_store(dir.path());
+        let path = &segments[2].path;
+        let mut content = lines(path);
+        let last = content.len() - 1;
+        let prev = claimed(&content[last - 1]);
+        let sequence = chain::check(&content[last]).unwrap().record.sequence();
+        rewrite(&mut content, last, prev, |seal| seal.message.push('!'));
+        write_lines(path, &content);
+        // Every file is intact alone: only linking them finds the break.
+        let broken = first_break(dir.path());
+        assert_eq!(
+            (&broken.file, broken.line),
+            (&segments[3].path, 1),
+            "{broken}"
+        );
+        assert_eq!(broken.sequence, Some(sequence + 1));
+        assert!(
+            broken
+                .why
+                .contains(&format!("does not follow record {sequence}")),
+            "{broken}"
+        );
+    }
+
+    #[test]
+    fn a_seal_whose_summary_was_rewritten_with_its_hash_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = flow_store(dir.path());
+        let path = &segments[1].path;
+        let mut content = lines(path);
+        let last = content.len() - 1;
+        let prev = claimed(&content[last - 1]);
+        // A forger empties the verdict counts, so that queries by verdict skip the file
+        // and its denials stay hidden.
+        rewrite(&mut content, last, prev, |seal| {
+            let summary = seal
+                .unmapped
+                .file
+                .as_mut()
+                .unwrap()
+                .summary
+                .as_mut()
+                .unwrap();
+            summary.verdicts = crate::audit::record::Counts::default();
+        });
+        write_lines(path, &content);
+        let broken = first_break(dir.path());
+        assert_eq!((&broken.file, broken.line), (path, last + 1), "{broken}");
+        assert!(broken.why.contains("summary"), "{broken}");
     }
 
     /// Rewrites line `index` of `content` with `edit` applied to its record, hashed anew

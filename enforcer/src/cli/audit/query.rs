@@ -1,6 +1,6 @@
 //! `enforcer audit query`: the flows that match, as a table or as the stored JSON lines.
 
-use std::{collections::BTreeSet, io::Write as _, net::IpAddr, process::ExitCode};
+use std::{io::Write as _, net::IpAddr, process::ExitCode};
 
 use super::{StoreArgs, TimeRange};
 use crate::audit::{
@@ -117,25 +117,7 @@ fn unknown_names(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
     if args.segment.is_none() && args.rule.is_none() {
         return Ok(());
     }
-    let (mut segments, mut rules) = (BTreeSet::new(), BTreeSet::new());
-    let in_range = Filter {
-        since: args.time.since,
-        until: args.time.until,
-        ..Filter::default()
-    };
-    read::scan(
-        dir,
-        &in_range,
-        |_| {},
-        |record| {
-            if let Some(flow) = &record.unmapped.flow {
-                segments.insert(flow.src_segment.clone());
-                segments.insert(flow.dst_segment.clone());
-                rules.insert(flow.rule.clone().unwrap_or_else(|| flow.reason.clone()));
-            }
-            true
-        },
-    )?;
+    let (segments, rules) = read::flow_names(dir, args.time.since, args.time.until)?;
     for (option, given, known) in [
         ("--segment", &args.segment, &segments),
         ("--rule", &args.rule, &rules),

@@ -2,12 +2,16 @@
 //! flow count), denials by rule or reason, a segment-to-segment matrix of flows, and the
 //! flows each policy generation decided.
 
-use std::{collections::BTreeMap, process::ExitCode};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+    process::ExitCode,
+};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{StoreArgs, TimeRange};
-use crate::audit::read::{self, Filter};
+use crate::audit::read;
 use crate::cli::table::{print_table, table};
 
 /// Arguments of `enforcer audit stats`.
@@ -65,80 +69,224 @@ struct Denials {
     audit: u64,
 }
 
+/// The fields of a record the figures use, borrowed from its line (the rest is skipped
+/// unparsed).
+#[derive(Deserialize)]
+struct View<'a> {
+    #[serde(borrow, default)]
+    src_endpoint: Option<EndpointView<'a>>,
+    #[serde(borrow, default)]
+    actor: Option<ActorView<'a>>,
+    #[serde(borrow)]
+    unmapped: UnmappedView<'a>,
+}
+
+#[derive(Deserialize)]
+struct EndpointView<'a> {
+    #[serde(borrow, default)]
+    ip: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct ActorView<'a> {
+    #[serde(borrow)]
+    process: ProcessView<'a>,
+}
+
+#[derive(Deserialize)]
+struct ProcessView<'a> {
+    #[serde(borrow, default)]
+    name: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct UnmappedView<'a> {
+    #[serde(borrow, default)]
+    flow: Option<FlowView<'a>>,
+    #[serde(borrow, default)]
+    gap: Option<GapView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FlowView<'a> {
+    #[serde(borrow)]
+    verdict: Cow<'a, str>,
+    #[serde(borrow)]
+    reason: Cow<'a, str>,
+    #[serde(borrow, default)]
+    rule: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    src_segment: Cow<'a, str>,
+    #[serde(borrow)]
+    dst_segment: Cow<'a, str>,
+    generation: u32,
+    #[serde(borrow, default)]
+    policy_sha256: Cow<'a, str>,
+    #[serde(borrow, default)]
+    cgroup: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct GapView<'a> {
+    lost: u64,
+    #[serde(borrow)]
+    cause: Cow<'a, str>,
+}
+
+/// The figures of part of the store (one file), merged into the whole in chain order.
+#[derive(Default)]
+struct Part {
+    stats: Stats,
+    /// `source \0 from \0 to` → its talker.
+    talkers: HashMap<String, Talker>,
+    /// A reused buffer for talker keys.
+    key: String,
+}
+
+/// Adds `count` to `map[key]`, allocating the key only the first time.
+fn bump(map: &mut BTreeMap<String, u64>, key: &str, count: u64) {
+    match map.get_mut(key) {
+        Some(total) => *total += count,
+        None => {
+            map.insert(key.to_owned(), count);
+        }
+    }
+}
+
+/// The denials `decided_by` made, allocating its name only the first time.
+fn denials_of<'a>(stats: &'a mut Stats, decided_by: &str) -> &'a mut Denials {
+    if !stats.denials.contains_key(decided_by) {
+        stats
+            .denials
+            .insert(decided_by.to_owned(), Denials::default());
+    }
+    stats.denials.get_mut(decided_by).expect("inserted above")
+}
+
+impl Part {
+    /// Counts the record on `line`.
+    fn add(&mut self, line: &str) -> Result<(), serde_json::Error> {
+        let record: View<'_> = serde_json::from_str(line)?;
+        let stats = &mut self.stats;
+        if let Some(gap) = &record.unmapped.gap {
+            stats.lost += gap.lost;
+            bump(&mut stats.lost_by_cause, &gap.cause, gap.lost);
+        }
+        let Some(flow) = &record.unmapped.flow else {
+            return Ok(());
+        };
+        stats.flows += 1;
+        let source = match (&record.src_endpoint, &record.actor) {
+            (Some(end), _) if !end.ip.is_empty() => end.ip.to_string(),
+            (_, Some(actor)) => format!("{} ({})", actor.process.name, flow.cgroup),
+            _ => String::new(),
+        };
+        self.key.clear();
+        for part in [&*source, "\0", &flow.src_segment, "\0", &flow.dst_segment] {
+            self.key.push_str(part);
+        }
+        if !self.talkers.contains_key(&self.key) {
+            self.talkers.insert(
+                self.key.clone(),
+                Talker {
+                    source,
+                    from: flow.src_segment.to_string(),
+                    to: flow.dst_segment.to_string(),
+                    ..Talker::default()
+                },
+            );
+        }
+        let talker = self.talkers.get_mut(&self.key).expect("inserted above");
+        talker.flows += 1;
+        let generation = stats.generations.entry(flow.generation).or_default();
+        generation.flows += 1;
+        if generation.policy_sha256.is_empty() {
+            generation.policy_sha256 = flow.policy_sha256.to_string();
+        }
+        let decided_by = flow.rule.as_deref().unwrap_or(&flow.reason);
+        match &*flow.verdict {
+            "deny" => {
+                generation.denied += 1;
+                talker.denied += 1;
+                denials_of(stats, decided_by).deny += 1;
+            }
+            "audit" => denials_of(stats, decided_by).audit += 1,
+            _ => {}
+        }
+        if !stats.matrix.contains_key(&*flow.src_segment) {
+            stats
+                .matrix
+                .insert(flow.src_segment.to_string(), BTreeMap::new());
+        }
+        let row = stats
+            .matrix
+            .get_mut(&*flow.src_segment)
+            .expect("inserted above");
+        bump(row, &flow.dst_segment, 1);
+        Ok(())
+    }
+
+    /// Adds a later part's figures to these.
+    fn merge(&mut self, later: Self) {
+        let (stats, more) = (&mut self.stats, later.stats);
+        stats.flows += more.flows;
+        stats.lost += more.lost;
+        for (cause, lost) in more.lost_by_cause {
+            *stats.lost_by_cause.entry(cause).or_default() += lost;
+        }
+        for (rule, counts) in more.denials {
+            let total = stats.denials.entry(rule).or_default();
+            total.deny += counts.deny;
+            total.audit += counts.audit;
+        }
+        for (from, row) in more.matrix {
+            let total = stats.matrix.entry(from).or_default();
+            for (to, flows) in row {
+                *total.entry(to).or_default() += flows;
+            }
+        }
+        for (number, generation) in more.generations {
+            let total = stats.generations.entry(number).or_default();
+            total.flows += generation.flows;
+            total.denied += generation.denied;
+            // The first record that knew the policy's hash names it.
+            if total.policy_sha256.is_empty() {
+                total.policy_sha256 = generation.policy_sha256;
+            }
+        }
+        for (key, talker) in later.talkers {
+            let total = self.talkers.entry(key).or_insert_with(|| Talker {
+                flows: 0,
+                denied: 0,
+                ..talker.clone()
+            });
+            total.flows += talker.flows;
+            total.denied += talker.denied;
+        }
+    }
+}
+
 /// Counts the store's flows.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let dir = args.store.dir()?;
-    let filter = Filter {
-        since: args.time.since,
-        until: args.time.until,
-        store_records: true,
-        ..Filter::default()
-    };
-    let mut stats = Stats::default();
-    let mut talkers: BTreeMap<(String, String, String), Talker> = BTreeMap::new();
-    read::scan(
+    let mut whole = Part::default();
+    read::fold(
         &dir,
-        &filter,
-        |_| {},
-        |record| {
-            if let Some(gap) = &record.unmapped.gap {
-                stats.lost += gap.lost;
-                *stats.lost_by_cause.entry(gap.cause.clone()).or_default() += gap.lost;
-            }
-            let Some(flow) = record.flow() else {
-                return true;
-            };
-            stats.flows += 1;
-            let source = record
-                .src_endpoint
-                .as_ref()
-                .map(|end| end.ip.clone())
-                .filter(|ip| !ip.is_empty())
-                .or_else(|| {
-                    record
-                        .actor
-                        .as_ref()
-                        .map(|actor| format!("{} ({})", actor.process.name, flow.cgroup))
-                })
-                .unwrap_or_default();
-            let key = (
-                source.clone(),
-                flow.src_segment.clone(),
-                flow.dst_segment.clone(),
-            );
-            let talker = talkers.entry(key).or_insert_with(|| Talker {
-                source,
-                from: flow.src_segment.clone(),
-                to: flow.dst_segment.clone(),
-                ..Talker::default()
-            });
-            talker.flows += 1;
-            let generation = stats.generations.entry(flow.generation).or_default();
-            generation.flows += 1;
-            if generation.policy_sha256.is_empty() {
-                generation.policy_sha256.clone_from(&flow.policy_sha256);
-            }
-            let decided_by = flow.rule.clone().unwrap_or_else(|| flow.reason.clone());
-            match flow.verdict.as_str() {
-                "deny" => {
-                    generation.denied += 1;
-                    talker.denied += 1;
-                    stats.denials.entry(decided_by).or_default().deny += 1;
-                }
-                "audit" => stats.denials.entry(decided_by).or_default().audit += 1,
-                _ => {}
-            }
-            *stats
-                .matrix
-                .entry(flow.src_segment.clone())
-                .or_default()
-                .entry(flow.dst_segment.clone())
-                .or_default() += 1;
-            true
-        },
+        args.time.since,
+        args.time.until,
+        Part::default,
+        Part::add,
+        |part| whole.merge(part),
     )?;
+    let mut stats = whole.stats;
+    let talkers = whole.talkers;
     let mut talkers: Vec<Talker> = talkers.into_values().collect();
-    talkers.sort_by(|a, b| b.flows.cmp(&a.flows).then_with(|| a.source.cmp(&b.source)));
+    // Ties in the order of (source, from, to).
+    talkers.sort_by(|a, b| {
+        b.flows
+            .cmp(&a.flows)
+            .then_with(|| (&a.source, &a.from, &a.to).cmp(&(&b.source, &b.from, &b.to)))
+    });
     talkers.truncate(args.top);
     stats.talkers = talkers;
 
