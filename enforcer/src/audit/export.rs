@@ -16,10 +16,12 @@ use std::{
 };
 
 use arrow_array::{
-    ArrayRef, ListArray, RecordBatch, StructArray,
+    Array, ArrayRef, ListArray, RecordBatch, StructArray,
     builder::{
         BooleanBuilder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
     },
+    cast::AsArray as _,
+    types::{Int32Type, Int64Type, TimestampMillisecondType},
 };
 use arrow_buffer::{NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{
@@ -29,7 +31,7 @@ use parquet::{
     arrow::ArrowWriter, basic::Compression, errors::ParquetError,
     file::properties::WriterProperties,
 };
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::record::Record;
 
@@ -324,7 +326,8 @@ impl FieldError {
         }
     }
 
-    fn wrong(trail: &Trail<'_>, shape: &Shape, value: &Value) -> Self {
+    /// A value of another type than its column's.
+    fn wrong(trail: &Trail<'_>, shape: &Shape, found: impl std::fmt::Display) -> Self {
         let expected = match shape {
             Text => "a string",
             Int => "a 32-bit integer",
@@ -334,7 +337,16 @@ impl FieldError {
             Object(_) => "an object",
             List(_) => "an array",
         };
-        Self::new(trail, format!("holds {value}, its column takes {expected}"))
+        Self::new(trail, format!("holds {found}, its column takes {expected}"))
+    }
+}
+
+impl serde::ser::Error for FieldError {
+    fn custom<T: std::fmt::Display>(message: T) -> Self {
+        Self {
+            path: String::new(),
+            problem: message.to_string(),
+        }
     }
 }
 
@@ -359,28 +371,11 @@ pub enum ExportError {
     #[error("writing Parquet: {0}")]
     Parquet(#[from] ParquetError),
     /// Arrow arrays.
-    #[error("building Parquet columns: {0}")]
+    #[error("building the columns: {0}")]
     Arrow(#[from] ArrowError),
 }
 
-/// The fields of `object` that have no column.
-fn check_keys(
-    fields: &[Field],
-    object: &Map<String, Value>,
-    trail: &Trail<'_>,
-) -> Result<(), FieldError> {
-    for key in object.keys() {
-        if !fields.iter().any(|field| field.name == key) {
-            return Err(FieldError::new(
-                &trail.child(key),
-                "has no column in the export (enforcer's export columns lack it)".to_owned(),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Rows per Arrow batch handed to the Parquet writer.
+/// Rows gathered in columns before they are written (a Parquet batch, CSV rows).
 const BATCH_ROWS: usize = 8192;
 
 /// Writes records in one format to `W`.
@@ -393,12 +388,13 @@ enum Sink<W: Write + Send> {
     Jsonl(io::BufWriter<W>),
     Csv {
         writer: csv::Writer<W>,
-        row: csv::ByteRecord,
+        columns: Column,
+        pending: usize,
     },
     Parquet {
         writer: ArrowWriter<W>,
         schema: SchemaRef,
-        columns: Vec<Column>,
+        columns: Column,
         pending: usize,
     },
 }
@@ -406,6 +402,7 @@ enum Sink<W: Write + Send> {
 impl<W: Write + Send> Exporter<W> {
     /// Starts an export to `out` (the CSV header is written now).
     pub fn new(format: Format, out: W) -> Result<Self, ExportError> {
+        let columns = Column::new(&RECORD_SHAPE);
         let sink = match format {
             Format::OcsfJsonl => Sink::Jsonl(io::BufWriter::with_capacity(1 << 20, out)),
             Format::Csv => {
@@ -415,7 +412,8 @@ impl<W: Write + Send> Exporter<W> {
                 writer.write_record(csv_columns())?;
                 Sink::Csv {
                     writer,
-                    row: csv::ByteRecord::new(),
+                    columns,
+                    pending: 0,
                 }
             }
             Format::Parquet => {
@@ -426,10 +424,7 @@ impl<W: Write + Send> Exporter<W> {
                 Sink::Parquet {
                     writer: ArrowWriter::try_new(out, Arc::clone(&schema), Some(properties))?,
                     schema,
-                    columns: RECORD
-                        .iter()
-                        .map(|field| Column::new(&field.shape))
-                        .collect(),
+                    columns,
                     pending: 0,
                 }
             }
@@ -439,17 +434,19 @@ impl<W: Write + Send> Exporter<W> {
 
     /// Writes one record.
     pub fn write(&mut self, record: &Record) -> Result<(), ExportError> {
-        let field_error = |source| ExportError::Field {
-            sequence: record.sequence(),
-            source,
-        };
         match &mut self.sink {
             Sink::Jsonl(out) => write_json_line(out, record)?,
-            Sink::Csv { writer, row } => {
-                let value = to_object(record)?;
-                row.clear();
-                csv_cells(RECORD, Some(&value), &Trail::ROOT, row).map_err(field_error)?;
-                writer.write_byte_record(row)?;
+            Sink::Csv {
+                writer,
+                columns,
+                pending,
+            } => {
+                append(columns, record, record.sequence())?;
+                *pending += 1;
+                if *pending == BATCH_ROWS {
+                    write_csv_rows(writer, &columns.finish_fields()?)?;
+                    *pending = 0;
+                }
             }
             Sink::Parquet {
                 writer,
@@ -457,11 +454,11 @@ impl<W: Write + Send> Exporter<W> {
                 columns,
                 pending,
             } => {
-                let value = to_object(record)?;
-                append_fields(RECORD, columns, Some(&value), &Trail::ROOT).map_err(field_error)?;
+                append(columns, record, record.sequence())?;
                 *pending += 1;
                 if *pending == BATCH_ROWS {
-                    writer.write(&batch(schema, columns)?)?;
+                    let batch = RecordBatch::try_new(Arc::clone(schema), columns.finish_fields()?)?;
+                    writer.write(&batch)?;
                     *pending = 0;
                 }
             }
@@ -475,9 +472,18 @@ impl<W: Write + Send> Exporter<W> {
     pub fn finish(self) -> Result<(u64, W), ExportError> {
         let out = match self.sink {
             Sink::Jsonl(out) => out.into_inner().map_err(io::IntoInnerError::into_error)?,
-            Sink::Csv { writer, .. } => writer
-                .into_inner()
-                .map_err(|err| ExportError::Io(err.into_error()))?,
+            Sink::Csv {
+                mut writer,
+                mut columns,
+                pending,
+            } => {
+                if pending > 0 {
+                    write_csv_rows(&mut writer, &columns.finish_fields()?)?;
+                }
+                writer
+                    .into_inner()
+                    .map_err(|err| ExportError::Io(err.into_error()))?
+            }
             Sink::Parquet {
                 mut writer,
                 schema,
@@ -485,7 +491,7 @@ impl<W: Write + Send> Exporter<W> {
                 pending,
             } => {
                 if pending > 0 {
-                    writer.write(&batch(&schema, &mut columns)?)?;
+                    writer.write(&RecordBatch::try_new(schema, columns.finish_fields()?)?)?;
                 }
                 writer.into_inner()?
             }
@@ -494,44 +500,110 @@ impl<W: Write + Send> Exporter<W> {
     }
 }
 
-/// A record as a JSON object: the fields `query --json` prints.
-fn to_object(record: &Record) -> Result<Map<String, Value>, ExportError> {
-    match serde_json::to_value(record).map_err(io::Error::from)? {
-        Value::Object(object) => Ok(object),
-        _ => Err(io::Error::other("a record is not a JSON object").into()),
-    }
+/// The whole record as one object.
+static RECORD_SHAPE: Shape = Object(RECORD);
+
+/// Appends `value`, which serializes as a record does, to the record's columns; an error
+/// names the record by `sequence`.
+fn append(
+    columns: &mut Column,
+    value: &impl serde::Serialize,
+    sequence: u64,
+) -> Result<(), ExportError> {
+    value
+        .serialize(IntoColumn {
+            column: columns,
+            trail: Trail::ROOT,
+        })
+        .map_err(|source| ExportError::Field { sequence, source })
 }
 
-/// Appends the cells of `fields` of `object` (absent: empty cells) to `row`.
-fn csv_cells(
-    fields: &[Field],
-    object: Option<&Map<String, Value>>,
-    trail: &Trail<'_>,
-    row: &mut csv::ByteRecord,
-) -> Result<(), FieldError> {
-    if let Some(object) = object {
-        check_keys(fields, object, trail)?;
-    }
-    for field in fields {
-        let trail = trail.child(field.name);
-        let value = object.and_then(|object| object.get(field.name));
-        let value = value.filter(|value| !value.is_null());
-        match (&field.shape, value) {
-            (Object(children), None) => csv_cells(children, None, &trail, row)?,
-            (Object(children), Some(Value::Object(child))) => {
-                csv_cells(children, Some(child), &trail, row)?;
-            }
-            (_, None) => row.push_field(b""),
-            (Text, Some(Value::String(text))) => row.push_field(text.as_bytes()),
-            (Int | Long | Time, Some(Value::Number(number))) if number.is_i64() => {
-                row.push_field(number.to_string().as_bytes());
-            }
-            (Flag, Some(Value::Bool(flag))) => row.push_field(flag.to_string().as_bytes()),
-            (List(_), Some(list @ Value::Array(_))) => row.push_field(list.to_string().as_bytes()),
-            (shape, Some(value)) => return Err(FieldError::wrong(&trail, shape, value)),
+/// Writes the rows of `arrays` (the record's top-level columns) as CSV: each leaf column
+/// (objects flattened) one cell.
+fn write_csv_rows<W: Write>(
+    writer: &mut csv::Writer<W>,
+    arrays: &[ArrayRef],
+) -> Result<(), ExportError> {
+    fn leaves<'a>(array: &'a ArrayRef, out: &mut Vec<&'a dyn Array>) {
+        match array.as_struct_opt() {
+            Some(object) => object.columns().iter().for_each(|child| leaves(child, out)),
+            None => out.push(array.as_ref()),
         }
     }
+    let mut cells = Vec::new();
+    arrays.iter().for_each(|array| leaves(array, &mut cells));
+    let rows = arrays.first().map_or(0, |array| array.len());
+    let mut row = csv::ByteRecord::new();
+    let mut text = String::new();
+    for index in 0..rows {
+        row.clear();
+        for cell in &cells {
+            text.clear();
+            write_cell(*cell, index, &mut text);
+            row.push_field(text.as_bytes());
+        }
+        writer.write_byte_record(&row)?;
+    }
     Ok(())
+}
+
+/// One CSV cell: empty for a null, a string as itself, a number or a boolean as JSON
+/// writes it, an array as its JSON.
+fn write_cell(array: &dyn Array, index: usize, out: &mut String) {
+    use std::fmt::Write as _;
+    if array.is_null(index) {
+        return;
+    }
+    // Writing to a String cannot fail.
+    let _ = match array.data_type() {
+        DataType::Utf8 => {
+            out.push_str(array.as_string::<i32>().value(index));
+            Ok(())
+        }
+        DataType::Int32 => write!(out, "{}", array.as_primitive::<Int32Type>().value(index)),
+        DataType::Int64 => write!(out, "{}", array.as_primitive::<Int64Type>().value(index)),
+        DataType::Timestamp(..) => write!(
+            out,
+            "{}",
+            array
+                .as_primitive::<TimestampMillisecondType>()
+                .value(index)
+        ),
+        DataType::Boolean => write!(out, "{}", array.as_boolean().value(index)),
+        _ => write!(out, "{}", json_of(array, index)),
+    };
+}
+
+/// A value of a column as JSON: an object without its null fields, a list as an array.
+fn json_of(array: &dyn Array, index: usize) -> Value {
+    if array.is_null(index) {
+        return Value::Null;
+    }
+    match array.data_type() {
+        DataType::Struct(fields) => Value::Object(
+            fields
+                .iter()
+                .zip(array.as_struct().columns())
+                .filter(|(_, column)| !column.is_null(index))
+                .map(|(field, column)| (field.name().clone(), json_of(column.as_ref(), index)))
+                .collect(),
+        ),
+        DataType::List(_) => {
+            let items = array.as_list::<i32>().value(index);
+            Value::Array(
+                (0..items.len())
+                    .map(|item| json_of(items.as_ref(), item))
+                    .collect(),
+            )
+        }
+        DataType::Utf8 => Value::from(array.as_string::<i32>().value(index)),
+        DataType::Boolean => Value::from(array.as_boolean().value(index)),
+        _ => {
+            let mut text = String::new();
+            write_cell(array, index, &mut text);
+            text.parse().map_or(Value::Null, Value::Number)
+        }
+    }
 }
 
 /// The Arrow fields of `fields`, each nullable (a record leaves out what it does not have).
@@ -552,32 +624,6 @@ fn data_type(shape: &Shape) -> DataType {
         Object(fields) => DataType::Struct(arrow_fields(fields)),
         List(item) => DataType::List(Arc::new(ArrowField::new_list_field(data_type(item), true))),
     }
-}
-
-/// The rows gathered so far as one batch (the columns start over empty).
-fn batch(schema: &SchemaRef, columns: &mut [Column]) -> Result<RecordBatch, ArrowError> {
-    let arrays = columns
-        .iter_mut()
-        .map(Column::finish)
-        .collect::<Result<_, _>>()?;
-    RecordBatch::try_new(Arc::clone(schema), arrays)
-}
-
-/// Appends `object`'s values of `fields` to their columns (absent: nulls).
-fn append_fields(
-    fields: &'static [Field],
-    columns: &mut [Column],
-    object: Option<&Map<String, Value>>,
-    trail: &Trail<'_>,
-) -> Result<(), FieldError> {
-    if let Some(object) = object {
-        check_keys(fields, object, trail)?;
-    }
-    for (field, column) in fields.iter().zip(columns) {
-        let value = object.and_then(|object| object.get(field.name));
-        column.append(value, &trail.child(field.name))?;
-    }
-    Ok(())
 }
 
 /// One column's values so far.
@@ -622,77 +668,40 @@ impl Column {
         }
     }
 
-    /// Appends `value` (absent or null: a null).
-    fn append(&mut self, value: Option<&Value>, trail: &Trail<'_>) -> Result<(), FieldError> {
-        let value = value.filter(|value| !value.is_null());
-        let integer = |value: &Value| value.as_i64();
-        match (self, value) {
-            (Self::Text(builder), None) => builder.append_null(),
-            (Self::Text(builder), Some(Value::String(text))) => builder.append_value(text),
-            (Self::Int(builder), None) => builder.append_null(),
-            (Self::Int(builder), Some(value)) => builder.append_value(
-                integer(value)
-                    .and_then(|number| i32::try_from(number).ok())
-                    .ok_or_else(|| FieldError::wrong(trail, &Int, value))?,
-            ),
-            (Self::Long(builder), None) => builder.append_null(),
-            (Self::Long(builder), Some(value)) => builder.append_value(
-                integer(value).ok_or_else(|| FieldError::wrong(trail, &Long, value))?,
-            ),
-            (Self::Time(builder), None) => builder.append_null(),
-            (Self::Time(builder), Some(value)) => builder.append_value(
-                integer(value).ok_or_else(|| FieldError::wrong(trail, &Time, value))?,
-            ),
-            (Self::Flag(builder), None) => builder.append_null(),
-            (Self::Flag(builder), Some(Value::Bool(flag))) => builder.append_value(*flag),
-            (
-                Self::Object {
-                    fields,
-                    children,
-                    valid,
-                },
-                None,
-            ) => {
-                append_fields(fields, children, None, trail)?;
+    /// Appends a null (an object: null in each of its fields too).
+    fn append_null(&mut self) {
+        match self {
+            Self::Text(builder) => builder.append_null(),
+            Self::Int(builder) => builder.append_null(),
+            Self::Long(builder) => builder.append_null(),
+            Self::Flag(builder) => builder.append_null(),
+            Self::Time(builder) => builder.append_null(),
+            Self::Object {
+                children, valid, ..
+            } => {
+                children.iter_mut().for_each(Self::append_null);
                 valid.append_null();
             }
-            (
-                Self::Object {
-                    fields,
-                    children,
-                    valid,
-                },
-                Some(Value::Object(object)),
-            ) => {
-                append_fields(fields, children, Some(object), trail)?;
-                valid.append_non_null();
-            }
-            (Self::List { offsets, valid, .. }, None) => {
+            Self::List { offsets, valid, .. } => {
                 offsets.push(*offsets.last().unwrap_or(&0));
                 valid.append_null();
             }
-            (
-                Self::List {
-                    child,
-                    offsets,
-                    valid,
-                    ..
-                },
-                Some(Value::Array(items)),
-            ) => {
-                for item in items {
-                    child.append(Some(item), trail)?;
-                }
-                let end = offsets.last().unwrap_or(&0)
-                    + i32::try_from(items.len()).map_err(|_| {
-                        FieldError::new(trail, format!("holds {} items", items.len()))
-                    })?;
-                offsets.push(end);
-                valid.append_non_null();
-            }
-            (column, Some(value)) => {
-                return Err(FieldError::wrong(trail, &column.shape(), value));
-            }
+        }
+    }
+
+    /// Appends an integer to an integer or time column.
+    fn append_integer(&mut self, number: i128, trail: &Trail<'_>) -> Result<(), FieldError> {
+        match self {
+            Self::Int(builder) => builder.append_value(
+                i32::try_from(number).map_err(|_| FieldError::wrong(trail, &Int, number))?,
+            ),
+            Self::Long(builder) => builder.append_value(
+                i64::try_from(number).map_err(|_| FieldError::wrong(trail, &Long, number))?,
+            ),
+            Self::Time(builder) => builder.append_value(
+                i64::try_from(number).map_err(|_| FieldError::wrong(trail, &Time, number))?,
+            ),
+            other => return Err(FieldError::wrong(trail, &other.shape(), number)),
         }
         Ok(())
     }
@@ -707,6 +716,20 @@ impl Column {
             Self::Time(_) => Time,
             Self::Object { fields, .. } => Object(fields),
             Self::List { item, .. } => List(item),
+        }
+    }
+
+    /// An object's fields as arrays (the record's top-level columns); the columns start
+    /// over empty.
+    fn finish_fields(&mut self) -> Result<Vec<ArrayRef>, ArrowError> {
+        match self {
+            Self::Object {
+                children, valid, ..
+            } => {
+                valid.finish();
+                children.iter_mut().map(Self::finish).collect()
+            }
+            _ => Ok(vec![self.finish()?]),
         }
     }
 
@@ -749,6 +772,338 @@ impl Column {
                 )?)
             }
         })
+    }
+}
+
+/// A serde serializer that appends one value to one column, so a record goes into the
+/// columns without an intermediate JSON tree. A type its column does not take, or an
+/// object key without a column, is a [`FieldError`] naming the field.
+struct IntoColumn<'c, 't> {
+    column: &'c mut Column,
+    trail: Trail<'t>,
+}
+
+impl IntoColumn<'_, '_> {
+    fn wrong(self, found: impl std::fmt::Display) -> FieldError {
+        FieldError::wrong(&self.trail, &self.column.shape(), found)
+    }
+}
+
+/// Fills one object column field by field; fields never given are nulls.
+struct IntoObject<'c, 't> {
+    fields: &'static [Field],
+    children: &'c mut [Column],
+    valid: &'c mut NullBufferBuilder,
+    given: u64,
+    trail: Trail<'t>,
+    /// A map's key waiting for its value.
+    key: Option<String>,
+}
+
+impl IntoObject<'_, '_> {
+    fn field(
+        &mut self,
+        key: &str,
+        value: &(impl serde::Serialize + ?Sized),
+    ) -> Result<(), FieldError> {
+        let Some(index) = self.fields.iter().position(|field| field.name == key) else {
+            return Err(FieldError::new(
+                &self.trail.child(key),
+                "has no column in the export (enforcer's export columns lack it)".to_owned(),
+            ));
+        };
+        self.given |= 1 << index;
+        value.serialize(IntoColumn {
+            column: &mut self.children[index],
+            trail: self.trail.child(self.fields[index].name),
+        })
+    }
+
+    fn end(self) -> Result<(), FieldError> {
+        for (index, child) in self.children.iter_mut().enumerate() {
+            if self.given & (1 << index) == 0 {
+                child.append_null();
+            }
+        }
+        self.valid.append_non_null();
+        Ok(())
+    }
+}
+
+/// Fills one list column item by item.
+struct IntoList<'c, 't> {
+    child: &'c mut Column,
+    offsets: &'c mut Vec<i32>,
+    valid: &'c mut NullBufferBuilder,
+    items: i32,
+    trail: Trail<'t>,
+}
+
+impl serde::ser::SerializeSeq for IntoList<'_, '_> {
+    type Ok = ();
+    type Error = FieldError;
+
+    fn serialize_element<T: serde::Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+    ) -> Result<(), FieldError> {
+        self.items += 1;
+        value.serialize(IntoColumn {
+            column: &mut *self.child,
+            trail: self.trail,
+        })
+    }
+
+    fn end(self) -> Result<(), FieldError> {
+        let start = *self.offsets.last().unwrap_or(&0);
+        self.offsets.push(start + self.items);
+        self.valid.append_non_null();
+        Ok(())
+    }
+}
+
+impl serde::ser::SerializeStruct for IntoObject<'_, '_> {
+    type Ok = ();
+    type Error = FieldError;
+
+    fn serialize_field<T: serde::Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), FieldError> {
+        self.field(key, value)
+    }
+
+    fn end(self) -> Result<(), FieldError> {
+        Self::end(self)
+    }
+}
+
+impl serde::ser::SerializeMap for IntoObject<'_, '_> {
+    type Ok = ();
+    type Error = FieldError;
+
+    fn serialize_key<T: serde::Serialize + ?Sized>(&mut self, key: &T) -> Result<(), FieldError> {
+        match serde_json::to_value(key) {
+            Ok(Value::String(key)) => {
+                self.key = Some(key);
+                Ok(())
+            }
+            _ => Err(FieldError::new(
+                &self.trail,
+                "has a key that is not a string".to_owned(),
+            )),
+        }
+    }
+
+    fn serialize_value<T: serde::Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+    ) -> Result<(), FieldError> {
+        let key = self.key.take().unwrap_or_default();
+        self.field(&key, value)
+    }
+
+    fn end(self) -> Result<(), FieldError> {
+        Self::end(self)
+    }
+}
+
+impl<'c, 't> serde::Serializer for IntoColumn<'c, 't> {
+    type Ok = ();
+    type Error = FieldError;
+    type SerializeSeq = IntoList<'c, 't>;
+    type SerializeTuple = serde::ser::Impossible<(), FieldError>;
+    type SerializeTupleStruct = serde::ser::Impossible<(), FieldError>;
+    type SerializeTupleVariant = serde::ser::Impossible<(), FieldError>;
+    type SerializeMap = IntoObject<'c, 't>;
+    type SerializeStruct = IntoObject<'c, 't>;
+    type SerializeStructVariant = serde::ser::Impossible<(), FieldError>;
+
+    fn serialize_bool(self, value: bool) -> Result<(), FieldError> {
+        match self.column {
+            Column::Flag(builder) => {
+                builder.append_value(value);
+                Ok(())
+            }
+            _ => Err(self.wrong(value)),
+        }
+    }
+
+    fn serialize_i8(self, value: i8) -> Result<(), FieldError> {
+        self.serialize_i64(value.into())
+    }
+
+    fn serialize_i16(self, value: i16) -> Result<(), FieldError> {
+        self.serialize_i64(value.into())
+    }
+
+    fn serialize_i32(self, value: i32) -> Result<(), FieldError> {
+        self.serialize_i64(value.into())
+    }
+
+    fn serialize_i64(self, value: i64) -> Result<(), FieldError> {
+        self.column.append_integer(value.into(), &self.trail)
+    }
+
+    fn serialize_u8(self, value: u8) -> Result<(), FieldError> {
+        self.serialize_i64(value.into())
+    }
+
+    fn serialize_u16(self, value: u16) -> Result<(), FieldError> {
+        self.serialize_i64(value.into())
+    }
+
+    fn serialize_u32(self, value: u32) -> Result<(), FieldError> {
+        self.serialize_i64(value.into())
+    }
+
+    fn serialize_u64(self, value: u64) -> Result<(), FieldError> {
+        self.column.append_integer(value.into(), &self.trail)
+    }
+
+    fn serialize_f32(self, value: f32) -> Result<(), FieldError> {
+        Err(self.wrong(value))
+    }
+
+    fn serialize_f64(self, value: f64) -> Result<(), FieldError> {
+        Err(self.wrong(value))
+    }
+
+    fn serialize_char(self, value: char) -> Result<(), FieldError> {
+        self.serialize_str(value.encode_utf8(&mut [0; 4]))
+    }
+
+    fn serialize_str(self, value: &str) -> Result<(), FieldError> {
+        match self.column {
+            Column::Text(builder) => {
+                builder.append_value(value);
+                Ok(())
+            }
+            _ => Err(self.wrong(format_args!("{value:?}"))),
+        }
+    }
+
+    fn serialize_bytes(self, _: &[u8]) -> Result<(), FieldError> {
+        Err(self.wrong("bytes"))
+    }
+
+    fn serialize_none(self) -> Result<(), FieldError> {
+        self.column.append_null();
+        Ok(())
+    }
+
+    fn serialize_some<T: serde::Serialize + ?Sized>(self, value: &T) -> Result<(), FieldError> {
+        value.serialize(self)
+    }
+
+    fn serialize_unit(self) -> Result<(), FieldError> {
+        self.serialize_none()
+    }
+
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), FieldError> {
+        self.serialize_none()
+    }
+
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<(), FieldError> {
+        self.serialize_str(variant)
+    }
+
+    fn serialize_newtype_struct<T: serde::Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), FieldError> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_variant<T: serde::Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: &T,
+    ) -> Result<(), FieldError> {
+        Err(self.wrong(format_args!("a {variant} variant")))
+    }
+
+    fn serialize_seq(self, _: Option<usize>) -> Result<IntoList<'c, 't>, FieldError> {
+        let Self { column, trail } = self;
+        match column {
+            Column::List {
+                child,
+                offsets,
+                valid,
+                ..
+            } => Ok(IntoList {
+                child,
+                offsets,
+                valid,
+                items: 0,
+                trail,
+            }),
+            other => Err(FieldError::wrong(&trail, &other.shape(), "an array")),
+        }
+    }
+
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, FieldError> {
+        Err(self.wrong("a tuple"))
+    }
+
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleStruct, FieldError> {
+        Err(self.wrong("a tuple"))
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, FieldError> {
+        Err(self.wrong("a tuple"))
+    }
+
+    fn serialize_map(self, _: Option<usize>) -> Result<IntoObject<'c, 't>, FieldError> {
+        let Self { column, trail } = self;
+        match column {
+            Column::Object {
+                fields,
+                children,
+                valid,
+            } => Ok(IntoObject {
+                fields,
+                children,
+                valid,
+                given: 0,
+                trail,
+                key: None,
+            }),
+            other => Err(FieldError::wrong(&trail, &other.shape(), "an object")),
+        }
+    }
+
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<IntoObject<'c, 't>, FieldError> {
+        self.serialize_map(None)
+    }
+
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, FieldError> {
+        Err(self.wrong(format_args!("a {variant} variant")))
     }
 }
 
@@ -901,15 +1256,18 @@ mod tests {
     #[test]
     fn a_field_without_a_column_or_of_another_type_is_refused_with_its_path() {
         let record = full_flow();
-        let mut extra = to_object(&record).unwrap();
+        let as_json = || serde_json::to_value(&record).unwrap();
+        let mut extra = as_json();
         extra["unmapped"]["flow"]
             .as_object_mut()
             .unwrap()
             .insert("extra".into(), Value::from(1));
-        let mut wrong = to_object(&record).unwrap();
+        let mut wrong = as_json();
         wrong["src_endpoint"]["port"] = Value::from("https");
-        let mut big = to_object(&record).unwrap();
+        let mut big = as_json();
         big["actor"]["process"]["pid"] = Value::from(u64::from(u32::MAX));
+        let mut list = as_json();
+        list["metadata"]["profiles"] = Value::from("host");
         for (value, path, problem) in [
             (&extra, "unmapped.flow.extra", "has no column"),
             (
@@ -922,34 +1280,22 @@ mod tests {
                 "actor.process.pid",
                 "its column takes a 32-bit integer",
             ),
+            (&list, "metadata.profiles", "its column takes an array"),
         ] {
-            let mut columns: Vec<Column> = RECORD.iter().map(|f| Column::new(&f.shape)).collect();
-            let parquet = append_fields(RECORD, &mut columns, Some(value), &Trail::ROOT)
-                .expect_err("Parquet refuses it");
-            assert_eq!(parquet.path, path);
-            assert!(parquet.problem.contains(problem), "{parquet}");
-            if path != "actor.process.pid" {
-                let csv = csv_cells(
-                    RECORD,
-                    Some(value),
-                    &Trail::ROOT,
-                    &mut csv::ByteRecord::new(),
-                )
-                .expect_err("CSV refuses it");
-                assert_eq!(csv.path, path);
-            }
+            let refused = append(&mut Column::new(&RECORD_SHAPE), value, 7)
+                .expect_err("the columns refuse it");
+            let ExportError::Field {
+                sequence: 7,
+                source,
+            } = &refused
+            else {
+                panic!("{refused}");
+            };
+            assert_eq!(source.path, path);
+            assert!(source.problem.contains(problem), "{refused}");
         }
-        assert!(
-            append_fields(
-                RECORD,
-                &mut RECORD
-                    .iter()
-                    .map(|f| Column::new(&f.shape))
-                    .collect::<Vec<_>>(),
-                Some(&to_object(&record).unwrap()),
-                &Trail::ROOT
-            )
-            .is_ok()
-        );
+        // The record itself, as a record and as its JSON, fits.
+        append(&mut Column::new(&RECORD_SHAPE), &record, 1).unwrap();
+        append(&mut Column::new(&RECORD_SHAPE), &as_json(), 1).unwrap();
     }
 }
