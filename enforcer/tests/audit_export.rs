@@ -3,8 +3,8 @@
 //! Parquet rows (read back with the csv and parquet crates) hold, field by field, the same
 //! records: same count, same values, a missing optional field empty (CSV) or null
 //! (Parquet). Parquet keeps OCSF's nesting as struct columns and `time` as a timestamp in
-//! milliseconds. An export never replaces a file without `--force` and leaves no file when
-//! it fails.
+//! milliseconds. An export never replaces a file without `--force`, leaves no file when it
+//! fails, and stops with the error when its output cannot be written.
 
 mod support;
 
@@ -432,6 +432,20 @@ fn an_export_replaces_a_file_only_with_force_and_leaves_none_when_it_fails() {
         "a failed export left {}",
         missing.display()
     );
+    // A full disk stops the export with the error, as an exit code.
+    let full = std::process::Command::new(env!("CARGO_BIN_EXE_enforcer"))
+        .args(audit_args("export", &audit, &[], &["--format", "csv"]))
+        .stdout(
+            std::fs::File::options()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        )
+        .output()
+        .expect("run enforcer");
+    assert_eq!(full.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert!(stderr.contains("No space left on device"), "{stderr}");
     // Parquet is written to a file only.
     let piped = enforcer(&audit_args("export", &audit, &[], &["--format", "parquet"]));
     assert_eq!(piped.status.code(), Some(2));

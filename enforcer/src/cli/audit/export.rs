@@ -9,7 +9,10 @@ use anyhow::Context as _;
 use atomic_write_file::AtomicWriteFile;
 
 use super::Selection;
-use crate::audit::export::{ExportError, Exporter, Format};
+use crate::audit::{
+    export::{ExportError, Exporter, Format},
+    record::Record,
+};
 
 /// Arguments of `enforcer audit export`.
 #[derive(Debug, clap::Args)]
@@ -66,19 +69,41 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the selected records to `out`: how many, and `out`.
+/// Records handed from the reading thread to the writing one at a time.
+const CHUNK: usize = 1024;
+
+/// Writes the selected records to `out`: how many, and `out`. The store is read on this
+/// thread and the records are written on another, so reading and writing overlap.
 fn export<W: Write + Send>(args: &Args, format: Format, out: W) -> anyhow::Result<(u64, W)> {
     let mut exporter = Exporter::new(format, out)?;
-    let mut failed: Option<ExportError> = None;
-    args.selection.scan(|record| match exporter.write(record) {
-        Ok(()) => true,
-        Err(err) => {
-            failed = Some(err);
-            false
+    std::thread::scope(|scope| {
+        let (send, receive) = std::sync::mpsc::sync_channel::<Vec<Record>>(16);
+        let writer = scope.spawn(move || -> Result<(u64, W), ExportError> {
+            for chunk in receive {
+                for record in &chunk {
+                    exporter.write(record)?;
+                }
+            }
+            exporter.finish()
+        });
+        let mut chunk = Vec::with_capacity(CHUNK);
+        // A send fails only when the writer stopped on an error, which `join` returns.
+        let scanned = args.selection.scan(|record| {
+            chunk.push(record);
+            chunk.len() < CHUNK
+                || send
+                    .send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))
+                    .is_ok()
+        });
+        if scanned.is_ok() && !chunk.is_empty() {
+            // An error here is the writer's, returned by `join` below.
+            let _ = send.send(chunk);
         }
-    })?;
-    if let Some(err) = failed {
-        return Err(err.into());
-    }
-    Ok(exporter.finish()?)
+        drop(send);
+        let written = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the export's writer panicked"))?;
+        scanned?;
+        Ok(written?)
+    })
 }

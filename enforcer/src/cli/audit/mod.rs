@@ -133,7 +133,7 @@ impl Selection {
     /// `--segment` or `--rule` that no flow in the time range names is an error (a typo,
     /// most likely), with the closest name the flows do have. Returns how many records
     /// `found` took.
-    fn scan(&self, mut found: impl FnMut(&Record) -> bool) -> anyhow::Result<usize> {
+    fn scan(&self, mut found: impl FnMut(Record) -> bool) -> anyhow::Result<usize> {
         let dir = self.store.dir()?;
         let filter = Filter {
             since: self.time.since,
@@ -157,7 +157,7 @@ impl Selection {
                     return true;
                 }
                 taken += 1;
-                found(&record) && taken < limit
+                found(record) && taken < limit
             },
         )?;
         if taken == 0 {

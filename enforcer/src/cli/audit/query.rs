@@ -38,12 +38,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let mut write_error = None;
     let shown = args.selection.scan(|record| {
         if args.json {
-            if let Err(err) = write_json_line(&mut out, record) {
+            if let Err(err) = write_json_line(&mut out, &record) {
                 write_error = Some(err);
                 return false;
             }
         } else {
-            table.add_row(row(record));
+            table.add_row(row(&record));
         }
         true
     })?;
