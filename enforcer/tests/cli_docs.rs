@@ -28,6 +28,7 @@ fn the_man_page_has_a_section_per_subcommand_and_the_exit_status() {
         "ENFORCER POLICY EXPLAIN",
         "ENFORCER POLICY SIMULATE",
         "ENFORCER AUDIT VERIFY",
+        "ENFORCER AUDIT EXPORT",
         "ENFORCER AUDIT SETUP-KEYS",
         "ENFORCER STATUS",
         "EXIT STATUS",

@@ -67,6 +67,8 @@ fn every_subcommand_answers_with_its_exit_code_and_its_json() {
     let public = format!("{key}.pub");
     let bundle = path("p.bundle");
     let seal_key = path("seal.key");
+    // Written by the first export row; the next refuses to replace it.
+    let exported = path("flows.parquet");
     let explain = |from: &str, port: &str| -> Vec<String> {
         [
             "policy", "explain", &policy, "--from", from, "--to", "db", "--port", port, "--json",
@@ -233,6 +235,39 @@ fn every_subcommand_answers_with_its_exit_code_and_its_json() {
                 .map(str::to_owned)
                 .to_vec(),
             1,
+            Out::Text,
+        ),
+        (
+            ["audit", "export", "--dir", &audit, "--format", "ocsf-jsonl"]
+                .map(str::to_owned)
+                .to_vec(),
+            0,
+            Out::JsonLines,
+        ),
+        (
+            [
+                "audit", "export", "--dir", &audit, "--format", "parquet", "-o", &exported,
+                "--json",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            0,
+            Out::Json,
+        ),
+        (
+            [
+                "audit", "export", "--dir", &audit, "--format", "csv", "-o", &exported,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            1,
+            Out::Text,
+        ),
+        (
+            ["audit", "export", "--dir", &audit, "--format", "parquet"]
+                .map(str::to_owned)
+                .to_vec(),
+            2,
             Out::Text,
         ),
         (
