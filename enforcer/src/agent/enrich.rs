@@ -11,8 +11,8 @@ use std::{
 };
 
 use enforcer_common::event::{
-    FLOW_FLAG_MPTCP, FLOW_FLAG_ON_THIS_HOST, FlowEvent, Hook, IPPROTO_MPTCP, Reason, Verdict,
-    family,
+    FLOW_FLAG_MPTCP, FLOW_FLAG_ON_THIS_HOST, FOLD_DESTINATION, FOLD_FLOW, FOLD_SOURCE, FlowEvent,
+    Hook, IPPROTO_MPTCP, Reason, Verdict, family,
 };
 
 use crate::{
@@ -236,7 +236,13 @@ impl Enricher {
             cgroup,
             interface,
             kernel_ns: event.timestamp_ns,
+            fold: fold_word(event.fold).map(str::to_owned),
         });
+        record.count = Some(u64::from(event.count.max(1)));
+        if event.count > 1 {
+            record.start_time = Some(self.wall_ms(event.first_ns.min(event.timestamp_ns)));
+            record.end_time = Some(record.time);
+        }
         record.caption();
         record
     }
@@ -248,6 +254,16 @@ impl Enricher {
                 host::interfaces::name(index).unwrap_or_else(|| format!("if#{index}"))
             })
             .clone()
+    }
+}
+
+/// The record's word for an event's `FOLD_*` code; `None` for an attempt outside folds.
+fn fold_word(code: u8) -> Option<&'static str> {
+    match code {
+        FOLD_FLOW => Some("flow"),
+        FOLD_SOURCE => Some("source"),
+        FOLD_DESTINATION => Some("destination"),
+        _ => None,
     }
 }
 

@@ -30,6 +30,7 @@ use enforcer::{
     agent::{
         consumer::{AuditStats, Consumer},
         enrich::Enricher,
+        sweep::FoldSweeps,
     },
     audit::{
         seal::{self, Sealer, VerifyKey},
@@ -170,6 +171,10 @@ fn pipeline(
         ring_lost_accounted: 0,
         on_write_error: WriteErrorAction::KeepEnforcing,
         stats: Arc::clone(&stats),
+        folds: FoldSweeps::new(
+            loader.fold_reporter().map_err(|e| e.to_string())?,
+            Duration::ZERO,
+        ),
     };
     let (_names_tx, names_rx) = tokio::sync::mpsc::unbounded_channel();
     let (_notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
