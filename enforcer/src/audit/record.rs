@@ -795,6 +795,12 @@ impl Record {
         self.unmapped.flow.as_ref()
     }
 
+    /// How many attempts a flow record stands for: its `count`, 1 for a record written
+    /// before folding.
+    pub fn attempts(&self) -> u64 {
+        self.count.unwrap_or(1)
+    }
+
     /// The sequence number.
     pub fn sequence(&self) -> u64 {
         self.metadata.sequence
