@@ -12,7 +12,7 @@ use aya::{
     programs::ProgramFd,
 };
 use aya_obj::generated::bpf_cmd;
-use enforcer_common::maps::{FOLDS, FoldKey, FoldState};
+use enforcer_common::maps::{FOLDS, FOLDS_CAPACITY, FoldKey, FoldState};
 
 use super::{
     LoaderError, MapSet, map_error,
@@ -61,8 +61,14 @@ impl FoldReporter {
         let map = maps.map_mut(FOLDS)?;
         let mut folds: HashMap<&mut MapData, FoldKey, FoldState> =
             HashMap::try_from(map).map_err(map_error(FOLDS))?;
-        // Keys first: deleting while iterating would restart the kernel's walk.
-        let entries: Vec<(FoldKey, FoldState)> = folds.iter().filter_map(Result::ok).collect();
+        // Entries first: deleting the key the walk stands on would restart it from the
+        // first key. The walk is bounded by the map's capacity whatever happens to the map
+        // meanwhile (a fold missed is swept next time).
+        let entries: Vec<(FoldKey, FoldState)> = folds
+            .iter()
+            .take(FOLDS_CAPACITY as usize)
+            .filter_map(Result::ok)
+            .collect();
         let mut swept = Swept::default();
         for (key, state) in entries {
             let idle = now_ns.saturating_sub(state.last_ns);
