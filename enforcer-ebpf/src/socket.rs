@@ -30,10 +30,13 @@
 //! active generation, are decided again here, the sender found by a socket lookup of the
 //! packet's addresses and ports seen from its side ([`loopback_sender`]); a denial is
 //! dropped and recorded, an allowed flow passes unrecorded (its `connect()` or
-//! `sendmsg()` is on record). A datagram whose sender has closed passes: its `sendmsg()`
-//! was decided, and no later one can follow. So does a packet from a process in no
-//! segment, or an unclassified one: it may be outside the attached subtree, ungoverned.
-//! A UDP socket may answer what it let in ([`peers::heard`]).
+//! `sendmsg()` is on record). A packet from a process in no segment, or an unclassified
+//! one, passes: it may be outside the attached subtree, ungoverned. A packet no socket
+//! sent (a packet socket's or a raw socket's forgery; a datagram whose sender closed
+//! before it was delivered) is decided here and recorded, allowed or not: from an address
+//! that is not this host's, as a remote flow from that address; from a local one, as from
+//! an unclassified process ([`local_flow`]). A UDP socket may answer what it let in
+//! ([`peers::heard`]).
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -71,6 +74,8 @@ const DROP: i32 = 0;
 const PROTO_UDPLITE: u8 = 136;
 /// `TCP_ESTABLISHED` in `sk_state`: for a UDP socket, connected.
 const TCP_ESTABLISHED: u32 = 1;
+/// `TCP_SYN_SENT` in `sk_state`: a TCP socket whose `connect()` sent its SYN.
+const TCP_SYN_SENT: u32 = 2;
 /// `TCP_LISTEN` in `sk_state`.
 const TCP_LISTEN: u32 = 10;
 /// `LOOPBACK_IFINDEX`: loopback's interface index in every network namespace.
@@ -163,7 +168,10 @@ fn new_flow<const B: bool>(
     }
     // SAFETY: `skb` is the program's context.
     if unsafe { (*skb).ifindex } == LOOPBACK_IFINDEX {
-        return local_flow(ctx, slot, generation, receiver, &flow, flags, &peer);
+        let verdict = local_flow(ctx, slot, generation, receiver, &flow, flags, &peer);
+        if verdict != AS_REMOTE {
+            return verdict;
+        }
     }
     let mut group_answer = false;
     if receiver == Receiver::Datagram {
@@ -198,8 +206,29 @@ fn new_flow<const B: bool>(
     PASS
 }
 
+/// What [`local_flow`] answers for a packet no local socket sent, from an address that is
+/// not this host's: decide it as a remote flow. Neither [`PASS`] nor [`DROP`], and never
+/// a verdict of the program: [`new_flow`] goes on to its remote decision on it.
+///
+/// Verifier note: `local_flow` is inlined, so the verifier sees each of its answers as
+/// the constant it is, and the program still exits with 0 or 1 only (a BPF-to-BPF call
+/// would return a value it cannot bound: see `skb_egress` in main.rs).
+const AS_REMOTE: i32 = 2;
+
 /// Decides a packet `flow` (with TCP flags `flags`) that came over loopback for
-/// `receiver`, from the peer `peer` names, as the module's documentation says.
+/// `receiver`, from the peer `peer` names, as the module's documentation says; or
+/// answers [`AS_REMOTE`].
+///
+/// A sender in no segment (perhaps outside the attached subtree, where no hook decided it
+/// and none governs it; there, a cgroup above a listed one reads as unclassified) is not
+/// decided here. A packet no socket sent (none found: a packet socket's, a raw socket's,
+/// or one whose sender has just closed) has no `connect()` or `sendmsg()` on record, so it
+/// is decided here and recorded whatever the verdict: from an address that is not this
+/// host's ([`decide::is_local`]), no local socket could have sent it through the IP stack
+/// without holding that address (a transparent or free-bound socket is found by the
+/// lookup), so it is decided as a remote flow ([`AS_REMOTE`]); from a local address
+/// (loopback, an address of this host), it comes from a process of this host that cannot
+/// be named, which is what an unclassified end is: the policy's `unclassified` verdict.
 #[inline(always)]
 fn local_flow<const B: bool>(
     ctx: &SkBuffContext,
@@ -221,21 +250,23 @@ fn local_flow<const B: bool>(
         _ => {}
     }
     let skb = ctx.as_ptr().cast::<__sk_buff>();
-    // A sender gone, or in no segment (perhaps outside the attached subtree, where no
-    // hook decided it and none governs it; there, a cgroup above a listed one reads as
-    // unclassified), is not decided here.
-    let src = match loopback_sender(ctx, slot, flow) {
-        Some(src) if src != SEGMENT_HOST && src != SEGMENT_UNCLASSIFIED => src,
-        _ => {
+    let sender = loopback_sender(ctx, slot, flow);
+    let src = match sender {
+        NO_SENDER if !decide::is_local(&flow.src_addr, flow.family == family::INET) => {
+            return AS_REMOTE;
+        }
+        NO_SENDER => SEGMENT_UNCLASSIFIED,
+        SEGMENT_HOST | SEGMENT_UNCLASSIFIED => {
             if receiver == Receiver::Datagram {
                 peers::heard(peer, now, generation, false);
             }
             return PASS;
         }
+        src => src,
     };
     let dst = decide::receiver_segment(slot, skb, flow.dst_port, flow.protocol);
     let decision = decide::flow(slot, src, dst, flow.protocol, flow.dst_port);
-    if decision.verdict == Verdict::Deny {
+    if decision.verdict == Verdict::Deny || sender == NO_SENDER {
         let mut flow = *flow;
         flow.flags |= FLOW_FLAG_ON_THIS_HOST;
         record(
@@ -245,6 +276,8 @@ fn local_flow<const B: bool>(
             &Segments { src, dst },
             &decision,
         );
+    }
+    if decision.verdict == Verdict::Deny {
         return DROP;
     }
     if receiver == Receiver::Datagram {
@@ -253,15 +286,23 @@ fn local_flow<const B: bool>(
     PASS
 }
 
+/// What [`loopback_sender`] returns when no local socket sent the packet: the id of `*`,
+/// which never classifies a socket.
+const NO_SENDER: u32 = SEGMENT_ANY;
+
 /// The segment of the local socket that sent `flow` over loopback: the socket whose own
 /// address and port are the packet's source and whose peer (or none, for an unconnected
 /// UDP socket) its destination, looked up as the kernel would deliver the packet back
-/// ([`decide::sock_segment`]); `None` when no socket holds them any more.
+/// ([`decide::sock_segment`]); [`NO_SENDER`] when no socket holds them (any more). A TCP
+/// sender is a socket in `SYN_SENT` (only `connect()` sends a SYN): the lookup falls back
+/// to a listener on the packet's source address and port, which a forger could name.
 ///
-/// Verifier note: the tuple is a fully initialised stack buffer; its size is one of two
-/// constants, one per branch, as the helper's size argument must be.
+/// Verifier notes: the tuple is a fully initialised stack buffer; its size is one of two
+/// constants, one per branch, as the helper's size argument must be. The result is a
+/// plain `u32` with a sentinel, not an `Option`, for the reason given at
+/// [`decide::listener_segment`].
 #[inline(always)]
-fn loopback_sender<const B: bool>(ctx: &SkBuffContext, slot: &Slot<B>, flow: &Flow) -> Option<u32> {
+fn loopback_sender<const B: bool>(ctx: &SkBuffContext, slot: &Slot<B>, flow: &Flow) -> u32 {
     // `bpf_sock_tuple`: the "remote" end first (the sender's peer), then the "local" one
     // (the sender), ports in network order.
     let mut tuple = [0u8; 36];
@@ -289,12 +330,18 @@ fn loopback_sender<const B: bool>(ctx: &SkBuffContext, slot: &Slot<B>, flow: &Fl
         }
     };
     if sk.is_null() {
-        return None;
+        return NO_SENDER;
     }
-    let segment = decide::sock_segment(slot, sk);
+    // SAFETY: `sk` is the full socket the lookup returned, checked above.
+    let connecting = flow.protocol != PROTO_TCP || unsafe { (*sk).state } == TCP_SYN_SENT;
+    let segment = if connecting {
+        decide::sock_segment(slot, sk)
+    } else {
+        NO_SENDER
+    };
     // SAFETY: `sk` is the reference the lookup took.
     unsafe { bpf_sk_release(sk.cast()) };
-    Some(segment)
+    segment
 }
 
 /// Decides an echo reply `flow` (its type in place of the destination port, no source

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Attack helpers for the privileged tests (attacks.rs, listeners.rs, source_routes.rs;
-stdlib only).
+"""Attack helpers for the privileged tests (attacks.rs, listeners.rs, source_routes.rs,
+socket_layer.rs, raw_sockets.rs; stdlib only).
 
 Clients print exactly one line first: `ok`, `timeout`, or `error <errno> <message>`,
 like enforcer-probe. Servers print `listening <addr>` once bound.
@@ -35,6 +35,28 @@ Modes:
   chat tcp|udp DST DPORT COUNT          one connected socket (TCP connect, or UDP
                                         connect) exchanging COUNT messages with an echo
                                         server, each answer awaited (2 s)
+  handshake-gated SRC DST DPORT SPORT GATE
+                                        an IPv4 TCP handshake by hand on a raw socket
+                                        (IPPROTO_TCP): a SYN SRC:SPORT -> DST:DPORT, the
+                                        SYN-ACK awaited (2 s; its sequence number is the
+                                        listener's SYN cookie), GATE/ready, wait for
+                                        GATE/go, then the ACK that completes the handshake
+                                        (`ok` once it is sent)
+  forge-syn raw-ip|packet-raw|packet-dgram SRC DST DPORT SPORT [nobody]
+                                        a SYN SRC:SPORT -> DST:DPORT that no TCP socket
+                                        sent, built whole on a raw IP socket (IPv4 only:
+                                        SOCK_RAW, IPPROTO_TCP, IP_HDRINCL) or put on `lo`
+                                        by a packet socket (AF_PACKET, SOCK_RAW with its
+                                        Ethernet header, or SOCK_DGRAM; IPv4, or IPv6 when
+                                        SRC is); `ok` when the listener's SYN-ACK is seen
+                                        (2 s; on the raw socket when SRC is local, on `lo`
+                                        for a packet socket), `timeout` when it is not, or
+                                        the error of `socket()`; `nobody`: as uid/gid
+                                        65534, without capabilities
+  forge-udp SRC DST DPORT SPORT         one datagram SRC:SPORT -> DST:DPORT that no UDP
+                                        socket sent, put on `lo` by a packet socket
+                                        (AF_PACKET, SOCK_DGRAM; IPv4 or IPv6); `ok` once
+                                        sent
 """
 import os
 import socket
@@ -274,6 +296,153 @@ def chat(proto, dst, dport, count):
         fail(err)
 
 
+TCP_SYN = 0x02
+TCP_ACK = 0x10
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+
+
+def tcp_segment(src, dst, sport, dport, seq, ack, flags):
+    """A 20-byte TCP header SRC:SPORT -> DST:DPORT with its checksum (IPv4 or IPv6
+    addresses)."""
+    header = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, 0, 0)
+    if family_of(src) == socket.AF_INET6:
+        pseudo = (socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
+                  + struct.pack("!IxxxB", len(header), 6))
+    else:
+        pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!xBH", 6, len(header))
+    return header[:16] + struct.pack("!H", checksum(pseudo + header)) + header[18:]
+
+
+def udp_datagram(src, dst, sport, dport, payload):
+    """A UDP header and `payload` SRC:SPORT -> DST:DPORT with its checksum (IPv4 or IPv6
+    addresses)."""
+    length = 8 + len(payload)
+    if family_of(src) == socket.AF_INET6:
+        pseudo = (socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
+                  + struct.pack("!IxxxB", length, 17))
+    else:
+        pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!xBH", 17, length)
+    datagram = struct.pack("!HHHH", sport, dport, length, 0) + payload
+    return datagram[:6] + struct.pack("!H", checksum(pseudo + datagram)) + datagram[8:]
+
+
+def ipv4_packet(src, dst, transport, protocol=6):
+    """An IPv4 header around a `transport` of `protocol` (TCP unless said), with its
+    checksum."""
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(transport), 0, 0x4000, 64, protocol, 0,
+        socket.inet_aton(src), socket.inet_aton(dst),
+    )
+    return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + transport
+
+
+def ipv6_packet(src, dst, transport, protocol=6):
+    """An IPv6 header (no extension headers) around a `transport` of `protocol` (TCP
+    unless said)."""
+    return struct.pack("!IHBB", 6 << 28, len(transport), protocol, 64) + socket.inet_pton(
+        socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + transport
+
+
+def synack_sequence(packet, sport, dport):
+    """The sequence number of `packet` (an IPv4 packet, or an IPv6 one without extension
+    headers) if it is a SYN-ACK from DPORT to SPORT, else None."""
+    if len(packet) >= 40 and packet[0] >> 4 == 6 and packet[6] == 6:
+        tcp = packet[40:]
+    elif len(packet) >= 20 and packet[0] >> 4 == 4 and packet[9] == 6:
+        tcp = packet[(packet[0] & 0x0F) * 4:]
+    else:
+        return None
+    if len(tcp) < 14:
+        return None
+    source, target, seq, _, _, flags = struct.unpack("!HHIIBB", tcp[:14])
+    wanted = TCP_SYN | TCP_ACK
+    if (source, target) == (dport, sport) and flags & wanted == wanted:
+        return seq
+    return None
+
+
+def await_synack(receive, sport, dport):
+    """The SYN-ACK's sequence number from the packets `receive` returns (2 s), or None."""
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        try:
+            packet = receive()
+        except socket.timeout:
+            continue
+        seq = synack_sequence(packet, sport, dport)
+        if seq is not None:
+            return seq
+    return None
+
+
+def handshake_gated(src, dst, dport, sport, gate):
+    sport, dport, isn = int(sport), int(dport), 1000
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+        s.settimeout(0.2)
+        s.sendto(tcp_segment(src, dst, sport, dport, isn, 0, TCP_SYN), (dst, 0))
+        cookie = await_synack(lambda: s.recv(2048), sport, dport)
+        if cookie is None:
+            out("timeout")
+            sys.exit(1)
+        wait_for_gate(gate)
+        ack = tcp_segment(src, dst, sport, dport, isn + 1, (cookie + 1) & 0xFFFFFFFF, TCP_ACK)
+        s.sendto(ack, (dst, 0))
+        out("ok")
+    except OSError as err:
+        fail(err)
+
+
+def forger(via, ethertype):
+    """The socket that forges, and how it sends an IP packet of `ethertype` (ETH_P_IP,
+    or ETH_P_IPV6 on a packet socket) and receives one."""
+    if via == "raw-ip":
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+        send = lambda packet: s.sendto(packet, (socket.inet_ntoa(packet[16:20]), 0))
+        return s, send, lambda: s.recv(2048)
+    kind = socket.SOCK_RAW if via == "packet-raw" else socket.SOCK_DGRAM
+    s = socket.socket(socket.AF_PACKET, kind, socket.htons(ethertype))
+    s.bind(("lo", ethertype))
+    if kind == socket.SOCK_RAW:
+        # Loopback's Ethernet header: zero addresses, then the type.
+        send = lambda packet: s.send(b"\0" * 12 + struct.pack("!H", ethertype) + packet)
+        return s, send, lambda: s.recv(2048)[14:]
+    send = lambda packet: s.sendto(packet, ("lo", ethertype, 0, 0, b"\0" * 6))
+    return s, send, lambda: s.recv(2048)
+
+
+def forge_syn(via, src, dst, dport, sport, as_nobody=False):
+    if as_nobody:
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+    sport, dport = int(sport), int(dport)
+    try:
+        v6 = family_of(src) == socket.AF_INET6
+        s, send, receive = forger(via, ETH_P_IPV6 if v6 else ETH_P_IP)
+        s.settimeout(0.2)
+        segment = tcp_segment(src, dst, sport, dport, 1000, 0, TCP_SYN)
+        send((ipv6_packet if v6 else ipv4_packet)(src, dst, segment))
+        out("ok" if await_synack(receive, sport, dport) is not None else "timeout")
+    except OSError as err:
+        fail(err)
+
+
+def forge_udp(src, dst, dport, sport):
+    """One datagram SRC:SPORT -> DST:DPORT that no UDP socket sent, put on `lo` by a
+    packet socket (SOCK_DGRAM); `ok` once it is sent."""
+    try:
+        v6 = family_of(src) == socket.AF_INET6
+        s, send, _ = forger("packet-dgram", ETH_P_IPV6 if v6 else ETH_P_IP)
+        datagram = udp_datagram(src, dst, int(sport), int(dport), b"forged\n")
+        send((ipv6_packet if v6 else ipv4_packet)(src, dst, datagram, 17))
+        out("ok")
+    except OSError as err:
+        fail(err)
+
+
 def main():
     args = sys.argv[1:]
     if not args:
@@ -281,7 +450,7 @@ def main():
         sys.exit(2)
     mode, rest = args[0], args[1:]
     flag = lambda name: name in rest
-    plain = [a for a in rest if a not in ("v6only", "broadcast", "udplite", "cut")]
+    plain = [a for a in rest if a not in ("v6only", "broadcast", "udplite", "cut", "nobody")]
     if mode == "udp-sink":
         udp_sink(plain[0], plain[1], plain[2], flag("v6only"), flag("udplite"))
     elif mode == "udp-fire":
@@ -302,6 +471,12 @@ def main():
         tcp_echo(*plain[:2])
     elif mode == "chat":
         chat(*plain[:4])
+    elif mode == "handshake-gated":
+        handshake_gated(*plain[:5])
+    elif mode == "forge-syn":
+        forge_syn(*plain[:5], as_nobody=flag("nobody"))
+    elif mode == "forge-udp":
+        forge_udp(*plain[:4])
     elif mode == "udp6-chain":
         udp6_chain(*plain[:4], cut=flag("cut"))
     else:

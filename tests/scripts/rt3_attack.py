@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Red-team helpers for tests/tests/redteam3.rs (stdlib only).
+"""Red-team helpers for tests/tests/redteam3.rs (stdlib only; `tcp-listen` also serves
+socket_layer.rs).
 
 Servers print `listening <addr>` once ready; clients print what happened, one line per
 step. Every loop is bounded in count and time. Modes whose name is listed in NOBODY

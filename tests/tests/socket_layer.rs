@@ -4,7 +4,9 @@
 //! recorded there; an allowed connection leaves one record, from the layer that delivered
 //! it, and a packet to a port nobody serves leaves none that says it was allowed. UDP
 //! replies are exact both ways, for local clients as for remote ones. A datagram whose
-//! IPv6 header chain is too long to read is dropped at the socket as malformed.
+//! IPv6 header chain is too long to read is dropped at the socket as malformed. The ACK
+//! that completes a SYN-cookie handshake is decided at the listener under the active
+//! policy; an allowed flow over loopback is recorded and counted once, at its sender.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -16,11 +18,13 @@ use enforcer_common::event::{FlowEvent, Hook, Reason, Verdict, family};
 use enforcer_tests::{
     LINK_PREFIX,
     cgroup::TestCgroup,
-    events::{decided_by, drain, segment_id},
-    netns::{Netns, Veth, address_up},
+    cmd::run,
+    events::{decided_by, drain, rule_counters, segment_id},
+    netns::{Netns, Veth, add_veth, address_up},
     next_serial,
     policy::loaded_with,
-    probe::{Outcome, SinkLog, Spawn},
+    probe::{Gate, Outcome, SinkLog, Spawn},
+    script::{Log, Script},
 };
 
 const ALLOWED: u16 = 18_080;
@@ -538,11 +542,13 @@ ports = ["{ALLOWED_UDP}/udp"]
 #[test]
 fn an_ipv6_chain_longer_than_the_bound_is_dropped_at_the_socket_as_malformed() {
     // Loopback carries no XDP: the receiving socket's layer is the only one that reads
-    // the chain. A process in no segment builds the datagrams whole on a raw socket.
+    // the chain. A process in no segment builds the datagrams whole on a raw socket: no
+    // socket holds their source, `::1`, so the layer takes them as from an unclassified
+    // process of this host, which this policy lets through.
     let parent = TestCgroup::new();
     let service = parent.child("svc.service");
     let image = enforcer_tests::policy::image(&format!(
-        "[segments.svc]\ncgroups = [\"{}\"]\n",
+        "[defaults]\nunclassified = \"allow\"\n\n[segments.svc]\ncgroups = [\"{}\"]\n",
         service.relative_path()
     ));
     let mut loader = loaded_with(&image);
@@ -683,5 +689,309 @@ ports = ["{ALLOWED_UDP}/udp"]
             (1, 1),
             "{what}: one decision per connection, whatever it carries ({server_addr})"
         );
+    }
+}
+
+/// The listener port of [`the_ack_that_completes_a_syn_cookie_handshake_is_decided_at_the_listener`].
+const COOKIE_PORT: u16 = 18_083;
+
+/// The policy of the SYN-cookie test: `web` serves [`COOKIE_PORT`]; `clients` (the
+/// address `client`) may reach it only when `allowed`.
+fn cookie_policy(web: &TestCgroup, client: Ipv4Addr, allowed: bool) -> String {
+    let rule = if allowed {
+        format!(
+            "[[allow]]\nid = \"clients-to-web\"\nfrom = [\"clients\"]\nto = [\"web\"]\n\
+             ports = [\"{COOKIE_PORT}/tcp\"]\n"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "[segments.web]\ncgroups = [\"{}\"]\nports = [\"{COOKIE_PORT}/tcp\"]\n\n\
+         [segments.clients]\ncidrs = [\"{client}/32\"]\n\n{rule}",
+        web.relative_path()
+    )
+}
+
+/// Two namespaces of the test's own joined by a veth: the server's, which sends a SYN
+/// cookie for every SYN (`net.ipv4.tcp_syncookies = 2`, set in it alone), and the
+/// client's.
+struct CookieLink {
+    server: Netns,
+    client: Netns,
+    server_v4: Ipv4Addr,
+    client_v4: Ipv4Addr,
+}
+
+impl CookieLink {
+    /// Both namespaces, the veth between them (a /30 in 198.18.0.0/15, spread by pid and
+    /// serial), and the server's SYN cookies turned on for every SYN.
+    fn new() -> Self {
+        let server = Netns::new();
+        let client = Netns::new();
+        let serial = next_serial();
+        let pid = std::process::id();
+        let near = format!("{LINK_PREFIX}c{}-{serial}", pid % 10_000);
+        let far = format!("{LINK_PREFIX}d{}-{serial}", pid % 10_000);
+        add_veth(Some(&server), &near, &client, &far);
+        let third = u8::try_from(pid % 250).expect("below 250");
+        let fourth = u8::try_from(serial % 64 * 4).expect("below 256");
+        let server_v4 = Ipv4Addr::new(198, 18, third, fourth + 1);
+        let client_v4 = Ipv4Addr::new(198, 18, third, fourth + 2);
+        address_up(Some(&server), &near, &[(server_v4.into(), 30)]);
+        address_up(Some(&client), &far, &[(client_v4.into(), 30)]);
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                server.name(),
+                "sh",
+                "-c",
+                "echo 2 > /proc/sys/net/ipv4/tcp_syncookies",
+            ],
+        );
+        Self {
+            server,
+            client,
+            server_v4,
+            client_v4,
+        }
+    }
+
+    /// How many SYN cookies the server's namespace has sent (`TcpExt: SyncookiesSent`
+    /// of its `/proc/net/netstat`).
+    fn syn_cookies_sent(&self) -> u64 {
+        let netstat = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                self.server.name(),
+                "cat",
+                "/proc/net/netstat",
+            ],
+        );
+        let mut lines = netstat.lines().filter(|line| line.starts_with("TcpExt:"));
+        let (names, values) = (lines.next(), lines.next());
+        names
+            .zip(values)
+            .and_then(|(names, values)| {
+                names
+                    .split_whitespace()
+                    .zip(values.split_whitespace())
+                    .find(|(name, _)| *name == "SyncookiesSent")
+                    .and_then(|(_, value)| value.parse().ok())
+            })
+            .expect("TcpExt: SyncookiesSent in /proc/net/netstat")
+    }
+}
+
+/// XDP decides SYNs only; with SYN cookies the listener keeps nothing of a handshake
+/// until its last ACK, which is all that reaches the listener when the SYN was decided
+/// under an older policy. So the per-socket layer decides every packet to a listener
+/// under the active generation, the completing ACK included. A client builds the
+/// handshake by hand on a raw socket (`handshake-gated`: its own kernel answers the
+/// unexpected SYN-ACK with a reset, which a listener that keeps no state ignores): the
+/// SYN under a policy that lets it in, the SYN-ACK read for its cookie, then the ACK.
+/// Control: with no new policy in between, the ACK completes the handshake and the
+/// server's `accept()` returns the connection. Attack: the policy that denies the client
+/// is applied between the SYN-ACK and the ACK; the ACK is dropped at the listener,
+/// recorded as denied under the new generation, and `accept()` gets nothing.
+#[test]
+fn the_ack_that_completes_a_syn_cookie_handshake_is_decided_at_the_listener() {
+    let link = CookieLink::new();
+    let parent = TestCgroup::new();
+    let web = parent.child("web.service");
+    let allowing = enforcer_tests::policy::image(&cookie_policy(&web, link.client_v4, true));
+    let denying = enforcer_tests::policy::image(&cookie_policy(&web, link.client_v4, false));
+    let mut loader = loaded_with(&allowing);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+    let cgroup_root = enforcer::host::cgroup2_mount().expect("cgroup2 mount");
+    let accepted = Log::new("cookie-accepted");
+    let _server = Script::new(
+        "rt3_attack.py",
+        &[
+            "tcp-listen",
+            &link.server_v4.to_string(),
+            &COOKIE_PORT.to_string(),
+            "30000",
+            accepted.path(),
+            "web",
+        ],
+    )
+    .netns(&link.server)
+    .cgroup(&web)
+    .serve();
+    let accepted_so_far = || accepted.text().lines().count();
+
+    // The client's handshake from `sport`; `between` runs after the SYN-ACK, before the
+    // ACK. Returns how many connections the server accepted within a second of the ACK.
+    let handshake = |sport: u16, between: &mut dyn FnMut()| {
+        let before = accepted_so_far();
+        let gate = Gate::new();
+        let (_client, mut lines) = Script::new(
+            "attack.py",
+            &[
+                "handshake-gated",
+                &link.client_v4.to_string(),
+                &link.server_v4.to_string(),
+                &COOKIE_PORT.to_string(),
+                &sport.to_string(),
+                gate.path().to_str().expect("utf-8"),
+            ],
+        )
+        .netns(&link.client)
+        .start();
+        gate.wait_until_reached();
+        between();
+        gate.open();
+        let sent = lines.next().and_then(Result::ok).unwrap_or_default();
+        assert_eq!(sent, "ok", "the client's ACK from port {sport}");
+        // The server accepts within moments; the client sends nothing more.
+        for _ in 0..20 {
+            if accepted_so_far() > before {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        accepted_so_far() - before
+    };
+    let (control, attack) = (41_100, 41_101);
+    assert_eq!(
+        handshake(control, &mut || {}),
+        1,
+        "control: the raw handshake completes"
+    );
+    assert_eq!(
+        handshake(attack, &mut || {
+            let applied = loader.apply(&denying, &cgroup_root).expect("apply");
+            assert_eq!(applied.generation, 2);
+        }),
+        0,
+        "the ACK under the denying policy reached accept()"
+    );
+
+    assert!(
+        link.syn_cookies_sent() >= 2,
+        "the server answered both SYNs with a cookie"
+    );
+
+    let records = drain(&mut events);
+    let from = |sport: u16| -> Vec<(u8, u8, u32)> {
+        records
+            .iter()
+            .filter(|e| e.src_port == sport && e.dst_port == COOKIE_PORT)
+            .map(|e| (e.hook, e.verdict, e.generation))
+            .collect()
+    };
+    let at_socket = Hook::SkbIngress as u8;
+    let (allow, deny) = (Verdict::Allow as u8, Verdict::Deny as u8);
+    assert_eq!(
+        from(control),
+        [(at_socket, allow, 1)],
+        "the SYN, allowed; the ACK that completed the handshake is not recorded: {records:#?}"
+    );
+    assert_eq!(
+        from(attack),
+        [(at_socket, allow, 1), (at_socket, deny, 2)],
+        "the SYN allowed under the first policy, the ACK denied under the second: {records:#?}"
+    );
+    let denied = records
+        .iter()
+        .find(|e| e.src_port == attack && e.verdict == deny)
+        .expect("the ACK's record");
+    assert_eq!(decided_by(&denying, denied), "default-deny");
+    assert_eq!(denied.src_segment, segment_id(&denying, "clients"));
+    assert_eq!(denied.dst_segment, segment_id(&denying, "web"));
+    assert_eq!(denied.cgroup_id, web.id(), "the listener's cgroup");
+}
+
+const LOOPBACK_TCP: u16 = 18_084;
+const LOOPBACK_UDP: u16 = 18_056;
+
+/// A flow over loopback was decided at its sender's `connect()` or `sendmsg()`, against
+/// the segment of the socket it reaches. The per-socket layer decides a loopback SYN to
+/// a listener, and a loopback datagram from a peer the socket has not let in, again
+/// against the sender's segment, but records only a denial, and counts nothing else: an
+/// allowed TCP connection and an allowed UDP exchange (query and answer) between two
+/// segments, over `127.0.0.1` and `::1`, each leave one record (`connect4`/`connect6`,
+/// `sendmsg4`/`sendmsg6`) and cost one counted decision (and one count on the rule);
+/// none is recorded at `skb_ingress`.
+#[test]
+fn an_allowed_loopback_flow_is_recorded_and_counted_once_at_its_sender() {
+    let parent = TestCgroup::new();
+    let app = parent.child("app.service");
+    let db = parent.child("db.service");
+    let image = enforcer_tests::policy::image(&format!(
+        r#"
+[segments.app]
+cgroups = ["{}"]
+
+[segments.db]
+cgroups = ["{}"]
+ports = ["{LOOPBACK_TCP}/tcp", "{LOOPBACK_UDP}/udp"]
+
+[[allow]]
+id = "app-to-db"
+from = ["app"]
+to = ["db"]
+ports = ["{LOOPBACK_TCP}/tcp", "{LOOPBACK_UDP}/udp"]
+"#,
+        app.relative_path(),
+        db.relative_path(),
+    ));
+    let mut loader = loaded_with(&image);
+    let mut events = loader.take_events().expect("events");
+    loader.attach_cgroup(parent.path()).expect("attach cgroup");
+
+    let flows = [
+        (Ipv4Addr::LOCALHOST.into(), Hook::Connect4, Hook::Sendmsg4),
+        (
+            IpAddr::from(Ipv6Addr::LOCALHOST),
+            Hook::Connect6,
+            Hook::Sendmsg6,
+        ),
+    ];
+    let mut expected = Vec::new();
+    for (loopback, connect, sendmsg) in flows {
+        let tcp = Spawn::tcp_server(SocketAddr::new(loopback, LOOPBACK_TCP))
+            .cgroup(&db)
+            .serve();
+        let udp = Spawn::udp_server(SocketAddr::new(loopback, LOOPBACK_UDP))
+            .cgroup(&db)
+            .serve();
+        for (client, hook) in [
+            (Spawn::tcp_client(tcp.addr), connect),
+            (Spawn::udp_client(udp.addr), sendmsg),
+        ] {
+            let before = decisions(&mut loader);
+            assert_eq!(client.cgroup(&app).run(), Outcome::Ok, "{hook:?}");
+            assert_eq!(
+                decisions(&mut loader) - before,
+                1,
+                "{hook:?}: one counted decision"
+            );
+            expected.push(hook as u8);
+        }
+    }
+
+    assert_eq!(
+        rule_counters(&mut loader, &image, "app-to-db").allow,
+        4,
+        "the rule counted each flow once"
+    );
+    let records = drain(&mut events);
+    let hooks: Vec<u8> = records.iter().map(|e| e.hook).collect();
+    assert_eq!(
+        hooks, expected,
+        "one record per flow, at its sender: {records:#?}"
+    );
+    for record in &records {
+        assert_eq!(record.verdict, Verdict::Allow as u8, "{record:?}");
+        assert_eq!(decided_by(&image, record), "app-to-db");
+        assert_eq!(record.src_segment, segment_id(&image, "app"));
+        assert_eq!(record.dst_segment, segment_id(&image, "db"));
     }
 }
