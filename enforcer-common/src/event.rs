@@ -154,9 +154,33 @@ pub struct FlowEvent {
     pub protocol: u8,
     /// `FLOW_FLAG_*` bits: what the hook found out about the flow beyond its fields.
     pub flags: u8,
+    /// `FOLD_*` code: which attempts [`Self::count`] covers.
+    pub fold: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
+    /// `bpf_ktime_get_boot_ns` of the earliest attempt this event covers (the same as
+    /// `timestamp_ns` when it covers one).
+    pub first_ns: u64,
+    /// How many attempts this event stands for: itself and those folded into it since the
+    /// fold's previous event (at least 1). Every decided attempt is in exactly one event's
+    /// count, or counted as lost.
+    pub count: u32,
     /// Explicit tail padding; always zero.
-    pub _pad: [u8; 2],
+    pub _tail: u32,
 }
+
+/// [`FlowEvent::fold`]: the event stands for itself alone (no fold state could be kept:
+/// folding off, or the fold table full).
+pub const FOLD_NONE: u8 = 0;
+/// [`FlowEvent::fold`]: attempts of one flow (same addresses, ports, process, verdict):
+/// a SYN retransmit, the next datagram of a UDP stream.
+pub const FOLD_FLOW: u8 = 1;
+/// [`FlowEvent::fold`]: denied attempts from one source address to one destination
+/// address and port under one rule, whatever the source port.
+pub const FOLD_SOURCE: u8 = 2;
+/// [`FlowEvent::fold`]: denied attempts to one destination address and port under one
+/// rule from sources beyond the fold threshold; the event names the latest source.
+pub const FOLD_DESTINATION: u8 = 3;
 
 /// [`FlowEvent::flags`] bit: the flow stays on this host. Set by the outbound hooks when
 /// the destination address is this host (loopback, the unspecified address, an address
@@ -174,7 +198,7 @@ pub const FLOW_FLAG_MPTCP: u8 = 2;
 /// a flow flagged [`FLOW_FLAG_MPTCP`]. Wider than [`FlowEvent::protocol`].
 pub const IPPROTO_MPTCP: u16 = 262;
 
-const _: () = assert!(size_of::<FlowEvent>() == 104);
+const _: () = assert!(size_of::<FlowEvent>() == 120);
 const _: () = assert!(align_of::<FlowEvent>() == 8);
 
 impl FlowEvent {
@@ -199,7 +223,11 @@ impl FlowEvent {
         family: 0,
         protocol: 0,
         flags: 0,
-        _pad: [0; 2],
+        fold: FOLD_NONE,
+        _pad: 0,
+        first_ns: 0,
+        count: 1,
+        _tail: 0,
     };
 }
 
@@ -240,6 +268,8 @@ mod tests {
         assert_eq!(core::mem::offset_of!(FlowEvent, comm), 80);
         assert_eq!(core::mem::offset_of!(FlowEvent, hook), 96);
         assert_eq!(core::mem::offset_of!(FlowEvent, flags), 101);
-        assert_eq!(core::mem::offset_of!(FlowEvent, _pad), 102);
+        assert_eq!(core::mem::offset_of!(FlowEvent, fold), 102);
+        assert_eq!(core::mem::offset_of!(FlowEvent, first_ns), 104);
+        assert_eq!(core::mem::offset_of!(FlowEvent, count), 112);
     }
 }

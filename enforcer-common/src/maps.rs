@@ -382,8 +382,8 @@ pub const EVENT_STATS: &str = "EVENT_STATS";
 pub const EVENTS_EMITTED: u32 = 0;
 /// [`EVENT_STATS`] index: events lost because the ring buffer was full.
 pub const EVENTS_LOST: u32 = 1;
-/// [`EVENT_STATS`] index: events not written because the same flow was recorded within
-/// the de-duplication window.
+/// [`EVENT_STATS`] index: attempts folded (see [`FOLDS`]): counted in their fold's
+/// pending count, to be carried by its next event, instead of written as events.
 pub const EVENTS_SUPPRESSED: u32 = 2;
 /// [`EVENT_STATS`] index, written by the agent (the total in CPU 0's slot): events it
 /// took off the ring but could not store yet. Kept in the pinned map so that the count
@@ -392,19 +392,36 @@ pub const EVENTS_UNSTORED: u32 = 3;
 /// Entries of [`EVENT_STATS`].
 pub const EVENT_STAT_SLOTS: u32 = 4;
 
-/// LRU of recently recorded flows ([`RecentFlowKey`] to the `bpf_ktime_get_boot_ns` of
-/// the last event written for it), for de-duplication.
-pub const RECENT_FLOWS: &str = "RECENT_FLOWS";
-/// Capacity of [`RECENT_FLOWS`].
-pub const RECENT_FLOWS_CAPACITY: u32 = 65_536;
+/// Folds of recent attempts ([`FoldKey`] to [`FoldState`]): attempts that share a key
+/// within the window are counted in one event. A plain hash, not an LRU: an evicted fold
+/// would take its uncounted attempts with it. When it is full, an attempt with a new key
+/// is written as an event of its own (`FOLD_NONE`). The agent reports idle folds' pending
+/// attempts through [`FOLD_REPORT_PROGRAM`] and deletes folds idle for three windows.
+pub const FOLDS: &str = "FOLDS";
+/// Capacity of [`FOLDS`].
+pub const FOLDS_CAPACITY: u32 = 65_536;
 
-/// What makes two decisions "the same flow" for de-duplication: a SYN retransmit or the
-/// next datagram of a UDP stream has the same key; a new connection from another source
-/// port, another process, or under another generation does not.
+/// Per-CPU room in which a hook makes its event and a new fold's state (too large for the
+/// kernel program's stack), one entry per hook code.
+pub const SCRATCH: &str = "SCRATCH";
+/// Entries of [`SCRATCH`]: more than the highest hook code.
+pub const SCRATCH_SLOTS: u32 = 32;
+
+const _: () = assert!((crate::event::Hook::ALL.len() as u32) < SCRATCH_SLOTS);
+
+/// The program the agent runs through `BPF_PROG_TEST_RUN` with a [`FoldKey`] as the
+/// packet: it writes that fold's pending attempts as one event. Never attached.
+pub const FOLD_REPORT_PROGRAM: &str = "fold_report";
+
+/// What makes attempts one fold. For `FOLD_FLOW` (allowed and audited flows) every field
+/// of the flow: a SYN retransmit or the next datagram of a UDP stream has the same key, a
+/// new connection from another source port, process or generation does not. For
+/// `FOLD_SOURCE` (denials) the source port is zero. For `FOLD_DESTINATION` (denials beyond
+/// the threshold of sources) the source address, cgroup and process are zero too.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct RecentFlowKey {
-    /// cgroup id of the calling task (0 at XDP).
+pub struct FoldKey {
+    /// cgroup id of the calling task or receiving socket (0 at XDP).
     pub cgroup_id: u64,
     /// Source address (IPv4 in the first four bytes; zero where the hook has none).
     pub src_addr: [u8; 16],
@@ -414,6 +431,8 @@ pub struct RecentFlowKey {
     pub tgid: u32,
     /// The deciding generation.
     pub generation: u32,
+    /// The deciding rule's id (reason `rule`) or failsafe number, else 0.
+    pub rule_id: u32,
     /// Source port.
     pub src_port: u16,
     /// Destination port.
@@ -424,20 +443,67 @@ pub struct RecentFlowKey {
     pub protocol: u8,
     /// [`crate::event::Verdict`] code.
     pub verdict: u8,
+    /// [`crate::event::Reason`] code.
+    pub reason: u8,
     /// `FLOW_FLAG_*` bits of the record ([`crate::event::FLOW_FLAG_MPTCP`] tells an MPTCP
     /// flow from a TCP one to the same place).
     pub flags: u8,
+    /// `FOLD_*` code of this fold.
+    pub fold: u8,
+    /// Address family.
+    pub family: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
 }
 
-const _: () = assert!(size_of::<RecentFlowKey>() == 56);
+const _: () = assert!(size_of::<FoldKey>() == 64);
+
+/// A fold's counts and what its events repeat. Counts are changed with atomic adds only
+/// (the kernel's BPF v1 instruction set has no atomic exchange): an event takes the
+/// pending count it read by adding its negation, so attempts counted meanwhile stay.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FoldState {
+    /// Attempts not yet in an event.
+    pub pending: u64,
+    /// Boot-time ns of the fold's last event (0: none written yet).
+    pub emitted_ns: u64,
+    /// Boot-time ns of the earliest pending attempt (0: none pending).
+    pub first_ns: u64,
+    /// Boot-time ns of the latest attempt.
+    pub last_ns: u64,
+    /// `FOLD_DESTINATION` only: start of the current threshold window.
+    pub window_ns: u64,
+    /// `FOLD_DESTINATION` only: new sources seen in the current threshold window.
+    pub sources: u64,
+    /// `pid_tgid` of the latest attempt (cgroup hooks).
+    pub pid_tgid: u64,
+    /// Source segment id of the latest attempt.
+    pub src_segment: u32,
+    /// Destination segment id.
+    pub dst_segment: u32,
+    /// Receiving interface of the latest attempt (XDP).
+    pub ifindex: u32,
+    /// Source port of the latest attempt.
+    pub src_port: u16,
+    /// Explicit padding; always zero.
+    pub _pad: u16,
+    /// Source address of the latest attempt (the sample a destination fold names).
+    pub src_addr: [u8; 16],
+    /// Command name of the latest attempt's task (cgroup hooks).
+    pub comm: [u8; crate::event::COMM_LEN],
+}
+
+const _: () = assert!(size_of::<FoldState>() == 104);
 
 /// Host-wide settings the agent writes, the single entry of [`HOST_SETTINGS`]; host
 /// state, kept across generations.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct HostSettings {
-    /// Events for the same flow within this many nanoseconds of the last one written are
-    /// suppressed (and counted); 0 writes every event.
+    /// The fold window: attempts of one fold within this many nanoseconds of its last
+    /// event are counted into its next event instead of written (see [`FOLDS`]); 0 writes
+    /// every attempt as an event of its own.
     pub dedup_window_ns: u64,
     /// The cookie of the agent's network namespace (0: unknown). Only bindings made there
     /// are learnt as listeners: a process that binds a port in a namespace of its own does
@@ -453,7 +519,10 @@ pub struct HostSettings {
     /// closed: every new flow but failsafe access is denied (reason `audit-unavailable`).
     pub fail_closed: u8,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// Distinct sources denied to one destination under one rule within the window
+    /// beyond which further sources fold into one `FOLD_DESTINATION` fold; 0 never.
+    pub fold_sources: u16,
 }
 
 const _: () = assert!(size_of::<HostSettings>() == 24);
@@ -461,8 +530,12 @@ const _: () = assert!(size_of::<HostSettings>() == 24);
 /// The array holding the [`HostSettings`].
 pub const HOST_SETTINGS: &str = "HOST_SETTINGS";
 
-/// The de-duplication window the loader sets unless told otherwise: one second.
+/// The fold window the loader sets unless told otherwise: one second.
 pub const DEFAULT_DEDUP_WINDOW_NS: u64 = 1_000_000_000;
+
+/// The fold threshold of sources the loader sets unless told otherwise
+/// ([`HostSettings::fold_sources`]).
+pub const DEFAULT_FOLD_SOURCES: u16 = 16;
 
 /// Listeners learnt at `bind()` (post_bind4/6): [`BoundKey`] (the bound address, port
 /// and protocol) to the binding task's cgroup ancestry and the socket's cookie; the entry
@@ -676,12 +749,13 @@ const _: () = assert!(size_of::<ConnectDecision>() == 24);
 pub const MPTCP_BINDINGS: &str = "MPTCP_BINDINGS";
 
 /// The maps of host state, one of each, kept across generations.
-const HOST_MAPS: [&str; 14] = [
+const HOST_MAPS: [&str; 15] = [
+    SCRATCH,
     ACTIVE,
     EVENTS,
     REASON_COUNTS,
     EVENT_STATS,
-    RECENT_FLOWS,
+    FOLDS,
     HOST_SETTINGS,
     LEARNT_LISTENERS,
     BOUND_SOCKETS,
@@ -748,7 +822,9 @@ mod pod {
     // SAFETY: see above.
     unsafe impl aya::Pod for RuleCounters {}
     // SAFETY: see above.
-    unsafe impl aya::Pod for RecentFlowKey {}
+    unsafe impl aya::Pod for FoldKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for FoldState {}
     // SAFETY: see above.
     unsafe impl aya::Pod for HostSettings {}
     // SAFETY: see above.

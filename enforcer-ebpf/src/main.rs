@@ -15,6 +15,8 @@
 //! everything through: the agent applies a policy before it attaches anything.
 #![no_std]
 #![no_main]
+// Inline BPF assembly: the atomic add of `record::add`.
+#![feature(asm_experimental_arch)]
 #![expect(
     missing_docs,
     reason = "aya-ebpf's program macros emit undocumented `extern \"C\"` wrappers"
@@ -117,6 +119,13 @@ const UNREADABLE_HEADERS: Restriction = Restriction {
     reason: Reason::Malformed,
     grant: 0,
 };
+
+/// Never attached: the agent runs it through `BPF_PROG_TEST_RUN` with a fold's key as the
+/// packet to write that fold's pending attempts as one event (`record::report_fold`).
+#[xdp]
+pub fn fold_report(ctx: XdpContext) -> u32 {
+    record::report_fold(&ctx)
+}
 
 /// XDP ingress on the host's interfaces.
 #[xdp]

@@ -8,13 +8,14 @@ use aya_ebpf::{
     macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
+use enforcer_common::event::FlowEvent;
 use enforcer_common::maps::{
     BoundKey, CGROUP_TABLE_CAPACITY, ConnectDecision, EVENT_STAT_SLOTS, EVENTS_RING_BYTES,
-    FailsafeKey4, FailsafeKey6, HostSettings, LEARNT_LISTENERS_CAPACITY, LOCAL_ADDRESSES_CAPACITY,
-    LOCAL_PREFIXES_CAPACITY, LearntListener, ListenKey, MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES,
-    MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, MAX_RULES, MAX_SEGMENTS, PeerKey, PeerState, PolicyConfig,
-    REASON_COUNTER_SLOTS, RECENT_FLOWS_CAPACITY, RecentFlowKey, RuleCounters, RuleKey, RuleValue,
-    SOCKET_PEERS_CAPACITY, SegmentInfo,
+    FOLDS_CAPACITY, FailsafeKey4, FailsafeKey6, FoldKey, FoldState, HostSettings,
+    LEARNT_LISTENERS_CAPACITY, LOCAL_ADDRESSES_CAPACITY, LOCAL_PREFIXES_CAPACITY, LearntListener,
+    ListenKey, MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES,
+    MAX_RULES, MAX_SEGMENTS, PeerKey, PeerState, PolicyConfig, REASON_COUNTER_SLOTS, RuleCounters,
+    RuleKey, RuleValue, SCRATCH_SLOTS, SOCKET_PEERS_CAPACITY, SegmentInfo,
 };
 
 /// Per-flow audit records ([`enforcer_common::event::FlowEvent`]) for the agent.
@@ -29,10 +30,24 @@ pub static REASON_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASO
 #[map]
 pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_STAT_SLOTS, 0);
 
-/// Recently recorded flows, for de-duplication.
+/// Folds of recent attempts (see `enforcer_common::maps::FOLDS`).
 #[map]
-pub static RECENT_FLOWS: LruHashMap<RecentFlowKey, u64> =
-    LruHashMap::with_max_entries(RECENT_FLOWS_CAPACITY, 0);
+pub static FOLDS: HashMap<FoldKey, FoldState> = HashMap::with_max_entries(FOLDS_CAPACITY, 0);
+
+/// Room for the event being made and a new fold's state.
+#[repr(C)]
+pub struct Scratch {
+    /// The event.
+    pub event: FlowEvent,
+    /// A new fold's state.
+    pub state: FoldState,
+    /// The fold's key.
+    pub key: FoldKey,
+}
+
+/// Per-CPU [`Scratch`], one entry per hook code (see `record::record`).
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
 
 /// Settings the agent writes: de-duplication window, ephemeral port range.
 #[map]

@@ -3,7 +3,7 @@
 //! recorded within the de-duplication window. A full ring is counted, never silent.
 
 use aya_ebpf::{
-    bindings::__sk_buff,
+    bindings::{__sk_buff, BPF_NOEXIST},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_ktime_get_boot_ns, bpf_skb_cgroup_id,
@@ -11,14 +11,16 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     decision::Decision,
-    event::{FlowEvent, Hook, Reason, Verdict},
+    event::{
+        FOLD_DESTINATION, FOLD_FLOW, FOLD_NONE, FOLD_SOURCE, FlowEvent, Hook, Reason, Verdict,
+    },
     maps::{
-        AUDIT_DENY, EVENTS_EMITTED, EVENTS_LOST, EVENTS_SUPPRESSED, RecentFlowKey,
+        AUDIT_DENY, EVENTS_EMITTED, EVENTS_LOST, EVENTS_SUPPRESSED, FoldKey, FoldState,
         reason_counter_index,
     },
 };
 
-use crate::maps::{self, EVENT_STATS, EVENTS, REASON_COUNTS, RECENT_FLOWS, Slot};
+use crate::maps::{self, EVENT_STATS, EVENTS, FOLDS, REASON_COUNTS, SCRATCH, Scratch, Slot};
 
 /// The addresses and ports of a flow, as far as the hook knows them.
 #[derive(Clone, Copy)]
@@ -155,65 +157,331 @@ pub fn record<const B: bool>(
         Sender::Task => unsafe { (bpf_get_current_cgroup_id(), bpf_get_current_pid_tgid()) },
         Sender::Socket { cgroup_id } => (cgroup_id, 0),
     };
-    let key = RecentFlowKey {
-        cgroup_id,
-        src_addr: flow.src_addr,
-        dst_addr: flow.dst_addr,
-        tgid: (pid_tgid >> 32) as u32,
-        generation: origin.generation,
-        src_port: flow.src_port,
-        dst_port: flow.dst_port,
-        hook: origin.hook as u8,
-        protocol: flow.protocol,
-        verdict: decision.verdict as u8,
-        flags: flow.flags,
-    };
-    let window = maps::host_settings().dedup_window_ns;
-    if window != 0
-        && let Some(last) = RECENT_FLOWS.get_ptr(&key)
-        // SAFETY: the pointer comes from a successful map lookup.
-        && now.wrapping_sub(unsafe { *last }) < window
-    {
-        bump(&EVENT_STATS, EVENTS_SUPPRESSED);
-        return;
-    }
-
-    let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
+    // The event and a new fold's state are made in per-CPU room, one slot per hook: on
+    // the stack they pushed the callers past the verifier's 512 bytes. A hook can only be
+    // interrupted by another hook's program on its CPU (softirq over process context),
+    // which uses its own slot.
+    let Some(room) = SCRATCH.get_ptr_mut(u32::from(origin.hook as u8)) else {
         bump(&EVENT_STATS, EVENTS_LOST);
         return;
     };
-    let comm = if origin.sender == Sender::Task {
+    // SAFETY: the pointer comes from a successful lookup of this CPU's value.
+    let event = unsafe { &mut (*room).event };
+    // Field by field: a struct literal is built on the stack first.
+    event.timestamp_ns = now;
+    event.cgroup_id = cgroup_id;
+    event.pid_tgid = pid_tgid;
+    event.generation = origin.generation;
+    event.rule_id = decision.rule_id;
+    event.src_segment = segments.src;
+    event.dst_segment = segments.dst;
+    event.ifindex = origin.ifindex;
+    event.src_port = flow.src_port;
+    event.dst_port = flow.dst_port;
+    event.src_addr = flow.src_addr;
+    event.dst_addr = flow.dst_addr;
+    event.comm = if origin.sender == Sender::Task {
         bpf_get_current_comm().unwrap_or_default()
     } else {
         [0; 16]
     };
-    entry.write(FlowEvent {
-        timestamp_ns: now,
+    event.hook = origin.hook as u8;
+    event.verdict = decision.verdict as u8;
+    event.reason = decision.reason as u8;
+    event.family = flow.family;
+    event.protocol = flow.protocol;
+    event.flags = flow.flags;
+    event.fold = FOLD_NONE;
+    event._pad = 0;
+    event.first_ns = now;
+    event.count = 1;
+    event._tail = 0;
+    let settings = maps::host_settings();
+    let window = settings.dedup_window_ns;
+    if window == 0 {
+        write_alone(event);
+        return;
+    }
+    fold(room, window, u64::from(settings.fold_sources));
+}
+
+/// Counts the attempt whose event is in `room` into its fold, making the fold if it is
+/// new (and writing the event then), or into its destination's fold past `fold_sources`
+/// sources within the window. A BPF subprogram, not inlined: inlined at every hook's
+/// call sites, its branches multiplied the verifier's states past its limit (the
+/// callers' states converge again at the return).
+#[inline(never)]
+fn fold(room: *mut Scratch, window: u64, fold_sources: u64) {
+    // SAFETY: `room` is this CPU's scratch entry, from a successful map lookup.
+    let (event, key) = unsafe { (&mut (*room).event, &mut (*room).key) };
+    let now = event.timestamp_ns;
+    let denied = event.verdict != Verdict::Allow as u8;
+    key.cgroup_id = event.cgroup_id;
+    key.src_addr = event.src_addr;
+    key.dst_addr = event.dst_addr;
+    key.tgid = (event.pid_tgid >> 32) as u32;
+    key.generation = event.generation;
+    key.rule_id = event.rule_id;
+    // A denied source folds whatever port it comes from.
+    key.src_port = if denied { 0 } else { event.src_port };
+    key.dst_port = event.dst_port;
+    key.hook = event.hook;
+    key.protocol = event.protocol;
+    key.verdict = event.verdict;
+    key.reason = event.reason;
+    key.flags = event.flags;
+    key.fold = if denied { FOLD_SOURCE } else { FOLD_FLOW };
+    key.family = event.family;
+    key._pad = 0;
+    if let Some(state) = FOLDS.get_ptr_mut(key) {
+        fold_into(state, event, key.fold, window);
+        return;
+    }
+    if denied && fold_sources != 0 {
+        // The same key, for the destination: no source address, cgroup or process.
+        key.src_addr = [0; 16];
+        key.cgroup_id = 0;
+        key.tgid = 0;
+        key.fold = FOLD_DESTINATION;
+        // SAFETY: as above.
+        if let Some(state) = destination_fold(key, unsafe { &mut (*room).state }, now) {
+            // SAFETY: the pointer comes from a successful map lookup; the counting
+            // window's fields are only approximate under concurrent updates.
+            unsafe {
+                if now.wrapping_sub((*state).window_ns) >= window {
+                    (*state).window_ns = now;
+                    (*state).sources = 0;
+                }
+                if (*state).sources >= fold_sources {
+                    fold_into(state, event, FOLD_DESTINATION, window);
+                    return;
+                }
+                add(&raw mut (*state).sources, 1);
+            }
+        }
+        key.src_addr = event.src_addr;
+        key.cgroup_id = event.cgroup_id;
+        key.tgid = (event.pid_tgid >> 32) as u32;
+        key.fold = FOLD_SOURCE;
+    }
+    // A new fold; its first attempt is written at once.
+    // SAFETY: as above.
+    let state = unsafe { &mut (*room).state };
+    clear(state);
+    state.emitted_ns = now;
+    state.last_ns = now;
+    state.pid_tgid = event.pid_tgid;
+    state.src_segment = event.src_segment;
+    state.dst_segment = event.dst_segment;
+    state.ifindex = event.ifindex;
+    state.src_port = event.src_port;
+    state.src_addr = event.src_addr;
+    state.comm = event.comm;
+    if FOLDS.insert(key, state, u64::from(BPF_NOEXIST)).is_err() {
+        // The table is full (or another CPU made the fold this instant): this attempt is
+        // an event of its own.
+        write_alone(event);
+        return;
+    }
+    event.fold = key.fold;
+    if !write(event) {
+        // The ring is full: the attempt waits in its fold for the next event or report.
+        if let Some(state) = FOLDS.get_ptr_mut(key) {
+            // SAFETY: as above.
+            unsafe {
+                (*state).first_ns = now;
+                (*state).emitted_ns = 0;
+                add(&raw mut (*state).pending, 1);
+            }
+        }
+    }
+}
+
+/// The destination fold for `key`, made (empty, its window starting `now`, from `fresh`)
+/// if missing.
+#[inline(always)]
+fn destination_fold(key: &FoldKey, fresh: &mut FoldState, now: u64) -> Option<*mut FoldState> {
+    if let Some(state) = FOLDS.get_ptr_mut(key) {
+        return Some(state);
+    }
+    clear(fresh);
+    fresh.window_ns = now;
+    // Another CPU may have made it meanwhile; either way it is there now, unless full.
+    let _ = FOLDS.insert(key, fresh, u64::from(BPF_NOEXIST));
+    FOLDS.get_ptr_mut(key)
+}
+
+/// Zeroes every field of `state`, in place (a `FoldState::default()` would be built on
+/// the stack first).
+#[inline(always)]
+fn clear(state: &mut FoldState) {
+    state.pending = 0;
+    state.emitted_ns = 0;
+    state.first_ns = 0;
+    state.last_ns = 0;
+    state.window_ns = 0;
+    state.sources = 0;
+    state.pid_tgid = 0;
+    state.src_segment = 0;
+    state.dst_segment = 0;
+    state.ifindex = 0;
+    state.src_port = 0;
+    state._pad = 0;
+    state.src_addr = [0; 16];
+    state.comm = [0; 16];
+}
+
+/// Counts an attempt (`event`) into the fold at `state`; once the fold's window since its
+/// last event has passed, writes an event carrying every pending attempt.
+#[inline(always)]
+fn fold_into(state: *mut FoldState, event: &mut FlowEvent, fold: u8, window: u64) {
+    let now = event.timestamp_ns;
+    // SAFETY: `state` comes from a successful map lookup. The latest attempt's details
+    // are plain stores: racing attempts leave one of them, which is all a sample needs.
+    unsafe {
+        add(&raw mut (*state).pending, 1);
+        if (*state).first_ns == 0 {
+            (*state).first_ns = now;
+        }
+        (*state).last_ns = now;
+        (*state).src_addr = event.src_addr;
+        (*state).src_port = event.src_port;
+        (*state).pid_tgid = event.pid_tgid;
+        (*state).ifindex = event.ifindex;
+        if now.wrapping_sub((*state).emitted_ns) < window {
+            bump(&EVENT_STATS, EVENTS_SUPPRESSED);
+            return;
+        }
+    }
+    event.fold = fold;
+    let _ = report(state, event);
+}
+
+/// Writes `event` carrying the pending attempts of the fold at `state` (the event's own
+/// attempt already counted there); `false` when the ring is full, and the attempts stay
+/// pending. Nothing is written when nothing is pending.
+#[inline(always)]
+pub fn report(state: *mut FoldState, event: &mut FlowEvent) -> bool {
+    // SAFETY: `state` comes from a successful map lookup.
+    let pending = unsafe { core::ptr::read_volatile(&raw const (*state).pending) };
+    if pending == 0 {
+        return true;
+    }
+    let count = pending.min(u64::from(u32::MAX));
+    event.count = count as u32;
+    // SAFETY: as above.
+    event.first_ns = match unsafe { (*state).first_ns } {
+        0 => event.timestamp_ns,
+        first => first,
+    };
+    if !write(event) {
+        return false;
+    }
+    // SAFETY: as above. Subtracting what was read, once it is written, keeps attempts
+    // counted meanwhile for the next event.
+    unsafe {
+        add(&raw mut (*state).pending, count.wrapping_neg());
+        (*state).first_ns = 0;
+        (*state).emitted_ns = event.timestamp_ns;
+    }
+    true
+}
+
+/// Writes `event`, which stands for itself alone; a full ring loses it, counted.
+#[inline(always)]
+fn write_alone(event: &FlowEvent) {
+    if !write(event) {
+        bump(&EVENT_STATS, EVENTS_LOST);
+    }
+}
+
+/// Writes `event` to the ring; `false` when the ring is full. `bpf_ringbuf_output`
+/// copies it in the helper: a reserved entry filled from the scratch entry became a
+/// byte-by-byte copy loop that the verifier walked on every path (past its limit).
+#[inline(always)]
+fn write(event: &FlowEvent) -> bool {
+    if EVENTS.output(event, 0).is_err() {
+        return false;
+    }
+    bump(&EVENT_STATS, EVENTS_EMITTED);
+    true
+}
+
+/// Adds `value` to the `u64` at `target` atomically. Written as BPF assembly (`lock +=`,
+/// the v1 instruction set's atomic add, whose result cannot be read): `core`'s atomics are
+/// not available for the BPF target.
+#[inline(always)]
+fn add(target: *mut u64, value: u64) {
+    // SAFETY: `target` points into a map value, which lives as long as the program runs
+    // and is 8-byte aligned (every counted fold field is a u64 at an 8-byte offset).
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({target} + 0) += {value}",
+            target = in(reg) target,
+            value = in(reg) value,
+        );
+    }
+}
+
+/// What [`report_fold`] did, as the XDP action its program returns.
+pub mod reported {
+    /// The fold's pending attempts were written as one event (or none were pending).
+    pub const DONE: u32 = aya_ebpf::bindings::xdp_action::XDP_PASS;
+    /// The ring was full: the attempts stay pending.
+    pub const RING_FULL: u32 = aya_ebpf::bindings::xdp_action::XDP_DROP;
+    /// No fold has that key, or the packet is not a key.
+    pub const NO_FOLD: u32 = aya_ebpf::bindings::xdp_action::XDP_ABORTED;
+}
+
+/// Writes the pending attempts of the fold whose [`FoldKey`] is the packet's bytes as one
+/// event, for the agent (through `BPF_PROG_TEST_RUN`); returns a [`reported`] code.
+#[inline(always)]
+pub fn report_fold(ctx: &aya_ebpf::programs::XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + size_of::<FoldKey>() > end {
+        return reported::NO_FOLD;
+    }
+    // SAFETY: the bounds check above covers the key's bytes; the copy is unaligned-safe.
+    let key = unsafe { core::ptr::read_unaligned(start as *const FoldKey) };
+    let Some(state) = FOLDS.get_ptr_mut(&key) else {
+        return reported::NO_FOLD;
+    };
+    // SAFETY: the pointer comes from a successful map lookup.
+    let latest = unsafe { *state };
+    let (src_addr, cgroup_id, pid_tgid) = if key.fold == FOLD_DESTINATION {
+        (latest.src_addr, 0, 0)
+    } else {
+        (key.src_addr, key.cgroup_id, latest.pid_tgid)
+    };
+    let mut event = FlowEvent {
+        timestamp_ns: latest.last_ns,
         cgroup_id,
         pid_tgid,
-        generation: origin.generation,
-        rule_id: decision.rule_id,
-        src_segment: segments.src,
-        dst_segment: segments.dst,
-        ifindex: origin.ifindex,
-        src_port: flow.src_port,
-        dst_port: flow.dst_port,
-        src_addr: flow.src_addr,
-        dst_addr: flow.dst_addr,
-        comm,
-        hook: origin.hook as u8,
-        verdict: decision.verdict as u8,
-        reason: decision.reason as u8,
-        family: flow.family,
-        protocol: flow.protocol,
-        flags: flow.flags,
-        _pad: [0; 2],
-    });
-    entry.submit(0);
-    bump(&EVENT_STATS, EVENTS_EMITTED);
-    if window != 0 {
-        // A full LRU evicts its oldest entry; a failed insert only means the next
-        // duplicate is written rather than suppressed.
-        let _ = RECENT_FLOWS.insert(&key, &now, 0);
+        generation: key.generation,
+        rule_id: key.rule_id,
+        src_segment: latest.src_segment,
+        dst_segment: latest.dst_segment,
+        ifindex: latest.ifindex,
+        src_port: latest.src_port,
+        dst_port: key.dst_port,
+        src_addr,
+        dst_addr: key.dst_addr,
+        comm: latest.comm,
+        hook: key.hook,
+        verdict: key.verdict,
+        reason: key.reason,
+        family: key.family,
+        protocol: key.protocol,
+        flags: key.flags,
+        fold: key.fold,
+        _pad: 0,
+        first_ns: latest.last_ns,
+        count: 0,
+        _tail: 0,
+    };
+    if report(state, &mut event) {
+        reported::DONE
+    } else {
+        reported::RING_FULL
     }
 }

@@ -121,9 +121,14 @@ pub struct PolicySource {
 pub struct Audit {
     /// Directory of the local audit store.
     pub dir: PathBuf,
-    /// Events for the same flow within this window are suppressed (and counted).
+    /// The fold window: attempts of one fold (one flow; for denials, one source to one
+    /// destination whatever its port) within this window of the fold's last record are
+    /// counted into its next record. Zero records every attempt on its own.
     #[serde(rename = "dedup_window_ms", serialize_with = "as_millis")]
     pub dedup_window: Duration,
+    /// Denials of one destination under one rule from more sources than this within a
+    /// window fold into one record by destination; 0 never folds by destination.
+    pub fold_sources: u16,
     /// Start a new store file past this many bytes.
     pub rotate_bytes: u64,
     /// Start a new store file once the current one is this old.
@@ -307,6 +312,7 @@ struct RawPolicy {
 struct RawAudit {
     dir: Option<Spanned<String>>,
     dedup_window_ms: Option<u64>,
+    fold_sources: Option<u16>,
     rotate_size_mib: Option<Spanned<u64>>,
     rotate_age_minutes: Option<Spanned<u64>>,
     retain_size_mib: Option<Spanned<u64>>,
@@ -680,6 +686,10 @@ impl Config {
                 |value| checker.absolute(value, "audit.dir"),
             ),
             dedup_window: Duration::from_millis(raw.audit.dedup_window_ms.unwrap_or(1000)),
+            fold_sources: raw
+                .audit
+                .fold_sources
+                .unwrap_or(enforcer_common::maps::DEFAULT_FOLD_SOURCES),
             rotate_bytes: checker.positive(
                 raw.audit.rotate_size_mib.as_ref(),
                 "audit.rotate_size_mib",

@@ -75,6 +75,13 @@ pub fn tcp4(src: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
     ipv4_with(src, 6, &tcp_header(dport, flags), 5, 0)
 }
 
+/// A well-formed IPv4 TCP frame from `src`, source port `sport`.
+pub fn tcp4_from(src: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut tcp = tcp_header(dport, flags);
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    ipv4_with(src, 6, &tcp, 5, 0)
+}
+
 /// A well-formed IPv4 UDP frame.
 pub fn udp4(src: Ipv4Addr, dport: u16) -> Vec<u8> {
     ipv4_with(src, 17, &udp_header(dport), 5, 0)

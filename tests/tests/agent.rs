@@ -992,7 +992,7 @@ fn an_incompatible_pinned_map_is_refused_and_the_old_enforcement_stays() {
     let pin = agent
         .pin_dir()
         .join("maps")
-        .join(enforcer_common::maps::RECENT_FLOWS);
+        .join(enforcer_common::maps::FOLDS);
     let aside = agent.pin_dir().join("set-aside");
     std::fs::rename(&pin, &aside).expect("set the map's pin aside");
     pin_array_map(&pin);

@@ -4,10 +4,10 @@
 //! Every address that names this host is tried: loopback of both families, an address of
 //! one of its interfaces of both families, and the unspecified addresses `0.0.0.0` and
 //! `::` (a connect there lands on this host). An allowed client gets the server's real
-//! answer; a denied one fails at `connect()` with EPERM. The audit store holds one record
-//! per client run, naming the server's segment, never `world` or `host`, and the rule or
-//! `default-deny`; a client's retry of a refused connect is suppressed as a duplicate and
-//! counted.
+//! answer; a denied one fails at `connect()` with EPERM. The audit store holds the client's
+//! runs, naming the server's segment, never `world` or `host`, and the rule or
+//! `default-deny`, every connect counted: an allowed run is one record, a refused run's
+//! retry of its connect is folded into the run's fold and stored with its count.
 //!
 //! The expected verdicts are [`MATRIX`], worked out by hand from [`policy`]; nothing here
 //! asks the policy code what it would decide.
@@ -230,6 +230,13 @@ fn flows(agent: &AgentHost) -> Vec<Value> {
         .collect()
 }
 
+/// The attempts a flow record stands for: its `count` (1 without one).
+fn attempts(record: &Value) -> usize {
+    record["count"]
+        .as_u64()
+        .map_or(1, |count| usize::try_from(count).expect("few"))
+}
+
 fn is_client_flow(record: &Value, verdict: &str) -> bool {
     let flow = &record["unmapped"]["flow"];
     flow["verdict"] == verdict && CLIENTS.iter().any(|s| flow["src_segment"] == *s)
@@ -297,11 +304,12 @@ fn real_clients_reach_exactly_the_servers_the_policy_allows_at_every_address_of_
         wrong.join("\n")
     );
 
-    // The audit store: one record per client run, naming the server's segment and, for an
-    // allowed run, its rule. redis-cli calls `connect()` twice before it gives up; the
-    // second refusal is the same flow within the dedup window, suppressed and counted,
-    // so the counters see every refused connect and the store every refused run. Nothing
-    // else from the clients: no record of `world` or `host`.
+    // The audit store: every client connect, in records naming the server's segment and,
+    // for an allowed run, its rule. redis-cli calls `connect()` twice before it gives up;
+    // the second refusal is the same fold within the window: its first attempt is a record
+    // at once, the retry is counted into the fold and stored when the fold goes quiet, so
+    // the counts of a run's records are its connects. Nothing else from the clients: no
+    // record of `world` or `host`.
     let runs = |denied: bool| {
         MATRIX
             .iter()
@@ -316,19 +324,21 @@ fn real_clients_reach_exactly_the_servers_the_policy_allows_at_every_address_of_
         .map(|(_, segment, _)| servers[segment].kind.connects_when_refused())
         .sum::<usize>()
         * destinations.len();
+    // Attempts: the records' counts.
     let count = |records: &[Value], verdict: &str| {
         records
             .iter()
             .filter(|r| is_client_flow(r, verdict))
-            .count()
+            .map(attempts)
+            .sum::<usize>()
     };
     let waited = Instant::now();
     let mut records = flows(&agent);
-    while count(&records, "deny") < denied_runs || count(&records, "allow") < allowed_runs {
+    while count(&records, "deny") < refused_connects || count(&records, "allow") < allowed_runs {
         assert!(
             waited.elapsed() < Duration::from_secs(10),
-            "after 10 s the audit store holds {} of {denied_runs} deny and {} of \
-             {allowed_runs} allow records of the clients: {records:#?}",
+            "after 10 s the audit store counts {} of {refused_connects} refused and {} of \
+             {allowed_runs} allowed connects of the clients: {records:#?}",
             count(&records, "deny"),
             count(&records, "allow"),
         );
@@ -343,9 +353,9 @@ fn real_clients_reach_exactly_the_servers_the_policy_allows_at_every_address_of_
     for to in destinations {
         for (client, segment, expect) in MATRIX {
             let server = &servers[segment];
-            let (verdict, rule) = match expect {
-                Allowed(rule) => ("allow", rule),
-                Denied => ("deny", "default-deny"),
+            let (verdict, rule, connects) = match expect {
+                Allowed(rule) => ("allow", rule, 1),
+                Denied => ("deny", "default-deny", server.kind.connects_when_refused()),
             };
             let found: Vec<&Value> = records
                 .iter()
@@ -362,20 +372,21 @@ fn real_clients_reach_exactly_the_servers_the_policy_allows_at_every_address_of_
                     && r["firewall_rule"]["uid"] == rule
                     && r["actor"]["process"]["name"] == server.kind.client_name()
             };
-            if found.len() != 1 || !found.iter().all(right) {
+            let counted: usize = found.iter().map(|r| attempts(r)).sum();
+            if counted != connects || !found.iter().all(right) {
                 wrong.push(format!(
-                    "{client} -> {segment} at {to} port {}: expected one {verdict} record \
-                     naming `{segment}` and `{rule}`, found {}: {found:#?}",
+                    "{client} -> {segment} at {to} port {}: expected {connects} {verdict} \
+                     connects counted in records naming `{segment}` and `{rule}`, found \
+                     {counted}: {found:#?}",
                     server.port,
-                    found.len()
                 ));
             }
         }
     }
     assert!(
-        wrong.is_empty() && count(&records, "deny") == denied_runs,
-        "the audit store disagrees with what the clients saw ({} deny records of the \
-         clients, {denied_runs} refused runs):\n{}",
+        wrong.is_empty() && count(&records, "deny") == refused_connects,
+        "the audit store disagrees with what the clients saw ({} denied connects counted, \
+         {refused_connects} refused):\n{}",
         count(&records, "deny"),
         wrong.join("\n")
     );
@@ -388,8 +399,8 @@ fn real_clients_reach_exactly_the_servers_the_policy_allows_at_every_address_of_
         other.is_empty(),
         "deny records of no client run: {other:#?}"
     );
-    // Every refused connect was counted, and each one beyond a run's first was suppressed
-    // as its duplicate, not lost.
+    // Every refused connect was counted, and each one beyond a run's first was folded
+    // (suppressed as an event of its own), not lost.
     let status = agent.status();
     let default_denials: u64 = status["reasons"]
         .as_array()

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{
     consumer::{AuditStats, Consumer},
     enrich::Enricher,
+    sweep::FoldSweeps,
 };
 use crate::{
     audit::{
@@ -30,7 +31,7 @@ use crate::{
     },
     config::Config,
     host,
-    loader::{EventReader, PinLayout, PinnedMaps},
+    loader::{EventReader, FoldReporter, PinLayout, PinnedMaps},
     policy::names::GenerationNames,
 };
 
@@ -64,6 +65,7 @@ impl AuditThread {
     pub fn start(
         config: &Config,
         events: EventReader,
+        folds: FoldReporter,
         pins: &PinLayout,
         cgroup_root: &Path,
         generations: Vec<GenerationNames>,
@@ -120,6 +122,7 @@ impl AuditThread {
             ring_lost_accounted,
             on_write_error: audit.on_write_error,
             stats: Arc::clone(&stats),
+            folds: FoldSweeps::new(folds, audit.dedup_window),
         };
         let (names, names_rx) = mpsc::unbounded_channel();
         let (notes, notes_rx) = mpsc::unbounded_channel();

@@ -23,7 +23,7 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
-use super::{audit::Note, enrich::Enricher};
+use super::{audit::Note, enrich::Enricher, sweep::FoldSweeps};
 use crate::{
     audit::{
         history,
@@ -70,6 +70,8 @@ pub struct Consumer {
     pub on_write_error: WriteErrorAction,
     /// Counts for metrics.
     pub stats: Arc<AuditStats>,
+    /// The kernel's folds, reported when idle.
+    pub folds: FoldSweeps,
 }
 
 /// What the consumer has drained but not yet stored, and what it owes the store.
@@ -153,13 +155,21 @@ impl Consumer {
                 self.take(note, &mut written);
             }
             self.flush(&mut batch, &mut owed)?;
+            // A failing store leaves the ring undrained: reports would only wait there.
+            if owed.failing_since.is_none() {
+                self.folds.if_due(&mut self.maps)?;
+            }
             if !self.store.has_pending() {
                 for waiter in written.drain(..) {
                     let _ = waiter.send(());
                 }
             }
         }
-        // Stopping: what the ring still holds goes in too, unless the store fails.
+        // Stopping: the folds' pending attempts and what the ring holds go in too, unless
+        // the store fails (then they wait in the kernel for the next start).
+        if owed.failing_since.is_none() {
+            self.folds.everything(&mut self.maps)?;
+        }
         while owed.failing_since.is_none() {
             let drained = drain(ring.get_mut(), &mut self.enricher, &mut batch, &mut owed);
             self.flush(&mut batch, &mut owed)?;

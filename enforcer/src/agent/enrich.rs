@@ -11,8 +11,8 @@ use std::{
 };
 
 use enforcer_common::event::{
-    FLOW_FLAG_MPTCP, FLOW_FLAG_ON_THIS_HOST, FlowEvent, Hook, IPPROTO_MPTCP, Reason, Verdict,
-    family,
+    FLOW_FLAG_MPTCP, FLOW_FLAG_ON_THIS_HOST, FOLD_DESTINATION, FOLD_FLOW, FOLD_SOURCE, FlowEvent,
+    Hook, IPPROTO_MPTCP, Reason, Verdict, family,
 };
 
 use crate::{
@@ -236,7 +236,14 @@ impl Enricher {
             cgroup,
             interface,
             kernel_ns: event.timestamp_ns,
+            fold: fold_word(event.fold).map(str::to_owned),
         });
+        record.count = Some(u64::from(event.count.max(1)));
+        if event.count > 1 {
+            record.start_time = Some(self.wall_ms(event.first_ns.min(event.timestamp_ns)));
+            record.end_time = Some(record.time);
+            record.message = format!("{}, {} attempts", record.message, event.count);
+        }
         record.caption();
         record
     }
@@ -248,6 +255,16 @@ impl Enricher {
                 host::interfaces::name(index).unwrap_or_else(|| format!("if#{index}"))
             })
             .clone()
+    }
+}
+
+/// The record's word for an event's `FOLD_*` code; `None` for an attempt outside folds.
+fn fold_word(code: u8) -> Option<&'static str> {
+    match code {
+        FOLD_FLOW => Some("flow"),
+        FOLD_SOURCE => Some("source"),
+        FOLD_DESTINATION => Some("destination"),
+        _ => None,
     }
 }
 
@@ -450,5 +467,57 @@ mod tests {
             record.message,
             "deny orders -> payments [2001:db8::1]:8443/mptcp (default-deny)"
         );
+    }
+
+    /// A folded event's record stands for its attempts: `count`, the first and last
+    /// attempt's times, what was folded, and the count in the message; an event of one
+    /// attempt has count 1 and no range.
+    #[test]
+    fn a_folded_event_is_one_record_counting_its_attempts() {
+        let names = GenerationNames {
+            generation: 1,
+            source_sha256: String::new(),
+            segments: vec!["*".into(), "host".into(), "world".into()],
+            rules: vec![],
+            failsafes: vec![],
+        };
+        let mut enricher =
+            Enricher::new("host-a".into(), PathBuf::from("/nonexistent"), vec![names]);
+        let mut event = FlowEvent::ZEROED;
+        event.generation = 1;
+        event.hook = Hook::XdpIngress as u8;
+        event.verdict = Verdict::Deny as u8;
+        event.reason = Reason::DefaultDeny as u8;
+        event.family = family::INET;
+        event.protocol = 6;
+        event.dst_port = 443;
+        event.timestamp_ns = 5_000_000_000;
+
+        let single = enricher.record(&event);
+        assert_eq!(single.count, Some(1));
+        assert_eq!((single.start_time, single.end_time), (None, None));
+        assert_eq!(single.flow().unwrap().fold, None);
+
+        event.fold = FOLD_SOURCE;
+        event.count = 40;
+        event.first_ns = 2_000_000_000;
+        let folded = enricher.record(&event);
+        assert_eq!(folded.count, Some(40));
+        assert_eq!(folded.attempts(), 40);
+        assert_eq!(folded.end_time, Some(folded.time));
+        assert_eq!(folded.start_time, Some(folded.time - 3_000));
+        assert_eq!(folded.flow().unwrap().fold.as_deref(), Some("source"));
+        assert!(
+            folded.message.ends_with(", 40 attempts"),
+            "{}",
+            folded.message
+        );
+        for (code, word) in [(FOLD_FLOW, "flow"), (FOLD_DESTINATION, "destination")] {
+            event.fold = code;
+            assert_eq!(
+                enricher.record(&event).flow().unwrap().fold.as_deref(),
+                Some(word)
+            );
+        }
     }
 }

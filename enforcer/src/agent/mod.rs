@@ -15,6 +15,7 @@ mod notify;
 mod ocsf;
 pub mod policy;
 pub mod state;
+pub mod sweep;
 mod watch;
 
 use std::{
@@ -163,10 +164,12 @@ impl Agent {
 
         let mut loader = Loader::load_pinned(&pins).context("loading the kernel programs")?;
         loader.set_dedup_window(config.audit.dedup_window)?;
+        loader.set_fold_sources(config.audit.fold_sources)?;
         let generations = state_dir.generations();
         let audit = AuditThread::start(
             &config,
             loader.take_events()?,
+            loader.fold_reporter()?,
             &pins,
             &cgroup_root,
             generations.clone(),

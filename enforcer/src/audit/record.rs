@@ -105,8 +105,19 @@ pub struct Record {
     /// The caption of `severity_id`.
     #[serde(default)]
     pub severity: String,
-    /// When it happened, milliseconds since the Unix epoch.
+    /// When it happened, milliseconds since the Unix epoch (for a fold: its latest
+    /// attempt).
     pub time: i64,
+    /// OCSF `count`: how many attempts a flow record stands for (a fold's; absent on
+    /// records written before folding, which stand for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// OCSF `start_time`: the earliest attempt a flow record stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<i64>,
+    /// OCSF `end_time`: the latest attempt a flow record stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<i64>,
     /// A one-line description for people.
     pub message: String,
     /// OCSF metadata: product, schema version, and the record's sequence number.
@@ -499,6 +510,12 @@ pub struct FlowDetails {
     pub interface: Option<String>,
     /// The kernel's boot-time clock at the decision, nanoseconds.
     pub kernel_ns: u64,
+    /// What the record's `count` folds: `flow` (one flow's repeats), `source` (denials
+    /// from one source to one destination, any source port) or `destination` (denials to
+    /// one destination from sources past the threshold; the record names the latest).
+    /// Absent for a record that stands for one attempt outside any fold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<String>,
 }
 
 /// Lost events.
@@ -732,6 +749,9 @@ impl Record {
             severity_id: SEVERITY_INFO,
             severity: String::new(),
             time,
+            count: None,
+            start_time: None,
+            end_time: None,
             message,
             metadata: Metadata {
                 version: OCSF_VERSION.to_owned(),
@@ -897,6 +917,12 @@ impl Record {
         self.unmapped.flow.as_ref()
     }
 
+    /// How many attempts a flow record stands for: its `count`, 1 for a record written
+    /// before folding.
+    pub fn attempts(&self) -> u64 {
+        self.count.unwrap_or(1)
+    }
+
     /// The sequence number.
     pub fn sequence(&self) -> u64 {
         self.metadata.sequence
@@ -943,6 +969,7 @@ impl Record {
             cgroup: "system.slice/api.service".into(),
             interface: None,
             kernel_ns: 0,
+            fold: None,
         });
         record
     }

@@ -111,6 +111,7 @@ fn print_settings(config: &Config) {
             "audit.dedup_window_ms",
             config.audit.dedup_window.as_millis().to_string(),
         ),
+        ("audit.fold_sources", config.audit.fold_sources.to_string()),
         (
             "audit.rotate",
             format!(

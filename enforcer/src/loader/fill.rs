@@ -8,11 +8,11 @@ use aya::{
 };
 use enforcer_common::maps::{
     BoundKey, CGROUP_TABLE_CAPACITY, CGROUPS, CIDRS_V4, CIDRS_V6, FAILSAFES_V4, FAILSAFES_V6,
-    FailsafeKey4, FailsafeKey6, LEARNT_LISTENERS, LEARNT_LISTENERS_CAPACITY, LISTEN,
-    LOCAL_ADDRESSES, LOCAL_ADDRESSES_CAPACITY, LOCAL_PREFIXES, LOCAL_PREFIXES_CAPACITY,
-    LearntListener, ListenKey, MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS,
-    MAX_RULE_ENTRIES, PeerKey, PeerState, RECENT_FLOWS, RECENT_FLOWS_CAPACITY, RULES,
-    RecentFlowKey, RuleKey, RuleValue, SOCKET_PEERS, SOCKET_PEERS_CAPACITY,
+    FOLDS, FOLDS_CAPACITY, FailsafeKey4, FailsafeKey6, FoldKey, FoldState, LEARNT_LISTENERS,
+    LEARNT_LISTENERS_CAPACITY, LISTEN, LOCAL_ADDRESSES, LOCAL_ADDRESSES_CAPACITY, LOCAL_PREFIXES,
+    LOCAL_PREFIXES_CAPACITY, LearntListener, ListenKey, MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES,
+    MAX_LISTEN_PORTS, MAX_RULE_ENTRIES, PeerKey, PeerState, RULES, RuleKey, RuleValue,
+    SOCKET_PEERS, SOCKET_PEERS_CAPACITY,
 };
 use serde::Serialize;
 
@@ -123,9 +123,9 @@ pub(super) fn map_fill(maps: &mut impl MapSet) -> Result<Vec<MapFill>, LoaderErr
         limit: SOCKET_PEERS_CAPACITY,
     });
     fill.push(MapFill {
-        map: "recent_flows",
-        entries: hash::<RecentFlowKey, u64>(maps, RECENT_FLOWS)?,
-        limit: RECENT_FLOWS_CAPACITY,
+        map: "folds",
+        entries: hash::<FoldKey, FoldState>(maps, FOLDS)?,
+        limit: FOLDS_CAPACITY,
     });
     Ok(fill)
 }

@@ -12,6 +12,7 @@ mod cgroups;
 mod counters;
 mod events;
 mod fill;
+mod folds;
 mod generation;
 mod learnt;
 mod local;
@@ -32,6 +33,7 @@ pub use cgroups::CgroupTable;
 pub use counters::{Counters, EventCounts, ReasonCount};
 pub use events::EventReader;
 pub use fill::MapFill;
+pub use folds::{FoldReporter, Swept};
 pub use generation::Applied;
 pub use map_set::{MapSet, PinnedMaps};
 pub use pins::{PinLayout, PinnedLinkState, Removal};
@@ -49,7 +51,10 @@ use aya::{
 use aya_obj::generated::bpf_attach_type;
 use enforcer_common::{
     event::Hook,
-    maps::{DEFAULT_DEDUP_WINDOW_NS, EVENTS, HostSettings, MAP_NAMES},
+    maps::{
+        DEFAULT_DEDUP_WINDOW_NS, DEFAULT_FOLD_SOURCES, EVENTS, FOLD_REPORT_PROGRAM, HostSettings,
+        MAP_NAMES,
+    },
 };
 
 use crate::object;
@@ -269,6 +274,13 @@ impl Loader {
         for hook in Hook::ALL {
             loader.load_program(hook)?;
         }
+        let reporter = loader
+            .ebpf
+            .program_mut(FOLD_REPORT_PROGRAM)
+            .ok_or(LoaderError::MissingProgram(FOLD_REPORT_PROGRAM))?;
+        <&mut Xdp>::try_from(reporter)
+            .and_then(Xdp::load)
+            .map_err(program_error(FOLD_REPORT_PROGRAM, "load"))?;
         let (ephemeral_low, ephemeral_high) = ephemeral_ports()?;
         settings::write(
             &mut loader.ebpf,
@@ -280,7 +292,8 @@ impl Loader {
                 ephemeral_low,
                 ephemeral_high,
                 fail_closed: 0,
-                _pad: [0; 3],
+                _pad: 0,
+                fold_sources: DEFAULT_FOLD_SOURCES,
             },
         )?;
         Ok(loader)
@@ -323,11 +336,20 @@ impl Loader {
             .ok_or(LoaderError::MissingProgram(name))
     }
 
-    /// Sets the de-duplication window: an event for the same flow within `window` of the
-    /// last one written is suppressed and counted. Zero writes every event.
+    /// Sets the fold window: attempts of one fold within `window` of its last event are
+    /// counted into its next one (see `enforcer_common::maps::FOLDS`). Zero writes every
+    /// attempt as an event of its own.
     pub fn set_dedup_window(&mut self, window: Duration) -> Result<(), LoaderError> {
         let mut host = settings::read(&mut self.ebpf)?;
         host.dedup_window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        settings::write(&mut self.ebpf, host)
+    }
+
+    /// Sets the fold threshold: denials of one destination under one rule from more than
+    /// `sources` distinct sources within a window fold by destination; 0 never does.
+    pub fn set_fold_sources(&mut self, sources: u16) -> Result<(), LoaderError> {
+        let mut host = settings::read(&mut self.ebpf)?;
+        host.fold_sources = sources;
         settings::write(&mut self.ebpf, host)
     }
 
@@ -448,6 +470,20 @@ impl Loader {
             .test_run(options)
             .map_err(program_error(name, "test run"))?;
         Ok((result.return_value, result.duration))
+    }
+
+    /// The program that writes a fold's pending attempts as an event, for the consumer's
+    /// sweeps (never attached, never pinned: each agent loads its own).
+    pub fn fold_reporter(&self) -> Result<FoldReporter, LoaderError> {
+        let program = self
+            .ebpf
+            .program(FOLD_REPORT_PROGRAM)
+            .ok_or(LoaderError::MissingProgram(FOLD_REPORT_PROGRAM))?;
+        let fd = program
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(program_error(FOLD_REPORT_PROGRAM, "open"))?;
+        Ok(FoldReporter::new(fd))
     }
 
     /// Names of the maps the object created.

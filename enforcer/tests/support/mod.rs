@@ -83,6 +83,7 @@ pub fn flow(verdict: &str, by: &str, from: &End<'_>, to: &End<'_>, time: i64) ->
         cgroup: format!("system.slice/{}.service", from.segment),
         interface: None,
         kernel_ns: 0,
+        fold: None,
     });
     flow
 }

@@ -12,6 +12,11 @@
 //!   SEAL_MS the store is sealed forward-securely every SEAL_MS milliseconds (a fresh key
 //!   in STORE_DIR's parent), as `audit.seal_key` makes the agent do, and `seals N` says
 //!   how many seals the run wrote.
+//! - `enforcer-bench-audit flood PIN_DIR STORE_DIR SECONDS`: as `pipeline`, folding with the
+//!   agent's defaults (1 s window, 16 sources), a denied SYN flood from random sources in
+//!   198.18.0.0/15 and random ports for SECONDS; then the consumer stops and the store is
+//!   read. Prints `attempts N`, `seconds S`, `records N` (for the denied port), `counted N`
+//!   (their counts' sum), `lost N` (ring-full), `store_bytes B`.
 //! - `enforcer-bench-audit generate STORE_DIR COUNT`: writes COUNT flow records (varied
 //!   addresses, ports, rules, 10 ms apart and ending now) through the store, for the
 //!   query benchmark.
@@ -30,8 +35,10 @@ use enforcer::{
     agent::{
         consumer::{AuditStats, Consumer},
         enrich::Enricher,
+        sweep::FoldSweeps,
     },
     audit::{
+        read,
         seal::{self, Sealer, VerifyKey},
         store::{Fsync, Store, StoreSettings},
     },
@@ -44,7 +51,7 @@ use enforcer_common::{
     event::{FlowEvent, Hook, Reason, Verdict, family},
     maps::EVENTS_RING_BYTES,
 };
-use enforcer_tests::packet::{SYN, tcp4};
+use enforcer_tests::packet::{SYN, tcp4, tcp4_from};
 
 /// A port the bench policy opens to nobody.
 const DENIED_PORT: u16 = 10_002;
@@ -84,11 +91,15 @@ fn main() -> ExitCode {
                     pipeline(Path::new(pins), Path::new(store), Duration::from_secs(s), seal?)
                 })
         }
+        ["flood", pins, store, seconds] => seconds
+            .parse()
+            .map_err(|_| "SECONDS is a number".to_owned())
+            .and_then(|s| flood(Path::new(pins), Path::new(store), Duration::from_secs(s))),
         ["generate", store, count] => count
             .parse()
             .map_err(|_| "COUNT is a number".to_owned())
             .and_then(|count| generate(Path::new(store), count)),
-        _ => Err("usage: enforcer-bench-audit pipeline PIN_DIR STORE_DIR SECONDS [SEAL_MS] | generate STORE_DIR COUNT".to_owned()),
+        _ => Err("usage: enforcer-bench-audit pipeline PIN_DIR STORE_DIR SECONDS [SEAL_MS] | flood PIN_DIR STORE_DIR SECONDS | generate STORE_DIR COUNT".to_owned()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,12 +140,25 @@ fn sealer(store_dir: &Path, interval: Duration) -> Result<(Sealer, PathBuf), Str
     Ok((sealer, key_file))
 }
 
-fn pipeline(
+/// The kernel programs and the agent's consumer, running.
+struct Running {
+    layout: PinLayout,
+    loader: Loader,
+    stats: Arc<AuditStats>,
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+    key_file: Option<PathBuf>,
+}
+
+/// Loads the kernel programs pinned under `pins` with the bench policy, folding with
+/// `window` (zero: every event on its own), and starts the agent's consumer writing to
+/// a store in `store_dir`, sealing every `seal_every`.
+fn start(
     pins: &Path,
     store_dir: &Path,
-    duration: Duration,
+    window: Duration,
     seal_every: Option<Duration>,
-) -> Result<(), String> {
+) -> Result<Running, String> {
     let mut sources = SourceSet::default();
     sources.add("bench.toml", POLICY);
     let compiled = compile_sources(sources).map_err(|r| format!("{:?}", r.diagnostics))?;
@@ -144,9 +168,7 @@ fn pipeline(
     let applied = loader
         .apply(&compiled.image, &root)
         .map_err(|e| e.to_string())?;
-    loader
-        .set_dedup_window(Duration::ZERO)
-        .map_err(|e| e.to_string())?;
+    loader.set_dedup_window(window).map_err(|e| e.to_string())?;
     let events = loader.take_events().map_err(|e| e.to_string())?;
     let names = GenerationNames {
         generation: applied.generation,
@@ -170,11 +192,14 @@ fn pipeline(
         ring_lost_accounted: 0,
         on_write_error: WriteErrorAction::KeepEnforcing,
         stats: Arc::clone(&stats),
+        folds: FoldSweeps::new(loader.fold_reporter().map_err(|e| e.to_string())?, window),
     };
-    let (_names_tx, names_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (_notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (names_tx, names_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let thread = std::thread::spawn(move || {
+        // Open channels, as the agent keeps them, for as long as the consumer runs.
+        let _senders = (names_tx, notes_tx);
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -182,6 +207,30 @@ fn pipeline(
             .block_on(consumer.run(events, names_rx, notes_rx, stop_rx))
             .map_err(|e| e.to_string())
     });
+    Ok(Running {
+        layout,
+        loader,
+        stats,
+        stop,
+        thread,
+        key_file,
+    })
+}
+
+fn pipeline(
+    pins: &Path,
+    store_dir: &Path,
+    duration: Duration,
+    seal_every: Option<Duration>,
+) -> Result<(), String> {
+    let Running {
+        layout,
+        loader,
+        stats,
+        stop,
+        thread,
+        key_file,
+    } = start(pins, store_dir, Duration::ZERO, seal_every)?;
 
     // To a port no rule opens: denied by default, one record per run.
     let packet = tcp4(Ipv4Addr::new(198, 18, 0, 1), DENIED_PORT, SYN);
@@ -243,6 +292,74 @@ fn pipeline(
         let key = seal::read_key(&key_file).map_err(|e| e.to_string())?;
         println!("seals {}", key.index());
     }
+    layout.remove().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Source addresses of the flood: 198.18.0.0/15.
+const FLOOD_SOURCES: u32 = 1 << 17;
+
+/// A denied SYN flood from random sources and ports through the XDP program for
+/// `duration`, folded with the agent's default window and threshold; then the consumer
+/// stops (reporting every fold) and the store is read back.
+fn flood(pins: &Path, store_dir: &Path, duration: Duration) -> Result<(), String> {
+    let Running {
+        layout,
+        loader,
+        stats: _,
+        stop,
+        thread,
+        key_file: _,
+    } = start(pins, store_dir, Duration::from_secs(1), None)?;
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut attempts = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let [_, b, c, d] = (0xc612_0000 | rng.u32(..FLOOD_SOURCES)).to_be_bytes();
+        let frame = tcp4_from(
+            Ipv4Addr::new(198, b, c, d),
+            rng.u16(1024..),
+            DENIED_PORT,
+            SYN,
+        );
+        // One run per call: a `repeat` above 1 makes the kernel swap the XDP dispatcher
+        // twice per call (about 20 ms here), and each attempt has a source of its own.
+        loader.test_run_xdp(&frame, 1).map_err(|e| e.to_string())?;
+        attempts += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = stop.send(true);
+    thread
+        .join()
+        .map_err(|_| "the consumer panicked".to_owned())??;
+    let (mut records, mut counted) = (0u64, 0u64);
+    let filter = read::Filter {
+        port: Some(DENIED_PORT),
+        ..read::Filter::default()
+    };
+    read::scan(
+        store_dir,
+        &filter,
+        |_| {},
+        |record| {
+            records += 1;
+            counted += record.attempts();
+            true
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let lost = loader_lost(&layout)?;
+    let bytes: u64 = std::fs::read_dir(store_dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(|entry| entry.ok()?.metadata().ok())
+        .map(|meta| meta.len())
+        .sum();
+    println!("attempts {attempts}");
+    println!("seconds {seconds:.3}");
+    println!("records {records}");
+    println!("counted {counted}");
+    println!("lost {lost}");
+    println!("store_bytes {bytes}");
     layout.remove().map_err(|e| e.to_string())?;
     Ok(())
 }
