@@ -62,13 +62,18 @@ fn known_store(dir: &Path) {
                 &db,
                 now,
             ),
-            flow(
-                "deny",
-                "default-deny",
-                &end("api", "198.18.0.8", 40_002),
-                &payments,
-                now,
-            ),
+            // A fold of four denied attempts.
+            {
+                let mut folded = flow(
+                    "deny",
+                    "default-deny",
+                    &end("api", "198.18.0.8", 40_002),
+                    &payments,
+                    now,
+                );
+                folded.count = Some(4);
+                folded
+            },
             flow(
                 "audit",
                 "default-deny",
@@ -185,7 +190,8 @@ fn stats_count_top_talkers_and_the_segment_matrix_exactly() {
         serde_json::from_slice(&output.stdout).expect("JSON")
     };
     let all = stats("10");
-    assert_eq!(all["flows"], 7);
+    // Attempts: the folded record counts four.
+    assert_eq!(all["flows"], 10);
     assert_eq!(all["lost_by_cause"], serde_json::json!({"ring-full": 3}));
     // Most flows first, then by source; a flow without a source address is its process
     // and cgroup.
@@ -215,9 +221,9 @@ fn stats_count_top_talkers_and_the_segment_matrix_exactly() {
     assert_eq!(
         talkers,
         vec![
+            talker("198.18.0.8", "api", "payments", 4, 4),
             talker("198.18.0.7", "api", "db", 2, 0),
             talker("198.18.0.7", "api", "audit", 1, 0),
-            talker("198.18.0.8", "api", "payments", 1, 1),
             talker("198.18.0.9", "web", "db", 1, 0),
             talker("198.18.0.9", "web", "payments", 1, 1),
             talker("client (system.slice/api.service)", "api", "db", 1, 0),
@@ -226,18 +232,18 @@ fn stats_count_top_talkers_and_the_segment_matrix_exactly() {
     assert_eq!(
         all["matrix"],
         serde_json::json!({
-            "api": {"audit": 1, "db": 3, "payments": 1},
+            "api": {"audit": 1, "db": 3, "payments": 4},
             "web": {"db": 1, "payments": 1},
         })
     );
     assert_eq!(
         all["denials"],
-        serde_json::json!({"default-deny": {"deny": 2, "audit": 1}})
+        serde_json::json!({"default-deny": {"deny": 5, "audit": 1}})
     );
     // `--top` keeps the busiest.
     let top = stats("1");
     assert_eq!(top["talkers"].as_array().unwrap().len(), 1);
-    assert_eq!(top["talkers"][0]["source"], "198.18.0.7");
+    assert_eq!(top["talkers"][0]["source"], "198.18.0.8");
 }
 
 #[test]

@@ -95,6 +95,9 @@ pub enum Shape {
     Object(&'static [Field]),
     /// An array: a list column (CSV: the array as JSON in one cell).
     List(&'static Self),
+    /// An object whose keys are data, not fields (a seal's summary: segment names and
+    /// their counts): its JSON text in a string column.
+    Json,
 }
 
 /// One field of an exported object.
@@ -110,7 +113,7 @@ const fn field(name: &'static str, shape: Shape) -> Field {
     Field { name, shape }
 }
 
-use Shape::{Flag, Int, List, Long, Object, Text, Time};
+use Shape::{Flag, Int, Json, List, Long, Object, Text, Time};
 
 const PRODUCT: &[Field] = &[
     field("name", Text),
@@ -155,6 +158,7 @@ const FLOW: &[Field] = &[
     field("cgroup", Text),
     field("interface", Text),
     field("kernel_ns", Long),
+    field("fold", Text),
 ];
 const GAP: &[Field] = &[
     field("lost", Long),
@@ -170,6 +174,7 @@ const FILE: &[Field] = &[
     field("last_time", Time),
     field("flows", Long),
     field("lost", Long),
+    field("summary", Json),
 ];
 const REMOVED: &[Field] = &[
     field("number", Long),
@@ -239,6 +244,9 @@ pub const RECORD: &[Field] = &[
     field("severity_id", Int),
     field("severity", Text),
     field("time", Time),
+    field("count", Long),
+    field("start_time", Time),
+    field("end_time", Time),
     field("message", Text),
     field("metadata", Object(METADATA)),
     field("device", Object(DEVICE)),
@@ -336,6 +344,7 @@ impl FieldError {
             Time => "milliseconds since the epoch (64-bit)",
             Object(_) => "an object",
             List(_) => "an array",
+            Json => "an object (kept as its JSON text)",
         };
         Self::new(trail, format!("holds {found}, its column takes {expected}"))
     }
@@ -623,6 +632,7 @@ fn data_type(shape: &Shape) -> DataType {
         Time => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
         Object(fields) => DataType::Struct(arrow_fields(fields)),
         List(item) => DataType::List(Arc::new(ArrowField::new_list_field(data_type(item), true))),
+        Json => DataType::Utf8,
     }
 }
 
@@ -649,7 +659,7 @@ enum Column {
 impl Column {
     fn new(shape: &'static Shape) -> Self {
         match shape {
-            Text => Self::Text(StringBuilder::new()),
+            Text | Json => Self::Text(StringBuilder::new()),
             Int => Self::Int(Int32Builder::new()),
             Long => Self::Long(Int64Builder::new()),
             Flag => Self::Flag(BooleanBuilder::new()),
@@ -813,6 +823,15 @@ impl IntoObject<'_, '_> {
             ));
         };
         self.given |= 1 << index;
+        if let (Json, Column::Text(builder)) =
+            (&self.fields[index].shape, &mut self.children[index])
+        {
+            let text = serde_json::to_string(value).map_err(|err| {
+                FieldError::new(&self.trail.child(key), format!("cannot be written: {err}"))
+            })?;
+            builder.append_value(text);
+            return Ok(());
+        }
         value.serialize(IntoColumn {
             column: &mut self.children[index],
             trail: self.trail.child(self.fields[index].name),
@@ -1112,7 +1131,7 @@ mod tests {
     use super::*;
     use crate::audit::record::{
         ACTION_DENIED, Actor, AgentEvent, BOUNDARY_LOCALHOST, DISPOSITION_BLOCKED, EpochSeal,
-        FileDetails, FirewallRule, Gap, Kind, PolicyEvent, Process, RemovedFile,
+        FileDetails, FileSummary, FirewallRule, Gap, Kind, PolicyEvent, Process, RemovedFile,
     };
     use crate::policy::diff::{DiffSummary, ItemCounts};
 
@@ -1133,7 +1152,11 @@ mod tests {
             uid: "api-to-db".into(),
             kind: "rule".into(),
         });
+        flow.count = Some(12);
+        flow.start_time = Some(flow.time - 900);
+        flow.end_time = Some(flow.time);
         let details = flow.unmapped.flow.as_mut().unwrap();
+        details.fold = Some("source".into());
         details.rule = Some("api-to-db".into());
         details.policy_sha256 = "ab".repeat(32);
         details.interface = Some("eth0".into());
@@ -1161,6 +1184,7 @@ mod tests {
             last_time: Some(1_700_000_000_500),
             flows: Some(1),
             lost: Some(2),
+            summary: Some(FileSummary::default()),
         });
         let mut retention = record(Kind::Retention);
         let removed = |number| RemovedFile {

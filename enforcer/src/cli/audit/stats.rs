@@ -1,6 +1,7 @@
 //! `enforcer audit stats`: who talked to whom. Top talkers (source to destination, by
 //! flow count), denials by rule or reason, a segment-to-segment matrix of flows, and the
-//! flows each policy generation decided.
+//! flows each policy generation decided. Flows are counted as attempts: a folded record
+//! counts its `count`.
 
 use std::{
     borrow::Cow,
@@ -73,6 +74,9 @@ struct Denials {
 /// unparsed).
 #[derive(Deserialize)]
 struct View<'a> {
+    /// The attempts a folded flow record stands for (absent: one).
+    #[serde(default)]
+    count: Option<u64>,
     #[serde(borrow, default)]
     src_endpoint: Option<EndpointView<'a>>,
     #[serde(borrow, default)]
@@ -175,7 +179,9 @@ impl Part {
         let Some(flow) = &record.unmapped.flow else {
             return Ok(());
         };
-        stats.flows += 1;
+        // A folded record counts every attempt it stands for.
+        let attempts = record.count.unwrap_or(1);
+        stats.flows += attempts;
         let source = match (&record.src_endpoint, &record.actor) {
             (Some(end), _) if !end.ip.is_empty() => end.ip.to_string(),
             (_, Some(actor)) => format!("{} ({})", actor.process.name, flow.cgroup),
@@ -197,20 +203,20 @@ impl Part {
             );
         }
         let talker = self.talkers.get_mut(&self.key).expect("inserted above");
-        talker.flows += 1;
+        talker.flows += attempts;
         let generation = stats.generations.entry(flow.generation).or_default();
-        generation.flows += 1;
+        generation.flows += attempts;
         if generation.policy_sha256.is_empty() {
             generation.policy_sha256 = flow.policy_sha256.to_string();
         }
         let decided_by = flow.rule.as_deref().unwrap_or(&flow.reason);
         match &*flow.verdict {
             "deny" => {
-                generation.denied += 1;
-                talker.denied += 1;
-                denials_of(stats, decided_by).deny += 1;
+                generation.denied += attempts;
+                talker.denied += attempts;
+                denials_of(stats, decided_by).deny += attempts;
             }
-            "audit" => denials_of(stats, decided_by).audit += 1,
+            "audit" => denials_of(stats, decided_by).audit += attempts,
             _ => {}
         }
         if !stats.matrix.contains_key(&*flow.src_segment) {
@@ -222,7 +228,7 @@ impl Part {
             .matrix
             .get_mut(&*flow.src_segment)
             .expect("inserted above");
-        bump(row, &flow.dst_segment, 1);
+        bump(row, &flow.dst_segment, attempts);
         Ok(())
     }
 
