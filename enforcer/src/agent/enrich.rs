@@ -311,10 +311,8 @@ fn clock_offset_ns() -> i128 {
 mod tests {
     use super::*;
 
-    /// Each verdict's OCSF action, disposition and severity, as stored: allowed 1/1/1,
-    /// audit mode 1/15 (Detected)/2, denied 2/2/3, each id with its caption.
-    #[test]
-    fn each_verdict_has_its_disposition_and_severity() {
+    /// An enricher that knows generation 1, whose segments are only the built-in ones.
+    fn generation_one() -> Enricher {
         let names = GenerationNames {
             generation: 1,
             source_sha256: String::new(),
@@ -322,8 +320,14 @@ mod tests {
             rules: vec![],
             failsafes: vec![],
         };
-        let mut enricher =
-            Enricher::new("host-a".into(), PathBuf::from("/nonexistent"), vec![names]);
+        Enricher::new("host-a".into(), PathBuf::from("/nonexistent"), vec![names])
+    }
+
+    /// Each verdict's OCSF action, disposition and severity, as stored: allowed 1/1/1,
+    /// audit mode 1/15 (Detected)/2, denied 2/2/3, each id with its caption.
+    #[test]
+    fn each_verdict_has_its_disposition_and_severity() {
+        let mut enricher = generation_one();
         let mut event = FlowEvent::ZEROED;
         event.generation = 1;
         event.hook = Hook::Connect4 as u8;
@@ -474,15 +478,7 @@ mod tests {
     /// attempt has count 1 and no range.
     #[test]
     fn a_folded_event_is_one_record_counting_its_attempts() {
-        let names = GenerationNames {
-            generation: 1,
-            source_sha256: String::new(),
-            segments: vec!["*".into(), "host".into(), "world".into()],
-            rules: vec![],
-            failsafes: vec![],
-        };
-        let mut enricher =
-            Enricher::new("host-a".into(), PathBuf::from("/nonexistent"), vec![names]);
+        let mut enricher = generation_one();
         let mut event = FlowEvent::ZEROED;
         event.generation = 1;
         event.hook = Hook::XdpIngress as u8;
