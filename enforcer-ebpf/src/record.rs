@@ -257,6 +257,8 @@ fn fold(room: *mut Scratch, window: u64, fold_sources: u64) {
                     return;
                 }
                 add(&raw mut (*state).sources, 1);
+                // Counting sources is activity: the agent's sweep deletes only idle folds.
+                (*state).last_ns = now;
             }
         }
         key.src_addr = event.src_addr;
@@ -306,6 +308,7 @@ fn destination_fold(key: &FoldKey, fresh: &mut FoldState, now: u64) -> Option<*m
     }
     clear(fresh);
     fresh.window_ns = now;
+    fresh.last_ns = now;
     // Another CPU may have made it meanwhile; either way it is there now, unless full.
     let _ = FOLDS.insert(key, fresh, u64::from(BPF_NOEXIST));
     FOLDS.get_ptr_mut(key)
