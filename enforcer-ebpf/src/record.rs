@@ -158,9 +158,11 @@ pub fn record<const B: bool>(
         Sender::Socket { cgroup_id } => (cgroup_id, 0),
     };
     // The event and a new fold's state are made in per-CPU room, one slot per hook: on
-    // the stack they pushed the callers past the verifier's 512 bytes. A hook can only be
-    // interrupted by another hook's program on its CPU (softirq over process context),
-    // which uses its own slot.
+    // the stack they pushed the callers past the verifier's 512 bytes. A program is
+    // interrupted on its CPU only by softirq work, which runs the ingress hooks (slots of
+    // their own) and, for TCP timers, `skb_egress`: a softirq `skb_egress` run over a
+    // process-context one overwrites the event being made, and that one attempt is then
+    // counted in the other's fold (counts stay whole; its attribution is lost).
     let Some(room) = SCRATCH.get_ptr_mut(u32::from(origin.hook as u8)) else {
         bump(&EVENT_STATS, EVENTS_LOST);
         return;
