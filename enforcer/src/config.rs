@@ -15,6 +15,7 @@ use toml::Spanned;
 
 use crate::{
     audit::{
+        files::Format,
         forward::{ClientCertificate, Collector, Framing, Tls},
         store::Fsync,
     },
@@ -142,6 +143,11 @@ pub struct Audit {
     /// When records are forced to disk.
     #[serde(serialize_with = "fsync_word")]
     pub fsync: Fsync,
+    /// The format new store files are written in: `compact` (binary, about a tenth of
+    /// the JSON's size; OCSF JSON is rendered on read) or `jsonl` (a JSON record per
+    /// line, as stores written before the compact format).
+    #[serde(serialize_with = "format_word")]
+    pub format: Format,
     /// What happens while records cannot be written.
     pub on_write_error: WriteErrorAction,
     /// The syslog collector records are forwarded to, if any.
@@ -183,6 +189,13 @@ fn fsync_word<S: serde::Serializer>(fsync: &Fsync, out: S) -> Result<S::Ok, S::E
         Fsync::Interval(every) => out.serialize_str(&format!("every {} ms", every.as_millis())),
         Fsync::Never => out.serialize_str("never"),
     }
+}
+
+fn format_word<S: serde::Serializer>(format: &Format, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_str(match format {
+        Format::Compact => "compact",
+        Format::Lines => "jsonl",
+    })
 }
 
 const MIB: u64 = 1 << 20;
@@ -319,6 +332,7 @@ struct RawAudit {
     retain_days: Option<Spanned<u64>>,
     fsync: Option<RawFsync>,
     fsync_interval_ms: Option<Spanned<u64>>,
+    format: Option<RawFormat>,
     on_write_error: Option<WriteErrorAction>,
     forward: Option<RawForward>,
     seal_key: Option<Spanned<String>>,
@@ -337,6 +351,13 @@ struct RawForward {
     server_name: Option<Spanned<String>>,
     cert_file: Option<Spanned<String>>,
     key_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawFormat {
+    Compact,
+    Jsonl,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -718,6 +739,10 @@ impl Config {
                     "audit.fsync_interval_ms",
                     1000,
                 ))),
+            },
+            format: match raw.audit.format.unwrap_or(RawFormat::Compact) {
+                RawFormat::Compact => Format::Compact,
+                RawFormat::Jsonl => Format::Lines,
             },
             on_write_error: raw
                 .audit

@@ -336,7 +336,7 @@ fn tail_follows_new_records_across_rotations() {
     };
     // Small files: a new one every few records.
     let mut store =
-        Store::open(settings(dir.path(), 2_000), "host-a", now_ms(), None).expect("open the store");
+        Store::open(settings(dir.path(), 500), "host-a", now_ms(), None).expect("open the store");
     store
         .write(
             &mut [flow("allow", "api-to-db", &api(40_000), &db, now_ms())],

@@ -91,7 +91,7 @@ fn store(dir: &Path) -> i64 {
     records.sort_by_key(|record| record.time);
     // Written as the agent writes: each record when it happens, in small files.
     let mut store =
-        Store::open(settings(dir, 4_000), "host-a", start - 1_000, None).expect("open the store");
+        Store::open(settings(dir, 1_000), "host-a", start - 1_000, None).expect("open the store");
     let end = start + STEP_MS * 12;
     for record in records {
         let time = record.time;

@@ -3,7 +3,7 @@
 //! repository: `tests/ocsf/README.md`). The helpers that read a store call
 //! [`assert_store_is_ocsf`] first, so every test that reads one checks it.
 
-use std::{fs, path::Path, sync::OnceLock};
+use std::{path::Path, sync::OnceLock};
 
 const SCHEMA: &str = include_str!("../ocsf/ocsf-1.3.0-enforcer.schema.json");
 
@@ -37,22 +37,27 @@ pub fn assert_store_is_ocsf(dir: &Path) -> usize {
     let mut checked = 0;
     let mut wrong = Vec::new();
     for segment in segments {
-        let text = match fs::read_to_string(&segment.path) {
-            Ok(text) => text,
-            // Retention removed it since the listing.
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(err) => panic!("read {}: {err}", segment.path.display()),
-        };
-        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-        for (index, line) in complete.lines().enumerate() {
+        let read = enforcer::audit::files::read_records(&segment, |stored| {
             checked += 1;
-            for violation in violations(line) {
-                wrong.push(format!(
-                    "{}:{}: {violation}",
-                    segment.path.display(),
-                    index + 1
-                ));
+            match stored {
+                Ok(stored) => {
+                    for violation in violations(&stored.json()) {
+                        wrong.push(format!(
+                            "{}:{}: {violation}",
+                            segment.path.display(),
+                            stored.number
+                        ));
+                    }
+                }
+                Err(damage) => wrong.push(format!("{}: {damage}", segment.path.display())),
             }
+            true
+        });
+        match read {
+            Ok(_) => {}
+            // Retention removed it since the listing.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => panic!("read {}: {err}", segment.path.display()),
         }
     }
     assert!(

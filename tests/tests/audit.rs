@@ -799,18 +799,10 @@ fn sequence_of(line: &str) -> Option<u64> {
 /// Every complete record line in the store's files, by `metadata.sequence`.
 fn stored_lines(dir: &Path) -> BTreeMap<u64, String> {
     let mut lines = BTreeMap::new();
-    for entry in fs::read_dir(dir).expect("read the store") {
-        let path = entry.expect("an entry").path();
-        if path.extension().is_none_or(|ext| ext != "jsonl") {
-            continue;
-        }
-        let text = fs::read_to_string(&path).expect("read a store file");
-        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-        for line in complete.lines() {
-            let sequence = sequence_of(line)
-                .unwrap_or_else(|| panic!("{}: not a record: {line}", path.display()));
-            lines.insert(sequence, line.to_owned());
-        }
+    for line in enforcer::audit::files::rendered_lines(dir).expect("read the store") {
+        let sequence =
+            sequence_of(&line).unwrap_or_else(|| panic!("{}: not a record: {line}", dir.display()));
+        lines.insert(sequence, line);
     }
     lines
 }
@@ -1246,18 +1238,22 @@ fn a_sealed_store_is_proven_across_a_crash_and_a_root_rewrite_is_caught() {
     assert!(said.contains("proven with the verification key"), "{said}");
 
     // Root rewrites the first denial as allowed and recomputes every hash, link, file
-    // seal summary and HEAD: the chain alone cannot tell.
+    // seal summary and HEAD: the chain alone cannot tell. (The forger writes the files
+    // back as JSON Lines, which the store reads as well as its compact files.)
     let dir = agent.audit_dir();
     let mut head = enforcer::audit::chain::Head::GENESIS;
     let mut last_file = 0;
     let mut rewritten = false;
     for segment in enforcer::audit::files::segments(&dir).expect("the files") {
+        let mut records = Vec::new();
+        enforcer::audit::files::read_records(&segment, |stored| {
+            records.push(stored.expect("a record").record);
+            true
+        })
+        .expect("read");
         let mut out = Vec::new();
         let mut summary = enforcer::audit::record::FileSummary::default();
-        for line in fs::read_to_string(&segment.path).expect("read").lines() {
-            let mut record = enforcer::audit::chain::check(line)
-                .expect("a record")
-                .record;
+        for mut record in records {
             if let Some(flow) = &mut record.unmapped.flow
                 && flow.verdict == "deny"
                 && !rewritten
@@ -1273,7 +1269,10 @@ fn a_sealed_store_is_proven_across_a_crash_and_a_root_rewrite_is_caught() {
             summary.add(&record);
             enforcer::audit::chain::append(&mut record, &mut head, &mut out);
         }
-        fs::write(&segment.path, out).expect("write");
+        fs::remove_file(&segment.path).expect("remove");
+        let lines =
+            enforcer::audit::files::name_in(segment.number, enforcer::audit::files::Format::Lines);
+        fs::write(dir.join(lines), out).expect("write");
         last_file = segment.number;
     }
     enforcer::audit::files::write_head(&dir, last_file, &head, 0).expect("write HEAD");

@@ -16,7 +16,7 @@ use enforcer_tests::{
 /// Denied flows made one at a time, each its own batch.
 const FLOWS: usize = 4;
 
-/// The agent's forced writes of a segment file (`audit-NNNNNNNN.jsonl`) in `trace`
+/// The agent's forced writes of a segment file (`audit-NNNNNNNN.bin`) in `trace`
 /// (`strace -y` names each descriptor's file).
 fn segment_syncs(trace: &str) -> usize {
     trace
@@ -24,7 +24,7 @@ fn segment_syncs(trace: &str) -> usize {
         .filter(|line| {
             (line.contains("fdatasync(") || line.contains("fsync("))
                 && line.contains("/audit-")
-                && line.contains(".jsonl>")
+                && line.contains(".bin>")
         })
         .count()
 }

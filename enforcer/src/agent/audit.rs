@@ -106,6 +106,7 @@ impl AuditThread {
                 retain_bytes: audit.retain_bytes,
                 retain_age: audit.retain_age,
                 fsync: audit.fsync,
+                format: audit.format,
             },
             &host,
             now_ms,

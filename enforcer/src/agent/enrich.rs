@@ -148,12 +148,6 @@ impl Enricher {
             // No name rather than a made-up one: `protocol_num` names it.
             _ => String::new(),
         };
-        // The message names a protocol without a name by its number.
-        let protocol_shown = if protocol_name.is_empty() {
-            event.protocol.to_string()
-        } else {
-            protocol_name.clone()
-        };
         let pid = u32::try_from(event.pid_tgid >> 32).unwrap_or(0);
         let comm = comm(&event.comm);
         let cgroup = self.cgroups.path(event.cgroup_id);
@@ -163,11 +157,7 @@ impl Enricher {
             Kind::Flow,
             self.wall_ms(event.timestamp_ns),
             &self.hostname,
-            format!(
-                "{verdict_word} {src_segment} -> {dst_segment} {}/{protocol_shown} ({})",
-                Endpoint::address_and_port(&dst_ip, event.dst_port),
-                rule.as_deref().unwrap_or(reason_word)
-            ),
+            String::new(),
         );
         let (activity, action, disposition, severity) = match verdict {
             Some(Verdict::Deny) => (
@@ -242,8 +232,8 @@ impl Enricher {
         if event.count > 1 {
             record.start_time = Some(self.wall_ms(event.first_ns.min(event.timestamp_ns)));
             record.end_time = Some(record.time);
-            record.message = format!("{}, {} attempts", record.message, event.count);
         }
+        record.message = record.flow_message().unwrap_or_default();
         record.caption();
         record
     }

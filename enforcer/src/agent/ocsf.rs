@@ -12,7 +12,7 @@ use enforcer_common::event::{
 use super::{consumer, enrich::Enricher};
 use crate::{
     audit::{
-        chain, files, history,
+        chain, compact, files, history,
         record::Record,
         seal::{Sealer, VerifyKey, write_key},
         store::{Fsync, Store, StoreSettings},
@@ -219,6 +219,7 @@ fn settings(dir: &std::path::Path) -> StoreSettings {
         retain_bytes: 20_000,
         retain_age: Duration::from_secs(86_400 * 365),
         fsync: Fsync::Never,
+        format: files::Format::Compact,
     }
 }
 
@@ -308,10 +309,11 @@ fn every_store_and_history_record_validates_against_the_ocsf_schema() {
     store.note(history::fail_closed(false, 1_000, "host-a"));
     store.note(history::stopping(9_000, "host-a"));
     store.close(9_000).unwrap();
-    // A crash: the newest file's last line torn, then a restart.
+    // A crash: a batch torn at the end of the newest file, then a restart.
     let newest = files::segments(&store_dir).unwrap().pop().unwrap().path;
     let mut bytes = std::fs::read(&newest).unwrap();
-    bytes.truncate(bytes.len() - 10);
+    let torn = bytes[compact::FILE_MAGIC.len()..][..10].to_vec();
+    bytes.extend_from_slice(&torn);
     std::fs::write(&newest, bytes).unwrap();
     let sealer = Sealer::load(&key, Duration::from_secs(3600)).unwrap();
     let store = Store::open(settings(&store_dir), "host-a", 10_000, Some(sealer)).unwrap();
@@ -320,10 +322,10 @@ fn every_store_and_history_record_validates_against_the_ocsf_schema() {
     let mut kinds = BTreeSet::new();
     let mut activities = BTreeSet::new();
     let mut causes = BTreeSet::new();
-    for file in files::segments(&store_dir).unwrap() {
-        for line in std::fs::read_to_string(&file.path).unwrap().lines() {
-            assert_valid(line);
-            let record: Record = serde_json::from_str(line).unwrap();
+    {
+        for line in files::rendered_lines(&store_dir).unwrap() {
+            assert_valid(&line);
+            let record: Record = serde_json::from_str(&line).unwrap();
             kinds.insert(record.unmapped.kind.word());
             activities.insert((record.class_uid, record.activity_id));
             if let Some(gap) = &record.unmapped.gap {
@@ -371,9 +373,8 @@ fn every_store_and_history_record_validates_against_the_ocsf_schema() {
     }
     let first = Store::open(settings(&dir.path().join("first")), "host-a", 1, None).unwrap();
     first.close(1).unwrap();
-    let first = files::segments(&dir.path().join("first")).unwrap();
-    let text = std::fs::read_to_string(&first[0].path).unwrap();
-    let opened = text.lines().next().unwrap();
+    let first = files::rendered_lines(&dir.path().join("first")).unwrap();
+    let opened = &first[0];
     assert_valid(opened);
     assert!(opened.contains(r#""activity_name":"Start""#), "{opened}");
 }

@@ -580,6 +580,9 @@ struct Connection {
     transport: Transport,
     sent: u64,
     in_flight: VecDeque<(u64, Cursor)>,
+    /// The reader of the file being sent, where it stopped (a compact file's reader
+    /// knows the names its records so far defined).
+    reading: Option<(Cursor, files::Records)>,
 }
 
 /// A failed connection attempt: why, and what was tried.
@@ -713,6 +716,7 @@ impl Forwarder {
                 transport,
                 sent: 0,
                 in_flight: VecDeque::new(),
+                reading: None,
             };
             let outcome = self.serve(&mut connection, &mut delivered, &mut saved, stop);
             self.stats.connected.store(false, Ordering::Relaxed);
@@ -794,39 +798,47 @@ impl Forwarder {
         let Some(current) = segments.iter().find(|s| s.number == at.file) else {
             return Ok(false);
         };
+        let mut records = match connection.reading.take() {
+            Some((cursor, records)) if cursor == *at => records,
+            _ => files::Records::at(current, at.offset)?,
+        };
         let mut file = File::open(&current.path)?;
         file.seek(SeekFrom::Start(at.offset))?;
         let mut bytes = Vec::new();
         file.take(READ_CHUNK as u64).read_to_end(&mut bytes)?;
-        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         let mut sent_any = false;
+        let mut damaged = false;
         let mut out = Vec::new();
-        let mut offset = at.offset;
-        for line in bytes[..complete].split_inclusive(|&b| b == b'\n') {
-            offset += line.len() as u64;
-            let text = String::from_utf8_lossy(line);
-            let text = text.trim_end_matches('\n');
-            let Ok(record) = serde_json::from_str::<Record>(text) else {
-                tracing::error!(file = %current.path.display(), offset, "a line of the store is not a record: skipped, not forwarded (`enforcer audit verify` names it)");
-                continue;
-            };
-            let framed = frame(text, &record, self.pid, self.framing);
-            connection.sent += framed.len() as u64;
-            out.extend_from_slice(&framed);
-            connection.in_flight.push_back((
-                connection.sent,
-                Cursor {
-                    file: at.file,
-                    offset,
-                },
-            ));
-            sent_any = true;
-        }
+        let end = records.read(&bytes, at.offset, |stored| {
+            match stored {
+                Ok(stored) => {
+                    let framed = frame(&stored.json(), &stored.record, self.pid, self.framing);
+                    connection.sent += framed.len() as u64;
+                    out.extend_from_slice(&framed);
+                    connection.in_flight.push_back((
+                        connection.sent,
+                        Cursor {
+                            file: at.file,
+                            offset: stored.resume_at,
+                        },
+                    ));
+                    sent_any = true;
+                }
+                Err(damage) => {
+                    tracing::error!(file = %current.path.display(), %damage, "a record of the store is damaged: skipped, not forwarded (`enforcer audit verify` names it)");
+                    damaged = matches!(damage, files::Damage::Compact(_));
+                }
+            }
+            true
+        });
         if !out.is_empty() {
             connection.transport.send(&out)?;
         }
-        at.offset = offset;
-        let at_end = complete == bytes.len() && bytes.len() < READ_CHUNK;
+        let complete = usize::try_from(end - at.offset).unwrap_or(bytes.len());
+        at.offset = end;
+        connection.reading = Some((*at, records));
+        // A damaged compact file cannot be read past its damage: the next file goes on.
+        let at_end = damaged || (complete == bytes.len() && bytes.len() < READ_CHUNK);
         if at_end && let Some(next) = segments.iter().find(|s| s.number > at.file) {
             *at = Cursor {
                 file: next.number,
@@ -889,6 +901,7 @@ mod tests {
             retain_bytes: 6_000,
             retain_age: Duration::from_secs(86_400 * 365),
             fsync: Fsync::Never,
+            format: files::Format::Compact,
         };
         // Forwarded into the first file; then the collector was away while the store
         // went on and retention removed that file and more.
@@ -930,6 +943,7 @@ mod tests {
                 transport,
                 sent: 0,
                 in_flight: VecDeque::new(),
+                reading: None,
             };
             let (mut delivered, mut saved) = (load_cursor(dir.path()), load_cursor(dir.path()));
             // One pass.
@@ -961,7 +975,7 @@ mod tests {
         assert!(
             first.contains(&format!(
                 "audit file {} opened (rotate)",
-                files::segment_name(oldest)
+                files::name_in(oldest, files::Format::Compact)
             )),
             "{first}"
         );
@@ -1114,6 +1128,7 @@ mod tests {
             retain_bytes: u64::MAX,
             retain_age: Duration::from_secs(86_400),
             fsync: Fsync::Never,
+            format: files::Format::Compact,
         };
         let now = 1_700_000_000_000;
         let mut store = Store::open(settings, "host-a", now, None).unwrap();

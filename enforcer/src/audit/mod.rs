@@ -6,6 +6,7 @@
 //! collector.
 
 pub mod chain;
+pub mod compact;
 pub mod export;
 pub mod files;
 pub mod forward;

@@ -15,7 +15,8 @@ use std::{
 use memchr::memmem::Finder;
 
 use super::{
-    files::{self, SegmentFile},
+    compact::{Decoder, Entry, FlowView, FormatError},
+    files::{self, Format, SegmentFile},
     ordered,
     record::{Counts, FileDetails, Kind, Record},
 };
@@ -39,6 +40,14 @@ pub enum ReadError {
         path: PathBuf,
         /// Why.
         source: io::Error,
+    },
+    /// A compact file's bytes are not records.
+    #[error("{}: {source}; run `enforcer audit verify` on the store", .path.display())]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        source: files::Damage,
     },
     /// A line is not a record.
     #[error("{}:{line}: not an audit record ({source}); run `enforcer audit verify` on the store", .path.display())]
@@ -112,6 +121,37 @@ impl Filter {
         self.since.is_none_or(|since| time >= since) && self.until.is_none_or(|until| time < until)
     }
 
+    /// Whether a compact file's flow, read in place, matches: as [`Filter::matches`]
+    /// decides on the whole record.
+    fn matches_flow(&self, flow: &FlowView<'_>) -> bool {
+        if !self.in_time(flow.time()) || self.kind.is_some_and(|kind| kind != Kind::Flow) {
+            return false;
+        }
+        let (Some(verdict), Some(reason), Some((src, dst))) =
+            (flow.verdict(), flow.reason(), flow.segments())
+        else {
+            return self.store_records && !self.flow_filters();
+        };
+        let ends = [flow.source(), flow.destination()];
+        self.segment
+            .as_deref()
+            .is_none_or(|segment| src == segment || dst == segment)
+            && self
+                .rule
+                .as_deref()
+                .is_none_or(|rule| flow.rule().map_or(reason == rule, |by| by == rule))
+            && self
+                .verdict
+                .as_deref()
+                .is_none_or(|wanted| verdict == wanted)
+            && self
+                .addr
+                .is_none_or(|addr| ends.iter().flatten().any(|(ip, _)| *ip == Some(addr)))
+            && self
+                .port
+                .is_none_or(|port| ends.iter().flatten().any(|(_, at)| *at == port))
+    }
+
     /// Whether `record` matches.
     pub fn matches(&self, record: &Record) -> bool {
         if !self.in_time(record.time) || self.kind.is_some_and(|kind| record.unmapped.kind != kind)
@@ -180,14 +220,14 @@ impl Filter {
                 .is_none_or(|verdict| summary.verdicts.may_hold(verdict))
     }
 
-    /// Whether the file at `path` may hold a match: `false` only when its seal shows it
-    /// cannot (the seal is read only when the filter could rule a file out).
-    fn may_hold_file(&self, path: &Path) -> bool {
+    /// Whether `segment` may hold a match: `false` only when its seal shows it cannot
+    /// (the seal is read only when the filter could rule a file out).
+    fn may_hold_file(&self, segment: &SegmentFile) -> bool {
         if !self.timed() && self.segment.is_none() && self.rule.is_none() && self.verdict.is_none()
         {
             return true;
         }
-        match files::seal_of(path) {
+        match files::seal_of(segment) {
             Ok(Some((seal, _))) => seal
                 .unmapped
                 .file
@@ -231,13 +271,11 @@ pub fn scan(
         &segments,
         |segment, emit| {
             let size = std::fs::metadata(&segment.path).map_or(0, |m| m.len());
-            if !filter.may_hold_file(&segment.path) {
+            if !filter.may_hold_file(segment) {
                 emit(Found::Done(size));
                 return;
             }
-            match scan_file(&segment.path, filter, &mut |record| {
-                emit(Found::Record(record))
-            }) {
+            match scan_file(segment, filter, &mut |record| emit(Found::Record(record))) {
                 Ok(true) => {
                     emit(Found::Done(size));
                 }
@@ -262,16 +300,28 @@ pub fn scan(
     outcome
 }
 
+/// One record as [`fold`] hands it over: the line of a JSON Lines file (for the folder to
+/// parse as far as it needs), or a compact file's flow (read in place) or other record.
+#[derive(Debug, Clone, Copy)]
+pub enum Item<'a> {
+    /// A line.
+    Line(&'a str),
+    /// A flow.
+    Flow(FlowView<'a>),
+    /// A record.
+    Record(&'a Record),
+}
+
 /// Folds the records of `dir` in the time range `since..until` file by file, on every
-/// core: each file's lines go to `add` with an `A` of the file's own (made by `new`), and
-/// the files' `A`s go to `merge` in chain order. A line `add` cannot parse is an error
-/// naming it, as for [`scan`].
+/// core: each file's records go to `add` with an `A` of the file's own (made by `new`),
+/// and the files' `A`s go to `merge` in chain order. A line `add` cannot parse is an
+/// error naming it, as for [`scan`].
 pub fn fold<A: Send>(
     dir: &Path,
     since: Option<i64>,
     until: Option<i64>,
     new: impl Fn() -> A + Sync,
-    add: impl Fn(&mut A, &str) -> Result<(), serde_json::Error> + Sync,
+    add: impl Fn(&mut A, Item<'_>) -> Result<(), serde_json::Error> + Sync,
     mut merge: impl FnMut(A),
 ) -> Result<(), ReadError> {
     let filter = Filter {
@@ -284,10 +334,33 @@ pub fn fold<A: Send>(
     ordered::for_each_in_order(
         &segments,
         |segment, emit| {
-            if !filter.may_hold_file(&segment.path) {
+            if !filter.may_hold_file(segment) {
                 return;
             }
             let mut folded = new();
+            if segment.format == Format::Compact {
+                let read = compact_entries(segment, &mut |entry| {
+                    let added = match entry.flow() {
+                        Some(flow) if filter.in_time(flow.time()) => {
+                            add(&mut folded, Item::Flow(flow))
+                        }
+                        Some(_) => Ok(()),
+                        None => match entry.record() {
+                            Ok(record) if filter.in_time(record.time) => {
+                                add(&mut folded, Item::Record(&record))
+                            }
+                            _ => Ok(()),
+                        },
+                    };
+                    added.expect("a record in memory is always whole");
+                    true
+                });
+                emit(match read {
+                    Ok(_) => Found::Record(folded),
+                    Err(err) => Found::Error(err),
+                });
+                return;
+            }
             let mut corrupt = None;
             let read = each_line(&segment.path, None, |line, offset| {
                 let line = text_of(line);
@@ -297,7 +370,7 @@ pub fn fold<A: Send>(
                 {
                     return true;
                 }
-                add(&mut folded, &line)
+                add(&mut folded, Item::Line(&line))
                     .map_err(|source| corrupt = Some((offset, source)))
                     .is_ok()
             });
@@ -339,7 +412,7 @@ pub fn flow_names(
     ordered::for_each_in_order(
         &self::segments(dir)?,
         |segment, emit| {
-            emit(names_in(&segment.path, &filter));
+            emit(names_in(segment, &filter));
         },
         |names| match names {
             Ok((more_segments, more_rules)) => {
@@ -358,10 +431,10 @@ pub fn flow_names(
 
 /// [`flow_names`] of one file.
 fn names_in(
-    path: &Path,
+    segment: &SegmentFile,
     filter: &Filter,
 ) -> Result<(BTreeSet<String>, BTreeSet<String>), ReadError> {
-    let seal = files::seal_of(path).ok().flatten();
+    let seal = files::seal_of(segment).ok().flatten();
     let file = seal
         .as_ref()
         .and_then(|(seal, _)| seal.unmapped.file.as_ref());
@@ -386,7 +459,7 @@ fn names_in(
         }
     }
     let (mut segments, mut rules) = (BTreeSet::new(), BTreeSet::new());
-    scan_file(path, filter, &mut |record| {
+    scan_file(segment, filter, &mut |record| {
         if let Some(flow) = &record.unmapped.flow {
             segments.insert(flow.src_segment.clone());
             segments.insert(flow.dst_segment.clone());
@@ -397,12 +470,64 @@ fn names_in(
     Ok((segments, rules))
 }
 
-/// Scans one file's complete lines; `false` when `found` asked to stop.
+/// Every record of a compact file, in order, to `each` (which may stop the reading by
+/// returning `false`); `false` when it did.
+fn compact_entries(
+    segment: &SegmentFile,
+    each: &mut dyn FnMut(&Entry<'_>) -> bool,
+) -> Result<bool, ReadError> {
+    let bytes = std::fs::read(&segment.path).map_err(|source| ReadError::Io {
+        path: segment.path.clone(),
+        source,
+    })?;
+    let mut went_on = true;
+    let damaged = |source: FormatError| ReadError::Damaged {
+        path: segment.path.clone(),
+        source: source.into(),
+    };
+    Decoder::default()
+        .read(&bytes, 0, |entry| {
+            went_on = each(&entry);
+            went_on
+        })
+        .map_err(damaged)?;
+    Ok(went_on)
+}
+
+/// Scans one file's complete records; `false` when `found` asked to stop.
 fn scan_file(
-    path: &Path,
+    segment: &SegmentFile,
     filter: &Filter,
     found: &mut dyn FnMut(Record) -> bool,
 ) -> Result<bool, ReadError> {
+    if segment.format == Format::Compact {
+        let mut damage = None;
+        let went_on = compact_entries(segment, &mut |entry| {
+            if let Some(flow) = entry.flow()
+                && !filter.matches_flow(&flow)
+            {
+                return true;
+            }
+            match entry.record() {
+                Ok(record) => !filter.matches(&record) || found(record),
+                Err(why) => {
+                    damage = Some(FormatError::Entry {
+                        number: entry.number,
+                        why,
+                    });
+                    false
+                }
+            }
+        })?;
+        return match damage {
+            Some(source) => Err(ReadError::Damaged {
+                path: segment.path.clone(),
+                source: source.into(),
+            }),
+            None => Ok(went_on),
+        };
+    }
+    let path = &segment.path;
     let needles = filter.needles();
     let timed = filter.timed();
     let mut corrupt = None;
@@ -563,6 +688,7 @@ mod tests {
             retain_bytes: u64::MAX,
             retain_age: Duration::from_secs(86_400 * 365),
             fsync: Fsync::Never,
+            format: Format::Lines,
         }
     }
 
@@ -623,7 +749,7 @@ mod tests {
         let files = segments(dir.path()).unwrap();
         assert_eq!(files.len(), 4);
         let summary = |index: usize| {
-            files::seal_of(&files[index].path)
+            files::seal_of(&files[index])
                 .unwrap()
                 .unwrap()
                 .0
@@ -725,6 +851,7 @@ mod tests {
                 retain_bytes: u64::MAX,
                 retain_age: Duration::from_secs(86_400 * 365),
                 fsync: Fsync::Never,
+                format: Format::Lines,
             },
             "host-a",
             0,

@@ -206,6 +206,10 @@ pub struct Device {
 
 /// OCSF `device.type_id`: Server.
 pub const DEVICE_SERVER: u32 = 1;
+/// The caption of [`DEVICE_SERVER`].
+pub const DEVICE_SERVER_NAME: &str = "Server";
+/// `metadata.product.name` and `vendor_name`.
+pub const PRODUCT: &str = "enforcer";
 
 fn server() -> u32 {
     DEVICE_SERVER
@@ -234,13 +238,21 @@ impl Endpoint {
     /// the address alone when the port is unknown, `:port` when the address is; empty
     /// when neither is known.
     pub fn address_and_port(ip: &str, port: u16) -> String {
-        match (ip.is_empty(), port) {
-            (true, 0) => String::new(),
-            (true, port) => format!(":{port}"),
-            (false, 0) => ip.to_owned(),
-            (false, port) if ip.contains(':') => format!("[{ip}]:{port}"),
-            (false, port) => format!("{ip}:{port}"),
-        }
+        let mut out = String::new();
+        Self::write_address_and_port(&mut out, ip, port);
+        out
+    }
+
+    /// Appends [`Endpoint::address_and_port`] to `out`.
+    pub fn write_address_and_port(out: &mut String, ip: &str, port: u16) {
+        use std::fmt::Write as _;
+        let _ = match (ip.is_empty(), port) {
+            (true, 0) => Ok(()),
+            (true, port) => write!(out, ":{port}"),
+            (false, 0) => write!(out, "{ip}"),
+            (false, port) if ip.contains(':') => write!(out, "[{ip}]:{port}"),
+            (false, port) => write!(out, "{ip}:{port}"),
+        };
     }
 }
 
@@ -692,6 +704,22 @@ pub struct RemovedFile {
     pub seal_hash: String,
 }
 
+/// Sets `field` to `value`, reusing its allocation.
+fn set(field: &mut String, value: &str) {
+    if field != value {
+        field.clear();
+        field.push_str(value);
+    }
+}
+
+/// Sets `field` to `value` (`None` for none), reusing its allocation.
+fn set_some(field: &mut Option<String>, value: Option<&str>) {
+    match (field.as_mut(), value) {
+        (Some(field), Some(value)) => set(field, value),
+        (_, value) => *field = value.map(str::to_owned),
+    }
+}
+
 /// The wall clock now, in ms since the epoch (0 before it).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -733,8 +761,8 @@ impl Record {
     pub fn new(kind: Kind, time: i64, hostname: &str, message: String) -> Self {
         let (class_uid, category_uid) = class_of(kind);
         let product = Product {
-            name: "enforcer".to_owned(),
-            vendor_name: "enforcer".to_owned(),
+            name: PRODUCT.to_owned(),
+            vendor_name: PRODUCT.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let mut record = Self {
@@ -761,7 +789,7 @@ impl Record {
             },
             device: Device {
                 type_id: DEVICE_SERVER,
-                type_name: "Server".to_owned(),
+                type_name: DEVICE_SERVER_NAME.to_owned(),
                 hostname: hostname.to_owned(),
             },
             action_id: None,
@@ -812,10 +840,13 @@ impl Record {
             self.activity_id = self.history_activity();
             self.type_uid = u64::from(self.class_uid) * 100 + u64::from(self.activity_id);
         }
-        self.metadata.profiles = match kind {
-            Kind::Flow => vec!["host".to_owned(), "security_control".to_owned()],
-            _ => vec!["host".to_owned()],
+        let profiles: &[&str] = match kind {
+            Kind::Flow => &["host", "security_control"],
+            _ => &["host"],
         };
+        if self.metadata.profiles != profiles {
+            self.metadata.profiles = profiles.iter().map(|&p| p.to_owned()).collect();
+        }
         let (class, category) = match self.class_uid {
             CLASS_NETWORK_ACTIVITY => ("Network Activity", "Network Activity"),
             CLASS_EVENT_LOG => ("Event Log Activity", "System Activity"),
@@ -834,59 +865,70 @@ impl Record {
             (CLASS_APPLICATION_LIFECYCLE, APP_STOP) => "Stop",
             _ => "Other",
         };
-        self.class_name = class.to_owned();
-        self.category_name = category.to_owned();
-        self.activity_name = activity.to_owned();
-        self.type_name = format!("{class}: {activity}");
-        self.severity = match self.severity_id {
-            SEVERITY_INFO => "Informational",
-            SEVERITY_LOW => "Low",
-            SEVERITY_MEDIUM => "Medium",
-            SEVERITY_HIGH => "High",
-            _ => "Unknown",
+        // Captions already right stay as they are: the store captions every record it
+        // writes, most of them captioned when they were made.
+        set(&mut self.class_name, class);
+        set(&mut self.category_name, category);
+        set(&mut self.activity_name, activity);
+        if self
+            .type_name
+            .strip_prefix(class)
+            .and_then(|rest| rest.strip_prefix(": "))
+            != Some(activity)
+        {
+            self.type_name = format!("{class}: {activity}");
         }
-        .to_owned();
-        self.action = self.action_id.map(|id| {
-            match id {
+        set(
+            &mut self.severity,
+            match self.severity_id {
+                SEVERITY_INFO => "Informational",
+                SEVERITY_LOW => "Low",
+                SEVERITY_MEDIUM => "Medium",
+                SEVERITY_HIGH => "High",
+                _ => "Unknown",
+            },
+        );
+        set_some(
+            &mut self.action,
+            self.action_id.map(|id| match id {
                 ACTION_ALLOWED => "Allowed",
                 ACTION_DENIED => "Denied",
                 _ => "Unknown",
-            }
-            .to_owned()
-        });
-        self.disposition = self.disposition_id.map(|id| {
-            match id {
+            }),
+        );
+        set_some(
+            &mut self.disposition,
+            self.disposition_id.map(|id| match id {
                 DISPOSITION_ALLOWED => "Allowed",
                 DISPOSITION_BLOCKED => "Blocked",
                 DISPOSITION_DETECTED => "Detected",
                 _ => "Unknown",
-            }
-            .to_owned()
-        });
+            }),
+        );
         if let Some(info) = &mut self.connection_info {
-            info.protocol_ver = Some(
-                match info.protocol_ver_id {
+            set_some(
+                &mut info.protocol_ver,
+                Some(match info.protocol_ver_id {
                     4 => "Internet Protocol version 4 (IPv4)",
                     6 => "Internet Protocol version 6 (IPv6)",
                     _ => "Unknown",
-                }
-                .to_owned(),
+                }),
             );
-            info.direction = Some(
-                match info.direction_id {
+            set_some(
+                &mut info.direction,
+                Some(match info.direction_id {
                     1 => "Inbound",
                     2 => "Outbound",
                     _ => "Unknown",
-                }
-                .to_owned(),
+                }),
             );
-            info.boundary = info.boundary_id.map(|id| {
-                match id {
+            set_some(
+                &mut info.boundary,
+                info.boundary_id.map(|id| match id {
                     BOUNDARY_LOCALHOST => "Localhost",
                     _ => "Unknown",
-                }
-                .to_owned()
-            });
+                }),
+            );
         }
     }
 
@@ -910,6 +952,44 @@ impl Record {
             },
             Kind::Flow | Kind::Gap | Kind::Epoch | Kind::Policy => ACTIVITY_OTHER,
         }
+    }
+
+    /// A flow record's message, from its fields: `<verdict> <source segment> ->
+    /// <destination segment> <destination>/<protocol> (<rule or reason>)`, and `, <count>
+    /// attempts` for a fold of more than one. `None` for a record without those fields.
+    pub fn flow_message(&self) -> Option<String> {
+        let mut message = String::new();
+        self.write_flow_message(&mut message).then_some(message)
+    }
+
+    /// Appends [`Record::flow_message`] to `out`; `false` (and nothing appended) for a
+    /// record without the fields it needs.
+    pub fn write_flow_message(&self, out: &mut String) -> bool {
+        use std::fmt::Write as _;
+        let (Some(flow), Some(dst), Some(info)) = (
+            self.flow(),
+            self.dst_endpoint.as_ref(),
+            self.connection_info.as_ref(),
+        ) else {
+            return false;
+        };
+        let _ = write!(
+            out,
+            "{} {} -> {} ",
+            flow.verdict, flow.src_segment, flow.dst_segment
+        );
+        Endpoint::write_address_and_port(out, &dst.ip, dst.port);
+        // A protocol without a name is named by its number.
+        let _ = if info.protocol_name.is_empty() {
+            write!(out, "/{}", info.protocol_num)
+        } else {
+            write!(out, "/{}", info.protocol_name)
+        };
+        let _ = write!(out, " ({})", flow.rule.as_deref().unwrap_or(&flow.reason));
+        if let Some(count) = self.count.filter(|&count| count > 1) {
+            let _ = write!(out, ", {count} attempts");
+        }
+        true
     }
 
     /// The flow details, for flow records.

@@ -1,6 +1,8 @@
-//! The writer of the local audit store: append-only JSON Lines segment files in one
-//! directory, hash-chained across files, rotated by size and age, sealed on rotation,
-//! trimmed by total size and age, synced to disk as configured.
+//! The writer of the local audit store: append-only segment files in one directory (the
+//! compact format of [`super::compact`]; an earlier store's JSON Lines files are read,
+//! continued from and sealed in their own format), hash-chained across files, rotated by
+//! size and age, sealed on rotation, trimmed by total size and age, synced to disk as
+//! configured.
 //!
 //! A batch is written whole or not at all: on a write error the file is cut back to the
 //! end of the last complete batch and the chain stays where it was, so a full disk never
@@ -15,7 +17,8 @@ use std::{
 
 use super::{
     chain::{self, Head},
-    files::{self, SegmentFile},
+    compact::{self, Decoder, Encoder},
+    files::{self, Format, SegmentFile},
     record::{FileDetails, FileSummary, Kind, Record, RemovedFile, SEVERITY_HIGH},
     seal::{KeyFileError, Sealer},
 };
@@ -46,6 +49,8 @@ pub struct StoreSettings {
     pub retain_age: Duration,
     /// When to sync.
     pub fsync: Fsync,
+    /// The format of the files it starts.
+    pub format: Format,
 }
 
 /// A store operation that failed.
@@ -85,17 +90,14 @@ struct FileStats {
 }
 
 impl FileStats {
-    /// The seal of file `number` holding these records; `how` ends its message.
-    fn seal(&self, number: u64, time: i64, hostname: &str, how: &str) -> Record {
+    /// The seal of segment file `number`, named `name`, holding these records; `how`
+    /// ends its message.
+    fn seal(&self, (number, name): (u64, &str), time: i64, hostname: &str, how: &str) -> Record {
         let mut seal = Record::new(
             Kind::Seal,
             time,
             hostname,
-            format!(
-                "audit file {} sealed{how}: {} records",
-                files::segment_name(number),
-                self.records
-            ),
+            format!("audit file {name} sealed{how}: {} records", self.records),
         );
         seal.unmapped.file = Some(FileDetails {
             number,
@@ -127,11 +129,88 @@ impl FileStats {
     }
 }
 
+/// How a segment file takes records: in its format, with what that needs.
+enum Writer {
+    /// A JSON Lines file of an earlier store (only its seal is written).
+    Lines,
+    /// A compact file, with its table of names.
+    Compact(Encoder),
+}
+
+/// A batch being built by a [`Writer`].
+enum Building {
+    Lines,
+    Compact(compact::Batch),
+}
+
+impl Writer {
+    /// The writer of a file in `format`, with no names yet.
+    fn new(format: Format) -> Self {
+        match format {
+            Format::Lines => Self::Lines,
+            Format::Compact => Self::Compact(Encoder::default()),
+        }
+    }
+
+    fn begin(&self, head: &Head, out: &mut Vec<u8>) -> Building {
+        match self {
+            Self::Lines => Building::Lines,
+            Self::Compact(encoder) => Building::Compact(encoder.begin(head, out)),
+        }
+    }
+
+    /// Appends `record` as the record after `head` and advances `head`.
+    fn push(
+        &mut self,
+        building: &mut Building,
+        record: &mut Record,
+        head: &mut Head,
+        out: &mut Vec<u8>,
+    ) {
+        match (self, building) {
+            (Self::Compact(encoder), Building::Compact(batch)) => {
+                encoder.push(batch, record, head, out);
+            }
+            _ => chain::append(record, head, out),
+        }
+    }
+
+    fn end(building: Building, head: &Head, out: &mut Vec<u8>) {
+        if let Building::Compact(batch) = building {
+            Encoder::end(batch, head, out);
+        }
+    }
+
+    /// Where its names stand, to go back to when a batch is not written.
+    fn mark(&self) -> Option<compact::Mark> {
+        match self {
+            Self::Lines => None,
+            Self::Compact(encoder) => Some(encoder.mark()),
+        }
+    }
+
+    fn rollback(&mut self, mark: Option<compact::Mark>) {
+        if let (Self::Compact(encoder), Some(mark)) = (self, mark) {
+            encoder.rollback(mark);
+        }
+    }
+}
+
+/// Appends `records` to `out` as one batch in `writer`'s format after `head`.
+fn batch_for(writer: &mut Writer, records: &mut [&mut Record], head: &mut Head, out: &mut Vec<u8>) {
+    let mut building = writer.begin(head, out);
+    for record in records {
+        writer.push(&mut building, record, head, out);
+    }
+    Writer::end(building, head, out);
+}
+
 /// The open segment file.
 struct Current {
     number: u64,
     path: PathBuf,
     file: File,
+    writer: Writer,
     /// Bytes of complete batches.
     len: u64,
     opened: Instant,
@@ -151,7 +230,7 @@ pub struct Store {
     pending: Vec<Record>,
     /// An earlier writer's newest file and the seal it still needs (appended before the
     /// next batch, so the chain runs through it).
-    unsealed: Option<(PathBuf, Record)>,
+    unsealed: Option<(SegmentFile, Record)>,
     /// Files a pending retention record names; removed once that record is written.
     doomed: Vec<PathBuf>,
     unsynced: Option<Instant>,
@@ -202,7 +281,7 @@ impl Store {
                         format!(
                             "an incomplete record ({} bytes) at the end of {} was cut off at restart",
                             resumed.torn_bytes,
-                            files::segment_name(last.number)
+                            files::name_in(last.number, last.format)
                         ),
                     );
                     gap.severity_id = SEVERITY_HIGH;
@@ -213,11 +292,11 @@ impl Store {
                     });
                     pending.push(gap);
                 }
-                unsealed = resumed.seal.map(|seal| (last.path.clone(), seal));
+                unsealed = resumed.seal.map(|seal| (last.clone(), seal));
                 (last.number + 1, "restart")
             }
         };
-        let current = create(&settings.dir, number).map_err(dir_error)?;
+        let current = create(&settings.dir, number, settings.format).map_err(dir_error)?;
         let mut store = Self {
             hostname: hostname.to_owned(),
             settings,
@@ -271,7 +350,7 @@ impl Store {
             &self.hostname,
             format!(
                 "audit file {} opened ({why})",
-                files::segment_name(self.current.number)
+                files::name_in(self.current.number, self.settings.format)
             ),
         );
         record.unmapped.file = Some(FileDetails {
@@ -311,9 +390,14 @@ impl Store {
         self.seal_earlier_file()?;
         let head_before = self.head;
         let stats_before = self.current.stats.clone();
+        let names_before = self.current.writer.mark();
         self.buf.clear();
+        self.buf
+            .extend_from_slice(file_start(self.settings.format, self.current.len));
+        let writer = &mut self.current.writer;
+        let mut building = writer.begin(&self.head, &mut self.buf);
         for record in self.pending.iter_mut().chain(records.iter_mut()) {
-            chain::append(record, &mut self.head, &mut self.buf);
+            writer.push(&mut building, record, &mut self.head, &mut self.buf);
             self.current.stats.add(record);
         }
         let epoch = self
@@ -322,18 +406,28 @@ impl Store {
             .filter(|sealer| seal_file || sealer.due_in().is_zero())
             .map(|sealer| sealer.seal(&self.head, now_ms, &self.hostname));
         if let Some(mut epoch) = epoch.clone() {
-            chain::append(&mut epoch, &mut self.head, &mut self.buf);
+            writer.push(&mut building, &mut epoch, &mut self.head, &mut self.buf);
             self.current.stats.add(&epoch);
         }
         if seal_file {
-            let mut seal = self.seal_record(now_ms);
-            chain::append(&mut seal, &mut self.head, &mut self.buf);
+            let mut seal = self.current.stats.seal(
+                (
+                    self.current.number,
+                    &files::name_in(self.current.number, self.settings.format),
+                ),
+                now_ms,
+                &self.hostname,
+                "",
+            );
+            writer.push(&mut building, &mut seal, &mut self.head, &mut self.buf);
         }
+        Writer::end(building, &self.head, &mut self.buf);
         if let Err(source) = self.current.file.write_all(&self.buf) {
             // Cut back whatever part of the batch reached the file.
             let _ = self.current.file.set_len(self.current.len);
             self.head = head_before;
             self.current.stats = stats_before;
+            self.current.writer.rollback(names_before);
             return Err(StoreError::Write {
                 path: self.current.path.clone(),
                 source,
@@ -369,14 +463,25 @@ impl Store {
 
     /// Appends the seal an earlier writer's newest file still needs, if any.
     fn seal_earlier_file(&mut self) -> Result<(), StoreError> {
-        let Some((path, seal)) = &mut self.unsealed else {
+        let Some((file, seal)) = &mut self.unsealed else {
             return Ok(());
         };
         let mut head = self.head;
-        let mut out = Vec::new();
-        chain::append(seal, &mut head, &mut out);
-        append_to(path, &out).map_err(|source| StoreError::Write {
-            path: path.clone(),
+        let len = fs::metadata(&file.path)
+            .map_err(|source| StoreError::Write {
+                path: file.path.clone(),
+                source,
+            })?
+            .len();
+        let mut out = file_start(file.format, len).to_vec();
+        batch_for(
+            &mut Writer::new(file.format),
+            &mut [seal],
+            &mut head,
+            &mut out,
+        );
+        append_to(&file.path, &out).map_err(|source| StoreError::Write {
+            path: file.path.clone(),
             source,
         })?;
         self.head = head;
@@ -438,19 +543,16 @@ impl Store {
             self.current.sealed = true;
         }
         let number = self.current.number + 1;
-        self.current = create(&self.settings.dir, number).map_err(|source| StoreError::Dir {
-            dir: self.settings.dir.clone(),
-            source,
-        })?;
+        self.current =
+            create(&self.settings.dir, number, self.settings.format).map_err(|source| {
+                StoreError::Dir {
+                    dir: self.settings.dir.clone(),
+                    source,
+                }
+            })?;
         self.pending.push(self.open_record(now_ms, "rotate"));
         self.retain(now_ms);
         Ok(())
-    }
-
-    fn seal_record(&self, now_ms: i64) -> Record {
-        self.current
-            .stats
-            .seal(self.current.number, now_ms, &self.hostname, "")
     }
 
     /// Picks the oldest sealed files to remove (by total size, then by age) and queues a
@@ -470,7 +572,7 @@ impl Store {
             if file.number >= self.current.number {
                 break;
             }
-            let Ok(Some((seal, seal_hash))) = files::seal_of(&file.path) else {
+            let Ok(Some((seal, seal_hash))) = files::seal_of(file) else {
                 // An unsealed old file is evidence of something wrong: keep it.
                 break;
             };
@@ -492,7 +594,7 @@ impl Store {
         }
         let names: Vec<String> = removed
             .iter()
-            .map(|(file, ..)| files::segment_name(file.number))
+            .map(|(file, ..)| files::name_in(file.number, file.format))
             .collect();
         let mut record = Record::new(
             Kind::Retention,
@@ -524,9 +626,11 @@ impl Store {
     }
 }
 
-/// Creates segment file `number` in `dir`.
-fn create(dir: &Path, number: u64) -> io::Result<Current> {
-    let path = dir.join(files::segment_name(number));
+/// Creates segment file `number` in `dir`, in `format`.
+fn create(dir: &Path, number: u64, format: Format) -> io::Result<Current> {
+    let path = dir.join(files::name_in(number, format));
+    // Nothing is written yet: on a full disk the file's first bytes wait for the first
+    // batch that fits.
     let file = OpenOptions::new()
         .create_new(true)
         .append(true)
@@ -535,11 +639,21 @@ fn create(dir: &Path, number: u64) -> io::Result<Current> {
         number,
         path,
         file,
+        writer: Writer::new(format),
         len: 0,
         opened: Instant::now(),
         stats: FileStats::default(),
         sealed: false,
     })
+}
+
+/// What a file in `format` holding `len` bytes needs before its next batch: a compact
+/// file's first bytes, when it has none yet.
+fn file_start(format: Format, len: u64) -> &'static [u8] {
+    match format {
+        Format::Compact if len == 0 => compact::FILE_MAGIC,
+        _ => &[],
+    }
 }
 
 /// Appends `bytes` to the file at `path` whole or not at all (a failed write is cut
@@ -560,14 +674,17 @@ fn append_to(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// sealed for the first time has none, and is not read through to its oldest file.)
 fn last_epoch(files: &[SegmentFile]) -> io::Result<Option<u64>> {
     for file in files.iter().rev().take(2) {
-        let text = fs::read_to_string(&file.path)?;
-        let found = text
-            .lines()
-            .rev()
-            .filter(|line| line.contains("\"kind\":\"epoch\""))
-            .find_map(|line| chain::check(line).ok()?.record.unmapped.epoch);
-        if let Some(epoch) = found {
-            return Ok(Some(epoch.index));
+        let mut found = None;
+        files::read_records(file, |stored| {
+            if let Ok(stored) = stored
+                && let Some(epoch) = stored.record.unmapped.epoch
+            {
+                found = Some(epoch.index);
+            }
+            true
+        })?;
+        if found.is_some() {
+            return Ok(found);
         }
     }
     Ok(None)
@@ -582,14 +699,69 @@ struct Resumed {
     seal: Option<Record>,
 }
 
-/// Reads the newest file of an earlier writer: cuts off a torn last line, finds the
+/// What the records of the newest file say, for its seal and the chain's end.
+#[derive(Default)]
+struct Found {
+    stats: FileStats,
+    head: Option<Head>,
+    sealed: bool,
+    hostname: String,
+}
+
+impl Found {
+    /// Takes in a record that parses; one that does not is the verifier's business, and
+    /// the chain continues from the last one that does.
+    fn add(&mut self, record: &Record, claimed: chain::Hash) {
+        self.stats.add(record);
+        self.sealed = record.unmapped.kind == Kind::Seal;
+        self.hostname.clone_from(&record.device.hostname);
+        self.head = Some(Head {
+            sequence: record.sequence(),
+            hash: claimed,
+        });
+    }
+}
+
+/// Reads the newest file of an earlier writer: cuts off a torn last record, finds the
 /// chain's end and, when the file is unsealed, the seal it needs.
 fn resume(last: &SegmentFile) -> io::Result<Resumed> {
     let bytes = fs::read(&last.path)?;
-    let complete = bytes
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |at| at + 1);
+    let mut found = Found::default();
+    let complete = match last.format {
+        Format::Lines => {
+            let complete = bytes
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |at| at + 1);
+            files::Records::new(Format::Lines).read(&bytes[..complete], 0, |stored| {
+                if let Ok(stored) = stored {
+                    found.add(&stored.record, stored.claimed);
+                }
+                true
+            });
+            complete
+        }
+        Format::Compact => {
+            let read = Decoder::default().read(&bytes, 0, |entry| {
+                if let Ok(record) = entry.record() {
+                    found.add(&record, entry.claimed);
+                }
+                true
+            });
+            match read {
+                // Past the last complete batch: what follows is a torn one.
+                Ok(end) => usize::try_from(end).unwrap_or(bytes.len()),
+                // Damage is the verifier's business: nothing is cut.
+                Err(_) => bytes.len(),
+            }
+        }
+    };
+    // A compact file torn before its first bytes were all there starts again empty.
+    let complete = if last.format == Format::Compact && complete < compact::FILE_MAGIC.len() {
+        0
+    } else {
+        complete
+    };
     let torn_bytes = (bytes.len() - complete) as u64;
     if torn_bytes > 0 {
         OpenOptions::new()
@@ -597,27 +769,16 @@ fn resume(last: &SegmentFile) -> io::Result<Resumed> {
             .open(&last.path)?
             .set_len(complete as u64)?;
     }
-    let text = String::from_utf8_lossy(&bytes[..complete]);
-    let mut stats = FileStats::default();
-    let mut head = None;
-    let mut sealed = false;
-    let mut hostname = String::new();
-    for line in text.lines() {
-        // Lines that do not check are the verifier's business; the chain continues from
-        // the last one that does.
-        if let Ok(checked) = chain::check(line) {
-            stats.add(&checked.record);
-            sealed = checked.record.unmapped.kind == Kind::Seal;
-            hostname.clone_from(&checked.record.device.hostname);
-            head = Some(Head {
-                sequence: checked.record.sequence(),
-                hash: checked.claimed,
-            });
-        }
-    }
-    let head = head.unwrap_or(Head::GENESIS);
-    let seal =
-        (!sealed).then(|| stats.seal(last.number, stats.last_time, &hostname, " at restart"));
+    let head = found.head.unwrap_or(Head::GENESIS);
+    let name = files::name_in(last.number, last.format);
+    let seal = (!found.sealed).then(|| {
+        found.stats.seal(
+            (last.number, &name),
+            found.stats.last_time,
+            &found.hostname,
+            " at restart",
+        )
+    });
     Ok(Resumed {
         head,
         torn_bytes,
@@ -640,6 +801,7 @@ mod tests {
             retain_bytes: u64::MAX,
             retain_age: Duration::from_secs(86_400),
             fsync: Fsync::Never,
+            format: Format::Compact,
         }
     }
 

@@ -15,7 +15,8 @@ use serde::Serialize;
 
 use super::{
     chain::{self, GENESIS, Hash},
-    files::{self, SegmentFile},
+    compact::{Decoder, FlowView, FormatError},
+    files::{self, Format, SegmentFile},
     ordered,
     record::{FileSummary, FlowNames, Kind, Record, rfc3339},
     seal::{SealingKey, VerifyKey},
@@ -456,7 +457,7 @@ fn walk_files(
 /// The break of a file missing before `segment`, where `expected_number` belongs.
 fn missing(dir: &Path, segment: &SegmentFile, expected_number: u64) -> Break {
     Break {
-        file: dir.join(files::segment_name(expected_number)),
+        file: dir.join(files::name_in(expected_number, segment.format)),
         line: 0,
         sequence: None,
         why: format!(
@@ -534,6 +535,8 @@ fn names_hash(prev: &str, hash: &Hash) -> bool {
 enum Line<'a> {
     /// A flow.
     Flow(FlowLine<'a>),
+    /// A flow of a compact file, read in place; its sequence number and `prev`.
+    Compact(FlowView<'a>, u64, Hash),
     /// Any other record.
     Other(Box<Record>),
 }
@@ -587,20 +590,31 @@ impl Line<'_> {
     fn sequence(&self) -> u64 {
         match self {
             Self::Flow(flow) => flow.metadata.sequence,
+            Self::Compact(_, sequence, _) => *sequence,
             Self::Other(record) => record.sequence(),
         }
     }
 
-    fn prev(&self) -> &str {
+    /// The `prev` it names, as written in JSON.
+    fn prev(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            Self::Flow(flow) => &flow.unmapped.prev,
-            Self::Other(record) => &record.unmapped.prev,
+            Self::Flow(flow) => flow.unmapped.prev.as_ref().into(),
+            Self::Compact(_, _, prev) => hex::encode(prev).into(),
+            Self::Other(record) => record.unmapped.prev.as_str().into(),
+        }
+    }
+
+    /// Whether its `prev` is `hash`.
+    fn follows(&self, hash: &Hash) -> bool {
+        match self {
+            Self::Compact(_, _, prev) => prev == hash,
+            _ => names_hash(&self.prev(), hash),
         }
     }
 
     fn kind(&self) -> Kind {
         match self {
-            Self::Flow(_) => Kind::Flow,
+            Self::Flow(_) | Self::Compact(..) => Kind::Flow,
             Self::Other(record) => record.unmapped.kind,
         }
     }
@@ -608,7 +622,7 @@ impl Line<'_> {
     /// The whole record, for any but a flow.
     fn whole(&self) -> Option<&Record> {
         match self {
-            Self::Flow(_) => None,
+            Self::Flow(_) | Self::Compact(..) => None,
             Self::Other(record) => Some(record),
         }
     }
@@ -626,6 +640,17 @@ impl Line<'_> {
                         .connection_info
                         .as_ref()
                         .map(|info| (&*info.protocol_name, info.protocol_num)),
+                });
+            }
+            Self::Compact(flow, ..) => {
+                let (src_segment, dst_segment) = flow.segments().unwrap_or_default();
+                let reason = flow.reason().unwrap_or_default();
+                summary.add_flow(&FlowNames {
+                    src_segment,
+                    dst_segment,
+                    decided_by: flow.rule().unwrap_or(reason),
+                    verdict: flow.verdict().unwrap_or_default(),
+                    protocol: flow.protocol(),
                 });
             }
             Self::Other(record) => summary.add(record),
@@ -668,6 +693,61 @@ fn walk_file(
         why,
     };
     let bytes = fs::read(&segment.path).map_err(|err| broken(0, None, err.to_string()))?;
+    let mut file = FileWalk {
+        segment,
+        in_file: 0,
+        last_kind: None,
+        summary: FileSummary::default(),
+    };
+    if segment.format == Format::Compact {
+        let mut failed = None;
+        let read = Decoder::default().read(&bytes, 0, |entry| {
+            let record = match entry.flow() {
+                Some(flow) => Line::Compact(flow, entry.sequence, entry.prev),
+                None => match entry.record() {
+                    Ok(record) => Line::Other(Box::new(record)),
+                    Err(why) => {
+                        failed = Some(broken(entry.number, Some(entry.sequence), why));
+                        return false;
+                    }
+                },
+            };
+            match file.step(
+                walk,
+                first_prev,
+                entry.number,
+                (record, entry.claimed, entry.actual),
+                &|_| None,
+            ) {
+                Ok(()) => true,
+                Err(err) => {
+                    failed = Some(err);
+                    false
+                }
+            }
+        });
+        if let Some(failed) = failed {
+            return Err(failed);
+        }
+        match read {
+            Ok(end) if end == bytes.len() as u64 => {}
+            Ok(_) => {
+                return Err(broken(
+                    usize::try_from(file.in_file).unwrap_or(0) + 1,
+                    None,
+                    "the last batch of records is incomplete: the file was truncated".to_owned(),
+                ));
+            }
+            Err(err) => {
+                let number = match &err {
+                    FormatError::Entry { number, .. } => *number,
+                    _ => usize::try_from(file.in_file).unwrap_or(0) + 1,
+                };
+                return Err(broken(number, None, err.to_string()));
+            }
+        }
+        return file.finish(walk, is_last, usize::try_from(file.in_file).unwrap_or(0));
+    }
     let text = String::from_utf8(bytes)
         .map_err(|err| broken(0, None, format!("not UTF-8 text: {err}")))?;
     if !text.is_empty() && !text.ends_with('\n') {
@@ -678,17 +758,60 @@ fn walk_file(
             "the last record is incomplete: the file was truncated".to_owned(),
         ));
     }
-    walk.summary.files += 1;
-    let mut last_kind: Option<Kind> = None;
-    // What the file's flows so far name, for its seal's summary.
-    let mut summary = FileSummary::default();
-    for (in_file, (index, line)) in (0_u64..).zip(text.lines().enumerate()) {
+    // Where a record that comes too late is, when it is later in the file.
+    let moved = |after: usize, expected: u64| {
+        text.lines()
+            .enumerate()
+            .skip(after)
+            .find(|(_, later)| chain::check(later).is_ok_and(|c| c.record.sequence() == expected))
+            .map(|(at, _)| at + 1)
+    };
+    for (index, line) in text.lines().enumerate() {
         let number = index + 1;
-        let (record, claimed, actual) =
-            take_apart(line).map_err(|err| broken(number, None, format!("{err}")))?;
+        let taken = take_apart(line).map_err(|err| broken(number, None, format!("{err}")))?;
+        file.step(walk, first_prev, number, taken, &|expected| {
+            moved(number, expected)
+        })?;
+    }
+    file.finish(walk, is_last, text.lines().count())
+}
+
+/// One file's walk so far.
+struct FileWalk<'a> {
+    segment: &'a SegmentFile,
+    /// Records so far.
+    in_file: u64,
+    last_kind: Option<Kind>,
+    /// What the file's flows so far name, for its seal's summary.
+    summary: FileSummary,
+}
+
+impl FileWalk<'_> {
+    fn broken(&self, line: usize, sequence: Option<u64>, why: String) -> Break {
+        Break {
+            file: self.segment.path.clone(),
+            line,
+            sequence,
+            why,
+        }
+    }
+
+    /// Checks the file's record at position `number` (its line, or its place in a
+    /// compact file), taken apart; `moved` finds where in the file a record of a given
+    /// sequence number is, when it can be looked for.
+    fn step(
+        &mut self,
+        walk: &mut Walk,
+        first_prev: &mut Option<(u64, String)>,
+        number: usize,
+        (record, claimed, actual): (Line<'_>, Hash, Hash),
+        moved: &dyn Fn(u64) -> Option<usize>,
+    ) -> Result<(), Break> {
+        let segment = self.segment;
+        let in_file = self.in_file;
         let sequence = record.sequence();
         if claimed != actual {
-            return Err(broken(
+            return Err(self.broken(
                 number,
                 Some(sequence),
                 "the record was altered: its content does not match its hash".to_owned(),
@@ -698,10 +821,10 @@ fn walk_file(
             walk.head_record = Some((segment.number, segment.path.clone(), number, claimed));
         }
         match walk.last {
-            None => *first_prev = Some((sequence, record.prev().to_owned())),
+            None => *first_prev = Some((sequence, record.prev().into_owned())),
             Some((last, hash)) => {
                 if sequence <= last {
-                    return Err(broken(
+                    return Err(self.broken(
                         number,
                         Some(sequence),
                         format!(
@@ -711,16 +834,12 @@ fn walk_file(
                 }
                 if sequence > last + 1 {
                     let expected = last + 1;
-                    let moved = text.lines().enumerate().skip(index + 1).find(|(_, later)| {
-                        chain::check(later).is_ok_and(|c| c.record.sequence() == expected)
-                    });
-                    return Err(broken(
+                    return Err(self.broken(
                         number,
                         Some(sequence),
-                        match moved {
-                            Some((at, _)) => format!(
-                                "record {sequence} comes where record {expected} belongs, which is at line {}: records were reordered",
-                                at + 1
+                        match moved(expected) {
+                            Some(at) => format!(
+                                "record {sequence} comes where record {expected} belongs, which is at line {at}: records were reordered"
                             ),
                             None => format!(
                                 "records {}..={} are missing after record {last}: they were deleted",
@@ -730,8 +849,8 @@ fn walk_file(
                         },
                     ));
                 }
-                if !names_hash(record.prev(), &hash) {
-                    return Err(broken(
+                if !record.follows(&hash) {
+                    return Err(self.broken(
                         number,
                         Some(sequence),
                         format!(
@@ -748,7 +867,7 @@ fn walk_file(
                     .and_then(|record| record.unmapped.file.as_ref())
                     .is_some_and(|file| file.number == segment.number);
             if !opens_this_file {
-                return Err(broken(
+                return Err(self.broken(
                     number,
                     Some(sequence),
                     "the file does not start with its own open record".to_owned(),
@@ -759,7 +878,7 @@ fn walk_file(
         if record.kind() == Kind::Seal {
             let claimed = file_details.and_then(|file| file.records);
             if claimed != Some(in_file) {
-                return Err(broken(
+                return Err(self.broken(
                     number,
                     Some(sequence),
                     format!(
@@ -769,9 +888,9 @@ fn walk_file(
                 ));
             }
             if let Some(claimed) = file_details.and_then(|file| file.summary.as_ref())
-                && *claimed != summary
+                && *claimed != self.summary
             {
-                return Err(broken(
+                return Err(self.broken(
                     number,
                     Some(sequence),
                     "the seal's summary of the file's flows (segments, rules, verdicts, protocols) does not match the flows before it".to_owned(),
@@ -783,11 +902,12 @@ fn walk_file(
                 // Checked when the file is linked to the seals before it.
                 Some(epochs) => epochs.push((epoch.clone(), walk.last)),
                 None => {
-                    check_epoch(epoch, walk).map_err(|why| broken(number, Some(sequence), why))?;
+                    check_epoch(epoch, walk)
+                        .map_err(|why| self.broken(number, Some(sequence), why))?;
                 }
             }
         }
-        record.add_to(&mut summary);
+        record.add_to(&mut self.summary);
         match (record.kind(), whole) {
             (Kind::Flow, _) => walk.summary.flows += 1,
             (Kind::Gap, Some(record)) => {
@@ -803,8 +923,8 @@ fn walk_file(
             }
             _ => {}
         }
-        if last_kind == Some(Kind::Seal) {
-            return Err(broken(
+        if self.last_kind == Some(Kind::Seal) {
+            return Err(self.broken(
                 number,
                 Some(sequence),
                 "a record follows the file's seal".to_owned(),
@@ -813,23 +933,30 @@ fn walk_file(
         walk.summary.records += 1;
         walk.summary.last_sequence = sequence;
         walk.last = Some((sequence, claimed));
-        last_kind = Some(record.kind());
+        self.last_kind = Some(record.kind());
+        self.in_file += 1;
+        Ok(())
     }
-    let sealed = last_kind == Some(Kind::Seal);
-    if last_kind.is_none() {
-        if is_last {
-            return Ok(());
+
+    /// Checks how the file ends, `records` being its last record's position.
+    fn finish(&self, walk: &mut Walk, is_last: bool, records: usize) -> Result<(), Break> {
+        walk.summary.files += 1;
+        let sealed = self.last_kind == Some(Kind::Seal);
+        if self.last_kind.is_none() {
+            if is_last {
+                return Ok(());
+            }
+            return Err(self.broken(0, None, "the file is empty".to_owned()));
         }
-        return Err(broken(0, None, "the file is empty".to_owned()));
+        if !is_last && !sealed {
+            return Err(self.broken(
+                records,
+                walk.last.map(|(sequence, _)| sequence),
+                "the file ends without its seal: it was truncated".to_owned(),
+            ));
+        }
+        Ok(())
     }
-    if !is_last && !sealed {
-        return Err(broken(
-            text.lines().count(),
-            walk.last.map(|(sequence, _)| sequence),
-            "the file ends without its seal: it was truncated".to_owned(),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -851,6 +978,7 @@ mod tests {
             retain_bytes: u64::MAX,
             retain_age: Duration::from_secs(86_400 * 365),
             fsync: Fsync::Never,
+            format: Format::Lines,
         }
     }
 
@@ -1276,7 +1404,7 @@ mod tests {
             2,
             "rotated once the file was older than the age"
         );
-        let (seal, _) = files::seal_of(&segments[0].path).unwrap().expect("sealed");
+        let (seal, _) = files::seal_of(&segments[0]).unwrap().expect("sealed");
         assert_eq!(seal.unmapped.file.unwrap().records, Some(3), "open, 2 gaps");
         let opened: Record = serde_json::from_str(&lines(&segments[1].path)[0]).unwrap();
         assert_eq!(
@@ -1309,7 +1437,7 @@ mod tests {
         write_at(100, 1_000 + 12 * HOUR);
         let now = 1_000 + 30 * HOUR;
         let last_time = |file: &SegmentFile| {
-            files::seal_of(&file.path)
+            files::seal_of(file)
                 .unwrap()
                 .and_then(|(seal, _)| seal.unmapped.file?.last_time)
         };
@@ -1634,5 +1762,80 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(broken.why.contains("does not prove the chain"), "{broken}");
+    }
+
+    /// Flows and gaps written through `store`, `n` of each, from `first`.
+    fn flows_and_gaps(store: &mut Store, first: u64, n: u64) {
+        for i in first..first + n {
+            let mut records = vec![
+                Record::example_flow("deny", ("tcp", 6), u16::try_from(i).unwrap()),
+                gap(i),
+            ];
+            store.write(&mut records, 2_000).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_json_lines_store_is_continued_in_the_compact_format_and_verifies_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(settings(dir.path(), 2_000), "host-a", 1_000, None).unwrap();
+        flows_and_gaps(&mut store, 1, 10);
+        store.close(3_000).unwrap();
+        let mut compact = settings(dir.path(), 2_000);
+        compact.format = Format::Compact;
+        let mut store = Store::open(compact, "host-a", 4_000, None).unwrap();
+        flows_and_gaps(&mut store, 11, 40);
+        store.close(5_000).unwrap();
+
+        let formats: Vec<Format> = files::segments(dir.path())
+            .unwrap()
+            .iter()
+            .map(|file| file.format)
+            .collect();
+        assert!(formats.contains(&Format::Lines) && formats.contains(&Format::Compact));
+        let summary = verify(dir.path(), &Proof::default()).unwrap().unwrap();
+        assert_eq!(summary.flows, 50);
+        let flows: Vec<Record> = files::rendered_lines(dir.path())
+            .unwrap()
+            .iter()
+            .map(|line| serde_json::from_str::<Record>(line).unwrap())
+            .filter(|record| record.flow().is_some())
+            .collect();
+        let ports: Vec<u16> = flows
+            .iter()
+            .map(|flow| flow.dst_endpoint.as_ref().unwrap().port)
+            .collect();
+        assert_eq!(ports, (1..=50).collect::<Vec<u16>>());
+    }
+
+    #[test]
+    fn a_changed_byte_in_a_compact_file_is_named_by_file_and_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut compact = settings(dir.path(), 2_000);
+        compact.format = Format::Compact;
+        let mut store = Store::open(compact, "host-a", 1_000, None).unwrap();
+        flows_and_gaps(&mut store, 1, 40);
+        store.close(5_000).unwrap();
+        assert!(verify(dir.path(), &Proof::default()).unwrap().is_ok());
+        let file = &files::segments(dir.path()).unwrap()[1];
+        let mut bytes = fs::read(&file.path).unwrap();
+        let mut read = Vec::new();
+        Decoder::default()
+            .read(&bytes, 0, |record| {
+                read.push(record.number);
+                true
+            })
+            .unwrap();
+        // A byte in the middle of the file, wherever it falls.
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x01;
+        fs::write(&file.path, &bytes).unwrap();
+        let broken = first_break(dir.path());
+        assert_eq!(broken.file, file.path);
+        assert!(broken.line >= 1 && broken.line <= read.len(), "{broken}");
+        assert!(
+            broken.sequence.is_some() || broken.why.contains("damaged"),
+            "{broken}"
+        );
     }
 }

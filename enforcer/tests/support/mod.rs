@@ -4,6 +4,7 @@
 use std::{ffi::OsStr, path::Path, process::Output, time::Duration};
 
 use enforcer::audit::{
+    files::Format,
     record::{Actor, ConnectionInfo, Endpoint, FlowDetails, Kind, Process, Record},
     store::{Fsync, Store, StoreSettings},
 };
@@ -97,6 +98,7 @@ pub fn settings(dir: &Path, rotate_bytes: u64) -> StoreSettings {
         retain_bytes: u64::MAX,
         retain_age: Duration::from_secs(86_400 * 365),
         fsync: Fsync::Never,
+        format: Format::Compact,
     }
 }
 

@@ -53,6 +53,10 @@ use enforcer_common::{
 };
 use enforcer_tests::packet::{SYN, tcp4, tcp4_from};
 
+/// The agent's allocator, so the pipeline allocates as it does in the agent.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A port the bench policy opens to nobody.
 const DENIED_PORT: u16 = 10_002;
 /// Most events generated but not yet stored.
@@ -118,6 +122,7 @@ fn settings(dir: &Path) -> StoreSettings {
         retain_bytes: u64::MAX,
         retain_age: Duration::from_secs(86_400 * 365),
         fsync: Fsync::Interval(Duration::from_secs(1)),
+        format: enforcer::audit::files::Format::Compact,
     }
 }
 

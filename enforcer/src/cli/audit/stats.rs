@@ -12,7 +12,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{StoreArgs, TimeRange};
-use crate::audit::read;
+use crate::audit::{compact, read, record::Record};
 use crate::cli::table::{print_table, table};
 
 /// Arguments of `enforcer audit stats`.
@@ -137,6 +137,68 @@ struct GapView<'a> {
     cause: Cow<'a, str>,
 }
 
+impl<'a> View<'a> {
+    /// The view of a compact file's flow.
+    fn of_flow(flow: &compact::FlowView<'a>) -> Self {
+        let (src_segment, dst_segment) = flow.segments().unwrap_or_default();
+        Self {
+            count: Some(flow.attempts()),
+            src_endpoint: flow.source().map(|(ip, _)| EndpointView {
+                ip: ip.map_or(Cow::Borrowed(""), |ip| Cow::Owned(ip.to_string())),
+            }),
+            actor: flow.process_name().map(|name| ActorView {
+                process: ProcessView {
+                    name: Cow::Borrowed(name),
+                },
+            }),
+            unmapped: UnmappedView {
+                flow: flow.verdict().map(|verdict| FlowView {
+                    verdict: Cow::Borrowed(verdict),
+                    reason: Cow::Borrowed(flow.reason().unwrap_or_default()),
+                    rule: flow.rule().map(Cow::Borrowed),
+                    src_segment: Cow::Borrowed(src_segment),
+                    dst_segment: Cow::Borrowed(dst_segment),
+                    generation: flow.generation().unwrap_or_default(),
+                    policy_sha256: Cow::Borrowed(flow.policy_sha256().unwrap_or_default()),
+                    cgroup: Cow::Borrowed(flow.cgroup().unwrap_or_default()),
+                }),
+                gap: None,
+            },
+        }
+    }
+
+    /// The view of a whole record.
+    fn of(record: &'a Record) -> Self {
+        Self {
+            count: record.count,
+            src_endpoint: record.src_endpoint.as_ref().map(|end| EndpointView {
+                ip: Cow::Borrowed(&end.ip),
+            }),
+            actor: record.actor.as_ref().map(|actor| ActorView {
+                process: ProcessView {
+                    name: Cow::Borrowed(&actor.process.name),
+                },
+            }),
+            unmapped: UnmappedView {
+                flow: record.flow().map(|flow| FlowView {
+                    verdict: Cow::Borrowed(&flow.verdict),
+                    reason: Cow::Borrowed(&flow.reason),
+                    rule: flow.rule.as_deref().map(Cow::Borrowed),
+                    src_segment: Cow::Borrowed(&flow.src_segment),
+                    dst_segment: Cow::Borrowed(&flow.dst_segment),
+                    generation: flow.generation,
+                    policy_sha256: Cow::Borrowed(&flow.policy_sha256),
+                    cgroup: Cow::Borrowed(&flow.cgroup),
+                }),
+                gap: record.unmapped.gap.as_ref().map(|gap| GapView {
+                    lost: gap.lost,
+                    cause: Cow::Borrowed(&gap.cause),
+                }),
+            },
+        }
+    }
+}
+
 /// The figures of part of the store (one file), merged into the whole in chain order.
 #[derive(Default)]
 struct Part {
@@ -168,16 +230,25 @@ fn denials_of<'a>(stats: &'a mut Stats, decided_by: &str) -> &'a mut Denials {
 }
 
 impl Part {
-    /// Counts the record on `line`.
-    fn add(&mut self, line: &str) -> Result<(), serde_json::Error> {
-        let record: View<'_> = serde_json::from_str(line)?;
+    /// Counts one record.
+    fn add(&mut self, item: read::Item<'_>) -> Result<(), serde_json::Error> {
+        match item {
+            read::Item::Line(line) => self.count(&serde_json::from_str(line)?),
+            read::Item::Flow(flow) => self.count(&View::of_flow(&flow)),
+            read::Item::Record(record) => self.count(&View::of(record)),
+        }
+        Ok(())
+    }
+
+    /// Counts the record `record` shows.
+    fn count(&mut self, record: &View<'_>) {
         let stats = &mut self.stats;
         if let Some(gap) = &record.unmapped.gap {
             stats.lost += gap.lost;
             bump(&mut stats.lost_by_cause, &gap.cause, gap.lost);
         }
         let Some(flow) = &record.unmapped.flow else {
-            return Ok(());
+            return;
         };
         // A folded record counts every attempt it stands for.
         let attempts = record.count.unwrap_or(1);
@@ -229,7 +300,6 @@ impl Part {
             .get_mut(&*flow.src_segment)
             .expect("inserted above");
         bump(row, &flow.dst_segment, attempts);
-        Ok(())
     }
 
     /// Adds a later part's figures to these.

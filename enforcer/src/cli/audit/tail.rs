@@ -4,14 +4,13 @@
 use std::{
     fs::File,
     io::{Read as _, Seek as _, SeekFrom, Write as _},
-    path::Path,
     process::ExitCode,
     time::Duration,
 };
 
 use super::{StoreArgs, format_line};
 use crate::audit::{
-    files::SegmentFile,
+    files::{Records, SegmentFile},
     read::{self, ReadError},
     record::Record,
 };
@@ -35,35 +34,53 @@ pub struct Args {
     json: bool,
 }
 
-/// Reportable records of the complete lines in `bytes`; the count of bytes used.
+/// Reportable records of the complete records in `bytes` (from file offset `base` of
+/// `file`), read on by `reader`; the offset reading ended at.
 fn parse(
-    path: &Path,
+    file: &SegmentFile,
+    reader: &mut Records,
     bytes: &[u8],
-    first_line: usize,
-) -> Result<(Vec<(String, Record)>, usize), ReadError> {
-    let used = bytes
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |at| at + 1);
+    base: u64,
+) -> Result<(Vec<(String, Record)>, u64), ReadError> {
     let mut records = Vec::new();
-    for (index, line) in String::from_utf8_lossy(&bytes[..used]).lines().enumerate() {
-        let record: Record = serde_json::from_str(line).map_err(|source| ReadError::Corrupt {
-            path: path.to_owned(),
-            line: first_line + index,
-            source,
-        })?;
-        if read::is_reportable(&record) {
-            records.push((line.to_owned(), record));
+    let mut damage = None;
+    let end = reader.read(bytes, base, |stored| match stored {
+        Ok(stored) => {
+            if read::is_reportable(&stored.record) {
+                records.push((stored.json().into_owned(), stored.record));
+            }
+            true
         }
+        Err(err) => {
+            damage = Some(err);
+            false
+        }
+    });
+    match damage {
+        Some(source) => Err(ReadError::Damaged {
+            path: file.path.clone(),
+            source,
+        }),
+        None => Ok((records, end)),
     }
-    Ok((records, used))
 }
 
 /// Where `-f` reads on.
 struct Cursor {
     file: SegmentFile,
     offset: u64,
-    line: usize,
+    reader: Records,
+}
+
+impl Cursor {
+    /// At the start of `file`.
+    fn start(file: SegmentFile) -> Self {
+        Self {
+            reader: Records::new(file.format),
+            file,
+            offset: 0,
+        }
+    }
 }
 
 fn print(
@@ -91,13 +108,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             path: file.path.clone(),
             source,
         })?;
-        let (mut records, used) = parse(&file.path, &bytes, 1)?;
+        let mut at = Cursor::start(file.clone());
+        let (mut records, used) = parse(file, &mut at.reader, &bytes, 0)?;
         if cursor.is_none() {
-            cursor = Some(Cursor {
-                file: file.clone(),
-                offset: used as u64,
-                line: bytes[..used].iter().filter(|&&b| b == b'\n').count() + 1,
-            });
+            at.offset = used;
+            cursor = Some(at);
         }
         records.append(&mut newest);
         newest = records;
@@ -116,11 +131,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     loop {
         std::thread::sleep(POLL);
         let Some(current) = &mut cursor else {
-            cursor = read::segments(&dir)?.into_iter().next().map(|file| Cursor {
-                file,
-                offset: 0,
-                line: 1,
-            });
+            cursor = read::segments(&dir)?.into_iter().next().map(Cursor::start);
             continue;
         };
         // Look for a newer file first, so nothing written before the switch is missed.
@@ -134,21 +145,17 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         handle.seek(SeekFrom::Start(current.offset))?;
         let mut bytes = Vec::new();
         handle.read_to_end(&mut bytes)?;
-        let (records, used) = parse(&current.file.path, &bytes, current.line)?;
+        let (records, used) = parse(&current.file, &mut current.reader, &bytes, current.offset)?;
         for (line, record) in &records {
             print(&mut out, args.json, line, record)?;
         }
         out.flush()?;
-        current.offset += used as u64;
-        current.line += bytes[..used].iter().filter(|&&b| b == b'\n').count();
+        let complete = used - current.offset == bytes.len() as u64;
+        current.offset = used;
         if let Some(file) = next
-            && used == bytes.len()
+            && complete
         {
-            *current = Cursor {
-                file,
-                offset: 0,
-                line: 1,
-            };
+            *current = Cursor::start(file);
         }
     }
 }
