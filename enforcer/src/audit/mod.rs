@@ -1,6 +1,7 @@
 //! The audit trail: OCSF-shaped [`record::Record`]s (which the agent's consumer makes
 //! from kernel flow events), the [`store`] that appends them to hash-chained, rotated
-//! JSON Lines files, and what reads those files: [`verify`] checks them, [`read`] queries
+//! segment files ([`compact`] binary, or JSON Lines; [`files`] reads either), and what
+//! reads those files: [`verify`] checks them, [`read`] queries
 //! them, [`export`] writes them for other tools (OCSF JSON Lines, CSV, Parquet), [`replay`]
 //! decides their flows again under a candidate policy and [`forward`] sends them to a syslog
 //! collector.
