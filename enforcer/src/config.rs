@@ -923,6 +923,13 @@ listen = "localhost"
         );
         let missing = problems("pin_dir = \"/sys/fs/bpf/x\"\n");
         assert!(missing[0].contains("missing field `policy`"), "{missing:?}");
+        let bad_format = problems("[policy]\npath = \"/p\"\n[audit]\nformat = \"xml\"\n");
+        assert!(
+            bad_format[0].starts_with(
+                "enforcer.toml:4:10: unknown variant `xml`, expected `compact` or `jsonl`"
+            ),
+            "{bad_format:?}"
+        );
     }
 
     fn forward(table: &str) -> Result<Config, Vec<String>> {
