@@ -578,15 +578,10 @@ impl Address {
 
 /// Whether every name `flow` uses is among the `defined` names of its file.
 fn names_defined(flow: &Flow<'_>, defined: usize) -> bool {
-    let mut ids = vec![flow.hostname];
-    ids.extend(flow.src.iter().chain(&flow.dst).map(|end| end.name));
-    ids.extend(flow.connection.iter().map(|info| info.protocol_name));
-    ids.extend(flow.actor.iter().map(|actor| actor.1));
-    if let Some((uid, kind)) = flow.firewall_rule {
-        ids.extend([uid, kind]);
-    }
-    if let Some(details) = &flow.details {
-        ids.extend([
+    let known = |id: &NameId| (*id as usize) < defined;
+    let ends = flow.src.iter().chain(&flow.dst).all(|end| known(&end.name));
+    let details = flow.details.as_ref().is_none_or(|details| {
+        [
             details.verdict,
             details.reason,
             details.hook,
@@ -594,16 +589,25 @@ fn names_defined(flow: &Flow<'_>, defined: usize) -> bool {
             details.dst_segment,
             details.policy_sha256,
             details.cgroup,
-        ]);
-        ids.extend(
-            details
-                .rule
-                .iter()
-                .chain(&details.interface)
-                .chain(&details.fold),
-        );
-    }
-    ids.iter().all(|&id| (id as usize) < defined)
+        ]
+        .iter()
+        .chain(&details.rule)
+        .chain(&details.interface)
+        .chain(&details.fold)
+        .all(known)
+    });
+    known(&flow.hostname)
+        && ends
+        && details
+        && flow
+            .connection
+            .iter()
+            .all(|info| known(&info.protocol_name))
+        && flow.actor.iter().all(|actor| known(&actor.1))
+        && flow
+            .firewall_rule
+            .iter()
+            .all(|(uid, kind)| known(uid) && known(kind))
 }
 
 /// The reader's side of one compact file: its table of names, its position in the
