@@ -366,8 +366,9 @@ fn seen(
         let reason = Reason::from_code(event.reason);
         let by = match reason {
             Some(reason) => names
-                .rule(reason, event.rule_id)
-                .unwrap_or_else(|| reason.word().to_owned()),
+                .rule_name(reason, event.rule_id)
+                .unwrap_or(reason.word())
+                .to_owned(),
             None => format!("<reason {}>", event.reason),
         };
         let (hook, want_family) = if to.addr.is_ipv4() {

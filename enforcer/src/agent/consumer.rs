@@ -23,12 +23,15 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
+use enforcer_common::event::FlowEvent;
+
 use super::{audit::Note, enrich::Enricher, sweep::FoldSweeps};
 use crate::{
     audit::{
+        compact::FlowFacts,
         history,
         record::{Gap, Kind, Record, SEVERITY_HIGH, now_ms},
-        store::Store,
+        store::{FlowSource, Store},
     },
     config::WriteErrorAction,
     loader::{EventReader, PinnedMaps},
@@ -141,7 +144,7 @@ impl Consumer {
                 // counts any it cannot hold) instead of being drained and dropped.
                 ready = ring.readable_mut(), if owed.failing_since.is_none() => {
                     let mut guard = ready?;
-                    let drained = drain(guard.get_inner_mut(), &mut self.enricher, &mut batch, &mut owed);
+                    let drained = drain(guard.get_inner_mut(), &mut batch, &mut owed);
                     if drained < BATCH_MAX {
                         guard.clear_ready();
                     }
@@ -171,7 +174,7 @@ impl Consumer {
             self.folds.everything(&mut self.maps)?;
         }
         while owed.failing_since.is_none() {
-            let drained = drain(ring.get_mut(), &mut self.enricher, &mut batch, &mut owed);
+            let drained = drain(ring.get_mut(), &mut batch, &mut owed);
             self.flush(&mut batch, &mut owed)?;
             if drained < BATCH_MAX {
                 break;
@@ -203,7 +206,7 @@ impl Consumer {
         written.extend(note.written);
     }
 
-    fn flush(&mut self, batch: &mut Vec<Record>, owed: &mut Owed) -> anyhow::Result<()> {
+    fn flush(&mut self, batch: &mut Vec<FlowEvent>, owed: &mut Owed) -> anyhow::Result<()> {
         let kernel_lost = self.maps.event_counts()?.lost;
         let ring_lost = kernel_lost.saturating_sub(self.ring_lost_accounted);
         if batch.is_empty()
@@ -242,11 +245,16 @@ impl Consumer {
             gaps.push(gap(&self.enricher, owed.undecodable, "decode-error", None));
         }
         let flows = batch.len() as u64;
-        gaps.append(batch);
-        let mut records = gaps;
         let accounted_before = self.ring_lost_accounted;
         self.store.set_ring_lost_accounted(kernel_lost);
-        match self.store.write(&mut records, now_ms()) {
+        let mut events = Enriching {
+            enricher: &mut self.enricher,
+            events: batch,
+        };
+        match self
+            .store
+            .write_with_flows(&mut gaps, &mut events, now_ms())
+        {
             Ok(()) => {
                 self.ring_lost_accounted = kernel_lost;
                 self.stats.flows.fetch_add(flows, Ordering::Relaxed);
@@ -306,14 +314,25 @@ impl Consumer {
     }
 }
 
-/// Moves up to [`BATCH_MAX`] waiting events into `batch` as records; returns how many
-/// were taken off the ring.
-fn drain(
-    ring: &mut EventReader,
-    enricher: &mut Enricher,
-    batch: &mut Vec<Record>,
-    owed: &mut Owed,
-) -> usize {
+/// A batch's events, each enriched as the store writes it.
+struct Enriching<'a> {
+    enricher: &'a mut Enricher,
+    events: &'a [FlowEvent],
+}
+
+impl FlowSource for Enriching<'_> {
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    fn facts(&mut self, index: usize) -> FlowFacts<'_> {
+        self.enricher.facts(&self.events[index])
+    }
+}
+
+/// Moves up to [`BATCH_MAX`] waiting events into `batch`; returns how many were taken
+/// off the ring.
+fn drain(ring: &mut EventReader, batch: &mut Vec<FlowEvent>, owed: &mut Owed) -> usize {
     let mut taken = 0;
     while taken < BATCH_MAX {
         let Some(event) = ring.next_event() else {
@@ -321,7 +340,7 @@ fn drain(
         };
         taken += 1;
         match event {
-            Ok(event) => batch.push(enricher.record(&event)),
+            Ok(event) => batch.push(event),
             Err(err) => {
                 if owed.undecodable == 0 {
                     tracing::error!(error = %err, "an event could not be decoded");

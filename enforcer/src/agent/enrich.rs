@@ -16,11 +16,13 @@ use enforcer_common::event::{
 };
 
 use crate::{
-    audit::record::{
-        ACTION_ALLOWED, ACTION_DENIED, ACTIVITY_OPEN, ACTIVITY_REFUSE, Actor, BOUNDARY_LOCALHOST,
-        CATEGORY_NETWORK, CLASS_NETWORK_ACTIVITY, ConnectionInfo, DISPOSITION_ALLOWED,
-        DISPOSITION_BLOCKED, DISPOSITION_DETECTED, Endpoint, FirewallRule, FlowDetails, Kind,
-        Process, Record, SEVERITY_INFO, SEVERITY_LOW, SEVERITY_MEDIUM,
+    audit::{
+        compact::{Address, Connection, Details, End, FlowFacts},
+        record::{
+            ACTION_ALLOWED, ACTION_DENIED, ACTIVITY_OPEN, ACTIVITY_REFUSE, BOUNDARY_LOCALHOST,
+            DISPOSITION_ALLOWED, DISPOSITION_BLOCKED, DISPOSITION_DETECTED, Record, SEVERITY_INFO,
+            SEVERITY_LOW, SEVERITY_MEDIUM,
+        },
     },
     host,
     policy::names::{GENERATIONS_KEPT, GenerationNames},
@@ -34,21 +36,19 @@ struct CgroupPaths {
 }
 
 impl CgroupPaths {
-    fn path(&mut self, id: u64) -> String {
+    fn path(&mut self, id: u64) -> &str {
         if id == 0 {
-            return String::new();
+            return "";
         }
-        if let Some(path) = self.paths.get(&id) {
-            return path.clone();
-        }
-        if self
-            .scanned
-            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        if !self.paths.contains_key(&id)
+            && self
+                .scanned
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
         {
             self.scanned = Some(Instant::now());
             self.paths = host::cgroups::paths_by_id(&self.root);
         }
-        self.paths.get(&id).cloned().unwrap_or_default()
+        self.paths.get(&id).map_or("", String::as_str)
     }
 }
 
@@ -60,6 +60,7 @@ pub struct Enricher {
     interfaces: HashMap<u32, String>,
     /// Wall clock minus the kernel's boot-time clock, in nanoseconds.
     clock_offset_ns: i128,
+    scratch: Scratch,
 }
 
 impl Enricher {
@@ -75,6 +76,7 @@ impl Enricher {
             },
             interfaces: HashMap::new(),
             clock_offset_ns: clock_offset_ns(),
+            scratch: Scratch::default(),
         }
     }
 
@@ -103,34 +105,48 @@ impl Enricher {
 
     /// The record of one event.
     pub fn record(&mut self, event: &FlowEvent) -> Record {
+        self.facts(event).record()
+    }
+
+    /// The facts of one event's record, its names borrowed from what the enricher knows:
+    /// the store writes them without building the record ([`FlowFacts::record`] is the
+    /// record).
+    pub fn facts(&mut self, event: &FlowEvent) -> FlowFacts<'_> {
+        let time = self.wall_ms(event.timestamp_ns);
+        let first = self.wall_ms(event.first_ns.min(event.timestamp_ns));
+        // What fills a cache comes first; everything after borrows.
+        let cgroup = self.cgroups.path(event.cgroup_id);
+        let interface =
+            (event.ifindex != 0).then(|| interface_name(&mut self.interfaces, event.ifindex));
+        let scratch = &mut self.scratch;
+        let comm_end = event
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(event.comm.len());
+        scratch.comm.clear();
+        scratch
+            .comm
+            .push_str(&String::from_utf8_lossy(&event.comm[..comm_end]));
         let names = self
             .generations
             .iter()
             .rev()
             .find(|known| known.generation == event.generation)
-            .cloned()
-            .unwrap_or_else(|| {
-                Arc::new(GenerationNames {
-                    generation: event.generation,
-                    ..GenerationNames::default()
-                })
-            });
+            .map(|known| &**known);
         let verdict = Verdict::from_code(event.verdict);
         let reason = Reason::from_code(event.reason);
         let hook = Hook::from_code(event.hook);
         let verdict_word = verdict.map_or("unknown", Verdict::word);
         let reason_word = reason.map_or("unknown", Reason::word);
-        let rule = reason.and_then(|reason| names.rule(reason, event.rule_id));
-        let src_segment = names.segment(event.src_segment);
-        let dst_segment = names.segment(event.dst_segment);
+        let rule = names.and_then(|names| names.rule_name(reason?, event.rule_id));
+        let src_segment = segment_name(names, event.src_segment, &mut scratch.src_segment);
+        let dst_segment = segment_name(names, event.dst_segment, &mut scratch.dst_segment);
         let v4 = event.family == family::INET;
         // Decided on the way in: at XDP, or at the receiving socket (whose cgroup the
         // record names; no process is known there).
         let inbound = matches!(hook, Some(Hook::XdpIngress | Hook::SkbIngress));
         let local = event.flags & FLOW_FLAG_ON_THIS_HOST != 0;
-        let src_ip = address(&event.src_addr, event.family, false);
-        // A destination of `0.0.0.0` or `::` is real: a connect there reaches this host.
-        let dst_ip = address(&event.dst_addr, event.family, true);
         // An MPTCP subflow is TCP on the wire and decided as TCP; the kernel flags it, and
         // the record carries the socket's protocol, which the event's byte cannot hold.
         let mptcp = event.protocol == 6 && event.flags & FLOW_FLAG_MPTCP != 0;
@@ -140,25 +156,14 @@ impl Enricher {
             u32::from(event.protocol)
         };
         let protocol_name = match (event.protocol, mptcp) {
-            (6, true) => "mptcp".to_owned(),
-            (1, _) => "icmp".to_owned(),
-            (6, _) => "tcp".to_owned(),
-            (17, _) => "udp".to_owned(),
-            (58, _) => "icmpv6".to_owned(),
+            (6, true) => "mptcp",
+            (1, _) => "icmp",
+            (6, _) => "tcp",
+            (17, _) => "udp",
+            (58, _) => "icmpv6",
             // No name rather than a made-up one: `protocol_num` names it.
-            _ => String::new(),
+            _ => "",
         };
-        let pid = u32::try_from(event.pid_tgid >> 32).unwrap_or(0);
-        let comm = comm(&event.comm);
-        let cgroup = self.cgroups.path(event.cgroup_id);
-        let interface = (event.ifindex != 0).then(|| self.interface(event.ifindex));
-
-        let mut record = Record::new(
-            Kind::Flow,
-            self.wall_ms(event.timestamp_ns),
-            &self.hostname,
-            String::new(),
-        );
         let (activity, action, disposition, severity) = match verdict {
             Some(Verdict::Deny) => (
                 ACTIVITY_REFUSE,
@@ -179,73 +184,93 @@ impl Enricher {
                 SEVERITY_INFO,
             ),
         };
-        record.class_uid = CLASS_NETWORK_ACTIVITY;
-        record.category_uid = CATEGORY_NETWORK;
-        record.activity_id = activity;
-        record.type_uid = u64::from(CLASS_NETWORK_ACTIVITY) * 100 + u64::from(activity);
-        record.severity_id = severity;
-        record.action_id = Some(action);
-        record.disposition_id = Some(disposition);
-        record.src_endpoint = Some(Endpoint {
-            ip: src_ip,
-            port: event.src_port,
-            name: src_segment.clone(),
-        });
-        record.dst_endpoint = Some(Endpoint {
-            ip: dst_ip,
-            port: event.dst_port,
-            name: dst_segment.clone(),
-        });
-        record.connection_info = Some(ConnectionInfo {
-            protocol_num,
-            protocol_name,
-            protocol_ver_id: if v4 { 4 } else { 6 },
-            protocol_ver: None,
-            direction_id: if inbound { 1 } else { 2 },
-            direction: None,
-            boundary_id: local.then_some(BOUNDARY_LOCALHOST),
-            boundary: None,
-        });
-        record.actor = (!inbound).then_some(Actor {
-            process: Process { pid, name: comm },
-        });
-        record.firewall_rule = Some(FirewallRule {
-            uid: rule.clone().unwrap_or_else(|| reason_word.to_owned()),
-            kind: reason_word.to_owned(),
-        });
-        record.unmapped.flow = Some(FlowDetails {
-            verdict: verdict_word.to_owned(),
-            reason: reason_word.to_owned(),
-            rule,
-            hook: hook.map_or("unknown", Hook::program_name).to_owned(),
-            src_segment,
-            dst_segment,
-            generation: event.generation,
-            policy_sha256: names.source_sha256.clone(),
-            cgroup_id: event.cgroup_id,
-            cgroup,
-            interface,
-            kernel_ns: event.timestamp_ns,
-            fold: fold_word(event.fold).map(str::to_owned),
-        });
-        record.count = Some(u64::from(event.count.max(1)));
-        if event.count > 1 {
-            record.start_time = Some(self.wall_ms(event.first_ns.min(event.timestamp_ns)));
-            record.end_time = Some(record.time);
+        let folded = event.count > 1;
+        FlowFacts {
+            names: Vec::new(),
+            time,
+            count: Some(u64::from(event.count.max(1))),
+            start_time: folded.then_some(first),
+            end_time: folded.then_some(time),
+            message: None,
+            hostname: &self.hostname,
+            severity_id: severity,
+            activity_id: activity,
+            action_id: Some(action),
+            disposition_id: Some(disposition),
+            src: Some(End {
+                ip: address(&event.src_addr, event.family, false),
+                port: event.src_port,
+                name: src_segment,
+            }),
+            // A destination of `0.0.0.0` or `::` is real: a connect there reaches this
+            // host.
+            dst: Some(End {
+                ip: address(&event.dst_addr, event.family, true),
+                port: event.dst_port,
+                name: dst_segment,
+            }),
+            connection: Some(Connection {
+                protocol_num,
+                protocol_name,
+                protocol_ver_id: if v4 { 4 } else { 6 },
+                direction_id: if inbound { 1 } else { 2 },
+                boundary_id: local.then_some(BOUNDARY_LOCALHOST),
+            }),
+            actor: (!inbound).then_some((
+                u32::try_from(event.pid_tgid >> 32).unwrap_or(0),
+                scratch.comm.as_str(),
+            )),
+            firewall_rule: Some((rule.unwrap_or(reason_word), reason_word)),
+            details: Some(Details {
+                verdict: verdict_word,
+                reason: reason_word,
+                rule,
+                hook: hook.map_or("unknown", Hook::program_name),
+                src_segment,
+                dst_segment,
+                generation: event.generation,
+                policy_sha256: names.map_or("", |names| names.source_sha256.as_str()),
+                cgroup_id: event.cgroup_id,
+                cgroup,
+                interface,
+                kernel_ns: event.timestamp_ns,
+                fold: fold_word(event.fold),
+            }),
         }
-        record.message = record.flow_message().unwrap_or_default();
-        record.caption();
-        record
     }
+}
 
-    fn interface(&mut self, index: u32) -> String {
-        self.interfaces
-            .entry(index)
-            .or_insert_with(|| {
-                host::interfaces::name(index).unwrap_or_else(|| format!("if#{index}"))
-            })
-            .clone()
+/// Buffers for the names an event's facts make up rather than borrow.
+#[derive(Default)]
+struct Scratch {
+    comm: String,
+    src_segment: String,
+    dst_segment: String,
+}
+
+/// Segment `id`'s name in `names`, borrowed, or (for an id it does not have, or a
+/// generation the agent does not know) the name [`GenerationNames::segment`] makes up,
+/// in `buffer`.
+fn segment_name<'a>(
+    names: Option<&'a GenerationNames>,
+    id: u32,
+    buffer: &'a mut String,
+) -> &'a str {
+    if let Some(name) = names.and_then(|names| names.segment_name(id)) {
+        return name;
     }
+    *buffer = names.map_or_else(
+        || GenerationNames::default().segment(id),
+        |names| names.segment(id),
+    );
+    buffer
+}
+
+/// Interface `index`'s name, looked up once.
+fn interface_name(interfaces: &mut HashMap<u32, String>, index: u32) -> &str {
+    interfaces
+        .entry(index)
+        .or_insert_with(|| host::interfaces::name(index).unwrap_or_else(|| format!("if#{index}")))
 }
 
 /// The record's word for an event's `FOLD_*` code; `None` for an attempt outside folds.
@@ -258,27 +283,23 @@ fn fold_word(code: u8) -> Option<&'static str> {
     }
 }
 
-/// An event's address as text; empty for an event without addresses, and for an
-/// unspecified (all-zero) one unless `unspecified_is_real` (a source address the cgroup
-/// hooks do not know is zero).
-fn address(bytes: &[u8; 16], address_family: u8, unspecified_is_real: bool) -> String {
-    let ip = if address_family == family::INET {
-        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+/// An event's address; none for an event without addresses, and for an unspecified
+/// (all-zero) one unless `unspecified_is_real` (a source address the cgroup hooks do not
+/// know is zero).
+fn address(bytes: &[u8; 16], address_family: u8, unspecified_is_real: bool) -> Address {
+    let (ip, address) = if address_family == family::INET {
+        let v4 = [bytes[0], bytes[1], bytes[2], bytes[3]];
+        (IpAddr::V4(Ipv4Addr::from(v4)), Address::V4(v4))
     } else if address_family == family::INET6 {
-        IpAddr::V6(Ipv6Addr::from(*bytes))
+        (IpAddr::V6(Ipv6Addr::from(*bytes)), Address::V6(*bytes))
     } else {
-        return String::new();
+        return Address::None;
     };
     if ip.is_unspecified() && !unspecified_is_real {
-        String::new()
+        Address::None
     } else {
-        ip.to_string()
+        address
     }
-}
-
-fn comm(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {

@@ -54,78 +54,253 @@ const HEADER_LEN: usize = 4 + 8 + 4 + 32;
 const TRAILER_LEN: usize = 32 + 4;
 
 /// A name's number in its file's table.
-type NameId = u32;
+pub type NameId = u32;
 
-/// A flow record in the binary form: every field a flow record has that is not a
-/// constant or a caption (which [`Record::caption`] derives from the ids), names as
-/// numbers in the file's table.
+/// A flow record's fields that are neither a constant nor a caption (which
+/// [`Record::caption`] derives from the ids), each name as an `N`: a [`NameId`] in the
+/// file's table as stored, the text itself in [`FlowFacts`], which the agent makes from a
+/// kernel event without building a record.
 #[derive(Debug, Serialize, Deserialize)]
-struct Flow<'a> {
-    /// Names this record uses first, numbered on from the file's table.
+pub struct Flow<'a, N = NameId> {
+    /// Names this record uses first, numbered on from the file's table (stored form
+    /// only).
     #[serde(borrow)]
-    names: Vec<&'a str>,
-    time: i64,
-    count: Option<u64>,
-    start_time: Option<i64>,
-    end_time: Option<i64>,
+    pub names: Vec<&'a str>,
+    /// `time`, ms since the epoch.
+    pub time: i64,
+    /// `count`.
+    pub count: Option<u64>,
+    /// `start_time`.
+    pub start_time: Option<i64>,
+    /// `end_time`.
+    pub end_time: Option<i64>,
     /// The message, when it is not the one [`Record::flow_message`] derives.
     #[serde(borrow)]
-    message: Option<&'a str>,
-    hostname: NameId,
-    severity_id: u32,
-    activity_id: u32,
-    action_id: Option<u32>,
-    disposition_id: Option<u32>,
-    src: Option<End>,
-    dst: Option<End>,
-    connection: Option<Connection>,
-    actor: Option<(u32, NameId)>,
-    firewall_rule: Option<(NameId, NameId)>,
-    details: Option<Details>,
+    pub message: Option<&'a str>,
+    /// `device.hostname`.
+    pub hostname: N,
+    /// `severity_id`.
+    pub severity_id: u32,
+    /// `activity_id`.
+    pub activity_id: u32,
+    /// `action_id`.
+    pub action_id: Option<u32>,
+    /// `disposition_id`.
+    pub disposition_id: Option<u32>,
+    /// `src_endpoint`.
+    pub src: Option<End<N>>,
+    /// `dst_endpoint`.
+    pub dst: Option<End<N>>,
+    /// `connection_info`.
+    pub connection: Option<Connection<N>>,
+    /// `actor.process`: its pid and name.
+    pub actor: Option<(u32, N)>,
+    /// `firewall_rule`: its uid and type.
+    pub firewall_rule: Option<(N, N)>,
+    /// `unmapped.flow`.
+    pub details: Option<Details<N>>,
 }
+
+/// A flow's fields with its names as text: what the agent's enricher makes of a kernel
+/// event, written by the store without a record in between.
+pub type FlowFacts<'a> = Flow<'a, &'a str>;
 
 /// An endpoint: address, port, segment.
 #[derive(Debug, Serialize, Deserialize)]
-struct End {
-    ip: Address,
-    port: u16,
-    name: NameId,
+pub struct End<N = NameId> {
+    /// The address, as the kernel gave it.
+    pub ip: Address,
+    /// The port (0: unknown).
+    pub port: u16,
+    /// The segment.
+    pub name: N,
 }
 
 /// An address as the kernel gave it; none where the hook did not know it.
-#[derive(Debug, Serialize, Deserialize)]
-enum Address {
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub enum Address {
+    /// Not known.
     None,
+    /// IPv4.
     V4([u8; 4]),
+    /// IPv6.
     V6([u8; 16]),
 }
 
 /// `connection_info` without its captions.
 #[derive(Debug, Serialize, Deserialize)]
-struct Connection {
-    protocol_num: u32,
-    protocol_name: NameId,
-    protocol_ver_id: u32,
-    direction_id: u32,
-    boundary_id: Option<u32>,
+pub struct Connection<N = NameId> {
+    /// `protocol_num`.
+    pub protocol_num: u32,
+    /// `protocol_name`.
+    pub protocol_name: N,
+    /// `protocol_ver_id`.
+    pub protocol_ver_id: u32,
+    /// `direction_id`.
+    pub direction_id: u32,
+    /// `boundary_id`.
+    pub boundary_id: Option<u32>,
 }
 
 /// `unmapped.flow`.
 #[derive(Debug, Serialize, Deserialize)]
-struct Details {
-    verdict: NameId,
-    reason: NameId,
-    rule: Option<NameId>,
-    hook: NameId,
-    src_segment: NameId,
-    dst_segment: NameId,
-    generation: u32,
-    policy_sha256: NameId,
-    cgroup_id: u64,
-    cgroup: NameId,
-    interface: Option<NameId>,
-    kernel_ns: u64,
-    fold: Option<NameId>,
+pub struct Details<N = NameId> {
+    /// `verdict`.
+    pub verdict: N,
+    /// `reason`.
+    pub reason: N,
+    /// `rule`.
+    pub rule: Option<N>,
+    /// `hook`.
+    pub hook: N,
+    /// `src_segment`.
+    pub src_segment: N,
+    /// `dst_segment`.
+    pub dst_segment: N,
+    /// `generation`.
+    pub generation: u32,
+    /// `policy_sha256`.
+    pub policy_sha256: N,
+    /// `cgroup_id`.
+    pub cgroup_id: u64,
+    /// `cgroup`.
+    pub cgroup: N,
+    /// `interface`.
+    pub interface: Option<N>,
+    /// `kernel_ns`.
+    pub kernel_ns: u64,
+    /// `fold`.
+    pub fold: Option<N>,
+}
+
+impl<'a, N: Copy> Flow<'a, N> {
+    /// The same flow with every name mapped by `name`.
+    fn map_names<M>(&self, mut name: impl FnMut(N) -> M) -> Flow<'a, M> {
+        let mut end = |end: &End<N>| End {
+            ip: end.ip,
+            port: end.port,
+            name: name(end.name),
+        };
+        let src = self.src.as_ref().map(&mut end);
+        let dst = self.dst.as_ref().map(&mut end);
+        let hostname = name(self.hostname);
+        let connection = self.connection.as_ref().map(|info| Connection {
+            protocol_num: info.protocol_num,
+            protocol_name: name(info.protocol_name),
+            protocol_ver_id: info.protocol_ver_id,
+            direction_id: info.direction_id,
+            boundary_id: info.boundary_id,
+        });
+        let actor = self.actor.map(|(pid, process)| (pid, name(process)));
+        let firewall_rule = self
+            .firewall_rule
+            .map(|(uid, kind)| (name(uid), name(kind)));
+        let details = self.details.as_ref().map(|details| Details {
+            verdict: name(details.verdict),
+            reason: name(details.reason),
+            rule: details.rule.map(&mut name),
+            hook: name(details.hook),
+            src_segment: name(details.src_segment),
+            dst_segment: name(details.dst_segment),
+            generation: details.generation,
+            policy_sha256: name(details.policy_sha256),
+            cgroup_id: details.cgroup_id,
+            cgroup: name(details.cgroup),
+            interface: details.interface.map(&mut name),
+            kernel_ns: details.kernel_ns,
+            fold: details.fold.map(&mut name),
+        });
+        Flow {
+            names: Vec::new(),
+            time: self.time,
+            count: self.count,
+            start_time: self.start_time,
+            end_time: self.end_time,
+            message: self.message,
+            hostname,
+            severity_id: self.severity_id,
+            activity_id: self.activity_id,
+            action_id: self.action_id,
+            disposition_id: self.disposition_id,
+            src,
+            dst,
+            connection,
+            actor,
+            firewall_rule,
+            details,
+        }
+    }
+
+    /// The record it stands for, each name given by `name`.
+    fn record_with(&self, mut name: impl FnMut(N) -> String) -> Record {
+        let mut record = Record::new(Kind::Flow, self.time, &name(self.hostname), String::new());
+        record.class_uid = CLASS_NETWORK_ACTIVITY;
+        record.category_uid = CATEGORY_NETWORK;
+        record.activity_id = self.activity_id;
+        record.type_uid = u64::from(CLASS_NETWORK_ACTIVITY) * 100 + u64::from(self.activity_id);
+        record.severity_id = self.severity_id;
+        record.count = self.count;
+        record.start_time = self.start_time;
+        record.end_time = self.end_time;
+        record.action_id = self.action_id;
+        record.disposition_id = self.disposition_id;
+        let mut end = |end: &End<N>| Endpoint {
+            ip: end.ip.addr().map_or_else(String::new, |ip| ip.to_string()),
+            port: end.port,
+            name: name(end.name),
+        };
+        record.src_endpoint = self.src.as_ref().map(&mut end);
+        record.dst_endpoint = self.dst.as_ref().map(&mut end);
+        record.connection_info = self.connection.as_ref().map(|info| ConnectionInfo {
+            protocol_num: info.protocol_num,
+            protocol_name: name(info.protocol_name),
+            protocol_ver_id: info.protocol_ver_id,
+            protocol_ver: None,
+            direction_id: info.direction_id,
+            direction: None,
+            boundary_id: info.boundary_id,
+            boundary: None,
+        });
+        record.actor = self.actor.map(|(pid, process)| Actor {
+            process: Process {
+                pid,
+                name: name(process),
+            },
+        });
+        record.firewall_rule = self.firewall_rule.map(|(uid, kind)| FirewallRule {
+            uid: name(uid),
+            kind: name(kind),
+        });
+        record.unmapped.flow = self.details.as_ref().map(|details| FlowDetails {
+            verdict: name(details.verdict),
+            reason: name(details.reason),
+            rule: details.rule.map(&mut name),
+            hook: name(details.hook),
+            src_segment: name(details.src_segment),
+            dst_segment: name(details.dst_segment),
+            generation: details.generation,
+            policy_sha256: name(details.policy_sha256),
+            cgroup_id: details.cgroup_id,
+            cgroup: name(details.cgroup),
+            interface: details.interface.map(&mut name),
+            kernel_ns: details.kernel_ns,
+            fold: details.fold.map(&mut name),
+        });
+        // A message left out is the one the record's fields derive.
+        record.message = match self.message {
+            Some(message) => message.to_owned(),
+            None => record.flow_message().unwrap_or_default(),
+        };
+        record.caption();
+        record
+    }
+}
+
+impl FlowFacts<'_> {
+    /// The flow record these facts stand for, as the store renders it on read.
+    pub fn record(&self) -> Record {
+        self.record_with(str::to_owned)
+    }
 }
 
 /// The writer's side of one compact file: its table of names.
@@ -207,12 +382,29 @@ impl Encoder {
         record.caption();
         let mut entry = Vec::with_capacity(128);
         self.encode(record, &mut entry);
-        head.hash = record_hash(&head.hash, record.metadata.sequence, &entry);
-        head.sequence += 1;
-        write_varint(out, entry.len());
-        out.extend_from_slice(&entry);
-        out.extend_from_slice(&head.hash[..TAG_LEN]);
-        batch.count += 1;
+        append_entry(batch, &entry, head, out);
+    }
+
+    /// Appends a flow given by its facts to `batch` as the record after `head`, and
+    /// advances `head`: the record [`FlowFacts::record`] renders, without building it.
+    pub fn push_facts(
+        &mut self,
+        batch: &mut Batch,
+        facts: &FlowFacts<'_>,
+        head: &mut Head,
+        out: &mut Vec<u8>,
+    ) {
+        let mut entry = Vec::with_capacity(128);
+        self.encode_facts(facts, &mut entry);
+        append_entry(batch, &entry, head, out);
+    }
+
+    /// A flow's entry.
+    fn encode_facts(&mut self, facts: &FlowFacts<'_>, out: &mut Vec<u8>) {
+        let flow = self.intern(facts);
+        out.push(ENTRY_FLOW);
+        let bytes = std::mem::take(out);
+        *out = postcard::to_extend(&flow, bytes).expect("a flow serialises into memory");
     }
 
     /// Ends `batch` (`head` is its last record's); a batch without records leaves
@@ -235,14 +427,10 @@ impl Encoder {
     /// One record's entry: the binary form of a flow that it holds exactly, JSON
     /// otherwise.
     fn encode(&mut self, record: &Record, out: &mut Vec<u8>) {
-        let mark = self.mark();
-        if let Some(flow) = self.flow(record) {
-            out.push(ENTRY_FLOW);
-            let bytes = std::mem::take(out);
-            *out = postcard::to_extend(&flow, bytes).expect("a flow serialises into memory");
+        if let Some(facts) = self.facts(record) {
+            self.encode_facts(&facts, out);
             return;
         }
-        self.rollback(mark);
         out.push(ENTRY_JSON);
         let mut json = record.clone();
         json.unmapped.prev = String::new();
@@ -250,9 +438,9 @@ impl Encoder {
         serde_json::to_writer(&mut *out, &json).expect("a record always serialises");
     }
 
-    /// The binary form of `record`, when it is a flow that form holds exactly: every
+    /// The facts of `record`, when it is a flow the binary form holds exactly: every
     /// field is either kept or one the decoder sets to the same value.
-    fn flow<'r>(&mut self, record: &'r Record) -> Option<Flow<'r>> {
+    fn facts<'r>(&mut self, record: &'r Record) -> Option<FlowFacts<'r>> {
         let product = &record.metadata.product;
         let constant = record.unmapped.kind == Kind::Flow
             && record.class_uid == CLASS_NETWORK_ACTIVITY
@@ -278,83 +466,78 @@ impl Encoder {
             return None;
         }
         let src = match &record.src_endpoint {
-            Some(end) => Some(end_parts(end)?),
+            Some(end) => Some(end_of(end)?),
             None => None,
         };
         let dst = match &record.dst_endpoint {
-            Some(end) => Some(end_parts(end)?),
+            Some(end) => Some(end_of(end)?),
             None => None,
         };
         self.message.clear();
         let derived =
             record.write_flow_message(&mut self.message) && self.message == record.message;
-        let mut names = Interner {
-            encoder: self,
-            new: Vec::new(),
-        };
-        let flow = record.flow();
-        let details = flow.map(|flow| Details {
-            verdict: names.id(&flow.verdict),
-            reason: names.id(&flow.reason),
-            rule: flow.rule.as_deref().map(|rule| names.id(rule)),
-            hook: names.id(&flow.hook),
-            src_segment: names.id(&flow.src_segment),
-            dst_segment: names.id(&flow.dst_segment),
-            generation: flow.generation,
-            policy_sha256: names.id(&flow.policy_sha256),
-            cgroup_id: flow.cgroup_id,
-            cgroup: names.id(&flow.cgroup),
-            interface: flow.interface.as_deref().map(|name| names.id(name)),
-            kernel_ns: flow.kernel_ns,
-            fold: flow.fold.as_deref().map(|fold| names.id(fold)),
-        });
-        let end = |names: &mut Interner<'_, 'r>, (ip, port, name): (Address, u16, &'r str)| End {
-            ip,
-            port,
-            name: names.id(name),
-        };
-        let src = src.map(|parts| end(&mut names, parts));
-        let dst = dst.map(|parts| end(&mut names, parts));
-        let connection = record.connection_info.as_ref().map(|info| Connection {
-            protocol_num: info.protocol_num,
-            protocol_name: names.id(&info.protocol_name),
-            protocol_ver_id: info.protocol_ver_id,
-            direction_id: info.direction_id,
-            boundary_id: info.boundary_id,
-        });
-        let actor = record
-            .actor
-            .as_ref()
-            .map(|actor| (actor.process.pid, names.id(&actor.process.name)));
-        let firewall_rule = record
-            .firewall_rule
-            .as_ref()
-            .map(|rule| (names.id(&rule.uid), names.id(&rule.kind)));
-        let hostname = names.id(&record.device.hostname);
         Some(Flow {
-            names: names.new,
+            names: Vec::new(),
             time: record.time,
             count: record.count,
             start_time: record.start_time,
             end_time: record.end_time,
             message: (!derived).then_some(record.message.as_str()),
-            hostname,
+            hostname: &record.device.hostname,
             severity_id: record.severity_id,
             activity_id: record.activity_id,
             action_id: record.action_id,
             disposition_id: record.disposition_id,
             src,
             dst,
-            connection,
-            actor,
-            firewall_rule,
-            details,
+            connection: record.connection_info.as_ref().map(|info| Connection {
+                protocol_num: info.protocol_num,
+                protocol_name: info.protocol_name.as_str(),
+                protocol_ver_id: info.protocol_ver_id,
+                direction_id: info.direction_id,
+                boundary_id: info.boundary_id,
+            }),
+            actor: record
+                .actor
+                .as_ref()
+                .map(|actor| (actor.process.pid, actor.process.name.as_str())),
+            firewall_rule: record
+                .firewall_rule
+                .as_ref()
+                .map(|rule| (rule.uid.as_str(), rule.kind.as_str())),
+            details: record.flow().map(|flow| Details {
+                verdict: flow.verdict.as_str(),
+                reason: flow.reason.as_str(),
+                rule: flow.rule.as_deref(),
+                hook: flow.hook.as_str(),
+                src_segment: flow.src_segment.as_str(),
+                dst_segment: flow.dst_segment.as_str(),
+                generation: flow.generation,
+                policy_sha256: flow.policy_sha256.as_str(),
+                cgroup_id: flow.cgroup_id,
+                cgroup: flow.cgroup.as_str(),
+                interface: flow.interface.as_deref(),
+                kernel_ns: flow.kernel_ns,
+                fold: flow.fold.as_deref(),
+            }),
         })
+    }
+
+    /// The stored form of `facts`: its names as numbers, those the file does not have
+    /// yet added to its table (and listed in it).
+    fn intern<'r>(&mut self, facts: &FlowFacts<'r>) -> Flow<'r> {
+        let mut names = Interner {
+            encoder: self,
+            new: Vec::new(),
+        };
+        let mut flow = facts.map_names(|name| names.id(name));
+        flow.names = names.new;
+        flow
     }
 }
 
-/// An endpoint's parts, when its address is one the binary form holds exactly.
-fn end_parts(end: &Endpoint) -> Option<(Address, u16, &str)> {
+/// An endpoint's facts, when its address is one the binary form holds exactly.
+fn end_of(end: &Endpoint) -> Option<End<&str>> {
     let ip = if end.ip.is_empty() {
         Address::None
     } else {
@@ -364,7 +547,21 @@ fn end_parts(end: &Endpoint) -> Option<(Address, u16, &str)> {
             _ => return None,
         }
     };
-    Some((ip, end.port, &end.name))
+    Some(End {
+        ip,
+        port: end.port,
+        name: &end.name,
+    })
+}
+
+/// Appends `entry` to `batch` as the record after `head`, and advances `head`.
+fn append_entry(batch: &mut Batch, entry: &[u8], head: &mut Head, out: &mut Vec<u8>) {
+    head.hash = record_hash(&head.hash, head.sequence + 1, entry);
+    head.sequence += 1;
+    write_varint(out, entry.len());
+    out.extend_from_slice(entry);
+    out.extend_from_slice(&head.hash[..TAG_LEN]);
+    batch.count += 1;
 }
 
 /// A record's hash: SHA-256 of the previous hash, its sequence number and its entry.
@@ -738,67 +935,7 @@ impl Decoder {
 /// The flow record of the binary form, its names from `names` (which hold every id it
 /// uses: the decoder checked).
 fn flow_record(flow: &Flow<'_>, names: &[String]) -> Record {
-    let name = |id: NameId| names[id as usize].clone();
-    let mut record = Record::new(Kind::Flow, flow.time, &name(flow.hostname), String::new());
-    record.class_uid = CLASS_NETWORK_ACTIVITY;
-    record.category_uid = CATEGORY_NETWORK;
-    record.activity_id = flow.activity_id;
-    record.type_uid = u64::from(CLASS_NETWORK_ACTIVITY) * 100 + u64::from(flow.activity_id);
-    record.severity_id = flow.severity_id;
-    record.count = flow.count;
-    record.start_time = flow.start_time;
-    record.end_time = flow.end_time;
-    record.action_id = flow.action_id;
-    record.disposition_id = flow.disposition_id;
-    let end = |end: &End| Endpoint {
-        ip: end.ip.addr().map_or_else(String::new, |ip| ip.to_string()),
-        port: end.port,
-        name: name(end.name),
-    };
-    record.src_endpoint = flow.src.as_ref().map(end);
-    record.dst_endpoint = flow.dst.as_ref().map(end);
-    record.connection_info = flow.connection.as_ref().map(|info| ConnectionInfo {
-        protocol_num: info.protocol_num,
-        protocol_name: name(info.protocol_name),
-        protocol_ver_id: info.protocol_ver_id,
-        protocol_ver: None,
-        direction_id: info.direction_id,
-        direction: None,
-        boundary_id: info.boundary_id,
-        boundary: None,
-    });
-    record.actor = flow.actor.map(|(pid, process)| Actor {
-        process: Process {
-            pid,
-            name: name(process),
-        },
-    });
-    record.firewall_rule = flow.firewall_rule.map(|(uid, kind)| FirewallRule {
-        uid: name(uid),
-        kind: name(kind),
-    });
-    record.unmapped.flow = flow.details.as_ref().map(|details| FlowDetails {
-        verdict: name(details.verdict),
-        reason: name(details.reason),
-        rule: details.rule.map(name),
-        hook: name(details.hook),
-        src_segment: name(details.src_segment),
-        dst_segment: name(details.dst_segment),
-        generation: details.generation,
-        policy_sha256: name(details.policy_sha256),
-        cgroup_id: details.cgroup_id,
-        cgroup: name(details.cgroup),
-        interface: details.interface.map(name),
-        kernel_ns: details.kernel_ns,
-        fold: details.fold.map(name),
-    });
-    // The encoder leaves out only a message the record's fields derive.
-    record.message = match flow.message {
-        Some(message) => message.to_owned(),
-        None => record.flow_message().unwrap_or_default(),
-    };
-    record.caption();
-    record
+    flow.record_with(|id| names[id as usize].clone())
 }
 
 /// The first batch of `bytes` when it is complete: `Err` when its length fields

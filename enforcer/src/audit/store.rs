@@ -17,9 +17,9 @@ use std::{
 
 use super::{
     chain::{self, Head},
-    compact::{self, Decoder, Encoder},
+    compact::{self, Decoder, Encoder, FlowFacts},
     files::{self, Format, SegmentFile},
-    record::{FileDetails, FileSummary, Kind, Record, RemovedFile, SEVERITY_HIGH},
+    record::{FileDetails, FileSummary, FlowNames, Kind, Record, RemovedFile, SEVERITY_HIGH},
     seal::{KeyFileError, Sealer},
 };
 
@@ -113,6 +113,29 @@ impl FileStats {
         seal
     }
 
+    /// Counts a flow written from its facts, as record `sequence`.
+    fn add_facts(&mut self, facts: &FlowFacts<'_>, sequence: u64) {
+        if self.records == 0 {
+            self.first_sequence = sequence;
+            self.first_time = facts.time;
+        }
+        self.records += 1;
+        self.last_time = facts.time;
+        self.flows += 1;
+        if let Some(details) = &facts.details {
+            self.summary.add_flow(&FlowNames {
+                src_segment: details.src_segment,
+                dst_segment: details.dst_segment,
+                decided_by: details.rule.unwrap_or(details.reason),
+                verdict: details.verdict,
+                protocol: facts
+                    .connection
+                    .as_ref()
+                    .map(|info| (info.protocol_name, info.protocol_num)),
+            });
+        }
+    }
+
     fn add(&mut self, record: &Record) {
         if self.records == 0 {
             self.first_sequence = record.sequence();
@@ -156,6 +179,22 @@ impl Writer {
         match self {
             Self::Lines => Building::Lines,
             Self::Compact(encoder) => Building::Compact(encoder.begin(head, out)),
+        }
+    }
+
+    /// Appends a flow given by its facts as the record after `head` and advances `head`.
+    fn push_facts(
+        &mut self,
+        building: &mut Building,
+        facts: &FlowFacts<'_>,
+        head: &mut Head,
+        out: &mut Vec<u8>,
+    ) {
+        match (self, building) {
+            (Self::Compact(encoder), Building::Compact(batch)) => {
+                encoder.push_facts(batch, facts, head, out);
+            }
+            _ => chain::append(&mut facts.record(), head, out),
         }
     }
 
@@ -203,6 +242,18 @@ fn batch_for(writer: &mut Writer, records: &mut [&mut Record], head: &mut Head, 
         writer.push(&mut building, record, head, out);
     }
     Writer::end(building, head, out);
+}
+
+/// Flows a batch writes from their facts, without records (the agent's kernel events).
+pub trait FlowSource {
+    /// How many flows.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The facts of flow `index` (from 0), made when the store writes it.
+    fn facts(&mut self, index: usize) -> FlowFacts<'_>;
 }
 
 /// The open segment file.
@@ -315,7 +366,7 @@ impl Store {
         store.pending.push(store.open_record(now_ms, opened));
         store.pending.append(&mut pending);
         // A full disk keeps these pending: they lead the first batch that fits.
-        if let Err(err) = store.commit(&mut [], now_ms, false) {
+        if let Err(err) = store.commit(&mut [], None, now_ms, false) {
             tracing::warn!(error = %err, "the audit store could not write its open record yet");
         }
         Ok(store)
@@ -370,12 +421,30 @@ impl Store {
     /// Writes `records` (after any pending store records) as one batch: all of them or,
     /// on error, none. Rotates first when the current file is due.
     pub fn write(&mut self, records: &mut [Record], now_ms: i64) -> Result<(), StoreError> {
+        self.rotate_when_due(now_ms)?;
+        self.commit(records, None, now_ms, false)
+    }
+
+    /// [`Store::write`], with `flows` after `records` in the batch: written from their
+    /// facts, without records.
+    pub fn write_with_flows(
+        &mut self,
+        records: &mut [Record],
+        flows: &mut dyn FlowSource,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.rotate_when_due(now_ms)?;
+        self.commit(records, Some(flows), now_ms, false)
+    }
+
+    /// Seals the current file and starts the next when it is due by size or age.
+    fn rotate_when_due(&mut self, now_ms: i64) -> Result<(), StoreError> {
         if self.current.len >= self.settings.rotate_bytes
             || self.current.opened.elapsed() >= self.settings.rotate_age
         {
             self.rotate(now_ms)?;
         }
-        self.commit(records, now_ms, false)
+        Ok(())
     }
 
     /// Writes the pending records, `records`, an epoch seal when one is due (or the file
@@ -384,6 +453,7 @@ impl Store {
     fn commit(
         &mut self,
         records: &mut [Record],
+        flows: Option<&mut dyn FlowSource>,
         now_ms: i64,
         seal_file: bool,
     ) -> Result<(), StoreError> {
@@ -399,6 +469,13 @@ impl Store {
         for record in self.pending.iter_mut().chain(records.iter_mut()) {
             writer.push(&mut building, record, &mut self.head, &mut self.buf);
             self.current.stats.add(record);
+        }
+        if let Some(flows) = flows {
+            for index in 0..flows.len() {
+                let facts = flows.facts(index);
+                writer.push_facts(&mut building, &facts, &mut self.head, &mut self.buf);
+                self.current.stats.add_facts(&facts, self.head.sequence);
+            }
         }
         let epoch = self
             .sealer
@@ -495,7 +572,7 @@ impl Store {
     pub fn tick(&mut self, now_ms: i64) -> Result<Option<Duration>, StoreError> {
         let seal_due = self.sealer.as_ref().map(Sealer::due_in);
         let seal_due = match seal_due {
-            Some(due) if due.is_zero() => match self.commit(&mut [], now_ms, false) {
+            Some(due) if due.is_zero() => match self.commit(&mut [], None, now_ms, false) {
                 Ok(()) => self.sealer.as_ref().map(Sealer::due_in),
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot write the audit chain's epoch seal yet");
@@ -539,7 +616,7 @@ impl Store {
     /// Seals the current file, starts the next one and applies retention.
     fn rotate(&mut self, now_ms: i64) -> Result<(), StoreError> {
         if !self.current.sealed {
-            self.commit(&mut [], now_ms, true)?;
+            self.commit(&mut [], None, now_ms, true)?;
             self.current.sealed = true;
         }
         let number = self.current.number + 1;
@@ -622,7 +699,7 @@ impl Store {
 
     /// Seals the current file (at shutdown); the next start continues in a new file.
     pub fn close(mut self, now_ms: i64) -> Result<(), StoreError> {
-        self.commit(&mut [], now_ms, true)
+        self.commit(&mut [], None, now_ms, true)
     }
 }
 

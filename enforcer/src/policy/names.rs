@@ -39,13 +39,23 @@ impl GenerationNames {
     }
 
     /// The rule, failsafe or nothing an event's `rule_id` names under its reason.
-    pub fn rule(&self, reason: Reason, id: u32) -> Option<String> {
+    pub fn rule_name(&self, reason: Reason, id: u32) -> Option<&str> {
         let index = usize::try_from(id).ok()?.checked_sub(1)?;
         match reason {
-            Reason::Rule => self.rules.get(index).cloned(),
-            Reason::Failsafe => self.failsafes.get(index).cloned(),
+            Reason::Rule => self.rules.get(index).map(String::as_str),
+            Reason::Failsafe => self.failsafes.get(index).map(String::as_str),
             _ => None,
         }
+    }
+
+    /// The name of segment `id` when this generation has one, borrowed.
+    pub fn segment_name(&self, id: u32) -> Option<&str> {
+        if id == SEGMENT_UNCLASSIFIED {
+            return None;
+        }
+        self.segments
+            .get(usize::try_from(id).ok()?)
+            .map(String::as_str)
     }
 
     /// The name of segment `id`; `unclassified` for the kernel's unclassified marker and
@@ -78,9 +88,9 @@ mod tests {
         assert_eq!(names.segment(3), "orders");
         assert_eq!(names.segment(9), "segment#9");
         assert_eq!(names.segment(SEGMENT_UNCLASSIFIED), "unclassified");
-        assert_eq!(names.rule(Reason::Rule, 1).as_deref(), Some("orders-out"));
-        assert_eq!(names.rule(Reason::Failsafe, 1).as_deref(), Some("ssh"));
-        assert_eq!(names.rule(Reason::Rule, 0), None);
-        assert_eq!(names.rule(Reason::DefaultDeny, 1), None);
+        assert_eq!(names.rule_name(Reason::Rule, 1), Some("orders-out"));
+        assert_eq!(names.rule_name(Reason::Failsafe, 1), Some("ssh"));
+        assert_eq!(names.rule_name(Reason::Rule, 0), None);
+        assert_eq!(names.rule_name(Reason::DefaultDeny, 1), None);
     }
 }
