@@ -383,6 +383,8 @@ const SEAL_EVERY_MS: &str = "1000";
 /// What one `enforcer-bench-audit pipeline` run printed.
 struct PipelineRun {
     events: f64,
+    /// CPU seconds the consumer's thread used while the events were stored.
+    consumer_cpu: f64,
     stored: f64,
     lost: f64,
     seconds: f64,
@@ -407,6 +409,7 @@ fn pipeline_run(bench: &Path, dir: &Path, seal: Option<&str>) -> anyhow::Result<
     let field = |name: &str| field(&stdout, name);
     let run = PipelineRun {
         events: field("events")?[0],
+        consumer_cpu: field("consumer_cpu_s")?[0],
         stored: field("stored")?[0],
         lost: field("lost")?[0],
         seconds: field("seconds")?[0],
@@ -465,6 +468,7 @@ pub fn audit(tools: &Tools) -> anyhow::Result<()> {
         lost,
         seconds,
         ring,
+        consumer_cpu,
         ref latency,
         ..
     } = runs[0].1;
@@ -519,8 +523,10 @@ pub fn audit(tools: &Tools) -> anyhow::Result<()> {
     let _ = fs::remove_dir_all(&work);
 
     let mut table = format!(
-        "| figure | value |\n|---|---:|\n| events generated (XDP `BPF_PROG_TEST_RUN`, one decision each) | {events:.0} |\n| records stored | {stored:.0} |\n| lost (kernel ring full, in gap records) | {lost:.0} |\n| sustained rate, kernel to store | {:.0} events/s |\n| ring size | {} MiB (about {:.0} events) |\n| event to store latency p50 / p99 / max | {:.0} / {:.0} / {:.0} us |\n",
+        "| figure | value |\n|---|---:|\n| events generated (XDP `BPF_PROG_TEST_RUN`, one decision each) | {events:.0} |\n| records stored | {stored:.0} |\n| lost (kernel ring full, in gap records) | {lost:.0} |\n| sustained rate, kernel to store | {:.0} events/s |\n| the consumer's CPU per event (its thread's CPU time over the events it stored) | {:.2} us: one core sustains {:.0} events/s |\n| ring size | {} MiB (about {:.0} events) |\n| event to store latency p50 / p99 / max | {:.0} / {:.0} / {:.0} us |\n",
         stored / seconds,
+        consumer_cpu / stored * 1e6,
+        stored / consumer_cpu,
         ring / 1_048_576.0,
         ring / 120.0,
         latency[0],

@@ -6,7 +6,8 @@
 //!   run through `BPF_PROG_TEST_RUN` on a TCP SYN the policy denies (XDP records its
 //!   denials; a flow it lets through is recorded by the socket that receives it), in chunks, so each
 //!   run is one real kernel decision and one ring event, never more than
-//!   [`IN_FLIGHT`] ahead of the store. Prints `events N`, `stored N`, `lost N`,
+//!   [`IN_FLIGHT`] ahead of the store. Prints `events N`, `consumer_cpu_s S` (the CPU time
+//!   the consumer's thread used meanwhile), `stored N`, `lost N`,
 //!   `seconds S`, `ring_bytes B`, then `latency_us P50 P99 MAX` of single events
 //!   from the kernel run to the consumer's write returning, paced 1 ms apart. With
 //!   SEAL_MS the store is sealed forward-securely every SEAL_MS milliseconds (a fresh key
@@ -152,7 +153,21 @@ struct Running {
     stats: Arc<AuditStats>,
     stop: tokio::sync::watch::Sender<bool>,
     thread: std::thread::JoinHandle<Result<(), String>>,
+    /// The consumer thread's id, for its CPU time.
+    consumer_tid: i32,
     key_file: Option<PathBuf>,
+}
+
+/// The CPU time thread `tid` of this process has used, in seconds (its `schedstat`).
+fn thread_cpu_seconds(tid: i32) -> Result<f64, String> {
+    let path = format!("/proc/self/task/{tid}/schedstat");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    let ns: u64 = text
+        .split_whitespace()
+        .next()
+        .and_then(|ns| ns.parse().ok())
+        .ok_or_else(|| format!("{path}: no run time in {text:?}"))?;
+    Ok(ns as f64 / 1e9)
 }
 
 /// Loads the kernel programs pinned under `pins` with the bench policy, folding with
@@ -202,7 +217,10 @@ fn start(
     let (names_tx, names_rx) = tokio::sync::mpsc::unbounded_channel();
     let (notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        let _ = tid_tx.send(unsafe { libc::gettid() });
         // Open channels, as the agent keeps them, for as long as the consumer runs.
         let _senders = (names_tx, notes_tx);
         tokio::runtime::Builder::new_current_thread()
@@ -212,12 +230,16 @@ fn start(
             .block_on(consumer.run(events, names_rx, notes_rx, stop_rx))
             .map_err(|e| e.to_string())
     });
+    let consumer_tid = tid_rx
+        .recv()
+        .map_err(|_| "the consumer thread did not start".to_owned())?;
     Ok(Running {
         layout,
         loader,
         stats,
         stop,
         thread,
+        consumer_tid,
         key_file,
     })
 }
@@ -234,8 +256,10 @@ fn pipeline(
         stats,
         stop,
         thread,
+        consumer_tid,
         key_file,
     } = start(pins, store_dir, Duration::ZERO, seal_every)?;
+    let consumer_cpu_before = thread_cpu_seconds(consumer_tid)?;
 
     // To a port no rule opens: denied by default, one record per run.
     let packet = tcp4(Ipv4Addr::new(198, 18, 0, 1), DENIED_PORT, SYN);
@@ -265,7 +289,9 @@ fn pipeline(
         std::thread::sleep(Duration::from_millis(1));
     }
     let seconds = started.elapsed().as_secs_f64();
+    let consumer_cpu = thread_cpu_seconds(consumer_tid)? - consumer_cpu_before;
     println!("events {generated}");
+    println!("consumer_cpu_s {consumer_cpu:.3}");
     println!("stored {}", flows());
     println!("lost {}", lost()?);
     println!("seconds {seconds:.3}");
@@ -314,6 +340,7 @@ fn flood(pins: &Path, store_dir: &Path, duration: Duration) -> Result<(), String
         stats: _,
         stop,
         thread,
+        consumer_tid: _,
         key_file: _,
     } = start(pins, store_dir, Duration::from_secs(1), None)?;
     let mut rng = fastrand::Rng::with_seed(11);
