@@ -1,10 +1,12 @@
-//! `enforcer-bench-reload POLICY_A POLICY_B ITERATIONS`: the time from a policy file
-//! write to enforcement, and the agent's resident memory, for the real agent binary.
+//! `enforcer-bench-reload POLICY_A POLICY_B ITERATIONS SECONDS`: the time from a policy
+//! file write to enforcement, and the agent's resident memory, for the real agent binary.
 //!
 //! The agent starts on POLICY_A (attached to a fresh test cgroup, no interfaces). Each
 //! iteration writes the other policy over the watched file and polls the pinned `ACTIVE`
 //! map until the generation changes: that flip is the moment the kernel enforces the new
-//! policy. Prints `reload_ms P50 P99 MAX` over the iterations, then `cgroup_ms P50 P99 MAX`:
+//! policy. Iterations stop at ITERATIONS, or once SECONDS have passed (after at least
+//! two). Prints `reloads N` (the iterations made), `reload_ms P50 P99 MAX` over them,
+//! then `cgroup_ms P50 P99 MAX`:
 //! from creating a cgroup under a guarded directory (the cgroup2 root) until the active
 //! cgroup table holds it, the time its processes are unclassified; then
 //! `rss_idle_kib VMRSS ANON` after start and `rss_load_kib VMRSS ANON`, their peaks while a
@@ -34,15 +36,16 @@ const CGROUP_SAMPLES: usize = 40;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [a, b, iterations] = args.as_slice() else {
-        eprintln!("usage: enforcer-bench-reload POLICY_A POLICY_B ITERATIONS");
+    let [a, b, iterations, seconds] = args.as_slice() else {
+        eprintln!("usage: enforcer-bench-reload POLICY_A POLICY_B ITERATIONS SECONDS");
         return ExitCode::from(2);
     };
-    let Ok(iterations) = iterations.parse::<usize>() else {
-        eprintln!("ITERATIONS is a number");
+    let (Ok(iterations), Ok(seconds)) = (iterations.parse::<usize>(), seconds.parse::<u64>())
+    else {
+        eprintln!("ITERATIONS and SECONDS are numbers");
         return ExitCode::from(2);
     };
-    match bench(a, b, iterations.max(1)) {
+    match bench(a, b, iterations.max(2), Duration::from_secs(seconds)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("enforcer-bench-reload: {err}");
@@ -143,7 +146,7 @@ fn load_rules(client: &TestCgroup, server: SocketAddr) -> String {
     )
 }
 
-fn bench(a: &str, b: &str, iterations: usize) -> Result<(), String> {
+fn bench(a: &str, b: &str, iterations: usize, budget: Duration) -> Result<(), String> {
     let cgroup = TestCgroup::new();
     let client = cgroup.child("client.service");
     let server = Spawn::tcp_server("127.0.0.1:0".parse::<SocketAddr>().expect("addr")).serve();
@@ -161,7 +164,11 @@ fn bench(a: &str, b: &str, iterations: usize) -> Result<(), String> {
     let rss_idle = Rss::of(agent.pid())?;
 
     let mut times = Vec::with_capacity(iterations);
+    let reloading = Instant::now();
     for i in 0..iterations {
+        if i >= 2 && reloading.elapsed() > budget {
+            break;
+        }
         let before = maps.active_generation().map_err(|e| e.to_string())?;
         let started = Instant::now();
         agent.write_policy(&texts[(i + 1) % 2]);
@@ -176,6 +183,7 @@ fn bench(a: &str, b: &str, iterations: usize) -> Result<(), String> {
         until(|| Ok(applied(&agent) > i + 1), Duration::from_secs(60))?;
     }
     times.sort_by(f64::total_cmp);
+    println!("reloads {}", times.len());
     println!(
         "reload_ms {:.1} {:.1} {:.1}",
         percentile(&times, 0.5),
