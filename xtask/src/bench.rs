@@ -473,7 +473,7 @@ pub fn agent(tools: &Tools) -> anyhow::Result<()> {
     let dir = tools.root.join("target/bench/policies");
     fs::create_dir_all(&dir)?;
     let mut table = String::from(
-        "| rules | writes | write to enforcement p50 | p99 | max | p99 target | new cgroup resolved p50 / p99 | agent RSS idle (anonymous) | agent RSS under connections (anonymous) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| rules | writes | write to enforcement p50 | p99 | max | p99 target | before the apply, p50 / p99 | filling the maps, p50 / p99 | new cgroup resolved p50 / p99 | agent RSS idle (anonymous) | agent RSS under connections (anonymous) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let load_before = load_average();
     for (rules, iterations, seconds) in RELOAD_RUNS {
@@ -504,6 +504,8 @@ pub fn agent(tools: &Tools) -> anyhow::Result<()> {
             .find(|(size, _)| *size == rules)
             .map_or(f64::NAN, |(_, ms)| *ms);
         let reload = field("reload_ms")?;
+        let before_apply = field("before_apply_ms")?;
+        let fill = field("fill_ms")?;
         let cgroup = field("cgroup_ms")?;
         let (idle, load) = (field("rss_idle_kib")?, field("rss_load_kib")?);
         println!(
@@ -512,11 +514,15 @@ pub fn agent(tools: &Tools) -> anyhow::Result<()> {
         );
         writeln!(
             table,
-            "| {rules} | {writes:.0} | {:.0} ms | {:.0} ms | {:.0} ms | {target:.0} ms ({}) | {:.1} / {:.1} ms | {:.1} MiB ({:.1}) | {:.1} MiB ({:.1}) |",
+            "| {rules} | {writes:.0} | {:.0} ms | {:.0} ms | {:.0} ms | {target:.0} ms ({}) | {:.0} / {:.0} ms | {:.0} / {:.0} ms | {:.1} / {:.1} ms | {:.1} MiB ({:.1}) | {:.1} MiB ({:.1}) |",
             reload[0],
             reload[1],
             reload[2],
             if reload[1] <= target { "met" } else { "missed" },
+            before_apply[0],
+            before_apply[1],
+            fill[0],
+            fill[1],
             cgroup[0],
             cgroup[1],
             idle[0] / 1024.0,
@@ -526,13 +532,14 @@ pub fn agent(tools: &Tools) -> anyhow::Result<()> {
         )?;
     }
     let body = format!(
-        "## Agent: policy write to enforcement, memory\n\nThe real agent binary (release build) attached to a test cgroup, watching one policy file. Each write replaces the file with a policy differing by one rule, once the agent has finished the previous reload (the agent's log says so); the time runs from just before the write until the pinned `ACTIVE` map shows the new generation (the moment the kernel enforces it): inotify, a {settle} ms settle window, parse, validate, compile, fill the inactive generation's maps, flip (the old generation is cleared after the flip, outside the time). At 1k rules the time splits roughly into the settle window (26 ms), reading and compiling (26 ms) and writing the maps (8 to 14 ms for about 8,000 entries, one batched `bpf()` call per map), timed once with temporary instrumentation in the agent. Writes at 1k rules: up to {} or {} s, at 100k up to {} or {} s, whichever comes first (the table says how many were made; p99 is the value below which 99% of them fall); policies of 1k segments generated as for the compile benchmark. \"New cgroup resolved\" runs from creating a cgroup under the cgroup2 root (a guard: the policy's cgroups are below it) until the agent has written it into the active cgroup table, 40 times with the agent idle: the window in which that cgroup's processes are unclassified (denied). The agent does one thing at a time, so a cgroup created during a reload waits for the reload to end (at 100k rules, seconds); the 100k p99 is the first sample, taken as soon as the agent logs the last reload, which still waits for that reload's bookkeeping (the rule names handed to the audit thread and written for `status`, about 80 ms at 100k rules; the compiled policy is freed on a thread of its own). RSS is `VmRSS` after start and its peak while a client in the attached cgroup makes 3000 loopback connections (allowed by a rule both policies carry for it; duplicate suppression off, so each is an audit record the consumer writes); in parentheses `RssAnon`, the agent's own heap and stacks. The rest is mapped, not allocated by the agent: its binary, and the 16 MiB audit ring, which the kernel maps into the reader with the data pages twice so that a record wrapping around the end reads as one run (32 MiB of `VmRSS` for 16 MiB of kernel memory; `/proc/PID/smaps` shows it as `anon_inode:bpf-map`). Targets: p99 at most 50 ms at 1k rules, at most 1 s at 100k. Machine: {}.\n\nReproduce: `./x bench agent` (as root)\n\n{table}\n",
+        "## Agent: policy write to enforcement, memory\n\nThe real agent binary (release build) attached to a test cgroup, watching one policy file. Each write replaces the file with a policy differing by one rule, once the agent has finished the previous reload (the agent's log says so); the time runs from just before the write until the pinned `ACTIVE` map shows the new generation (the moment the kernel enforces it): inotify, a {settle} ms settle window, parse, validate, compile, fill the inactive generation's maps, flip (the old generation is cleared after the flip, outside the time). The time is split per write from the agent's own log: it logs each apply's duration (clear the inactive generation's maps, fill them, flip, wait {grace} ms, read the old generation's rule counters, clear its maps); the benchmark times from the flip until that log line, so \"filling the maps\" is the apply's time less that (everything up to the flip), and \"before the apply\" the rest of the write-to-enforcement time: inotify, the settle window, reading, parsing, validating and compiling the policy (on a blocking thread). Writes at 1k rules: up to {} or {} s, at 100k up to {} or {} s, whichever comes first (the table says how many were made; p99 is the value below which 99% of them fall); policies of 1k segments generated as for the compile benchmark. \"New cgroup resolved\" runs from creating a cgroup under the cgroup2 root (a guard: the policy's cgroups are below it) until the agent has written it into the active cgroup table, 40 times with the agent idle: the window in which that cgroup's processes are unclassified (denied). The agent does one thing at a time, so a cgroup created during a reload waits for the reload to end (at 100k rules, seconds); the 100k p99 is the first sample, taken as soon as the agent logs the last reload, which still waits for that reload's bookkeeping (the rule names handed to the audit thread and written for `status`, about 80 ms at 100k rules; the compiled policy is freed on a thread of its own). RSS is `VmRSS` after start and its peak while a client in the attached cgroup makes 3000 loopback connections (allowed by a rule both policies carry for it; duplicate suppression off, so each is an audit record the consumer writes); in parentheses `RssAnon`, the agent's own heap and stacks. The rest is mapped, not allocated by the agent: its binary, and the 16 MiB audit ring, which the kernel maps into the reader with the data pages twice so that a record wrapping around the end reads as one run (32 MiB of `VmRSS` for 16 MiB of kernel memory; `/proc/PID/smaps` shows it as `anon_inode:bpf-map`). Targets: p99 at most 50 ms at 1k rules, at most 1 s at 100k. Machine: {}.\n\nReproduce: `./x bench agent` (as root)\n\n{table}\n",
         RELOAD_RUNS[0].1,
         RELOAD_RUNS[0].2,
         RELOAD_RUNS[1].1,
         RELOAD_RUNS[1].2,
         shared_machine(&load_before),
         settle = 25,
+        grace = 20,
     );
     let path = write_section(&tools.root, "agent-reload", &body)?;
     println!("wrote {}", path.display());
@@ -871,7 +878,7 @@ pub fn connect(tools: &Tools) -> anyhow::Result<()> {
         )?;
     }
     let body = format!(
-        "## Outbound `connect()`: the cgroup hooks against nftables\n\nBlocking loopback `connect()`s inside a network namespace the benchmark creates, to a server that accepts and closes, each connection closed with a reset. Setups: no filter; the enforcer's cgroup hooks attached to the client's cgroup, a segment a rule allows to reach the port (`connect4` decides the `connect()`, `skb_egress` sees the SYN); nftables in a namespace of its own, its output chain `ct state established,related accept`, then N rules `socket cgroupv2 level 2 \"PATH\" tcp dport P accept`, one per segment cgroup (each cgroup exists), the client's last, then `ct state new drop` (the rules live only in that namespace and go with it). {CONNECT_ROUNDS} rounds of {CONNECT_PER_ROUND} connections per setup (1e5 per setup), the setups in a rotating order; each figure is the median over the rounds of the round's p50 or p99. Machine: {}.\n\nReproduce: `./x bench connect` (as root; needs nftables)\n\n{table}\nTarget: the cgroup hooks add at most 5% to `connect()` p50, and less than nftables does.\n\n",
+        "## Outbound `connect()`: the cgroup hooks against nftables\n\nBlocking loopback `connect()`s inside a network namespace the benchmark creates, to a server that accepts and closes, each connection closed with a reset. Setups: no filter; the enforcer's cgroup hooks attached to the client's cgroup, a segment a rule allows to reach the port (`connect4` decides the `connect()`; `skb_egress` and `skb_ingress` see the client socket's packets, the SYN and the SYN-ACK among them); nftables in a namespace of its own, its output chain `ct state established,related accept`, then N rules `socket cgroupv2 level 2 \"PATH\" tcp dport P accept`, one per segment cgroup (each cgroup exists), the client's last, then `ct state new drop` (the rules live only in that namespace and go with it). {CONNECT_ROUNDS} rounds of {CONNECT_PER_ROUND} connections per setup (1e5 per setup), the setups in a rotating order; each figure is the median over the rounds of the round's p50 or p99. Machine: {}.\n\nReproduce: `./x bench connect` (as root; needs nftables)\n\n{table}\nTarget: the cgroup hooks add at most 5% to `connect()` p50, and less than nftables does.\n\nReading it: nftables evaluates its rules in order for a new connection's SYN, so its cost grows with the rules before the one that matches (here the client's is last: the worst case; a client in the middle pays half); its 10-rule figure also carries connection tracking, which `ct state` loads into the namespace. The hooks' cost does not depend on the number of rules (at most four rule-trie lookups per decision). The p99 figures on this shared machine are mostly scheduling noise (a run can show the unfiltered p99 above a filtered one); compare the p50s. How the hooks' own time splits between `connect4`, `skb_egress` and `skb_ingress` is not measured here: the kernel's per-program run time needs its global BPF statistics switch, which would slow every other BPF program on the machine while it is on.\n\n",
         machine,
     );
     let path = write_section(&tools.root, "connect", &body)?;

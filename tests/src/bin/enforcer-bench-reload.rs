@@ -6,7 +6,11 @@
 //! map until the generation changes: that flip is the moment the kernel enforces the new
 //! policy. Iterations stop at ITERATIONS, or once SECONDS have passed (after at least
 //! two). Prints `reloads N` (the iterations made), `reload_ms P50 P99 MAX` over them,
-//! then `cgroup_ms P50 P99 MAX`:
+//! `apply_ms P50 P99 MAX` (the part the agent logs as its apply: fill the inactive
+//! generation, flip, clear the old one), `fill_ms` (the apply's part before the flip: its
+//! time less the time from the flip until the agent logged the reload) and
+//! `before_apply_ms` (the rest of the reload: inotify, the settle window, read, parse,
+//! validate, compile), each `P50 P99 MAX`, then `cgroup_ms P50 P99 MAX`:
 //! from creating a cgroup under a guarded directory (the cgroup2 root) until the active
 //! cgroup table holds it, the time its processes are unclassified; then
 //! `rss_idle_kib VMRSS ANON` after start and `rss_load_kib VMRSS ANON`, their peaks while a
@@ -128,6 +132,31 @@ fn cgroup_resolution(maps: &mut PinnedMaps) -> Result<Vec<f64>, String> {
     Ok(times)
 }
 
+/// The `elapsed_ms` of every reload the agent logged as applied, its start's excepted:
+/// the time `apply` took (clear the inactive slot, fill it, flip, clear the old slot).
+fn apply_times(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|line| line.contains("policy applied"))
+        .skip(1)
+        .filter_map(|line| {
+            let value = line.split("elapsed_ms=").nth(1)?;
+            value.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Prints `NAME P50 P99 MAX` of `values`.
+fn print_spread(name: &str, values: &[f64]) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "{name} {:.1} {:.1} {:.1}",
+        percentile(&sorted, 0.5),
+        percentile(&sorted, 0.99),
+        sorted[sorted.len() - 1]
+    );
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((sorted.len() as f64) * p).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
@@ -164,6 +193,7 @@ fn bench(a: &str, b: &str, iterations: usize, budget: Duration) -> Result<(), St
     let rss_idle = Rss::of(agent.pid())?;
 
     let mut times = Vec::with_capacity(iterations);
+    let mut after_flip = Vec::with_capacity(iterations);
     let reloading = Instant::now();
     for i in 0..iterations {
         if i >= 2 && reloading.elapsed() > budget {
@@ -177,19 +207,34 @@ fn bench(a: &str, b: &str, iterations: usize, budget: Duration) -> Result<(), St
             Duration::from_secs(60),
         )
         .map_err(|err| format!("iteration {i}: no new generation: {err}"))?;
-        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        let flipped = Instant::now();
+        times.push((flipped - started).as_secs_f64() * 1000.0);
         // The next write (or new cgroup) finds the agent idle: the old generation cleared,
         // the reload logged (its start applied the first).
         until(|| Ok(applied(&agent) > i + 1), Duration::from_secs(60))?;
+        after_flip.push(flipped.elapsed().as_secs_f64() * 1000.0);
     }
-    times.sort_by(f64::total_cmp);
     println!("reloads {}", times.len());
-    println!(
-        "reload_ms {:.1} {:.1} {:.1}",
-        percentile(&times, 0.5),
-        percentile(&times, 0.99),
-        times[times.len() - 1]
-    );
+    print_spread("reload_ms", &times);
+    let applies = apply_times(&agent.log(1));
+    if applies.len() != times.len() {
+        return Err(format!(
+            "the agent logged {} apply times for {} reloads",
+            applies.len(),
+            times.len()
+        ));
+    }
+    print_spread("apply_ms", &applies);
+    // Per reload: the apply's part before the flip is its time less what followed the
+    // flip until the log line; the rest of the reload came before the apply.
+    let fill: Vec<f64> = applies
+        .iter()
+        .zip(&after_flip)
+        .map(|(apply, after)| (apply - after).max(0.0))
+        .collect();
+    let before_apply: Vec<f64> = times.iter().zip(&fill).map(|(t, f)| t - f).collect();
+    print_spread("fill_ms", &fill);
+    print_spread("before_apply_ms", &before_apply);
     let cgroups = cgroup_resolution(&mut maps)?;
     println!(
         "cgroup_ms {:.2} {:.2} {:.2}",
