@@ -91,6 +91,9 @@ enum BenchCommand {
     /// What the cgroup hooks (the per-socket ingress layer) cost an established TCP
     /// stream and a UDP request/response loop over a veth pair (root required).
     Socket,
+    /// Loopback `connect()` p50/p99: no filter, the enforcer's cgroup hooks, and nftables
+    /// output rules matching the client's cgroup at 10 and 1k rules (root required).
+    Connect,
 }
 
 fn main() -> ExitCode {
@@ -116,6 +119,9 @@ fn main() -> ExitCode {
         Command::Bench {
             which: BenchCommand::Socket,
         } => setup::run().and_then(|tools| bench::socket(&tools)),
+        Command::Bench {
+            which: BenchCommand::Connect,
+        } => setup::run().and_then(|tools| bench::connect(&tools)),
         Command::Mutants { shard } => {
             setup::run().and_then(|tools| mutants::run(&tools, shard.as_deref()))
         }

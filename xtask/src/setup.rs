@@ -47,6 +47,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // mimalloc), and `rpm -qlp` to read the built .rpm back.
     ("musl-gcc", "musl-tools"),
     ("rpm", "rpm"),
+    // `./x bench connect`: the nftables rules it compares the cgroup hooks with.
+    ("nft", "nftables"),
 ];
 
 /// A cargo subcommand installed with `--locked` into `<tools>/bin` at a pinned version.

@@ -1,10 +1,16 @@
-//! `enforcer-bench-reload POLICY_A POLICY_B ITERATIONS`: the time from a policy file
-//! write to enforcement, and the agent's resident memory, for the real agent binary.
+//! `enforcer-bench-reload POLICY_A POLICY_B ITERATIONS SECONDS`: the time from a policy
+//! file write to enforcement, and the agent's resident memory, for the real agent binary.
 //!
 //! The agent starts on POLICY_A (attached to a fresh test cgroup, no interfaces). Each
 //! iteration writes the other policy over the watched file and polls the pinned `ACTIVE`
 //! map until the generation changes: that flip is the moment the kernel enforces the new
-//! policy. Prints `reload_ms P50 P99 MAX` over the iterations, then `cgroup_ms P50 P99 MAX`:
+//! policy. Iterations stop at ITERATIONS, or once SECONDS have passed (after at least
+//! two). Prints `reloads N` (the iterations made), `reload_ms P50 P99 MAX` over them,
+//! `apply_ms P50 P99 MAX` (the part the agent logs as its apply: fill the inactive
+//! generation, flip, clear the old one), `fill_ms` (the apply's part before the flip: its
+//! time less the time from the flip until the agent logged the reload) and
+//! `before_apply_ms` (the rest of the reload: inotify, the settle window, read, parse,
+//! validate, compile), each `P50 P99 MAX`, then `cgroup_ms P50 P99 MAX`:
 //! from creating a cgroup under a guarded directory (the cgroup2 root) until the active
 //! cgroup table holds it, the time its processes are unclassified; then
 //! `rss_idle_kib VMRSS ANON` after start and `rss_load_kib VMRSS ANON`, their peaks while a
@@ -34,15 +40,16 @@ const CGROUP_SAMPLES: usize = 40;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [a, b, iterations] = args.as_slice() else {
-        eprintln!("usage: enforcer-bench-reload POLICY_A POLICY_B ITERATIONS");
+    let [a, b, iterations, seconds] = args.as_slice() else {
+        eprintln!("usage: enforcer-bench-reload POLICY_A POLICY_B ITERATIONS SECONDS");
         return ExitCode::from(2);
     };
-    let Ok(iterations) = iterations.parse::<usize>() else {
-        eprintln!("ITERATIONS is a number");
+    let (Ok(iterations), Ok(seconds)) = (iterations.parse::<usize>(), seconds.parse::<u64>())
+    else {
+        eprintln!("ITERATIONS and SECONDS are numbers");
         return ExitCode::from(2);
     };
-    match bench(a, b, iterations.max(1)) {
+    match bench(a, b, iterations.max(2), Duration::from_secs(seconds)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("enforcer-bench-reload: {err}");
@@ -125,6 +132,31 @@ fn cgroup_resolution(maps: &mut PinnedMaps) -> Result<Vec<f64>, String> {
     Ok(times)
 }
 
+/// The `elapsed_ms` of every reload the agent logged as applied, its start's excepted:
+/// the time `apply` took (clear the inactive slot, fill it, flip, clear the old slot).
+fn apply_times(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|line| line.contains("policy applied"))
+        .skip(1)
+        .filter_map(|line| {
+            let value = line.split("elapsed_ms=").nth(1)?;
+            value.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Prints `NAME P50 P99 MAX` of `values`.
+fn print_spread(name: &str, values: &[f64]) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "{name} {:.1} {:.1} {:.1}",
+        percentile(&sorted, 0.5),
+        percentile(&sorted, 0.99),
+        sorted[sorted.len() - 1]
+    );
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((sorted.len() as f64) * p).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
@@ -143,7 +175,7 @@ fn load_rules(client: &TestCgroup, server: SocketAddr) -> String {
     )
 }
 
-fn bench(a: &str, b: &str, iterations: usize) -> Result<(), String> {
+fn bench(a: &str, b: &str, iterations: usize, budget: Duration) -> Result<(), String> {
     let cgroup = TestCgroup::new();
     let client = cgroup.child("client.service");
     let server = Spawn::tcp_server("127.0.0.1:0".parse::<SocketAddr>().expect("addr")).serve();
@@ -161,7 +193,12 @@ fn bench(a: &str, b: &str, iterations: usize) -> Result<(), String> {
     let rss_idle = Rss::of(agent.pid())?;
 
     let mut times = Vec::with_capacity(iterations);
+    let mut after_flip = Vec::with_capacity(iterations);
+    let reloading = Instant::now();
     for i in 0..iterations {
+        if i >= 2 && reloading.elapsed() > budget {
+            break;
+        }
         let before = maps.active_generation().map_err(|e| e.to_string())?;
         let started = Instant::now();
         agent.write_policy(&texts[(i + 1) % 2]);
@@ -170,18 +207,34 @@ fn bench(a: &str, b: &str, iterations: usize) -> Result<(), String> {
             Duration::from_secs(60),
         )
         .map_err(|err| format!("iteration {i}: no new generation: {err}"))?;
-        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        let flipped = Instant::now();
+        times.push((flipped - started).as_secs_f64() * 1000.0);
         // The next write (or new cgroup) finds the agent idle: the old generation cleared,
         // the reload logged (its start applied the first).
         until(|| Ok(applied(&agent) > i + 1), Duration::from_secs(60))?;
+        after_flip.push(flipped.elapsed().as_secs_f64() * 1000.0);
     }
-    times.sort_by(f64::total_cmp);
-    println!(
-        "reload_ms {:.1} {:.1} {:.1}",
-        percentile(&times, 0.5),
-        percentile(&times, 0.99),
-        times[times.len() - 1]
-    );
+    println!("reloads {}", times.len());
+    print_spread("reload_ms", &times);
+    let applies = apply_times(&agent.log(1));
+    if applies.len() != times.len() {
+        return Err(format!(
+            "the agent logged {} apply times for {} reloads",
+            applies.len(),
+            times.len()
+        ));
+    }
+    print_spread("apply_ms", &applies);
+    // Per reload: the apply's part before the flip is its time less what followed the
+    // flip until the log line; the rest of the reload came before the apply.
+    let fill: Vec<f64> = applies
+        .iter()
+        .zip(&after_flip)
+        .map(|(apply, after)| (apply - after).max(0.0))
+        .collect();
+    let before_apply: Vec<f64> = times.iter().zip(&fill).map(|(t, f)| t - f).collect();
+    print_spread("fill_ms", &fill);
+    print_spread("before_apply_ms", &before_apply);
     let cgroups = cgroup_resolution(&mut maps)?;
     println!(
         "cgroup_ms {:.2} {:.2} {:.2}",
