@@ -232,8 +232,15 @@ impl<'a, N: Copy> Flow<'a, N> {
     }
 
     /// The record it stands for, each name given by `name`.
-    fn record_with(&self, mut name: impl FnMut(N) -> String) -> Record {
-        let mut record = Record::new(Kind::Flow, self.time, &name(self.hostname), String::new());
+    fn record_with(&self, name: impl FnMut(N) -> String) -> Record {
+        self.map_names(name).into_record()
+    }
+}
+
+impl Flow<'_, String> {
+    /// The record these named fields stand for.
+    fn into_record(self) -> Record {
+        let mut record = Record::new(Kind::Flow, self.time, &self.hostname, String::new());
         record.class_uid = CLASS_NETWORK_ACTIVITY;
         record.category_uid = CATEGORY_NETWORK;
         record.activity_id = self.activity_id;
@@ -244,16 +251,16 @@ impl<'a, N: Copy> Flow<'a, N> {
         record.end_time = self.end_time;
         record.action_id = self.action_id;
         record.disposition_id = self.disposition_id;
-        let mut end = |end: &End<N>| Endpoint {
+        let end = |end: End<String>| Endpoint {
             ip: end.ip.addr().map_or_else(String::new, |ip| ip.to_string()),
             port: end.port,
-            name: name(end.name),
+            name: end.name,
         };
-        record.src_endpoint = self.src.as_ref().map(&mut end);
-        record.dst_endpoint = self.dst.as_ref().map(&mut end);
-        record.connection_info = self.connection.as_ref().map(|info| ConnectionInfo {
+        record.src_endpoint = self.src.map(end);
+        record.dst_endpoint = self.dst.map(end);
+        record.connection_info = self.connection.map(|info| ConnectionInfo {
             protocol_num: info.protocol_num,
-            protocol_name: name(info.protocol_name),
+            protocol_name: info.protocol_name,
             protocol_ver_id: info.protocol_ver_id,
             protocol_ver: None,
             direction_id: info.direction_id,
@@ -261,30 +268,26 @@ impl<'a, N: Copy> Flow<'a, N> {
             boundary_id: info.boundary_id,
             boundary: None,
         });
-        record.actor = self.actor.map(|(pid, process)| Actor {
-            process: Process {
-                pid,
-                name: name(process),
-            },
+        record.actor = self.actor.map(|(pid, name)| Actor {
+            process: Process { pid, name },
         });
-        record.firewall_rule = self.firewall_rule.map(|(uid, kind)| FirewallRule {
-            uid: name(uid),
-            kind: name(kind),
-        });
-        record.unmapped.flow = self.details.as_ref().map(|details| FlowDetails {
-            verdict: name(details.verdict),
-            reason: name(details.reason),
-            rule: details.rule.map(&mut name),
-            hook: name(details.hook),
-            src_segment: name(details.src_segment),
-            dst_segment: name(details.dst_segment),
+        record.firewall_rule = self
+            .firewall_rule
+            .map(|(uid, kind)| FirewallRule { uid, kind });
+        record.unmapped.flow = self.details.map(|details| FlowDetails {
+            verdict: details.verdict,
+            reason: details.reason,
+            rule: details.rule,
+            hook: details.hook,
+            src_segment: details.src_segment,
+            dst_segment: details.dst_segment,
             generation: details.generation,
-            policy_sha256: name(details.policy_sha256),
+            policy_sha256: details.policy_sha256,
             cgroup_id: details.cgroup_id,
-            cgroup: name(details.cgroup),
-            interface: details.interface.map(&mut name),
+            cgroup: details.cgroup,
+            interface: details.interface,
             kernel_ns: details.kernel_ns,
-            fold: details.fold.map(&mut name),
+            fold: details.fold,
         });
         // A message left out is the one the record's fields derive.
         record.message = match self.message {
