@@ -4,7 +4,7 @@
 //!
 //! Every filter lives in network namespaces of its own: for each filter and rule count a
 //! fresh pair, `nf<pid>-<n>g` (the generator) and `nf<pid>-<n>r` (the receiver), joined by
-//! a veth pair, is created, and deleting it on drop (also on error) removes the veth and
+//! a veth pair (and the unfiltered receiver below), is created, and deleting it on drop (also on error) removes the veth and
 //! every nft table, iptables rule and ipset set in it. Nothing touches this process's
 //! own namespace.
 //!
@@ -24,7 +24,9 @@
 //!
 //! Then the allowed flow: one TCP connection from the generator's address to a sink in
 //! the receiver namespace on port 10001, which each filter's rule set allows, writing
-//! for STREAM_SECONDS, ROUNDS times (GRO off, the veth's default).
+//! for STREAM_SECONDS, ROUNDS times (GRO off, the veth's default), alternating with the
+//! same stream to a third namespace, `nf<pid>-<n>p`, joined to the generator by a pair
+//! of its own and never filtered: the baseline, measured under the same machine load.
 //!
 //! DIR holds `filters-SIZE.toml` (the enforcer's policy) and `filters-SIZE.rules` (the
 //! same rules flattened, `accept|drop CIDR tcp|udp LOW HIGH` a line) for each SIZE, as
@@ -33,7 +35,8 @@
 //! - `deny FILTER SIZE PPS MIN MAX PPS_PER_CORE MIN MAX OFFERED_PPS`: medians and extremes
 //!   over the rounds of packets dropped per second of wall time and per second of
 //!   softirq CPU time, and the generator's offered rate;
-//! - `tcp FILTER SIZE GBPS MIN MAX`;
+//! - `tcp FILTER SIZE GBPS MIN MAX`, and `tcp-base FILTER SIZE GBPS MIN MAX` for the
+//!   alternating streams to the unfiltered receiver;
 //! - `load FILTER SIZE SECONDS ENTRIES`: how long the rules took to load, and how many
 //!   entries they became;
 //! - `missing FILTER SIZE REASON`: a cell that could not be measured, and why.
@@ -62,6 +65,10 @@ use enforcer_tests::{
 const RX_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 254, 1);
 /// The generator's veth address (the allowed flow's client).
 const GEN_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 254, 2);
+/// The unfiltered receiver's veth address (the allowed flow's baseline).
+const PLAIN_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 253, 1);
+/// The generator's address on the pair to the unfiltered receiver.
+const GEN_PLAIN_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 253, 2);
 /// The receiver's MAC address (the generated frames' destination).
 const RX_MAC: [u8; 6] = [0x02, 0x6e, 0x66, 0, 0, 1];
 /// The generator's MAC address.
@@ -226,17 +233,18 @@ fn measure_case(
         )?);
     }
     lab.gro(false)?;
-    let gbps = tcp_rounds(&lab, run.rounds, run.stream_seconds)?;
+    let (with, without) = tcp_rounds(&lab, run.rounds, run.stream_seconds)?;
+    let (gbps, base) = (spread(&with), spread(&without));
     let pps: Vec<f64> = samples.iter().map(|s| s.packets / s.seconds).collect();
     let per_core: Vec<f64> = samples
         .iter()
         .map(|s| s.packets / s.softirq_seconds)
         .collect();
     let offered: Vec<f64> = samples.iter().map(|s| s.offered / s.seconds).collect();
-    let (p, c, g) = (spread(&pps), spread(&per_core), spread(&gbps));
+    let (p, c) = (spread(&pps), spread(&per_core));
+    let label = filter.label();
     println!(
-        "deny {} {size} {:.0} {:.0} {:.0} {:.0} {:.0} {:.0} {:.0}",
-        filter.label(),
+        "deny {label} {size} {:.0} {:.0} {:.0} {:.0} {:.0} {:.0} {:.0}",
         p.0,
         p.1,
         p.2,
@@ -246,11 +254,12 @@ fn measure_case(
         spread(&offered).0
     );
     println!(
-        "tcp {} {size} {:.3} {:.3} {:.3}",
-        filter.label(),
-        g.0,
-        g.1,
-        g.2
+        "tcp {label} {size} {:.3} {:.3} {:.3}",
+        gbps.0, gbps.1, gbps.2
+    );
+    println!(
+        "tcp-base {label} {size} {:.3} {:.3} {:.3}",
+        base.0, base.1, base.2
     );
     Ok(())
 }
@@ -266,10 +275,12 @@ fn spread(values: &[f64]) -> (f64, f64, f64) {
     )
 }
 
-/// The generator and receiver namespaces and the veth pair between them; dropping it
-/// deletes both namespaces, and with them the veth and every rule loaded in them.
+/// The generator and receiver namespaces and the veth pair between them, and a second
+/// receiver with no filter on a pair of its own (the allowed flow's baseline); dropping
+/// it deletes the namespaces, and with them the veths and every rule loaded in them.
 struct Lab {
     rx: Netns,
+    plain: Netns,
     generator: Netns,
     rx_if: String,
     rx_ifindex: u32,
@@ -280,8 +291,10 @@ impl Lab {
     fn new() -> Result<Self, String> {
         let id = format!("{}{}", std::process::id(), enforcer_tests::next_serial());
         let rx = Netns::named(&format!("nf{id}r"));
+        let plain = Netns::named(&format!("nf{id}p"));
         let generator = Netns::named(&format!("nf{id}g"));
         let (rx_if, gen_if) = (format!("nf{id}r"), format!("nf{id}g"));
+        let (plain_if, gen_plain_if) = (format!("nf{id}p"), format!("nf{id}q"));
         if rx_if.len() > 15 {
             return Err(format!("interface name {rx_if} is too long"));
         }
@@ -290,10 +303,18 @@ impl Lab {
         generator.ip(&["link", "set", "dev", &gen_if, "address", &mac(GEN_MAC)]);
         address_up(Some(&rx), &rx_if, &[(RX_V4.into(), 30)]);
         address_up(Some(&generator), &gen_if, &[(GEN_V4.into(), 30)]);
+        add_veth(Some(&plain), &plain_if, &generator, &gen_plain_if);
+        address_up(Some(&plain), &plain_if, &[(PLAIN_V4.into(), 30)]);
+        address_up(
+            Some(&generator),
+            &gen_plain_if,
+            &[(GEN_PLAIN_V4.into(), 30)],
+        );
         let rx_ifindex = ifindex(&rx, &rx_if)?;
         let gen_ifindex = ifindex(&generator, &gen_if)?;
         Ok(Self {
             rx,
+            plain,
             generator,
             rx_if,
             rx_ifindex,
@@ -822,23 +843,35 @@ fn drive(generator: &RawXdp, frame: &[u8], ifindex: u32, seconds: f64) -> Result
     Ok(offered)
 }
 
-/// `rounds` TCP streams of `seconds` each from the generator's address to a sink in the
-/// receiver; Gbit/s of each.
-fn tcp_rounds(lab: &Lab, rounds: usize, seconds: f64) -> Result<Vec<f64>, String> {
-    let listener = with_netns(&lab.rx, || TcpListener::bind((RX_V4, ALLOW_PORT)))?
-        .map_err(|e| format!("sink: {e}"))?;
-    let sink = std::thread::spawn(move || sink(&listener, rounds));
-    let address = SocketAddr::from((RX_V4, ALLOW_PORT));
-    let mut gbps = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        let round = with_netns(&lab.generator, || stream_gbps(address, seconds))?
-            .map_err(|e| format!("stream to {address}: {e}"))?;
-        gbps.push(round);
+/// `rounds` TCP streams of `seconds` each from the generator to a sink in the filtered
+/// receiver and as many to one in the unfiltered receiver, alternating (which goes first
+/// alternates too); Gbit/s of each, filtered and unfiltered.
+fn tcp_rounds(lab: &Lab, rounds: usize, seconds: f64) -> Result<(Vec<f64>, Vec<f64>), String> {
+    let mut sinks = Vec::new();
+    let mut addresses = Vec::new();
+    for (netns, address) in [(&lab.rx, RX_V4), (&lab.plain, PLAIN_V4)] {
+        let listener = with_netns(netns, || TcpListener::bind((address, ALLOW_PORT)))?
+            .map_err(|e| format!("sink on {address}: {e}"))?;
+        sinks.push(std::thread::spawn(move || sink(&listener, rounds)));
+        addresses.push(SocketAddr::from((address, ALLOW_PORT)));
     }
-    sink.join()
-        .map_err(|_| "the sink panicked".to_owned())?
-        .map_err(|e| format!("sink: {e}"))?;
-    Ok(gbps)
+    let mut gbps = [Vec::with_capacity(rounds), Vec::with_capacity(rounds)];
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let address = addresses[which];
+            let figure = with_netns(&lab.generator, || stream_gbps(address, seconds))?
+                .map_err(|e| format!("stream to {address}: {e}"))?;
+            gbps[which].push(figure);
+        }
+    }
+    for sink in sinks {
+        sink.join()
+            .map_err(|_| "a sink panicked".to_owned())?
+            .map_err(|e| format!("sink: {e}"))?;
+    }
+    let [with, without] = gbps;
+    Ok((with, without))
 }
 
 /// Reads `connections` connections to their end, answering each with the byte count
