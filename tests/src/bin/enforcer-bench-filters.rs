@@ -3,7 +3,7 @@
 //! pick (the enforcer's XDP program, nftables, iptables, ipset) and with none, in one run.
 //!
 //! Every filter lives in network namespaces of its own: for each filter and rule count a
-//! fresh pair, `nf<pid>-<n>g` (the generator) and `nf<pid>-<n>r` (the receiver), joined by
+//! fresh pair, `nf<pid><n>g` (the generator) and `nf<pid><n>r` (the receiver), joined by
 //! a veth pair (and the unfiltered receiver below), is created, and deleting it on drop (also on error) removes the veth and
 //! every nft table, iptables rule and ipset set in it. Nothing touches this process's
 //! own namespace.
@@ -25,7 +25,7 @@
 //! Then the allowed flow: one TCP connection from the generator's address to a sink in
 //! the receiver namespace on port 10001, which each filter's rule set allows, writing
 //! for STREAM_SECONDS, ROUNDS times (GRO off, the veth's default), alternating with the
-//! same stream to a third namespace, `nf<pid>-<n>p`, joined to the generator by a pair
+//! same stream to a third namespace, `nf<pid><n>p`, joined to the generator by a pair
 //! of its own and never filtered: the baseline, measured under the same machine load.
 //!
 //! DIR holds `filters-SIZE.toml` (the enforcer's policy) and `filters-SIZE.rules` (the
