@@ -10,6 +10,7 @@
 //! message saying what is missing.
 
 pub mod agent;
+pub mod bpf_raw;
 pub mod cgroup;
 pub mod cmd;
 pub mod differential;

@@ -2,12 +2,13 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::{BufRead as _, BufReader},
-    net::{IpAddr, SocketAddr},
+    io::{BufRead as _, BufReader, Write as _},
+    net::{IpAddr, Shutdown, SocketAddr, TcpStream},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use crate::{cgroup::TestCgroup, netns::Netns};
@@ -94,7 +95,7 @@ impl Gate {
             if ready.exists() {
                 return;
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(10));
         }
         panic!("the client did not reach the gate {}", self.dir.display());
     }
@@ -529,14 +530,14 @@ impl SinkLog {
 
     /// The sources recorded so far (`<address> <port>`), after waiting up to `wait` for
     /// at least one.
-    pub fn sources(&self, wait: std::time::Duration) -> Vec<String> {
-        let since = std::time::Instant::now();
+    pub fn sources(&self, wait: Duration) -> Vec<String> {
+        let since = Instant::now();
         loop {
             let text = std::fs::read_to_string(&self.0).unwrap_or_default();
             if !text.is_empty() || since.elapsed() > wait {
                 return text.lines().map(str::to_owned).collect();
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -551,4 +552,29 @@ impl Drop for SinkLog {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// How long a stream client waits to connect and for the sink's byte count.
+const STREAM_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Writes to `addr` (a [`Spawn::tcp_sink`] or a server speaking its protocol) for
+/// `seconds` and returns the Gbit/s the server read.
+pub fn stream_gbps(addr: SocketAddr, seconds: f64) -> std::io::Result<f64> {
+    let mut stream = TcpStream::connect_timeout(&addr, STREAM_ANSWER_TIMEOUT)?;
+    stream.set_read_timeout(Some(STREAM_ANSWER_TIMEOUT))?;
+    let buffer = vec![0x5a_u8; 128 * 1024];
+    let started = Instant::now();
+    let deadline = Duration::from_secs_f64(seconds);
+    while started.elapsed() < deadline {
+        stream.write_all(&buffer)?;
+    }
+    stream.shutdown(Shutdown::Write)?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let read: f64 = line
+        .trim()
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("the sink answered {line:?}")))?;
+    Ok(read * 8.0 / elapsed / 1e9)
 }

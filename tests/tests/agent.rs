@@ -923,59 +923,11 @@ fn a_restart_moves_the_hooks_to_a_new_cgroup_and_removes_xdp_of_an_unlisted_inte
     );
 }
 
-/// `bpf(2)` attributes for `BPF_MAP_CREATE`: the fields used, then zeros.
-#[repr(C)]
-#[derive(Default)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    zeros: [u32; 28],
-}
-
-/// `bpf(2)` attributes for `BPF_OBJ_PIN`.
-#[repr(C)]
-#[derive(Default)]
-struct ObjPinAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    zeros: [u32; 28],
-}
-
-/// Calls `bpf(cmd, attr)`; panics with the OS error if it fails.
-fn bpf<T>(cmd: libc::c_long, attr: &T, what: &str) -> libc::c_long {
-    // SAFETY: `attr` is a `repr(C)` value of the layout `cmd` reads, valid for its size.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_ref(attr), size_of::<T>()) };
-    assert!(rc >= 0, "{what}: {}", std::io::Error::last_os_error());
-    rc
-}
-
 /// Pins at `path` a one-entry BPF array of 4-byte keys and values: a map whose layout
 /// none of the agent's maps has, as a release that changed one would have left it.
 fn pin_array_map(path: &Path) {
-    const BPF_MAP_CREATE: libc::c_long = 0;
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_MAP_TYPE_ARRAY: u32 = 2;
-    let create = MapCreateAttr {
-        map_type: BPF_MAP_TYPE_ARRAY,
-        key_size: 4,
-        value_size: 4,
-        max_entries: 1,
-        ..MapCreateAttr::default()
-    };
-    let fd = bpf(BPF_MAP_CREATE, &create, "create a map");
-    let fd = i32::try_from(fd).expect("a descriptor");
-    // SAFETY: the kernel just returned `fd`, which nothing else owns.
-    let map = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let pathname = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
-    let pin = ObjPinAttr {
-        pathname: pathname.as_ptr() as u64,
-        bpf_fd: u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&map)).expect("fd"),
-        ..ObjPinAttr::default()
-    };
-    bpf(BPF_OBJ_PIN, &pin, "pin the map");
+    let map = enforcer_tests::bpf_raw::array_map(4, 1).expect("create a map");
+    enforcer_tests::bpf_raw::pin(std::os::fd::AsFd::as_fd(&map), path).expect("pin the map");
 }
 
 #[test]

@@ -18,42 +18,59 @@ use crate::run::{Tools, describe, release_bin};
 /// Segment `s0` (198.18.0.0/28) appears in no generated rule: the XDP benchmark adds its
 /// own rules from it.
 fn generate(segments: u64, rules: u64) -> String {
+    generate_flat(segments, rules).0
+}
+
+/// [`generate`]'s policy, and its rules flattened for the filters it is compared with:
+/// one line per source CIDR, protocol and port range, `accept|drop CIDR tcp|udp LOW HIGH`
+/// (the destination segment left out: every destination is the one host).
+fn generate_flat(segments: u64, rules: u64) -> (String, String) {
     // Seeded, so every run benchmarks the same policies.
     let mut g = fastrand::Rng::with_seed(rules ^ (segments << 32));
     let mut text =
         String::from("[failsafe.ssh]\nfrom = [\"198.18.250.0/24\"]\nport = \"22/tcp\"\n");
-    for s in 0..segments {
+    let cidr = |s: u64| {
         let (third, fourth) = (s / 16, (s % 16) * 16);
+        format!("198.{}.{}.{fourth}/28", 18 + third / 256, third % 256)
+    };
+    for s in 0..segments {
         writeln!(
             text,
-            "[segments.s{s}]\ncgroups = [\"system.slice/s{s}.service\"]\ncidrs = [\"198.{}.{}.{fourth}/28\", \"2001:db8:{s:x}::/64\"]\nports = [\"{}/tcp\"]",
-            18 + third / 256,
-            third % 256,
+            "[segments.s{s}]\ncgroups = [\"system.slice/s{s}.service\"]\ncidrs = [\"{}\", \"2001:db8:{s:x}::/64\"]\nports = [\"{}/tcp\"]",
+            cidr(s),
             10_000 + s
         )
         .expect("write to string");
     }
+    let mut flat = String::new();
     for r in 0..rules {
         let action = if g.u64(..10) == 0 { "deny" } else { "allow" };
         let from = g.u64(1..segments);
         let to = g.u64(1..segments);
         let port = 1 + g.u64(..60_000);
-        let ports = match g.u64(..3) {
-            0 => format!("\"{port}/tcp\""),
-            1 => format!(
-                "\"{port}-{}/tcp\", \"{}/udp\"",
-                port + g.u64(..200),
-                1 + g.u64(..60_000)
-            ),
-            _ => format!("\"{port}/udp\""),
+        let (ports, entries) = match g.u64(..3) {
+            0 => (format!("\"{port}/tcp\""), vec![("tcp", port, port)]),
+            1 => {
+                let (high, udp) = (port + g.u64(..200), 1 + g.u64(..60_000));
+                (
+                    format!("\"{port}-{high}/tcp\", \"{udp}/udp\""),
+                    vec![("tcp", port, high), ("udp", udp, udp)],
+                )
+            }
+            _ => (format!("\"{port}/udp\""), vec![("udp", port, port)]),
         };
         writeln!(
             text,
             "[[{action}]]\nid = \"r{r}\"\nfrom = [\"s{from}\"]\nto = [\"s{to}\"]\nports = [{ports}]"
         )
         .expect("write to string");
+        let verdict = if action == "deny" { "drop" } else { "accept" };
+        for (proto, low, high) in entries {
+            writeln!(flat, "{verdict} {} {proto} {low} {high}", cidr(from))
+                .expect("write to string");
+        }
     }
-    text
+    (text, flat)
 }
 
 /// Runs `command`, returning its wall time in milliseconds and its peak RSS in MiB.
@@ -831,14 +848,6 @@ fn shared_machine(before: &str) -> String {
     )
 }
 
-/// The load average over the last minute, for a table taken on a shared machine.
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// Loopback `connect()` p50/p99 with no filter, the enforcer's cgroup hooks, and
 /// nftables rules matching the client's cgroup, in one run.
 pub fn connect(tools: &Tools) -> anyhow::Result<()> {
@@ -902,3 +911,263 @@ pub fn connect(tools: &Tools) -> anyhow::Result<()> {
     println!("wrote {}", path.display());
     Ok(())
 }
+/// Rounds per filter and size in the filter comparison (deny windows, then streams).
+const FILTER_ROUNDS: usize = 4;
+/// Seconds of generated SYNs per deny window.
+const FILTER_DENY_SECONDS: f64 = 2.0;
+/// Seconds per allowed TCP stream.
+const FILTER_STREAM_SECONDS: f64 = 2.0;
+/// Rule counts compared.
+const FILTER_SIZES: [u64; 4] = [10, 1_000, 10_000, 100_000];
+
+/// The flattened form of [`XDP_PROBE_RULES`] (segment `s0` is 198.18.0.0/28).
+const XDP_PROBE_FLAT: &str =
+    "accept 198.18.0.0/28 tcp 10001 10001\ndrop 198.18.0.0/28 tcp 10002 10002\n";
+
+/// One filter's figures at one size, from `enforcer-bench-filters`' output.
+#[derive(Default)]
+struct FilterRow {
+    /// Dropped packets per second: median, min, max.
+    pps: Option<[f64; 3]>,
+    /// Dropped packets per softirq CPU second: median, min, max.
+    per_core: Option<[f64; 3]>,
+    /// Offered frames per second (median).
+    offered: f64,
+    /// Allowed TCP Gbit/s: median, min, max.
+    gbps: Option<[f64; 3]>,
+    /// The alternating streams to the unfiltered receiver: median, min, max.
+    base_gbps: Option<[f64; 3]>,
+    /// Load time in seconds and the entries the rules became.
+    load: Option<(f64, f64)>,
+    /// Why the cell is missing.
+    missing: Option<String>,
+}
+
+/// `uptime`'s load averages (1, 5 and 15 minutes), for the record of how busy the
+/// machine was.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Parses `enforcer-bench-filters`' output into rows keyed by (filter, size), in order.
+fn filter_rows(stdout: &str) -> anyhow::Result<Vec<((String, u64), FilterRow)>> {
+    let mut rows: Vec<((String, u64), FilterRow)> = Vec::new();
+    for line in stdout.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (Some(kind), Some(filter), Some(size)) = (words.first(), words.get(1), words.get(2))
+        else {
+            continue;
+        };
+        if !["deny", "tcp", "tcp-base", "load", "missing"].contains(kind) {
+            continue;
+        }
+        let key = ((*filter).to_owned(), size.parse::<u64>()?);
+        // "none" runs twice (first and last): each run is a row of its own.
+        let start_new = match rows.last() {
+            Some((last, row)) => *last != key || (*kind == "load" && row.load.is_some()),
+            None => true,
+        };
+        if start_new {
+            rows.push((key, FilterRow::default()));
+        }
+        let row = &mut rows.last_mut().expect("pushed").1;
+        let numbers: Vec<f64> = words[3..].iter().filter_map(|w| w.parse().ok()).collect();
+        match (*kind, numbers.as_slice()) {
+            ("deny", [p, p0, p1, c, c0, c1, offered]) => {
+                row.pps = Some([*p, *p0, *p1]);
+                row.per_core = Some([*c, *c0, *c1]);
+                row.offered = *offered;
+            }
+            ("tcp", [g, g0, g1]) => row.gbps = Some([*g, *g0, *g1]),
+            ("tcp-base", [g, g0, g1]) => row.base_gbps = Some([*g, *g0, *g1]),
+            ("load", [seconds, entries]) => row.load = Some((*seconds, *entries)),
+            ("missing", _) => row.missing = Some(words[3..].join(" ")),
+            _ => bail!("unexpected line {line:?}"),
+        }
+    }
+    Ok(rows)
+}
+
+/// What each filter label stands for in the table.
+fn filter_name(label: &str) -> &'static str {
+    match label {
+        "none" => "no filter",
+        "enforcer-native" => "enforcer XDP, native (driver) mode",
+        "enforcer-skb" => "enforcer XDP, generic (SKB) mode",
+        "nft-netdev" => "nftables netdev ingress, sets",
+        "nft-inet" => "nftables inet prerouting, sets, conntrack",
+        "iptables" => "iptables-legacy raw PREROUTING, linear",
+        "ipset" => "iptables-legacy raw PREROUTING + ipset",
+        _ => "?",
+    }
+}
+
+/// `median (min-max)` with `digits` decimals, scaled by `scale`.
+fn med_range(values: Option<[f64; 3]>, scale: f64, digits: usize) -> String {
+    values.map_or_else(
+        || "-".to_owned(),
+        |[m, lo, hi]| {
+            format!(
+                "{:.digits$} ({:.digits$}-{:.digits$})",
+                m / scale,
+                lo / scale,
+                hi / scale
+            )
+        },
+    )
+}
+
+/// Inbound deny throughput and allowed TCP throughput over a veth pair, the enforcer's
+/// XDP program against nftables, iptables and ipset and no filter, in one run.
+pub fn filters(tools: &Tools) -> anyhow::Result<()> {
+    let bench = release_bin(tools, "enforcer-tests", "enforcer-bench-filters")?;
+    let dir = tools.root.join("target/bench/filters");
+    fs::create_dir_all(&dir)?;
+    for rules in FILTER_SIZES {
+        // As the XDP benchmark: 1k segments, the generated rules and the probe rules.
+        let (mut policy, mut flat) = generate_flat(1_000, rules - 2);
+        policy.push_str(XDP_PROBE_RULES);
+        flat.push_str(XDP_PROBE_FLAT);
+        fs::write(dir.join(format!("filters-{rules}.toml")), policy)?;
+        fs::write(dir.join(format!("filters-{rules}.rules")), flat)?;
+    }
+    let load_before = load_average();
+    let started = Instant::now();
+    let mut args: Vec<std::ffi::OsString> = vec![
+        dir.clone().into(),
+        FILTER_ROUNDS.to_string().into(),
+        FILTER_DENY_SECONDS.to_string().into(),
+        FILTER_STREAM_SECONDS.to_string().into(),
+    ];
+    args.extend(FILTER_SIZES.iter().map(|s| s.to_string().into()));
+    let arg_refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let stdout = run_bench(&bench, &arg_refs)?;
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    let load_after = load_average();
+    print!("{stdout}");
+    let idle = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("idle-softirq "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(f64::NAN);
+    let rows = filter_rows(&stdout)?;
+    let body = filters_section(&rows, idle, &load_before, &load_after, minutes)?;
+    let path = write_section(&tools.root, "filters", &body)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// The median of a figure over the rows of `label` at `size` (`None`: every size).
+fn figure(
+    rows: &[((String, u64), FilterRow)],
+    label: &str,
+    size: Option<u64>,
+    pick: impl Fn(&FilterRow) -> Option<[f64; 3]>,
+) -> Option<f64> {
+    let values: Vec<f64> = rows
+        .iter()
+        .filter(|((l, s), _)| l == label && size.is_none_or(|size| *s == size))
+        .filter_map(|(_, row)| pick(row).map(|v| v[0]))
+        .collect();
+    (!values.is_empty()).then(|| median(values))
+}
+
+/// The change of a row's allowed TCP median against its own baseline, in percent.
+fn tcp_change(row: &FilterRow) -> Option<f64> {
+    let ([with, ..], [before, ..]) = (row.gbps?, row.base_gbps?);
+    Some((with / before - 1.0) * 100.0)
+}
+
+/// The section's text: the table, the ratios against the targets, and how it was measured.
+fn filters_section(
+    rows: &[((String, u64), FilterRow)],
+    idle: f64,
+    load_before: &str,
+    load_after: &str,
+    minutes: f64,
+) -> anyhow::Result<String> {
+    let mut table = String::from(
+        "| filter | rules | entries loaded | load time | dropped per second, kpps | dropped per softirq CPU-second, kpps | allowed TCP, Gbit/s: unfiltered receiver | filtered receiver | change |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for ((label, size), row) in rows {
+        let rules = if label == "none" {
+            "-".to_owned()
+        } else {
+            size.to_string()
+        };
+        if let Some(reason) = &row.missing {
+            writeln!(
+                table,
+                "| {} | {rules} | | | not measured: {reason} | | | | |",
+                filter_name(label)
+            )?;
+            continue;
+        }
+        let (load, entries) = row.load.map_or(("-".to_owned(), "-".to_owned()), |(s, e)| {
+            (format!("{s:.1} s"), format!("{e:.0}"))
+        });
+        let tcp_change = tcp_change(row).map_or("-".to_owned(), |c| format!("{c:+.1}%"));
+        writeln!(
+            table,
+            "| {} | {rules} | {entries} | {load} | {} | {} | {} | {} | {tcp_change} |",
+            filter_name(label),
+            med_range(row.pps, 1e3, 0),
+            med_range(row.per_core, 1e3, 0),
+            med_range(row.base_gbps, 1.0, 2),
+            med_range(row.gbps, 1.0, 2),
+        )?;
+    }
+    let per_core = |label: &str| figure(rows, label, Some(10_000), |r| r.per_core);
+    let per_second = |label: &str| figure(rows, label, Some(10_000), |r| r.pps);
+    let mut ratios = String::new();
+    for ours in ["enforcer-native", "enforcer-skb"] {
+        for theirs in ["nft-netdev", "nft-inet"] {
+            if let (Some(a), Some(b), Some(c), Some(d)) = (
+                per_core(ours),
+                per_core(theirs),
+                per_second(ours),
+                per_second(theirs),
+            ) {
+                writeln!(
+                    ratios,
+                    "- {} against {} at 10k rules: {:.2}× per softirq CPU-second, {:.2}× per wall second (target ≥ 3×)",
+                    filter_name(ours),
+                    filter_name(theirs),
+                    a / b,
+                    c / d
+                )?;
+            }
+        }
+    }
+    for label in ["enforcer-native", "enforcer-skb", "none"] {
+        let changes: Vec<f64> = rows
+            .iter()
+            .filter(|((l, _), _)| l == label)
+            .filter_map(|(_, row)| tcp_change(row))
+            .collect();
+        if let (Some(worst), Some(best)) = (
+            changes.iter().copied().reduce(f64::min),
+            changes.iter().copied().reduce(f64::max),
+        ) {
+            writeln!(
+                ratios,
+                "- {}: allowed TCP throughput against the unfiltered receiver, from {worst:+.1}% to {best:+.1}% over the sizes{}",
+                filter_name(label),
+                if label == "none" {
+                    " (both unfiltered: the noise of this comparison)"
+                } else {
+                    " (target: a loss of at most 3%)"
+                }
+            )?;
+        }
+    }
+    Ok(format!(
+        "## Filters compared: inbound deny and allowed TCP over veth\n\n{FILTERS_METHOD}\n\nMachine: {}. Rounds: {FILTER_ROUNDS} deny windows of {FILTER_DENY_SECONDS} s and {FILTER_STREAM_SECONDS} s streams per filter and size; cells are medians with the min-max over the rounds in parentheses. Softirq time of the idle machine, subtracted: {idle:.3} CPU-seconds per second. Load average before / after: {load_before} / {load_after}; the run took {minutes:.1} min.\n\nReproduce: `./x bench filters` (as root)\n\n{table}\n{ratios}\n",
+        machine()
+    ))
+}
+
+/// How the filter comparison measures, for the section's reader.
+const FILTERS_METHOD: &str = "Three network namespaces per filter and rule count, created fresh and deleted afterwards with every rule in them (nothing is loaded in the host's namespace): a generator and a receiver joined by a veth pair, and a receiver that is never filtered, joined to the generator by a pair of its own (the allowed stream's baseline). The generator is the kernel's live-frames mode of `BPF_PROG_TEST_RUN` (`BPF_F_TEST_XDP_LIVE_FRAMES`, batches of 64, as `xdp-trafficgen` uses it) on a 17-instruction XDP program that gives each TCP SYN a random source address in 198.18.0.0/16 and a random source port (checksums kept valid by compensating fields) and returns `XDP_TX`, so every frame leaves the generator's veth end and arrives at the receiver's, which needs NAPI for that (GRO on, or the enforcer's native XDP program). Every SYN goes to port 10002 of the receiver, one of the protected ports 10000-10999 (the generated segments' listener ports), which no rule opens to those sources: the enforcer denies it by default, the other filters by their last rule. Rules: the policies of the XDP benchmark (1k segments, the given number of rules between them, 10% deny, TCP single ports and ranges, UDP), flattened for the other filters into one entry per source /28, protocol and port range (ranges as ranges; ipset expands them to single ports; overlapping ranges of one source merged for nft, whose interval sets refuse overlaps), plus an entry allowing the stream below. nftables netdev: a `filter` chain on the receiver's ingress hook, a deny set and an allow set of `ipv4_addr . inet_proto . inet_service` intervals, then `tcp dport 10000-10999 drop`. nftables inet: the same at `prerouting` priority 0, after conntrack, with `ct state established,related accept` first. iptables: `iptables-legacy` (the classic xtables path, not the nft backend) in the raw table's PREROUTING, one rule per entry, drops first, then accepts, then the protected ports dropped; with ipset: two `hash:net,port` sets matched by two rules instead. Dropped packets are read from the filter's own counters before and after each window: the enforcer's deny counters (per-CPU maps), the nft rule counters, the iptables rule counters; with no filter, the receiver's `Ip: InReceives`. Per-core figure: the receiver's processing runs in the NET_RX softirq (on the generator's CPU, at the end of each batch, or in ksoftirqd when it falls behind), so packets dropped are divided by the softirq CPU time of all CPUs over the window (`/proc/stat`, sampled by the 250 Hz tick: this kernel has no IRQ time accounting), less the idle machine's softirq rate (the window runs until 0.5 s after the generator stops, for the receiver to empty its 256-frame ring); the raw rate (dropped per second the generator ran) shares the CPU with the generator, which offered frames as fast as it could; the receiver took them inline at the end of each batch, or dropped what its full ring could not hold. No filter drops nothing: its figures are IPv4 datagrams received (each answered by nothing: the sources have no route back). Allowed TCP: one connection from the generator's address to a sink in the receiver on port 10001 (allowed by each rule set's last entry), writing 128 KiB buffers, GRO off (the veth's default), alternating round by round (and which goes first) with the same stream from the generator to a third namespace that is never filtered, over a veth pair of its own: the change compares the two medians, measured under the same machine load. No filter is measured first and last; there both receivers are unfiltered, which shows the noise of that comparison, and the drift of the machine over the run.";

@@ -94,6 +94,10 @@ enum BenchCommand {
     /// Loopback `connect()` p50/p99: no filter, the enforcer's cgroup hooks, and nftables
     /// output rules matching the client's cgroup at 10 and 1k rules (root required).
     Connect,
+    /// Inbound deny throughput (live frames over a veth pair) and allowed TCP throughput
+    /// with the enforcer's XDP program, nftables, iptables, ipset and no filter, at 10 to
+    /// 100k rules, each inside network namespaces of its own (root required).
+    Filters,
 }
 
 fn main() -> ExitCode {
@@ -122,6 +126,9 @@ fn main() -> ExitCode {
         Command::Bench {
             which: BenchCommand::Connect,
         } => setup::run().and_then(|tools| bench::connect(&tools)),
+        Command::Bench {
+            which: BenchCommand::Filters,
+        } => setup::run().and_then(|tools| bench::filters(&tools)),
         Command::Mutants { shard } => {
             setup::run().and_then(|tools| mutants::run(&tools, shard.as_deref()))
         }

@@ -47,8 +47,13 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // mimalloc), and `rpm -qlp` to read the built .rpm back.
     ("musl-gcc", "musl-tools"),
     ("rpm", "rpm"),
-    // `./x bench connect`: the nftables rules it compares the cgroup hooks with.
+    // `./x bench connect` and `./x bench filters`: the filters the enforcer is compared
+    // with (inside the benches' own network namespaces only), and `ethtool -K` to give the
+    // receiving veth NAPI.
     ("nft", "nftables"),
+    ("iptables-legacy", "iptables"),
+    ("ipset", "ipset"),
+    ("ethtool", "ethtool"),
 ];
 
 /// A cargo subcommand installed with `--locked` into `<tools>/bin` at a pinned version.
@@ -81,8 +86,9 @@ const CARGO_TOOLS: &[CargoTool] = &[
 
 /// The services those packages install, which Debian would start and enable on their
 /// default ports. The tests start instances of their own on ports of their own, so these
-/// are disabled and stopped right after they are installed.
-const DEBIAN_SERVICES: &[&str] = &["nginx", "postgresql", "redis-server"];
+/// are disabled and stopped right after they are installed. `nftables.service` would load
+/// `/etc/nftables.conf` (which starts with `flush ruleset`) into the host's namespace.
+const DEBIAN_SERVICES: &[&str] = &["nginx", "postgresql", "redis-server", "nftables"];
 
 /// The Debian package of the syslog-ng the forwarding tests run as a second collector. It
 /// conflicts with rsyslog (both provide `system-log-daemon`), so installing it would remove

@@ -23,8 +23,7 @@
 
 use std::{
     fs::File,
-    io::{BufRead as _, BufReader, Write as _},
-    net::{IpAddr, Shutdown, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -33,7 +32,7 @@ use enforcer_tests::{
     cgroup::TestCgroup,
     netns::{Netns, Veth, setns_net},
     policy::{image, loaded_with},
-    probe::{Server, Spawn},
+    probe::{Server, Spawn, stream_gbps},
 };
 
 /// The TCP port of the stream servers.
@@ -248,27 +247,6 @@ fn measure(servers: &Servers, netns: &File, load: &Load) -> Result<Round, String
         connect_p50_us: connect_p50 / 1e3,
         connect_p99_us: connect_p99 / 1e3,
     })
-}
-
-/// Writes to `addr` for `seconds` and returns the Gbit/s the server read.
-fn stream_gbps(addr: SocketAddr, seconds: f64) -> std::io::Result<f64> {
-    let mut stream = TcpStream::connect_timeout(&addr, ANSWER_TIMEOUT)?;
-    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
-    let buffer = vec![0x5a_u8; 128 * 1024];
-    let started = Instant::now();
-    let deadline = Duration::from_secs_f64(seconds);
-    while started.elapsed() < deadline {
-        stream.write_all(&buffer)?;
-    }
-    stream.shutdown(Shutdown::Write)?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let read: f64 = line
-        .trim()
-        .parse()
-        .map_err(|_| std::io::Error::other(format!("the sink answered {line:?}")))?;
-    Ok(read * 8.0 / elapsed / 1e9)
 }
 
 /// `exchanges` request/response round trips with the echo server at `addr`; p50 and p99

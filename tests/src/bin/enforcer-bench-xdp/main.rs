@@ -44,8 +44,9 @@ use enforcer_common::{
         RULE_KEY_FIXED_BITS, RuleKey, RuleValue, reason_counter_index, slot_of,
     },
 };
+use enforcer_tests::bpf_raw::{self, RawXdp};
 use enforcer_tests::packet::{ACK, SYN, tcp4};
-use raw::{Asm, HELPER_KTIME_GET_BOOT_NS, RawXdp};
+use raw::{Asm, HELPER_KTIME_GET_BOOT_NS};
 
 /// Source of every probe packet: inside `s0`'s 198.18.0.0/28.
 const SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -147,7 +148,7 @@ fn bench(policy: &str, repeat: u32, runs: usize) -> Result<(), String> {
 /// One ring buffer write of an event-sized record per run, [`RING_REPEAT`] runs, into a
 /// ring of its own (made anew each call, so it never fills).
 fn ring_run(probe: &[u8]) -> Result<(u32, Duration), String> {
-    let ring = raw::ring_buffer(RING_BYTES)?;
+    let ring = bpf_raw::ring_buffer(RING_BYTES)?;
     let program: RawXdp = Asm::default()
         .ringbuf_output(ring.as_fd(), size_of::<FlowEvent>())
         .load()?;
@@ -223,7 +224,7 @@ fn lpm_key(prefix_len: u32, data: &[u8]) -> Vec<u8> {
 
 /// A `u32` map value read back.
 fn u32_value(map: BorrowedFd, key: &[u8]) -> Result<u32, String> {
-    let value = raw::map_value(map, key, 4).ok_or("the deny probe's entry is missing")?;
+    let value = bpf_raw::map_value(map, key, 4).ok_or("the deny probe's entry is missing")?;
     Ok(u32::from_ne_bytes([value[0], value[1], value[2], value[3]]))
 }
 
@@ -246,7 +247,7 @@ fn deny_parts(maps: &ProgramMaps) -> Result<Vec<Part>, String> {
         FAILSAFE_KEY_FIXED_BITS + 32,
         &bytes_of(&FailsafeKey::new(TCP, DENY_PORT, SOURCE.octets())),
     );
-    let config = raw::map_value(
+    let config = bpf_raw::map_value(
         maps.active("POLICY")?,
         &0u32.to_ne_bytes(),
         size_of::<PolicyConfig>(),
@@ -264,7 +265,7 @@ fn deny_parts(maps: &ProgramMaps) -> Result<Vec<Part>, String> {
             )
         })
         .collect();
-    let rule = raw::map_value(maps.active("RULES")?, &rule_keys[0], size_of::<RuleValue>())
+    let rule = bpf_raw::map_value(maps.active("RULES")?, &rule_keys[0], size_of::<RuleValue>())
         .ok_or("the deny rule is not in the trie")?;
     let rule_id = u32::from_ne_bytes([rule[0], rule[1], rule[2], rule[3]]);
     let fold_key = deny_fold_key(maps)?;
@@ -343,7 +344,7 @@ fn deny_parts(maps: &ProgramMaps) -> Result<Vec<Part>, String> {
 
 /// The key of the fold the deny probe's attempts are counted in (made by its runs).
 fn deny_fold_key(maps: &ProgramMaps) -> Result<Vec<u8>, String> {
-    raw::map_keys(maps.host("FOLDS")?, size_of::<FoldKey>(), 1024)
+    bpf_raw::map_keys(maps.host("FOLDS")?, size_of::<FoldKey>(), 1024)
         .into_iter()
         .find(|key| {
             // SAFETY: `key` holds `size_of::<FoldKey>()` bytes; any bytes are a FoldKey.

@@ -1,105 +1,16 @@
-//! XDP programs of a few instructions, assembled here and loaded with the `bpf()` system
-//! call (aya loads programs only from objects): the empty floor, and programs that make
-//! exactly one of the deny path's map operations, on the real program's own maps.
+//! XDP programs of a few instructions, assembled here (and loaded with
+//! [`RawXdp::load`]): the empty floor, and programs that make exactly one of the deny
+//! path's map operations, on the real program's own maps.
 
-use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
-use std::time::Duration;
+use std::os::fd::{AsRawFd as _, BorrowedFd};
 
-/// `BPF_PROG_LOAD` attributes (the leading fields of `union bpf_attr`; the rest zero).
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    rest: [u64; 12],
-}
-
-/// `BPF_PROG_TEST_RUN` attributes (the `test` member of `union bpf_attr`).
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    rest: [u64; 8],
-}
-
-/// `BPF_MAP_CREATE` attributes (the leading fields; the rest zero).
-#[repr(C)]
-#[derive(Default)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    rest: [u32; 27],
-}
-
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+use enforcer_tests::bpf_raw::{RawXdp, insn};
 
 /// Helper ids (`enum bpf_func_id`).
 pub const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
 /// `bpf_ktime_get_boot_ns`.
 pub const HELPER_KTIME_GET_BOOT_NS: i32 = 125;
 const HELPER_RINGBUF_OUTPUT: i32 = 130;
-
-/// Calls `bpf(cmd, attr, size_of(attr))`.
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> Result<libc::c_long, String> {
-    // SAFETY: `attr` is a valid, writable `repr(C)` attribute block of the size passed,
-    // laid out as the kernel's `union bpf_attr` member for `cmd`, with every pointer in
-    // it valid for the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
-    if rc < 0 {
-        Err(format!(
-            "bpf({cmd}) failed: {}",
-            std::io::Error::last_os_error()
-        ))
-    } else {
-        Ok(rc)
-    }
-}
-
-/// Takes ownership of a descriptor `bpf()` returned.
-fn owned(fd: libc::c_long) -> Result<OwnedFd, String> {
-    let fd = i32::try_from(fd).map_err(|_| "bpf() returned a bad descriptor".to_owned())?;
-    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// A BPF ring buffer of `bytes` bytes of its own (the real one would fill up and then
-/// time the failing path).
-pub fn ring_buffer(bytes: u32) -> Result<OwnedFd, String> {
-    let mut attr = MapCreateAttr {
-        map_type: BPF_MAP_TYPE_RINGBUF,
-        max_entries: bytes,
-        ..MapCreateAttr::default()
-    };
-    owned(bpf(BPF_MAP_CREATE, &mut attr)?)
-}
-
-/// One instruction: opcode, registers, offset, immediate.
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-    let [off_lo, off_hi] = off.to_le_bytes();
-    let [i0, i1, i2, i3] = imm.to_le_bytes();
-    u64::from_le_bytes([code, dst | (src << 4), off_lo, off_hi, i0, i1, i2, i3])
-}
 
 /// An XDP program being assembled. Every program ends `r0 = XDP_PASS; exit`.
 #[derive(Default)]
@@ -199,95 +110,4 @@ impl Asm {
         self.insns.push(insn(0x95, 0, 0, 0, 0)); // exit
         RawXdp::load(&self.insns)
     }
-}
-
-/// A loaded XDP program of raw instructions.
-pub struct RawXdp {
-    fd: OwnedFd,
-}
-
-impl RawXdp {
-    /// Loads `instructions`; a rejection carries the verifier's log.
-    fn load(instructions: &[u64]) -> Result<Self, String> {
-        let license = c"GPL";
-        let mut log = vec![0u8; 64 * 1024];
-        let mut attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_XDP,
-            insn_cnt: u32::try_from(instructions.len()).expect("small program"),
-            insns: instructions.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            log_level: 1,
-            log_size: u32::try_from(log.len()).expect("small log"),
-            log_buf: log.as_mut_ptr() as u64,
-            ..ProgLoadAttr::default()
-        };
-        let fd = bpf(BPF_PROG_LOAD, &mut attr).map_err(|err| {
-            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            format!("{err}: {}", String::from_utf8_lossy(&log[..end]))
-        })?;
-        Ok(Self { fd: owned(fd)? })
-    }
-
-    /// Runs the program `repeat` times on `packet`: its XDP action and the kernel's mean
-    /// time per run.
-    pub fn test_run(&self, packet: &[u8], repeat: u32) -> Result<(u32, Duration), String> {
-        let mut out = vec![0u8; packet.len() + 256];
-        let mut attr = TestRunAttr {
-            prog_fd: u32::try_from(self.fd.as_raw_fd()).expect("descriptors are positive"),
-            data_size_in: u32::try_from(packet.len()).expect("small packet"),
-            data_size_out: u32::try_from(out.len()).expect("small buffer"),
-            data_in: packet.as_ptr() as u64,
-            data_out: out.as_mut_ptr() as u64,
-            repeat,
-            ..TestRunAttr::default()
-        };
-        bpf(BPF_PROG_TEST_RUN, &mut attr)?;
-        Ok((attr.retval, Duration::from_nanos(u64::from(attr.duration))))
-    }
-}
-
-/// `BPF_MAP_*_ELEM` and `BPF_MAP_GET_NEXT_KEY` attributes.
-#[repr(C)]
-#[derive(Default)]
-struct MapElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-
-/// The `len` bytes of the value at `key` in `map` (not a per-CPU map); `None` when absent.
-pub fn map_value(map: BorrowedFd, key: &[u8], len: usize) -> Option<Vec<u8>> {
-    let mut value = vec![0u8; len];
-    let mut attr = MapElemAttr {
-        map_fd: u32::try_from(map.as_raw_fd()).expect("descriptors are positive"),
-        key: key.as_ptr() as u64,
-        value: value.as_mut_ptr() as u64,
-        ..MapElemAttr::default()
-    };
-    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).ok().map(|_| value)
-}
-
-/// The keys (`len` bytes each) of a hash map, at most `limit` of them.
-pub fn map_keys(map: BorrowedFd, len: usize, limit: usize) -> Vec<Vec<u8>> {
-    let mut keys: Vec<Vec<u8>> = Vec::new();
-    while keys.len() < limit {
-        let mut next = vec![0u8; len];
-        let mut attr = MapElemAttr {
-            map_fd: u32::try_from(map.as_raw_fd()).expect("descriptors are positive"),
-            // No key asks for the first one.
-            key: keys.last().map_or(0, |key| key.as_ptr() as u64),
-            value: next.as_mut_ptr() as u64,
-            ..MapElemAttr::default()
-        };
-        if bpf(BPF_MAP_GET_NEXT_KEY, &mut attr).is_err() {
-            break;
-        }
-        keys.push(next);
-    }
-    keys
 }
