@@ -1,7 +1,7 @@
 //! Any store directory is verified or broken at a named place, never a panic; a store
 //! `verify` passes is one `query` reads in full. The input is split at NUL bytes: the
-//! first part is `HEAD` (none when empty), the others are the segment files from
-//! `audit-00000001.jsonl` on.
+//! first part is `HEAD` (none when empty), the others are JSON Lines segment files from
+//! `audit-00000001.jsonl` on (`audit_compact` fuzzes the compact files, which hold NULs).
 #![no_main]
 
 use std::{fs, path::PathBuf, sync::OnceLock};
@@ -30,7 +30,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         fs::write(dir.join(files::HEAD_FILE), head).expect("write HEAD");
     }
     for (number, part) in (1..).zip(parts) {
-        fs::write(dir.join(files::segment_name(number)), part).expect("write a segment");
+        let name = files::name_in(number, files::Format::Lines);
+        fs::write(dir.join(name), part).expect("write a segment");
     }
     let Ok(outcome) = verify::verify(dir, &verify::Proof::default()) else {
         return;

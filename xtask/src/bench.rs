@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::run::{Tools, describe, release_bin};
+use crate::{
+    BenchCommand,
+    run::{Tools, describe, release_bin},
+};
 
 /// A policy of `segments` segments (each a cgroup, an IPv4 /28, an IPv6 /64 and a
 /// listener port) and `rules` rules between random segments on random ports and ranges.
@@ -1171,3 +1174,29 @@ fn filters_section(
 
 /// How the filter comparison measures, for the section's reader.
 const FILTERS_METHOD: &str = "Three network namespaces per filter and rule count, created fresh and deleted afterwards with every rule in them (nothing is loaded in the host's namespace): a generator and a receiver joined by a veth pair, and a receiver that is never filtered, joined to the generator by a pair of its own (the allowed stream's baseline). The generator is the kernel's live-frames mode of `BPF_PROG_TEST_RUN` (`BPF_F_TEST_XDP_LIVE_FRAMES`, batches of 64, as `xdp-trafficgen` uses it) on a 17-instruction XDP program that gives each TCP SYN a random source address in 198.18.0.0/16 and a random source port (checksums kept valid by compensating fields) and returns `XDP_TX`, so every frame leaves the generator's veth end and arrives at the receiver's, which needs NAPI for that (GRO on, or the enforcer's native XDP program). Every SYN goes to port 10002 of the receiver, one of the protected ports 10000-10999 (the generated segments' listener ports), which no rule opens to those sources: the enforcer denies it by default, the other filters by their last rule. Rules: the policies of the XDP benchmark (1k segments, the given number of rules between them, 10% deny, TCP single ports and ranges, UDP), flattened for the other filters into one entry per source /28, protocol and port range (ranges as ranges; ipset expands them to single ports; overlapping ranges of one source merged for nft, whose interval sets refuse overlaps), plus an entry allowing the stream below. nftables netdev: a `filter` chain on the receiver's ingress hook, a deny set and an allow set of `ipv4_addr . inet_proto . inet_service` intervals, then `tcp dport 10000-10999 drop`. nftables inet: the same at `prerouting` priority 0, after conntrack, with `ct state established,related accept` first. iptables: `iptables-legacy` (the classic xtables path, not the nft backend) in the raw table's PREROUTING, one rule per entry, drops first, then accepts, then the protected ports dropped; with ipset: two `hash:net,port` sets matched by two rules instead. Dropped packets are read from the filter's own counters before and after each window: the enforcer's deny counters (per-CPU maps), the nft rule counters, the iptables rule counters; with no filter, the receiver's `Ip: InReceives`. Per-core figure: the receiver's processing runs in the NET_RX softirq (on the generator's CPU, at the end of each batch, or in ksoftirqd when it falls behind), so packets dropped are divided by the softirq CPU time of all CPUs over the window (`/proc/stat`, sampled by the 250 Hz tick: this kernel has no IRQ time accounting), less the idle machine's softirq rate (the window runs until 0.5 s after the generator stops, for the receiver to empty its 256-frame ring); the raw rate (dropped per second the generator ran) shares the CPU with the generator, which offered frames as fast as it could; the receiver took them inline at the end of each batch, or dropped what its full ring could not hold. No filter drops nothing: its figures are IPv4 datagrams received (each answered by nothing: the sources have no route back). Allowed TCP: one connection from the generator's address to a sink in the receiver on port 10001 (allowed by each rule set's last entry), writing 128 KiB buffers, GRO off (the veth's default), alternating round by round (and which goes first) with the same stream from the generator to a third namespace that is never filtered, over a veth pair of its own: the change compares the two medians, measured under the same machine load. No filter is measured first and last; there both receivers are unfiltered, which shows the noise of that comparison, and the drift of the machine over the run.";
+
+/// Runs benchmark `which`, or every one in turn (each writes its own section of
+/// docs/benchmarks.md; the first that fails stops the run).
+pub fn run(tools: &Tools, which: Option<BenchCommand>) -> anyhow::Result<()> {
+    let all = [
+        BenchCommand::Policy,
+        BenchCommand::Xdp,
+        BenchCommand::Agent,
+        BenchCommand::Audit,
+        BenchCommand::Socket,
+        BenchCommand::Connect,
+        BenchCommand::Filters,
+    ];
+    for which in which.map_or(all.to_vec(), |which| vec![which]) {
+        match which {
+            BenchCommand::Policy => policy(tools),
+            BenchCommand::Xdp => xdp(tools),
+            BenchCommand::Agent => agent(tools),
+            BenchCommand::Audit => audit(tools),
+            BenchCommand::Socket => socket(tools),
+            BenchCommand::Connect => connect(tools),
+            BenchCommand::Filters => filters(tools),
+        }?;
+    }
+    Ok(())
+}

@@ -28,7 +28,14 @@ const CARGO_FUZZ: CargoTool = CargoTool {
 };
 
 /// Every fuzz target (`fuzz/fuzz_targets/<name>.rs`).
-pub const TARGETS: [&str; 5] = ["policy", "config", "bundle", "audit_record", "audit_verify"];
+pub const TARGETS: [&str; 6] = [
+    "policy",
+    "config",
+    "bundle",
+    "audit_record",
+    "audit_verify",
+    "audit_compact",
+];
 
 /// How long `./x test` fuzzes each target.
 pub const TEST_SECONDS_PER_TARGET: u64 = 20;

@@ -51,9 +51,9 @@ enum Command {
     Package,
     /// Measure and write the tables in docs/benchmarks.md (figures, never assertions).
     Bench {
-        /// Which benchmark.
+        /// Which benchmark (all of them, one after the other, when none is named).
         #[command(subcommand)]
-        which: BenchCommand,
+        which: Option<BenchCommand>,
     },
     /// Fuzz with cargo-fuzz for a bounded time: the policy, config, bundle, audit record
     /// and audit verify targets, each seeded with its corpus under `fuzz/corpus/`.
@@ -75,8 +75,9 @@ enum Command {
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
+/// The benchmarks `./x bench` runs.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub(crate) enum BenchCommand {
     /// Policy compile time and peak memory at 1k, 10k and 100k rules.
     Policy,
     /// Per-packet cost of the XDP program at 10 to 100k rules against an empty program
@@ -85,8 +86,9 @@ enum BenchCommand {
     /// Time from a policy file write to enforcement, and the agent's resident memory,
     /// at 1k and 100k rules (root required).
     Agent,
-    /// Audit events per second from the kernel to the store, event-to-store latency, and
-    /// `audit query` over 10M records (root required).
+    /// Audit events per second from the kernel to the store, event-to-store latency, bytes
+    /// per stored flow, and `audit query/stats/verify/export` over 10M records (root
+    /// required).
     Audit,
     /// What the cgroup hooks (the per-socket ingress layer) cost an established TCP
     /// stream and a UDP request/response loop over a veth pair (root required).
@@ -108,27 +110,7 @@ fn main() -> ExitCode {
         Command::Test => setup::run().and_then(|tools| test::run(&tools)),
         Command::Demo { keep } => setup::run().and_then(|tools| demo::run(&tools, keep.as_deref())),
         Command::Package => setup::run().and_then(|tools| package::run(&tools)),
-        Command::Bench {
-            which: BenchCommand::Policy,
-        } => setup::run().and_then(|tools| bench::policy(&tools)),
-        Command::Bench {
-            which: BenchCommand::Xdp,
-        } => setup::run().and_then(|tools| bench::xdp(&tools)),
-        Command::Bench {
-            which: BenchCommand::Agent,
-        } => setup::run().and_then(|tools| bench::agent(&tools)),
-        Command::Bench {
-            which: BenchCommand::Audit,
-        } => setup::run().and_then(|tools| bench::audit(&tools)),
-        Command::Bench {
-            which: BenchCommand::Socket,
-        } => setup::run().and_then(|tools| bench::socket(&tools)),
-        Command::Bench {
-            which: BenchCommand::Connect,
-        } => setup::run().and_then(|tools| bench::connect(&tools)),
-        Command::Bench {
-            which: BenchCommand::Filters,
-        } => setup::run().and_then(|tools| bench::filters(&tools)),
+        Command::Bench { which } => setup::run().and_then(|tools| bench::run(&tools, which)),
         Command::Mutants { shard } => {
             setup::run().and_then(|tools| mutants::run(&tools, shard.as_deref()))
         }

@@ -979,9 +979,9 @@ pub fn last_json_record(batch: &[u8]) -> Option<(Record, Hash)> {
     let mut at = HEADER_LEN;
     let mut entry = None;
     for _ in 0..count {
-        let (len, used) = read_varint(&batch[at..body_end])?;
+        let (len, used) = read_varint(batch.get(at..body_end)?)?;
         at += used;
-        entry = Some(batch.get(at..at + len)?);
+        entry = Some(batch.get(at..(at + len).min(body_end))?);
         at += len + TAG_LEN;
     }
     let (&kind, json) = entry?.split_first()?;

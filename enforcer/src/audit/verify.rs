@@ -188,7 +188,16 @@ pub fn verify(dir: &Path, proof: &Proof) -> Result<Outcome, std::io::Error> {
     }
 
     // The first file either starts the chain or follows a file retention removed.
-    let (first_sequence, prev) = first_prev.expect("a walked file has a first record");
+    let Some((first_sequence, prev)) = first_prev else {
+        // Only the newest file may be empty (a writer that has not got its first batch
+        // on disk yet), so the store has that one file and no record.
+        return Ok(Err(Break {
+            file: first.path.clone(),
+            line: 0,
+            sequence: None,
+            why: "the store holds no record: its only file is empty (an agent writes a record as it starts, so it never wrote one, or the file was emptied)".to_owned(),
+        }));
+    };
     if first.number != 1 || prev != GENESIS {
         let accounted = walk
             .removed
@@ -1837,5 +1846,15 @@ mod tests {
             broken.sequence.is_some() || broken.why.contains("damaged"),
             "{broken}"
         );
+    }
+
+    #[test]
+    fn a_store_whose_only_file_is_empty_is_named_not_a_panic() {
+        for format in [Format::Lines, Format::Compact] {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join(files::name_in(1, format)), b"").unwrap();
+            let broken = first_break(dir.path());
+            assert!(broken.why.contains("holds no record"), "{broken}");
+        }
     }
 }
