@@ -4,26 +4,15 @@
 //! `audit-00000001.jsonl` on (`audit_compact` fuzzes the compact files, which hold NULs).
 #![no_main]
 
-use std::{fs, path::PathBuf, sync::OnceLock};
+use std::fs;
 
-use enforcer::audit::{
-    files,
-    read::{self, Filter},
-    verify,
-};
+use enforcer::audit::files;
 
-/// One directory per fuzzing process, emptied for every input.
-fn dir() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        std::env::temp_dir().join(format!("enforcer-fuzz-verify-{}", std::process::id()))
-    })
-}
+#[path = "common/store.rs"]
+mod store;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let dir = dir();
-    let _ = fs::remove_dir_all(dir);
-    fs::create_dir_all(dir).expect("create the store directory");
+    let dir = store::empty_dir();
     let mut parts = data.split(|byte| *byte == 0);
     let head = parts.next().unwrap_or_default();
     if !head.is_empty() {
@@ -33,36 +22,5 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let name = files::name_in(number, files::Format::Lines);
         fs::write(dir.join(name), part).expect("write a segment");
     }
-    let Ok(outcome) = verify::verify(dir, &verify::Proof::default()) else {
-        return;
-    };
-    match outcome {
-        Ok(summary) => {
-            let filter = Filter {
-                store_records: true,
-                ..Filter::default()
-            };
-            let mut records = 0;
-            let mut flows = 0;
-            read::scan(
-                dir,
-                &filter,
-                |_| {},
-                |record| {
-                    records += 1;
-                    flows += u64::from(record.flow().is_some());
-                    true
-                },
-            )
-            .expect("a verified store reads");
-            assert_eq!(
-                records, summary.records,
-                "query reads every verified record"
-            );
-            assert_eq!(flows, summary.flows);
-        }
-        Err(broken) => {
-            let _ = broken.to_string();
-        }
-    }
+    store::verify_then_query(dir);
 });
