@@ -46,6 +46,9 @@ pub fn verify_then_query(dir: &PathBuf) {
         },
     )
     .expect("a verified store reads");
-    assert_eq!(records, summary.records, "query reads every verified record");
+    assert_eq!(
+        records, summary.records,
+        "query reads every verified record"
+    );
     assert_eq!(flows, summary.flows);
 }
