@@ -313,6 +313,8 @@ pub struct Encoder {
     names: Vec<String>,
     /// A reused buffer for the message a flow's fields derive.
     message: String,
+    /// A reused buffer for the entry being encoded.
+    entry: Vec<u8>,
 }
 
 /// A batch being written (see [`Encoder::begin`]).
@@ -383,9 +385,11 @@ impl Encoder {
     ) {
         record.metadata.sequence = head.sequence + 1;
         record.caption();
-        let mut entry = Vec::with_capacity(128);
+        let mut entry = std::mem::take(&mut self.entry);
+        entry.clear();
         self.encode(record, &mut entry);
         append_entry(batch, &entry, head, out);
+        self.entry = entry;
     }
 
     /// Appends a flow given by its facts to `batch` as the record after `head`, and
@@ -397,9 +401,11 @@ impl Encoder {
         head: &mut Head,
         out: &mut Vec<u8>,
     ) {
-        let mut entry = Vec::with_capacity(128);
+        let mut entry = std::mem::take(&mut self.entry);
+        entry.clear();
         self.encode_facts(facts, &mut entry);
         append_entry(batch, &entry, head, out);
+        self.entry = entry;
     }
 
     /// A flow's entry.

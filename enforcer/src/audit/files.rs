@@ -241,8 +241,6 @@ pub enum Damage {
     Line {
         /// The line, from 1.
         number: usize,
-        /// The file offset it starts at.
-        offset: u64,
         /// Why.
         error: chain::LineError,
     },
@@ -311,7 +309,6 @@ impl Records {
                 for end in memchr::memchr_iter(b'\n', &bytes[..complete]) {
                     self.lines += 1;
                     let text = String::from_utf8_lossy(&bytes[start..end]);
-                    let offset = base + start as u64;
                     start = end + 1;
                     let item = match chain::check(&text) {
                         Ok(checked) => Ok(Stored {
@@ -324,7 +321,6 @@ impl Records {
                         }),
                         Err(error) => Err(Damage::Line {
                             number: self.lines,
-                            offset,
                             error,
                         }),
                     };
