@@ -857,6 +857,58 @@ fn a_write_that_changes_nothing_applies_nothing_and_failed_reloads_are_counted()
     );
 }
 
+/// An editor that writes a policy in pieces, the file open in between, has its policy
+/// applied once it is whole: the half-written file is never compiled (which would
+/// refuse it, or worse, apply half a policy).
+#[test]
+fn a_policy_written_in_pieces_is_applied_once_whole_and_never_half() {
+    use std::io::Write as _;
+
+    let site = PeerSite::new(&[ALLOWED_PORT, DENIED_PORT]);
+    let mut agent = site.agent("127.0.0.1:19775", "");
+    agent.start();
+    let generation = agent.status()["generation"].as_u64().expect("generation");
+    let reloads = |outcome: &str| {
+        let (_, text) = fetch("http://127.0.0.1:19775/metrics");
+        sample(
+            &parse_metrics(&text),
+            "enforcer_reloads_total",
+            &[("outcome", outcome)],
+        )
+        .unwrap_or(0.0)
+    };
+    let applied_before = reloads("applied");
+
+    let whole = api_to_peer(&site.api, &site.veth, true);
+    let pieces = whole.as_bytes().chunks(whole.len().div_ceil(3));
+    let mut file = std::fs::File::create(agent.policy_file()).expect("truncate the policy");
+    for piece in pieces {
+        file.write_all(piece).expect("write a piece");
+        file.flush().expect("flush");
+        // Each piece lands while the agent waits for the file to be quiet.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(file);
+
+    let status = agent.wait_for_status("the whole policy applied", |s| {
+        s["generation"].as_u64() > Some(generation)
+    });
+    assert_eq!(
+        status["generation"].as_u64(),
+        Some(generation + 1),
+        "one reload for one write: {status:#}"
+    );
+    assert_eq!(reloads("failed"), 0.0, "a half-written policy was compiled");
+    assert_eq!(reloads("applied"), applied_before + 1.0);
+    assert_eq!(
+        Spawn::tcp_client(site.veth.peer_addr(DENIED_PORT))
+            .cgroup(&site.api)
+            .run(),
+        Outcome::Ok,
+        "the second rule of the whole policy is not in force"
+    );
+}
+
 #[test]
 fn a_restart_moves_the_hooks_to_a_new_cgroup_and_removes_xdp_of_an_unlisted_interface() {
     let site = PeerSite::new(&[DENIED_PORT]);

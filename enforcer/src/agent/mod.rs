@@ -49,12 +49,33 @@ use floor::Floor;
 use interfaces::{InterfaceSet, InterfaceXdp};
 use policy::{Candidate, CandidateError};
 use state::{ActivePolicy, AgentLock, AgentState, Reload, ReloadOutcome, StateDir};
+use watch::PolicyChange;
 
-/// How long the policy files must stay quiet after a change before the agent reloads:
-/// an editor's write-and-rename, or a `cp` of several files, becomes one reload.
-const SETTLE: Duration = Duration::from_millis(25);
+/// How long the policy files must stay quiet after a change that may be half a write
+/// (truncated, written to, renamed away) before the agent reloads: an editor's
+/// write-and-rename, or a `cp` of several files, becomes one reload.
+const SETTLE_WRITING: Duration = Duration::from_millis(25);
+/// How long they must stay quiet after a write ended (a file closed after writing,
+/// renamed into place, removed): long enough for the next file of a burst to begin.
+const SETTLE_WRITTEN: Duration = Duration::from_millis(3);
 /// How long the agent waits for the record of an applied policy to be written.
 const NOTE_WRITTEN_WITHIN: Duration = Duration::from_secs(2);
+
+/// Waits until the policy files are quiet after `change`, so a burst of changes becomes
+/// one reload: [`SETTLE_WRITTEN`] after a write ended, [`SETTLE_WRITING`] while the last
+/// change may be half a write.
+async fn settle(mut change: PolicyChange, changes: &mut mpsc::UnboundedReceiver<PolicyChange>) {
+    loop {
+        let quiet = match change {
+            PolicyChange::Written => SETTLE_WRITTEN,
+            PolicyChange::Writing => SETTLE_WRITING,
+        };
+        match tokio::time::timeout(quiet, changes.recv()).await {
+            Ok(Some(next)) => change = next,
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
 
 /// What the agent and its metrics server share.
 #[derive(Debug, Default)]
@@ -314,7 +335,26 @@ impl Agent {
     ) -> anyhow::Result<Reload> {
         let started = Instant::now();
         let image = &candidate.compiled.image;
-        let applied = self.loader.apply(image, &self.cgroup_root)?;
+        // What changed against the generation applied before, for its history record:
+        // compared on a thread of its own while the maps are filled and flipped, so it
+        // neither delays enforcement nor holds up the next reload afterwards.
+        let (applied, changes) = std::thread::scope(|scope| {
+            let changes = scope.spawn(|| {
+                self.applied.as_ref().map(|(previous, old)| {
+                    let old = (&old.compiled.policy, &old.compiled.image);
+                    (
+                        *previous,
+                        diff(old, (&candidate.compiled.policy, image)).summary,
+                    )
+                })
+            });
+            let applied = self.loader.apply(image, &self.cgroup_root);
+            let changes = changes
+                .join()
+                .map_err(|_| anyhow::anyhow!("the policy diff panicked"));
+            (applied, changes)
+        });
+        let (applied, changes) = (applied?, changes?);
         if let Some(first) = applied.cgroups.missing.first() {
             tracing::warn!(
                 count = applied.cgroups.missing.len(),
@@ -337,14 +377,6 @@ impl Agent {
         for warning in &candidate.compiled.warnings {
             tracing::warn!("{}", warning.one_line(&candidate.compiled.sources));
         }
-        // Compared after the new generation is in force, so the diff never delays it.
-        let changes = self.applied.as_ref().map(|(previous, old)| {
-            let old = (&old.compiled.policy, &old.compiled.image);
-            (
-                *previous,
-                diff(old, (&candidate.compiled.policy, image)).summary,
-            )
-        });
         let record = history::applied(
             &history::Applied {
                 trigger,
@@ -603,9 +635,8 @@ impl Agent {
                     while host_changes.try_recv().is_ok() {}
                     self.host_changed();
                 }
-                Some(()) = changes.recv() => {
-                    // Let a burst of changes settle into one reload.
-                    while let Ok(Some(())) = tokio::time::timeout(SETTLE, changes.recv()).await {}
+                Some(change) = changes.recv() => {
+                    settle(change, &mut changes).await;
                     self.reload("file-change", false).await?;
                 }
                 _ = terminate.recv() => break,

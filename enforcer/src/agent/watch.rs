@@ -8,16 +8,47 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
+use notify::{
+    EventKind, RecommendedWatcher, RecursiveMode, Watcher as _,
+    event::{AccessKind, AccessMode, ModifyKind, RenameMode},
+};
 use tokio::sync::mpsc;
+
+/// What a change to the policy files says about the write behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// A file is being written (truncated, written to, created, renamed away, its
+    /// attributes changed): more may follow before it is whole.
+    Writing,
+    /// A write ended: a file was closed after writing, renamed into place, or removed;
+    /// or events were lost, and only a reload can tell what changed.
+    Written,
+}
+
+impl PolicyChange {
+    /// What an inotify event says; `None` for events that change nothing (reads).
+    fn of(kind: &EventKind) -> Option<Self> {
+        match kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Self::Written),
+            EventKind::Access(_) => None,
+            EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            | EventKind::Remove(_) => Some(Self::Written),
+            _ => Some(Self::Writing),
+        }
+    }
+}
 
 /// A running watch; dropping it stops watching.
 pub struct PolicyWatch {
     _watcher: RecommendedWatcher,
 }
 
-/// Watches `path` and sends `()` on `changes` for every change that may alter it.
-pub fn watch(path: &Path, changes: mpsc::UnboundedSender<()>) -> notify::Result<PolicyWatch> {
+/// Watches `path` and sends a [`PolicyChange`] on `changes` for every change that may
+/// alter it.
+pub fn watch(
+    path: &Path,
+    changes: mpsc::UnboundedSender<PolicyChange>,
+) -> notify::Result<PolicyWatch> {
     let (dir, only): (PathBuf, Option<PathBuf>) = if path.is_dir() {
         (path.to_owned(), None)
     } else {
@@ -27,19 +58,19 @@ pub fn watch(path: &Path, changes: mpsc::UnboundedSender<()>) -> notify::Result<
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else {
             // A watch error (queue overflow): changes may have been missed, so reload.
-            let _ = changes.send(());
+            let _ = changes.send(PolicyChange::Written);
             return;
         };
-        if matches!(event.kind, EventKind::Access(_)) {
+        let Some(change) = PolicyChange::of(&event.kind) else {
             return;
-        }
+        };
         let relevant = match &only {
             Some(file) => event.paths.iter().any(|p| p == file),
             None => true,
         };
         if relevant {
             // The receiver is gone only when the agent is stopping.
-            let _ = changes.send(());
+            let _ = changes.send(change);
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
@@ -94,6 +125,50 @@ impl CgroupWatch {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, DataChange, MetadataKind, RemoveKind};
+
+    use super::*;
+
+    #[test]
+    fn only_an_ended_write_counts_as_written() {
+        let written = [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            EventKind::Remove(RemoveKind::File),
+        ];
+        for kind in written {
+            assert_eq!(
+                PolicyChange::of(&kind),
+                Some(PolicyChange::Written),
+                "{kind:?}"
+            );
+        }
+        let writing = [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+        ];
+        for kind in writing {
+            assert_eq!(
+                PolicyChange::of(&kind),
+                Some(PolicyChange::Writing),
+                "{kind:?}"
+            );
+        }
+        let reads = [
+            EventKind::Access(AccessKind::Open(notify::event::AccessMode::Any)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ];
+        for kind in reads {
+            assert_eq!(PolicyChange::of(&kind), None, "{kind:?}");
         }
     }
 }
