@@ -164,7 +164,7 @@ mod tests {
             );
         }
         let reads = [
-            EventKind::Access(AccessKind::Open(notify::event::AccessMode::Any)),
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
             EventKind::Access(AccessKind::Close(AccessMode::Read)),
         ];
         for kind in reads {
