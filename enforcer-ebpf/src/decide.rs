@@ -323,7 +323,7 @@ pub fn listener_segment<const B: bool>(
 /// binding lookups on the hot path), else [`listener_segment`]. XDP only filters ahead:
 /// what it lets through is decided again by the per-socket layer against the socket that
 /// really receives it, so a process of another segment on a declared port is held to
-/// its own segment's rules there.
+/// its own segment's rules there. Sets `declared` when the policy declares the port.
 #[inline(always)]
 pub fn xdp_listener_segment<const B: bool>(
     slot: &Slot<B>,
@@ -331,10 +331,14 @@ pub fn xdp_listener_segment<const B: bool>(
     v4: bool,
     port: u16,
     proto: u8,
+    declared: &mut bool,
 ) -> u32 {
     match declared_listener(slot, port, proto) {
         NO_LISTENER => listener_segment(slot, addr, v4, port, proto),
-        declared => declared,
+        segment => {
+            *declared = true;
+            segment
+        }
     }
 }
 

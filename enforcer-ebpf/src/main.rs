@@ -32,6 +32,7 @@ mod peers;
 mod record;
 mod route;
 mod socket;
+mod verdicts;
 mod xdp;
 
 use maps::{Slot, in_slot};

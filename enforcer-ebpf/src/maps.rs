@@ -8,7 +8,6 @@ use aya_ebpf::{
     macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-use enforcer_common::event::FlowEvent;
 use enforcer_common::maps::{
     BoundKey, CGROUP_TABLE_CAPACITY, ConnectDecision, EVENT_STAT_SLOTS, EVENTS_RING_BYTES,
     FOLDS_CAPACITY, FailsafeKey4, FailsafeKey6, FoldKey, FoldState, HostSettings,
@@ -17,6 +16,7 @@ use enforcer_common::maps::{
     MAX_RULES, MAX_SEGMENTS, PeerKey, PeerState, PolicyConfig, REASON_COUNTER_SLOTS, RuleCounters,
     RuleKey, RuleValue, SCRATCH_SLOTS, SOCKET_PEERS_CAPACITY, SegmentInfo,
 };
+use enforcer_common::{decision::Decision, event::FlowEvent};
 
 /// Per-flow audit records ([`enforcer_common::event::FlowEvent`]) for the agent.
 #[map]
@@ -48,6 +48,39 @@ pub struct Scratch {
 /// Per-CPU [`Scratch`], one entry per hook code (see `record::record`).
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+
+/// log2 of [`XDP_VERDICTS`]' entries per CPU.
+pub const VERDICT_CACHE_BITS: u32 = 10;
+
+/// One decision XDP keeps in [`XDP_VERDICTS`] (see `verdicts`): the flow's key, then
+/// what was decided.
+#[repr(C)]
+pub struct CachedVerdict {
+    /// Odd while the entry is being written.
+    pub seq: u32,
+    /// The generation that decided (0, never active, in an entry never written).
+    pub generation: u32,
+    /// The source address (IPv4 in the first four bytes), as four native-endian words.
+    pub src_addr: [u32; 4],
+    /// The destination port (an ICMP request's type).
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Address family.
+    pub family: u8,
+    /// The decision, before fail closed.
+    pub decision: Decision,
+    /// The source segment.
+    pub src_segment: u32,
+    /// The destination segment.
+    pub dst_segment: u32,
+}
+
+/// XDP's per-CPU verdict cache, indexed by a hash of the flow (see `verdicts`). Not
+/// pinned: each loaded program starts with an empty one.
+#[map]
+pub static XDP_VERDICTS: PerCpuArray<CachedVerdict> =
+    PerCpuArray::with_max_entries(1 << VERDICT_CACHE_BITS, 0);
 
 /// Settings the agent writes: de-duplication window, ephemeral port range.
 #[map]

@@ -43,11 +43,12 @@ const MAX_IFNAME: usize = 15;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
-    /// Native (driver) mode where the driver has it, else generic: the kernel decides.
+    /// Generic mode on a veth; elsewhere native (driver) mode where the driver has it,
+    /// else generic (the kernel decides).
     Auto,
     /// Native (driver) mode; attaching fails on drivers without it.
     Native,
-    /// Generic (SKB) mode: works everywhere; the right choice for veth.
+    /// Generic (SKB) mode: works everywhere.
     Skb,
 }
 

@@ -18,9 +18,10 @@ use enforcer_tests::{
     probe::{Outcome, Spawn},
 };
 
+/// XDP on the site's veth in the default mode, `auto`: generic (SKB) mode on a veth.
 fn xdp_config(veth: &Veth) -> String {
     format!(
-        "\n[[interfaces]]\nname = \"{}\"\nxdp_mode = \"skb\"\n",
+        "\n[[interfaces]]\nname = \"{}\"\nxdp_mode = \"auto\"\n",
         veth.host_if()
     )
 }
@@ -107,6 +108,12 @@ fn sigkill_leaves_enforcement_and_the_restarted_agent_adopts_the_pins() {
         before.len(),
         CGROUP_HOOKS.len() + 1,
         "every cgroup hook and XDP: {before:?}"
+    );
+    // `auto` on a veth is generic mode, not the driver's.
+    let details = veth.host_link_details();
+    assert!(
+        details.contains("xdpgeneric"),
+        "auto did not choose generic XDP on a veth: {details}"
     );
 
     // Clients keep trying, a few milliseconds apart, across the kill and the restart.
@@ -775,7 +782,7 @@ fn a_failed_attach_shows_in_status_metrics_and_healthz_and_is_retried() {
         )
     };
     assert_eq!(xdp(&bridge.0, "native"), Some(0.0), "{text}");
-    assert_eq!(xdp(site.veth.host_if(), "skb"), Some(1.0), "{text}");
+    assert_eq!(xdp(site.veth.host_if(), "auto"), Some(1.0), "{text}");
     let (code, body) = fetch("http://127.0.0.1:19773/healthz");
     assert_eq!(code, 503, "{body}");
     for missing in [&bridge.0, &tun.0] {
@@ -806,21 +813,24 @@ fn a_failed_attach_shows_in_status_metrics_and_healthz_and_is_retried() {
     assert!(body.contains("connect4"), "{body}");
 }
 
+/// The agent's count of reloads with `outcome`, from its `/metrics` at `metrics`.
+fn reloads(metrics: &str, outcome: &str) -> f64 {
+    let (_, text) = fetch(&format!("http://{metrics}/metrics"));
+    sample(
+        &parse_metrics(&text),
+        "enforcer_reloads_total",
+        &[("outcome", outcome)],
+    )
+    .unwrap_or(0.0)
+}
+
 #[test]
 fn a_write_that_changes_nothing_applies_nothing_and_failed_reloads_are_counted() {
     let site = PeerSite::new(&[ALLOWED_PORT]);
     let mut agent = site.agent("127.0.0.1:19774", "");
     agent.start();
     let generation = agent.status()["generation"].as_u64().expect("generation");
-    let reloads = |outcome: &str| {
-        let (_, text) = fetch("http://127.0.0.1:19774/metrics");
-        sample(
-            &parse_metrics(&text),
-            "enforcer_reloads_total",
-            &[("outcome", outcome)],
-        )
-        .unwrap_or(0.0)
-    };
+    let reloads = |outcome: &str| reloads("127.0.0.1:19774", outcome);
     assert_eq!(reloads("failed"), 0.0);
 
     // The same bytes written again.
@@ -868,15 +878,7 @@ fn a_policy_written_in_pieces_is_applied_once_whole_and_never_half() {
     let mut agent = site.agent("127.0.0.1:19775", "");
     agent.start();
     let generation = agent.status()["generation"].as_u64().expect("generation");
-    let reloads = |outcome: &str| {
-        let (_, text) = fetch("http://127.0.0.1:19775/metrics");
-        sample(
-            &parse_metrics(&text),
-            "enforcer_reloads_total",
-            &[("outcome", outcome)],
-        )
-        .unwrap_or(0.0)
-    };
+    let reloads = |outcome: &str| reloads("127.0.0.1:19775", outcome);
     let applied_before = reloads("applied");
 
     let whole = api_to_peer(&site.api, &site.veth, true);

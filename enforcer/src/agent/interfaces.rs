@@ -38,8 +38,14 @@ pub struct InterfaceSet {
     skipped: Vec<String>,
 }
 
-fn aya_mode(mode: config::XdpMode) -> XdpMode {
+/// The attach mode for `mode` on an interface that is a veth or not: `auto` is generic
+/// (SKB) mode on a veth and the kernel's choice elsewhere. Native XDP on a veth copies
+/// every locally sent TCP segment into a page-pool buffer before the program runs, which
+/// cost allowed TCP into a container 74-77% of its throughput where SKB mode cost 15-22%
+/// (`docs/benchmarks.md`, "Filters compared").
+fn aya_mode(mode: config::XdpMode, veth: bool) -> XdpMode {
     match mode {
+        config::XdpMode::Auto if veth => XdpMode::Skb,
         config::XdpMode::Auto => XdpMode::Default,
         config::XdpMode::Native => XdpMode::Driver,
         config::XdpMode::Skb => XdpMode::Skb,
@@ -135,9 +141,12 @@ impl InterfaceSet {
             let state = match current {
                 Some(attached) => attached,
                 None => {
-                    let error = match loader.attach_xdp(&name, index, aya_mode(mode)) {
+                    // A veth that vanished meanwhile fails its attach below.
+                    let veth = host::interfaces::is_veth(index).unwrap_or(false);
+                    let attach_mode = aya_mode(mode, veth);
+                    let error = match loader.attach_xdp(&name, index, attach_mode) {
                         Ok(outcome) => {
-                            tracing::info!(interface = %name, index, mode = mode_word(mode), ?outcome, "XDP ingress in force");
+                            tracing::info!(interface = %name, index, mode = mode_word(mode), ?attach_mode, ?outcome, "XDP ingress in force");
                             None
                         }
                         Err(err) => {

@@ -8,9 +8,15 @@ use std::{
 };
 
 use ipnet::{IpNet, Ipv4Net};
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkPayload};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use nix::sys::socket::SockaddrStorage;
 
-use super::routes::{LocalKind, LocalRoute, local_routes};
+use super::routes::{self, LocalKind, LocalRoute, local_routes};
 
 /// The index of interface `name`, or `None` when the host has none by that name.
 pub fn index(name: &str) -> Option<u32> {
@@ -32,6 +38,36 @@ pub fn name(index: u32) -> Option<String> {
     // SAFETY: on success the buffer holds a NUL-terminated name.
     let name = unsafe { CStr::from_ptr(buffer.as_ptr()) };
     Some(name.to_string_lossy().into_owned())
+}
+
+/// Whether interface `index` is a veth (its rtnetlink link kind is `veth`).
+pub fn is_veth(index: u32) -> io::Result<bool> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    routes::send(
+        &socket,
+        NLM_F_REQUEST,
+        1,
+        RouteNetlinkMessage::GetLink(link),
+    )?;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let received = socket.recv(&mut &mut buffer[..], 0)?;
+    match routes::decode(&buffer[..received])?.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+            Ok(link.attributes.iter().any(|attribute| {
+                matches!(attribute, LinkAttribute::LinkInfo(infos)
+                    if infos.iter().any(|info| matches!(info, LinkInfo::Kind(InfoKind::Veth))))
+            }))
+        }
+        NetlinkPayload::Error(error) => Err(error.to_io()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "rtnetlink answered a link request with something else",
+        )),
+    }
 }
 
 /// Every interface of this network namespace, by name, with its index.

@@ -69,18 +69,36 @@ fn request(
     };
     let mut route = RouteMessage::default();
     route.header = header;
-    let mut netlink_header = NetlinkHeader::default();
-    netlink_header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    netlink_header.sequence_number = sequence;
-    let mut message = NetlinkMessage::new(
-        netlink_header,
-        NetlinkPayload::from(RouteNetlinkMessage::GetRoute(route)),
-    );
+    send(
+        socket,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        sequence,
+        RouteNetlinkMessage::GetRoute(route),
+    )
+}
+
+/// Sends `request` on `socket` with header `flags` and `sequence`.
+pub(super) fn send(
+    socket: &Socket,
+    flags: u16,
+    sequence: u32,
+    request: RouteNetlinkMessage,
+) -> io::Result<()> {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = sequence;
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::from(request));
     message.finalize();
     let mut bytes = vec![0; message.buffer_len()];
     message.serialize(&mut bytes);
     socket.send(&bytes, 0)?;
     Ok(())
+}
+
+/// The rtnetlink message at the start of `bytes`.
+pub(super) fn decode(bytes: &[u8]) -> io::Result<NetlinkMessage<RouteNetlinkMessage>> {
+    NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))
 }
 
 /// Reads the answers to request `sequence` until the dump is done, adding the routes
@@ -91,9 +109,7 @@ fn receive(socket: &Socket, sequence: u32, routes: &mut Vec<LocalRoute>) -> io::
         let received = socket.recv(&mut &mut buffer[..], 0)?;
         let mut offset = 0;
         while offset < received {
-            let message =
-                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buffer[offset..received])
-                    .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
+            let message = decode(&buffer[offset..received])?;
             let length = message.header.length as usize;
             if length == 0 {
                 return Err(io::Error::new(

@@ -494,8 +494,8 @@ impl Loader {
     /// Attaches the XDP ingress program to `interface` (index `ifindex`); a pinned
     /// loader pins the link as `xdp@<interface>`, or adopts the one pinned there.
     ///
-    /// Use [`XdpMode::Skb`] on veth: native XDP on veth costs locally originated traffic
-    /// more than it saves.
+    /// The agent's `auto` asks for [`XdpMode::Skb`] on a veth: native XDP on a veth costs
+    /// locally originated traffic more than it saves.
     pub fn attach_xdp(
         &mut self,
         interface: &str,
