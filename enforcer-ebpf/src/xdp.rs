@@ -220,11 +220,10 @@ pub fn ingress<const B: bool>(
             if !transport(ctx, offset + header_len, end, ip[9], &mut ports)? {
                 return Ok(xdp_action::XDP_PASS);
             }
-            let mut flow = Flow::EMPTY;
-            flow.family = family::INET;
-            flow.src_addr[..4].copy_from_slice(&ip[12..16]);
-            flow.dst_addr[..4].copy_from_slice(&ip[16..20]);
-            flow
+            Flow::ipv4(
+                [ip[12], ip[13], ip[14], ip[15]],
+                [ip[16], ip[17], ip[18], ip[19]],
+            )
         }
         ETHERTYPE_IPV6 => {
             let ip: [u8; 40] = bytes(ctx, offset)?;
