@@ -409,6 +409,12 @@ pub const SCRATCH_SLOTS: u32 = 32;
 
 const _: () = assert!((crate::event::Hook::ALL.len() as u32) < SCRATCH_SLOTS);
 
+/// XDP's per-CPU verdict cache: decisions on new inbound flows to declared listener
+/// ports, by source, family, protocol, port and generation (`docs/datapath.md`, "The
+/// verdict cache"). Host state: its entries name their generation, and generation
+/// numbers are never reused, so a kept entry never answers under another.
+pub const XDP_VERDICTS: &str = "XDP_VERDICTS";
+
 /// The program the agent runs through `BPF_PROG_TEST_RUN` with a [`FoldKey`] as the
 /// packet: it writes that fold's pending attempts as one event. Never attached.
 pub const FOLD_REPORT_PROGRAM: &str = "fold_report";
@@ -749,8 +755,9 @@ const _: () = assert!(size_of::<ConnectDecision>() == 24);
 pub const MPTCP_BINDINGS: &str = "MPTCP_BINDINGS";
 
 /// The maps of host state, one of each, kept across generations.
-const HOST_MAPS: [&str; 15] = [
+const HOST_MAPS: [&str; 16] = [
     SCRATCH,
+    XDP_VERDICTS,
     ACTIVE,
     EVENTS,
     REASON_COUNTS,

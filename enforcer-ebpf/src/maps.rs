@@ -76,8 +76,8 @@ pub struct CachedVerdict {
     pub dst_segment: u32,
 }
 
-/// XDP's per-CPU verdict cache, indexed by a hash of the flow (see `verdicts`). Not
-/// pinned: each loaded program starts with an empty one.
+/// XDP's per-CPU verdict cache, indexed by a hash of the flow (see `verdicts` and
+/// `enforcer_common::maps::XDP_VERDICTS`).
 #[map]
 pub static XDP_VERDICTS: PerCpuArray<CachedVerdict> =
     PerCpuArray::with_max_entries(1 << VERDICT_CACHE_BITS, 0);
