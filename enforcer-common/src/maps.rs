@@ -414,6 +414,11 @@ const _: () = assert!((crate::event::Hook::ALL.len() as u32) < SCRATCH_SLOTS);
 /// verdict cache"). Host state: its entries name their generation, and generation
 /// numbers are never reused, so a kept entry never answers under another.
 pub const XDP_VERDICTS: &str = "XDP_VERDICTS";
+/// The size of one [`XDP_VERDICTS`] entry, which the loader zeroes when generation
+/// numbering starts over.
+pub const XDP_VERDICT_BYTES: usize = 44;
+/// log2 of [`XDP_VERDICTS`]' entries per CPU.
+pub const XDP_VERDICT_BITS: u32 = 10;
 
 /// The program the agent runs through `BPF_PROG_TEST_RUN` with a [`FoldKey`] as the
 /// packet: it writes that fold's pending attempts as one event. Never attached.

@@ -14,7 +14,7 @@ use enforcer_common::maps::{
     LEARNT_LISTENERS_CAPACITY, LOCAL_ADDRESSES_CAPACITY, LOCAL_PREFIXES_CAPACITY, LearntListener,
     ListenKey, MAX_CIDRS_V4, MAX_CIDRS_V6, MAX_FAILSAFES, MAX_LISTEN_PORTS, MAX_RULE_ENTRIES,
     MAX_RULES, MAX_SEGMENTS, PeerKey, PeerState, PolicyConfig, REASON_COUNTER_SLOTS, RuleCounters,
-    RuleKey, RuleValue, SCRATCH_SLOTS, SOCKET_PEERS_CAPACITY, SegmentInfo,
+    RuleKey, RuleValue, SCRATCH_SLOTS, SOCKET_PEERS_CAPACITY, SegmentInfo, XDP_VERDICT_BITS,
 };
 use enforcer_common::{decision::Decision, event::FlowEvent};
 
@@ -49,9 +49,6 @@ pub struct Scratch {
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
 
-/// log2 of [`XDP_VERDICTS`]' entries per CPU.
-pub const VERDICT_CACHE_BITS: u32 = 10;
-
 /// One decision XDP keeps in [`XDP_VERDICTS`] (see `verdicts`): the flow's key, then
 /// what was decided.
 #[repr(C)]
@@ -76,11 +73,13 @@ pub struct CachedVerdict {
     pub dst_segment: u32,
 }
 
+const _: () = assert!(size_of::<CachedVerdict>() == enforcer_common::maps::XDP_VERDICT_BYTES);
+
 /// XDP's per-CPU verdict cache, indexed by a hash of the flow (see `verdicts` and
 /// `enforcer_common::maps::XDP_VERDICTS`).
 #[map]
 pub static XDP_VERDICTS: PerCpuArray<CachedVerdict> =
-    PerCpuArray::with_max_entries(1 << VERDICT_CACHE_BITS, 0);
+    PerCpuArray::with_max_entries(1 << XDP_VERDICT_BITS, 0);
 
 /// Settings the agent writes: de-duplication window, ephemeral port range.
 #[map]

@@ -33,11 +33,12 @@ use core::{
 use enforcer_common::{
     decision::Decision,
     event::{Reason, Verdict},
+    maps::XDP_VERDICT_BITS,
 };
 
 use crate::{
     decide,
-    maps::{VERDICT_CACHE_BITS, XDP_VERDICTS},
+    maps::XDP_VERDICTS,
     record::{Flow, Segments},
 };
 
@@ -56,7 +57,7 @@ fn source_words(flow: &Flow) -> [u32; 4] {
 }
 
 /// Where in the cache the entry of a flow with source `words` lives: a multiplicative
-/// hash of the source address, port and protocol, reduced to [`VERDICT_CACHE_BITS`] bits.
+/// hash of the source address, port and protocol, reduced to [`XDP_VERDICT_BITS`] bits.
 #[inline(always)]
 fn index(flow: &Flow, words: [u32; 4]) -> u32 {
     let mut hash =
@@ -65,7 +66,7 @@ fn index(flow: &Flow, words: [u32; 4]) -> u32 {
     hash = (hash ^ words[1]).wrapping_mul(GOLDEN);
     hash = (hash ^ words[2]).wrapping_mul(GOLDEN);
     hash = (hash ^ words[3]).wrapping_mul(GOLDEN);
-    hash >> (32 - VERDICT_CACHE_BITS)
+    hash >> (32 - XDP_VERDICT_BITS)
 }
 
 /// Fills `decision` and `segments` from the cache when it holds this flow's decision

@@ -1,18 +1,23 @@
 //! XDP's verdict cache, attacked through `BPF_PROG_TEST_RUN`: a kept decision must never
 //! outlive its generation, never answer for another source, family or port, and never
-//! change what is recorded. Each test repeats frames so that the second and later ones
-//! are answered from the cache.
+//! change what is recorded. Each test runs on one CPU (the cache is per CPU) and repeats
+//! frames, so that the second and later ones are answered from the cache.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
-use enforcer::loader::Loader;
-use enforcer_common::event::{FlowEvent, Reason, Verdict};
+use aya::maps::{Array, Map, MapData};
+use enforcer::loader::{Loader, PinLayout, PinnedMaps};
+use enforcer_common::{
+    event::{FlowEvent, Reason, Verdict},
+    maps::ACTIVE,
+};
 use enforcer_tests::{
     events::drain,
     packet::{SYN, XDP_DROP, XDP_PASS, tcp4, tcp4_from, tcp6, udp4},
+    pins::PinDir,
     policy::{image, loaded_with},
 };
 
@@ -43,6 +48,23 @@ ports = ["8080/tcp", "8081/tcp", "5353/udp", "5353/tcp"]
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 5);
 
+/// Runs the rest of the test on CPU 0: the cache is per CPU, and `BPF_PROG_TEST_RUN`
+/// runs XDP on the caller's CPU, so every frame meets the same cache.
+fn on_one_cpu() {
+    // SAFETY: a zeroed `cpu_set_t` is an empty set; CPU_SET and sched_setaffinity get a
+    // valid pointer to it and its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set),
+            0,
+            "pin the test to CPU 0: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 fn run(loader: &Loader, frame: &[u8]) -> u32 {
     loader.test_run_xdp(frame, 1).expect("test run").0
 }
@@ -57,6 +79,7 @@ fn apply(loader: &mut Loader, policy: &str) -> u32 {
 
 #[test]
 fn a_kept_decision_ends_with_its_generation_both_ways() {
+    on_one_cpu();
     let mut loader = loaded_with(&image(NO_RULE));
     let syn = tcp4(CLIENT, 8080, SYN);
     for attempt in 0..3 {
@@ -84,6 +107,7 @@ fn a_kept_decision_ends_with_its_generation_both_ways() {
 
 #[test]
 fn many_sources_sharing_the_cache_each_get_their_own_verdict() {
+    on_one_cpu();
     let loader = loaded_with(&image(POLICY));
     // Four times as many sources as the cache has entries per CPU, so entries are
     // shared and replaced; clients (198.18.0.0/17) and world (198.18.128.0/17)
@@ -114,6 +138,7 @@ fn many_sources_sharing_the_cache_each_get_their_own_verdict() {
 
 #[test]
 fn a_kept_decision_answers_only_for_its_family_protocol_and_port() {
+    on_one_cpu();
     let loader = loaded_with(&image(POLICY));
     // The allowed client's decision is kept first.
     assert_eq!(run(&loader, &tcp4(CLIENT, 8080, SYN)), XDP_PASS);
@@ -164,6 +189,7 @@ fn decided(event: &FlowEvent) -> (u32, u32, u32, u32, u8, u8, u16, u16, [u8; 16]
 
 #[test]
 fn a_denial_answered_from_the_cache_is_recorded_like_the_first() {
+    on_one_cpu();
     let mut loader = loaded_with(&image(POLICY));
     loader
         .set_dedup_window(Duration::ZERO)
@@ -186,4 +212,64 @@ fn a_denial_answered_from_the_cache_is_recorded_like_the_first() {
         expected.6 = source_port;
         assert_eq!(decided(event), expected, "{event:#?}");
     }
+}
+
+#[test]
+fn a_generation_numbering_that_starts_over_does_not_meet_the_old_cache() {
+    on_one_cpu();
+    let pins = PinDir::new();
+    let layout = PinLayout::new(pins.path());
+    let mut loader = Loader::load_pinned(&layout).expect("load the pinned object");
+    assert_eq!(apply(&mut loader, POLICY), 1);
+    let syn = tcp4(CLIENT, 8080, SYN);
+    assert_eq!(run(&loader, &syn), XDP_PASS);
+    assert_eq!(run(&loader, &syn), XDP_PASS);
+    // The `ACTIVE` pin's number set back to 0, as if it had been made anew while the
+    // cache's pin was kept: the next apply is generation 1 again.
+    let active = MapData::from_pin(layout.map(ACTIVE)).expect("open the pinned ACTIVE");
+    let mut active: Array<MapData, u32> =
+        Array::try_from(Map::Array(active)).expect("ACTIVE is an array");
+    active.set(0, &0, 0).expect("number 0");
+    assert_eq!(apply(&mut loader, NO_RULE), 1);
+    assert_eq!(
+        run(&loader, &syn),
+        XDP_DROP,
+        "the first generation 1's allow answered for the second"
+    );
+}
+
+#[test]
+fn fail_closed_turns_a_kept_allow_into_a_denial_and_back() {
+    on_one_cpu();
+    let pins = PinDir::new();
+    let layout = PinLayout::new(pins.path());
+    let mut loader = Loader::load_pinned(&layout).expect("load the pinned object");
+    apply(&mut loader, POLICY);
+    loader
+        .set_dedup_window(Duration::ZERO)
+        .expect("de-duplication off: every attempt is a record");
+    let mut events = loader.take_events().expect("events");
+    let syn = tcp4(CLIENT, 8080, SYN);
+    assert_eq!(run(&loader, &syn), XDP_PASS);
+    assert_eq!(run(&loader, &syn), XDP_PASS);
+    let fail_closed = |on: bool| {
+        PinnedMaps::open(&layout.maps_dir())
+            .expect("open the pinned maps")
+            .set_fail_closed(on)
+            .expect("set fail-closed");
+    };
+    fail_closed(true);
+    assert_eq!(
+        run(&loader, &syn),
+        XDP_DROP,
+        "a kept allow under fail closed"
+    );
+    let recorded = drain(&mut events);
+    assert_eq!(recorded.len(), 1, "{recorded:#?}");
+    assert_eq!(
+        (recorded[0].verdict, recorded[0].reason),
+        (Verdict::Deny as u8, Reason::AuditUnavailable as u8)
+    );
+    fail_closed(false);
+    assert_eq!(run(&loader, &syn), XDP_PASS, "fail closed lifted");
 }

@@ -141,8 +141,11 @@ impl InterfaceSet {
             let state = match current {
                 Some(attached) => attached,
                 None => {
-                    // A veth that vanished meanwhile fails its attach below.
-                    let veth = host::interfaces::is_veth(index).unwrap_or(false);
+                    let veth = host::interfaces::is_veth(index).unwrap_or_else(|err| {
+                        // A veth that vanished meanwhile fails its attach below.
+                        tracing::warn!(interface = %name, error = %err, "cannot tell whether the interface is a veth; `auto` leaves its XDP mode to the kernel");
+                        false
+                    });
                     let attach_mode = aya_mode(mode, veth);
                     let error = match loader.attach_xdp(&name, index, attach_mode) {
                         Ok(outcome) => {

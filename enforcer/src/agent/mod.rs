@@ -51,12 +51,13 @@ use policy::{Candidate, CandidateError};
 use state::{ActivePolicy, AgentLock, AgentState, Reload, ReloadOutcome, StateDir};
 use watch::PolicyChange;
 
-/// How long the policy files must stay quiet after a change that may be half a write
-/// (truncated, written to, renamed away) before the agent reloads: an editor's
-/// write-and-rename, or a `cp` of several files, becomes one reload.
+/// How long the policy files must stay quiet before the agent reloads after a change
+/// that may be part of a larger edit ([`PolicyChange::Writing`]: a truncation, a write
+/// still open, a file removed or renamed away, any change in a policy directory): an
+/// editor's write-and-rename, or a `cp` of several files, becomes one reload.
 const SETTLE_WRITING: Duration = Duration::from_millis(25);
-/// How long they must stay quiet after a write ended (a file closed after writing,
-/// renamed into place, removed): long enough for the next file of a burst to begin.
+/// How long after the policy file or bundle is whole ([`PolicyChange::Written`]: its
+/// writer closed it, or it was renamed into place).
 const SETTLE_WRITTEN: Duration = Duration::from_millis(3);
 /// How long the agent waits for the record of an applied policy to be written.
 const NOTE_WRITTEN_WITHIN: Duration = Duration::from_secs(2);
@@ -338,23 +339,36 @@ impl Agent {
         // What changed against the generation applied before, for its history record:
         // compared on a thread of its own while the maps are filled and flipped, so it
         // neither delays enforcement nor holds up the next reload afterwards.
+        let previous = self.applied.as_ref();
+        let compare = || {
+            previous.map(|(generation, old)| {
+                let old = (&old.compiled.policy, &old.compiled.image);
+                (
+                    *generation,
+                    diff(old, (&candidate.compiled.policy, image)).summary,
+                )
+            })
+        };
         let (applied, changes) = std::thread::scope(|scope| {
-            let changes = scope.spawn(|| {
-                self.applied.as_ref().map(|(previous, old)| {
-                    let old = (&old.compiled.policy, &old.compiled.image);
-                    (
-                        *previous,
-                        diff(old, (&candidate.compiled.policy, image)).summary,
-                    )
-                })
-            });
+            let comparing = std::thread::Builder::new()
+                .name("policy-diff".to_owned())
+                .spawn_scoped(scope, compare);
             let applied = self.loader.apply(image, &self.cgroup_root);
-            let changes = changes
-                .join()
-                .map_err(|_| anyhow::anyhow!("the policy diff panicked"));
+            let changes = match comparing {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    tracing::error!(
+                        "the comparison with the previous generation failed; the history record of this one names no changes"
+                    );
+                    None
+                }),
+                Err(err) => {
+                    tracing::warn!(error = %err, "no thread for the comparison with the previous generation; compared after the flip");
+                    compare()
+                }
+            };
             (applied, changes)
         });
-        let (applied, changes) = (applied?, changes?);
+        let applied = applied?;
         if let Some(first) = applied.cgroups.missing.first() {
             tracing::warn!(
                 count = applied.cgroups.missing.len(),

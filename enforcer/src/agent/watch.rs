@@ -17,24 +17,46 @@ use tokio::sync::mpsc;
 /// What a change to the policy files says about the write behind it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PolicyChange {
-    /// A file is being written (truncated, written to, created, renamed away, its
-    /// attributes changed): more may follow before it is whole.
+    /// More may follow before the policy is whole: a file truncated, written to, created,
+    /// removed or renamed away, its attributes changed; or any change in a policy
+    /// directory, where an edit may span several files.
     Writing,
-    /// A write ended: a file was closed after writing, renamed into place, or removed;
-    /// or events were lost, and only a reload can tell what changed.
+    /// The policy file (or bundle) is whole: its writer closed it, or it was renamed into
+    /// place; or events were lost, and only a reload can tell what changed.
     Written,
 }
 
 impl PolicyChange {
-    /// What an inotify event says; `None` for events that change nothing (reads).
-    fn of(kind: &EventKind) -> Option<Self> {
-        match kind {
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Self::Written),
-            EventKind::Access(_) => None,
-            EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
-            | EventKind::Remove(_) => Some(Self::Written),
-            _ => Some(Self::Writing),
+    /// What `event` says, for a watch of the single file `only` (`None`: of a whole
+    /// directory); `None` when it does not concern the policy or changes nothing (reads).
+    fn of(event: &notify::Event, only: Option<&Path>) -> Option<Self> {
+        if event.need_rescan() {
+            return Some(Self::Written);
         }
+        if matches!(
+            event.kind,
+            EventKind::Access(
+                AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
+            )
+        ) {
+            return None;
+        }
+        let Some(file) = only else {
+            return Some(Self::Writing);
+        };
+        let names_file = |path: Option<&PathBuf>| path.is_some_and(|path| path == file);
+        if !event.paths.iter().any(|path| path == file) {
+            return None;
+        }
+        // A rename's destination is its last path (`Both` names the source first).
+        let whole = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => {
+                names_file(event.paths.last())
+            }
+            _ => false,
+        };
+        Some(if whole { Self::Written } else { Self::Writing })
     }
 }
 
@@ -56,19 +78,12 @@ pub fn watch(
         (parent, Some(path.to_owned()))
     };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else {
-            // A watch error (queue overflow): changes may have been missed, so reload.
-            let _ = changes.send(PolicyChange::Written);
-            return;
+        // A watch error: changes may have been missed, so reload.
+        let change = match event {
+            Ok(event) => PolicyChange::of(&event, only.as_deref()),
+            Err(_) => Some(PolicyChange::Written),
         };
-        let Some(change) = PolicyChange::of(&event.kind) else {
-            return;
-        };
-        let relevant = match &only {
-            Some(file) => event.paths.iter().any(|p| p == file),
-            None => true,
-        };
-        if relevant {
+        if let Some(change) = change {
             // The receiver is gone only when the agent is stopping.
             let _ = changes.send(change);
         }
@@ -131,44 +146,106 @@ impl CgroupWatch {
 
 #[cfg(test)]
 mod tests {
-    use notify::event::{CreateKind, DataChange, MetadataKind, RemoveKind};
+    use notify::event::{CreateKind, DataChange, Flag, MetadataKind, RemoveKind};
 
     use super::*;
 
+    fn event(kind: EventKind, paths: &[&str]) -> notify::Event {
+        paths.iter().fold(notify::Event::new(kind), |event, path| {
+            event.add_path(path.into())
+        })
+    }
+
     #[test]
-    fn only_an_ended_write_counts_as_written() {
+    fn only_the_policy_file_closed_or_renamed_into_place_counts_as_written() {
+        let file = Path::new("/etc/enforcer/policy.toml");
+        let only = Some(file);
         let written = [
-            EventKind::Access(AccessKind::Close(AccessMode::Write)),
-            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
-            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
-            EventKind::Remove(RemoveKind::File),
+            event(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                &["/etc/enforcer/policy.toml"],
+            ),
+            event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                &["/etc/enforcer/policy.toml"],
+            ),
+            event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                &[
+                    "/etc/enforcer/.policy.toml.swp",
+                    "/etc/enforcer/policy.toml",
+                ],
+            ),
         ];
-        for kind in written {
+        for event in &written {
             assert_eq!(
-                PolicyChange::of(&kind),
+                PolicyChange::of(event, only),
                 Some(PolicyChange::Written),
-                "{kind:?}"
+                "{event:?}"
             );
         }
         let writing = [
-            EventKind::Create(CreateKind::File),
-            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
-            EventKind::Modify(ModifyKind::Name(RenameMode::From)),
-            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+            event(
+                EventKind::Create(CreateKind::File),
+                &["/etc/enforcer/policy.toml"],
+            ),
+            event(
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                &["/etc/enforcer/policy.toml"],
+            ),
+            event(
+                EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+                &["/etc/enforcer/policy.toml"],
+            ),
+            event(
+                EventKind::Remove(RemoveKind::File),
+                &["/etc/enforcer/policy.toml"],
+            ),
+            // Renamed away (an editor's backup): the policy is gone until its new copy.
+            event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+                &["/etc/enforcer/policy.toml"],
+            ),
+            event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                &["/etc/enforcer/policy.toml", "/etc/enforcer/policy.toml~"],
+            ),
         ];
-        for kind in writing {
+        for event in &writing {
             assert_eq!(
-                PolicyChange::of(&kind),
+                PolicyChange::of(event, only),
                 Some(PolicyChange::Writing),
-                "{kind:?}"
+                "{event:?}"
             );
         }
-        let reads = [
-            EventKind::Access(AccessKind::Open(AccessMode::Any)),
-            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        let ignored = [
+            event(
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                &["/etc/enforcer/policy.toml"],
+            ),
+            event(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                &["/etc/enforcer/enforcer.toml"],
+            ),
         ];
-        for kind in reads {
-            assert_eq!(PolicyChange::of(&kind), None, "{kind:?}");
+        for event in &ignored {
+            assert_eq!(PolicyChange::of(event, only), None, "{event:?}");
+        }
+    }
+
+    #[test]
+    fn in_a_policy_directory_every_change_waits_for_quiet_and_lost_events_reload() {
+        let closed = event(
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            &["/etc/enforcer/policy.d/web.toml"],
+        );
+        assert_eq!(PolicyChange::of(&closed, None), Some(PolicyChange::Writing));
+        let overflow = notify::Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        for only in [None, Some(Path::new("/etc/enforcer/policy.toml"))] {
+            assert_eq!(
+                PolicyChange::of(&overflow, only),
+                Some(PolicyChange::Written)
+            );
         }
     }
 }

@@ -1,7 +1,10 @@
 //! Reading the per-CPU counters: per rule of a generation, per reason and verdict, and
 //! the event stream's emitted, lost and suppressed counts. Values are summed over CPUs.
 
-use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+use aya::{
+    Pod,
+    maps::{MapData, PerCpuArray, PerCpuValues},
+};
 use enforcer_common::{
     event::{Reason, Verdict},
     maps::{
@@ -105,18 +108,28 @@ pub(super) fn zero_rules(
     slot: usize,
     count: u32,
 ) -> Result<(), LoaderError> {
-    let count = in_map(count);
-    if count == 0 {
-        return Ok(());
-    }
+    zero_per_cpu(
+        ebpf,
+        RULE_COUNTERS[slot],
+        1..=in_map(count),
+        RuleCounters::default(),
+    )
+}
+
+/// Sets entries `indices` of the per-CPU array `name` to `zero` on every CPU.
+pub(super) fn zero_per_cpu<V: Pod>(
+    ebpf: &mut impl MapSet,
+    name: &'static str,
+    indices: impl IntoIterator<Item = u32>,
+    zero: V,
+) -> Result<(), LoaderError> {
     let cpus = aya::util::nr_cpus().map_err(|(_, source)| LoaderError::PossibleCpus(source))?;
-    let name = RULE_COUNTERS[slot];
-    let mut array: PerCpuArray<&mut MapData, RuleCounters> =
+    let mut array: PerCpuArray<&mut MapData, V> =
         PerCpuArray::try_from(ebpf.map_mut(name)?).map_err(map_error(name))?;
-    for id in 1..=count {
-        let zeros = PerCpuValues::try_from(vec![RuleCounters::default(); cpus.get() as usize])
+    for index in indices {
+        let zeros = PerCpuValues::try_from(vec![zero; cpus.get() as usize])
             .map_err(LoaderError::PossibleCpus)?;
-        array.set(id, zeros, 0).map_err(map_error(name))?;
+        array.set(index, zeros, 0).map_err(map_error(name))?;
     }
     Ok(())
 }

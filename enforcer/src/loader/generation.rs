@@ -17,7 +17,7 @@ use enforcer_common::maps::{
 use super::{
     LoaderError, MapSet, batch,
     cgroups::{self, CgroupTable},
-    counters, map_error,
+    counters, map_error, verdicts,
 };
 use crate::policy::image::{LpmEntry, MapImage};
 
@@ -177,6 +177,11 @@ pub fn apply(
     // The inactive slot may hold leftovers of an apply that failed half-way.
     clear_slot(ebpf, slot)?;
     let cgroups = fill_slot(ebpf, slot, image, cgroup_root)?;
+    if current == 0 {
+        // Numbering starts (over) at 1: an adopted verdict cache may hold entries of an
+        // earlier generation 1, 2, ... (its `ACTIVE` pin removed by hand, say).
+        verdicts::clear(ebpf)?;
+    }
     let mut flip: Array<&mut MapData, u32> =
         Array::try_from(ebpf.map_mut(ACTIVE)?).map_err(map_error(ACTIVE))?;
     flip.set(0, &next, 0).map_err(map_error(ACTIVE))?;

@@ -20,6 +20,7 @@ mod map_set;
 mod pins;
 mod settings;
 pub mod sys;
+mod verdicts;
 
 use std::{
     fs::{self, File},
