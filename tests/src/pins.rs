@@ -1,8 +1,15 @@
-//! bpffs pin directories for tests that pin programs, links and maps.
+//! bpffs pin directories for tests that pin programs, links and maps, and a loader whose
+//! maps are pinned in one.
 
 use std::{
     fs,
     path::{Path, PathBuf},
+    time::Duration,
+};
+
+use enforcer::{
+    loader::{Loader, PinLayout, PinnedMaps},
+    policy::image::MapImage,
 };
 
 use crate::{require_root, unique_name};
@@ -46,5 +53,47 @@ impl Drop for PinDir {
         {
             panic!("cannot remove pin directory {}: {err}", self.path.display());
         }
+    }
+}
+
+/// A loader whose maps are pinned, and the switch the agent throws on them.
+pub struct PinnedHost {
+    /// The loader, `image` applied as generation 1.
+    pub loader: Loader,
+    /// Where its maps are pinned.
+    pub layout: PinLayout,
+    _pins: PinDir,
+}
+
+impl PinnedHost {
+    /// Loads the kernel object pinned in a fresh directory and applies `image`, with
+    /// de-duplication off (every attempt is a record).
+    pub fn new(image: &MapImage) -> Self {
+        let pins = PinDir::new();
+        let layout = PinLayout::new(pins.path());
+        let mut loader = Loader::load_pinned(&layout).expect("load the pinned object");
+        let root = enforcer::host::cgroup2_mount().expect("cgroup2 mount");
+        loader.apply(image, &root).expect("apply");
+        loader
+            .set_dedup_window(Duration::ZERO)
+            .expect("de-duplication off");
+        Self {
+            loader,
+            layout,
+            _pins: pins,
+        }
+    }
+
+    /// Sets or clears fail-closed the way the agent's audit consumer does.
+    pub fn fail_closed(&self, on: bool) {
+        PinnedMaps::open(&self.layout.maps_dir())
+            .expect("open the pinned maps")
+            .set_fail_closed(on)
+            .expect("set fail-closed");
+    }
+
+    /// The XDP program's action on `frame`.
+    pub fn xdp(&self, frame: &[u8]) -> u32 {
+        self.loader.test_run_xdp(frame, 1).expect("test run").0
     }
 }

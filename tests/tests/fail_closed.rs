@@ -5,78 +5,33 @@
 //! fills the audit disk so that its flows go unrecorded: none of them may pass.
 //!
 //! The switch is thrown as the agent throws it, through the pinned maps
-//! ([`PinnedMaps::set_fail_closed`]); `audit.rs` shows the agent throwing it on a full disk.
+//! (`PinnedMaps::set_fail_closed`, through [`PinnedHost::fail_closed`]); `audit.rs` shows
+//! the agent throwing it on a full disk.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    time::Duration,
-};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use aya::programs::XdpMode;
-use enforcer::{
-    loader::{Loader, PinLayout, PinnedMaps},
-    policy::image::MapImage,
-};
 use enforcer_common::event::{FlowEvent, Hook, Reason, Verdict};
 use enforcer_tests::{
     cgroup::TestCgroup,
     events::drain,
     netns::{Netns, Veth},
     packet::{SYN, XDP_DROP, XDP_PASS, tcp4, udp4},
-    pins::PinDir,
+    pins::PinnedHost,
     policy::image,
     probe::{Outcome, Spawn},
 };
 
-/// A loader whose maps are pinned, and the switch the agent throws on them.
-struct PinnedHost {
-    loader: Loader,
-    layout: PinLayout,
-    _pins: PinDir,
-}
-
-impl PinnedHost {
-    /// Loads the kernel object pinned in a fresh directory and applies `image`.
-    fn new(image: &MapImage) -> Self {
-        let pins = PinDir::new();
-        let layout = PinLayout::new(pins.path());
-        let mut loader = Loader::load_pinned(&layout).expect("load the pinned object");
-        let root = enforcer::host::cgroup2_mount().expect("cgroup2 mount");
-        loader.apply(image, &root).expect("apply");
-        loader
-            .set_dedup_window(Duration::ZERO)
-            .expect("de-duplication off");
-        Self {
-            loader,
-            layout,
-            _pins: pins,
-        }
-    }
-
-    /// Sets or clears fail-closed the way the agent's audit consumer does.
-    fn fail_closed(&self, on: bool) {
-        PinnedMaps::open(&self.layout.maps_dir())
-            .expect("open the pinned maps")
-            .set_fail_closed(on)
-            .expect("set fail-closed");
-    }
-
-    /// The XDP program's action on `frame`.
-    fn xdp(&self, frame: &[u8]) -> u32 {
-        self.loader.test_run_xdp(frame, 1).expect("test run").0
-    }
-
-    /// How many decisions the kernel counted as denied for `audit-unavailable`.
-    fn audit_unavailable_denials(&mut self) -> u64 {
-        self.loader
-            .counters()
-            .expect("counters")
-            .by_reason
-            .iter()
-            .filter(|c| c.reason == Reason::AuditUnavailable && c.verdict == Verdict::Deny)
-            .map(|c| c.count)
-            .sum()
-    }
+/// How many decisions the kernel counted as denied for `audit-unavailable`.
+fn audit_unavailable_denials(host: &mut PinnedHost) -> u64 {
+    host.loader
+        .counters()
+        .expect("counters")
+        .by_reason
+        .iter()
+        .filter(|c| c.reason == Reason::AuditUnavailable && c.verdict == Verdict::Deny)
+        .map(|c| c.count)
+        .sum()
 }
 
 /// The events for `port`.
@@ -163,7 +118,7 @@ fn fail_closed_drops_allowed_and_audit_mode_flows_at_xdp_but_not_failsafe_access
         one_audit_unavailable_denial(&to_port(&recorded, port), Hook::XdpIngress, what);
     }
     assert!(to_port(&recorded, 22).is_empty(), "{recorded:#?}");
-    assert_eq!(host.audit_unavailable_denials(), 3);
+    assert_eq!(audit_unavailable_denials(&mut host), 3);
 
     host.fail_closed(false);
     for (what, frame) in frames {

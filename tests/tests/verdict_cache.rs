@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData};
-use enforcer::loader::{Loader, PinLayout, PinnedMaps};
+use enforcer::loader::Loader;
 use enforcer_common::{
     event::{FlowEvent, Reason, Verdict},
     maps::ACTIVE,
@@ -17,7 +17,7 @@ use enforcer_common::{
 use enforcer_tests::{
     events::drain,
     packet::{SYN, XDP_DROP, XDP_PASS, tcp4, tcp4_from, tcp6, udp4},
-    pins::PinDir,
+    pins::PinnedHost,
     policy::{image, loaded_with},
 };
 
@@ -217,22 +217,19 @@ fn a_denial_answered_from_the_cache_is_recorded_like_the_first() {
 #[test]
 fn a_generation_numbering_that_starts_over_does_not_meet_the_old_cache() {
     on_one_cpu();
-    let pins = PinDir::new();
-    let layout = PinLayout::new(pins.path());
-    let mut loader = Loader::load_pinned(&layout).expect("load the pinned object");
-    assert_eq!(apply(&mut loader, POLICY), 1);
+    let mut host = PinnedHost::new(&image(POLICY));
     let syn = tcp4(CLIENT, 8080, SYN);
-    assert_eq!(run(&loader, &syn), XDP_PASS);
-    assert_eq!(run(&loader, &syn), XDP_PASS);
+    assert_eq!(host.xdp(&syn), XDP_PASS);
+    assert_eq!(host.xdp(&syn), XDP_PASS);
     // The `ACTIVE` pin's number set back to 0, as if it had been made anew while the
     // cache's pin was kept: the next apply is generation 1 again.
-    let active = MapData::from_pin(layout.map(ACTIVE)).expect("open the pinned ACTIVE");
+    let active = MapData::from_pin(host.layout.map(ACTIVE)).expect("open the pinned ACTIVE");
     let mut active: Array<MapData, u32> =
         Array::try_from(Map::Array(active)).expect("ACTIVE is an array");
     active.set(0, &0, 0).expect("number 0");
-    assert_eq!(apply(&mut loader, NO_RULE), 1);
+    assert_eq!(apply(&mut host.loader, NO_RULE), 1);
     assert_eq!(
-        run(&loader, &syn),
+        host.xdp(&syn),
         XDP_DROP,
         "the first generation 1's allow answered for the second"
     );
@@ -241,35 +238,19 @@ fn a_generation_numbering_that_starts_over_does_not_meet_the_old_cache() {
 #[test]
 fn fail_closed_turns_a_kept_allow_into_a_denial_and_back() {
     on_one_cpu();
-    let pins = PinDir::new();
-    let layout = PinLayout::new(pins.path());
-    let mut loader = Loader::load_pinned(&layout).expect("load the pinned object");
-    apply(&mut loader, POLICY);
-    loader
-        .set_dedup_window(Duration::ZERO)
-        .expect("de-duplication off: every attempt is a record");
-    let mut events = loader.take_events().expect("events");
+    let mut host = PinnedHost::new(&image(POLICY));
+    let mut events = host.loader.take_events().expect("events");
     let syn = tcp4(CLIENT, 8080, SYN);
-    assert_eq!(run(&loader, &syn), XDP_PASS);
-    assert_eq!(run(&loader, &syn), XDP_PASS);
-    let fail_closed = |on: bool| {
-        PinnedMaps::open(&layout.maps_dir())
-            .expect("open the pinned maps")
-            .set_fail_closed(on)
-            .expect("set fail-closed");
-    };
-    fail_closed(true);
-    assert_eq!(
-        run(&loader, &syn),
-        XDP_DROP,
-        "a kept allow under fail closed"
-    );
+    assert_eq!(host.xdp(&syn), XDP_PASS);
+    assert_eq!(host.xdp(&syn), XDP_PASS);
+    host.fail_closed(true);
+    assert_eq!(host.xdp(&syn), XDP_DROP, "a kept allow under fail closed");
     let recorded = drain(&mut events);
     assert_eq!(recorded.len(), 1, "{recorded:#?}");
     assert_eq!(
         (recorded[0].verdict, recorded[0].reason),
         (Verdict::Deny as u8, Reason::AuditUnavailable as u8)
     );
-    fail_closed(false);
-    assert_eq!(run(&loader, &syn), XDP_PASS, "fail closed lifted");
+    host.fail_closed(false);
+    assert_eq!(host.xdp(&syn), XDP_PASS, "fail closed lifted");
 }

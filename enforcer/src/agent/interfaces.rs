@@ -41,8 +41,8 @@ pub struct InterfaceSet {
 /// The attach mode for `mode` on an interface that is a veth or not: `auto` is generic
 /// (SKB) mode on a veth and the kernel's choice elsewhere. Native XDP on a veth copies
 /// every locally sent TCP segment into a page-pool buffer before the program runs, which
-/// cost allowed TCP into a container 74-77% of its throughput where SKB mode cost 15-22%
-/// (`docs/benchmarks.md`, "Filters compared").
+/// cost allowed TCP into a container about three quarters of its throughput, where SKB
+/// mode cost at most about a fifth (`docs/benchmarks.md`, "Filters compared").
 fn aya_mode(mode: config::XdpMode, veth: bool) -> XdpMode {
     match mode {
         config::XdpMode::Auto if veth => XdpMode::Skb,
